@@ -1,1 +1,14 @@
+//! cairn: signed, layered live images for Debian machines.
+//!
+//! The chain, one module per link: `mirror` (local verified copies of Debian
+//! repositories), then profiles, build, image, boot and upgrade as they land.
+//! Shared pieces: `cmd` (running programs), `trust` (hashes, signatures),
+//! `fsutil` (atomic files), `parallel`, `progress`.
 
+pub mod cli;
+pub mod cmd;
+pub mod fsutil;
+pub mod mirror;
+pub mod parallel;
+pub mod progress;
+pub mod trust;

@@ -1,0 +1,382 @@
+//! The command line: clap definitions and the glue that turns them into calls.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::mirror::config::{
+    MirrorConfig, RepoSpec, Selection, host_arch, host_repos, load_config, name_from_url,
+    validate_selection,
+};
+use crate::mirror::sync::{SyncOptions, SyncReport, sync};
+use crate::mirror::verify::{VerifyOptions, VerifyReport, list_mirrors, verify};
+use crate::parallel;
+use crate::progress::{Mode, human_bytes};
+
+/// cairn keeps Debian machines as signed, layered live images. It starts with
+/// a local, verified mirror of the Debian repositories the images are built from.
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Where mirrors and images live.
+    #[arg(long, global = true, env = "CAIRN_STORE", default_value = "/srv/cairn")]
+    pub store: PathBuf,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress output.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Local copies of Debian repositories, verified before they are published.
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MirrorCommand {
+    /// Fetch, verify and publish mirrors.
+    ///
+    /// Sources: the host's apt configuration by default (/etc/apt/sources.list
+    /// and sources.list.d, with their Signed-By keyrings), a mirror config file
+    /// (--config), or one repository given by --url.
+    ///
+    /// Selection: by default the dependency closure of systemd-sysv, live-boot
+    /// and linux-image-amd64 (what a cairn live image needs), plus every
+    /// Essential and required package. --full mirrors everything.
+    ///
+    /// Everything is verified before it is published: the Release signature by
+    /// apt's rules (InRelease, or Release + Release.gpg), its dates, every index
+    /// against Release and every pool file against its index, while it streams.
+    /// Pool files are published first, then `dists` is switched atomically: a
+    /// client sees the old or the new mirror, never a mix. A killed sync leaves
+    /// the published mirror as it was; re-running resumes.
+    Sync(SyncArgs),
+    /// Re-check published mirrors: Release signature and dates, every index,
+    /// every pool file (in parallel on all cores). Exits non-zero on any problem.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// A mirror config file (TOML, schema-version = 1; see docs/mirror.md).
+    #[arg(long, conflicts_with_all = ["url", "suite", "component", "arch", "keyring", "name"])]
+    pub config: Option<PathBuf>,
+    /// Mirror this repository instead of the host's apt sources.
+    #[arg(long, requires_all = ["suite", "keyring"])]
+    pub url: Option<String>,
+    /// Suite(s) of --url (repeatable).
+    #[arg(long)]
+    pub suite: Vec<String>,
+    /// Component(s) (repeatable) [default: main, or the apt sources' own].
+    #[arg(long)]
+    pub component: Vec<String>,
+    /// Architecture(s) (repeatable) [default: this machine's].
+    #[arg(long)]
+    pub arch: Vec<String>,
+    /// Keyring file(s) that may sign --url's Release files (repeatable).
+    #[arg(long)]
+    pub keyring: Vec<PathBuf>,
+    /// Local name of --url's mirror [default: last part of the URL path].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Mirror every package, not a selection.
+    #[arg(long, conflicts_with_all = ["package", "priority"])]
+    pub full: bool,
+    /// Package(s) to mirror, `name` or `name=version` (repeatable; comma lists allowed).
+    #[arg(long, short = 'p', value_delimiter = ',')]
+    pub package: Vec<String>,
+    /// Mirror every package of this priority (repeatable: required, important, …).
+    #[arg(long, value_delimiter = ',')]
+    pub priority: Vec<String>,
+    /// Only the named packages: no dependency closure, no Essential/required set.
+    #[arg(long)]
+    pub no_closure: bool,
+    /// Follow Recommends in the dependency closure.
+    #[arg(long)]
+    pub recommends: bool,
+    /// Concurrent downloads over keep-alive connections.
+    #[arg(long, short = 'j', default_value_t = 20)]
+    pub jobs: usize,
+    /// Keep pool files that are no longer selected.
+    #[arg(long)]
+    pub keep_obsolete: bool,
+    /// Wait for another sync of the same mirror instead of refusing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Accept a Release `Date` up to this many seconds in the future (clock skew).
+    #[arg(long, default_value_t = 10)]
+    pub max_future: i64,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Mirror name(s) [default: every mirror in the store].
+    pub names: Vec<String>,
+    /// Refetch missing and corrupt files from the source, verified against the
+    /// published signed indices, and remove unexpected pool files.
+    #[arg(long)]
+    pub repair: bool,
+    /// Files hashed at once [default: number of CPUs].
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Wait for a running sync instead of refusing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the reports as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<i32> {
+    let mode = if cli.quiet { Mode::Quiet } else { Mode::Auto };
+    match &cli.command {
+        Command::Mirror(MirrorCommand::Sync(a)) => {
+            let cfg = sync_config(a)?;
+            let mut opts = SyncOptions::new(cli.store.clone());
+            opts.jobs = a.jobs.max(1);
+            opts.keep_obsolete = a.keep_obsolete;
+            opts.wait = a.wait;
+            opts.progress = mode;
+            opts.max_future = a.max_future;
+            if !cli.quiet && !a.json {
+                for r in &cfg.repos {
+                    eprintln!(
+                        "mirror {}: {} {} [{}] {}",
+                        r.name,
+                        r.url,
+                        r.suites.join(" "),
+                        r.components.join(" "),
+                        r.architectures.join(" ")
+                    );
+                }
+                eprintln!("selection: {}", cfg.selection.describe());
+            }
+            let report = sync(&cfg, &opts)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_sync(&report);
+            }
+            Ok(0)
+        }
+        Command::Mirror(MirrorCommand::Verify(a)) => {
+            let names = if a.names.is_empty() {
+                list_mirrors(&cli.store)?
+            } else {
+                a.names.clone()
+            };
+            if names.is_empty() {
+                anyhow::bail!(
+                    "no mirrors in {}: run `cairn mirror sync` first",
+                    cli.store.join("mirror").display()
+                );
+            }
+            let opts = VerifyOptions {
+                store: cli.store.clone(),
+                jobs: a.jobs.unwrap_or_else(parallel::cpus).max(1),
+                repair: a.repair,
+                wait: a.wait,
+                progress: mode,
+                max_future: 10,
+            };
+            let mut reports = Vec::new();
+            for n in &names {
+                reports.push(verify(n, &opts).with_context(|| format!("verifying mirror {n}"))?);
+            }
+            let ok = reports.iter().all(|r| r.ok);
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in &reports {
+                    print_verify(r);
+                }
+            }
+            Ok(if ok { 0 } else { 1 })
+        }
+    }
+}
+
+fn sync_config(a: &SyncArgs) -> Result<MirrorConfig> {
+    let mut cfg = if let Some(path) = &a.config {
+        load_config(path)?
+    } else if let Some(url) = &a.url {
+        MirrorConfig {
+            repos: vec![RepoSpec {
+                name: a.name.clone().unwrap_or_else(|| name_from_url(url)),
+                url: url.trim_end_matches('/').to_string(),
+                suites: a.suite.clone(),
+                components: if a.component.is_empty() {
+                    vec!["main".into()]
+                } else {
+                    a.component.clone()
+                },
+                architectures: if a.arch.is_empty() {
+                    vec![host_arch().into()]
+                } else {
+                    a.arch.clone()
+                },
+                keyring: a.keyring.clone(),
+                translations: vec!["en".into()],
+            }],
+            selection: Selection::default_packages(),
+        }
+    } else {
+        let mut repos =
+            host_repos(std::path::Path::new("/")).context("reading the host's apt sources")?;
+        for r in &mut repos {
+            if !a.component.is_empty() {
+                r.components = a.component.clone();
+            }
+            if !a.arch.is_empty() {
+                r.architectures = a.arch.clone();
+            }
+        }
+        MirrorConfig {
+            repos,
+            selection: Selection::default_packages(),
+        }
+    };
+    if a.full || !a.package.is_empty() || !a.priority.is_empty() || a.no_closure || a.recommends {
+        let base = if a.full || !a.package.is_empty() || !a.priority.is_empty() {
+            Selection {
+                full: a.full,
+                packages: a.package.clone(),
+                priorities: a.priority.clone(),
+                closure: true,
+                recommends: false,
+            }
+        } else {
+            cfg.selection.clone()
+        };
+        cfg.selection = Selection {
+            closure: !a.no_closure && !a.full,
+            recommends: a.recommends,
+            ..base
+        };
+    }
+    validate_selection(&cfg.selection)?;
+    Ok(cfg)
+}
+
+fn print_sync(r: &SyncReport) {
+    if r.up_to_date {
+        println!(
+            "up to date: nothing changed upstream or in the selection ({:.1}s)",
+            r.seconds
+        );
+    }
+    for repo in &r.repos {
+        for s in &repo.suites {
+            println!(
+                "  {}/{}: {} signed by {} (Date {}{}), {} indices ({} fetched)",
+                repo.name,
+                s.suite,
+                s.signature,
+                s.signed_by.join(", "),
+                s.date.as_deref().unwrap_or("?"),
+                s.valid_until
+                    .as_deref()
+                    .map(|v| format!(", valid until {v}"))
+                    .unwrap_or_default(),
+                s.indices,
+                s.indices_fetched
+            );
+        }
+        println!(
+            "{}: {} pool files ({}), {} fetched ({}), {} re-hashed, {} obsolete removed -> {}",
+            repo.name,
+            repo.pool_files,
+            human_bytes(repo.pool_bytes),
+            repo.fetched_files,
+            human_bytes(repo.fetched_bytes),
+            repo.hashed_files,
+            repo.removed_obsolete,
+            repo.path.display()
+        );
+    }
+    if !r.unsatisfied.is_empty() {
+        println!(
+            "warning: {} dependencies are not satisfied by the mirrored suites:",
+            r.unsatisfied.len()
+        );
+        for u in r.unsatisfied.iter().take(20) {
+            println!("  {u}");
+        }
+    }
+    println!(
+        "{} packages ({}); fetched {} in {:.1}s",
+        r.packages,
+        r.selection,
+        human_bytes(r.fetched_bytes),
+        r.seconds
+    );
+}
+
+fn print_verify(r: &VerifyReport) {
+    for s in &r.suites {
+        println!(
+            "  {}/{}: signed by {} (Date {})",
+            r.name,
+            s.suite,
+            s.signed_by.join(", "),
+            s.date.as_deref().unwrap_or("?")
+        );
+    }
+    for p in &r.release_problems {
+        println!("  RELEASE {}: {}", p.path, p.detail);
+    }
+    for m in &r.missing {
+        println!("  MISSING {m}");
+    }
+    for c in &r.corrupt {
+        println!("  CORRUPT {}: {}", c.path, c.detail);
+    }
+    for u in &r.unexpected {
+        println!("  UNEXPECTED {u}");
+    }
+    for f in &r.repaired {
+        println!("  REPAIRED {f}");
+    }
+    println!(
+        "{}: {} — {} indices, {} pool files, {} hashed in {:.1}s ({}/s)",
+        r.name,
+        if r.ok { "OK" } else { "PROBLEMS" },
+        r.indices_checked,
+        r.pool_checked,
+        human_bytes(r.bytes_hashed),
+        r.seconds,
+        human_bytes((r.bytes_hashed as f64 / r.seconds.max(0.001)) as u64)
+    );
+}

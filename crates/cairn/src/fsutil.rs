@@ -1,0 +1,97 @@
+//! File-system helpers that keep half-done work invisible: write to a hidden
+//! sibling, fsync, rename; directory fsync; safe relative paths.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// Writes `data` to `path` atomically (temporary sibling, fsync, rename, fsync dir).
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().context("path has no parent")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = tmp_sibling(path);
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    sync_dir(dir)
+}
+
+/// `.<name>.tmp-<pid>` beside `path`.
+pub fn tmp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// fsyncs a directory so a rename in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+/// Checks that `rel` is a plain relative path below `prefix` (no absolute
+/// path, no `..`, no `.`, no empty component) and returns it as a path.
+pub fn safe_relative(rel: &str, prefix: &str) -> Result<PathBuf> {
+    if rel.contains('\0') || rel.contains('\\') {
+        bail!("unsafe path {rel:?}: forbidden character");
+    }
+    let p = Path::new(rel);
+    let mut comps = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => comps.push(s),
+            _ => bail!("unsafe path {rel:?}: absolute paths, `.` and `..` are not allowed"),
+        }
+    }
+    if rel
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        bail!("unsafe path {rel:?}: empty, `.` or `..` component");
+    }
+    if comps.first().map(|c| c.to_str()) != Some(Some(prefix)) || comps.len() < 2 {
+        bail!("unsafe path {rel:?}: not inside {prefix}/");
+    }
+    Ok(p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_relative_refuses_escapes() {
+        assert!(safe_relative("pool/main/a/a_1.deb", "pool").is_ok());
+        for bad in [
+            "/etc/passwd",
+            "pool/../etc/passwd",
+            "pool/./a",
+            "dists/x",
+            "pool",
+            "pool//a",
+            "../pool/a",
+            "pool/a\0b",
+        ] {
+            assert!(safe_relative(bad, "pool").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn write_atomic_leaves_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/f");
+        write_atomic(&p, b"x").unwrap();
+        write_atomic(&p, b"y").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"y");
+        assert_eq!(fs::read_dir(d.path().join("sub")).unwrap().count(), 1);
+    }
+}

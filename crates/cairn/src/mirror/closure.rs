@@ -1,0 +1,350 @@
+//! Package selection: everything, a list, priorities, and the dependency
+//! closure apt would need to install them (Pre-Depends, Depends, optionally
+//! Recommends; alternatives; Provides; version constraints; Essential and
+//! required packages always in).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use anyhow::{Result, bail};
+use cairn_debian::relation::{Relation, parse_relations};
+use cairn_debian::{Package, compare_versions};
+
+use super::config::Selection;
+
+/// The chosen packages (indices into the input) and the relations that no
+/// mirrored package satisfies.
+#[derive(Debug, Default)]
+pub struct Selected {
+    pub chosen: Vec<usize>,
+    pub unsatisfied: Vec<String>,
+}
+
+fn priority_rank(p: Option<&str>) -> u8 {
+    match p {
+        Some("required") => 0,
+        Some("important") => 1,
+        Some("standard") => 2,
+        Some("optional") => 3,
+        _ => 4,
+    }
+}
+
+struct Index<'a> {
+    pkgs: &'a [Package],
+    /// name → indices, highest version first.
+    by_name: HashMap<&'a str, Vec<usize>>,
+    /// provided name → (index, provided version).
+    providers: HashMap<String, Vec<(usize, Option<String>)>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(pkgs: &'a [Package]) -> Result<Index<'a>> {
+        let mut by_name: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut providers: HashMap<String, Vec<(usize, Option<String>)>> = HashMap::new();
+        for (i, p) in pkgs.iter().enumerate() {
+            by_name.entry(p.name.as_str()).or_default().push(i);
+            if let Some(prov) = &p.provides {
+                for group in parse_relations(prov)
+                    .map_err(|e| anyhow::anyhow!("Provides of {}: {e}", p.name))?
+                {
+                    for r in group {
+                        providers
+                            .entry(r.name)
+                            .or_default()
+                            .push((i, r.constraint.map(|c| c.version)));
+                    }
+                }
+            }
+        }
+        for v in by_name.values_mut() {
+            v.sort_by(|&a, &b| compare_versions(&pkgs[b].version, &pkgs[a].version));
+        }
+        for v in providers.values_mut() {
+            v.sort_by(|a, b| {
+                let (pa, pb) = (&pkgs[a.0], &pkgs[b.0]);
+                priority_rank(pa.priority.as_deref())
+                    .cmp(&priority_rank(pb.priority.as_deref()))
+                    .then_with(|| pa.name.cmp(&pb.name))
+                    .then_with(|| compare_versions(&pb.version, &pa.version))
+            });
+        }
+        Ok(Index {
+            pkgs,
+            by_name,
+            providers,
+        })
+    }
+
+    /// Packages that satisfy `r`, in apt's order of preference: the real
+    /// package's versions (highest first), then providers.
+    fn satisfiers(&self, r: &Relation) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .by_name
+            .get(r.name.as_str())
+            .map(|v| {
+                v.iter()
+                    .copied()
+                    .filter(|&i| {
+                        r.constraint
+                            .as_ref()
+                            .is_none_or(|c| c.matches(&self.pkgs[i].version))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(provs) = self.providers.get(&r.name) {
+            for (i, pv) in provs {
+                let ok = match (&r.constraint, pv) {
+                    (None, _) => true,
+                    (Some(c), Some(v)) => c.matches(v),
+                    (Some(_), None) => false,
+                };
+                if ok {
+                    out.push(*i);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Chooses the packages to mirror from `pkgs` (all indices of all mirrored
+/// suites). Named packages that do not exist are an error.
+pub fn select(pkgs: &[Package], sel: &Selection) -> Result<Selected> {
+    if sel.full {
+        return Ok(Selected {
+            chosen: (0..pkgs.len()).collect(),
+            unsatisfied: Vec::new(),
+        });
+    }
+    let index = Index::new(pkgs)?;
+    let mut chosen: BTreeSet<usize> = BTreeSet::new();
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    let push = |i: usize, chosen: &mut BTreeSet<usize>, queue: &mut VecDeque<usize>| {
+        if chosen.insert(i) {
+            queue.push_back(i);
+        }
+    };
+    let mut missing = Vec::new();
+    for name in &sel.packages {
+        let (n, c) = match name.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (name.as_str(), None),
+        };
+        let found: Vec<usize> = index
+            .by_name
+            .get(n)
+            .map(|v| {
+                v.iter()
+                    .copied()
+                    .filter(|&i| c.is_none_or(|v| pkgs[i].version == v))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match found.first() {
+            // The highest version is what apt installs; older ones stay out.
+            Some(&i) => push(i, &mut chosen, &mut queue),
+            None => missing.push(name.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "package(s) not found in the mirrored indices: {}",
+            missing.join(", ")
+        );
+    }
+    let wanted_prio = |p: &Package| {
+        p.priority
+            .as_deref()
+            .is_some_and(|x| sel.priorities.iter().any(|w| w == x))
+    };
+    for (name, versions) in &index.by_name {
+        let _ = name;
+        let top = versions[0];
+        let p = &pkgs[top];
+        if wanted_prio(p)
+            || (sel.closure && (p.essential || p.priority.as_deref() == Some("required")))
+        {
+            push(top, &mut chosen, &mut queue);
+        }
+    }
+    let mut unsatisfied = BTreeSet::new();
+    if sel.closure {
+        while let Some(i) = queue.pop_front() {
+            let p = &pkgs[i];
+            let mut fields = vec![p.pre_depends.as_deref(), p.depends.as_deref()];
+            if sel.recommends {
+                fields.push(p.recommends.as_deref());
+            }
+            for (fi, field) in fields.into_iter().enumerate() {
+                let Some(field) = field else { continue };
+                let groups = parse_relations(field)
+                    .map_err(|e| anyhow::anyhow!("{} {}: {e}", p.name, p.version))?;
+                for group in groups {
+                    // apt installs the first alternative that can be installed,
+                    // unless one is already going in: mirror that one, and keep
+                    // what is already chosen.
+                    let mut first: Option<usize> = None;
+                    let mut satisfied = false;
+                    for alt in &group {
+                        let s = index.satisfiers(alt);
+                        if s.iter().any(|x| chosen.contains(x)) {
+                            satisfied = true;
+                        }
+                        if first.is_none() {
+                            first = s.first().copied();
+                        }
+                    }
+                    match first {
+                        Some(f) => push(f, &mut chosen, &mut queue),
+                        None if !satisfied && fi < 2 => {
+                            let alts: Vec<String> = group.iter().map(fmt_relation).collect();
+                            unsatisfied.insert(format!(
+                                "{} {} depends on {}",
+                                p.name,
+                                p.version,
+                                alts.join(" | ")
+                            ));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+    let mut chosen: Vec<usize> = chosen.into_iter().collect();
+    chosen.sort_by(|&a, &b| {
+        pkgs[a]
+            .name
+            .cmp(&pkgs[b].name)
+            .then_with(|| compare_versions(&pkgs[a].version, &pkgs[b].version))
+            .then(Ordering::Equal)
+    });
+    Ok(Selected {
+        chosen,
+        unsatisfied: unsatisfied.into_iter().collect(),
+    })
+}
+
+fn fmt_relation(r: &Relation) -> String {
+    match &r.constraint {
+        Some(c) => format!("{} ({:?} {})", r.name, c.op, c.version),
+        None => r.name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkg(name: &str, version: &str, extra: &[(&str, &str)]) -> Package {
+        let mut p = Package {
+            name: name.into(),
+            version: version.into(),
+            architecture: "amd64".into(),
+            filename: format!("pool/main/{name}_{version}.deb"),
+            size: 1,
+            sha256: "0".repeat(64),
+            priority: Some("optional".into()),
+            essential: false,
+            depends: None,
+            pre_depends: None,
+            recommends: None,
+            provides: None,
+            multi_arch: None,
+        };
+        for (k, v) in extra {
+            match *k {
+                "Depends" => p.depends = Some(v.to_string()),
+                "Pre-Depends" => p.pre_depends = Some(v.to_string()),
+                "Recommends" => p.recommends = Some(v.to_string()),
+                "Provides" => p.provides = Some(v.to_string()),
+                "Priority" => p.priority = Some(v.to_string()),
+                "Essential" => p.essential = true,
+                _ => unreachable!(),
+            }
+        }
+        p
+    }
+
+    fn names(pkgs: &[Package], s: &Selected) -> Vec<String> {
+        s.chosen
+            .iter()
+            .map(|&i| format!("{}={}", pkgs[i].name, pkgs[i].version))
+            .collect()
+    }
+
+    #[test]
+    fn closure_follows_alternatives_provides_and_versions() {
+        let pkgs = vec![
+            pkg(
+                "app",
+                "1",
+                &[
+                    ("Depends", "lib (>= 2) | oldlib, mta"),
+                    ("Recommends", "docs"),
+                ],
+            ),
+            pkg("lib", "1", &[]),
+            pkg("lib", "2", &[("Pre-Depends", "base")]),
+            pkg("oldlib", "1", &[]),
+            pkg("postfix", "3", &[("Provides", "mta")]),
+            pkg("exim", "4", &[("Provides", "mta"), ("Priority", "extra")]),
+            pkg(
+                "base",
+                "1",
+                &[("Essential", "yes"), ("Priority", "required")],
+            ),
+            pkg(
+                "req",
+                "1",
+                &[("Priority", "required"), ("Depends", "gone (>= 9)")],
+            ),
+            pkg("docs", "1", &[]),
+            pkg("unrelated", "1", &[]),
+        ];
+        let sel = Selection {
+            packages: vec!["app".into()],
+            closure: true,
+            ..Default::default()
+        };
+        let s = select(&pkgs, &sel).unwrap();
+        assert_eq!(
+            names(&pkgs, &s),
+            ["app=1", "base=1", "lib=2", "postfix=3", "req=1"]
+        );
+        assert_eq!(s.unsatisfied, ["req 1 depends on gone (Ge 9)"]);
+
+        let with_rec = Selection {
+            recommends: true,
+            ..sel.clone()
+        };
+        assert!(names(&pkgs, &select(&pkgs, &with_rec).unwrap()).contains(&"docs=1".to_string()));
+
+        let exact = Selection {
+            packages: vec!["lib=1".into()],
+            closure: false,
+            ..Default::default()
+        };
+        assert_eq!(names(&pkgs, &select(&pkgs, &exact).unwrap()), ["lib=1"]);
+
+        let prio = Selection {
+            priorities: vec!["extra".into()],
+            closure: false,
+            ..Default::default()
+        };
+        assert_eq!(names(&pkgs, &select(&pkgs, &prio).unwrap()), ["exim=4"]);
+
+        let missing = Selection {
+            packages: vec!["nope".into()],
+            ..sel
+        };
+        assert!(
+            select(&pkgs, &missing)
+                .unwrap_err()
+                .to_string()
+                .contains("nope")
+        );
+    }
+}

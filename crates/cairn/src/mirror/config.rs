@@ -1,0 +1,446 @@
+//! What to mirror: repositories (from the host's apt sources or a mirror
+//! config file) and the selection of packages. Config files are strict TOML,
+//! deserialized into `Unvalidated*` types, then validated.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cairn_debian::sources::{SourceEntry, parse_deb822_sources, parse_one_line_sources};
+use serde::{Deserialize, Serialize};
+
+/// The packages the default selection is the closure of: what a bootable
+/// cairn live image needs.
+pub const DEFAULT_PACKAGES: &[&str] = &["systemd-sysv", "live-boot", "linux-image-amd64"];
+
+/// One upstream repository and the parts of it to mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RepoSpec {
+    /// Local name: the directory under `<store>/mirror/`.
+    pub name: String,
+    pub url: String,
+    pub suites: Vec<String>,
+    pub components: Vec<String>,
+    pub architectures: Vec<String>,
+    /// Keyring files that may sign the Release files.
+    pub keyring: Vec<PathBuf>,
+    /// Translation languages to mirror (`en`).
+    pub translations: Vec<String>,
+}
+
+/// Which packages' pool files to mirror. Indices are always mirrored whole
+/// and untouched, so the upstream signature stays valid for apt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Selection {
+    /// Every package of the chosen suites, components and architectures.
+    #[serde(default)]
+    pub full: bool,
+    /// Packages to mirror (with their dependency closure when `closure`).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Every package with one of these priorities (`required`, `important`, …).
+    #[serde(default)]
+    pub priorities: Vec<String>,
+    /// Add the dependency closure (Depends, Pre-Depends), and always the
+    /// Essential and required packages, so apt and mmdebstrap can install
+    /// the packages from the mirror alone.
+    #[serde(default = "yes")]
+    pub closure: bool,
+    /// Follow Recommends too.
+    #[serde(default)]
+    pub recommends: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Selection {
+    pub fn default_packages() -> Selection {
+        Selection {
+            packages: DEFAULT_PACKAGES.iter().map(|s| s.to_string()).collect(),
+            closure: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        if self.full {
+            return "everything".into();
+        }
+        let mut parts = Vec::new();
+        if !self.packages.is_empty() {
+            parts.push(format!("packages {}", self.packages.join(" ")));
+        }
+        if !self.priorities.is_empty() {
+            parts.push(format!("priorities {}", self.priorities.join(" ")));
+        }
+        let what = parts.join(" + ");
+        if self.closure {
+            format!("{what} with dependency closure")
+        } else {
+            what
+        }
+    }
+}
+
+/// A validated mirror configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MirrorConfig {
+    pub repos: Vec<RepoSpec>,
+    pub selection: Selection,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct UnvalidatedConfig {
+    schema_version: u32,
+    #[serde(default)]
+    repository: Vec<UnvalidatedRepo>,
+    #[serde(default)]
+    selection: Option<Selection>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct UnvalidatedRepo {
+    name: Option<String>,
+    url: String,
+    suites: Vec<String>,
+    #[serde(default)]
+    components: Vec<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    keyring: Vec<PathBuf>,
+    #[serde(default)]
+    translations: Option<Vec<String>>,
+}
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Loads and validates a mirror config file.
+pub fn load_config(path: &Path) -> Result<MirrorConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_config(&text).with_context(|| format!("in {}", path.display()))
+}
+
+pub fn parse_config(text: &str) -> Result<MirrorConfig> {
+    let raw: UnvalidatedConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if raw.schema_version != SCHEMA_VERSION {
+        bail!(
+            "schema-version {} is not supported (this cairn reads {SCHEMA_VERSION})",
+            raw.schema_version
+        );
+    }
+    if raw.repository.is_empty() {
+        bail!("no [[repository]] given");
+    }
+    let mut repos = Vec::new();
+    for (i, r) in raw.repository.into_iter().enumerate() {
+        let name = r.name.unwrap_or_else(|| name_from_url(&r.url));
+        let spec = RepoSpec {
+            name,
+            url: r.url,
+            suites: r.suites,
+            components: if r.components.is_empty() {
+                vec!["main".into()]
+            } else {
+                r.components
+            },
+            architectures: if r.architectures.is_empty() {
+                vec![host_arch().into()]
+            } else {
+                r.architectures
+            },
+            keyring: r.keyring,
+            translations: r.translations.unwrap_or_else(|| vec!["en".into()]),
+        };
+        validate_repo(&spec).with_context(|| format!("repository #{} ({})", i + 1, spec.name))?;
+        repos.push(spec);
+    }
+    let mut names: Vec<&str> = repos.iter().map(|r| r.name.as_str()).collect();
+    names.sort();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!(
+            "two repositories are named {:?}: give them distinct `name`s",
+            w[0]
+        );
+    }
+    let selection = raw.selection.unwrap_or_else(Selection::default_packages);
+    validate_selection(&selection)?;
+    Ok(MirrorConfig { repos, selection })
+}
+
+pub fn validate_selection(s: &Selection) -> Result<()> {
+    if !s.full && s.packages.is_empty() && s.priorities.is_empty() {
+        bail!("the selection is empty: set `full = true`, or list `packages` or `priorities`");
+    }
+    if s.full && (!s.packages.is_empty() || !s.priorities.is_empty()) {
+        bail!("`full = true` mirrors everything: drop `packages` and `priorities`, or `full`");
+    }
+    Ok(())
+}
+
+fn validate_repo(r: &RepoSpec) -> Result<()> {
+    let word_ok =
+        |w: &str| !w.is_empty() && !w.contains(['/', '\\', '\0']) && w != "." && w != "..";
+    if !word_ok(&r.name) || r.name.starts_with('.') {
+        bail!("bad name {:?}", r.name);
+    }
+    if !(r.url.starts_with("http://")
+        || r.url.starts_with("https://")
+        || r.url.starts_with("file:/"))
+    {
+        bail!(
+            "url {:?}: only http://, https:// and file:// are supported",
+            r.url
+        );
+    }
+    if r.suites.is_empty() {
+        bail!("no suites");
+    }
+    for s in &r.suites {
+        // Suites may be paths like `bookworm/updates` in old layouts, never escape.
+        if s.is_empty()
+            || s.starts_with('/')
+            || s.split('/').any(|c| c == ".." || c == "." || c.is_empty())
+        {
+            bail!("bad suite {s:?}");
+        }
+    }
+    for w in r
+        .components
+        .iter()
+        .chain(&r.architectures)
+        .chain(&r.translations)
+    {
+        if !word_ok(w) {
+            bail!("bad component, architecture or language {w:?}");
+        }
+    }
+    if r.keyring.is_empty() {
+        bail!("no keyring: name the keyring file(s) that sign this repository");
+    }
+    Ok(())
+}
+
+/// The Debian architecture of this machine.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "i386",
+        "arm" => "armhf",
+        "powerpc64" => "ppc64el",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        other => other,
+    }
+}
+
+/// `http://host/debian-security/` → `debian-security`.
+pub fn name_from_url(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let mut parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    if url.starts_with("file:") {
+        return parts.pop().unwrap_or("local").to_string();
+    }
+    let host = parts.first().copied().unwrap_or("mirror");
+    parts
+        .get(1..)
+        .and_then(|p| p.last().copied())
+        .unwrap_or(host)
+        .to_string()
+}
+
+/// Reads the host's apt sources below `root` (normally `/`): deb822
+/// `sources.list.d/*.sources`, one-line `sources.list` and `*.list`.
+/// Enabled `deb` entries are grouped per URL into repositories.
+pub fn host_repos(root: &Path) -> Result<Vec<RepoSpec>> {
+    let etc = root.join("etc/apt");
+    let mut entries: Vec<(PathBuf, SourceEntry)> = Vec::new();
+    let list = etc.join("sources.list");
+    if list.exists() {
+        let text = std::fs::read_to_string(&list)
+            .with_context(|| format!("reading {}", list.display()))?;
+        for e in
+            parse_one_line_sources(&text).with_context(|| format!("parsing {}", list.display()))?
+        {
+            entries.push((list.clone(), e));
+        }
+    }
+    let dir = etc.join("sources.list.d");
+    if dir.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        for f in files {
+            let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext != "sources" && ext != "list" {
+                continue;
+            }
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            let parsed = if ext == "sources" {
+                parse_deb822_sources(&text)
+            } else {
+                parse_one_line_sources(&text)
+            };
+            for e in parsed.with_context(|| format!("parsing {}", f.display()))? {
+                entries.push((f.clone(), e));
+            }
+        }
+    }
+    let default_keyrings = || -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        let legacy = etc.join("trusted.gpg");
+        if legacy.exists() {
+            v.push(legacy);
+        }
+        if let Ok(rd) = std::fs::read_dir(etc.join("trusted.gpg.d")) {
+            let mut ks: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("gpg" | "asc")))
+                .collect();
+            ks.sort();
+            v.extend(ks);
+        }
+        v
+    };
+    let mut by_url: BTreeMap<String, RepoSpec> = BTreeMap::new();
+    for (file, e) in entries {
+        if !e.enabled || !e.types.iter().any(|t| t == "deb") {
+            continue;
+        }
+        let keyring = match &e.signed_by {
+            Some(s) if s.contains("BEGIN PGP") => {
+                bail!(
+                    "{}:{}: inline Signed-By keys are not supported yet: put the key in a file",
+                    file.display(),
+                    e.line
+                )
+            }
+            Some(s) => s
+                .split([',', ' ', '\n'])
+                .filter(|w| w.starts_with('/'))
+                .map(PathBuf::from)
+                .collect(),
+            None => default_keyrings(),
+        };
+        for uri in &e.uris {
+            let url = uri.trim_end_matches('/').to_string();
+            let spec = by_url.entry(url.clone()).or_insert_with(|| RepoSpec {
+                name: name_from_url(&url),
+                url: url.clone(),
+                suites: Vec::new(),
+                components: Vec::new(),
+                architectures: if e.architectures.is_empty() {
+                    vec![host_arch().into()]
+                } else {
+                    e.architectures.clone()
+                },
+                keyring: Vec::new(),
+                translations: vec!["en".into()],
+            });
+            for s in &e.suites {
+                if !spec.suites.contains(s) {
+                    spec.suites.push(s.clone());
+                }
+            }
+            for c in &e.components {
+                if !spec.components.contains(c) {
+                    spec.components.push(c.clone());
+                }
+            }
+            for k in &keyring {
+                if !spec.keyring.contains(k) {
+                    spec.keyring.push(k.clone());
+                }
+            }
+        }
+    }
+    let repos: Vec<RepoSpec> = by_url.into_values().collect();
+    if repos.is_empty() {
+        bail!(
+            "no enabled `deb` sources in {}: name a repository with --url or --config",
+            etc.display()
+        );
+    }
+    for r in &repos {
+        validate_repo(r).with_context(|| format!("apt source {}", r.url))?;
+    }
+    Ok(repos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_urls() {
+        assert_eq!(name_from_url("http://m.invalid/debian"), "debian");
+        assert_eq!(
+            name_from_url("http://m.invalid/debian-security/"),
+            "debian-security"
+        );
+        assert_eq!(name_from_url("http://127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(name_from_url("file:///srv/repo"), "repo");
+    }
+
+    #[test]
+    fn strict_config() {
+        let ok = "schema-version = 1\n[[repository]]\nurl = \"http://m.invalid/debian\"\nsuites = [\"bookworm\"]\nkeyring = [\"/k.gpg\"]\n[selection]\npackages = [\"bash\"]\n";
+        let c = parse_config(ok).unwrap();
+        assert_eq!(c.repos[0].name, "debian");
+        assert_eq!(c.repos[0].components, ["main"]);
+        assert!(c.selection.closure);
+        let unknown = ok.replace("suites", "suits");
+        let err = format!("{:#}", parse_config(&unknown).unwrap_err());
+        assert!(
+            err.contains("unknown field `suits`") && err.contains("line 4"),
+            "{err}"
+        );
+        let v2 = ok.replace("schema-version = 1", "schema-version = 2");
+        assert!(format!("{:#}", parse_config(&v2).unwrap_err()).contains("schema-version 2"));
+        let bad_suite = ok.replace("\"bookworm\"", "\"../x\"");
+        assert!(format!("{:#}", parse_config(&bad_suite).unwrap_err()).contains("bad suite"));
+        let empty = ok.replace("packages = [\"bash\"]", "closure = true");
+        assert!(format!("{:#}", parse_config(&empty).unwrap_err()).contains("selection is empty"));
+    }
+
+    #[test]
+    fn host_sources_grouped_by_url() {
+        let d = tempfile::tempdir().unwrap();
+        let etc = d.path().join("etc/apt/sources.list.d");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            etc.join("debian.sources"),
+            "Types: deb\nURIs: http://m.invalid/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /k.gpg\n\n\
+Types: deb\nURIs: http://m.invalid/debian-security\nSuites: bookworm-security\nComponents: main\nSigned-By: /k.gpg\n\n\
+Types: deb-src\nURIs: http://m.invalid/debian\nSuites: bookworm\nComponents: main\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("etc/apt/sources.list"),
+            "deb [signed-by=/k2.gpg] http://m.invalid/debian/ bookworm contrib\n",
+        )
+        .unwrap();
+        std::fs::write(etc.join("off.list.disabled"), "garbage\n").unwrap();
+        let repos = host_repos(d.path()).unwrap();
+        assert_eq!(repos.len(), 2);
+        assert_eq!(repos[0].name, "debian");
+        assert_eq!(repos[0].suites, ["bookworm", "bookworm-updates"]);
+        assert_eq!(repos[0].components, ["contrib", "main"]);
+        assert_eq!(
+            repos[0].keyring,
+            [PathBuf::from("/k2.gpg"), PathBuf::from("/k.gpg")]
+        );
+        assert_eq!(repos[1].name, "debian-security");
+    }
+}

@@ -1,0 +1,389 @@
+//! Fetching: a small transport trait (HTTP over many keep-alive connections,
+//! or local `file://` trees) and a download that verifies size and SHA-256
+//! while it streams, resumes partial files and retries with backoff.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::trust::hash::hex;
+
+/// Why a fetch failed. `retryable` tells the download loop what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: not found (404)")]
+    NotFound { url: String },
+    #[error("{url}: HTTP status {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: {msg}")]
+    Transport { url: String, msg: String },
+    #[error("{url}: SHA256 mismatch: expected {expected}, got {got}")]
+    HashMismatch {
+        url: String,
+        expected: String,
+        got: String,
+    },
+    #[error("{url}: size mismatch: expected {expected} bytes, got {got}")]
+    SizeMismatch {
+        url: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("writing {path}: {msg}")]
+    Local { path: String, msg: String },
+}
+
+impl FetchError {
+    fn retryable(&self) -> bool {
+        match self {
+            FetchError::NotFound { .. } | FetchError::Local { .. } => false,
+            FetchError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            _ => true,
+        }
+    }
+}
+
+/// A response body and whether it starts at the requested offset.
+pub struct Body {
+    pub reader: Box<dyn Read + Send>,
+    /// True when the server honoured the range (206), false when it sent the whole file.
+    pub partial: bool,
+}
+
+/// Where bytes come from.
+pub trait Transport: Send + Sync {
+    /// GET `url`, from byte `offset` when the transport can.
+    fn get(&self, url: &str, offset: u64) -> Result<Body, FetchError>;
+}
+
+/// HTTP(S) with a pool of keep-alive connections shared by all workers.
+pub struct HttpTransport {
+    agent: ureq::Agent,
+}
+
+impl HttpTransport {
+    pub fn new(connections: usize) -> HttpTransport {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections(connections.max(4) * 2)
+            .max_idle_connections_per_host(connections.max(4))
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .user_agent(format!("cairn/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        HttpTransport { agent }
+    }
+}
+
+impl Transport for HttpTransport {
+    fn get(&self, url: &str, offset: u64) -> Result<Body, FetchError> {
+        let mut req = self.agent.get(url);
+        if offset > 0 {
+            req = req.header("Range", format!("bytes={offset}-"));
+        }
+        let resp = req.call().map_err(|e| FetchError::Transport {
+            url: url.into(),
+            msg: e.to_string(),
+        })?;
+        match resp.status().as_u16() {
+            200 => Ok(Body {
+                reader: Box::new(resp.into_body().into_reader()),
+                partial: false,
+            }),
+            206 if offset > 0 => Ok(Body {
+                reader: Box::new(resp.into_body().into_reader()),
+                partial: true,
+            }),
+            404 | 410 => Err(FetchError::NotFound { url: url.into() }),
+            s => Err(FetchError::Status {
+                url: url.into(),
+                status: s,
+            }),
+        }
+    }
+}
+
+/// `file://` sources: a local tree (a CD, a mounted mirror).
+pub struct FileTransport;
+
+impl Transport for FileTransport {
+    fn get(&self, url: &str, offset: u64) -> Result<Body, FetchError> {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        let mut f = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => FetchError::NotFound { url: url.into() },
+            _ => FetchError::Transport {
+                url: url.into(),
+                msg: e.to_string(),
+            },
+        })?;
+        if offset > 0 {
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).map_err(|e| {
+                FetchError::Transport {
+                    url: url.into(),
+                    msg: e.to_string(),
+                }
+            })?;
+        }
+        Ok(Body {
+            reader: Box::new(f),
+            partial: offset > 0,
+        })
+    }
+}
+
+/// The transport for a repository URL.
+pub fn transport_for(url: &str, connections: usize) -> anyhow::Result<Arc<dyn Transport>> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(Arc::new(HttpTransport::new(connections)))
+    } else if url.starts_with("file:/") {
+        Ok(Arc::new(FileTransport))
+    } else {
+        anyhow::bail!(
+            "unsupported URL scheme in {url:?}: cairn mirrors http://, https:// and file:// sources"
+        )
+    }
+}
+
+/// What a file must be.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// How hard to try.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            first_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Bytes received, for progress; shared by all workers.
+#[derive(Default)]
+pub struct Counter(pub AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Downloads `url` into `partial` (resuming what is there), checks size and
+/// SHA-256 while streaming, fsyncs, then renames to `dest`. Returns the
+/// number of bytes that went over the wire.
+pub fn fetch_verified(
+    t: &dyn Transport,
+    url: &str,
+    partial: &Path,
+    dest: &Path,
+    expect: &Expect,
+    retry: &RetryPolicy,
+    counter: &Counter,
+) -> Result<u64, FetchError> {
+    let mut received = 0u64;
+    let mut mismatches = 0;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match fetch_once(t, url, partial, expect, counter, &mut received) {
+            Ok(()) => break,
+            Err(e) => {
+                if matches!(
+                    e,
+                    FetchError::HashMismatch { .. } | FetchError::SizeMismatch { .. }
+                ) {
+                    let _ = fs::remove_file(partial);
+                    mismatches += 1;
+                    // Wrong bytes twice from scratch: the source is wrong, not the line.
+                    if mismatches >= 2 {
+                        return Err(e);
+                    }
+                }
+                if !e.retryable() || attempt >= retry.attempts {
+                    return Err(e);
+                }
+                let backoff = retry.first_backoff * 2u32.pow(attempt.min(5) - 1);
+                tracing::debug!("retrying {url} in {backoff:?}: {e}");
+                std::thread::sleep(backoff.min(Duration::from_secs(5)));
+            }
+        }
+    }
+    let local = |e: std::io::Error, p: &Path| FetchError::Local {
+        path: p.display().to_string(),
+        msg: e.to_string(),
+    };
+    if let Some(dir) = dest.parent() {
+        fs::create_dir_all(dir).map_err(|e| local(e, dir))?;
+    }
+    fs::rename(partial, dest).map_err(|e| local(e, dest))?;
+    Ok(received)
+}
+
+fn fetch_once(
+    t: &dyn Transport,
+    url: &str,
+    partial: &Path,
+    expect: &Expect,
+    counter: &Counter,
+    received: &mut u64,
+) -> Result<(), FetchError> {
+    let local = |e: std::io::Error| FetchError::Local {
+        path: partial.display().to_string(),
+        msg: e.to_string(),
+    };
+    if let Some(dir) = partial.parent() {
+        fs::create_dir_all(dir).map_err(local)?;
+    }
+    let mut hasher = Sha256::new();
+    let mut have = match fs::metadata(partial) {
+        Ok(m) if m.len() < expect.size => m.len(),
+        Ok(_) => {
+            fs::remove_file(partial).map_err(local)?;
+            0
+        }
+        Err(_) => 0,
+    };
+    if have > 0 {
+        // Re-hash what is already there so the final hash covers every byte.
+        let mut f = File::open(partial).map_err(local)?;
+        let mut buf = vec![0u8; 1 << 18];
+        let mut left = have;
+        while left > 0 {
+            let n = f
+                .read(&mut buf[..left.min(1 << 18) as usize])
+                .map_err(local)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+    }
+    let body = t.get(url, have)?;
+    let mut file = if body.partial {
+        OpenOptions::new()
+            .append(true)
+            .open(partial)
+            .map_err(local)?
+    } else {
+        // The server ignored the range (or there was none): start over.
+        hasher = Sha256::new();
+        have = 0;
+        File::create(partial).map_err(local)?
+    };
+    let mut reader = body.reader;
+    let mut buf = vec![0u8; 1 << 18];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = file.flush();
+                return Err(FetchError::Transport {
+                    url: url.into(),
+                    msg: format!("connection broke after {have} bytes: {e}"),
+                });
+            }
+        };
+        have += n as u64;
+        *received += n as u64;
+        counter.add(n as u64);
+        if have > expect.size {
+            return Err(FetchError::SizeMismatch {
+                url: url.into(),
+                expected: expect.size,
+                got: have,
+            });
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(local)?;
+    }
+    if have < expect.size {
+        return Err(FetchError::Transport {
+            url: url.into(),
+            msg: format!("connection closed after {have} of {} bytes", expect.size),
+        });
+    }
+    let got = hex(&hasher.finalize());
+    if got != expect.sha256 {
+        return Err(FetchError::HashMismatch {
+            url: url.into(),
+            expected: expect.sha256.clone(),
+            got,
+        });
+    }
+    file.sync_all().map_err(local)?;
+    Ok(())
+}
+
+/// Fetches a small file of unknown size (InRelease) into memory, with retries.
+pub fn fetch_small(
+    t: &dyn Transport,
+    url: &str,
+    limit: u64,
+    retry: &RetryPolicy,
+) -> Result<Vec<u8>, FetchError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let r = t.get(url, 0).and_then(|body| {
+            let mut data = Vec::new();
+            body.reader
+                .take(limit + 1)
+                .read_to_end(&mut data)
+                .map_err(|e| FetchError::Transport {
+                    url: url.into(),
+                    msg: e.to_string(),
+                })?;
+            if data.len() as u64 > limit {
+                return Err(FetchError::SizeMismatch {
+                    url: url.into(),
+                    expected: limit,
+                    got: data.len() as u64,
+                });
+            }
+            Ok(data)
+        });
+        match r {
+            Ok(d) => return Ok(d),
+            Err(e)
+                if e.retryable()
+                    && attempt < retry.attempts
+                    && !matches!(e, FetchError::SizeMismatch { .. }) =>
+            {
+                std::thread::sleep(retry.first_backoff * 2u32.pow(attempt.min(5) - 1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Joins a repository URL and a relative path.
+pub fn join_url(base: &str, rel: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), rel)
+}
+
+/// Path of the partial download for a file with this hash.
+pub fn partial_path(work: &Path, sha256: &str) -> PathBuf {
+    work.join("partial").join(sha256)
+}

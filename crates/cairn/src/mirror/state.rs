@@ -1,0 +1,169 @@
+//! A mirror's on-disk layout, its lock, and the state cairn keeps beside it.
+//!
+//! ```text
+//! <store>/mirror/<name>/            published: what apt clients read
+//!     dists -> .dists/<generation>  switched atomically by rename
+//!     .dists/<generation>/<suite>/  InRelease, Release, indices, by-hash/
+//!     pool/                         package files, written before the switch
+//! <store>/mirror/.<name>.work/      cairn's own: never read by clients
+//!     lock  state.json  partial/<sha256>  tmp/
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::config::{RepoSpec, Selection};
+use crate::fsutil::write_atomic;
+
+#[derive(Debug, Clone)]
+pub struct MirrorPaths {
+    pub name: String,
+    pub root: PathBuf,
+    pub work: PathBuf,
+}
+
+impl MirrorPaths {
+    pub fn new(store: &Path, name: &str) -> MirrorPaths {
+        let base = store.join("mirror");
+        MirrorPaths {
+            name: name.into(),
+            root: base.join(name),
+            work: base.join(format!(".{name}.work")),
+        }
+    }
+    pub fn dists(&self) -> PathBuf {
+        self.root.join("dists")
+    }
+    pub fn generations(&self) -> PathBuf {
+        self.root.join(".dists")
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.work.join("state.json")
+    }
+    pub fn partial(&self) -> PathBuf {
+        self.work.join("partial")
+    }
+    pub fn tmp(&self) -> PathBuf {
+        self.work.join("tmp")
+    }
+    /// The published generation's directory, if any.
+    pub fn current_generation(&self) -> Option<PathBuf> {
+        let target = fs::read_link(self.dists()).ok()?;
+        Some(self.root.join(target))
+    }
+}
+
+/// An exclusive lock on one mirror, held for the whole sync or repair.
+pub struct MirrorLock {
+    _file: File,
+}
+
+impl MirrorLock {
+    pub fn acquire(paths: &MirrorPaths, wait: bool) -> Result<MirrorLock> {
+        fs::create_dir_all(&paths.work)
+            .with_context(|| format!("creating {}", paths.work.display()))?;
+        let p = paths.work.join("lock");
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .with_context(|| format!("opening lock {}", p.display()))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&p).unwrap_or_default();
+                let holder = holder.trim();
+                if !wait {
+                    bail!(
+                        "mirror {} is locked by another cairn (pid {}): wait for it to finish, or pass --wait",
+                        paths.name,
+                        if holder.is_empty() { "?" } else { holder }
+                    );
+                }
+                eprintln!(
+                    "waiting for the lock on mirror {} (held by pid {holder})",
+                    paths.name
+                );
+                f.lock()
+                    .with_context(|| format!("locking {}", p.display()))?;
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", p.display()));
+            }
+        }
+        f.set_len(0).ok();
+        let _ = write!(f, "{}", std::process::id());
+        Ok(MirrorLock { _file: f })
+    }
+}
+
+/// A pool file as last verified: path → size, hash and the mtime it had then.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolEntry {
+    pub size: u64,
+    pub sha256: String,
+    pub mtime_ns: i128,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct SuiteState {
+    /// SHA-256 of the signed Release file as published (InRelease, or Release).
+    pub release_sha256: String,
+    pub date: Option<i64>,
+    pub signers: Vec<String>,
+    /// Index files mirrored, relative to the suite directory.
+    pub indices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MirrorState {
+    pub schema_version: u32,
+    pub repo: RepoSpec,
+    pub selection: Selection,
+    /// Hash of everything the pool list depends on; equal means the pool list is current.
+    pub selection_key: String,
+    pub generation: String,
+    pub suites: BTreeMap<String, SuiteState>,
+    pub pool: BTreeMap<String, PoolEntry>,
+    /// Obsolete pool files left in place by `--keep-obsolete`.
+    #[serde(default)]
+    pub retained: BTreeSet<String>,
+    pub synced_at: i64,
+}
+
+impl MirrorState {
+    pub fn load(paths: &MirrorPaths) -> Result<Option<MirrorState>> {
+        let p = paths.state_file();
+        match fs::read(&p) {
+            Ok(data) => match serde_json::from_slice(&data) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) => {
+                    tracing::warn!("ignoring unreadable state {}: {e}", p.display());
+                    Ok(None)
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    pub fn save(&self, paths: &MirrorPaths) -> Result<()> {
+        let data = serde_json::to_vec(self)?;
+        write_atomic(&paths.state_file(), &data)
+    }
+}
+
+/// Modification time of a file in nanoseconds, for the "already verified" check.
+pub fn mtime_ns(meta: &fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
+}

@@ -1,0 +1,151 @@
+//! Progress for long work: a bar on a terminal, a plain line every few
+//! seconds otherwise, nothing with `--quiet`.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    Quiet,
+}
+
+/// Progress of one stage: files and bytes against known totals.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    pub files: AtomicU64,
+    pub bytes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(mode: Mode, label: &str, total_files: u64, total_bytes: u64) -> Progress {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let files = AtomicU64::new(0);
+        if mode == Mode::Quiet || total_files == 0 {
+            return Progress {
+                bar: None,
+                files,
+                bytes,
+                stop,
+                ticker: None,
+            };
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total_bytes);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(label.to_string());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            let (b2, by, st) = (bar.clone(), bytes.clone(), stop.clone());
+            let ticker = std::thread::spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    b2.set_position(by.load(Ordering::Relaxed));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+            return Progress {
+                bar: Some(bar),
+                files,
+                bytes,
+                stop,
+                ticker: Some(ticker),
+            };
+        }
+        let (by, st, label) = (bytes.clone(), stop.clone(), label.to_string());
+        let ticker = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut last = Instant::now();
+            while !st.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.elapsed() >= Duration::from_secs(5) {
+                    last = Instant::now();
+                    let done = by.load(Ordering::Relaxed);
+                    let rate = done as f64 / t0.elapsed().as_secs_f64().max(0.001);
+                    let eta = if rate > 0.0 {
+                        (total_bytes.saturating_sub(done)) as f64 / rate
+                    } else {
+                        0.0
+                    };
+                    eprintln!(
+                        "{label}: {} of {} ({}/s, ETA {:.0}s)",
+                        human_bytes(done),
+                        human_bytes(total_bytes),
+                        human_bytes(rate as u64),
+                        eta
+                    );
+                }
+            }
+        });
+        Progress {
+            bar: None,
+            files,
+            bytes,
+            stop,
+            ticker: Some(ticker),
+        }
+    }
+
+    pub fn file_done(&self) {
+        let n = self.files.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(b) = &self.bar {
+            b.set_message(format!("{n} files"));
+        }
+    }
+
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human() {
+        assert_eq!(super::human_bytes(10), "10 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(600 * 1024 * 1024), "600.0 MiB");
+    }
+}

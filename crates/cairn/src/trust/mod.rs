@@ -1,0 +1,4 @@
+//! Trust: hashes and OpenPGP signatures.
+
+pub mod hash;
+pub mod openpgp;

@@ -1,0 +1,264 @@
+//! OpenPGP verification of archive signatures, by apt's rules.
+//!
+//! The cryptography is gpgv's, the program apt itself drives on Debian 12;
+//! cairn reads gpgv's machine status lines and applies apt's policy: at least
+//! one good signature by a key in the keyring, made with a strong digest, and
+//! no bad signature. The signed text handed back is gpgv's output, never the
+//! raw file re-parsed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::cmd::{Cmd, GPG, GPGV, require};
+
+/// Why a signature was refused. Callers match on the kind.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("bad signature by key {0}")]
+    Bad(String),
+    #[error("no good signature: signed by key(s) not in the keyring ({0})")]
+    UnknownKey(String),
+    #[error("no good signature: key {0} has expired or been revoked")]
+    KeyNotValid(String),
+    #[error("signature by {0} uses the weak digest algorithm {1}")]
+    WeakDigest(String, String),
+    #[error("not a valid clear-signed file: {0}")]
+    Malformed(String),
+    #[error("no signature found")]
+    NoSignature,
+}
+
+/// A set of keyring files, as `Signed-By` or apt's trusted.gpg.d name them.
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    pub files: Vec<PathBuf>,
+}
+
+impl Keyring {
+    pub fn new(files: Vec<PathBuf>) -> Keyring {
+        Keyring { files }
+    }
+
+    /// Converts armored (`.asc`) keyrings to binary ones gpgv can read, in `work`.
+    fn prepared(&self, work: &Path) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for (i, f) in self.files.iter().enumerate() {
+            let data =
+                std::fs::read(f).with_context(|| format!("reading keyring {}", f.display()))?;
+            if data.starts_with(b"-----BEGIN PGP") {
+                require(&[&GPG])?;
+                let bin = Cmd::new(GPG.program)
+                    .args(["--batch", "--dearmor"])
+                    .stdin_bytes(data)
+                    .run()
+                    .with_context(|| format!("dearmoring keyring {}", f.display()))?;
+                let p = work.join(format!("keyring-{i}.gpg"));
+                std::fs::write(&p, bin.stdout)
+                    .with_context(|| format!("writing {}", p.display()))?;
+                out.push(p);
+            } else {
+                out.push(f.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The outcome of a good verification.
+#[derive(Debug)]
+pub struct Verified {
+    /// The signed text as the verifier output it.
+    pub text: Vec<u8>,
+    /// Fingerprints of the keys whose signatures were good.
+    pub signers: Vec<String>,
+}
+
+/// Verifies a clear-signed file (InRelease).
+pub fn verify_cleartext(data: &[u8], keyring: &Keyring, work: &Path) -> Result<Verified> {
+    check_cleartext_framing(data)?;
+    let input = work.join("signed.in");
+    let output = work.join("signed.out");
+    std::fs::write(&input, data).with_context(|| format!("writing {}", input.display()))?;
+    let _ = std::fs::remove_file(&output);
+    let status = run_gpgv(
+        keyring,
+        work,
+        &[&PathBuf::from("--output"), &output, &input],
+    )?;
+    let signers = apply_policy(&status)?;
+    let text = std::fs::read(&output)
+        .with_context(|| format!("reading gpgv output {}", output.display()))?;
+    Ok(Verified { text, signers })
+}
+
+/// Verifies a detached signature (Release.gpg over Release).
+pub fn verify_detached(
+    data: &[u8],
+    signature: &[u8],
+    keyring: &Keyring,
+    work: &Path,
+) -> Result<Verified> {
+    let input = work.join("detached.data");
+    let sig = work.join("detached.sig");
+    std::fs::write(&input, data).with_context(|| format!("writing {}", input.display()))?;
+    std::fs::write(&sig, signature).with_context(|| format!("writing {}", sig.display()))?;
+    let status = run_gpgv(keyring, work, &[&sig, &input])?;
+    let signers = apply_policy(&status)?;
+    Ok(Verified {
+        text: data.to_vec(),
+        signers,
+    })
+}
+
+/// apt refuses an InRelease with anything outside the signed block.
+fn check_cleartext_framing(data: &[u8]) -> Result<(), SignatureError> {
+    let text = std::str::from_utf8(data)
+        .map_err(|_| SignatureError::Malformed("not UTF-8 text".into()))?;
+    let body = text.trim_start_matches(['\n', '\r']);
+    if !body.starts_with("-----BEGIN PGP SIGNED MESSAGE-----") {
+        return Err(SignatureError::Malformed(
+            "does not start with a PGP SIGNED MESSAGE header".into(),
+        ));
+    }
+    if body.matches("-----BEGIN PGP SIGNED MESSAGE-----").count() != 1 {
+        return Err(SignatureError::Malformed(
+            "more than one signed message".into(),
+        ));
+    }
+    let end = "-----END PGP SIGNATURE-----";
+    let pos = body
+        .rfind(end)
+        .ok_or_else(|| SignatureError::Malformed("no signature block".into()))?;
+    if !body[pos + end.len()..].trim().is_empty() {
+        return Err(SignatureError::Malformed(
+            "data after the signature block".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn run_gpgv(keyring: &Keyring, work: &Path, args: &[&PathBuf]) -> Result<String> {
+    require(&[&GPGV])?;
+    let mut cmd = Cmd::new(GPGV.program).args(["--status-fd", "1"]);
+    for k in keyring.prepared(work)? {
+        cmd = cmd.arg("--keyring").arg(k);
+    }
+    // gpgv's exit code mixes policies (an unknown second key makes it fail);
+    // apt ignores it and judges the status lines, and so do we.
+    let cmd = cmd.args(args).env("LC_ALL", "C");
+    let out = cmd.output_any_status()?;
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !status.contains("[GNUPG:]") {
+        anyhow::bail!("{}", cmd.failure(&out));
+    }
+    Ok(status)
+}
+
+/// apt's judgement of gpgv status lines (apt's methods/gpgv.cc, in spirit).
+pub fn apply_policy(status: &str) -> Result<Vec<String>, SignatureError> {
+    let mut good = Vec::new();
+    let mut valid: Vec<(String, String)> = Vec::new();
+    let mut unknown = Vec::new();
+    let mut expired = Vec::new();
+    for line in status.lines() {
+        let Some(rest) = line.strip_prefix("[GNUPG:] ") else {
+            continue;
+        };
+        let mut w = rest.split_whitespace();
+        let kw = w.next().unwrap_or("");
+        let arg1 = w.next().unwrap_or("").to_string();
+        match kw {
+            "GOODSIG" => good.push(arg1),
+            "VALIDSIG" => {
+                // VALIDSIG fpr date ts expire ver reserved pk-algo hash-algo class [primary-fpr]
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let hash_algo = f.get(8).copied().unwrap_or("").to_string();
+                valid.push((arg1, hash_algo));
+            }
+            "BADSIG" => return Err(SignatureError::Bad(arg1)),
+            "ERRSIG" | "NO_PUBKEY" => {
+                if !unknown.contains(&arg1) {
+                    unknown.push(arg1)
+                }
+            }
+            "EXPKEYSIG" | "REVKEYSIG" | "EXPSIG" => expired.push(arg1),
+            _ => {}
+        }
+    }
+    let mut signers = Vec::new();
+    let mut weak = None;
+    for (fpr, algo) in &valid {
+        // RFC 4880 hash ids: 1 MD5, 2 SHA1, 3 RIPEMD160 are weak for apt.
+        match algo.as_str() {
+            "1" => weak = Some((fpr.clone(), "MD5")),
+            "2" => weak = Some((fpr.clone(), "SHA1")),
+            "3" => weak = Some((fpr.clone(), "RIPEMD160")),
+            _ => signers.push(fpr.clone()),
+        }
+    }
+    // A GOODSIG must pair with a VALIDSIG (key usable, signature valid).
+    if !good.is_empty() && !signers.is_empty() {
+        return Ok(signers);
+    }
+    if let Some((fpr, algo)) = weak {
+        return Err(SignatureError::WeakDigest(fpr, algo.into()));
+    }
+    if !expired.is_empty() {
+        return Err(SignatureError::KeyNotValid(expired.join(", ")));
+    }
+    if !unknown.is_empty() {
+        return Err(SignatureError::UnknownKey(unknown.join(", ")));
+    }
+    Err(SignatureError::NoSignature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG 6ED0E7B82643E131 Debian\n[GNUPG:] VALIDSIG 4CB50190207B4758A3F73A796ED0E7B82643E131 2026-07-11 1783764997 0 4 0 1 8 01 4CB50190207B4758A3F73A796ED0E7B82643E131\n";
+
+    #[test]
+    fn policy_accepts_one_good_among_unknown() {
+        let s = format!(
+            "{GOOD}[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG 1111 1 8 01 1783764997 9 -\n[GNUPG:] NO_PUBKEY 1111\n"
+        );
+        assert_eq!(
+            apply_policy(&s).unwrap(),
+            ["4CB50190207B4758A3F73A796ED0E7B82643E131"]
+        );
+    }
+
+    #[test]
+    fn policy_refuses_bad_unknown_expired_weak() {
+        let bad = format!("{GOOD}[GNUPG:] BADSIG 2222 Mallory\n");
+        assert_eq!(apply_policy(&bad), Err(SignatureError::Bad("2222".into())));
+        let unknown = "[GNUPG:] ERRSIG 1111 1 8 01 1 9 -\n[GNUPG:] NO_PUBKEY 1111\n";
+        assert_eq!(
+            apply_policy(unknown),
+            Err(SignatureError::UnknownKey("1111".into()))
+        );
+        let exp = "[GNUPG:] EXPKEYSIG 3333 Old\n[GNUPG:] VALIDSIG X 2020-01-01 1 0 4 0 1 8 01 X\n";
+        assert_eq!(
+            apply_policy(exp),
+            Err(SignatureError::KeyNotValid("3333".into()))
+        );
+        let weak = "[GNUPG:] GOODSIG 4444 W\n[GNUPG:] VALIDSIG F 2020-01-01 1 0 4 0 1 2 01 F\n";
+        assert_eq!(
+            apply_policy(weak),
+            Err(SignatureError::WeakDigest("F".into(), "SHA1".into()))
+        );
+        assert_eq!(apply_policy(""), Err(SignatureError::NoSignature));
+    }
+
+    #[test]
+    fn framing() {
+        let ok = b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nx\n-----BEGIN PGP SIGNATURE-----\n\nabc\n-----END PGP SIGNATURE-----\n";
+        assert!(check_cleartext_framing(ok).is_ok());
+        let mut junk = ok.to_vec();
+        junk.extend_from_slice(b"Suite: evil\n");
+        assert!(check_cleartext_framing(&junk).is_err());
+        assert!(check_cleartext_framing(b"Suite: x\n").is_err());
+    }
+}
