@@ -137,6 +137,10 @@ pub struct MirrorState {
     /// Obsolete pool files left in place by `--keep-obsolete`.
     #[serde(default)]
     pub retained: BTreeSet<String>,
+    /// Pool files being fetched for a generation not yet published (a sync
+    /// in progress, or killed): not referenced yet, but not strays either.
+    #[serde(default)]
+    pub pending: BTreeSet<String>,
     pub synced_at: i64,
 }
 

@@ -234,7 +234,21 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
     }
     drop(all_pkgs);
 
-    // 5. Fetch what is missing or wrong, verifying while it streams.
+    // 5. Fetch what is missing or wrong, verifying while it streams. New pool
+    // files are recorded as pending first, so `verify` knows them for what
+    // they are if this run is killed before the switch.
+    for (ri, repo) in repos.iter().enumerate() {
+        if let Some(state) = &repo.state {
+            let mut st = state.clone();
+            st.pending.extend(
+                wanted[ri]
+                    .keys()
+                    .filter(|p| !st.pool.contains_key(*p))
+                    .cloned(),
+            );
+            st.save(&repo.paths)?;
+        }
+    }
     let mut items = Vec::new();
     for (ri, w) in wanted.iter().enumerate() {
         for (path, (size, sha)) in w {
@@ -310,6 +324,7 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
             suites,
             pool: std::mem::take(&mut pool_state[ri]),
             retained,
+            pending: BTreeSet::new(),
             synced_at: now,
         };
         state.save(&repo.paths)?;

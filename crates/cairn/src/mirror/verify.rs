@@ -63,6 +63,8 @@ pub struct VerifyReport {
     pub unexpected: Vec<String>,
     /// Obsolete pool files kept on purpose (`sync --keep-obsolete`).
     pub retained: usize,
+    /// Pool files fetched by a sync that has not published yet.
+    pub pending: usize,
     /// What `--repair` fixed.
     pub repaired: Vec<String>,
 }
@@ -136,6 +138,7 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
         corrupt: Vec::new(),
         unexpected: Vec::new(),
         retained: 0,
+        pending: 0,
         repaired: Vec::new(),
     };
     // Index files to hash: (display path, file, expected size, sha256).
@@ -266,6 +269,8 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
         if !state.pool.contains_key(&rel) {
             if state.retained.contains(&rel) {
                 r.retained += 1;
+            } else if state.pending.contains(&rel) {
+                r.pending += 1;
             } else {
                 r.unexpected.push(rel);
             }
@@ -352,6 +357,7 @@ fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> R
                 .join("; ")
         );
     }
+    fs::create_dir_all(paths.tmp())?;
     let mut state = MirrorState::load(paths)?.context("state vanished")?;
     let gen_dir = paths.current_generation().context("nothing published")?;
     let transport = transport_for(&state.repo.url, opts.jobs)?;

@@ -1,0 +1,7 @@
+//! cairn's integration tests: one binary, a sandbox per test. Tiers that need
+//! root, tools or the network say so and skip — except under CI=true, where a
+//! skip fails.
+
+mod mirror;
+mod real_archive;
+mod support;

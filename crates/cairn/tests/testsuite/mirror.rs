@@ -1,0 +1,612 @@
+//! `cairn mirror sync|verify` against a Debian-shaped repository served on
+//! 127.0.0.1 by the test, with faults.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::repo::{Deb, RepoBuilder, deb, now, sha256};
+use crate::support::server::{Fault, Server};
+use crate::support::{cairn, fails, key, need_tools, ok, other_key, text};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: PathBuf,
+    repo: RepoBuilder,
+    server: Server,
+}
+
+impl Fixture {
+    fn new(debs: Vec<Deb>) -> Option<Fixture> {
+        if need_tools(&["gpg", "gpgv", "dpkg-deb"]) {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("upstream");
+        let repo = RepoBuilder::new(&root, debs);
+        repo.build(key());
+        let server = Server::start(root);
+        Some(Fixture {
+            store: dir.path().join("store"),
+            _dir: dir,
+            repo,
+            server,
+        })
+    }
+
+    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "mirror",
+            "sync",
+            "--url",
+            &self.server.url,
+            "--suite",
+            "stable",
+            "--name",
+            "test",
+            "--keyring",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.push(key().keyring.display().to_string());
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+
+    fn sync(&self, extra: &[&str]) -> std::process::Output {
+        let args = self.args(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cairn(&self.store, &refs)
+    }
+
+    fn mirror(&self) -> PathBuf {
+        self.store.join("mirror/test")
+    }
+
+    fn rebuild(&mut self, f: impl FnOnce(&mut RepoBuilder)) {
+        f(&mut self.repo);
+        self.repo.build(key());
+    }
+
+    /// The published state a client sees: dists target and its InRelease bytes.
+    fn published(&self) -> (PathBuf, Vec<u8>) {
+        let m = self.mirror();
+        (
+            fs::read_link(m.join("dists")).unwrap(),
+            fs::read(m.join("dists/stable/InRelease")).unwrap(),
+        )
+    }
+
+    fn verify(&self, extra: &[&str]) -> std::process::Output {
+        let mut a = vec!["mirror", "verify", "test"];
+        a.extend_from_slice(extra);
+        cairn(&self.store, &a)
+    }
+}
+
+fn sample() -> Vec<Deb> {
+    vec![
+        deb("app", "1.0-1").depends("lib (>= 2) | oldlib, mta"),
+        deb("lib", "1"),
+        deb("lib", "2"),
+        deb("oldlib", "1"),
+        deb("postfix", "3").provides("mta"),
+        deb("exim", "4").provides("mta"),
+        deb("base", "1").essential(),
+        deb("unrelated", "1"),
+    ]
+}
+
+fn pool_files(mirror: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(d: &Path, base: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), base, out);
+            } else {
+                out.push(
+                    e.path()
+                        .strip_prefix(base)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    walk(&mirror.join("pool"), mirror, &mut out);
+    out.sort();
+    out
+}
+
+fn flip_byte(p: &Path, at: usize) {
+    let mut d = fs::read(p).unwrap();
+    let i = at.min(d.len() - 1);
+    d[i] ^= 1;
+    fs::write(p, d).unwrap();
+}
+
+#[test]
+fn full_sync_is_verified_apt_accepts_it_and_a_noop_rerun_is_free() {
+    let Some(f) = Fixture::new(sample()) else {
+        return;
+    };
+    let out = ok(f.sync(&["--full", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["up_to_date"], false);
+    assert_eq!(report["packages"], 8);
+    assert_eq!(report["repos"][0]["fetched_files"], 8);
+    assert_eq!(report["repos"][0]["suites"][0]["signature"], "InRelease");
+    assert_eq!(
+        report["repos"][0]["suites"][0]["signed_by"][0],
+        key().fpr.as_str()
+    );
+    let m = f.mirror();
+    assert_eq!(pool_files(&m).len(), 8);
+    assert!(
+        fs::read_link(m.join("dists"))
+            .unwrap()
+            .starts_with(".dists")
+    );
+    // Signed files are published byte for byte; the uncompressed index was
+    // made from the .xz and matches Release.
+    let up = f.repo.root.join("dists/stable");
+    assert_eq!(
+        fs::read(m.join("dists/stable/InRelease")).unwrap(),
+        fs::read(up.join("InRelease")).unwrap()
+    );
+    let packages = fs::read(m.join("dists/stable/main/binary-amd64/Packages")).unwrap();
+    let release = fs::read_to_string(up.join("Release")).unwrap();
+    assert!(
+        release.contains(&format!("{} ", sha256(&packages))),
+        "Packages hash not in Release"
+    );
+    assert!(
+        m.join("dists/stable/main/binary-amd64/by-hash/SHA256")
+            .join(sha256(&packages))
+            .exists()
+    );
+
+    // apt, with signature checking on, accepts it and downloads from it.
+    if !need_tools(&["apt-get"]) {
+        let apt = tempfile::tempdir().unwrap();
+        let a = apt.path();
+        for d in ["lists/partial", "cache/archives/partial", "parts", "dl"] {
+            fs::create_dir_all(a.join(d)).unwrap();
+        }
+        fs::write(
+            a.join("sources.list"),
+            format!(
+                "deb [signed-by={}] file://{} stable main\n",
+                key().keyring.display(),
+                m.display()
+            ),
+        )
+        .unwrap();
+        fs::write(
+            a.join("apt.conf"),
+            format!(
+                "Dir::Etc::Parts \"{0}/parts\";\nDir::Etc::SourceList \"{0}/sources.list\";\nDir::Etc::SourceParts \"/dev/null\";\n\
+Dir::State::Lists \"{0}/lists\";\nDir::Cache \"{0}/cache\";\nAPT::Sandbox::User \"root\";\nAPT::Architecture \"amd64\";\n",
+                a.display()
+            ),
+        )
+        .unwrap();
+        let run = |args: &[&str]| {
+            let o = Command::new("apt-get")
+                .args(args)
+                .env("APT_CONFIG", a.join("apt.conf"))
+                .current_dir(a.join("dl"))
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                o.status.success() && !all.contains("W: ") && !all.contains("E: "),
+                "apt-get {args:?}:\n{all}"
+            );
+        };
+        run(&["update"]);
+        run(&["download", "app", "postfix"]);
+        assert_eq!(fs::read_dir(a.join("dl")).unwrap().count(), 2);
+    }
+
+    // verify: all good.
+    let v: serde_json::Value = serde_json::from_str(&ok(f.verify(&["--json"]))).unwrap();
+    assert_eq!(v[0]["ok"], true);
+    assert_eq!(v[0]["pool_checked"], 8);
+
+    // A no-op re-run asks only for InRelease and publishes nothing new.
+    let before = f.published();
+    f.server.clear_log();
+    let t = Instant::now();
+    let out = ok(f.sync(&["--full", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["up_to_date"], true, "{out}");
+    let paths: Vec<String> = f.server.log().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/dists/stable/InRelease"]);
+    assert_eq!(f.published(), before);
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn closure_mirrors_what_apt_needs_and_drops_what_is_obsolete() {
+    let Some(f) = Fixture::new(sample()) else {
+        return;
+    };
+    ok(f.sync(&["--package", "app"]));
+    assert_eq!(
+        pool_files(&f.mirror()),
+        [
+            "pool/main/a/app/app_1.0-1_amd64.deb",
+            "pool/main/b/base/base_1_amd64.deb",
+            // Two providers of `mta` at the same priority: the first by name.
+            "pool/main/e/exim/exim_4_amd64.deb",
+            "pool/main/l/lib/lib_2_amd64.deb",
+        ]
+    );
+    // A new selection: what is no longer wanted goes, after the switch.
+    let out = ok(f.sync(&["--package", "unrelated", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["repos"][0]["removed_obsolete"], 3);
+    assert_eq!(
+        pool_files(&f.mirror()),
+        [
+            "pool/main/b/base/base_1_amd64.deb",
+            "pool/main/u/unrelated/unrelated_1_amd64.deb"
+        ]
+    );
+    // --keep-obsolete keeps them, and verify does not call them unexpected.
+    ok(f.sync(&["--package", "app", "--no-closure", "--keep-obsolete"]));
+    assert_eq!(pool_files(&f.mirror()).len(), 3);
+    ok(f.verify(&[]));
+    let err = fails(f.sync(&["--package", "nosuch"]));
+    assert!(
+        err.contains("package(s) not found in the mirrored indices: nosuch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_unknown_and_missing_signatures_leave_the_mirror_unchanged() {
+    let Some(mut f) = Fixture::new(sample()) else {
+        return;
+    };
+    ok(f.sync(&["--full"]));
+    let before = f.published();
+    let inrelease = f.repo.root.join("dists/stable/InRelease");
+
+    // A signed line changed after signing.
+    let good = fs::read_to_string(&inrelease).unwrap();
+    fs::write(
+        &inrelease,
+        good.replacen("Label: cairn-test", "Label: cairn-evil", 1),
+    )
+    .unwrap();
+    let err = fails(f.sync(&["--full"]));
+    assert!(err.contains("bad signature by key"), "{err}");
+    assert!(err.contains("/dists/stable/InRelease"), "{err}");
+    assert_eq!(f.published(), before);
+
+    // Signed, but by a key that is not in the keyring.
+    f.repo.date += 1;
+    f.repo.build(other_key());
+    let err = fails(f.sync(&["--full"]));
+    assert!(err.contains("not in the keyring"), "{err}");
+    assert_eq!(f.published(), before);
+
+    // Not signed at all.
+    f.rebuild(|r| {
+        r.inrelease = false;
+        r.release_gpg = false;
+    });
+    let err = fails(f.sync(&["--full"]));
+    assert!(
+        err.contains("is not signed: neither InRelease nor Release.gpg exists"),
+        "{err}"
+    );
+    assert_eq!(f.published(), before);
+
+    // Unsigned junk after a good signature block is refused, as apt does.
+    f.rebuild(|r| r.inrelease = true);
+    let mut junk = fs::read_to_string(&inrelease).unwrap();
+    junk.push_str("Suite: evil\n");
+    fs::write(&inrelease, junk).unwrap();
+    let err = fails(f.sync(&["--full"]));
+    assert!(err.contains("data after the signature block"), "{err}");
+    assert_eq!(f.published(), before);
+}
+
+#[test]
+fn release_gpg_is_used_when_inrelease_is_missing() {
+    let Some(mut f) = Fixture::new(sample()) else {
+        return;
+    };
+    f.rebuild(|r| r.inrelease = false);
+    let report: serde_json::Value =
+        serde_json::from_str(&ok(f.sync(&["--full", "--json"]))).unwrap();
+    assert_eq!(report["repos"][0]["suites"][0]["signature"], "Release.gpg");
+    assert!(f.mirror().join("dists/stable/Release.gpg").exists());
+    ok(f.verify(&[]));
+}
+
+#[test]
+fn expired_future_and_replayed_releases_are_refused() {
+    let Some(mut f) = Fixture::new(sample()) else {
+        return;
+    };
+    f.rebuild(|r| r.valid_until = Some(now() - 3600));
+    let err = fails(f.sync(&["--full"]));
+    assert!(
+        err.contains("expired on") && err.contains("Valid-Until"),
+        "{err}"
+    );
+    assert!(!f.mirror().join("dists").exists());
+
+    f.rebuild(|r| {
+        r.valid_until = Some(now() + 86400);
+        r.date = now() + 7200;
+    });
+    let err = fails(f.sync(&["--full"]));
+    assert!(err.contains("in the future"), "{err}");
+
+    let d = now() - 100;
+    f.rebuild(|r| r.date = d);
+    ok(f.sync(&["--full"]));
+    let before = f.published();
+    f.rebuild(|r| r.date = d - 86400);
+    let err = fails(f.sync(&["--full"]));
+    assert!(
+        err.contains("older than the published one") && err.contains("replayed"),
+        "{err}"
+    );
+    assert_eq!(f.published(), before);
+}
+
+#[test]
+fn wrong_bytes_in_an_index_or_a_pool_file_are_named() {
+    let Some(mut f) = Fixture::new(sample()) else {
+        return;
+    };
+    ok(f.sync(&["--package", "unrelated", "--no-closure"]));
+    let before = f.published();
+
+    // A new index whose bytes do not match Release (same size).
+    f.rebuild(|r| r.debs.push(deb("newpkg", "1")));
+    for name in ["Packages.xz", "Packages.gz"] {
+        let p = f
+            .repo
+            .root
+            .join("dists/stable/main/binary-amd64")
+            .join(name);
+        f.server
+            .fault(&sha256(&fs::read(&p).unwrap()), Fault::Corrupt);
+        f.server.fault(name, Fault::Corrupt);
+    }
+    let err = fails(f.sync(&["--full"]));
+    assert!(
+        err.contains("main/binary-amd64/Packages.") && err.contains("SHA256 mismatch"),
+        "{err}"
+    );
+    assert_eq!(f.published(), before);
+    f.server.clear_faults();
+
+    // A pool file with the right size and wrong bytes.
+    f.server.fault("newpkg_1_amd64.deb", Fault::Corrupt);
+    let err = fails(f.sync(&["--full"]));
+    assert!(
+        err.contains("pool/main/n/newpkg/newpkg_1_amd64.deb") && err.contains("SHA256 mismatch"),
+        "{err}"
+    );
+    assert!(err.contains("the published mirror is unchanged"), "{err}");
+    assert_eq!(f.published(), before);
+    assert!(
+        !f.mirror()
+            .join("pool/main/n/newpkg/newpkg_1_amd64.deb")
+            .exists()
+    );
+    ok(f.verify(&[]));
+
+    // 404 on a pool file.
+    f.server.fault("newpkg_1_amd64.deb", Fault::NotFound);
+    let err = fails(f.sync(&["--full"]));
+    assert!(err.contains("newpkg_1_amd64.deb: not found (404)"), "{err}");
+    assert_eq!(f.published(), before);
+}
+
+#[test]
+fn pool_paths_outside_pool_are_refused() {
+    for bad in [
+        "pool/../../../etc/passwd",
+        "/etc/passwd",
+        "dists/stable/InRelease",
+    ] {
+        let mut d = deb("evil", "1");
+        d.filename_override = Some(bad.into());
+        let Some(f) = Fixture::new(vec![deb("good", "1"), d]) else {
+            return;
+        };
+        let err = fails(f.sync(&["--full"]));
+        assert!(
+            err.contains("unsafe path") && err.contains("evil"),
+            "{bad}: {err}"
+        );
+        assert!(!f.mirror().join("dists").exists());
+    }
+}
+
+#[test]
+fn dropped_connections_are_retried_and_resumed() {
+    let Some(f) = Fixture::new(vec![deb("big", "1").payload(300_000), deb("small", "1")]) else {
+        return;
+    };
+    f.server.fault(
+        "big_1_amd64.deb",
+        Fault::DropAfter {
+            bytes: 100_000,
+            times: 2,
+        },
+    );
+    ok(f.sync(&["--full"]));
+    let ranges: Vec<u64> = f
+        .server
+        .log()
+        .iter()
+        .filter(|r| r.path.ends_with("big_1_amd64.deb"))
+        .filter_map(|r| r.range_from)
+        .collect();
+    assert!(
+        ranges.len() >= 2 && ranges.iter().all(|&r| r > 0),
+        "expected resumed requests, got {ranges:?}"
+    );
+    ok(f.verify(&[]));
+
+    // A server that ignores Range: the download restarts and still verifies.
+    let Some(g) = Fixture::new(vec![deb("big", "1").payload(300_000)]) else {
+        return;
+    };
+    g.server.ignore_range(true);
+    g.server.fault(
+        "big_1_amd64.deb",
+        Fault::DropAfter {
+            bytes: 100_000,
+            times: 1,
+        },
+    );
+    ok(g.sync(&["--full"]));
+    ok(g.verify(&[]));
+}
+
+#[test]
+fn a_killed_sync_leaves_the_old_mirror_and_a_rerun_completes_it() {
+    let Some(mut f) = Fixture::new(vec![deb("a", "1"), deb("b", "1")]) else {
+        return;
+    };
+    ok(f.sync(&["--full"]));
+    let before = f.published();
+    f.rebuild(|r| {
+        r.date += 10;
+        r.debs.push(deb("large", "1").payload(600_000));
+        r.debs.retain(|d| d.name != "b");
+        r.debs.push(deb("b", "2"));
+    });
+    f.server.fault(
+        "large_1_amd64.deb",
+        Fault::Slow {
+            bytes_per_sec: 200_000,
+        },
+    );
+    let args = f.args(&["--full"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--store")
+        .arg(&f.store)
+        .arg("--quiet")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = f.store.join("mirror/.test.work/partial");
+    let t = Instant::now();
+    while fs::read_dir(&partial).map(|d| d.count()).unwrap_or(0) == 0
+        || fs::read_dir(&partial)
+            .unwrap()
+            .flatten()
+            .all(|e| e.metadata().unwrap().len() < 100_000)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the slow download never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // While it runs, a second sync of the same mirror refuses clearly.
+    let err = fails(f.sync(&["--full"]));
+    assert!(
+        err.contains("mirror test is locked by another cairn (pid"),
+        "{err}"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Clients still see the complete old mirror.
+    assert_eq!(f.published(), before);
+    let v: serde_json::Value = serde_json::from_str(&ok(f.verify(&["--json"]))).unwrap();
+    assert_eq!(v[0]["ok"], true, "{v}");
+    // A re-run resumes the partial file and publishes the new state.
+    f.server.clear_faults();
+    f.server.clear_log();
+    ok(f.sync(&["--full"]));
+    let resumed = f
+        .server
+        .log()
+        .iter()
+        .any(|r| r.path.ends_with("large_1_amd64.deb") && r.range_from.unwrap_or(0) > 0);
+    assert!(resumed, "the re-run did not resume: {:?}", f.server.log());
+    assert_ne!(f.published(), before);
+    assert!(
+        f.mirror()
+            .join("pool/main/l/large/large_1_amd64.deb")
+            .exists()
+    );
+    assert!(!f.mirror().join("pool/main/b/b/b_1_amd64.deb").exists());
+    ok(f.verify(&[]));
+    assert!(
+        !f.store
+            .join("mirror/test/.dists")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+    );
+}
+
+#[test]
+fn verify_finds_missing_corrupt_and_unexpected_files_and_repairs_them() {
+    let Some(f) = Fixture::new(sample()) else {
+        return;
+    };
+    ok(f.sync(&["--full"]));
+    let m = f.mirror();
+    flip_byte(&m.join("pool/main/a/app/app_1.0-1_amd64.deb"), 500);
+    fs::remove_file(m.join("pool/main/l/lib/lib_2_amd64.deb")).unwrap();
+    fs::write(m.join("pool/main/stray.deb"), b"x").unwrap();
+    let idx = m.join("dists/stable/main/binary-amd64/Packages.gz");
+    let tmp = idx.with_extension("x");
+    fs::copy(&idx, &tmp).unwrap();
+    fs::remove_file(&idx).unwrap(); // break the by-hash hard link, then corrupt
+    fs::rename(&tmp, &idx).unwrap();
+    flip_byte(&idx, 20);
+
+    let out = f.verify(&[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("CORRUPT pool/main/a/app/app_1.0-1_amd64.deb: sha256"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("MISSING pool/main/l/lib/lib_2_amd64.deb"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("UNEXPECTED pool/main/stray.deb"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("CORRUPT dists/stable/main/binary-amd64/Packages.gz"),
+        "{stdout}"
+    );
+
+    let out = ok(f.verify(&["--repair", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["ok"], true, "{out}");
+    assert_eq!(v[0]["repaired"].as_array().unwrap().len(), 4, "{out}");
+    ok(f.verify(&[]));
+}

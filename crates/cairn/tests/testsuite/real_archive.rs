@@ -1,0 +1,130 @@
+//! The real archive tier: mirror the closure of what a cairn live image needs
+//! from the host's configured Debian archive, then prove it with apt-get
+//! update and mmdebstrap from the local mirror alone. Needs root, network and
+//! mmdebstrap.
+
+use std::fs;
+use std::process::{Command, Stdio};
+
+use crate::support::{cairn, is_root, need_tools, ok, skip};
+
+#[test]
+fn host_archive_closure_installs_with_mmdebstrap() {
+    if !is_root() {
+        skip("needs root (mmdebstrap)");
+        return;
+    }
+    if need_tools(&["mmdebstrap", "apt-get", "gpgv"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // Default sources: the host's apt configuration; default selection: the
+    // closure of systemd-sysv live-boot linux-image-amd64.
+    let out = cairn(&store, &["mirror", "sync", "--json"]);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("connect") || err.contains("resolve") || err.contains("dns") {
+            skip(&format!("the host's archive is not reachable: {err}"));
+            return;
+        }
+        panic!("sync failed:\n{}", crate::support::text(&out));
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["packages"].as_u64().unwrap() > 80, "{report}");
+    ok(cairn(&store, &["mirror", "verify"]));
+
+    // Sources for the local mirror, one line per suite, the host's keyrings.
+    let mut lines = Vec::new();
+    for repo in report["repos"].as_array().unwrap() {
+        let path = repo["path"].as_str().unwrap();
+        for s in repo["suites"].as_array().unwrap() {
+            let state: serde_json::Value = serde_json::from_slice(
+                &fs::read(store.join(format!(
+                    "mirror/.{}.work/state.json",
+                    repo["name"].as_str().unwrap()
+                )))
+                .unwrap(),
+            )
+            .unwrap();
+            let keyrings: Vec<String> = state["repo"]["keyring"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect();
+            lines.push(format!(
+                "deb [signed-by={}] file://{} {} main",
+                keyrings.join(","),
+                path,
+                s["suite"].as_str().unwrap()
+            ));
+        }
+    }
+    let a = dir.path().join("apt");
+    for d in ["lists/partial", "cache/archives/partial", "parts"] {
+        fs::create_dir_all(a.join(d)).unwrap();
+    }
+    fs::write(a.join("sources.list"), lines.join("\n") + "\n").unwrap();
+    fs::write(
+        a.join("apt.conf"),
+        format!(
+            "Dir::Etc::Parts \"{0}/parts\";\nDir::Etc::SourceList \"{0}/sources.list\";\nDir::Etc::SourceParts \"/dev/null\";\n\
+Dir::State::Lists \"{0}/lists\";\nDir::Cache \"{0}/cache\";\nAPT::Sandbox::User \"root\";\n",
+            a.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new("apt-get")
+        .arg("update")
+        .env("APT_CONFIG", a.join("apt.conf"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && !all.contains("W: ") && !all.contains("E: "),
+        "apt-get update:\n{all}"
+    );
+
+    let suite = report["repos"][0]["suites"][0]["suite"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let target = dir.path().join("root.tar");
+    let o = Command::new("mmdebstrap")
+        .args([
+            "--variant=minbase",
+            "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount",
+        ])
+        .arg("--include=systemd-sysv,live-boot,linux-image-amd64")
+        .arg(&suite)
+        .arg(&target)
+        .args(&lines)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "mmdebstrap from the local mirror failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let list = Command::new("tar")
+        .arg("-tf")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.contains("./usr/lib/live/boot/") || list.contains("./lib/live/boot/"),
+        "live-boot missing from the rootfs"
+    );
+    assert!(
+        list.lines().any(|l| l.starts_with("./boot/vmlinuz-")),
+        "no kernel in the rootfs"
+    );
+}

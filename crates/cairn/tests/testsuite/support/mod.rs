@@ -1,0 +1,190 @@
+//! Test support: tier gating, the cairn binary, a test signing key, a
+//! Debian-shaped repository built from tiny real .deb files, and an HTTP
+//! server on 127.0.0.1 that can misbehave on purpose.
+
+pub mod repo;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// Whether a tier that cannot run here must be skipped. Under `CI=true` a
+/// skip is a failure: CI proves everything.
+pub fn skip(reason: &str) -> bool {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("this test cannot run here and CI=true forbids skipping: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    true
+}
+
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Skips unless every program is installed.
+pub fn need_tools(programs: &[&str]) -> bool {
+    let missing: Vec<&str> = programs.iter().copied().filter(|p| !have(p)).collect();
+    if missing.is_empty() {
+        false
+    } else {
+        skip(&format!("missing tools: {}", missing.join(" ")))
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY-free: geteuid via `id -u`.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs the cairn binary.
+pub fn cairn(store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--store")
+        .arg(store)
+        .arg("--quiet")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running cairn")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status: {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts success and returns stdout.
+#[track_caller]
+pub fn ok(o: Output) -> String {
+    assert!(o.status.success(), "cairn failed:\n{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts failure and returns stderr.
+#[track_caller]
+pub fn fails(o: Output) -> String {
+    assert!(
+        !o.status.success(),
+        "cairn should have failed:\n{}",
+        text(&o)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A GnuPG key for signing test repositories.
+pub struct Key {
+    pub home: PathBuf,
+    pub fpr: String,
+    /// Binary public keyring with just this key.
+    pub keyring: PathBuf,
+}
+
+impl Key {
+    fn create(name: &str) -> Key {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("gpg")
+            .join(name);
+        let home = base.join("home");
+        let keyring = base.join("pub.gpg");
+        let fpr_file = base.join("fpr");
+        if !fpr_file.exists() {
+            let _ = std::fs::remove_dir_all(&base);
+            std::fs::create_dir_all(&home).unwrap();
+            std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .unwrap();
+            let st = gpg(&home)
+                .args([
+                    "--passphrase",
+                    "",
+                    "--quick-gen-key",
+                    &format!("cairn test {name} <{name}@cairn.invalid>"),
+                    "rsa2048",
+                    "sign",
+                    "never",
+                ])
+                .status()
+                .unwrap();
+            assert!(st.success(), "gpg key generation failed");
+            let out = gpg(&home).args(["--export"]).output().unwrap();
+            std::fs::write(&keyring, &out.stdout).unwrap();
+            let out = gpg(&home)
+                .args(["--with-colons", "--list-keys"])
+                .output()
+                .unwrap();
+            let fpr = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find(|l| l.starts_with("fpr:"))
+                .unwrap()
+                .split(':')
+                .nth(9)
+                .unwrap()
+                .to_string();
+            std::fs::write(&fpr_file, &fpr).unwrap();
+        }
+        let fpr = std::fs::read_to_string(&fpr_file).unwrap();
+        Key { home, fpr, keyring }
+    }
+
+    pub fn clearsign(&self, input: &Path, output: &Path) {
+        let st = gpg(&self.home)
+            .args(["--digest-algo", "SHA256", "--clearsign", "-o"])
+            .arg(output)
+            .arg(input)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    pub fn detach_sign(&self, input: &Path, output: &Path) {
+        let st = gpg(&self.home)
+            .args(["--digest-algo", "SHA256", "--detach-sign", "-o"])
+            .arg(output)
+            .arg(input)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+fn gpg(home: &Path) -> Command {
+    let mut c = Command::new("gpg");
+    c.arg("--homedir")
+        .arg(home)
+        .args(["--batch", "--yes", "--quiet", "--pinentry-mode", "loopback"])
+        .stdin(Stdio::null());
+    c
+}
+
+/// The key that signs test repositories.
+pub fn key() -> &'static Key {
+    static K: OnceLock<Key> = OnceLock::new();
+    K.get_or_init(|| with_key_lock(|| Key::create("archive")))
+}
+
+/// A key that is not in the test keyring.
+pub fn other_key() -> &'static Key {
+    static K: OnceLock<Key> = OnceLock::new();
+    K.get_or_init(|| with_key_lock(|| Key::create("stranger")))
+}
+
+fn with_key_lock<T>(f: impl FnOnce() -> T) -> T {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gpg");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join("lock")).unwrap();
+    lock.lock().unwrap();
+    f()
+}
