@@ -125,7 +125,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        let err = paragraphs("A: 1\nnonsense\n").nth(0).unwrap().unwrap_err();
+        let err = paragraphs("A: 1\nnonsense\n").next().unwrap().unwrap_err();
         assert_eq!(
             err,
             ParseError::Line {

@@ -255,7 +255,7 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
             items.push((ri, path.clone(), *size, sha.clone()));
         }
     }
-    items.sort_by(|a, b| b.2.cmp(&a.2));
+    items.sort_by_key(|i| std::cmp::Reverse(i.2));
     let total_bytes: u64 = items.iter().map(|i| i.2).sum();
     let progress = Progress::start(opts.progress, "pool", items.len() as u64, total_bytes);
     let bytes = progress.bytes.clone();
@@ -767,17 +767,16 @@ fn ensure_pool_file(
         sha256: sha.to_string(),
         mtime_ns: mtime_ns(m),
     };
-    if !force && let Ok(m) = fs::metadata(&dest) {
-        if m.len() == size {
-            let known = repo.state.as_ref().and_then(|s| s.pool.get(path));
-            if known
-                .is_some_and(|k| k.sha256 == sha && k.size == size && k.mtime_ns == mtime_ns(&m))
-            {
-                return Ok((entry(&m), Got::Known));
-            }
-            if sha256_file(&dest)?.1 == sha {
-                return Ok((entry(&m), Got::Hashed));
-            }
+    if !force
+        && let Ok(m) = fs::metadata(&dest)
+        && m.len() == size
+    {
+        let known = repo.state.as_ref().and_then(|s| s.pool.get(path));
+        if known.is_some_and(|k| k.sha256 == sha && k.size == size && k.mtime_ns == mtime_ns(&m)) {
+            return Ok((entry(&m), Got::Known));
+        }
+        if sha256_file(&dest)?.1 == sha {
+            return Ok((entry(&m), Got::Hashed));
         }
     }
     let url = join_url(&repo.spec.url, path);

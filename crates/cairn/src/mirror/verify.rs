@@ -280,7 +280,7 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
     r.pool_checked = pool_jobs.len();
     let mut jobs: Vec<(String, PathBuf, u64, String)> =
         index_jobs.into_iter().chain(pool_jobs).collect();
-    jobs.sort_by(|a, b| b.2.cmp(&a.2));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
     let total: u64 = jobs.iter().map(|j| j.2).sum();
     let progress = Progress::start(opts.progress, "verify", jobs.len() as u64, total);
     let bytes = progress.bytes.clone();

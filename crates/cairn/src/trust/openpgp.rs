@@ -177,11 +177,7 @@ pub fn apply_policy(status: &str) -> Result<Vec<String>, SignatureError> {
                 valid.push((arg1, hash_algo));
             }
             "BADSIG" => return Err(SignatureError::Bad(arg1)),
-            "ERRSIG" | "NO_PUBKEY" => {
-                if !unknown.contains(&arg1) {
-                    unknown.push(arg1)
-                }
-            }
+            "ERRSIG" | "NO_PUBKEY" if !unknown.contains(&arg1) => unknown.push(arg1),
             "EXPKEYSIG" | "REVKEYSIG" | "EXPSIG" => expired.push(arg1),
             _ => {}
         }
