@@ -9,6 +9,7 @@ use crate::mirror::config::{
     MirrorConfig, RepoSpec, Selection, host_arch, host_repos, load_config, name_from_url,
     validate_selection,
 };
+use crate::mirror::state::{MirrorPaths, MirrorState, apt_source_lines};
 use crate::mirror::sync::{SyncOptions, SyncReport, sync};
 use crate::mirror::verify::{VerifyOptions, VerifyReport, list_mirrors, verify};
 use crate::parallel;
@@ -61,6 +62,21 @@ pub enum MirrorCommand {
     /// Re-check published mirrors: Release signature and dates, every index,
     /// every pool file (in parallel on all cores). Exits non-zero on any problem.
     Verify(VerifyArgs),
+    /// Print apt source lines (one-line format, with signed-by) for the
+    /// published mirrors, ready for /etc/apt/sources.list.d/ or mmdebstrap.
+    Sources(SourcesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SourcesArgs {
+    /// Mirror name(s) [default: every mirror in the store].
+    pub names: Vec<String>,
+    /// URL under which a web server serves `<store>/mirror/` [default: file:// paths].
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Print a JSON array of {name, lines}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +207,7 @@ fn run(cli: &Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Mirror(MirrorCommand::Sources(a)) => print_sources(&cli.store, a),
         Command::Mirror(MirrorCommand::Verify(a)) => {
             let names = if a.names.is_empty() {
                 list_mirrors(&cli.store)?
@@ -226,6 +243,27 @@ fn run(cli: &Cli) -> Result<i32> {
             Ok(if ok { 0 } else { 1 })
         }
     }
+}
+
+fn print_sources(store: &std::path::Path, a: &SourcesArgs) -> Result<i32> {
+    let names = if a.names.is_empty() { list_mirrors(store)? } else { a.names.clone() };
+    let mut all = Vec::new();
+    for n in &names {
+        let paths = MirrorPaths::new(store, n);
+        let state = MirrorState::load(&paths)?
+            .with_context(|| format!("mirror {n} has not been synced into {}", store.display()))?;
+        all.push(serde_json::json!({"name": n, "lines": apt_source_lines(&paths, &state, a.base_url.as_deref())}));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        for m in &all {
+            for l in m["lines"].as_array().into_iter().flatten() {
+                println!("{}", l.as_str().unwrap_or_default());
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn sync_config(a: &SyncArgs) -> Result<MirrorConfig> {

@@ -171,3 +171,20 @@ pub fn mtime_ns(meta: &fs::Metadata) -> i128 {
     use std::os::unix::fs::MetadataExt;
     meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
 }
+
+/// One-line apt sources for a published mirror, as its state describes it:
+/// `file://` paths by default, or below `base_url` when a web server serves
+/// the store's `mirror/` directory.
+pub fn apt_source_lines(paths: &MirrorPaths, state: &MirrorState, base_url: Option<&str>) -> Vec<String> {
+    let uri = match base_url {
+        Some(b) => format!("{}/{}", b.trim_end_matches('/'), paths.name),
+        None => format!("file://{}", paths.root.display()),
+    };
+    let keys: Vec<String> = state.repo.keyring.iter().map(|k| k.display().to_string()).collect();
+    state
+        .repo
+        .suites
+        .iter()
+        .map(|s| format!("deb [signed-by={}] {uri} {s} {}", keys.join(","), state.repo.components.join(" ")))
+        .collect()
+}
