@@ -246,7 +246,11 @@ fn run(cli: &Cli) -> Result<i32> {
 }
 
 fn print_sources(store: &std::path::Path, a: &SourcesArgs) -> Result<i32> {
-    let names = if a.names.is_empty() { list_mirrors(store)? } else { a.names.clone() };
+    let names = if a.names.is_empty() {
+        list_mirrors(store)?
+    } else {
+        a.names.clone()
+    };
     let mut all = Vec::new();
     for n in &names {
         let paths = MirrorPaths::new(store, n);

@@ -175,16 +175,31 @@ pub fn mtime_ns(meta: &fs::Metadata) -> i128 {
 /// One-line apt sources for a published mirror, as its state describes it:
 /// `file://` paths by default, or below `base_url` when a web server serves
 /// the store's `mirror/` directory.
-pub fn apt_source_lines(paths: &MirrorPaths, state: &MirrorState, base_url: Option<&str>) -> Vec<String> {
+pub fn apt_source_lines(
+    paths: &MirrorPaths,
+    state: &MirrorState,
+    base_url: Option<&str>,
+) -> Vec<String> {
     let uri = match base_url {
         Some(b) => format!("{}/{}", b.trim_end_matches('/'), paths.name),
         None => format!("file://{}", paths.root.display()),
     };
-    let keys: Vec<String> = state.repo.keyring.iter().map(|k| k.display().to_string()).collect();
+    let keys: Vec<String> = state
+        .repo
+        .keyring
+        .iter()
+        .map(|k| k.display().to_string())
+        .collect();
     state
         .repo
         .suites
         .iter()
-        .map(|s| format!("deb [signed-by={}] {uri} {s} {}", keys.join(","), state.repo.components.join(" ")))
+        .map(|s| {
+            format!(
+                "deb [signed-by={}] {uri} {s} {}",
+                keys.join(","),
+                state.repo.components.join(" ")
+            )
+        })
         .collect()
 }

@@ -35,8 +35,16 @@ fn host_archive_closure_installs_with_mmdebstrap() {
     ok(cairn(&store, &["mirror", "verify"]));
 
     // Sources for the local mirror, one line per suite, the host's keyrings.
-    let lines: Vec<String> = ok(cairn(&store, &["mirror", "sources"])).lines().map(String::from).collect();
-    assert!(lines.iter().all(|l| l.starts_with("deb [signed-by=/") && l.contains(" file:///")), "{lines:?}");
+    let lines: Vec<String> = ok(cairn(&store, &["mirror", "sources"]))
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("deb [signed-by=/") && l.contains(" file:///")),
+        "{lines:?}"
+    );
     let a = dir.path().join("apt");
     for d in ["lists/partial", "cache/archives/partial", "parts"] {
         fs::create_dir_all(a.join(d)).unwrap();
