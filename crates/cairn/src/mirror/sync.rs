@@ -159,6 +159,10 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
             _lock: lock,
         });
     }
+    tracing::info!(
+        "Release files verified after {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
     let selection_key = {
         let mut h = Sha256::new();
         h.update(serde_json::to_vec(&cfg.selection)?);
@@ -208,6 +212,10 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
         suite_reports.push(reports);
     }
 
+    tracing::info!(
+        "indices fetched and parsed after {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
     // 4. The pool files to have.
     let chosen = select(&all_pkgs, &cfg.selection)?;
     let mut wanted: Vec<BTreeMap<String, (u64, String)>> = vec![BTreeMap::new(); repos.len()];
@@ -267,6 +275,7 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
         r
     });
     progress.finish();
+    tracing::info!("pool done after {:.2}s", t0.elapsed().as_secs_f64());
     let mut failures = Vec::new();
     let mut pool_state: Vec<BTreeMap<String, PoolEntry>> = vec![BTreeMap::new(); repos.len()];
     let mut fetched = vec![(0usize, 0u64, 0usize); repos.len()];
