@@ -563,18 +563,25 @@ fn fetch_indices(
             direct.push(p.clone());
         }
     }
-    let results = parallel::map(&direct, opts.jobs, |p| -> Result<bool> {
+    // What Release says a file is; None when the published copy is still
+    // right and was linked into the new generation.
+    let needed = |p: &str| -> Result<Option<(Expect, PathBuf)>> {
         let f = &rel.release.files[p];
         let expect = Expect {
             size: f.size,
             sha256: f.sha256.clone(),
         };
         let dest = suite_dir.join(p);
-        if let Some(cur) = &current
-            && reuse(&cur.join(p), &dest, &expect)?
-        {
-            return Ok(false);
+        match &current {
+            Some(cur) if reuse(&cur.join(p), &dest, &expect)? => Ok(None),
+            _ => Ok(Some((expect, dest))),
         }
+    };
+    let results = parallel::map(&direct, opts.jobs, |p| -> Result<bool> {
+        let Some((expect, dest)) = needed(p)? else {
+            return Ok(false);
+        };
+        let f = &rel.release.files[p];
         let mut urls = Vec::new();
         if rel.release.acquire_by_hash {
             let dir = Path::new(p)
@@ -631,17 +638,9 @@ fn fetch_indices(
         &derived,
         opts.jobs.min(parallel::cpus()),
         |p| -> Result<()> {
-            let f = &rel.release.files[p];
-            let expect = Expect {
-                size: f.size,
-                sha256: f.sha256.clone(),
-            };
-            let dest = suite_dir.join(p);
-            if let Some(cur) = &current
-                && reuse(&cur.join(p), &dest, &expect)?
-            {
+            let Some((expect, dest)) = needed(p)? else {
                 return Ok(());
-            }
+            };
             let src = [".xz", ".gz"]
                 .iter()
                 .map(|c| format!("{p}{c}"))

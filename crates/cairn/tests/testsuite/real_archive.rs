@@ -3,9 +3,9 @@
 //! update and mmdebstrap from the local mirror alone. Needs root, network and
 //! mmdebstrap.
 
-use std::fs;
 use std::process::{Command, Stdio};
 
+use crate::support::apt::Apt;
 use crate::support::{cairn, is_root, need_tools, ok, skip};
 
 #[test]
@@ -45,35 +45,7 @@ fn host_archive_closure_installs_with_mmdebstrap() {
             .all(|l| l.starts_with("deb [signed-by=/") && l.contains(" file:///")),
         "{lines:?}"
     );
-    let a = dir.path().join("apt");
-    for d in ["lists/partial", "cache/archives/partial", "parts"] {
-        fs::create_dir_all(a.join(d)).unwrap();
-    }
-    fs::write(a.join("sources.list"), lines.join("\n") + "\n").unwrap();
-    fs::write(
-        a.join("apt.conf"),
-        format!(
-            "Dir::Etc::Parts \"{0}/parts\";\nDir::Etc::SourceList \"{0}/sources.list\";\nDir::Etc::SourceParts \"/dev/null\";\n\
-Dir::State::Lists \"{0}/lists\";\nDir::Cache \"{0}/cache\";\nAPT::Sandbox::User \"root\";\n",
-            a.display()
-        ),
-    )
-    .unwrap();
-    let o = Command::new("apt-get")
-        .arg("update")
-        .env("APT_CONFIG", a.join("apt.conf"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        o.status.success() && !all.contains("W: ") && !all.contains("E: "),
-        "apt-get update:\n{all}"
-    );
+    Apt::new(&dir.path().join("apt"), &lines).run(&["update"]);
 
     let suite = report["repos"][0]["suites"][0]["suite"]
         .as_str()

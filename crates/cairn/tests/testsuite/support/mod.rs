@@ -2,6 +2,7 @@
 //! Debian-shaped repository built from tiny real .deb files, and an HTTP
 //! server on 127.0.0.1 that can misbehave on purpose.
 
+pub mod apt;
 pub mod repo;
 pub mod server;
 
