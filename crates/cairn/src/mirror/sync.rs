@@ -142,10 +142,15 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
                 &opts.retry,
             )
             .with_context(|| format!("mirror {}: suite {suite}", spec.name))?;
+            // The published Date (cairn verified that file before publishing it).
             let published = state
                 .as_ref()
                 .and_then(|s| s.suites.get(suite))
-                .and_then(|s| s.date);
+                .and_then(|s| s.date)
+                .or_else(|| {
+                    let cur = paths.current_generation()?;
+                    read_published_release(&cur.join(suite))?.date
+                });
             check_release(&r, now, opts.max_future, published)
                 .with_context(|| format!("mirror {}: {}", spec.name, spec.url))?;
             releases.push(r);
