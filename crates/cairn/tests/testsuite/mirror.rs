@@ -334,6 +334,11 @@ fn expired_future_and_replayed_releases_are_refused() {
         "{err}"
     );
     assert_eq!(f.published(), before);
+    // Without cairn's state the published InRelease itself still dates the mirror.
+    fs::remove_file(f.store.join("mirror/.test.work/state.json")).unwrap();
+    let err = fails(f.sync(&["--full"]));
+    assert!(err.contains("older than the published one"), "{err}");
+    assert_eq!(f.published(), before);
 }
 
 #[test]
