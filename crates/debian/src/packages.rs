@@ -27,7 +27,59 @@ pub struct Package {
 pub fn parse_packages(text: &str) -> Result<Vec<Package>, ParseError> {
     let mut out = Vec::new();
     for p in paragraphs(text) {
-        let p = p?;
+        out.push(from_paragraph(&p?)?);
+    }
+    Ok(out)
+}
+
+/// Streams a Packages file stanza by stanza, so a 50 MB index never sits in
+/// memory whole. Errors name the line in the whole file.
+pub fn read_packages<R: std::io::BufRead>(
+    mut r: R,
+    mut each: impl FnMut(Package),
+) -> Result<(), ParseError> {
+    let mut stanza = String::new();
+    let mut line = String::new();
+    let mut start = 1usize;
+    let mut lineno = 0usize;
+    loop {
+        line.clear();
+        let n = r
+            .read_line(&mut line)
+            .map_err(|e| ParseError::Other(format!("reading: {e}")))?;
+        if n > 0 {
+            lineno += 1;
+        }
+        if n == 0 || line.trim().is_empty() {
+            if !stanza.trim().is_empty() {
+                for p in paragraphs(&stanza) {
+                    let p = p.map_err(|e| shift(e, start - 1))?;
+                    each(from_paragraph(&p).map_err(|e| shift(e, start - 1))?);
+                }
+            }
+            stanza.clear();
+            start = lineno + 1;
+            if n == 0 {
+                return Ok(());
+            }
+            continue;
+        }
+        stanza.push_str(&line);
+    }
+}
+
+fn shift(e: ParseError, by: usize) -> ParseError {
+    match e {
+        ParseError::Line { line, msg } => ParseError::Line {
+            line: line + by,
+            msg,
+        },
+        other => other,
+    }
+}
+
+fn from_paragraph(p: &crate::Paragraph<'_>) -> Result<Package, ParseError> {
+    {
         let need = |f: &str| {
             p.get(f).ok_or_else(|| ParseError::Line {
                 line: p.line,
@@ -42,7 +94,7 @@ pub fn parse_packages(text: &str) -> Result<Vec<Package>, ParseError> {
             });
         }
         let size = need("Size")?;
-        out.push(Package {
+        Ok(Package {
             name: need("Package")?.to_string(),
             version: need("Version")?.to_string(),
             architecture: need("Architecture")?.to_string(),
@@ -61,9 +113,8 @@ pub fn parse_packages(text: &str) -> Result<Vec<Package>, ParseError> {
             recommends: p.get("Recommends").map(String::from),
             provides: p.get("Provides").map(String::from),
             multi_arch: p.get("Multi-Arch").map(String::from),
-        });
+        })
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -85,5 +136,11 @@ Package: x\nVersion: 1\nArchitecture: all\nFilename: pool/main/x/x_1_all.deb\nSi
         assert_eq!(ps[1].size, 1);
         let err = parse_packages("Package: x\nVersion: 1\n").unwrap_err();
         assert_eq!(err.to_string(), "line 1: stanza has no SHA256 field");
+        let mut streamed = Vec::new();
+        read_packages(std::io::Cursor::new(text.as_bytes()), |p| streamed.push(p)).unwrap();
+        assert_eq!(streamed, ps);
+        let bad = format!("{text}\n\nPackage: y\nVersion: 1\n");
+        let err = read_packages(std::io::Cursor::new(bad.as_bytes()), |_| {}).unwrap_err();
+        assert_eq!(err.to_string(), "line 19: stanza has no SHA256 field");
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use cairn_debian::date::format_release_date;
-use cairn_debian::{Package, parse_packages};
+use cairn_debian::{Package, read_packages};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -667,11 +667,11 @@ fn fetch_indices(
             continue;
         }
         let path = suite_dir.join(p);
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let mut parsed =
-            parse_packages(&text).with_context(|| format!("parsing {}/{p}", rel.suite))?;
-        pkgs.append(&mut parsed);
+        let file = fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+        read_packages(std::io::BufReader::with_capacity(1 << 20, file), |pk| {
+            pkgs.push(pk)
+        })
+        .with_context(|| format!("parsing {}/{p}", rel.suite))?;
     }
     Ok((wanted.len() - missing_compressed.len(), fetched, pkgs))
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use cairn_debian::date::format_release_date;
-use cairn_debian::{Release, parse_packages};
+use cairn_debian::{Release, read_packages};
 use serde::Serialize;
 
 use super::fetch::{
@@ -217,14 +217,13 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
         // The pool as the signed indices describe it.
         for p in &indices {
             if p.ends_with("/Packages") && dir.join(p).exists() && release.files.contains_key(p) {
-                let text = fs::read_to_string(dir.join(p))
-                    .with_context(|| format!("reading {}", shown(p)))?;
-                match parse_packages(&text) {
-                    Ok(pkgs) => {
-                        for pk in pkgs {
-                            listed.insert(pk.filename, (pk.size, pk.sha256));
-                        }
-                    }
+                let file =
+                    fs::File::open(dir.join(p)).with_context(|| format!("reading {}", shown(p)))?;
+                let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                match read_packages(reader, |pk| {
+                    listed.insert(pk.filename, (pk.size, pk.sha256));
+                }) {
+                    Ok(()) => {}
                     Err(e) => r.corrupt.push(Problem {
                         path: shown(p),
                         detail: format!("unreadable: {e}"),
