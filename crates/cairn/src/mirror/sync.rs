@@ -532,7 +532,12 @@ fn wanted_indices(spec: &RepoSpec, rel: &SuiteRelease) -> Result<Vec<String>> {
         } else {
             false
         };
-        if keep {
+        // A signed Release is trusted, but a path still never leaves its suite.
+        if keep
+            && path
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+        {
             out.push(path.clone());
         }
     }
@@ -706,7 +711,7 @@ fn reuse(published: &Path, dest: &Path, expect: &Expect) -> Result<bool> {
 
 /// Decompresses `src` (xz or gzip) into `dest`, checking size and SHA-256 of
 /// the output against what Release says.
-fn decompress_verified(src: &Path, dest: &Path, expect: &Expect) -> Result<()> {
+pub(crate) fn decompress_verified(src: &Path, dest: &Path, expect: &Expect) -> Result<()> {
     let f = fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let mut reader: Box<dyn Read> = match src.extension().and_then(|e| e.to_str()) {
         Some("xz") => Box::new(liblzma::read::XzDecoder::new_multi_decoder(

@@ -13,10 +13,10 @@ use cairn_debian::{Release, read_packages};
 use serde::Serialize;
 
 use super::fetch::{
-    Counter, Expect, RetryPolicy, fetch_verified, join_url, partial_path, transport_for,
+    Counter, Expect, FetchError, RetryPolicy, fetch_verified, join_url, partial_path, transport_for,
 };
 use super::state::{MirrorLock, MirrorPaths, MirrorState, mtime_ns};
-use super::sync::walk_files;
+use super::sync::{decompress_verified, walk_files};
 use crate::parallel;
 use crate::progress::{Mode, Progress};
 use crate::trust::hash::sha256_file;
@@ -144,6 +144,7 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
     // Index files to hash: (display path, file, expected size, sha256).
     let mut index_jobs: Vec<(String, PathBuf, u64, String)> = Vec::new();
     let mut listed: HashMap<String, (u64, String)> = HashMap::new();
+    let mut to_parse: Vec<(String, PathBuf)> = Vec::new();
     for suite in &state.repo.suites {
         let dir = gen_dir.join(suite);
         let shown = |p: &str| format!("dists/{suite}/{p}");
@@ -214,22 +215,28 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
                 r.unexpected.push(shown(&rel));
             }
         })?;
-        // The pool as the signed indices describe it.
+        // The pool as the signed indices describe it (parsed once they verify).
         for p in &indices {
             if p.ends_with("/Packages") && dir.join(p).exists() && release.files.contains_key(p) {
-                let file =
-                    fs::File::open(dir.join(p)).with_context(|| format!("reading {}", shown(p)))?;
-                let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                match read_packages(reader, |pk| {
-                    listed.insert(pk.filename, (pk.size, pk.sha256));
-                }) {
-                    Ok(()) => {}
-                    Err(e) => r.corrupt.push(Problem {
-                        path: shown(p),
-                        detail: format!("unreadable: {e}"),
-                    }),
-                }
+                to_parse.push((shown(p), dir.join(p)));
             }
+        }
+    }
+    r.indices_checked = index_jobs.len();
+    let bad_indices = hash_all(index_jobs, opts, "verify indices", &mut r);
+    for (shown, path) in to_parse {
+        if bad_indices.contains(&shown) {
+            continue;
+        }
+        let file = fs::File::open(&path).with_context(|| format!("reading {shown}"))?;
+        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        if let Err(e) = read_packages(reader, |pk| {
+            listed.insert(pk.filename, (pk.size, pk.sha256));
+        }) {
+            r.corrupt.push(Problem {
+                path: shown,
+                detail: format!("unreadable: {e}"),
+            });
         }
     }
     let mut pool_jobs = Vec::new();
@@ -243,7 +250,8 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
                 });
                 continue;
             }
-            None if !r.release_problems.is_empty() => {}
+            // Its index could not be read: judge the file by cairn's record alone.
+            None if !r.release_problems.is_empty() || !bad_indices.is_empty() => {}
             None => {
                 r.corrupt.push(Problem {
                     path: p.clone(),
@@ -275,42 +283,8 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
             }
         }
     })?;
-    r.indices_checked = index_jobs.len();
     r.pool_checked = pool_jobs.len();
-    let mut jobs: Vec<(String, PathBuf, u64, String)> =
-        index_jobs.into_iter().chain(pool_jobs).collect();
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
-    let total: u64 = jobs.iter().map(|j| j.2).sum();
-    let progress = Progress::start(opts.progress, "verify", jobs.len() as u64, total);
-    let bytes = progress.bytes.clone();
-    let results = parallel::map(&jobs, opts.jobs, |(_, file, size, sha)| {
-        let res = sha256_file(file);
-        bytes.fetch_add(*size, std::sync::atomic::Ordering::Relaxed);
-        progress.file_done();
-        res.map(|(n, got)| {
-            if n != *size {
-                Some(format!("size {n}, expected {size}"))
-            } else if got != *sha {
-                Some(format!("sha256 {got}, expected {sha}"))
-            } else {
-                None
-            }
-        })
-    });
-    progress.finish();
-    for ((shown, _, size, _), res) in jobs.iter().zip(results) {
-        match res {
-            Ok(None) => r.bytes_hashed += size,
-            Ok(Some(detail)) => r.corrupt.push(Problem {
-                path: shown.clone(),
-                detail,
-            }),
-            Err(e) => r.corrupt.push(Problem {
-                path: shown.clone(),
-                detail: format!("{e:#}"),
-            }),
-        }
-    }
+    hash_all(pool_jobs, opts, "verify pool", &mut r);
     r.missing.sort();
     r.unexpected.sort();
     r.corrupt.sort_by(|a, b| a.path.cmp(&b.path));
@@ -321,6 +295,46 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
     r.seconds = t0.elapsed().as_secs_f64();
     let _ = fs::remove_dir_all(&tmp);
     Ok(r)
+}
+
+/// Hashes files on all cores; records problems in the report and returns the
+/// names of the files that did not match.
+fn hash_all(
+    mut jobs: Vec<(String, PathBuf, u64, String)>,
+    opts: &VerifyOptions,
+    label: &str,
+    r: &mut VerifyReport,
+) -> BTreeSet<String> {
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
+    let total: u64 = jobs.iter().map(|j| j.2).sum();
+    let progress = Progress::start(opts.progress, label, jobs.len() as u64, total);
+    let bytes = progress.bytes.clone();
+    let results = parallel::map(&jobs, opts.jobs, |(_, file, size, sha)| {
+        let res = sha256_file(file);
+        bytes.fetch_add(*size, std::sync::atomic::Ordering::Relaxed);
+        progress.file_done();
+        match res {
+            Ok((n, _)) if n != *size => Some(format!("size {n}, expected {size}")),
+            Ok((_, got)) if got != *sha => Some(format!("sha256 {got}, expected {sha}")),
+            Ok(_) => None,
+            Err(e) => Some(format!("{e:#}")),
+        }
+    });
+    progress.finish();
+    let mut bad = BTreeSet::new();
+    for ((shown, _, size, _), problem) in jobs.into_iter().zip(results) {
+        match problem {
+            None => r.bytes_hashed += size,
+            Some(detail) => {
+                bad.insert(shown.clone());
+                r.corrupt.push(Problem {
+                    path: shown,
+                    detail,
+                });
+            }
+        }
+    }
+    bad
 }
 
 /// Verifies a published suite's InRelease (or Release + Release.gpg).
@@ -341,116 +355,153 @@ fn read_verified_release(
     Ok((Release::parse(&text)?, v.signers))
 }
 
+/// A file to put back: where it goes, what it must be, where to get it.
+struct Fix {
+    shown: String,
+    dest: PathBuf,
+    expect: Expect,
+    /// A local compressed copy to decompress instead of fetching (uncompressed indices).
+    local: Option<PathBuf>,
+    urls: Vec<String>,
+}
+
 /// Refetches missing and corrupt files from the mirror's source, each
 /// verified against the published signed indices; removes unexpected pool files.
 fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> Result<Vec<String>> {
     if !report.release_problems.is_empty() {
+        let what: Vec<String> = report
+            .release_problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.detail))
+            .collect();
         bail!(
             "the published Release of mirror {} does not verify ({}): run `cairn mirror sync` to publish a fresh one",
             paths.name,
-            report
-                .release_problems
-                .iter()
-                .map(|p| format!("{}: {}", p.path, p.detail))
-                .collect::<Vec<_>>()
-                .join("; ")
+            what.join("; ")
         );
     }
     fs::create_dir_all(paths.tmp())?;
     let mut state = MirrorState::load(paths)?.context("state vanished")?;
     let gen_dir = paths.current_generation().context("nothing published")?;
-    let transport = transport_for(&state.repo.url, opts.jobs)?;
-    let retry = RetryPolicy::default();
-    let counter = Counter::default();
-    let mut targets: Vec<(String, String, PathBuf, Expect)> = Vec::new(); // (shown, url, dest, expect)
+    let keyring = Keyring::new(state.repo.keyring.clone());
+    let mut releases: BTreeMap<String, Release> = BTreeMap::new();
+    let mut fixes = Vec::new();
     let bad: BTreeSet<&String> = report
         .missing
         .iter()
         .chain(report.corrupt.iter().map(|p| &p.path))
         .collect();
-    let mut releases: BTreeMap<String, Release> = BTreeMap::new();
     for shown in bad {
-        if let Some(rest) = shown.strip_prefix("dists/") {
-            let suite = state
-                .repo
-                .suites
-                .iter()
-                .find(|s| rest.starts_with(&format!("{s}/")))
-                .context("unknown suite")?;
-            let rel_path = &rest[suite.len() + 1..];
-            if !releases.contains_key(suite) {
-                let (rel, _) = read_verified_release(
-                    &gen_dir.join(suite),
-                    &Keyring::new(state.repo.keyring.clone()),
-                    &paths.tmp(),
-                )?;
-                releases.insert(suite.clone(), rel);
-            }
-            let rel = &releases[suite];
-            let (expect_path, hash) = match rel_path.split_once("/by-hash/SHA256/") {
-                Some((_, h)) => (
-                    rel.files
-                        .iter()
-                        .find(|(_, f)| f.sha256 == h)
-                        .map(|(p, _)| p.clone()),
-                    h.to_string(),
-                ),
-                None => (
-                    Some(rel_path.to_string()),
-                    rel.files
-                        .get(rel_path)
-                        .map(|f| f.sha256.clone())
-                        .unwrap_or_default(),
-                ),
-            };
-            let Some(p) = expect_path else { continue };
-            let Some(f) = rel.files.get(&p) else { continue };
-            let _ = hash;
-            targets.push((
-                shown.clone(),
-                join_url(&state.repo.url, &format!("dists/{suite}/{p}")),
-                gen_dir.join(suite).join(rel_path),
-                Expect {
-                    size: f.size,
-                    sha256: f.sha256.clone(),
-                },
-            ));
-        } else if let Some(e) = state.pool.get(shown) {
-            targets.push((
-                shown.clone(),
-                join_url(&state.repo.url, shown),
-                paths.root.join(shown),
-                Expect {
+        if let Some(e) = state.pool.get(shown) {
+            fixes.push(Fix {
+                shown: shown.clone(),
+                dest: paths.root.join(shown),
+                expect: Expect {
                     size: e.size,
                     sha256: e.sha256.clone(),
                 },
-            ));
+                local: None,
+                urls: vec![join_url(&state.repo.url, shown)],
+            });
+            continue;
         }
+        let Some(rest) = shown.strip_prefix("dists/") else {
+            continue;
+        };
+        let Some(suite) = state
+            .repo
+            .suites
+            .iter()
+            .find(|s| rest.starts_with(&format!("{s}/")))
+        else {
+            continue;
+        };
+        let rel_path = &rest[suite.len() + 1..];
+        if !releases.contains_key(suite) {
+            releases.insert(
+                suite.clone(),
+                read_verified_release(&gen_dir.join(suite), &keyring, &paths.tmp())?.0,
+            );
+        }
+        let rel = &releases[suite];
+        // A by-hash name stands for the index with that hash.
+        let index = match rel_path.split_once("/by-hash/SHA256/") {
+            Some((_, h)) => rel
+                .files
+                .iter()
+                .find(|(_, f)| f.sha256 == h)
+                .map(|(p, _)| p.clone()),
+            None => Some(rel_path.to_string()),
+        };
+        let Some(index) = index else { continue };
+        let Some(f) = rel.files.get(&index) else {
+            continue;
+        };
+        let suite_dir = gen_dir.join(suite);
+        let local = [".xz", ".gz"]
+            .iter()
+            .map(|c| suite_dir.join(format!("{index}{c}")))
+            .find(|p| p.exists());
+        let dir = Path::new(&index)
+            .parent()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        fixes.push(Fix {
+            shown: shown.clone(),
+            dest: suite_dir.join(rel_path),
+            expect: Expect {
+                size: f.size,
+                sha256: f.sha256.clone(),
+            },
+            local,
+            urls: vec![
+                join_url(
+                    &state.repo.url,
+                    &format!("dists/{suite}/{dir}/by-hash/SHA256/{}", f.sha256),
+                ),
+                join_url(&state.repo.url, &format!("dists/{suite}/{index}")),
+            ],
+        });
     }
-    fs::create_dir_all(paths.tmp())?;
-    let results = parallel::map(&targets, opts.jobs, |(_, url, dest, expect)| {
-        fetch_verified(
-            transport.as_ref(),
-            url,
-            &partial_path(&paths.work, &expect.sha256),
-            dest,
-            expect,
-            &retry,
-            &counter,
-        )
+    let transport = transport_for(&state.repo.url, opts.jobs)?;
+    let retry = RetryPolicy::default();
+    let counter = Counter::default();
+    let results = parallel::map(&fixes, opts.jobs, |fix| -> Result<()> {
+        if let Some(src) = &fix.local
+            && decompress_verified(src, &fix.dest, &fix.expect).is_ok()
+        {
+            return Ok(());
+        }
+        let partial = partial_path(&paths.work, &fix.expect.sha256);
+        let mut last = None;
+        for url in &fix.urls {
+            match fetch_verified(
+                transport.as_ref(),
+                url,
+                &partial,
+                &fix.dest,
+                &fix.expect,
+                &retry,
+                &counter,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(e @ FetchError::NotFound { .. }) => last = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last.map_or_else(|| anyhow::anyhow!("no source"), Into::into))
     });
     let mut repaired = Vec::new();
     let mut failed = Vec::new();
-    for ((shown, _, dest, expect), res) in targets.iter().zip(results) {
+    for (fix, res) in fixes.iter().zip(results) {
         match res {
-            Ok(_) => {
-                if let Some(e) = state.pool.get_mut(shown) {
-                    e.mtime_ns = fs::metadata(dest).map(|m| mtime_ns(&m)).unwrap_or(0);
-                    let _ = expect;
+            Ok(()) => {
+                if let Some(e) = state.pool.get_mut(&fix.shown) {
+                    e.mtime_ns = fs::metadata(&fix.dest).map(|m| mtime_ns(&m)).unwrap_or(0);
                 }
-                repaired.push(shown.clone());
+                repaired.push(fix.shown.clone());
             }
-            Err(e) => failed.push(format!("{shown}: {e}")),
+            Err(e) => failed.push(format!("{}: {e:#}", fix.shown)),
         }
     }
     for u in &report.unexpected {
