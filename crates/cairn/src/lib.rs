@@ -10,5 +10,6 @@ pub mod cmd;
 pub mod fsutil;
 pub mod mirror;
 pub mod parallel;
+pub mod profile;
 pub mod progress;
 pub mod trust;

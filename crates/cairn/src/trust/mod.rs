@@ -1,4 +1,5 @@
 //! Trust: hashes and OpenPGP signatures.
 
 pub mod hash;
+pub mod keys;
 pub mod openpgp;

@@ -1,0 +1,220 @@
+//! The image signing key: an OpenPGP RSA key kept by GnuPG (GRUB checks only
+//! RSA/DSA signatures, reads the issuer key ID from the unhashed area, and
+//! wants old-format packets: GnuPG's keys and signatures are all that, as
+//! measured with a real GRUB). Generated into the store, or an existing key
+//! of the user's GnuPG.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::openpgp::{Keyring, verify_detached};
+use crate::cmd::{Cmd, GPG, require};
+use crate::fsutil::write_atomic;
+
+/// Which key signs images, recorded in `<store>/keys/signing.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct SigningKey {
+    pub fingerprint: String,
+    /// GnuPG home holding the secret key.
+    pub gnupg_home: PathBuf,
+    /// Binary public key, the form GRUB embeds (`grub-mkimage --pubkey`).
+    pub public_key: PathBuf,
+    pub algorithm: String,
+    pub bits: u32,
+    pub user_id: String,
+}
+
+pub fn keys_dir(store: &Path) -> PathBuf {
+    store.join("keys")
+}
+
+fn config_path(store: &Path) -> PathBuf {
+    keys_dir(store).join("signing.json")
+}
+
+fn gpg(home: &Path) -> Cmd {
+    Cmd::new(GPG.program)
+        .arg("--homedir")
+        .arg(home)
+        .args(["--batch", "--no-tty", "--pinentry-mode", "loopback"])
+        .env("LC_ALL", "C")
+}
+
+/// The configured signing key, or a clear error telling how to make one.
+pub fn load(store: &Path) -> Result<SigningKey> {
+    let p = config_path(store);
+    let data = fs::read(&p).with_context(|| {
+        format!("no signing key in {}: run `cairn key generate` (or `cairn key use` for an existing GnuPG key)", keys_dir(store).display())
+    })?;
+    serde_json::from_slice(&data).with_context(|| format!("reading {}", p.display()))
+}
+
+/// Generates an RSA signing key into `<store>/keys/gnupg` (0700).
+pub fn generate(store: &Path, user_id: &str, bits: u32, force: bool) -> Result<SigningKey> {
+    require(&[&GPG])?;
+    if !(2048..=4096).contains(&bits) {
+        bail!("RSA key size {bits}: choose 2048, 3072 or 4096");
+    }
+    if config_path(store).exists() && !force {
+        bail!(
+            "a signing key is already configured ({}); pass --force to replace it",
+            config_path(store).display()
+        );
+    }
+    let dir = keys_dir(store);
+    let home = dir.join("gnupg");
+    if home.exists() {
+        fs::remove_dir_all(&home).with_context(|| format!("removing {}", home.display()))?;
+    }
+    fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+    set_mode(&dir, 0o700)?;
+    set_mode(&home, 0o700)?;
+    gpg(&home)
+        .args([
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            user_id,
+            &format!("rsa{bits}"),
+            "sign",
+            "never",
+        ])
+        .run()
+        .context("generating the signing key")?;
+    let fpr = list_fingerprints(&home, None)?
+        .into_iter()
+        .next()
+        .context("gpg made no key")?;
+    adopt(store, &home, &fpr)
+}
+
+/// Uses an existing key of a GnuPG home (its secret key stays there).
+pub fn use_existing(store: &Path, gnupg_home: &Path, key: &str) -> Result<SigningKey> {
+    require(&[&GPG])?;
+    let fprs = list_fingerprints(gnupg_home, Some(key))?;
+    let fpr = match fprs.as_slice() {
+        [one] => one.clone(),
+        [] => bail!("no secret key {key:?} in {}", gnupg_home.display()),
+        _ => bail!(
+            "{key:?} matches {} keys in {}: give a fingerprint",
+            fprs.len(),
+            gnupg_home.display()
+        ),
+    };
+    adopt(store, gnupg_home, &fpr)
+}
+
+fn list_fingerprints(home: &Path, key: Option<&str>) -> Result<Vec<String>> {
+    let mut c = gpg(home).args(["--with-colons", "--list-secret-keys"]);
+    if let Some(k) = key {
+        c = c.arg(k);
+    }
+    let out = c.output_any_status()?;
+    // The fingerprint of each primary key is the `fpr` line right after its `sec` line.
+    let mut fprs = Vec::new();
+    let mut after_sec = false;
+    for l in String::from_utf8_lossy(&out.stdout).lines() {
+        if l.starts_with("sec:") {
+            after_sec = true;
+        } else if after_sec && l.starts_with("fpr:") {
+            fprs.extend(l.split(':').nth(9).map(String::from));
+            after_sec = false;
+        }
+    }
+    Ok(fprs)
+}
+
+fn adopt(store: &Path, home: &Path, fpr: &str) -> Result<SigningKey> {
+    let out = gpg(home)
+        .args(["--with-colons", "--list-keys", fpr])
+        .run()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pub_line = text
+        .lines()
+        .find(|l| l.starts_with("pub:"))
+        .context("key not found")?;
+    let f: Vec<&str> = pub_line.split(':').collect();
+    let bits: u32 = f.get(2).and_then(|b| b.parse().ok()).unwrap_or(0);
+    let algorithm = match f.get(3).copied() {
+        Some("1") => "RSA",
+        Some("17") => "DSA",
+        Some("22") => bail!(
+            "key {fpr} is EdDSA: GRUB verifies only RSA and DSA signatures; generate an RSA key"
+        ),
+        Some("19") => bail!(
+            "key {fpr} is ECDSA: GRUB verifies only RSA and DSA signatures; generate an RSA key"
+        ),
+        other => {
+            bail!("key {fpr} has algorithm {other:?}: GRUB verifies only RSA and DSA signatures")
+        }
+    };
+    let user_id = text
+        .lines()
+        .find(|l| l.starts_with("uid:"))
+        .and_then(|l| l.split(':').nth(9))
+        .unwrap_or("")
+        .to_string();
+    let exported = gpg(home).args(["--export", fpr]).run()?.stdout;
+    if exported.is_empty() {
+        bail!("exporting key {fpr} gave nothing");
+    }
+    let dir = keys_dir(store);
+    let public_key = dir.join("signing.pub");
+    write_atomic(&public_key, &exported)?;
+    let key = SigningKey {
+        fingerprint: fpr.to_string(),
+        gnupg_home: home.to_path_buf(),
+        public_key,
+        algorithm: algorithm.into(),
+        bits,
+        user_id,
+    };
+    write_atomic(&config_path(store), &serde_json::to_vec_pretty(&key)?)?;
+    Ok(key)
+}
+
+/// Writes a binary detached signature `<file>.sig` (SHA-512: GRUB checks
+/// those fastest on 64-bit).
+pub fn sign_file(key: &SigningKey, file: &Path) -> Result<PathBuf> {
+    let sig = PathBuf::from(format!("{}.sig", file.display()));
+    gpg(&key.gnupg_home)
+        .args([
+            "--yes",
+            "--digest-algo",
+            "SHA512",
+            "--local-user",
+            &key.fingerprint,
+            "--detach-sign",
+            "-o",
+        ])
+        .arg(&sig)
+        .arg(file)
+        .run()
+        .with_context(|| format!("signing {}", file.display()))?;
+    Ok(sig)
+}
+
+/// Checks `<file>.sig` against the public key alone (as GRUB or another
+/// machine would), returning the signer's fingerprint.
+pub fn verify_file(public_key: &Path, file: &Path, work: &Path) -> Result<String> {
+    let data = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let sig_path = PathBuf::from(format!("{}.sig", file.display()));
+    let sig = fs::read(&sig_path).with_context(|| format!("reading {}", sig_path.display()))?;
+    let v = verify_detached(
+        &data,
+        &sig,
+        &Keyring::new(vec![public_key.to_path_buf()]),
+        work,
+    )?;
+    Ok(v.signers.into_iter().next().unwrap_or_default())
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", p.display()))
+}
