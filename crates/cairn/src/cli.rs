@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::build::{self, BuildOptions};
+use crate::image;
 use crate::mirror::config::{
     MirrorConfig, RepoSpec, Selection, host_arch, host_repos, load_config, name_from_url,
     validate_selection,
@@ -13,7 +15,9 @@ use crate::mirror::state::{MirrorPaths, MirrorState, apt_source_lines};
 use crate::mirror::sync::{SyncOptions, SyncReport, sync};
 use crate::mirror::verify::{VerifyOptions, VerifyReport, list_mirrors, verify};
 use crate::parallel;
+use crate::profile::{self, Compression, HostType, Profile};
 use crate::progress::{Mode, human_bytes};
+use crate::trust::keys;
 
 /// cairn keeps Debian machines as signed, layered live images. It starts with
 /// a local, verified mirror of the Debian repositories the images are built from.
@@ -38,6 +42,129 @@ pub enum Command {
     /// Local copies of Debian repositories, verified before they are published.
     #[command(subcommand)]
     Mirror(MirrorCommand),
+    /// Build an image from a profile, from the local mirror only.
+    ///
+    /// PROFILE is a profile file (TOML, see docs/profiles.md) or `default`, the
+    /// built-in profile (this host's suite, host type detected, a live system
+    /// with systemd). The image lands in <store>/images/<profile>/<version>/:
+    /// filesystem.squashfs, vmlinuz and initrd.img beside it, manifest.json,
+    /// SHA256SUMS and SHA512SUMS with detached signatures, and with --iso a
+    /// hybrid BIOS+UEFI ISO. A failed or killed build leaves no partial image.
+    Build(BuildArgs),
+    /// The key that signs images (OpenPGP RSA, so GRUB can check it).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Images in the store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Virtual machines for trying images.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCommand {
+    /// Boot a disk image or ISO in qemu (TCG by default; --accel kvm where
+    /// nested virtualisation works), serial console to a log file, until the
+    /// VM powers off, a marker line appears, or the timeout.
+    Run {
+        /// A raw disk image, or an ISO.
+        media: PathBuf,
+        #[arg(long, value_enum, default_value = "bios")]
+        firmware: crate::vm::Firmware,
+        #[arg(long, value_enum, default_value = "tcg")]
+        accel: crate::vm::Accel,
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+        /// Seconds before the VM is stopped.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Wait for a console line starting with this (e.g. CAIRN-BOOTED).
+        #[arg(long)]
+        marker: Option<String>,
+        /// Ask a cairn image to power off once booted (via SMBIOS serial).
+        #[arg(long)]
+        poweroff: bool,
+        /// Directory for console.log and marker.log.
+        #[arg(long, default_value = "/var/tmp/cairn-vm")]
+        log_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// A profile file, or `default`.
+    #[arg(default_value = "default")]
+    pub profile: String,
+    /// Also make a hybrid ISO (BIOS + UEFI, CD or USB stick).
+    #[arg(long, overrides_with = "no_iso")]
+    pub iso: bool,
+    /// No ISO, whatever the profile says.
+    #[arg(long)]
+    pub no_iso: bool,
+    /// squashfs compressor, overriding the profile's.
+    #[arg(long, value_enum)]
+    pub compression: Option<Compression>,
+    /// Compression level (gzip, lzo: 1-9; zstd: 1-22).
+    #[arg(long)]
+    pub level: Option<u32>,
+    /// Override the profile's host type (and `auto` detection).
+    #[arg(long, value_parser = ["physical", "virtual"])]
+    pub host_type: Option<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Generate an RSA signing key into <store>/keys (0700) and export its
+    /// public part in the binary form GRUB embeds (<store>/keys/signing.pub).
+    Generate {
+        /// User ID of the key.
+        #[arg(long, default_value = "cairn image signing")]
+        user_id: String,
+        /// RSA key size.
+        #[arg(long, default_value_t = 4096)]
+        bits: u32,
+        /// Replace the configured key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign with an existing key of a GnuPG home (the secret key stays there).
+    Use {
+        /// Key ID or fingerprint.
+        key: String,
+        /// GnuPG home holding the secret key.
+        #[arg(long, env = "GNUPGHOME", default_value = "/root/.gnupg")]
+        gnupg_home: PathBuf,
+    },
+    /// Show the configured signing key.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// List images per profile, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an image's signatures and every hash; names any file that differs.
+    Verify {
+        /// An image directory, `PROFILE` (its newest image) or `PROFILE/VERSION`.
+        image: String,
+        /// Public key to check against [default: the store's signing key].
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,7 +185,7 @@ pub enum MirrorCommand {
     /// Pool files are published first, then `dists` is switched atomically: a
     /// client sees the old or the new mirror, never a mix. A killed sync leaves
     /// the published mirror as it was; re-running resumes.
-    Sync(SyncArgs),
+    Sync(Box<SyncArgs>),
     /// Re-check published mirrors: Release signature and dates, every index,
     /// every pool file (in parallel on all cores). Exits non-zero on any problem.
     Verify(VerifyArgs),
@@ -129,6 +256,11 @@ pub struct SyncArgs {
     /// Accept a Release `Date` up to this many seconds in the future (clock skew).
     #[arg(long, default_value_t = 10)]
     pub max_future: i64,
+    /// Mirror exactly what this profile needs (file, or `default`): the
+    /// closure of its packages for its host type.
+    /// (Repeatable: the union of several profiles.)
+    #[arg(long, conflicts_with_all = ["full", "package", "priority"])]
+    pub profile: Vec<String>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -208,6 +340,59 @@ fn run(cli: &Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Mirror(MirrorCommand::Sources(a)) => print_sources(&cli.store, a),
+        Command::Build(a) => run_build(cli, a),
+        Command::Key(c) => run_key(cli, c),
+        Command::Image(c) => run_image(cli, c),
+        Command::Vm(VmCommand::Run {
+            media,
+            firmware,
+            accel,
+            memory,
+            timeout,
+            marker,
+            poweroff,
+            log_dir,
+            json,
+        }) => {
+            let spec = crate::vm::VmSpec {
+                media: media.clone(),
+                firmware: *firmware,
+                accel: *accel,
+                memory_mb: *memory,
+                timeout: std::time::Duration::from_secs(*timeout),
+                smbios_serial: poweroff.then(|| "cairn-test-poweroff".to_string()),
+                log_dir: log_dir.clone(),
+                marker: marker.clone(),
+            };
+            let r = crate::vm::run(&spec)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                match (&r.marker_line, r.seconds_to_marker) {
+                    (Some(l), Some(t)) => println!("{l}  ({t:.1}s after start)"),
+                    _ if marker.is_some() => println!("no marker line seen"),
+                    _ => {}
+                }
+                println!(
+                    "{} {:?}/{:?}: {} after {:.1}s; console log {}",
+                    media.display(),
+                    r.firmware,
+                    r.accel,
+                    if r.timed_out {
+                        "timed out"
+                    } else {
+                        "powered off"
+                    },
+                    r.seconds,
+                    r.console_log.display()
+                );
+            }
+            Ok(if marker.is_some() && r.marker_line.is_none() {
+                1
+            } else {
+                0
+            })
+        }
         Command::Mirror(MirrorCommand::Verify(a)) => {
             let names = if a.names.is_empty() {
                 list_mirrors(&cli.store)?
@@ -270,6 +455,157 @@ fn print_sources(store: &std::path::Path, a: &SourcesArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// A profile file, or `default` (the built-in one, for this host's suite).
+pub fn load_profile(arg: &str) -> Result<Profile> {
+    if arg == "default" && !std::path::Path::new(arg).exists() {
+        let suite = host_repos(std::path::Path::new("/"))
+            .ok()
+            .and_then(|r| {
+                r.into_iter()
+                    .flat_map(|r| r.suites)
+                    .find(|s| !s.contains(['-', '/']))
+            })
+            .unwrap_or_else(|| "bookworm".into());
+        return Ok(profile::builtin_default(&suite));
+    }
+    profile::load(std::path::Path::new(arg))
+}
+
+fn run_build(cli: &Cli, a: &BuildArgs) -> Result<i32> {
+    let prof = load_profile(&a.profile)?;
+    let opts = BuildOptions {
+        store: cli.store.clone(),
+        iso: if a.iso {
+            Some(true)
+        } else if a.no_iso {
+            Some(false)
+        } else {
+            None
+        },
+        compression: a.compression,
+        level: a.level,
+        host_type: a.host_type.as_deref().map(|h| {
+            if h == "virtual" {
+                HostType::Virtual
+            } else {
+                HostType::Physical
+            }
+        }),
+        epoch: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        quiet: cli.quiet,
+    };
+    let r = build::build(&prof, &a.profile, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{} {} ({} host, kernel {}, {} packages, {})",
+            r.profile, r.version, r.host_type, r.kernel, r.packages, r.compression
+        );
+        for (f, size) in &r.files {
+            println!("  {f:<28} {}", human_bytes(*size));
+        }
+        let stages: Vec<String> = r
+            .stages
+            .iter()
+            .map(|s| format!("{} {:.1}s", s.name, s.seconds))
+            .collect();
+        println!(
+            "built in {:.1}s ({}), signed by {} -> {}",
+            r.seconds,
+            stages.join(", "),
+            r.signed_by,
+            r.path.display()
+        );
+    }
+    Ok(0)
+}
+
+fn run_key(cli: &Cli, c: &KeyCommand) -> Result<i32> {
+    let (key, json) = match c {
+        KeyCommand::Generate {
+            user_id,
+            bits,
+            force,
+        } => (keys::generate(&cli.store, user_id, *bits, *force)?, false),
+        KeyCommand::Use { key, gnupg_home } => {
+            (keys::use_existing(&cli.store, gnupg_home, key)?, false)
+        }
+        KeyCommand::Show { json } => (keys::load(&cli.store)?, *json),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&key)?);
+    } else {
+        println!(
+            "{} {}{} {:?}",
+            key.fingerprint, key.algorithm, key.bits, key.user_id
+        );
+        println!("  secret key in {}", key.gnupg_home.display());
+        println!("  public key for GRUB: {}", key.public_key.display());
+    }
+    Ok(0)
+}
+
+fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
+    match c {
+        ImageCommand::List { json } => {
+            let all = image::list(&cli.store)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for e in &all {
+                    println!(
+                        "{:<16} {:<20} {:>10} {:<5} {:>4} packages{}{}",
+                        e.profile,
+                        e.version,
+                        human_bytes(e.size),
+                        e.compression.as_deref().unwrap_or("?"),
+                        e.packages,
+                        if e.iso { "  iso" } else { "" },
+                        e.parent
+                            .as_deref()
+                            .map(|p| format!("  parent {p}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        ImageCommand::Verify {
+            image: spec,
+            key,
+            json,
+        } => {
+            let dir = image::resolve(&cli.store, spec)?;
+            let public = match key {
+                Some(k) => k.clone(),
+                None => keys::load(&cli.store)?.public_key,
+            };
+            let r = image::verify(&dir, &public)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for p in &r.problems {
+                    println!("  BAD {p}");
+                }
+                println!(
+                    "{}: {} — {} files checked{}",
+                    r.path.display(),
+                    if r.ok { "OK" } else { "FAILED" },
+                    r.checked.len(),
+                    r.signed_by
+                        .as_deref()
+                        .map(|s| format!(", signed by {s}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(if r.ok { 0 } else { 1 })
+        }
+    }
+}
+
 fn sync_config(a: &SyncArgs) -> Result<MirrorConfig> {
     let mut cfg = if let Some(path) = &a.config {
         load_config(path)?
@@ -310,7 +646,28 @@ fn sync_config(a: &SyncArgs) -> Result<MirrorConfig> {
             selection: Selection::default_packages(),
         }
     };
-    if a.full || !a.package.is_empty() || !a.priority.is_empty() || a.no_closure || a.recommends {
+    if !a.profile.is_empty() {
+        let mut packages: Vec<String> = Vec::new();
+        for p in &a.profile {
+            let prof = load_profile(p)?;
+            for pk in prof.all_packages(prof.resolved_host_type()) {
+                if !packages.contains(&pk) {
+                    packages.push(pk);
+                }
+            }
+        }
+        cfg.selection = Selection {
+            packages,
+            closure: true,
+            recommends: a.recommends,
+            ..Default::default()
+        };
+    } else if a.full
+        || !a.package.is_empty()
+        || !a.priority.is_empty()
+        || a.no_closure
+        || a.recommends
+    {
         let base = if a.full || !a.package.is_empty() || !a.priority.is_empty() {
             Selection {
                 full: a.full,

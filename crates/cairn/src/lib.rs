@@ -5,11 +5,14 @@
 //! Shared pieces: `cmd` (running programs), `trust` (hashes, signatures),
 //! `fsutil` (atomic files), `parallel`, `progress`.
 
+pub mod build;
 pub mod cli;
 pub mod cmd;
 pub mod fsutil;
+pub mod image;
 pub mod mirror;
 pub mod parallel;
 pub mod profile;
 pub mod progress;
 pub mod trust;
+pub mod vm;

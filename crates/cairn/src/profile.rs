@@ -21,11 +21,13 @@ pub enum HostType {
     Auto,
 }
 
+/// How the base tree is made. Only mmdebstrap so far: it installs from
+/// several suites of a partial mirror in one go (debootstrap takes one suite
+/// and would need the -updates/-security versions it cannot see).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Bootstrap {
     Mmdebstrap,
-    Debootstrap,
 }
 
 /// squashfs compressors mksquashfs offers.
@@ -94,7 +96,7 @@ pub struct Hook {
 
 /// A path kept on a data partition: `path` becomes a symlink to
 /// `/<partition>/<dir>`, the partition is mounted by label with `nofail`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataPath {
     pub path: String,
     pub partition: String,

@@ -1,0 +1,279 @@
+//! What cairn does to a fresh root tree after the bootstrap: identity, root
+//! access, data paths on data partitions, the boot marker unit, cleanup.
+//! Plain file operations on the tree: no chroot, nothing mounted.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::profile::{DataPath, Profile};
+
+/// Joins an absolute in-tree path onto the tree root.
+pub fn inside(root: &Path, abs: &str) -> std::path::PathBuf {
+    root.join(abs.trim_start_matches('/'))
+}
+
+fn write(root: &Path, abs: &str, text: &str, mode: u32) -> Result<()> {
+    let p = inside(root, abs);
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+pub fn hostname(root: &Path, name: &str) -> Result<()> {
+    write(root, "/etc/hostname", &format!("{name}\n"), 0o644)?;
+    write(
+        root,
+        "/etc/hosts",
+        &format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        ),
+        0o644,
+    )
+}
+
+pub fn root_access(root: &Path, p: &Profile) -> Result<()> {
+    if let Some(hash) = &p.root.password_hash {
+        let shadow = inside(root, "/etc/shadow");
+        let text =
+            fs::read_to_string(&shadow).with_context(|| format!("reading {}", shadow.display()))?;
+        let mut found = false;
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let mut f: Vec<&str> = l.split(':').collect();
+                if f.first() == Some(&"root") && f.len() > 2 {
+                    found = true;
+                    f[1] = hash;
+                }
+                f.join(":")
+            })
+            .collect();
+        if !found {
+            bail!("no root entry in {}", shadow.display());
+        }
+        fs::write(&shadow, out.join("\n") + "\n")?;
+    }
+    if !p.root.ssh_keys.is_empty() {
+        let dir = inside(root, "/root/.ssh");
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        write(
+            root,
+            "/root/.ssh/authorized_keys",
+            &(p.root.ssh_keys.join("\n") + "\n"),
+            0o600,
+        )?;
+    }
+    Ok(())
+}
+
+/// Each data path becomes a symlink to `/<label>/<dir>`; the partition is
+/// mounted by label with `nofail` (a missing partition never stops a boot:
+/// the directories are then made on the RAM overlay); what the packages put
+/// at the path is kept as a seed, copied in when the directory is new.
+pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut fstab = fs::read_to_string(inside(root, "/etc/fstab")).unwrap_or_default();
+    let mut tmpfiles =
+        String::from("# cairn: data directories on data partitions (see /etc/fstab)\n");
+    let mut labels: Vec<&str> = Vec::new();
+    for d in data {
+        let mount = format!("/{}", d.partition);
+        if !labels.contains(&d.partition.as_str()) {
+            labels.push(&d.partition);
+            fstab.push_str(&format!(
+                "LABEL={} {mount} auto defaults,nofail,x-systemd.device-timeout=10s 0 2\n",
+                d.partition
+            ));
+            fs::create_dir_all(inside(root, &mount))?;
+        }
+        let target = format!("{mount}/{}", d.dir);
+        let at = inside(root, &d.path);
+        let seed = format!("/usr/share/cairn/data-seed/{}", d.dir);
+        let meta = fs::symlink_metadata(&at).ok();
+        let has_content =
+            meta.as_ref().is_some_and(|m| m.is_dir()) && fs::read_dir(&at)?.next().is_some();
+        if has_content {
+            let s = inside(root, &seed);
+            fs::create_dir_all(s.parent().unwrap_or(root))?;
+            fs::rename(&at, &s).with_context(|| format!("moving {} to the seed {seed}", d.path))?;
+            tmpfiles.push_str(&format!("C {target} - - - - {seed}\n"));
+        } else {
+            if let Some(m) = meta {
+                if m.is_dir() {
+                    fs::remove_dir(&at)?;
+                } else {
+                    fs::remove_file(&at)?;
+                }
+            }
+            tmpfiles.push_str(&format!("d {target} 0755 root root -\n"));
+        }
+        if let Some(parent) = at.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        symlink(&target, &at).with_context(|| format!("linking {} to {target}", d.path))?;
+    }
+    write(root, "/etc/fstab", &fstab, 0o644)?;
+    write(
+        root,
+        "/usr/lib/tmpfiles.d/cairn-data.conf",
+        &tmpfiles,
+        0o644,
+    )
+}
+
+/// A unit that says on the console (and the second serial port) which image
+/// booted; with `cairn.poweroff` on the kernel command line, or DMI serial
+/// `cairn-test-poweroff` (qemu `-smbios type=1,serial=...`), it then powers off.
+pub fn boot_marker(root: &Path, profile: &str, version: &str) -> Result<()> {
+    write(
+        root,
+        "/etc/cairn/image.env",
+        &format!("CAIRN_PROFILE={profile}\nCAIRN_VERSION={version}\n"),
+        0o644,
+    )?;
+    write(
+        root,
+        "/usr/lib/cairn/booted",
+        r#"#!/bin/sh
+# cairn: report which image is running; power off when a test asks for it.
+. /etc/cairn/image.env
+msg="CAIRN-BOOTED profile=$CAIRN_PROFILE version=$CAIRN_VERSION"
+echo "$msg" > /dev/kmsg 2>/dev/null
+for t in /dev/ttyS1 /dev/ttyS0; do
+    [ -c "$t" ] && echo "$msg" > "$t" 2>/dev/null
+done
+if grep -qw cairn.poweroff /proc/cmdline || [ "$(cat /sys/class/dmi/id/product_serial 2>/dev/null)" = cairn-test-poweroff ]; then
+    systemctl --no-block poweroff
+fi
+exit 0
+"#,
+        0o755,
+    )?;
+    write(
+        root,
+        "/usr/lib/systemd/system/cairn-booted.service",
+        "[Unit]\nDescription=cairn: report the booted image\nAfter=multi-user.target\n\n[Service]\nType=oneshot\nExecStart=/usr/lib/cairn/booted\n\n[Install]\nWantedBy=multi-user.target\n",
+        0o644,
+    )?;
+    let wants = inside(root, "/etc/systemd/system/multi-user.target.wants");
+    fs::create_dir_all(&wants)?;
+    let link = wants.join("cairn-booted.service");
+    let _ = fs::remove_file(&link);
+    symlink("/usr/lib/systemd/system/cairn-booted.service", &link)?;
+    Ok(())
+}
+
+/// Removes what differs from build to build and is no use in an image.
+pub fn clean(root: &Path) -> Result<()> {
+    let empty_dir = |abs: &str| -> Result<()> {
+        let d = inside(root, abs);
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let keep = matches!(e.file_name().to_str(), Some("lock" | "partial"));
+                if keep {
+                    continue;
+                }
+                if e.file_type()?.is_dir() {
+                    fs::remove_dir_all(&p)?
+                } else {
+                    fs::remove_file(&p)?
+                }
+            }
+        }
+        Ok(())
+    };
+    empty_dir("/var/lib/apt/lists")?;
+    empty_dir("/var/cache/apt/archives")?;
+    empty_dir("/tmp")?;
+    empty_dir("/var/tmp")?;
+    for f in [
+        "/var/cache/apt/pkgcache.bin",
+        "/var/cache/apt/srcpkgcache.bin",
+        "/var/lib/dbus/machine-id",
+        "/etc/ssh/ssh_host_rsa_key",
+    ] {
+        let _ = fs::remove_file(inside(root, f));
+    }
+    // An empty machine-id: systemd makes a fresh one at each boot.
+    write(root, "/etc/machine-id", "", 0o444)?;
+    // Logs: keep the directories, drop the files.
+    fn logs(d: &Path) -> Result<()> {
+        if let Ok(rd) = fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.file_type()?.is_dir() {
+                    logs(&e.path())?;
+                } else {
+                    fs::remove_file(e.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+    logs(&inside(root, "/var/log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_paths_become_symlinks_with_seed_and_nofail_mount() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/fstab"), "# fstab\n").unwrap();
+        fs::create_dir_all(root.join("var/lib/postgresql/15")).unwrap();
+        fs::write(root.join("var/lib/postgresql/15/PG_VERSION"), "15\n").unwrap();
+        let data = vec![
+            DataPath {
+                path: "/var/lib/postgresql".into(),
+                partition: "data".into(),
+                dir: "postgresql".into(),
+            },
+            DataPath {
+                path: "/srv/www".into(),
+                partition: "data".into(),
+                dir: "www".into(),
+            },
+        ];
+        data_paths(root, &data).unwrap();
+        assert_eq!(
+            fs::read_link(root.join("var/lib/postgresql")).unwrap(),
+            Path::new("/data/postgresql")
+        );
+        assert_eq!(
+            fs::read_link(root.join("srv/www")).unwrap(),
+            Path::new("/data/www")
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("usr/share/cairn/data-seed/postgresql/15/PG_VERSION"))
+                .unwrap(),
+            "15\n"
+        );
+        let fstab = fs::read_to_string(root.join("etc/fstab")).unwrap();
+        assert_eq!(
+            fstab
+                .matches("LABEL=data /data auto defaults,nofail")
+                .count(),
+            1,
+            "{fstab}"
+        );
+        let tmp = fs::read_to_string(root.join("usr/lib/tmpfiles.d/cairn-data.conf")).unwrap();
+        assert!(
+            tmp.contains("C /data/postgresql - - - - /usr/share/cairn/data-seed/postgresql\n"),
+            "{tmp}"
+        );
+        assert!(tmp.contains("d /data/www 0755 root root -\n"), "{tmp}");
+        assert!(root.join("data").is_dir());
+    }
+}

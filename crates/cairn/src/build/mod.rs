@@ -1,0 +1,594 @@
+//! `cairn build PROFILE`: a root tree from the local mirror only
+//! (mmdebstrap), live-boot and initramfs, the profile's
+//! packages, files and hooks, data paths, cleanup; then the image: squashfs,
+//! kernel and initrd beside it, manifest, sums, signatures, optional ISO —
+//! built in a work directory and moved into the store only when complete.
+
+pub mod customize;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use cairn_debian::{Package, compare_versions, read_packages};
+use serde::Serialize;
+
+use crate::cmd::{Cmd, GPG, Tool, require, shell_quote};
+use crate::image::{self, Manifest, PackageVersion, SQUASHFS, squashfs};
+use crate::mirror::closure::select;
+use crate::mirror::config::Selection;
+use crate::mirror::state::{MirrorPaths, MirrorState, apt_source_lines};
+use crate::mirror::verify::list_mirrors;
+use crate::parallel;
+use crate::profile::{Bootstrap, Compression, HostType, Profile};
+use crate::trust::keys;
+
+pub const MMDEBSTRAP: Tool = Tool {
+    program: "mmdebstrap",
+    package: "mmdebstrap",
+};
+const AUTOMOUNT_HOOK: &str = "/usr/share/mmdebstrap/hooks/file-mirror-automount";
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub store: PathBuf,
+    pub iso: Option<bool>,
+    pub compression: Option<Compression>,
+    pub level: Option<u32>,
+    pub host_type: Option<HostType>,
+    /// SOURCE_DATE_EPOCH for the tree and the squashfs [default: now].
+    pub epoch: Option<i64>,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Stage {
+    pub name: &'static str,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub profile: String,
+    pub version: String,
+    pub path: PathBuf,
+    pub host_type: String,
+    pub kernel: String,
+    pub packages: usize,
+    pub compression: String,
+    pub files: std::collections::BTreeMap<String, u64>,
+    pub signed_by: String,
+    pub stages: Vec<Stage>,
+    pub seconds: f64,
+}
+
+/// `20261125T181500Z`: versions sort by time.
+pub fn version_now(t: i64) -> String {
+    let d = cairn_debian::date::format_release_date(t);
+    let p: Vec<&str> = d.split_whitespace().collect();
+    const M: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = M.iter().position(|x| *x == p[2]).unwrap_or(0) + 1;
+    format!("{}{:02}{}T{}Z", p[3], m, p[1], p[4].replace(':', ""))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The published mirrors that serve `suite` (and its -updates/-security
+/// siblings), as apt source lines.
+pub fn mirror_sources(
+    store: &Path,
+    suite: &str,
+) -> Result<Vec<(MirrorPaths, MirrorState, Vec<String>)>> {
+    let mut out = Vec::new();
+    for name in list_mirrors(store)? {
+        let paths = MirrorPaths::new(store, &name);
+        let Some(mut state) = MirrorState::load(&paths)? else {
+            continue;
+        };
+        state.repo.suites.retain(|s| {
+            s == suite || s.starts_with(&format!("{suite}-")) || s.starts_with(&format!("{suite}/"))
+        });
+        if state.repo.suites.is_empty() || paths.current_generation().is_none() {
+            continue;
+        }
+        let lines = apt_source_lines(&paths, &state, None);
+        out.push((paths, state, lines));
+    }
+    if out.is_empty() {
+        bail!(
+            "no local mirror serves suite {suite} in {}: run `cairn mirror sync` (cairn builds from the local mirror only)",
+            store.join("mirror").display()
+        );
+    }
+    Ok(out)
+}
+
+/// Checks that the local mirrors hold every package the build will install
+/// (the same closure `cairn mirror sync --profile` mirrors).
+pub fn preflight_mirror(
+    store: &Path,
+    profile: &Profile,
+    packages: &[String],
+    profile_arg: &str,
+) -> Result<usize> {
+    let mirrors = mirror_sources(store, &profile.suite)?;
+    let mut pkgs: Vec<Package> = Vec::new();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for (paths, state, _) in &mirrors {
+        let gen_dir = paths.current_generation().context("unpublished mirror")?;
+        for suite in &state.repo.suites {
+            for comp in &state.repo.components {
+                let f = gen_dir
+                    .join(suite)
+                    .join(comp)
+                    .join(format!("binary-{}", profile.architecture))
+                    .join("Packages");
+                let Ok(file) = fs::File::open(&f) else {
+                    continue;
+                };
+                let before = pkgs.len();
+                read_packages(std::io::BufReader::with_capacity(1 << 20, file), |p| {
+                    pkgs.push(p)
+                })
+                .with_context(|| format!("reading {}", f.display()))?;
+                roots.extend(std::iter::repeat_n(paths.root.clone(), pkgs.len() - before));
+            }
+        }
+    }
+    let hint = format!("cairn mirror sync --profile {profile_arg}");
+    let sel = Selection {
+        packages: packages.to_vec(),
+        closure: true,
+        ..Default::default()
+    };
+    let chosen = select(&pkgs, &sel)
+        .map_err(|e| anyhow::anyhow!("{e}: the local mirror lacks them; add them with `{hint}`"))?;
+    let missing: Vec<String> = chosen
+        .chosen
+        .iter()
+        .filter(|&&i| !roots[i].join(&pkgs[i].filename).exists())
+        .map(|&i| format!("{} {}", pkgs[i].name, pkgs[i].version))
+        .collect();
+    if !missing.is_empty() {
+        let n = missing.len();
+        let shown: Vec<String> = missing.into_iter().take(12).collect();
+        bail!(
+            "the local mirror lacks {n} package file(s) this build needs ({}{}): add them with `{hint}`",
+            shown.join(", "),
+            if n > 12 { ", …" } else { "" }
+        );
+    }
+    Ok(chosen.chosen.len())
+}
+
+/// Unmounts anything still mounted below `dir` (a killed build's /proc,
+/// /dev…) so removing the tree can never reach into the host.
+pub fn unmount_below(dir: &Path) -> Result<()> {
+    let Ok(canon) = dir.canonicalize() else {
+        return Ok(());
+    };
+    for _ in 0..3 {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<PathBuf> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|p| {
+                PathBuf::from(
+                    p.replace("\\040", " ")
+                        .replace("\\011", "\t")
+                        .replace("\\012", "\n")
+                        .replace("\\134", "\\"),
+                )
+            })
+            .filter(|p| p.starts_with(&canon))
+            .collect();
+        if points.is_empty() {
+            return Ok(());
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            let _ = Cmd::new("umount").arg("--lazy").arg(&p).output_any_status();
+        }
+    }
+    bail!(
+        "{} still has mounts below it; not removing it",
+        dir.display()
+    )
+}
+
+/// A work directory removed on drop (after unmounting anything below it).
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if unmount_below(&self.0).is_ok() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// An exclusive lock per profile: one build at a time writes its images.
+struct ProfileLock(#[allow(dead_code)] fs::File);
+
+fn lock_profile(images: &Path, name: &str) -> Result<ProfileLock> {
+    fs::create_dir_all(images)?;
+    let p = images.join(format!(".{name}.lock"));
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(ProfileLock(f)),
+        Err(fs::TryLockError::WouldBlock) => bail!(
+            "another cairn is building profile {name} (lock {})",
+            p.display()
+        ),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", p.display()))
+        }
+    }
+}
+
+/// Builds `profile` into the store.
+pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Result<BuildReport> {
+    let t0 = Instant::now();
+    let say = |msg: &str| {
+        if !opts.quiet {
+            eprintln!("[{:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
+        }
+    };
+    // Everything that can fail early does, before any work.
+    let is_root = Cmd::new("id")
+        .arg("-u")
+        .run()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !is_root {
+        bail!("cairn build needs root (mmdebstrap --mode=root, hooks that chroot)");
+    }
+    let boot_tool = match profile.bootstrap {
+        Bootstrap::Mmdebstrap => &MMDEBSTRAP,
+    };
+    require(&[boot_tool, &squashfs::MKSQUASHFS, &GPG])?;
+    let compression = opts.compression.unwrap_or(profile.image.compression);
+    let level = if opts.compression.is_some() {
+        opts.level
+    } else {
+        opts.level.or(profile.image.level)
+    };
+    if let (Some(l), r) = (level, compression.levels()) {
+        match r {
+            Some(r) if r.contains(&l) => {}
+            _ => bail!("level {l} does not apply to {}", compression.name()),
+        }
+    }
+    let iso = opts.iso.unwrap_or(profile.image.iso);
+    if iso {
+        image::iso::require_tools()?;
+        if !compression.bootable() {
+            bail!(
+                "an ISO of an lzma image could never boot: the kernel has no legacy LZMA squashfs support; choose xz"
+            );
+        }
+    }
+    if !compression.bootable() {
+        eprintln!(
+            "warning: lzma (legacy LZMA) squashfs cannot be mounted by Debian's kernel: this image will not boot; use xz"
+        );
+    }
+    let key = keys::load(&opts.store)?;
+    let host = opts
+        .host_type
+        .unwrap_or_else(|| profile.resolved_host_type());
+    let packages = profile.all_packages(host);
+    let mirrors = mirror_sources(&opts.store, &profile.suite)?;
+    let closure = preflight_mirror(&opts.store, profile, &packages, profile_arg)?;
+    say(&format!(
+        "profile {}: {} host, {} packages requested ({closure} with dependencies), all in the local mirror",
+        profile.name,
+        host_name(host),
+        packages.len()
+    ));
+
+    let images = image::images_dir(&opts.store);
+    let _lock = lock_profile(&images, &profile.name)?;
+    let pdir = images.join(&profile.name);
+    fs::create_dir_all(&pdir)?;
+    for e in fs::read_dir(&pdir)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".build-") {
+            unmount_below(&e.path())?;
+            fs::remove_dir_all(e.path())
+                .with_context(|| format!("removing a killed build's {}", e.path().display()))?;
+        }
+    }
+    let started = now();
+    let mut version = version_now(started);
+    let mut n = 1;
+    while pdir.join(&version).exists() {
+        n += 1;
+        version = format!("{}-{n}", version_now(started));
+    }
+    let epoch = opts.epoch.unwrap_or(started);
+    let work = WorkDir(pdir.join(format!(".build-{version}")));
+    let rootfs = work.0.join("rootfs");
+    let out = work.0.join("out");
+    fs::create_dir_all(&out)?;
+    let mut stages = Vec::new();
+    let mut stage = |name: &'static str, t: Instant| {
+        stages.push(Stage {
+            name,
+            seconds: t.elapsed().as_secs_f64(),
+        })
+    };
+
+    // 1. The tree.
+    let t = Instant::now();
+    say(&format!(
+        "bootstrap with {} from {} local mirror(s)",
+        boot_tool.program,
+        mirrors.len()
+    ));
+    let sources: Vec<String> = mirrors.iter().flat_map(|m| m.2.clone()).collect();
+    bootstrap(profile, &packages, &sources, &rootfs, &work.0, epoch)?;
+    stage("bootstrap", t);
+
+    // 2. cairn's own changes.
+    let t = Instant::now();
+    customize::hostname(&rootfs, &profile.hostname)?;
+    customize::root_access(&rootfs, profile)?;
+    customize::data_paths(&rootfs, &profile.data)?;
+    customize::boot_marker(&rootfs, &profile.name, &version)?;
+    let installed = installed_packages(&rootfs)?;
+    let (kernel, vmlinuz, initrd) = find_kernel(&rootfs)?;
+    fs::copy(&vmlinuz, out.join("vmlinuz"))
+        .with_context(|| format!("copying {}", vmlinuz.display()))?;
+    fs::copy(&initrd, out.join("initrd.img"))
+        .with_context(|| format!("copying {}", initrd.display()))?;
+    customize::clean(&rootfs)?;
+    stage("customize", t);
+
+    // 3. squashfs.
+    let t = Instant::now();
+    say(&format!(
+        "mksquashfs ({}{})",
+        compression.name(),
+        level.map(|l| format!(" level {l}")).unwrap_or_default()
+    ));
+    squashfs::pack(
+        &rootfs,
+        &out.join(SQUASHFS),
+        compression,
+        level,
+        parallel::cpus(),
+        Some(epoch),
+    )?;
+    unmount_below(&rootfs)?;
+    fs::remove_dir_all(&rootfs).ok();
+    stage("squashfs", t);
+
+    // 4. Manifest, module list, ISO, sums and signatures.
+    let t = Instant::now();
+    let mut cmdline = vec![
+        "console=tty0".to_string(),
+        "console=ttyS0,115200n8".to_string(),
+    ];
+    cmdline.extend(profile.kernel_cmdline.iter().cloned());
+    fs::write(
+        out.join(format!("{}.module", profile.name)),
+        format!("{SQUASHFS}\n"),
+    )?;
+    let mut manifest = Manifest {
+        schema_version: 1,
+        profile: profile.name.clone(),
+        profile_hash: profile.hash()?,
+        profile_commit: profile.git_commit(),
+        version: version.clone(),
+        suite: profile.suite.clone(),
+        architecture: profile.architecture.clone(),
+        host_type: host_name(host).into(),
+        kernel: kernel.clone(),
+        kernel_cmdline: cmdline.clone(),
+        compression: compression.name().into(),
+        level,
+        bootable: compression.bootable(),
+        parent: None,
+        layers: vec![SQUASHFS.into()],
+        packages: installed,
+        files: Default::default(),
+        data: profile.data.clone(),
+        built_at: started,
+        build_seconds: 0.0,
+        signed_by: Some(key.fingerprint.clone()),
+        cairn_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    if iso {
+        say("hybrid ISO (BIOS + UEFI)");
+        let title = format!("cairn {} {version}", profile.name);
+        image::iso::make(
+            &out,
+            &out.join(format!("{}.iso", profile.name)),
+            &title,
+            &cmdline.join(" "),
+            &volid(&profile.name),
+            &work.0,
+        )?;
+    }
+    for e in fs::read_dir(&out)?.flatten() {
+        manifest.files.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            e.metadata()?.len(),
+        );
+    }
+    manifest.build_seconds = t0.elapsed().as_secs_f64();
+    fs::write(
+        out.join(image::MANIFEST),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    image::seal(&out, &key)?;
+    stage("seal", t);
+
+    // 5. Into the store, whole or not at all.
+    let dest = pdir.join(&version);
+    crate::fsutil::sync_dir(&out)?;
+    fs::rename(&out, &dest).with_context(|| format!("moving the image to {}", dest.display()))?;
+    crate::fsutil::sync_dir(&pdir)?;
+    drop(work);
+    say(&format!(
+        "image {} {version} -> {}",
+        profile.name,
+        dest.display()
+    ));
+    Ok(BuildReport {
+        profile: profile.name.clone(),
+        version,
+        path: dest,
+        host_type: host_name(host).into(),
+        kernel,
+        packages: manifest.packages.len(),
+        compression: compression.name().into(),
+        files: manifest.files,
+        signed_by: key.fingerprint,
+        stages,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn host_name(h: HostType) -> &'static str {
+    match h {
+        HostType::Physical => "physical",
+        HostType::Virtual => "virtual",
+        HostType::Auto => "auto",
+    }
+}
+
+/// ISO 9660 volume ids: at most 32 upper-case characters.
+fn volid(name: &str) -> String {
+    let mut v: String = format!("CAIRN_{}", name.to_ascii_uppercase())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    v.truncate(32);
+    v
+}
+
+fn bootstrap(
+    profile: &Profile,
+    packages: &[String],
+    sources: &[String],
+    rootfs: &Path,
+    work: &Path,
+    epoch: i64,
+) -> Result<()> {
+    // Profile files and hooks run inside mmdebstrap's customize phase, in
+    // order, with its environment and /proc, /sys, /dev mounted for them.
+    let hooks_dir = work.join("hooks");
+    fs::create_dir_all(&hooks_dir)?;
+    let mut hooks: Vec<String> = Vec::new();
+    for f in &profile.files {
+        let parent = Path::new(&f.dest)
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/".into());
+        hooks.push(format!("mkdir -p \"$1\"{}", shell_quote(&parent)));
+        hooks.push(format!(
+            "upload {} {}",
+            shell_quote(&f.source.display().to_string()),
+            shell_quote(&f.dest)
+        ));
+        hooks.push(format!("chmod {:o} \"$1\"{}", f.mode, shell_quote(&f.dest)));
+    }
+    for (i, h) in profile.hooks.iter().enumerate() {
+        let p = hooks_dir.join(format!("{:02}-{}", i + 1, h.name));
+        fs::write(&p, &h.script)?;
+        hooks.push(format!(
+            "sh {} \"$1\"",
+            shell_quote(&p.display().to_string())
+        ));
+    }
+    match profile.bootstrap {
+        Bootstrap::Mmdebstrap => {
+            let mut cmd = Cmd::new(MMDEBSTRAP.program)
+                .args(["--mode=root", "--format=directory"])
+                .arg(format!("--variant={}", profile.variant))
+                .arg(format!("--architectures={}", profile.architecture))
+                .arg(format!("--include={}", packages.join(",")))
+                .arg(format!("--hook-dir={AUTOMOUNT_HOOK}"))
+                .arg("--aptopt=Acquire::Languages \"none\"")
+                .env("SOURCE_DATE_EPOCH", epoch.to_string());
+            for h in &hooks {
+                cmd = cmd.arg(format!("--customize-hook={h}"));
+            }
+            cmd.arg(&profile.suite)
+                .arg(rootfs)
+                .args(sources)
+                .run()
+                .context("bootstrapping with mmdebstrap")?;
+        }
+    }
+    Ok(())
+}
+
+fn installed_packages(root: &Path) -> Result<Vec<PackageVersion>> {
+    let out = Cmd::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
+        .args([
+            "-W",
+            "-f",
+            "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n",
+        ])
+        .run()?;
+    let mut v: Vec<PackageVersion> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() == 4 && f[3].starts_with("ii")).then(|| PackageVersion {
+                name: f[0].into(),
+                version: f[1].into(),
+                architecture: f[2].into(),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(v)
+}
+
+/// The newest kernel in /boot and its initrd.
+fn find_kernel(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
+    let boot = root.join("boot");
+    let mut versions: Vec<String> = fs::read_dir(&boot)
+        .with_context(|| format!("reading {}", boot.display()))?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("vmlinuz-")
+                .map(String::from)
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    versions.sort_by(|a, b| compare_versions(a, b));
+    let v = versions
+        .pop()
+        .context("no kernel in /boot: the profile's host type should have pulled one in")?;
+    let initrd = boot.join(format!("initrd.img-{v}"));
+    if !initrd.exists() {
+        bail!(
+            "no initrd for kernel {v}: update-initramfs did not run (is initramfs-tools installed?)"
+        );
+    }
+    Ok((v.clone(), boot.join(format!("vmlinuz-{v}")), initrd))
+}

@@ -1,0 +1,295 @@
+//! Images in the store: `images/<profile>/<version>/` with kernel and initrd
+//! beside the squashfs (GRUB never looks inside it), a manifest, SHA256SUMS
+//! and SHA512SUMS, detached signatures; listing and verification.
+
+pub mod iso;
+pub mod squashfs;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::parallel;
+use crate::trust::hash::hex;
+use crate::trust::keys::{SigningKey, sign_file, verify_file};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const SQUASHFS: &str = "filesystem.squashfs";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackageVersion {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+}
+
+/// What an image is and where it came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub profile: String,
+    pub profile_hash: String,
+    pub profile_commit: Option<String>,
+    pub version: String,
+    pub suite: String,
+    pub architecture: String,
+    pub host_type: String,
+    pub kernel: String,
+    pub kernel_cmdline: Vec<String>,
+    pub compression: String,
+    pub level: Option<u32>,
+    pub bootable: bool,
+    pub parent: Option<String>,
+    /// squashfs layers, lowest first.
+    pub layers: Vec<String>,
+    pub packages: Vec<PackageVersion>,
+    /// File name → size in bytes.
+    pub files: BTreeMap<String, u64>,
+    pub data: Vec<crate::profile::DataPath>,
+    pub built_at: i64,
+    pub build_seconds: f64,
+    pub signed_by: Option<String>,
+    pub cairn_version: String,
+}
+
+pub fn images_dir(store: &Path) -> PathBuf {
+    store.join("images")
+}
+
+/// Writes SHA256SUMS and SHA512SUMS over every file of `dir` (coreutils
+/// format, `sha256sum -c` reads it) and signs them, and the kernel and initrd
+/// one by one (GRUB under check_signatures=enforce wants a .sig per file).
+pub fn seal(dir: &Path, key: &SigningKey) -> Result<()> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("SHA") && !n.ends_with(".sig"))
+        .collect();
+    names.sort();
+    let sums = parallel::map(&names, parallel::cpus(), |n| hash_both(&dir.join(n)));
+    let (mut s256, mut s512) = (String::new(), String::new());
+    for (n, r) in names.iter().zip(sums) {
+        let (a, b) = r?;
+        s256.push_str(&format!("{a}  {n}\n"));
+        s512.push_str(&format!("{b}  {n}\n"));
+    }
+    fs::write(dir.join("SHA256SUMS"), s256)?;
+    fs::write(dir.join("SHA512SUMS"), s512)?;
+    for n in ["SHA256SUMS", "SHA512SUMS", "vmlinuz", "initrd.img"] {
+        if dir.join(n).exists() {
+            sign_file(key, &dir.join(n))?;
+        }
+    }
+    Ok(())
+}
+
+fn hash_both(p: &Path) -> Result<(String, String)> {
+    let mut f = fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let (mut a, mut b) = (Sha256::new(), Sha512::new());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+        a.update(&buf[..n]);
+        b.update(&buf[..n]);
+    }
+    Ok((hex(&a.finalize()), hex(&b.finalize())))
+}
+
+/// An image found in the store.
+#[derive(Debug, Serialize)]
+pub struct ImageEntry {
+    pub profile: String,
+    pub version: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub compression: Option<String>,
+    pub parent: Option<String>,
+    pub packages: usize,
+    pub iso: bool,
+}
+
+/// Every image in the store, per profile, newest first.
+pub fn list(store: &Path) -> Result<Vec<ImageEntry>> {
+    let mut out = Vec::new();
+    let Ok(profiles) = fs::read_dir(images_dir(store)) else {
+        return Ok(out);
+    };
+    let mut profiles: Vec<_> = profiles
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    profiles.sort_by_key(|e| e.file_name());
+    for p in profiles {
+        let mut versions: Vec<_> = fs::read_dir(p.path())?
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        versions.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
+        for v in versions {
+            let dir = v.path();
+            let manifest: Option<Manifest> = fs::read(dir.join(MANIFEST))
+                .ok()
+                .and_then(|d| serde_json::from_slice(&d).ok());
+            let size = fs::read_dir(&dir)?
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            out.push(ImageEntry {
+                profile: p.file_name().to_string_lossy().into_owned(),
+                version: v.file_name().to_string_lossy().into_owned(),
+                size,
+                compression: manifest.as_ref().map(|m| m.compression.clone()),
+                parent: manifest.as_ref().and_then(|m| m.parent.clone()),
+                packages: manifest.as_ref().map_or(0, |m| m.packages.len()),
+                iso: fs::read_dir(&dir)?
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".iso")),
+                path: dir,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Finds an image by path, `profile` (latest), or `profile/version`.
+pub fn resolve(store: &Path, spec: &str) -> Result<PathBuf> {
+    let p = Path::new(spec);
+    if p.join(MANIFEST).exists() {
+        return Ok(p.to_path_buf());
+    }
+    let all = list(store)?;
+    let (profile, version) = match spec.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (spec, None),
+    };
+    all.into_iter()
+        .find(|e| e.profile == profile && version.is_none_or(|v| e.version == v))
+        .map(|e| e.path)
+        .with_context(|| {
+            format!(
+                "no image {spec:?} in {} (see `cairn image list`)",
+                images_dir(store).display()
+            )
+        })
+}
+
+/// The outcome of `cairn image verify`.
+#[derive(Debug, Serialize)]
+pub struct VerifyImage {
+    pub path: PathBuf,
+    pub ok: bool,
+    pub signed_by: Option<String>,
+    pub checked: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// Checks the signatures and every hash of an image against a public key.
+pub fn verify(dir: &Path, public_key: &Path) -> Result<VerifyImage> {
+    let work = tempdir_in_tmp()?;
+    let mut r = VerifyImage {
+        path: dir.to_path_buf(),
+        ok: false,
+        signed_by: None,
+        checked: Vec::new(),
+        problems: Vec::new(),
+    };
+    let mut lists = Vec::new();
+    for sums in ["SHA256SUMS", "SHA512SUMS"] {
+        match verify_file(public_key, &dir.join(sums), &work) {
+            Ok(fpr) => {
+                r.signed_by = Some(fpr);
+                lists.push(sums);
+            }
+            Err(e) => r.problems.push(format!("{sums}: signature: {e:#}")),
+        }
+    }
+    for n in ["vmlinuz", "initrd.img"] {
+        if let Err(e) = verify_file(public_key, &dir.join(n), &work) {
+            r.problems.push(format!("{n}: signature: {e:#}"));
+        }
+    }
+    let mut expected: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+    for sums in &lists {
+        let text = fs::read_to_string(dir.join(sums))?;
+        for line in text.lines() {
+            let Some((h, n)) = line.split_once("  ") else {
+                r.problems.push(format!("{sums}: unreadable line {line:?}"));
+                continue;
+            };
+            if n.contains('/') {
+                r.problems
+                    .push(format!("{sums}: path {n:?} outside the image"));
+                continue;
+            }
+            let e = expected.entry(n.to_string()).or_default();
+            if *sums == "SHA256SUMS" {
+                e.0 = Some(h.into())
+            } else {
+                e.1 = Some(h.into())
+            }
+        }
+    }
+    let names: Vec<String> = expected.keys().cloned().collect();
+    let hashes = parallel::map(&names, parallel::cpus(), |n| hash_both(&dir.join(n)));
+    for (n, h) in names.iter().zip(hashes) {
+        let (want256, want512) = &expected[n];
+        match h {
+            Err(e) => r.problems.push(format!("{n}: {e:#}")),
+            Ok((a, b)) => {
+                if want256.as_ref().is_some_and(|w| *w != a) {
+                    r.problems.push(format!(
+                        "{n}: SHA256 mismatch (expected {}, got {a})",
+                        want256.as_deref().unwrap_or("")
+                    ));
+                } else if want512.as_ref().is_some_and(|w| *w != b) {
+                    r.problems.push(format!("{n}: SHA512 mismatch"));
+                } else {
+                    r.checked.push(n.clone());
+                }
+            }
+        }
+    }
+    for e in fs::read_dir(dir)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !expected.contains_key(&n) && !n.starts_with("SHA") && !n.ends_with(".sig") {
+            r.problems
+                .push(format!("{n}: not listed in the signed sums"));
+        }
+    }
+    if lists.is_empty() && r.problems.is_empty() {
+        bail!("nothing to verify in {}", dir.display());
+    }
+    r.ok = r.problems.is_empty();
+    let _ = fs::remove_dir_all(&work);
+    Ok(r)
+}
+
+fn tempdir_in_tmp() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "cairn-verify-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

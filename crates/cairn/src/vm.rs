@@ -1,0 +1,207 @@
+//! Booting a disk image or ISO in qemu for tests and the demo: BIOS
+//! (SeaBIOS) or UEFI (OVMF), serial console to a file, a second serial port
+//! for markers, a timeout, never a hang. TCG unless KVM is asked for (nested
+//! KVM is broken on many CI hosts: OVMF dies, SeaBIOS crawls).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::cmd::{Tool, require};
+
+pub const QEMU: Tool = Tool {
+    program: "qemu-system-x86_64",
+    package: "qemu-system-x86",
+};
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// A disk image (raw) or an ISO (by extension).
+    pub media: PathBuf,
+    pub firmware: Firmware,
+    pub accel: Accel,
+    pub memory_mb: u32,
+    pub timeout: Duration,
+    /// Written to qemu's SMBIOS system serial: `cairn-test-poweroff` makes a
+    /// cairn image power off after its boot marker.
+    pub smbios_serial: Option<String>,
+    /// Where console.log and marker.log go.
+    pub log_dir: PathBuf,
+    /// Stop as soon as a line starting with this appears.
+    pub marker: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VmResult {
+    pub firmware: Firmware,
+    pub accel: Accel,
+    /// The first marker line seen, if any.
+    pub marker_line: Option<String>,
+    pub seconds_to_marker: Option<f64>,
+    pub seconds: f64,
+    /// The VM powered off (or rebooted, with -no-reboot) by itself.
+    pub exited: bool,
+    pub timed_out: bool,
+    pub console_log: PathBuf,
+    pub marker_log: PathBuf,
+}
+
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Lines starting with `marker` in either log (GRUB and firmware noise may
+/// precede it on the same port, so only whole lines count).
+fn find_marker(logs: &[&Path], marker: &str) -> Option<String> {
+    for l in logs {
+        let data = fs::read(l).ok()?;
+        let text = String::from_utf8_lossy(&data);
+        if let Some(line) = text.split(['\n', '\r']).find(|x| x.starts_with(marker)) {
+            return Some(line.trim().to_string());
+        }
+    }
+    None
+}
+
+pub fn run(spec: &VmSpec) -> Result<VmResult> {
+    require(&[&QEMU])?;
+    fs::create_dir_all(&spec.log_dir)?;
+    let console = spec.log_dir.join("console.log");
+    let markers = spec.log_dir.join("marker.log");
+    let _ = fs::remove_file(&console);
+    let _ = fs::remove_file(&markers);
+    let mut cmd = Command::new(QEMU.program);
+    // i440fx ("pc"): its IDE CD-ROM is one every Debian kernel flavour drives.
+    cmd.args([
+        "-machine",
+        "pc",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+        "-nodefaults",
+    ])
+    .args(["-m", &spec.memory_mb.to_string()])
+    .args([
+        "-accel",
+        match spec.accel {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        },
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", console.display()))
+    .arg("-serial")
+    .arg(format!("file:{}", markers.display()))
+    .args(["-device", "VGA"]);
+    let iso = spec.media.extension().is_some_and(|e| e == "iso");
+    if iso {
+        cmd.arg("-drive").arg(format!(
+            "file={},media=cdrom,if=ide,readonly=on",
+            spec.media.display()
+        ));
+    } else {
+        cmd.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio",
+            spec.media.display()
+        ));
+    }
+    if spec.firmware == Firmware::Uefi {
+        for f in [OVMF_CODE, OVMF_VARS] {
+            if !Path::new(f).exists() {
+                bail!("{f} not found: apt-get install ovmf");
+            }
+        }
+        let vars = spec.log_dir.join("OVMF_VARS.fd");
+        fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+        cmd.arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    if let Some(s) = &spec.smbios_serial {
+        cmd.arg("-smbios").arg(format!("type=1,serial={s}"));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    tracing::info!("starting {:?}", cmd);
+    let t0 = Instant::now();
+    let mut child = Guard(cmd.spawn().context("starting qemu")?);
+    let mut marker_line = None;
+    let mut seconds_to_marker = None;
+    let mut exited = false;
+    let mut timed_out = false;
+    loop {
+        if marker_line.is_none()
+            && let Some(m) = &spec.marker
+            && let Some(line) = find_marker(&[&markers, &console], m)
+        {
+            marker_line = Some(line);
+            seconds_to_marker = Some(t0.elapsed().as_secs_f64());
+        }
+        if let Some(status) = child.0.try_wait()? {
+            exited = true;
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.0.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                bail!("qemu failed ({status}): {err}");
+            }
+            break;
+        }
+        if t0.elapsed() > spec.timeout {
+            timed_out = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if marker_line.is_none()
+        && let Some(m) = &spec.marker
+    {
+        marker_line = find_marker(&[&markers, &console], m);
+    }
+    drop(child);
+    Ok(VmResult {
+        firmware: spec.firmware,
+        accel: spec.accel,
+        marker_line,
+        seconds_to_marker,
+        seconds: t0.elapsed().as_secs_f64(),
+        exited,
+        timed_out,
+        console_log: console,
+        marker_log: markers,
+    })
+}
