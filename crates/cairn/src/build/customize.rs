@@ -277,3 +277,31 @@ mod tests {
         assert!(root.join("data").is_dir());
     }
 }
+
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+
+    #[test]
+    fn root_password_hash_and_keys() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("etc")).unwrap();
+        fs::write(
+            d.path().join("etc/shadow"),
+            "root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",
+        )
+        .unwrap();
+        let mut p = crate::profile::builtin_default("bookworm");
+        p.root.password_hash = Some("$6$salt$abc".into());
+        p.root.ssh_keys = vec!["ssh-ed25519 AAAA test".into()];
+        root_access(d.path(), &p).unwrap();
+        assert_eq!(
+            fs::read_to_string(d.path().join("etc/shadow")).unwrap(),
+            "root:$6$salt$abc:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
+        );
+        assert_eq!(
+            fs::read_to_string(d.path().join("root/.ssh/authorized_keys")).unwrap(),
+            "ssh-ed25519 AAAA test\n"
+        );
+    }
+}

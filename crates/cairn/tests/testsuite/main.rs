@@ -2,6 +2,8 @@
 //! root, tools or the network say so and skip — except under CI=true, where a
 //! skip fails.
 
+mod build;
+mod image;
 mod mirror;
 mod real_archive;
 mod support;

@@ -17,6 +17,7 @@ fn host_archive_closure_installs_with_mmdebstrap() {
     if need_tools(&["mmdebstrap", "apt-get", "gpgv"]) {
         return;
     }
+    let _heavy = crate::support::heavy();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     // Default sources: the host's apt configuration; default selection: the

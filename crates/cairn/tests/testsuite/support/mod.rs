@@ -189,3 +189,10 @@ fn with_key_lock<T>(f: impl FnOnce() -> T) -> T {
     lock.lock().unwrap();
     f()
 }
+
+/// Serialises the heavy root-tier tests (bootstraps, VM boots): on two cores
+/// they would only slow each other down.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,171 @@
+//! Image pieces that need neither root nor the network: the six squashfs
+//! compressors, signatures checked by a real GRUB (grub-emu), the example
+//! profiles.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use cairn::image::squashfs::{compressor_of, pack};
+use cairn::profile::Compression;
+use cairn::trust::keys;
+
+use crate::support::{cairn, need_tools, ok};
+
+#[test]
+fn every_compressor_packs_a_tree_that_reads_back_identical() {
+    if need_tools(&["mksquashfs", "unsquashfs"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    fs::create_dir_all(tree.join("etc/sub")).unwrap();
+    fs::write(tree.join("etc/hostname"), "cairn\n").unwrap();
+    fs::write(tree.join("etc/sub/big"), "x".repeat(300_000)).unwrap();
+    std::os::unix::fs::symlink("../etc/hostname", tree.join("etc/link")).unwrap();
+    for c in Compression::ALL {
+        let out = d.path().join(format!("{}.squashfs", c.name()));
+        let level = c.levels().map(|r| *r.end());
+        pack(&tree, &out, c, level, 2, Some(1_700_000_000)).unwrap();
+        assert_eq!(compressor_of(&out).unwrap(), c.name(), "{c:?}");
+        let x = d.path().join(format!("x-{}", c.name()));
+        let st = Command::new("unsquashfs")
+            .arg("-q")
+            .arg("-d")
+            .arg(&x)
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "unsquashfs {c:?}");
+        assert_eq!(
+            fs::read(x.join("etc/sub/big")).unwrap(),
+            fs::read(tree.join("etc/sub/big")).unwrap()
+        );
+        assert_eq!(
+            fs::read_link(x.join("etc/link")).unwrap(),
+            Path::new("../etc/hostname")
+        );
+        // SOURCE_DATE_EPOCH pins every timestamp: the same tree packs the same.
+        let again = d.path().join("again.squashfs");
+        pack(&tree, &again, c, level, 2, Some(1_700_000_000)).unwrap();
+        assert_eq!(
+            fs::read(&again).unwrap(),
+            fs::read(&out).unwrap(),
+            "{c:?} is not reproducible"
+        );
+    }
+    assert!(!Compression::Lzma.bootable() && Compression::Xz.bootable());
+}
+
+/// Runs a grub.cfg in grub-emu (a real GRUB, every module built in) and
+/// returns its output.
+fn grub_emu(cfg: &str, work: &Path) -> String {
+    let emu = work.join("emu");
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg("/usr/lib/grub/x86_64-emu")
+        .arg(&emu)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::write(emu.join("grub.cfg"), cfg).unwrap();
+    fs::write(work.join("device.map"), "(hd0) /dev/null\n").unwrap();
+    let out = Command::new("timeout")
+        .args(["30", "grub-emu", "-d"])
+        .arg(&emu)
+        .arg("-m")
+        .arg(work.join("device.map"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    fs::remove_dir_all(&emu).unwrap();
+    String::from_utf8_lossy(&out.stdout).replace('\r', "")
+}
+
+#[test]
+fn grub_accepts_our_signatures_and_refuses_tampered_or_foreign_ones() {
+    if need_tools(&["gpg", "gpgv", "grub-emu"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(cairn(&store, &["key", "show", "--json"]))).unwrap();
+    assert_eq!(shown["algorithm"], "RSA");
+    let key = keys::load(&store).unwrap();
+    let mode = fs::metadata(store.join("keys/gnupg"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
+
+    let files = d.path().join("files");
+    fs::create_dir_all(&files).unwrap();
+    fs::write(files.join("good"), "kernel bytes\n").unwrap();
+    keys::sign_file(&key, &files.join("good")).unwrap();
+    fs::write(files.join("tampered"), "kernel bytes\n").unwrap();
+    keys::sign_file(&key, &files.join("tampered")).unwrap();
+    fs::write(files.join("tampered"), "kernel bytEs\n").unwrap();
+    // A signature by another key.
+    let other = d.path().join("other");
+    ok(cairn(&other, &["key", "generate", "--bits", "2048"]));
+    fs::write(files.join("foreign"), "kernel bytes\n").unwrap();
+    keys::sign_file(&keys::load(&other).unwrap(), &files.join("foreign")).unwrap();
+    // Our own check agrees with GRUB's.
+    let work = d.path().join("w");
+    fs::create_dir_all(&work).unwrap();
+    assert_eq!(
+        keys::verify_file(&key.public_key, &files.join("good"), &work).unwrap(),
+        key.fingerprint
+    );
+    assert!(keys::verify_file(&key.public_key, &files.join("tampered"), &work).is_err());
+    assert!(keys::verify_file(&key.public_key, &files.join("foreign"), &work).is_err());
+
+    let f = files.display();
+    let mut cfg = format!(
+        "insmod pgp\ntrust --skip-sig (host){}\n",
+        key.public_key.display()
+    );
+    for n in ["good", "tampered", "foreign"] {
+        cfg.push_str(&format!(
+            "if verify_detached (host){f}/{n} (host){f}/{n}.sig; then echo \"RESULT {n}=accepted\"; else echo \"RESULT {n}=refused\"; fi\n"
+        ));
+    }
+    cfg.push_str("reboot\n");
+    let out = grub_emu(&cfg, d.path());
+    for (n, want) in [
+        ("good", "accepted"),
+        ("tampered", "refused"),
+        ("foreign", "refused"),
+    ] {
+        assert!(
+            out.contains(&format!("RESULT {n}={want}")),
+            "GRUB on {n}: expected {want}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn example_profiles_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/profiles");
+    let mut n = 0;
+    for e in fs::read_dir(&dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "toml") {
+            let p = cairn::profile::load(&e.path())
+                .unwrap_or_else(|err| panic!("{}: {err:#}", e.path().display()));
+            assert_eq!(p.suite, "bookworm");
+            n += 1;
+        }
+    }
+    assert_eq!(n, 3);
+    let b = cairn::profile::load(&dir.join("builder.toml")).unwrap();
+    let pk = b.all_packages(b.resolved_host_type());
+    assert!(
+        pk.contains(&"mmdebstrap".to_string()) && pk.contains(&"linux-image-amd64".to_string())
+    );
+    assert_eq!(b.data[0].path, "/srv/cairn");
+}
