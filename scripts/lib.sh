@@ -6,7 +6,8 @@ CAIRN_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # Debian packages cairn drives or its tests use.
-CAIRN_RUNTIME_PKGS=(gpg gpgv apt dpkg ca-certificates mmdebstrap xz-utils)
+CAIRN_RUNTIME_PKGS=(gpg gpgv apt dpkg ca-certificates mmdebstrap xz-utils squashfs-tools
+    grub-common grub-pc-bin grub-efi-amd64-bin grub-emu xorriso mtools qemu-system-x86 ovmf)
 CAIRN_BUILD_PKGS=(build-essential pkg-config)
 
 apt_install() {
