@@ -244,6 +244,10 @@ pub struct SyncArgs {
     /// Follow Recommends in the dependency closure.
     #[arg(long)]
     pub recommends: bool,
+    /// Keep every version of the selected packages from every mirrored
+    /// suite, not only the newest (for tools that read one suite alone).
+    #[arg(long)]
+    pub all_versions: bool,
     /// Concurrent downloads over keep-alive connections.
     #[arg(long, short = 'j', default_value_t = 20)]
     pub jobs: usize,
@@ -659,32 +663,23 @@ fn sync_config(a: &SyncArgs) -> Result<MirrorConfig> {
         cfg.selection = Selection {
             packages,
             closure: true,
-            recommends: a.recommends,
             ..Default::default()
         };
-    } else if a.full
-        || !a.package.is_empty()
-        || !a.priority.is_empty()
-        || a.no_closure
-        || a.recommends
-    {
-        let base = if a.full || !a.package.is_empty() || !a.priority.is_empty() {
-            Selection {
-                full: a.full,
-                packages: a.package.clone(),
-                priorities: a.priority.clone(),
-                closure: true,
-                recommends: false,
-            }
-        } else {
-            cfg.selection.clone()
-        };
+    } else if a.full || !a.package.is_empty() || !a.priority.is_empty() {
         cfg.selection = Selection {
-            closure: !a.no_closure && !a.full,
-            recommends: a.recommends,
-            ..base
+            full: a.full,
+            packages: a.package.clone(),
+            priorities: a.priority.clone(),
+            closure: true,
+            ..Default::default()
         };
     }
+    // The closure flags apply to whichever selection was chosen above.
+    if a.no_closure || a.full {
+        cfg.selection.closure = false;
+    }
+    cfg.selection.recommends |= a.recommends;
+    cfg.selection.all_versions |= a.all_versions;
     validate_selection(&cfg.selection)?;
     Ok(cfg)
 }

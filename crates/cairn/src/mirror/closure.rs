@@ -213,6 +213,12 @@ pub fn select(pkgs: &[Package], sel: &Selection) -> Result<Selected> {
             }
         }
     }
+    if sel.all_versions {
+        let names: BTreeSet<&str> = chosen.iter().map(|&i| pkgs[i].name.as_str()).collect();
+        for n in names {
+            chosen.extend(index.by_name[n].iter().copied());
+        }
+    }
     let mut chosen: Vec<usize> = chosen.into_iter().collect();
     chosen.sort_by(|&a, &b| {
         pkgs[a]

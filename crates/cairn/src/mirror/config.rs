@@ -51,6 +51,11 @@ pub struct Selection {
     /// Follow Recommends too.
     #[serde(default)]
     pub recommends: bool,
+    /// Keep every version of each selected package found in the mirrored
+    /// suites, not only the newest (tools that read one suite alone, such as
+    /// debootstrap, need the suite's own versions).
+    #[serde(default)]
+    pub all_versions: bool,
 }
 
 fn yes() -> bool {
