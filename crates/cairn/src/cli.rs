@@ -262,8 +262,8 @@ pub struct SyncArgs {
     pub max_future: i64,
     /// Mirror exactly what this profile needs (file, or `default`): the
     /// closure of its packages for its host type.
-    /// (Repeatable: the union of several profiles.)
-    #[arg(long, conflicts_with_all = ["full", "package", "priority"])]
+    /// (Repeatable: the union of several profiles, plus any --package.)
+    #[arg(long, conflicts_with_all = ["full", "priority"])]
     pub profile: Vec<String>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
@@ -651,7 +651,7 @@ fn sync_config(a: &SyncArgs) -> Result<MirrorConfig> {
         }
     };
     if !a.profile.is_empty() {
-        let mut packages: Vec<String> = Vec::new();
+        let mut packages: Vec<String> = a.package.clone();
         for p in &a.profile {
             let prof = load_profile(p)?;
             for pk in prof.all_packages(prof.resolved_host_type()) {

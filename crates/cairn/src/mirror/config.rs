@@ -82,12 +82,14 @@ impl Selection {
         if !self.priorities.is_empty() {
             parts.push(format!("priorities {}", self.priorities.join(" ")));
         }
-        let what = parts.join(" + ");
+        let mut what = parts.join(" + ");
         if self.closure {
-            format!("{what} with dependency closure")
-        } else {
-            what
+            what.push_str(" with dependency closure");
         }
+        if self.all_versions {
+            what.push_str(", every version");
+        }
+        what
     }
 }
 

@@ -95,6 +95,28 @@ fn grub_accepts_our_signatures_and_refuses_tampered_or_foreign_ones() {
         serde_json::from_str(&ok(cairn(&store, &["key", "show", "--json"]))).unwrap();
     assert_eq!(shown["algorithm"], "RSA");
     let key = keys::load(&store).unwrap();
+    // An existing GnuPG key can sign instead: its secret stays where it is.
+    let theirs = d.path().join("theirs");
+    let existing = crate::support::key();
+    ok(cairn(
+        &theirs,
+        &[
+            "key",
+            "use",
+            &existing.fpr,
+            "--gnupg-home",
+            existing.home.to_str().unwrap(),
+        ],
+    ));
+    let used = keys::load(&theirs).unwrap();
+    assert_eq!(
+        (used.fingerprint.as_str(), used.gnupg_home.as_path()),
+        (existing.fpr.as_str(), existing.home.as_path())
+    );
+    assert_eq!(
+        fs::read(&used.public_key).unwrap(),
+        fs::read(&existing.keyring).unwrap()
+    );
     let mode = fs::metadata(store.join("keys/gnupg"))
         .unwrap()
         .permissions();
