@@ -16,3 +16,10 @@ pub mod profile;
 pub mod progress;
 pub mod trust;
 pub mod vm;
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

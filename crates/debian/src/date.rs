@@ -63,6 +63,19 @@ pub fn format_release_date(t: i64) -> String {
     )
 }
 
+/// `20261125T181500Z`: a UTC time that sorts as text (image versions,
+/// mirror generations).
+pub fn format_compact(t: i64) -> String {
+    let (y, m, d) = civil_from_days(t.div_euclid(86400));
+    let s = t.rem_euclid(86400);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
 // Howard Hinnant's civil-date algorithms.
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -108,6 +121,7 @@ mod tests {
             t
         );
         assert_eq!(format_release_date(0), "Thu, 01 Jan 1970 00:00:00 UTC");
+        assert_eq!(format_compact(t), "20260711T101637Z");
         assert!(parse_release_date("yesterday").is_err());
         assert!(parse_release_date("Sat, 11 Foo 2026 10:16:37 UTC").is_err());
     }

@@ -65,22 +65,6 @@ pub struct BuildReport {
 }
 
 /// `20261125T181500Z`: versions sort by time.
-pub fn version_now(t: i64) -> String {
-    let d = cairn_debian::date::format_release_date(t);
-    let p: Vec<&str> = d.split_whitespace().collect();
-    const M: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = M.iter().position(|x| *x == p[2]).unwrap_or(0) + 1;
-    format!("{}{:02}{}T{}Z", p[3], m, p[1], p[4].replace(':', ""))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// The published mirrors that serve `suite` (and its -updates/-security
 /// siblings), as apt source lines.
 pub fn mirror_sources(
@@ -311,12 +295,12 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
                 .with_context(|| format!("removing a killed build's {}", e.path().display()))?;
         }
     }
-    let started = now();
-    let mut version = version_now(started);
+    let started = crate::unix_now();
+    let mut version = cairn_debian::date::format_compact(started);
     let mut n = 1;
     while pdir.join(&version).exists() {
         n += 1;
-        version = format!("{}-{n}", version_now(started));
+        version = format!("{}-{n}", cairn_debian::date::format_compact(started));
     }
     let epoch = opts.epoch.unwrap_or(started);
     let work = WorkDir(pdir.join(format!(".build-{version}")));

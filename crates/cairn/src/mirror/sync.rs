@@ -109,16 +109,10 @@ struct Repo<'a> {
     _lock: MirrorLock,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Syncs every repository of `cfg` into the store.
 pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
     let t0 = Instant::now();
-    let now = now();
+    let now = crate::unix_now();
     // 1. Lock, then verify every Release before anything else is fetched.
     let mut repos = Vec::new();
     for spec in &cfg.repos {
@@ -188,7 +182,11 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
     }
 
     // 3. Indices, into a new generation directory per repository.
-    let generation = format!("{}-{}", format_generation(now), std::process::id());
+    let generation = format!(
+        "{}-{}",
+        cairn_debian::date::format_compact(now),
+        std::process::id()
+    );
     let counter = Counter::default();
     let mut suite_reports: Vec<Vec<SuiteReport>> = Vec::new();
     let mut all_pkgs: Vec<Package> = Vec::new();
@@ -377,17 +375,6 @@ fn verified_list() -> Vec<&'static str> {
         "pool files: size + SHA256 against Packages, while streaming",
         "pool paths inside pool/",
     ]
-}
-
-fn format_generation(t: i64) -> String {
-    // 20261125T181500Z, sortable by time.
-    let d = format_release_date(t);
-    let p: Vec<&str> = d.split_whitespace().collect();
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = months.iter().position(|x| *x == p[2]).unwrap_or(0) + 1;
-    format!("{}{:02}{}T{}Z", p[3], m, p[1], p[4].replace(':', ""))
 }
 
 fn up_to_date(

@@ -99,12 +99,6 @@ pub fn verify(name: &str, opts: &VerifyOptions) -> Result<VerifyReport> {
     Ok(report)
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
     let t0 = Instant::now();
     let state = MirrorState::load(paths)?.with_context(|| {
@@ -150,7 +144,7 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
         let shown = |p: &str| format!("dists/{suite}/{p}");
         let release = match read_verified_release(&dir, &keyring, &tmp) {
             Ok((rel, signers)) => {
-                let n = now();
+                let n = crate::unix_now();
                 if let Some(u) = rel.valid_until
                     && u < n
                 {
