@@ -162,7 +162,12 @@ impl Cmd {
 
     /// The message for a failed run.
     pub fn failure(&self, out: &Output) -> String {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Some programs (debootstrap) say why on stdout.
+        let stderr = if out.stderr.iter().all(u8::is_ascii_whitespace) {
+            String::from_utf8_lossy(&out.stdout)
+        } else {
+            String::from_utf8_lossy(&out.stderr)
+        };
         let lines: Vec<&str> = stderr.lines().collect();
         let tail = lines[lines.len().saturating_sub(15)..].join("\n");
         format!(

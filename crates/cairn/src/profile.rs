@@ -21,13 +21,14 @@ pub enum HostType {
     Auto,
 }
 
-/// How the base tree is made. Only mmdebstrap so far: it installs from
-/// several suites of a partial mirror in one go (debootstrap takes one suite
-/// and would need the -updates/-security versions it cannot see).
+/// How the base tree is made. mmdebstrap installs from several suites of a
+/// partial mirror in one go; debootstrap reads the suite alone (its mirror
+/// must keep every version), then apt in a chroot adds the other suites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Bootstrap {
     Mmdebstrap,
+    Debootstrap,
 }
 
 /// squashfs compressors mksquashfs offers.
@@ -556,6 +557,10 @@ impl Profile {
         }
         if self.builder {
             v.extend(BUILDER_PACKAGES.iter().map(|s| s.to_string()));
+        }
+        if self.bootstrap == Bootstrap::Debootstrap {
+            // debootstrap always installs it on merged-/usr suites.
+            v.push("usr-is-merged".into());
         }
         for p in &self.packages {
             if !v.contains(p) {

@@ -5,6 +5,7 @@
 //! built in a work directory and moved into the store only when complete.
 
 pub mod customize;
+pub mod debootstrap;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -242,6 +243,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     }
     let boot_tool = match profile.bootstrap {
         Bootstrap::Mmdebstrap => &MMDEBSTRAP,
+        Bootstrap::Debootstrap => &debootstrap::DEBOOTSTRAP,
     };
     require(&[boot_tool, &squashfs::MKSQUASHFS, &GPG])?;
     let compression = opts.compression.unwrap_or(profile.image.compression);
@@ -322,8 +324,23 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         boot_tool.program,
         mirrors.len()
     ));
-    let sources: Vec<String> = mirrors.iter().flat_map(|m| m.2.clone()).collect();
-    bootstrap(profile, &packages, &sources, &rootfs, &work.0, epoch)?;
+    match profile.bootstrap {
+        Bootstrap::Mmdebstrap => {
+            let sources: Vec<String> = mirrors.iter().flat_map(|m| m.2.clone()).collect();
+            bootstrap(profile, &packages, &sources, &rootfs, &work.0, epoch)?;
+        }
+        Bootstrap::Debootstrap => {
+            debootstrap::bootstrap(
+                profile,
+                &packages,
+                &mirrors,
+                &rootfs,
+                &work.0,
+                epoch,
+                profile_arg,
+            )?;
+        }
+    }
     stage("bootstrap", t);
 
     // 2. cairn's own changes.
@@ -499,26 +516,22 @@ fn bootstrap(
             shell_quote(&p.display().to_string())
         ));
     }
-    match profile.bootstrap {
-        Bootstrap::Mmdebstrap => {
-            let mut cmd = Cmd::new(MMDEBSTRAP.program)
-                .args(["--mode=root", "--format=directory"])
-                .arg(format!("--variant={}", profile.variant))
-                .arg(format!("--architectures={}", profile.architecture))
-                .arg(format!("--include={}", packages.join(",")))
-                .arg(format!("--hook-dir={AUTOMOUNT_HOOK}"))
-                .arg("--aptopt=Acquire::Languages \"none\"")
-                .env("SOURCE_DATE_EPOCH", epoch.to_string());
-            for h in &hooks {
-                cmd = cmd.arg(format!("--customize-hook={h}"));
-            }
-            cmd.arg(&profile.suite)
-                .arg(rootfs)
-                .args(sources)
-                .run()
-                .context("bootstrapping with mmdebstrap")?;
-        }
+    let mut cmd = Cmd::new(MMDEBSTRAP.program)
+        .args(["--mode=root", "--format=directory"])
+        .arg(format!("--variant={}", profile.variant))
+        .arg(format!("--architectures={}", profile.architecture))
+        .arg(format!("--include={}", packages.join(",")))
+        .arg(format!("--hook-dir={AUTOMOUNT_HOOK}"))
+        .arg("--aptopt=Acquire::Languages \"none\"")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string());
+    for h in &hooks {
+        cmd = cmd.arg(format!("--customize-hook={h}"));
     }
+    cmd.arg(&profile.suite)
+        .arg(rootfs)
+        .args(sources)
+        .run()
+        .context("bootstrapping with mmdebstrap")?;
     Ok(())
 }
 

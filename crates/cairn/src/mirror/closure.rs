@@ -173,6 +173,13 @@ pub fn select(pkgs: &[Package], sel: &Selection) -> Result<Selected> {
     if sel.closure {
         while let Some(i) = queue.pop_front() {
             let p = &pkgs[i];
+            // Every version, and what each of them depends on: a tool that
+            // reads one suite resolves against that suite's versions.
+            if sel.all_versions {
+                for &j in &index.by_name[p.name.as_str()] {
+                    push(j, &mut chosen, &mut queue);
+                }
+            }
             let mut fields = vec![p.pre_depends.as_deref(), p.depends.as_deref()];
             if sel.recommends {
                 fields.push(p.recommends.as_deref());

@@ -117,6 +117,14 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
     let store = dir.path().join("store");
     let profile = test_profile(dir.path());
     let profile_s = profile.to_str().unwrap();
+    // The same system bootstrapped by debootstrap instead of mmdebstrap.
+    let db = dir.path().join("dbtest.toml");
+    fs::write(
+        &db,
+        "schema-version = 1\nextends = \"webtest.toml\"\nbootstrap = \"debootstrap\"\n",
+    )
+    .unwrap();
+    let db_s = db.to_str().unwrap();
 
     // Before a mirror or a key exists, build says what to do.
     let err = fails(cairn(&store, &["build", "default"]));
@@ -142,6 +150,7 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
             "{err}"
         );
     }
+    // debootstrap reads one suite: keep every version.
     ok(cairn(
         &store,
         &[
@@ -151,6 +160,9 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
             "default",
             "--profile",
             profile_s,
+            "--profile",
+            db_s,
+            "--all-versions",
         ],
     ));
 
@@ -332,6 +344,26 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
     assert!(!ls.contains("/var/cache/apt/pkgcache.bin"));
     assert_eq!(squashfs_cat(&img, "etc/machine-id"), "");
 
+    // debootstrap: the suite's own base, then the other suites through apt in
+    // a chroot; the result has the same newest kernel, the files and hooks.
+    let dbr = json(ok(cairn(&store, &["build", db_s, "--json"])));
+    assert_eq!(
+        dbr["kernel"], phys["kernel"],
+        "the debootstrap route did not take -updates/-security"
+    );
+    let dbi = PathBuf::from(dbr["path"].as_str().unwrap());
+    assert_eq!(squashfs_cat(&dbi, "etc/hostname"), "webtest\n");
+    assert!(squashfs_cat(&dbi, "etc/hook-ran").starts_with("systemd\t"));
+    assert_eq!(
+        squashfs_cat(&dbi, "etc/motd"),
+        "built by the cairn test suite\n"
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(store.to_str().unwrap()),
+        "chroot mounts left behind:\n{mounts}"
+    );
+
     let list = json(ok(cairn(&store, &["image", "list", "--json"])));
-    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list.as_array().unwrap().len(), 4);
 }

@@ -1,0 +1,187 @@
+//! The debootstrap route: debootstrap makes the base from the suite's own
+//! mirror (it reads one suite, so the mirror must keep every version:
+//! `cairn mirror sync --all-versions`), then, in a chroot with /proc, /sys,
+//! /dev and the local mirrors mounted, apt brings in the other suites
+//! (-updates, -security) and the profile's files and hooks are applied.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::customize::inside;
+use super::unmount_below;
+use crate::cmd::{Cmd, Tool, require};
+use crate::mirror::state::{MirrorPaths, MirrorState};
+use crate::profile::Profile;
+
+pub const DEBOOTSTRAP: Tool = Tool {
+    program: "debootstrap",
+    package: "debootstrap",
+};
+
+/// Mounts made for the chroot phase; all undone on drop, deepest first.
+struct ChrootMounts(PathBuf);
+
+impl ChrootMounts {
+    fn mount(root: &Path, mirrors: &[PathBuf]) -> Result<ChrootMounts> {
+        let guard = ChrootMounts(root.to_path_buf());
+        let m = |args: &[&str], target: &Path| -> Result<()> {
+            fs::create_dir_all(target)?;
+            Cmd::new("mount").args(args).arg(target).run().map(|_| ())
+        };
+        m(&["-t", "proc", "proc"], &root.join("proc"))?;
+        m(&["--rbind", "/sys"], &root.join("sys"))?;
+        m(&["--rbind", "/dev"], &root.join("dev"))?;
+        for dir in mirrors {
+            // Read-only, at the same path, so file:// sources work inside.
+            let target = inside(root, &dir.display().to_string());
+            fs::create_dir_all(&target)?;
+            Cmd::new("mount")
+                .arg("--bind")
+                .arg(dir)
+                .arg(&target)
+                .run()?;
+            Cmd::new("mount")
+                .args(["-o", "remount,bind,ro"])
+                .arg(&target)
+                .run()?;
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for ChrootMounts {
+    fn drop(&mut self) {
+        if let Err(e) = unmount_below(&self.0) {
+            tracing::warn!("{e:#}");
+        }
+    }
+}
+
+fn chroot(root: &Path, args: &[&str]) -> Result<()> {
+    Cmd::new("chroot")
+        .arg(root)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("LC_ALL", "C.UTF-8")
+        .run()
+        .map(|_| ())
+}
+
+pub fn bootstrap(
+    profile: &Profile,
+    packages: &[String],
+    mirrors: &[(MirrorPaths, MirrorState, Vec<String>)],
+    rootfs: &Path,
+    work: &Path,
+    epoch: i64,
+    profile_arg: &str,
+) -> Result<()> {
+    require(&[&DEBOOTSTRAP])?;
+    let (paths, state, _) = mirrors
+        .iter()
+        .find(|(_, s, _)| s.repo.suites.iter().any(|x| x == &profile.suite))
+        .with_context(|| {
+            format!(
+                "no local mirror has suite {} itself (debootstrap needs it)",
+                profile.suite
+            )
+        })?;
+    if !state.selection.all_versions && !state.selection.full {
+        bail!(
+            "debootstrap reads suite {} alone, and mirror {} keeps only the newest version of each package: \
+             run `cairn mirror sync --profile {profile_arg} --all-versions` (or use bootstrap = \"mmdebstrap\")",
+            profile.suite,
+            paths.name
+        );
+    }
+    let keyring = state
+        .repo
+        .keyring
+        .first()
+        .context("the mirror has no keyring")?;
+    // debootstrap itself: the base and the packages, from the suite's own mirror.
+    Cmd::new(DEBOOTSTRAP.program)
+        .arg(format!(
+            "--variant={}",
+            if profile.variant == "minbase" {
+                "minbase"
+            } else {
+                "buildd"
+            }
+        ))
+        .arg(format!("--arch={}", profile.architecture))
+        .arg(format!("--keyring={}", keyring.display()))
+        .arg(format!("--components={}", state.repo.components.join(",")))
+        .arg(format!("--include={}", packages.join(",")))
+        .arg(&profile.suite)
+        .arg(rootfs)
+        .arg(format!("file://{}", paths.root.display()))
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .run()
+        .context("bootstrapping with debootstrap")?;
+    // Then apt in the chroot, with every local mirror of the suite family.
+    let roots: Vec<PathBuf> = mirrors.iter().map(|(p, _, _)| p.root.clone()).collect();
+    let _mounts = ChrootMounts::mount(rootfs, &roots)?;
+    let list = inside(rootfs, "/etc/apt/sources.list.d/cairn-build.list");
+    let lines: Vec<String> = mirrors.iter().flat_map(|(_, _, l)| l.clone()).collect();
+    fs::write(&list, lines.join("\n") + "\n")?;
+    // The keyring files the sources name, at the same paths.
+    for (_, s, _) in mirrors {
+        for k in &s.repo.keyring {
+            let target = inside(rootfs, &k.display().to_string());
+            if !target.exists() {
+                fs::create_dir_all(target.parent().unwrap_or(rootfs))?;
+                fs::copy(k, &target).with_context(|| format!("copying keyring {}", k.display()))?;
+            }
+        }
+    }
+    let _ = fs::remove_file(inside(rootfs, "/etc/apt/sources.list"));
+    chroot(
+        rootfs,
+        &["apt-get", "update", "-o", "Acquire::Languages=none"],
+    )?;
+    chroot(
+        rootfs,
+        &[
+            "apt-get",
+            "-y",
+            // As mmdebstrap does: no Recommends (the mirror holds the closure without them).
+            "-o",
+            "APT::Install-Recommends=false",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "dist-upgrade",
+        ],
+    )?;
+    // Profile files, then hooks (tree as $1, run on the host, chroot available).
+    for f in &profile.files {
+        let dest = inside(rootfs, &f.dest);
+        fs::create_dir_all(dest.parent().unwrap_or(rootfs))?;
+        fs::copy(&f.source, &dest)
+            .with_context(|| format!("copying {} to {}", f.source.display(), f.dest))?;
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut fs::metadata(&dest)?.permissions(),
+            f.mode,
+        );
+        fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(f.mode))?;
+    }
+    let hooks = work.join("hooks");
+    fs::create_dir_all(&hooks)?;
+    for (i, h) in profile.hooks.iter().enumerate() {
+        let p = hooks.join(format!("{:02}-{}", i + 1, h.name));
+        fs::write(&p, &h.script)?;
+        Cmd::new("sh")
+            .arg(&p)
+            .arg(rootfs)
+            .env("MMDEBSTRAP_MODE", "root")
+            .env("MMDEBSTRAP_HOOK", "customize")
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .run()
+            .with_context(|| format!("hook {}", h.name))?;
+    }
+    chroot(rootfs, &["apt-get", "clean"])?;
+    fs::remove_file(&list)?;
+    Ok(())
+}
