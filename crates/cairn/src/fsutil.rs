@@ -64,6 +64,54 @@ pub fn safe_relative(rel: &str, prefix: &str) -> Result<PathBuf> {
     Ok(p.to_path_buf())
 }
 
+/// An exclusive lock (flock) held while the value lives; the holder's pid is
+/// written into the file so a refusal can name it.
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Locks `path` for `what` ("mirror debian"). With `wait`, waits for the
+    /// holder; otherwise refuses, naming it, and ends the message with `hint`.
+    pub fn acquire(path: &Path, what: &str, wait: bool, hint: &str) -> Result<Lock> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening lock {}", path.display()))?;
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(path).unwrap_or_default();
+                let holder = if holder.trim().is_empty() {
+                    "?".to_string()
+                } else {
+                    holder.trim().to_string()
+                };
+                if !wait {
+                    bail!(
+                        "{what} is locked by another cairn (pid {holder}): wait for it to finish{hint}"
+                    );
+                }
+                eprintln!("waiting for the lock on {what} (held by pid {holder})");
+                f.lock()
+                    .with_context(|| format!("locking {}", path.display()))?;
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        f.set_len(0).ok();
+        let _ = write!(f, "{}", std::process::id());
+        Ok(Lock { _file: f })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +131,24 @@ mod tests {
         ] {
             assert!(safe_relative(bad, "pool").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_second_lock_is_refused_naming_the_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x/lock");
+        let _held = Lock::acquire(&p, "thing t", false, "").unwrap();
+        let err = Lock::acquire(&p, "thing t", false, ", or pass --wait")
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "thing t is locked by another cairn (pid {}): wait for it to finish, or pass --wait",
+                std::process::id()
+            )
+        );
     }
 
     #[test]

@@ -167,13 +167,12 @@ pub fn bootstrap(
         );
         fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(f.mode))?;
     }
-    let hooks = work.join("hooks");
-    fs::create_dir_all(&hooks)?;
-    for (i, h) in profile.hooks.iter().enumerate() {
-        let p = hooks.join(format!("{:02}-{}", i + 1, h.name));
-        fs::write(&p, &h.script)?;
+    for (p, h) in super::write_hooks(profile, work)?
+        .iter()
+        .zip(&profile.hooks)
+    {
         Cmd::new("sh")
-            .arg(&p)
+            .arg(p)
             .arg(rootfs)
             .env("MMDEBSTRAP_MODE", "root")
             .env("MMDEBSTRAP_HOOK", "customize")

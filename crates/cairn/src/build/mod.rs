@@ -200,30 +200,6 @@ impl Drop for WorkDir {
     }
 }
 
-/// An exclusive lock per profile: one build at a time writes its images.
-struct ProfileLock(#[allow(dead_code)] fs::File);
-
-fn lock_profile(images: &Path, name: &str) -> Result<ProfileLock> {
-    fs::create_dir_all(images)?;
-    let p = images.join(format!(".{name}.lock"));
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))?;
-    match f.try_lock() {
-        Ok(()) => Ok(ProfileLock(f)),
-        Err(fs::TryLockError::WouldBlock) => bail!(
-            "another cairn is building profile {name} (lock {})",
-            p.display()
-        ),
-        Err(fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", p.display()))
-        }
-    }
-}
-
 /// Builds `profile` into the store.
 pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Result<BuildReport> {
     let t0 = Instant::now();
@@ -287,7 +263,13 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     ));
 
     let images = image::images_dir(&opts.store);
-    let _lock = lock_profile(&images, &profile.name)?;
+    // One build per profile at a time.
+    let _lock = crate::fsutil::Lock::acquire(
+        &images.join(format!(".{}.lock", profile.name)),
+        &format!("profile {}", profile.name),
+        false,
+        "",
+    )?;
     let pdir = images.join(&profile.name);
     fs::create_dir_all(&pdir)?;
     for e in fs::read_dir(&pdir)?.flatten() {
@@ -492,8 +474,6 @@ fn bootstrap(
 ) -> Result<()> {
     // Profile files and hooks run inside mmdebstrap's customize phase, in
     // order, with its environment and /proc, /sys, /dev mounted for them.
-    let hooks_dir = work.join("hooks");
-    fs::create_dir_all(&hooks_dir)?;
     let mut hooks: Vec<String> = Vec::new();
     for f in &profile.files {
         let parent = Path::new(&f.dest)
@@ -508,9 +488,7 @@ fn bootstrap(
         ));
         hooks.push(format!("chmod {:o} \"$1\"{}", f.mode, shell_quote(&f.dest)));
     }
-    for (i, h) in profile.hooks.iter().enumerate() {
-        let p = hooks_dir.join(format!("{:02}-{}", i + 1, h.name));
-        fs::write(&p, &h.script)?;
+    for p in write_hooks(profile, work)? {
         hooks.push(format!(
             "sh {} \"$1\"",
             shell_quote(&p.display().to_string())
@@ -533,6 +511,19 @@ fn bootstrap(
         .run()
         .context("bootstrapping with mmdebstrap")?;
     Ok(())
+}
+
+/// The profile's hook scripts as files in the work directory, in order.
+pub(crate) fn write_hooks(profile: &Profile, work: &Path) -> Result<Vec<PathBuf>> {
+    let dir = work.join("hooks");
+    fs::create_dir_all(&dir)?;
+    let mut out = Vec::new();
+    for (i, h) in profile.hooks.iter().enumerate() {
+        let p = dir.join(format!("{:02}-{}", i + 1, h.name));
+        fs::write(&p, &h.script).with_context(|| format!("writing {}", p.display()))?;
+        out.push(p);
+    }
+    Ok(out)
 }
 
 fn installed_packages(root: &Path) -> Result<Vec<PackageVersion>> {

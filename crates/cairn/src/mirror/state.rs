@@ -10,11 +10,10 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::config::{RepoSpec, Selection};
@@ -58,50 +57,14 @@ impl MirrorPaths {
     }
 }
 
-/// An exclusive lock on one mirror, held for the whole sync or repair.
-pub struct MirrorLock {
-    _file: File,
-}
-
-impl MirrorLock {
-    pub fn acquire(paths: &MirrorPaths, wait: bool) -> Result<MirrorLock> {
-        fs::create_dir_all(&paths.work)
-            .with_context(|| format!("creating {}", paths.work.display()))?;
-        let p = paths.work.join("lock");
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&p)
-            .with_context(|| format!("opening lock {}", p.display()))?;
-        match f.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let holder = fs::read_to_string(&p).unwrap_or_default();
-                let holder = holder.trim();
-                if !wait {
-                    bail!(
-                        "mirror {} is locked by another cairn (pid {}): wait for it to finish, or pass --wait",
-                        paths.name,
-                        if holder.is_empty() { "?" } else { holder }
-                    );
-                }
-                eprintln!(
-                    "waiting for the lock on mirror {} (held by pid {holder})",
-                    paths.name
-                );
-                f.lock()
-                    .with_context(|| format!("locking {}", p.display()))?;
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", p.display()));
-            }
-        }
-        f.set_len(0).ok();
-        let _ = write!(f, "{}", std::process::id());
-        Ok(MirrorLock { _file: f })
-    }
+/// The exclusive lock on one mirror, held for a whole sync or repair.
+pub fn lock_mirror(paths: &MirrorPaths, wait: bool) -> Result<crate::fsutil::Lock> {
+    crate::fsutil::Lock::acquire(
+        &paths.work.join("lock"),
+        &format!("mirror {}", paths.name),
+        wait,
+        ", or pass --wait",
+    )
 }
 
 /// A pool file as last verified: path → size, hash and the mtime it had then.

@@ -22,7 +22,7 @@ use super::fetch::{
     transport_for,
 };
 use super::release::{SuiteRelease, check_release, fetch_release};
-use super::state::{MirrorLock, MirrorPaths, MirrorState, PoolEntry, SuiteState, mtime_ns};
+use super::state::{MirrorPaths, MirrorState, PoolEntry, SuiteState, lock_mirror, mtime_ns};
 use crate::fsutil::{safe_relative, sync_dir};
 use crate::parallel;
 use crate::progress::{Mode, Progress};
@@ -106,7 +106,7 @@ struct Repo<'a> {
     transport: Arc<dyn Transport>,
     state: Option<MirrorState>,
     releases: Vec<SuiteRelease>,
-    _lock: MirrorLock,
+    _lock: crate::fsutil::Lock,
 }
 
 /// Syncs every repository of `cfg` into the store.
@@ -117,7 +117,7 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
     let mut repos = Vec::new();
     for spec in &cfg.repos {
         let paths = MirrorPaths::new(&opts.store, &spec.name);
-        let lock = MirrorLock::acquire(&paths, opts.wait)?;
+        let lock = lock_mirror(&paths, opts.wait)?;
         let _ = fs::remove_dir_all(paths.tmp());
         fs::create_dir_all(paths.tmp())
             .with_context(|| format!("creating {}", paths.tmp().display()))?;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::fetch::{
     Counter, Expect, FetchError, RetryPolicy, fetch_verified, join_url, partial_path, transport_for,
 };
-use super::state::{MirrorLock, MirrorPaths, MirrorState, mtime_ns};
+use super::state::{MirrorPaths, MirrorState, lock_mirror, mtime_ns};
 use super::sync::{decompress_verified, walk_files};
 use crate::parallel;
 use crate::progress::{Mode, Progress};
@@ -89,7 +89,7 @@ pub fn list_mirrors(store: &Path) -> Result<Vec<String>> {
 
 pub fn verify(name: &str, opts: &VerifyOptions) -> Result<VerifyReport> {
     let paths = MirrorPaths::new(&opts.store, name);
-    let _lock = MirrorLock::acquire(&paths, opts.wait)?;
+    let _lock = lock_mirror(&paths, opts.wait)?;
     let mut report = check(&paths, opts)?;
     if opts.repair && !report.ok {
         let repaired = repair(&paths, &report, opts)?;
