@@ -57,9 +57,130 @@ pub enum Command {
     /// Images in the store.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Boot disks: GPT with cairn's GRUB (BIOS and UEFI), images, data.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+    /// cairn's verifying GRUB menu.
+    #[command(subcommand)]
+    Boot(BootCommand),
     /// Virtual machines for trying images.
     #[command(subcommand)]
     Vm(VmCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MenuArgs {
+    /// Profile whose newest image boots by default (else the newest image's).
+    #[arg(long = "default")]
+    pub default_profile: Option<String>,
+    /// Boots a new default image gets, without reporting a good boot, before
+    /// GRUB falls back to the last image that did.
+    #[arg(long)]
+    pub tries: Option<u32>,
+    /// Seconds the menu waits.
+    #[arg(long)]
+    pub timeout: Option<u32>,
+}
+
+impl MenuArgs {
+    fn options(&self) -> crate::boot::menu::MenuOptions {
+        let d = crate::boot::menu::MenuOptions::default();
+        crate::boot::menu::MenuOptions {
+            timeout: self.timeout.unwrap_or(d.timeout),
+            tries: self.tries.unwrap_or(d.tries),
+            default_profile: self.default_profile.clone(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DiskCommand {
+    /// Make a boot disk: GPT with a BIOS boot partition, an EFI system
+    /// partition, the boot partition (ext4 `cairn-boot`: GRUB's signed menu,
+    /// the images) and a data partition (ext4, label `data`) for the
+    /// profiles' data paths. cairn's GRUB, for BIOS and UEFI, has the
+    /// signing key built in and boots nothing that fails its signature.
+    ///
+    /// TARGET is a file (created, or replaced when complete; `dd` it to a USB
+    /// stick) or a block device (erased after you type its name, or --yes).
+    Create {
+        target: PathBuf,
+        /// Images to put on it: `profile` (newest), `profile/version`, or a
+        /// directory. Repeat for more; the older ones of a profile become
+        /// rollback entries.
+        #[arg(long = "image", required = true)]
+        images: Vec<String>,
+        /// Also a cairn ISO (signed: `<image>/<profile>.iso`), booted by loopback.
+        #[arg(long = "iso")]
+        isos: Vec<PathBuf>,
+        /// Disk file size (e.g. 4G, 1500M); default: room for the images twice.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        /// Size of the data partition; 0 for none.
+        #[arg(long, value_parser = parse_size, default_value = "256M")]
+        data_size: u64,
+        /// File system label of the data partition (profiles' `label`).
+        #[arg(long, default_value = "data")]
+        data_label: String,
+        #[command(flatten)]
+        menu: MenuArgs,
+        /// Secure Boot: sign GRUB's EFI binary with this db/MOK private key (PEM)…
+        #[arg(long, requires = "secure_boot_cert")]
+        secure_boot_key: Option<PathBuf>,
+        /// …and this certificate (PEM).
+        #[arg(long, requires = "secure_boot_key")]
+        secure_boot_cert: Option<PathBuf>,
+        /// Erase a block device without asking.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy more images onto a cairn disk (verified first) and write its menu
+    /// again; a new default image starts a trial (boot counting).
+    Add {
+        disk: PathBuf,
+        /// `profile`, `profile/version`, or a directory.
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BootCommand {
+    /// Write the signed menu of a cairn disk again from the images on it
+    /// (after copying or removing some by hand, or to change the default);
+    /// without --disk, print the menu the store's images would get.
+    Menu {
+        #[arg(long)]
+        disk: Option<PathBuf>,
+        #[command(flatten)]
+        menu: MenuArgs,
+        /// Print the entries as JSON (without --disk: the grub.cfg text otherwise).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `4G`, `512M`, `64K` or bytes (powers of 1024).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: a size like 4G, 512M or a number of bytes"))?;
+    if n < 0.0 {
+        return Err(format!("{s:?}: negative size"));
+    }
+    Ok((n * mult as f64) as u64)
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,6 +206,13 @@ pub enum VmCommand {
         /// Ask a cairn image to power off once booted (via SMBIOS serial).
         #[arg(long)]
         poweroff: bool,
+        /// Boot this menu entry of a cairn disk (its id, e.g. `web-20261126T015228Z`
+        /// or `rollback>web-…`; see `cairn boot menu --json`), via SMBIOS serial.
+        #[arg(long)]
+        entry: Option<String>,
+        /// Let the VM reboot (boot counting); by default a reboot ends the run.
+        #[arg(long)]
+        reboots: bool,
         /// Directory for console.log and marker.log.
         #[arg(long, default_value = "/var/tmp/cairn-vm")]
         log_dir: PathBuf,
@@ -347,6 +475,8 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Build(a) => run_build(cli, a),
         Command::Key(c) => run_key(cli, c),
         Command::Image(c) => run_image(cli, c),
+        Command::Disk(c) => run_disk(cli, c),
+        Command::Boot(c) => run_boot(cli, c),
         Command::Vm(VmCommand::Run {
             media,
             firmware,
@@ -355,6 +485,8 @@ fn run(cli: &Cli) -> Result<i32> {
             timeout,
             marker,
             poweroff,
+            entry,
+            reboots,
             log_dir,
             json,
         }) => {
@@ -364,7 +496,13 @@ fn run(cli: &Cli) -> Result<i32> {
                 accel: *accel,
                 memory_mb: *memory,
                 timeout: std::time::Duration::from_secs(*timeout),
-                smbios_serial: poweroff.then(|| "cairn-test-poweroff".to_string()),
+                smbios_serial: match (poweroff, entry) {
+                    (true, Some(e)) => Some(format!("cairn-test-poweroff:{e}")),
+                    (true, None) => Some("cairn-test-poweroff".to_string()),
+                    (false, Some(e)) => Some(format!("cairn-entry:{e}")),
+                    (false, None) => None,
+                },
+                reboots: *reboots,
                 log_dir: log_dir.clone(),
                 marker: marker.clone(),
             };
@@ -550,6 +688,106 @@ fn run_key(cli: &Cli, c: &KeyCommand) -> Result<i32> {
         println!("  public key for GRUB: {}", key.public_key.display());
     }
     Ok(0)
+}
+
+fn print_menu(m: &crate::boot::menu::Menu) {
+    println!("default: {}", m.default);
+    if !m.fallback.is_empty() {
+        println!("fallback: {}", m.fallback.join(" "));
+    }
+    for e in &m.entries {
+        println!("  {:<48} {}", e.id, e.title);
+    }
+}
+
+fn run_disk(cli: &Cli, c: &DiskCommand) -> Result<i32> {
+    match c {
+        DiskCommand::Create {
+            target,
+            images,
+            isos,
+            size,
+            data_size,
+            data_label,
+            menu,
+            secure_boot_key,
+            secure_boot_cert,
+            yes,
+            json,
+        } => {
+            let dirs = images
+                .iter()
+                .map(|s| image::resolve(&cli.store, s))
+                .collect::<Result<Vec<_>>>()?;
+            let opts = crate::boot::disk::DiskOptions {
+                images: dirs,
+                isos: isos.clone(),
+                menu: menu.options(),
+                data_size: *data_size,
+                data_label: data_label.clone(),
+                secure_boot: secure_boot_key.clone().zip(secure_boot_cert.clone()),
+                yes: *yes,
+                quiet: cli.quiet || *json,
+            };
+            let r = crate::boot::disk::create(&cli.store, target, *size, &opts)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{}: {} with {} ({}), {:.1}s",
+                    r.path.display(),
+                    human_bytes(r.layout.bytes),
+                    r.images.join(", "),
+                    if r.secure_boot {
+                        "GRUB signed for Secure Boot"
+                    } else {
+                        "BIOS + UEFI"
+                    },
+                    r.seconds
+                );
+                print_menu(&r.menu);
+            }
+            Ok(0)
+        }
+        DiskCommand::Add { disk, images, json } => {
+            let dirs = images
+                .iter()
+                .map(|s| image::resolve(&cli.store, s))
+                .collect::<Result<Vec<_>>>()?;
+            let m = crate::boot::disk::add_images(&cli.store, disk, &dirs, cli.quiet || *json)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print_menu(&m);
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn run_boot(cli: &Cli, c: &BootCommand) -> Result<i32> {
+    match c {
+        BootCommand::Menu { disk, menu, json } => {
+            let m = match disk {
+                Some(d) => crate::boot::disk::menu_on_disk(
+                    &cli.store,
+                    d,
+                    menu.default_profile.clone(),
+                    menu.tries,
+                    menu.timeout,
+                )?,
+                None => crate::boot::disk::menu_for_store(&cli.store, &menu.options())?,
+            };
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else if disk.is_none() {
+                print!("{}", m.cfg);
+            } else {
+                print_menu(&m);
+            }
+            Ok(0)
+        }
+    }
 }
 
 fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {

@@ -5,6 +5,7 @@
 //! Shared pieces: `cmd` (running programs), `trust` (hashes, signatures),
 //! `fsutil` (atomic files), `parallel`, `progress`.
 
+pub mod boot;
 pub mod build;
 pub mod cli;
 pub mod cmd;

@@ -45,6 +45,8 @@ pub struct VmSpec {
     /// Written to qemu's SMBIOS system serial: `cairn-test-poweroff` makes a
     /// cairn image power off after its boot marker.
     pub smbios_serial: Option<String>,
+    /// Let the guest reboot (boot counting) instead of ending the run.
+    pub reboots: bool,
     /// Where console.log and marker.log go.
     pub log_dir: PathBuf,
     /// Stop as soon as a line starting with this appears.
@@ -106,12 +108,16 @@ pub fn run(spec: &VmSpec) -> Result<VmResult> {
         "2",
         "-display",
         "none",
-        "-no-reboot",
         "-monitor",
         "none",
         "-nodefaults",
     ])
     .args(["-m", &spec.memory_mb.to_string()])
+    .args(if spec.reboots {
+        &[][..]
+    } else {
+        &["-no-reboot"][..]
+    })
     .args([
         "-accel",
         match spec.accel {

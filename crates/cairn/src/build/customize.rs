@@ -130,8 +130,9 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
     )
 }
 
-/// A unit that says on the console (and the second serial port) which image
-/// booted; with `cairn.poweroff` on the kernel command line, or DMI serial
+/// A unit that marks the boot good for GRUB's boot counting, says on the
+/// console (and the second serial port) which image booted; with
+/// `cairn.poweroff` on the kernel command line, or a DMI serial starting with
 /// `cairn-test-poweroff` (qemu `-smbios type=1,serial=...`), it then powers off.
 pub fn boot_marker(root: &Path, profile: &str, version: &str) -> Result<()> {
     write(
@@ -143,19 +144,7 @@ pub fn boot_marker(root: &Path, profile: &str, version: &str) -> Result<()> {
     write(
         root,
         "/usr/lib/cairn/booted",
-        r#"#!/bin/sh
-# cairn: report which image is running; power off when a test asks for it.
-. /etc/cairn/image.env
-msg="CAIRN-BOOTED profile=$CAIRN_PROFILE version=$CAIRN_VERSION"
-echo "$msg" > /dev/kmsg 2>/dev/null
-for t in /dev/ttyS1 /dev/ttyS0; do
-    [ -c "$t" ] && echo "$msg" > "$t" 2>/dev/null
-done
-if grep -qw cairn.poweroff /proc/cmdline || [ "$(cat /sys/class/dmi/id/product_serial 2>/dev/null)" = cairn-test-poweroff ]; then
-    systemctl --no-block poweroff
-fi
-exit 0
-"#,
+        include_str!("assets/booted.sh"),
         0o755,
     )?;
     write(
@@ -170,6 +159,26 @@ exit 0
     let _ = fs::remove_file(&link);
     symlink("/usr/lib/systemd/system/cairn-booted.service", &link)?;
     Ok(())
+}
+
+/// The squashfs check in the initramfs: a live-boot component that verifies
+/// every layer against the hashes on the signed kernel command line (and
+/// copies only this image to RAM for toram), and an initramfs hook that
+/// brings coreutils' sha256sum. Must be in the tree before the initramfs is
+/// generated.
+pub fn live_verify(root: &Path) -> Result<()> {
+    write(
+        root,
+        "/usr/lib/live/boot/9995-cairn.sh",
+        include_str!("assets/live-verify.sh"),
+        0o644,
+    )?;
+    write(
+        root,
+        "/etc/initramfs-tools/hooks/cairn",
+        include_str!("assets/initramfs-hook.sh"),
+        0o755,
+    )
 }
 
 /// Removes what differs from build to build and is no use in an image.

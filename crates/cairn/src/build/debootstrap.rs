@@ -155,6 +155,9 @@ pub fn bootstrap(
             "dist-upgrade",
         ],
     )?;
+    // cairn's squashfs check in the initramfs, which debootstrap built without it.
+    super::customize::live_verify(rootfs)?;
+    chroot(rootfs, &["update-initramfs", "-u", "-k", "all"])?;
     // Profile files, then hooks (tree as $1, run on the host, chroot available).
     for f in &profile.files {
         let dest = inside(rootfs, &f.dest);

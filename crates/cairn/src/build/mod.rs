@@ -401,7 +401,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
             &out,
             &out.join(format!("{}.iso", profile.name)),
             &title,
-            &cmdline.join(" "),
+            &image::boot_args(&out, &manifest)?,
             &volid(&profile.name),
             &work.0,
         )?;
@@ -494,8 +494,16 @@ fn bootstrap(
             shell_quote(&p.display().to_string())
         ));
     }
+    // cairn's initramfs parts go in before the kernel and live-boot are
+    // installed, so the initramfs is generated once, with them.
+    let early = work.join("early");
+    customize::live_verify(&early)?;
     let mut cmd = Cmd::new(MMDEBSTRAP.program)
         .args(["--mode=root", "--format=directory"])
+        .arg(format!(
+            "--essential-hook=cp -a {}/. \"$1\"/",
+            shell_quote(&early.display().to_string())
+        ))
         .arg(format!("--variant={}", profile.variant))
         .arg(format!("--architectures={}", profile.architecture))
         .arg(format!("--include={}", packages.join(",")))

@@ -36,8 +36,9 @@ pub fn require_tools() -> Result<()> {
 }
 
 /// The ISO's GRUB menu: normal (squashfs read from the medium, RAM overlay)
-/// and in RAM (`toram`).
-pub fn grub_cfg(title: &str, cmdline: &str) -> String {
+/// and in RAM (`toram`). `args` are the image's boot arguments
+/// (`image::boot_args`): the initramfs checks the squashfs hash in them.
+pub fn grub_cfg(title: &str, args: &str) -> String {
     format!(
         r#"set timeout=3
 set default=0
@@ -46,11 +47,11 @@ serial --unit=0 --speed=115200
 terminal_input console serial
 terminal_output console serial
 menuentry "{title}" --id normal {{
-    linux /live/vmlinuz boot=live {cmdline}
+    linux /live/vmlinuz {args} live-media-path=/live
     initrd /live/initrd.img
 }}
 menuentry "{title} (in RAM)" --id toram {{
-    linux /live/vmlinuz boot=live toram {cmdline}
+    linux /live/vmlinuz {args} live-media-path=/live toram
     initrd /live/initrd.img
 }}
 "#
@@ -62,7 +63,7 @@ pub fn make(
     image_dir: &Path,
     out: &Path,
     title: &str,
-    cmdline: &str,
+    args: &str,
     volid: &str,
     work: &Path,
 ) -> Result<()> {
@@ -71,14 +72,28 @@ pub fn make(
     let live = staging.join("live");
     fs::create_dir_all(&live)?;
     fs::create_dir_all(staging.join("boot/grub"))?;
-    for f in ["vmlinuz", "initrd.img", super::SQUASHFS] {
+    let mut files: Vec<String> = ["vmlinuz", "initrd.img", super::SQUASHFS]
+        .map(String::from)
+        .to_vec();
+    for e in fs::read_dir(image_dir)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".module") {
+            files.push(n);
+        }
+    }
+    for f in &files {
         // Hard links: the staging tree costs no space.
         let src = image_dir.join(f);
         fs::hard_link(&src, live.join(f))
             .or_else(|_| fs::copy(&src, live.join(f)).map(|_| ()))
             .with_context(|| format!("staging {}", src.display()))?;
     }
-    fs::write(staging.join("boot/grub/grub.cfg"), grub_cfg(title, cmdline))?;
+    fs::write(staging.join("boot/grub/grub.cfg"), grub_cfg(title, args))?;
+    // For cairn's disk menu, which boots ISOs by loopback.
+    fs::write(
+        live.join("boot.cfg"),
+        format!("set cairn_title=\"{title}\"\nset cairn_args=\"{args}\"\n"),
+    )?;
     Cmd::new(GRUB_MKRESCUE.program)
         .arg("-o")
         .arg(out)

@@ -20,6 +20,22 @@ use crate::trust::keys::{SigningKey, sign_file, verify_file};
 
 pub const MANIFEST: &str = "manifest.json";
 pub const SQUASHFS: &str = "filesystem.squashfs";
+/// The image's own GRUB snippet: its title and kernel arguments (with the
+/// SHA-256 of every squashfs layer), signed; cairn's menu sources it.
+pub const BOOT_CFG: &str = "boot.cfg";
+/// SHA-256 of the files GRUB loads (kernel, initrd, boot.cfg), signed: GRUB
+/// checks them with `sha256sum -c` without touching the squashfs.
+pub const BOOT_SUMS: &str = "BOOTSUMS";
+
+/// Files GRUB opens under `check_signatures=enforce`: each gets a `.sig`.
+const GRUB_SIGNED: [&str; 6] = [
+    "SHA256SUMS",
+    "SHA512SUMS",
+    BOOT_SUMS,
+    BOOT_CFG,
+    "vmlinuz",
+    "initrd.img",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PackageVersion {
@@ -62,10 +78,58 @@ pub fn images_dir(store: &Path) -> PathBuf {
     store.join("images")
 }
 
-/// Writes SHA256SUMS and SHA512SUMS over every file of `dir` (coreutils
-/// format, `sha256sum -c` reads it) and signs them, and the kernel and initrd
-/// one by one (GRUB under check_signatures=enforce wants a .sig per file).
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let p = dir.join(MANIFEST);
+    let data = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_slice(&data).with_context(|| format!("parsing {}", p.display()))
+}
+
+/// The kernel arguments of an image, `live-media-path` aside (the boot medium
+/// decides it): live-boot with the image's module (layer list), the
+/// manifest's command line, and the SHA-256 of every layer, which the
+/// initramfs checks before mounting (see `build::customize::live_verify`).
+pub fn boot_args(dir: &Path, m: &Manifest) -> Result<String> {
+    let mut args = vec!["boot=live".to_string(), format!("module={}", m.profile)];
+    args.extend(m.kernel_cmdline.iter().cloned());
+    args.push(format!("cairn.image={}/{}", m.profile, m.version));
+    let hashes = parallel::map(&m.layers, parallel::cpus(), |l| {
+        crate::trust::hash::sha256_file(&dir.join(l)).map(|(_, h)| h)
+    });
+    let mut specs = Vec::new();
+    for (l, h) in m.layers.iter().zip(hashes) {
+        specs.push(format!("{l}:{}", h?));
+    }
+    args.push(format!("cairn.sha256={}", specs.join(",")));
+    Ok(args.join(" "))
+}
+
+/// The image's signed GRUB snippet (`boot.cfg`).
+pub fn boot_cfg(m: &Manifest, args: &str) -> String {
+    format!(
+        "# cairn image {p} {v}: read by cairn's GRUB menu, signed (boot.cfg.sig)\n\
+         set cairn_title=\"{p} {v}\"\n\
+         set cairn_args=\"{args}\"\n",
+        p = m.profile,
+        v = m.version
+    )
+}
+
+/// Writes `boot.cfg` and `BOOTSUMS` from the manifest, SHA256SUMS and
+/// SHA512SUMS over every file of `dir` (coreutils format, `sha256sum -c`
+/// reads it), and detached signatures of what GRUB opens (under
+/// check_signatures=enforce it wants a .sig per file).
 pub fn seal(dir: &Path, key: &SigningKey) -> Result<()> {
+    let m = read_manifest(dir)?;
+    if dir.join("vmlinuz").exists() {
+        let args = boot_args(dir, &m)?;
+        fs::write(dir.join(BOOT_CFG), boot_cfg(&m, &args))?;
+        let mut sums = String::new();
+        for n in ["vmlinuz", "initrd.img", BOOT_CFG] {
+            let (_, h) = crate::trust::hash::sha256_file(&dir.join(n))?;
+            sums.push_str(&format!("{h}  {n}\n"));
+        }
+        fs::write(dir.join(BOOT_SUMS), sums)?;
+    }
     let mut names: Vec<String> = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -83,7 +147,12 @@ pub fn seal(dir: &Path, key: &SigningKey) -> Result<()> {
     }
     fs::write(dir.join("SHA256SUMS"), s256)?;
     fs::write(dir.join("SHA512SUMS"), s512)?;
-    for n in ["SHA256SUMS", "SHA512SUMS", "vmlinuz", "initrd.img"] {
+    // ISO files too: cairn's menu verifies one before looping it.
+    let isos = names
+        .iter()
+        .filter(|n| n.ends_with(".iso"))
+        .map(String::as_str);
+    for n in GRUB_SIGNED.into_iter().chain(isos) {
         if dir.join(n).exists() {
             sign_file(key, &dir.join(n))?;
         }
@@ -217,7 +286,12 @@ pub fn verify(dir: &Path, public_key: &Path) -> Result<VerifyImage> {
             Err(e) => r.problems.push(format!("{sums}: signature: {e:#}")),
         }
     }
-    for n in ["vmlinuz", "initrd.img"] {
+    for n in GRUB_SIGNED.iter().skip(2) {
+        if !dir.join(n).exists() && (*n == BOOT_CFG || *n == BOOT_SUMS) {
+            r.problems
+                .push(format!("{n}: missing (re-seal with `cairn image sign`)"));
+            continue;
+        }
         if let Err(e) = verify_file(public_key, &dir.join(n), &work) {
             r.problems.push(format!("{n}: signature: {e:#}"));
         }

@@ -1,0 +1,783 @@
+//! Boot disks. GPT: a BIOS boot partition (GRUB's core.img), an EFI system
+//! partition (GRUB for UEFI), the boot partition (ext4 labelled
+//! `cairn-boot`: grub.cfg, the environment block, `images/<profile>/<version>/`,
+//! `isos/`) and a data partition (ext4, label `data` by default) for the
+//! profiles' data paths. A disk file is made without loop devices or mounts
+//! (mkfs and mtools write at partition offsets), appears under its name only
+//! when complete, and can go to a USB stick with `dd`; a block device works
+//! the same, after a confirmation. Changing a disk later (images added, menu
+//! written again) mounts its boot partition.
+
+use std::fs;
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::env;
+use super::grub;
+use super::menu::{self, MenuImage, MenuIso, MenuOptions};
+use crate::cmd::{Cmd, Tool, require};
+use crate::image;
+use crate::trust::keys::{self, SigningKey, sign_file};
+
+pub const BOOT_LABEL: &str = "cairn-boot";
+const MIB: u64 = 1 << 20;
+const SECTOR: u64 = 512;
+const ESP_MIB: u64 = 64;
+
+pub const SFDISK: Tool = Tool {
+    program: "sfdisk",
+    package: "fdisk",
+};
+pub const MKFS_EXT4: Tool = Tool {
+    program: "mkfs.ext4",
+    package: "e2fsprogs",
+};
+pub const MKFS_FAT: Tool = Tool {
+    program: "mkfs.fat",
+    package: "dosfstools",
+};
+pub const MCOPY: Tool = Tool {
+    program: "mcopy",
+    package: "mtools",
+};
+
+const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+/// A partition in 512-byte sectors.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Part {
+    pub start: u64,
+    pub sectors: u64,
+}
+
+impl Part {
+    pub fn offset(&self) -> u64 {
+        self.start * SECTOR
+    }
+    pub fn bytes(&self) -> u64 {
+        self.sectors * SECTOR
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Layout {
+    pub bytes: u64,
+    pub bios: Part,
+    pub esp: Part,
+    pub boot: Part,
+    pub data: Option<Part>,
+}
+
+/// BIOS boot at 1 MiB (1 MiB), ESP (64 MiB), boot partition, data partition
+/// at the end (`data` bytes, none if 0); MiB-aligned, room for the backup GPT.
+pub fn plan(bytes: u64, data: u64) -> Result<Layout> {
+    let mib = |m: u64| m * MIB / SECTOR;
+    let usable_end = (bytes.saturating_sub(34 * SECTOR)) / MIB;
+    let data_mib = data.div_ceil(MIB);
+    let boot_start = 2 + ESP_MIB;
+    let boot_end = usable_end.saturating_sub(data_mib);
+    if boot_end < boot_start + 32 {
+        bail!(
+            "{} MiB is too small: the boot partition needs 32 MiB at least after {} MiB of BIOS boot and EFI partitions{}",
+            bytes / MIB,
+            boot_start,
+            if data_mib > 0 {
+                format!(" and {data_mib} MiB of data")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(Layout {
+        bytes,
+        bios: Part {
+            start: mib(1),
+            sectors: mib(1),
+        },
+        esp: Part {
+            start: mib(2),
+            sectors: mib(ESP_MIB),
+        },
+        boot: Part {
+            start: mib(boot_start),
+            sectors: mib(boot_end - boot_start),
+        },
+        data: (data_mib > 0).then(|| Part {
+            start: mib(boot_end),
+            sectors: mib(data_mib),
+        }),
+    })
+}
+
+fn sfdisk_script(l: &Layout, data_label: &str) -> String {
+    let mut s = String::from("label: gpt\nunit: sectors\n");
+    let mut part = |p: &Part, ty: &str, name: &str| {
+        s.push_str(&format!(
+            "start={}, size={}, type={ty}, name=\"{name}\"\n",
+            p.start, p.sectors
+        ))
+    };
+    part(&l.bios, BIOS_BOOT_TYPE, "BIOS boot");
+    part(&l.esp, ESP_TYPE, "EFI system");
+    part(&l.boot, LINUX_TYPE, BOOT_LABEL);
+    if let Some(d) = &l.data {
+        part(d, LINUX_TYPE, data_label);
+    }
+    s
+}
+
+/// What a disk's boot partition records about it (`boot/cairn.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DiskConfig {
+    pub menu: MenuOptions,
+    pub data_label: Option<String>,
+    /// The entry the menu boots by default, as last written.
+    pub default_entry: String,
+    pub signed_by: String,
+    pub boot_uuid: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskOptions {
+    pub images: Vec<PathBuf>,
+    pub isos: Vec<PathBuf>,
+    pub menu: MenuOptions,
+    /// Bytes for the data partition (0: none).
+    pub data_size: u64,
+    pub data_label: String,
+    /// Secure Boot: (private key, certificate) of the user's db or MOK key.
+    pub secure_boot: Option<(PathBuf, PathBuf)>,
+    /// A block device may be overwritten.
+    pub yes: bool,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiskReport {
+    pub path: PathBuf,
+    pub layout: Layout,
+    pub images: Vec<String>,
+    pub isos: Vec<String>,
+    pub menu: menu::Menu,
+    pub secure_boot: bool,
+    pub seconds: f64,
+}
+
+pub fn require_tools() -> Result<()> {
+    require(&[&SFDISK, &MKFS_EXT4, &MKFS_FAT, &MCOPY])?;
+    grub::require_tools()
+}
+
+fn is_block_device(p: &Path) -> bool {
+    fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
+}
+
+/// Refuses a device that is mounted (itself or a partition) and, unless
+/// `yes`, asks for its name to be typed.
+fn confirm_device(dev: &Path, yes: bool) -> Result<u64> {
+    let name = dev.display().to_string();
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if let Some(m) = mounts.lines().find(|l| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|d| d.starts_with(&name))
+    }) {
+        bail!("{name} is in use: {m}");
+    }
+    let size = Cmd::new("blockdev")
+        .arg("--getsize64")
+        .arg(dev)
+        .run()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        })?;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("{name} would be erased: confirm with --yes (no terminal to ask on)");
+        }
+        eprint!(
+            "This erases everything on {name} ({} MiB). Type {name} to go on: ",
+            size / MIB
+        );
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != name {
+            bail!("not confirmed; {name} is untouched");
+        }
+    }
+    Ok(size)
+}
+
+fn new_uuid() -> Result<String> {
+    Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")?
+        .trim()
+        .to_string())
+}
+
+/// Copies (hard links when it can) an image directory into `dest`, without
+/// its ISO: the disk boots the image itself.
+fn stage_image(src: &Path, dest: &Path) -> Result<u64> {
+    fs::create_dir_all(dest)?;
+    let mut bytes = 0;
+    for e in fs::read_dir(src)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".iso") || n.ends_with(".iso.sig") || !e.file_type()?.is_file() {
+            continue;
+        }
+        let to = dest.join(&n);
+        bytes += e.metadata()?.len();
+        fs::hard_link(e.path(), &to)
+            .or_else(|_| fs::copy(e.path(), &to).map(|_| ()))
+            .with_context(|| format!("copying {}", e.path().display()))?;
+    }
+    Ok(bytes)
+}
+
+/// Checks an image (or an ISO beside its image) against the signing key
+/// before it goes on a disk.
+fn check_image(dir: &Path, key: &SigningKey) -> Result<()> {
+    let v = image::verify(dir, &key.public_key)?;
+    if !v.ok {
+        bail!(
+            "{} does not verify, it would not boot:\n  {}",
+            dir.display(),
+            v.problems.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// The menu for the images under `root/images` and ISOs under `root/isos`.
+fn scan(root: &Path) -> Result<(Vec<MenuImage>, Vec<MenuIso>)> {
+    let mut images = Vec::new();
+    if let Ok(rd) = fs::read_dir(root.join("images")) {
+        for p in rd.flatten() {
+            for v in fs::read_dir(p.path())?.flatten() {
+                let (pn, vn) = (
+                    p.file_name().to_string_lossy().into_owned(),
+                    v.file_name().to_string_lossy().into_owned(),
+                );
+                if vn.starts_with('.') || !v.path().join(image::BOOT_CFG).exists() {
+                    continue;
+                }
+                images.push(MenuImage {
+                    dir: format!("/images/{pn}/{vn}"),
+                    profile: pn,
+                    version: vn,
+                });
+            }
+        }
+    }
+    let mut isos = Vec::new();
+    if let Ok(rd) = fs::read_dir(root.join("isos")) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.ends_with(".iso") {
+                isos.push(MenuIso {
+                    path: format!("/isos/{n}"),
+                });
+            }
+        }
+    }
+    isos.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((images, isos))
+}
+
+/// Writes grub.cfg (+ .sig) and guard.sig for the boot tree at `root`, and
+/// updates the environment block: a new default entry starts a trial.
+fn write_menu(
+    root: &Path,
+    key: &SigningKey,
+    opts: &MenuOptions,
+    previous_default: Option<&str>,
+) -> Result<menu::Menu> {
+    let (images, isos) = scan(root)?;
+    let m = menu::render(&images, &isos, opts)?;
+    let gdir = root.join("boot/grub");
+    fs::create_dir_all(&gdir)?;
+    // A signature that must not verify grub.cfg (the menu checks this).
+    let guard = gdir.join("guard");
+    fs::write(&guard, "cairn: this signature is for no other file\n")?;
+    sign_file(key, &guard)?;
+    fs::remove_file(&guard)?;
+    let tmp = gdir.join(".grub.cfg.new");
+    fs::write(&tmp, &m.cfg)?;
+    let sig = sign_file(key, &tmp)?;
+    fs::rename(&sig, gdir.join("grub.cfg.sig"))?;
+    fs::rename(&tmp, gdir.join("grub.cfg"))?;
+    // The environment block, rewritten in place when it exists.
+    let envp = gdir.join("grubenv");
+    let mut vars = match fs::read(&envp) {
+        Ok(d) => env::parse(&d).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    if previous_default != Some(m.default.as_str()) {
+        let left = opts.tries.max(1).to_string();
+        env::update(
+            &mut vars,
+            &[("cairn_trial", m.default.as_str()), ("cairn_left", &left)],
+        );
+    }
+    let data = env::render(&vars)?;
+    if envp.exists() {
+        let mut f = fs::OpenOptions::new().write(true).open(&envp)?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+    } else {
+        fs::write(&envp, &data)?;
+    }
+    Ok(m)
+}
+
+fn human(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / MIB as f64)
+}
+
+/// Makes a boot disk at `target` (a file, created or replaced; or a block
+/// device) holding `opts.images`.
+pub fn create(
+    store: &Path,
+    target: &Path,
+    size: Option<u64>,
+    opts: &DiskOptions,
+) -> Result<DiskReport> {
+    let t0 = std::time::Instant::now();
+    let say = |m: &str| {
+        if !opts.quiet {
+            eprintln!("[{:>6.1}s] {m}", t0.elapsed().as_secs_f64())
+        }
+    };
+    require_tools()?;
+    let key = keys::load(store)?;
+    if opts.images.is_empty() {
+        bail!("no images for the disk: name at least one (`cairn image list`)");
+    }
+    for i in &opts.images {
+        check_image(i, &key)?;
+    }
+    for iso in &opts.isos {
+        if !iso.with_extension("iso.sig").exists() {
+            bail!(
+                "{} has no signature beside it ({}): only cairn's signed ISOs can go on a disk",
+                iso.display(),
+                iso.with_extension("iso.sig").display()
+            );
+        }
+    }
+    let device = is_block_device(target);
+
+    // The boot partition's tree, staged next to the images (hard links).
+    let staging = store.join(format!(".disk-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(staging.clone());
+    let _ = fs::remove_dir_all(&staging);
+    let mut content = 0u64;
+    let mut names = Vec::new();
+    for i in &opts.images {
+        let m = image::read_manifest(i)?;
+        content += stage_image(i, &staging.join("images").join(&m.profile).join(&m.version))?;
+        names.push(format!("{}/{}", m.profile, m.version));
+    }
+    let mut iso_names = Vec::new();
+    for iso in &opts.isos {
+        let n = iso.file_name().context("ISO without a file name")?;
+        fs::create_dir_all(staging.join("isos"))?;
+        for (src, dst) in [
+            (iso.to_path_buf(), staging.join("isos").join(n)),
+            (
+                iso.with_extension("iso.sig"),
+                staging.join("isos").join(n).with_extension("iso.sig"),
+            ),
+        ] {
+            content += fs::metadata(&src)?.len();
+            fs::hard_link(&src, &dst)
+                .or_else(|_| fs::copy(&src, &dst).map(|_| ()))
+                .with_context(|| format!("copying {}", src.display()))?;
+        }
+        iso_names.push(n.to_string_lossy().into_owned());
+    }
+    // ext4 overhead, GRUB's files, room for one more image of this size.
+    let boot_needed = content + content / 8 + 48 * MIB;
+    let fixed = (2 + ESP_MIB) * MIB + opts.data_size + 2 * MIB;
+    let bytes = if device {
+        let dev_size = confirm_device(target, opts.yes)?;
+        if size.is_some() {
+            bail!(
+                "--size applies to disk files; {} has its own size",
+                target.display()
+            );
+        }
+        dev_size
+    } else {
+        size.unwrap_or_else(|| (fixed + boot_needed + content).div_ceil(64 * MIB) * 64 * MIB)
+    };
+    let layout = plan(bytes, opts.data_size)?;
+    if layout.boot.bytes() < boot_needed {
+        bail!(
+            "the images need a boot partition of {} at least; with {} of disk it gets {}: use --size {}M or more",
+            human(boot_needed),
+            human(bytes),
+            human(layout.boot.bytes()),
+            (fixed + boot_needed).div_ceil(MIB)
+        );
+    }
+
+    let boot_uuid = new_uuid()?;
+    let menu_opts = opts.menu.clone();
+    let m = write_menu(&staging, &key, &menu_opts, None)?;
+    let cfg = DiskConfig {
+        menu: menu_opts,
+        data_label: (opts.data_size > 0).then(|| opts.data_label.clone()),
+        default_entry: m.default.clone(),
+        signed_by: key.fingerprint.clone(),
+        boot_uuid: boot_uuid.clone(),
+    };
+    fs::write(
+        staging.join("boot/cairn.json"),
+        serde_json::to_vec_pretty(&cfg)?,
+    )?;
+    say(&format!(
+        "GRUB for BIOS and UEFI with key {} built in",
+        key.fingerprint
+    ));
+    let gwork = staging.join(".grub-build");
+    let g = grub::build_images(
+        &gwork,
+        &key.public_key,
+        &boot_uuid,
+        opts.secure_boot
+            .as_ref()
+            .map(|(k, c)| (k.as_path(), c.as_path())),
+    )?;
+    let efi_bin = staging.with_extension("efi");
+    let core_img = staging.with_extension("core");
+    fs::rename(&g.efi, &efi_bin)?;
+    fs::rename(&g.bios_core, &core_img)?;
+    let _c2 = RemoveOnDrop(efi_bin.clone());
+    let _c3 = RemoveOnDrop(core_img.clone());
+    fs::remove_dir_all(&gwork)?;
+
+    // The disk itself: a hidden sibling for files, renamed when complete.
+    let out = if device {
+        target.to_path_buf()
+    } else {
+        let tmp = crate::fsutil::tmp_sibling(target);
+        let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.set_len(bytes)?;
+        tmp
+    };
+    let _c4 = (!device).then(|| RemoveOnDrop(out.clone()));
+    say(&format!("GPT on {} ({})", target.display(), human(bytes)));
+    let mut sf = Cmd::new(SFDISK.program).arg("--quiet").arg("--wipe=always");
+    if !device {
+        sf = sf.arg("--no-reread").arg("--no-tell-kernel");
+    }
+    sf.arg(&out)
+        .stdin_bytes(sfdisk_script(&layout, &opts.data_label).into_bytes())
+        .run()
+        .context("writing the partition table")?;
+
+    say(&format!(
+        "boot partition: ext4 {BOOT_LABEL}, {} of {} images{}",
+        human(content),
+        names.len(),
+        if iso_names.is_empty() {
+            String::new()
+        } else {
+            format!(" and {} ISO(s)", iso_names.len())
+        }
+    ));
+    Cmd::new(MKFS_EXT4.program)
+        .args(["-q", "-F", "-L", BOOT_LABEL, "-U", &boot_uuid, "-d"])
+        .arg(&staging)
+        .arg("-E")
+        .arg(format!("offset={}", layout.boot.offset()))
+        .arg(&out)
+        .arg(format!("{}k", layout.boot.bytes() / 1024))
+        .run()
+        .context("making the boot partition")?;
+
+    say("EFI system partition");
+    Cmd::new(MKFS_FAT.program)
+        .args(["-F", "16", "-n", "CAIRN-ESP", "--offset"])
+        .arg(layout.esp.start.to_string())
+        .arg(&out)
+        .arg((layout.esp.bytes() / 1024).to_string())
+        .run()
+        .context("making the EFI system partition")?;
+    let img = format!("{}@@{}", out.display(), layout.esp.offset());
+    Cmd::new("mmd")
+        .args(["-i", &img, "::/EFI", "::/EFI/BOOT"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .run()?;
+    Cmd::new(MCOPY.program)
+        .args(["-o", "-i", &img])
+        .arg(&efi_bin)
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .run()
+        .context("copying GRUB onto the EFI system partition")?;
+
+    say("BIOS boot code");
+    {
+        let mut f = fs::OpenOptions::new().read(true).write(true).open(&out)?;
+        grub::bios_install(&mut f, layout.bios.start, layout.bios.sectors, &core_img)?;
+    }
+    if let Some(d) = &layout.data {
+        say(&format!(
+            "data partition: ext4 {}, {}",
+            opts.data_label,
+            human(d.bytes())
+        ));
+        Cmd::new(MKFS_EXT4.program)
+            .args(["-q", "-F", "-L", &opts.data_label, "-E"])
+            .arg(format!("offset={}", d.offset()))
+            .arg(&out)
+            .arg(format!("{}k", d.bytes() / 1024))
+            .run()
+            .context("making the data partition")?;
+    }
+    fs::File::open(&out)?.sync_all()?;
+    if !device {
+        fs::rename(&out, target)
+            .with_context(|| format!("moving the disk to {}", target.display()))?;
+        std::mem::forget(_c4);
+        if let Some(d) = target.parent() {
+            let _ = crate::fsutil::sync_dir(if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            });
+        }
+    }
+    say(&format!(
+        "{}: {} menu entries, default {}",
+        target.display(),
+        m.entries.len(),
+        m.default
+    ));
+    Ok(DiskReport {
+        path: target.to_path_buf(),
+        layout,
+        images: names,
+        isos: iso_names,
+        menu: m,
+        secure_boot: opts.secure_boot.is_some(),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if self.0.is_dir() {
+            let _ = fs::remove_dir_all(&self.0);
+        } else {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// A disk's partitions as sfdisk reads them.
+#[derive(Debug, Deserialize)]
+struct SfdiskJson {
+    partitiontable: SfTable,
+}
+#[derive(Debug, Deserialize)]
+struct SfTable {
+    partitions: Vec<SfPart>,
+}
+#[derive(Debug, Deserialize)]
+struct SfPart {
+    start: u64,
+    size: u64,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// The boot partition of a cairn disk.
+pub fn find_boot_partition(disk: &Path) -> Result<Part> {
+    require(&[&SFDISK])?;
+    let out = Cmd::new(SFDISK.program).arg("--json").arg(disk).run()?;
+    let t: SfdiskJson = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("reading the partition table of {}", disk.display()))?;
+    t.partitiontable
+        .partitions
+        .iter()
+        .find(|p| p.name.as_deref() == Some(BOOT_LABEL))
+        .map(|p| Part {
+            start: p.start,
+            sectors: p.size,
+        })
+        .with_context(|| {
+            format!(
+                "{} has no partition named {BOOT_LABEL}: not a cairn disk",
+                disk.display()
+            )
+        })
+}
+
+/// The boot partition mounted read-write for the life of the value.
+pub struct MountedBoot {
+    pub dir: PathBuf,
+}
+
+impl MountedBoot {
+    pub fn mount(disk: &Path, store: &Path) -> Result<MountedBoot> {
+        let p = find_boot_partition(disk)?;
+        let dir = store.join(format!(".mnt-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        Cmd::new("mount")
+            .arg("-o")
+            .arg(format!(
+                "loop,offset={},sizelimit={}",
+                p.offset(),
+                p.bytes()
+            ))
+            .arg(disk)
+            .arg(&dir)
+            .run()
+            .with_context(|| {
+                format!(
+                    "mounting the boot partition of {} (needs root)",
+                    disk.display()
+                )
+            })?;
+        Ok(MountedBoot { dir })
+    }
+}
+
+impl Drop for MountedBoot {
+    fn drop(&mut self) {
+        let _ = Cmd::new("umount").arg(&self.dir).run();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// Copies images onto an existing disk (verified first) and writes its menu
+/// again. Returns the new menu.
+pub fn add_images(
+    store: &Path,
+    disk: &Path,
+    images: &[PathBuf],
+    quiet: bool,
+) -> Result<menu::Menu> {
+    let key = keys::load(store)?;
+    for i in images {
+        check_image(i, &key)?;
+    }
+    let mnt = MountedBoot::mount(disk, store)?;
+    for i in images {
+        let m = image::read_manifest(i)?;
+        let dest = mnt.dir.join("images").join(&m.profile).join(&m.version);
+        if dest.exists() {
+            bail!("{}/{} is on the disk already", m.profile, m.version);
+        }
+        let tmp = dest.with_file_name(format!(".{}.new", m.version));
+        let _ = fs::remove_dir_all(&tmp);
+        // Hard links cannot cross file systems: copy.
+        fs::create_dir_all(&tmp)?;
+        for e in fs::read_dir(i)?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.ends_with(".iso") || n.ends_with(".iso.sig") {
+                continue;
+            }
+            fs::copy(e.path(), tmp.join(&n))
+                .with_context(|| format!("copying {} (is the disk full?)", e.path().display()))?;
+        }
+        fs::rename(&tmp, &dest)?;
+        if !quiet {
+            eprintln!("added {}/{}", m.profile, m.version);
+        }
+    }
+    refresh(&key, &mnt.dir)
+}
+
+/// Writes the menu of a mounted boot partition again from what is on it.
+fn refresh(key: &SigningKey, root: &Path) -> Result<menu::Menu> {
+    let cfgp = root.join("boot/cairn.json");
+    let mut cfg: DiskConfig = serde_json::from_slice(
+        &fs::read(&cfgp).with_context(|| format!("reading {}", cfgp.display()))?,
+    )?;
+    let m = write_menu(root, key, &cfg.menu, Some(&cfg.default_entry))?;
+    cfg.default_entry = m.default.clone();
+    cfg.signed_by = key.fingerprint.clone();
+    crate::fsutil::write_atomic(&cfgp, &serde_json::to_vec_pretty(&cfg)?)?;
+    Ok(m)
+}
+
+/// `cairn boot menu --disk`: the menu written again (after images were copied
+/// by hand, removed, or the options changed).
+pub fn menu_on_disk(
+    store: &Path,
+    disk: &Path,
+    default_profile: Option<String>,
+    tries: Option<u32>,
+    timeout: Option<u32>,
+) -> Result<menu::Menu> {
+    let key = keys::load(store)?;
+    let mnt = MountedBoot::mount(disk, store)?;
+    let cfgp = mnt.dir.join("boot/cairn.json");
+    if default_profile.is_some() || tries.is_some() || timeout.is_some() {
+        let mut cfg: DiskConfig = serde_json::from_slice(&fs::read(&cfgp)?)?;
+        if default_profile.is_some() {
+            cfg.menu.default_profile = default_profile;
+        }
+        if let Some(t) = tries {
+            cfg.menu.tries = t;
+        }
+        if let Some(t) = timeout {
+            cfg.menu.timeout = t;
+        }
+        crate::fsutil::write_atomic(&cfgp, &serde_json::to_vec_pretty(&cfg)?)?;
+    }
+    refresh(&key, &mnt.dir)
+}
+
+/// The menu the store's images would get (what `cairn boot menu` prints).
+pub fn menu_for_store(store: &Path, opts: &MenuOptions) -> Result<menu::Menu> {
+    let images: Vec<MenuImage> = image::list(store)?
+        .into_iter()
+        .filter(|e| e.path.join(image::BOOT_CFG).exists())
+        .map(|e| MenuImage {
+            dir: format!("/images/{}/{}", e.profile, e.version),
+            profile: e.profile,
+            version: e.version,
+        })
+        .collect();
+    menu::render(&images, &[], opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_aligned_and_leaves_room_for_the_backup_gpt() {
+        let l = plan(1 << 30, 256 * MIB).unwrap();
+        assert_eq!(l.bios.start, 2048);
+        assert_eq!(l.esp.start, 4096);
+        assert_eq!(l.boot.start, 66 * 2048);
+        let d = l.data.unwrap();
+        assert_eq!(d.sectors, 256 * 2048);
+        assert_eq!(l.boot.start + l.boot.sectors, d.start);
+        assert!((d.start + d.sectors) * SECTOR <= (1 << 30) - 34 * SECTOR);
+        assert!(plan(100 * MIB, 0).is_err());
+        assert!(plan(200 * MIB, 0).unwrap().data.is_none());
+        let s = sfdisk_script(&l, "data");
+        assert!(s.contains("type=21686148-6449-6E6F-744E-656564454649, name=\"BIOS boot\""));
+        assert!(s.contains("name=\"cairn-boot\""));
+        assert!(s.ends_with("name=\"data\"\n"));
+    }
+}

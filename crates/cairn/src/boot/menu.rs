@@ -1,0 +1,449 @@
+//! The signed grub.cfg: one entry per image (newest first per profile, the
+//! default profile first), older images in a rollback submenu, ISO files,
+//! and a submenu that discovers at boot every image present on the disk.
+//! Every entry verifies what it loads before loading it (see `cairn_check`
+//! in the generated script); boot counting falls back to the last image that
+//! booted fine.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+/// An image on the boot partition.
+#[derive(Debug, Clone)]
+pub struct MenuImage {
+    pub profile: String,
+    pub version: String,
+    /// Its directory from the partition's root, e.g. `/images/web/20261126T015228Z`.
+    pub dir: String,
+}
+
+/// A cairn ISO on the boot partition (with its `.sig`).
+#[derive(Debug, Clone)]
+pub struct MenuIso {
+    /// e.g. `/isos/web.iso`
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MenuOptions {
+    /// Seconds the menu waits.
+    pub timeout: u32,
+    /// Boots an untried default gets before the fallback.
+    pub tries: u32,
+    /// Profile whose newest image boots by default (else the newest image's).
+    pub default_profile: Option<String>,
+}
+
+impl Default for MenuOptions {
+    fn default() -> Self {
+        MenuOptions {
+            timeout: 5,
+            tries: 3,
+            default_profile: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MenuEntry {
+    /// GRUB's selector (`submenu-id>entry-id` inside a submenu).
+    pub id: String,
+    pub title: String,
+    pub dir: String,
+    pub in_ram: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Menu {
+    #[serde(skip)]
+    pub cfg: String,
+    pub default: String,
+    pub fallback: Vec<String>,
+    pub entries: Vec<MenuEntry>,
+}
+
+fn safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+}
+
+/// The script before the entries: console, lock, the self-check of
+/// signature checking, the functions every entry uses.
+const PRELUDE: &str = r#"set pager=0
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+# The console stays locked (superusers without a password, set before this
+# file too): at a prompt, `set check_signatures=no` would end enforcement.
+set superusers=cairn
+export superusers
+
+# GRUB 2.06 takes an `if` on an unknown command as true: before trusting
+# verify_detached, prove that it works and refuses a wrong signature.
+if [ "$check_signatures" != enforce ]; then
+    echo "cairn: GRUB does not enforce signatures (no key built in): refusing to boot"
+    sleep 30
+    halt
+fi
+if verify_detached "$prefix/grub.cfg" "$prefix/guard.sig"; then
+    echo "cairn: signature checking does not work in this GRUB: refusing to boot"
+    sleep 30
+    halt
+fi
+
+function cairn_fail {
+    echo "cairn: REFUSING TO BOOT $1: $2"
+    sleep 5
+}
+
+# $1: an image directory. Its signed sums, the hashes of what GRUB loads,
+# its signed boot.cfg (title and kernel arguments, with the squashfs hashes
+# the initramfs checks). The squashfs itself is never opened here.
+function cairn_check {
+    if verify_detached "$1/SHA256SUMS" "$1/SHA256SUMS.sig"; then true; else
+        cairn_fail "$1" "SHA256SUMS: signature missing or bad"
+        return 1
+    fi
+    if verify_detached "$1/BOOTSUMS" "$1/BOOTSUMS.sig"; then true; else
+        cairn_fail "$1" "BOOTSUMS: signature missing or bad"
+        return 1
+    fi
+    if sha256sum --check "$1/BOOTSUMS" --prefix "$1"; then true; else
+        cairn_fail "$1" "kernel, initrd or boot.cfg differ from the signed BOOTSUMS"
+        return 1
+    fi
+    set cairn_args=""
+    if source "$1/boot.cfg"; then true; else
+        cairn_fail "$1" "boot.cfg: signature missing or bad"
+        return 1
+    fi
+    if [ -z "$cairn_args" ]; then
+        cairn_fail "$1" "boot.cfg gave no kernel arguments"
+        return 1
+    fi
+    return 0
+}
+
+# $1: image directory, $2: disk or ram, $3: this entry's selector (for the
+# boot-counting mark the booted system writes).
+function cairn_boot {
+    if cairn_check "$1"; then
+        set cairn_ram=""
+        if [ "$2" = ram ]; then set cairn_ram=toram; fi
+        echo "cairn: $cairn_title verified, booting ($2)"
+        linux "$1/vmlinuz" $cairn_args "live-media-path=$1" $cairn_ram "cairn.entry=$3"
+        initrd "$1/initrd.img"
+    fi
+}
+
+# $1: a cairn ISO, $2: disk or ram. The whole ISO is checked against its
+# signature (streamed), then read without per-file checks: under enforce
+# GRUB would read the whole loop device into memory.
+function cairn_iso {
+    if verify_detached "$1" "$1.sig"; then
+        set check_signatures=no
+        loopback cairn_loop "$1"
+        set cairn_args=""
+        source (cairn_loop)/live/boot.cfg
+        set cairn_ram=""
+        if [ "$2" = ram ]; then set cairn_ram=toram; fi
+        if [ -n "$cairn_args" ]; then
+            echo "cairn: $1 verified, booting ($2)"
+            linux (cairn_loop)/live/vmlinuz $cairn_args live-media-path=/live "findiso=$1" $cairn_ram
+            initrd (cairn_loop)/live/initrd.img
+        else
+            cairn_fail "$1" "no /live/boot.cfg in the ISO"
+        fi
+        set check_signatures=enforce
+    else
+        cairn_fail "$1" "signature missing or bad"
+    fi
+}
+"#;
+
+/// Renders the menu for `images` (any order) and `isos`.
+pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Result<Menu> {
+    for i in images {
+        if !safe(&i.profile) || !safe(&i.version) {
+            bail!(
+                "image name {}/{} has characters a menu entry cannot carry",
+                i.profile,
+                i.version
+            );
+        }
+    }
+    let mut by_profile: BTreeMap<&str, Vec<&MenuImage>> = BTreeMap::new();
+    for i in images {
+        by_profile.entry(&i.profile).or_default().push(i);
+    }
+    for v in by_profile.values_mut() {
+        v.sort_by(|a, b| b.version.cmp(&a.version));
+    }
+    let default_profile = match &opts.default_profile {
+        Some(p) if by_profile.contains_key(p.as_str()) => Some(p.clone()),
+        Some(p) => bail!("no image of profile {p} to boot by default"),
+        None => images
+            .iter()
+            .max_by(|a, b| a.version.cmp(&b.version))
+            .map(|i| i.profile.clone()),
+    };
+    let mut order: Vec<&str> = by_profile.keys().copied().collect();
+    if let Some(d) = &default_profile {
+        order.retain(|p| p != d);
+        order.insert(0, d);
+    }
+
+    let mut entries = Vec::new();
+    let mut top = String::new();
+    let mut rollback = String::new();
+    for p in &order {
+        for (n, i) in by_profile[p].iter().enumerate() {
+            let base = format!("{}-{}", i.profile, i.version);
+            let (buf, prefix, indent) = if n == 0 {
+                (&mut top, "", "")
+            } else {
+                (&mut rollback, "rollback>", "    ")
+            };
+            for ram in [false, true] {
+                let id = if ram {
+                    format!("{base}-ram")
+                } else {
+                    base.clone()
+                };
+                let title = format!(
+                    "{} {}{}",
+                    i.profile,
+                    i.version,
+                    if ram { " (in RAM)" } else { "" }
+                );
+                let selector = format!("{prefix}{id}");
+                writeln!(
+                    buf,
+                    "{indent}menuentry \"{title}\" --unrestricted --id \"{id}\" {{\n\
+                     {indent}    cairn_boot \"{dir}\" {mode} \"{selector}\"\n{indent}}}",
+                    dir = i.dir,
+                    mode = if ram { "ram" } else { "disk" },
+                )?;
+                entries.push(MenuEntry {
+                    id: selector,
+                    title,
+                    dir: i.dir.clone(),
+                    in_ram: ram,
+                });
+            }
+        }
+    }
+    if entries.is_empty() {
+        bail!("no images to put in the menu");
+    }
+    let default = entries[0].id.clone();
+    // If the default entry refuses (a failed check), GRUB tries these: the
+    // default profile's older images, then the other profiles' newest.
+    let fallback: Vec<String> = entries
+        .iter()
+        .filter(|e| !e.in_ram && e.id != default)
+        .filter(|e| {
+            e.id.starts_with("rollback>") && e.dir.starts_with(&format!("/images/{}/", order[0]))
+        })
+        .chain(
+            entries
+                .iter()
+                .filter(|e| !e.in_ram && !e.id.starts_with("rollback>") && e.id != default),
+        )
+        .map(|e| e.id.clone())
+        .collect();
+
+    let mut cfg = String::new();
+    writeln!(
+        cfg,
+        "# cairn boot menu, generated by cairn {}; signed (grub.cfg.sig).\n\
+         # Do not edit: `cairn boot menu --disk DISK` writes it again.",
+        env!("CARGO_PKG_VERSION")
+    )?;
+    cfg.push_str(PRELUDE);
+    writeln!(
+        cfg,
+        "\nset timeout={}\nset timeout_style=menu",
+        opts.timeout
+    )?;
+    writeln!(cfg, "set default=\"{default}\"")?;
+    writeln!(cfg, "set fallback=\"{}\"", fallback.join(" "))?;
+    cfg.push_str(&boot_counting(
+        opts.tries,
+        fallback.first().map(String::as_str),
+    ));
+    cfg.push_str(
+        r#"
+# A VM can pick an entry through its SMBIOS serial (qemu -smbios
+# type=1,serial=cairn-entry:ID): only signed entries can be chosen.
+smbios --type 1 --get-string 7 --set cairn_smbios
+set cairn_pick=""
+regexp --set=1:cairn_pick '^cairn-[a-z-]+:(.+)$' "$cairn_smbios"
+if [ -n "$cairn_pick" ]; then set default="$cairn_pick"; fi
+
+"#,
+    );
+    cfg.push_str(&top);
+    if !rollback.is_empty() {
+        cfg.push_str("submenu \"Older images (rollback)\" --unrestricted --id rollback {\n");
+        cfg.push_str(&rollback);
+        cfg.push_str("}\n");
+    }
+    if !isos.is_empty() {
+        cfg.push_str("submenu \"ISO files\" --unrestricted --id isos {\n");
+        for iso in isos {
+            for ram in [false, true] {
+                writeln!(
+                    cfg,
+                    "    menuentry \"{p}{r}\" --unrestricted {{\n        cairn_iso \"{p}\" {m}\n    }}",
+                    p = iso.path,
+                    r = if ram { " (in RAM)" } else { "" },
+                    m = if ram { "ram" } else { "disk" }
+                )?;
+            }
+        }
+        cfg.push_str("}\n");
+    }
+    cfg.push_str(
+        r#"submenu "Images on this disk (found now)" --unrestricted --id found {
+    for cairn_d in /images/*/*; do
+        if [ -f "$cairn_d/boot.cfg" ]; then
+            menuentry "$cairn_d" --unrestricted "$cairn_d" {
+                cairn_boot "$2" disk ""
+            }
+            menuentry "$cairn_d (in RAM)" --unrestricted "$cairn_d" {
+                cairn_boot "$2" ram ""
+            }
+        fi
+    done
+}
+"#,
+    );
+    Ok(Menu {
+        cfg,
+        default,
+        fallback,
+        entries,
+    })
+}
+
+/// The environment block decides: a one-shot `next_entry` first; then an
+/// untried default (`cairn_trial`) gets `tries` boots — counted down in
+/// `cairn_left` before each — until the booted system marks it good
+/// (`cairn_good`, written by the image's cairn-booted unit); after that,
+/// the last good entry boots, or the first fallback. Only these variables
+/// are read from the (unsigned) block.
+fn boot_counting(tries: u32, first_fallback: Option<&str>) -> String {
+    let mut s = String::from(
+        r#"
+set cairn_trial=""
+set cairn_left=""
+set cairn_good=""
+set next_entry=""
+load_env --skip-sig cairn_trial cairn_left cairn_good next_entry
+if [ -n "$next_entry" ]; then
+    set default="$next_entry"
+    set next_entry=""
+    save_env next_entry
+elif [ -n "$cairn_trial" ]; then
+    if [ "$cairn_good" = "$cairn_trial" ]; then
+        set default="$cairn_trial"
+"#,
+    );
+    for n in (1..=tries.max(1)).rev() {
+        writeln!(
+            s,
+            "    elif [ \"$cairn_left\" = {n} ]; then\n        set cairn_left={}\n        save_env cairn_left\n        set default=\"$cairn_trial\"\n        echo \"cairn: trying $cairn_trial ({} tries left after this one)\"",
+            n - 1,
+            n - 1
+        )
+        .unwrap();
+    }
+    let fb = first_fallback.unwrap_or("");
+    writeln!(
+        s,
+        "    else\n        if [ -n \"$cairn_good\" ]; then set cairn_back=\"$cairn_good\"; else set cairn_back=\"{fb}\"; fi\n        echo \"cairn: $cairn_trial never reported a good boot; falling back to $cairn_back\"\n        set default=\"$cairn_back\"\n    fi\nfi"
+    )
+    .unwrap();
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(p: &str, v: &str) -> MenuImage {
+        MenuImage {
+            profile: p.into(),
+            version: v.into(),
+            dir: format!("/images/{p}/{v}"),
+        }
+    }
+
+    #[test]
+    fn newest_first_rollback_and_fallback() {
+        let m = render(
+            &[
+                img("web", "20261101T000000Z"),
+                img("base", "20261120T000000Z"),
+                img("web", "20261125T000000Z"),
+            ],
+            &[],
+            &MenuOptions {
+                default_profile: Some("web".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(m.default, "web-20261125T000000Z");
+        assert_eq!(
+            m.fallback,
+            ["rollback>web-20261101T000000Z", "base-20261120T000000Z"]
+        );
+        let ids: Vec<&str> = m.entries.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "web-20261125T000000Z",
+                "web-20261125T000000Z-ram",
+                "base-20261120T000000Z",
+                "base-20261120T000000Z-ram",
+                "rollback>web-20261101T000000Z",
+                "rollback>web-20261101T000000Z-ram"
+            ]
+        );
+        assert!(m.cfg.contains(
+            "cairn_boot \"/images/web/20261101T000000Z\" ram \"rollback>web-20261101T000000Z-ram\""
+        ));
+        assert!(
+            m.cfg
+                .contains("load_env --skip-sig cairn_trial cairn_left cairn_good next_entry")
+        );
+        assert!(
+            m.cfg
+                .contains("elif [ \"$cairn_left\" = 3 ]; then\n        set cairn_left=2")
+        );
+        assert!(
+            m.cfg
+                .contains("set cairn_back=\"rollback>web-20261101T000000Z\"")
+        );
+    }
+
+    #[test]
+    fn default_is_newest_image_without_a_choice() {
+        let m = render(
+            &[img("a", "20261101T000000Z"), img("b", "20261102T000000Z")],
+            &[],
+            &MenuOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(m.default, "b-20261102T000000Z");
+        assert!(render(&[], &[], &MenuOptions::default()).is_err());
+        assert!(render(&[img("a b", "1")], &[], &MenuOptions::default()).is_err());
+    }
+}
