@@ -773,7 +773,7 @@ mod tests {
         assert_eq!(d.sectors, 256 * 2048);
         assert_eq!(l.boot.start + l.boot.sectors, d.start);
         assert!((d.start + d.sectors) * SECTOR <= (1 << 30) - 34 * SECTOR);
-        assert!(plan(100 * MIB, 0).is_err());
+        assert!(plan(90 * MIB, 0).is_err());
         assert!(plan(200 * MIB, 0).unwrap().data.is_none());
         let s = sfdisk_script(&l, "data");
         assert!(s.contains("type=21686148-6449-6E6F-744E-656564454649, name=\"BIOS boot\""));

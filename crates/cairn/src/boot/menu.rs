@@ -411,10 +411,10 @@ mod tests {
             [
                 "web-20261125T000000Z",
                 "web-20261125T000000Z-ram",
-                "base-20261120T000000Z",
-                "base-20261120T000000Z-ram",
                 "rollback>web-20261101T000000Z",
-                "rollback>web-20261101T000000Z-ram"
+                "rollback>web-20261101T000000Z-ram",
+                "base-20261120T000000Z",
+                "base-20261120T000000Z-ram"
             ]
         );
         assert!(m.cfg.contains(
