@@ -213,6 +213,10 @@ pub enum VmCommand {
         /// Let the VM reboot (boot counting); by default a reboot ends the run.
         #[arg(long)]
         reboots: bool,
+        /// UEFI with Secure Boot enforced, Debian's OVMF test key ("snakeoil",
+        /// /usr/share/ovmf/PkKek-1-snakeoil.*) enrolled: sign GRUB with it.
+        #[arg(long)]
+        secure_boot: bool,
         /// Directory for console.log and marker.log.
         #[arg(long, default_value = "/var/tmp/cairn-vm")]
         log_dir: PathBuf,
@@ -292,6 +296,13 @@ pub enum ImageCommand {
         key: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Seal an image again with the store's key: boot.cfg and BOOTSUMS from
+    /// its manifest (e.g. after editing `kernel-cmdline` in manifest.json),
+    /// SHA256SUMS, SHA512SUMS and every signature GRUB needs.
+    Sign {
+        /// An image directory, `PROFILE` (its newest image) or `PROFILE/VERSION`.
+        image: String,
     },
 }
 
@@ -487,12 +498,17 @@ fn run(cli: &Cli) -> Result<i32> {
             poweroff,
             entry,
             reboots,
+            secure_boot,
             log_dir,
             json,
         }) => {
             let spec = crate::vm::VmSpec {
                 media: media.clone(),
-                firmware: *firmware,
+                firmware: if *secure_boot {
+                    crate::vm::Firmware::Uefi
+                } else {
+                    *firmware
+                },
                 accel: *accel,
                 memory_mb: *memory,
                 timeout: std::time::Duration::from_secs(*timeout),
@@ -503,6 +519,7 @@ fn run(cli: &Cli) -> Result<i32> {
                     (false, None) => None,
                 },
                 reboots: *reboots,
+                secure_boot: *secure_boot,
                 log_dir: log_dir.clone(),
                 marker: marker.clone(),
             };
@@ -844,6 +861,13 @@ fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
                 );
             }
             Ok(if r.ok { 0 } else { 1 })
+        }
+        ImageCommand::Sign { image: spec } => {
+            let dir = image::resolve(&cli.store, spec)?;
+            let key = keys::load(&cli.store)?;
+            image::seal(&dir, &key)?;
+            println!("{}: sealed, signed by {}", dir.display(), key.fingerprint);
+            Ok(0)
         }
     }
 }

@@ -19,6 +19,11 @@ pub const QEMU: Tool = Tool {
 };
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Secure Boot: OVMF that enforces it (needs SMM, so q35), and Debian's
+/// variable store with its test ("snakeoil") key enrolled as PK, KEK and db;
+/// that key is /usr/share/ovmf/PkKek-1-snakeoil.{key,pem}.
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_VARS_SNAKEOIL: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -45,12 +50,25 @@ pub struct VmSpec {
     /// Written to qemu's SMBIOS system serial: `cairn-test-poweroff` makes a
     /// cairn image power off after its boot marker.
     pub smbios_serial: Option<String>,
+    /// UEFI with Secure Boot enforced (test keys: see OVMF_VARS_SNAKEOIL).
+    pub secure_boot: bool,
     /// Let the guest reboot (boot counting) instead of ending the run.
     pub reboots: bool,
     /// Where console.log and marker.log go.
     pub log_dir: PathBuf,
     /// Stop as soon as a line starting with this appears.
     pub marker: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escape_sequences_are_not_text() {
+        assert_eq!(
+            super::strip_ansi("\x1b[H\x1b[J\x1b[1;1Hcairn: REFUSING\x1b[0m x"),
+            "cairn: REFUSING x"
+        );
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -79,12 +97,35 @@ impl Drop for Guard {
     }
 }
 
+/// The text without terminal escape sequences (GRUB and firmware clear and
+/// position the screen).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Lines starting with `marker` in either log (GRUB and firmware noise may
-/// precede it on the same port, so only whole lines count).
+/// precede it on the same port, so only whole lines count; terminal escape
+/// sequences are not text).
 fn find_marker(logs: &[&Path], marker: &str) -> Option<String> {
     for l in logs {
         let data = fs::read(l).ok()?;
-        let text = String::from_utf8_lossy(&data);
+        let text = strip_ansi(&String::from_utf8_lossy(&data));
         if let Some(line) = text.split(['\n', '\r']).find(|x| x.starts_with(marker)) {
             return Some(line.trim().to_string());
         }
@@ -100,10 +141,15 @@ pub fn run(spec: &VmSpec) -> Result<VmResult> {
     let _ = fs::remove_file(&console);
     let _ = fs::remove_file(&markers);
     let mut cmd = Command::new(QEMU.program);
-    // i440fx ("pc"): its IDE CD-ROM is one every Debian kernel flavour drives.
+    // i440fx ("pc"): its IDE CD-ROM is one every Debian kernel flavour
+    // drives. Secure Boot needs SMM, which OVMF gets on q35 only.
+    let secure = spec.secure_boot;
+    if secure && spec.firmware != Firmware::Uefi {
+        bail!("Secure Boot needs --firmware uefi");
+    }
     cmd.args([
         "-machine",
-        "pc",
+        if secure { "q35,smm=on" } else { "pc" },
         "-smp",
         "2",
         "-display",
@@ -143,15 +189,23 @@ pub fn run(spec: &VmSpec) -> Result<VmResult> {
         ));
     }
     if spec.firmware == Firmware::Uefi {
-        for f in [OVMF_CODE, OVMF_VARS] {
+        let (code, vars_src) = if secure {
+            (OVMF_CODE_SECBOOT, OVMF_VARS_SNAKEOIL)
+        } else {
+            (OVMF_CODE, OVMF_VARS)
+        };
+        for f in [code, vars_src] {
             if !Path::new(f).exists() {
                 bail!("{f} not found: apt-get install ovmf");
             }
         }
         let vars = spec.log_dir.join("OVMF_VARS.fd");
-        fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+        fs::copy(vars_src, &vars).with_context(|| format!("copying {vars_src}"))?;
+        if secure {
+            cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
         cmd.arg("-drive")
-            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+            .arg(format!("if=pflash,format=raw,readonly=on,file={code}"))
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }

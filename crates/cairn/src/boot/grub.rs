@@ -101,16 +101,21 @@ pub fn require_tools() -> Result<()> {
     Ok(())
 }
 
-/// The configuration built into the image: lock the console (superusers
+/// The configuration built into the image: console on screen and first
+/// serial port (so a refused grub.cfg is seen), lock the console (superusers
 /// without a password: nobody can edit an entry or reach a prompt where
 /// `set check_signatures=no` would work — also when grub.cfg fails its
 /// check), find the boot partition by its UUID, and hand over to the
-/// signed grub.cfg.
+/// signed grub.cfg — checked here first, so that a refused one is named on
+/// the console (this file runs in GRUB's rescue parser: no `if`).
 pub fn early_cfg(boot_uuid: &str) -> String {
     format!(
-        "set superusers=cairn\nexport superusers\n\
+        "serial --unit=0 --speed=115200\nterminal_input console serial\nterminal_output console serial\n\
+         set superusers=cairn\nexport superusers\n\
          search --no-floppy --fs-uuid --set=root {boot_uuid}\n\
-         set prefix=($root)/boot/grub\n"
+         set prefix=($root)/boot/grub\n\
+         echo \"cairn: checking the signature of $prefix/grub.cfg\"\n\
+         verify_detached $prefix/grub.cfg $prefix/grub.cfg.sig\n"
     )
 }
 

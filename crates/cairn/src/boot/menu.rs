@@ -95,6 +95,7 @@ if verify_detached "$prefix/grub.cfg" "$prefix/guard.sig"; then
     sleep 30
     halt
 fi
+echo "cairn: signature checks work (a wrong signature was refused)"
 
 function cairn_fail {
     echo "cairn: REFUSING TO BOOT $1: $2"
@@ -130,15 +131,34 @@ function cairn_check {
 }
 
 # $1: image directory, $2: disk or ram, $3: this entry's selector (for the
-# boot-counting mark the booted system writes).
+# boot-counting mark the booted system writes). When $1 is refused, the
+# images in $cairn_fallbacks (DIR=SELECTOR, in order) are tried the same way,
+# from disk: GRUB's own `fallback` knows neither ids nor submenus.
 function cairn_boot {
     if cairn_check "$1"; then
-        set cairn_ram=""
-        if [ "$2" = ram ]; then set cairn_ram=toram; fi
-        echo "cairn: $cairn_title verified, booting ($2)"
-        linux "$1/vmlinuz" $cairn_args "live-media-path=$1" $cairn_ram "cairn.entry=$3"
-        initrd "$1/initrd.img"
+        cairn_load "$1" "$2" "$3"
+        return 0
     fi
+    for cairn_f in $cairn_fallbacks; do
+        regexp --set=1:cairn_fdir --set=2:cairn_fsel '^([^=]*)=(.*)$' "$cairn_f"
+        if [ "$cairn_fdir" != "$1" ]; then
+            echo "cairn: falling back to $cairn_fdir"
+            if cairn_check "$cairn_fdir"; then
+                cairn_load "$cairn_fdir" disk "$cairn_fsel"
+                return 0
+            fi
+        fi
+    done
+    echo "cairn: no image on this disk passed its checks"
+    sleep 10
+}
+
+function cairn_load {
+    set cairn_ram=""
+    if [ "$2" = ram ]; then set cairn_ram=toram; fi
+    echo "cairn: $cairn_title verified, booting ($2)"
+    linux "$1/vmlinuz" $cairn_args "live-media-path=$1" $cairn_ram "cairn.entry=$3"
+    initrd "$1/initrd.img"
 }
 
 # $1: a cairn ISO, $2: disk or ram. The whole ISO is checked against its
@@ -242,8 +262,8 @@ pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Res
         bail!("no images to put in the menu");
     }
     let default = entries[0].id.clone();
-    // If the default entry refuses (a failed check), GRUB tries these: the
-    // default profile's older images, then the other profiles' newest.
+    // When an entry's image fails its checks, these are tried: the default
+    // profile's older images, then the other profiles' newest.
     let fallback: Vec<String> = entries
         .iter()
         .filter(|e| !e.in_ram && e.id != default)
@@ -272,7 +292,16 @@ pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Res
         opts.timeout
     )?;
     writeln!(cfg, "set default=\"{default}\"")?;
-    writeln!(cfg, "set fallback=\"{}\"", fallback.join(" "))?;
+    let dirs: Vec<String> = fallback
+        .iter()
+        .filter_map(|id| entries.iter().find(|e| &e.id == id))
+        .map(|e| format!("{}={}", e.dir, e.id))
+        .collect();
+    writeln!(
+        cfg,
+        "set cairn_fallbacks=\"{}\"\nexport cairn_fallbacks",
+        dirs.join(" ")
+    )?;
     cfg.push_str(&boot_counting(
         opts.tries,
         fallback.first().map(String::as_str),

@@ -76,7 +76,9 @@ pub fn root_access(root: &Path, p: &Profile) -> Result<()> {
 /// Each data path becomes a symlink to `/<label>/<dir>`; the partition is
 /// mounted by label with `nofail` (a missing partition never stops a boot:
 /// the directories are then made on the RAM overlay); what the packages put
-/// at the path is kept as a seed, copied in when the directory is new.
+/// at the path is kept as a seed, copied in when the directory is new — by
+/// `cairn-data.service`, after the mounts (systemd-tmpfiles-setup does not
+/// wait for `nofail` mounts, so its directories would land under them).
 pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
     if data.is_empty() {
         return Ok(());
@@ -122,12 +124,41 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
         symlink(&target, &at).with_context(|| format!("linking {} to {target}", d.path))?;
     }
     write(root, "/etc/fstab", &fstab, 0o644)?;
+    write(root, "/usr/lib/cairn/data.conf", &tmpfiles, 0o644)?;
+    let mounts: Vec<String> = labels.iter().map(|l| mount_unit(l)).collect();
     write(
         root,
-        "/usr/lib/tmpfiles.d/cairn-data.conf",
-        &tmpfiles,
+        "/usr/lib/systemd/system/cairn-data.service",
+        &format!(
+            "[Unit]\nDescription=cairn: data directories on the data partitions\n\
+             DefaultDependencies=no\nWants={m}\nAfter={m}\n\
+             Before=local-fs.target shutdown.target\nConflicts=shutdown.target\n\n\
+             [Service]\nType=oneshot\nRemainAfterExit=yes\n\
+             ExecStart=systemd-tmpfiles --create /usr/lib/cairn/data.conf\n\n\
+             [Install]\nWantedBy=local-fs.target\n",
+            m = mounts.join(" ")
+        ),
         0o644,
-    )
+    )?;
+    let wants = inside(root, "/etc/systemd/system/local-fs.target.wants");
+    fs::create_dir_all(&wants)?;
+    let link = wants.join("cairn-data.service");
+    let _ = fs::remove_file(&link);
+    symlink("/usr/lib/systemd/system/cairn-data.service", &link)?;
+    Ok(())
+}
+
+/// systemd's unit name for the mount at `/<label>`.
+fn mount_unit(label: &str) -> String {
+    let mut s = String::new();
+    for c in label.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' || (c == '.' && !s.is_empty()) {
+            s.push(c);
+        } else {
+            s.push_str(&format!("\\x{:02x}", c as u32));
+        }
+    }
+    format!("{s}.mount")
 }
 
 /// A unit that marks the boot good for GRUB's boot counting, says on the
@@ -277,13 +308,24 @@ mod tests {
             1,
             "{fstab}"
         );
-        let tmp = fs::read_to_string(root.join("usr/lib/tmpfiles.d/cairn-data.conf")).unwrap();
+        let tmp = fs::read_to_string(root.join("usr/lib/cairn/data.conf")).unwrap();
         assert!(
             tmp.contains("C /data/postgresql - - - - /usr/share/cairn/data-seed/postgresql\n"),
             "{tmp}"
         );
         assert!(tmp.contains("d /data/www 0755 root root -\n"), "{tmp}");
         assert!(root.join("data").is_dir());
+        let unit =
+            fs::read_to_string(root.join("usr/lib/systemd/system/cairn-data.service")).unwrap();
+        assert!(
+            unit.contains("Wants=data.mount\nAfter=data.mount\n"),
+            "{unit}"
+        );
+        assert!(
+            root.join("etc/systemd/system/local-fs.target.wants/cairn-data.service")
+                .is_symlink()
+        );
+        assert_eq!(mount_unit("my-data"), "my\\x2ddata.mount");
     }
 }
 

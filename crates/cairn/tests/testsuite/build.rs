@@ -65,13 +65,18 @@ fn squashfs_cat(image: &Path, path: &str) -> String {
 fn test_profile(dir: &Path) -> PathBuf {
     fs::create_dir_all(dir.join("files")).unwrap();
     fs::write(dir.join("files/motd"), "built by the cairn test suite\n").unwrap();
+    fs::write(dir.join("files/probe"), crate::boot::PROBE).unwrap();
+    fs::write(dir.join("files/probe.service"), crate::boot::PROBE_UNIT).unwrap();
     let p = dir.join("webtest.toml");
     fs::write(
         &p,
         "schema-version = 1\nsuite = \"SUITE\"\nhost-type = \"physical\"\nhostname = \"webtest\"\n\
 [root]\npassword-hash = \"$6$salt$0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstu\"\n\
 [[files]]\nsource = \"files/motd\"\ndest = \"/etc/motd\"\nmode = \"0600\"\n\
+[[files]]\nsource = \"files/probe\"\ndest = \"/usr/local/sbin/cairn-probe\"\nmode = \"0755\"\n\
+[[files]]\nsource = \"files/probe.service\"\ndest = \"/etc/systemd/system/cairn-probe.service\"\n\
 [[hooks]]\nscript = \"chroot \\\"$1\\\" dpkg-query -W systemd > \\\"$1/etc/hook-ran\\\"\"\n\
+[[hooks]]\nscript = \"ln -s /etc/systemd/system/cairn-probe.service \\\"$1/etc/systemd/system/multi-user.target.wants/\\\"\"\n\
 [[data]]\npath = \"/var/lib/webtest\"\n\
 [image]\ncompression = \"lz4\"\n"
             .replace("SUITE", &host_suite()),
@@ -366,4 +371,8 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
 
     let list = json(ok(cairn(&store, &["image", "list", "--json"])));
     assert_eq!(list.as_array().unwrap().len(), 4);
+
+    // Boot disks: both profiles on one disk, cairn's GRUB, the proofs.
+    let virt_img = PathBuf::from(virt["path"].as_str().unwrap());
+    crate::boot::proofs(&store, dir.path(), &image, &virt_img);
 }

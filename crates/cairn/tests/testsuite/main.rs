@@ -2,6 +2,7 @@
 //! root, tools or the network say so and skip — except under CI=true, where a
 //! skip fails.
 
+mod boot;
 mod build;
 mod image;
 mod mirror;

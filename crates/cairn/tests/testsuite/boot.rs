@@ -1,0 +1,397 @@
+//! The boot tier: a cairn disk with images of two profiles, booted in qemu
+//! (TCG) on BIOS and UEFI through cairn's own GRUB. Each proof reads the
+//! serial console: the marker the booted system prints, what the probe unit
+//! of the `webtest` profile says about its data partition, what GRUB and the
+//! initramfs say when they refuse. Called by the build tier with its images
+//! (building them again would double the time).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::{cairn, ok, text};
+
+/// The probe the `webtest` profile carries: on every boot it says how many
+/// boots its data directory has seen, whether a file written in /etc last
+/// time is still there, and what the live medium is (ext4 or, toram, tmpfs);
+/// then it writes both files. Runs before cairn-booted powers off.
+pub const PROBE: &str = r#"#!/bin/sh
+say() { echo "PROBE $*" > /dev/ttyS1; echo "PROBE $*" > /dev/console; }
+d=/var/lib/webtest
+n=$(cat "$d/boots" 2>/dev/null || echo 0)
+say "data-boots=$n"
+if [ -e /etc/probe-stamp ]; then say "etc-stamp=present"; else say "etc-stamp=absent"; fi
+say "medium=$(awk '$2 == "/run/live/medium" { print $3 }' /proc/mounts)"
+echo $((n + 1)) > "$d/boots"
+sync
+date > /etc/probe-stamp
+"#;
+
+pub const PROBE_UNIT: &str = "[Unit]\nDescription=cairn test probe\nRequiresMountsFor=/data\nBefore=cairn-booted.service\n\n\
+[Service]\nType=oneshot\nExecStart=/usr/local/sbin/cairn-probe\n\n[Install]\nWantedBy=multi-user.target\n";
+
+struct Vm {
+    marker: Option<String>,
+    console: String,
+    markers: String,
+    seconds: f64,
+}
+
+fn vm(
+    store: &Path,
+    disk: &Path,
+    firmware: &str,
+    entry: Option<&str>,
+    extra: &[&str],
+    name: &str,
+) -> Vm {
+    let log = store.join(format!("vm-{name}"));
+    let mut args = vec![
+        "vm",
+        "run",
+        disk.to_str().unwrap(),
+        "--firmware",
+        firmware,
+        "--poweroff",
+        "--marker",
+        "CAIRN-BOOTED",
+        "--json",
+        "--log-dir",
+        log.to_str().unwrap(),
+    ];
+    if let Some(e) = entry {
+        args.extend(["--entry", e]);
+    }
+    args.extend(extra);
+    if !extra.contains(&"--timeout") {
+        args.extend(["--timeout", "400"]);
+    }
+    let out = cairn(store, &args);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let read = |f: &str| {
+        cairn::vm::strip_ansi(&String::from_utf8_lossy(
+            &fs::read(log.join(f)).unwrap_or_default(),
+        ))
+    };
+    let r = Vm {
+        marker: v["marker_line"].as_str().map(String::from),
+        console: read("console.log"),
+        markers: read("marker.log"),
+        seconds: v["seconds_to_marker"]
+            .as_f64()
+            .unwrap_or(v["seconds"].as_f64().unwrap_or(0.0)),
+    };
+    eprintln!(
+        "boot {name} ({firmware}, entry {entry:?}): {:?} after {:.1}s",
+        r.marker, r.seconds
+    );
+    r
+}
+
+fn marker_of(img: &Path) -> String {
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(img.join("manifest.json")).unwrap()).unwrap();
+    format!(
+        "CAIRN-BOOTED profile={} version={}",
+        m["profile"].as_str().unwrap(),
+        m["version"].as_str().unwrap()
+    )
+}
+
+fn id_of(img: &Path) -> String {
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(img.join("manifest.json")).unwrap()).unwrap();
+    format!(
+        "{}-{}",
+        m["profile"].as_str().unwrap(),
+        m["version"].as_str().unwrap()
+    )
+}
+
+/// The disk's boot partition mounted for a change made behind cairn's back.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    fn new(disk: &Path, at: &Path) -> Mounted {
+        let p = cairn::boot::disk::find_boot_partition(disk).unwrap();
+        fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .arg("-o")
+            .arg(format!(
+                "loop,offset={},sizelimit={}",
+                p.offset(),
+                p.bytes()
+            ))
+            .arg(disk)
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        Mounted(at.to_path_buf())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Flips one byte of `rel` on the disk's boot partition; again to undo.
+fn flip(disk: &Path, mnt: &Path, rel: &str) {
+    let m = Mounted::new(disk, mnt);
+    let p = m.0.join(rel.trim_start_matches('/'));
+    let mut data = fs::read(&p).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x01;
+    // In place: the same blocks, as a bit flip on the medium would be.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .and_then(|mut f| {
+            use std::io::{Seek, Write};
+            f.seek(std::io::SeekFrom::Start(mid as u64))?;
+            f.write_all(&data[mid..mid + 1])
+        })
+        .unwrap();
+}
+
+fn grubenv(disk: &Path, mnt: &Path) -> String {
+    let m = Mounted::new(disk, mnt);
+    String::from_utf8_lossy(&fs::read(m.0.join("boot/grub/grubenv")).unwrap()).into_owned()
+}
+
+/// Proofs 1–6 of the boot issue. `default_img` and `web_img` are images of
+/// two profiles (`webtest` carries the probe and a data path).
+pub fn proofs(store: &Path, work: &Path, default_img: &Path, web_img: &Path) {
+    let disk = work.join("boot-disk.img");
+    let mnt = work.join("mnt");
+    let d_id = id_of(default_img);
+    let w_id = id_of(web_img);
+    let (d_marker, w_marker) = (marker_of(default_img), marker_of(web_img));
+    let r: serde_json::Value = serde_json::from_str(&ok(cairn(
+        store,
+        &[
+            "disk",
+            "create",
+            disk.to_str().unwrap(),
+            "--image",
+            default_img.to_str().unwrap(),
+            "--image",
+            web_img.to_str().unwrap(),
+            "--default",
+            "default",
+            "--tries",
+            "2",
+            "--timeout",
+            "1",
+            "--data-size",
+            "64M",
+            "--json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(r["menu"]["default"], d_id.as_str(), "{r}");
+    assert_eq!(r["menu"]["fallback"][0], w_id.as_str(), "{r}");
+    let ids: Vec<&str> = r["menu"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&format!("{w_id}-ram").as_str()), "{ids:?}");
+
+    // 1 + 6. The default entry on BIOS; the other profile, chosen, on UEFI —
+    // with the probe's first look at its data partition.
+    let a = vm(store, &disk, "bios", None, &[], "default-bios");
+    assert_eq!(
+        a.marker.as_deref(),
+        Some(d_marker.as_str()),
+        "{}",
+        a.console
+    );
+    assert!(
+        a.console.contains("filesystem.squashfs: SHA-256 verified"),
+        "{}",
+        a.console
+    );
+    let b = vm(store, &disk, "uefi", Some(&w_id), &[], "web-uefi");
+    assert_eq!(
+        b.marker.as_deref(),
+        Some(w_marker.as_str()),
+        "{}",
+        b.console
+    );
+    assert!(b.markers.contains("PROBE data-boots=0"), "{}", b.markers);
+    assert!(
+        b.markers.contains("PROBE etc-stamp=absent"),
+        "{}",
+        b.markers
+    );
+    assert!(b.markers.contains("PROBE medium=ext4"), "{}", b.markers);
+
+    // 2 + 4. In RAM: the medium is a tmpfs copy; the data partition kept
+    // what the last boot wrote, /etc did not.
+    let c = vm(
+        store,
+        &disk,
+        "bios",
+        Some(&format!("{w_id}-ram")),
+        &[],
+        "web-ram",
+    );
+    assert_eq!(
+        c.marker.as_deref(),
+        Some(w_marker.as_str()),
+        "{}",
+        c.console
+    );
+    assert!(c.console.contains("to RAM"), "{}", c.console);
+    assert!(c.markers.contains("PROBE medium=tmpfs"), "{}", c.markers);
+    assert!(c.markers.contains("PROBE data-boots=1"), "{}", c.markers);
+    assert!(
+        c.markers.contains("PROBE etc-stamp=absent"),
+        "{}",
+        c.markers
+    );
+    let env = grubenv(&disk, &mnt);
+    assert!(env.contains(&format!("cairn_good={w_id}-ram\n")), "{env}");
+
+    // 3. One byte changed: in the squashfs, the initramfs refuses (and the
+    // VM reboots, which ends the run); in the kernel or initrd GRUB refuses
+    // and falls back to the other image; in grub.cfg nothing boots.
+    let d_dir = format!("/images/{}", d_id.replacen('-', "/", 1));
+    flip(&disk, &mnt, &format!("{d_dir}/filesystem.squashfs"));
+    let s = vm(store, &disk, "bios", Some(&d_id), &[], "bad-squashfs");
+    assert!(
+        s.marker.is_none(),
+        "a changed squashfs booted:\n{}",
+        s.console
+    );
+    assert!(
+        s.console.contains(&format!(
+            "REFUSING TO BOOT {d_dir}: filesystem.squashfs: SHA-256 mismatch"
+        )),
+        "{}",
+        s.console
+    );
+    flip(&disk, &mnt, &format!("{d_dir}/filesystem.squashfs"));
+    for f in ["vmlinuz", "initrd.img"] {
+        flip(&disk, &mnt, &format!("{d_dir}/{f}"));
+        let k = vm(store, &disk, "bios", None, &[], &format!("bad-{f}"));
+        assert!(
+            k.console
+                .contains(&format!("cairn: REFUSING TO BOOT {d_dir}")),
+            "{f}: {}",
+            k.console
+        );
+        assert_eq!(
+            k.marker.as_deref(),
+            Some(w_marker.as_str()),
+            "{f}: {}",
+            k.console
+        );
+        flip(&disk, &mnt, &format!("{d_dir}/{f}"));
+    }
+    flip(&disk, &mnt, "boot/grub/grub.cfg");
+    let g = vm(
+        store,
+        &disk,
+        "bios",
+        None,
+        &["--timeout", "40"],
+        "bad-grub-cfg",
+    );
+    assert!(g.marker.is_none(), "{}", g.console);
+    assert!(
+        g.console
+            .contains("checking the signature of (hd0,gpt3)/boot/grub/grub.cfg")
+            && g.console.contains("error: bad signature"),
+        "{}",
+        g.console
+    );
+    assert!(
+        !g.console.contains("signature checks work"),
+        "{}",
+        g.console
+    );
+    assert!(!g.console.contains("Linux version"), "{}", g.console);
+    flip(&disk, &mnt, "boot/grub/grub.cfg");
+
+    // 5. Boot counting: a newer image of the default profile that never
+    // comes up (init fails, the kernel panics and reboots) is tried twice,
+    // then GRUB boots the last entry that reported a good boot.
+    let broken = work.join("broken");
+    let _ = fs::remove_dir_all(&broken);
+    fs::create_dir_all(&broken).unwrap();
+    for e in fs::read_dir(default_img).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !n.ends_with(".iso") && !n.ends_with(".sig") {
+            fs::copy(e.path(), broken.join(&n)).unwrap();
+        }
+    }
+    let mp = broken.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mp).unwrap()).unwrap();
+    let version = format!("{}-broken", m["version"].as_str().unwrap());
+    m["version"] = version.clone().into();
+    m["kernel-cmdline"]
+        .as_array_mut()
+        .unwrap()
+        .extend(["init=/bin/false".into(), "panic=2".into()]);
+    fs::write(&mp, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    ok(cairn(store, &["image", "sign", broken.to_str().unwrap()]));
+    let added: serde_json::Value = serde_json::from_str(&ok(cairn(
+        store,
+        &[
+            "disk",
+            "add",
+            disk.to_str().unwrap(),
+            broken.to_str().unwrap(),
+            "--json",
+        ],
+    )))
+    .unwrap();
+    let broken_id = format!("default-{version}");
+    assert_eq!(added["default"], broken_id.as_str(), "{added}");
+    let env = grubenv(&disk, &mnt);
+    assert!(
+        env.contains(&format!("cairn_trial={broken_id}\n")) && env.contains("cairn_left=2\n"),
+        "{env}"
+    );
+    let good = env
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_good="))
+        .unwrap()
+        .to_string();
+    let t = vm(
+        store,
+        &disk,
+        "bios",
+        None,
+        &["--reboots", "--timeout", "500"],
+        "counting",
+    );
+    assert_eq!(
+        t.console
+            .matches(&format!("cairn: trying {broken_id}"))
+            .count(),
+        2,
+        "{}",
+        t.console
+    );
+    assert!(
+        // (GRUB wraps at 80 columns: the entry named is checked by the marker.)
+        t.console.contains(&format!(
+            "{broken_id} never reported a good boot; falling back"
+        )),
+        "{}",
+        t.console
+    );
+    let want = if good.starts_with(&w_id) {
+        &w_marker
+    } else {
+        &d_marker
+    };
+    assert_eq!(t.marker.as_deref(), Some(want.as_str()), "{}", t.console);
+}
