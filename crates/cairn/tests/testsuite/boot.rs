@@ -395,3 +395,86 @@ pub fn proofs(store: &Path, work: &Path, default_img: &Path, web_img: &Path) {
     };
     assert_eq!(t.marker.as_deref(), Some(want.as_str()), "{}", t.console);
 }
+
+/// Secure Boot in OVMF (enforcing, Debian's test key enrolled as PK, KEK
+/// and db): GRUB signed with that key by `disk create --secure-boot-key`
+/// runs and boots the image; unsigned, the firmware refuses it.
+pub fn secure_boot(store: &Path, work: &Path, img: &Path) {
+    let key = work.join("snakeoil.key");
+    let st = Command::new("openssl")
+        .args([
+            "pkey",
+            "-passin",
+            "pass:snakeoil",
+            "-in",
+            "/usr/share/ovmf/PkKek-1-snakeoil.key",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success(), "decrypting Debian's OVMF test key");
+    let signed = work.join("sb-signed.img");
+    let unsigned = work.join("sb-unsigned.img");
+    let mut args = vec![
+        "disk",
+        "create",
+        signed.to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--timeout",
+        "1",
+        "--data-size",
+        "0",
+    ];
+    let sb = [
+        "--secure-boot-key",
+        key.to_str().unwrap(),
+        "--secure-boot-cert",
+        "/usr/share/ovmf/PkKek-1-snakeoil.pem",
+    ];
+    args.extend(sb);
+    ok(cairn(store, &args));
+    ok(cairn(
+        store,
+        &[
+            "disk",
+            "create",
+            unsigned.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--data-size",
+            "0",
+        ],
+    ));
+    let r = vm(
+        store,
+        &signed,
+        "uefi",
+        None,
+        &["--secure-boot"],
+        "secure-boot",
+    );
+    assert_eq!(
+        r.marker.as_deref(),
+        Some(marker_of(img).as_str()),
+        "{}",
+        r.console
+    );
+    assert!(
+        r.console.contains("secureboot: Secure boot enabled"),
+        "{}",
+        r.console
+    );
+    let u = vm(
+        store,
+        &unsigned,
+        "uefi",
+        None,
+        &["--secure-boot", "--timeout", "45"],
+        "secure-boot-unsigned",
+    );
+    assert!(u.marker.is_none(), "{}", u.console);
+    assert!(u.console.contains("Access Denied"), "{}", u.console);
+    assert!(!u.console.contains("GRUB"), "{}", u.console);
+}

@@ -110,6 +110,11 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
         "xorriso",
         "mformat",
         "qemu-system-x86_64",
+        "sfdisk",
+        "mkfs.fat",
+        "mcopy",
+        "sbsign",
+        "openssl",
     ]) {
         return;
     }
@@ -375,4 +380,5 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
     // Boot disks: both profiles on one disk, cairn's GRUB, the proofs.
     let virt_img = PathBuf::from(virt["path"].as_str().unwrap());
     crate::boot::proofs(&store, dir.path(), &image, &virt_img);
+    crate::boot::secure_boot(&store, dir.path(), &virt_img);
 }
