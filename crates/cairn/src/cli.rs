@@ -185,15 +185,17 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 
 #[derive(Subcommand, Debug)]
 pub enum VmCommand {
-    /// Boot a disk image or ISO in qemu (TCG by default; --accel kvm where
-    /// nested virtualisation works), serial console to a log file, until the
-    /// VM powers off, a marker line appears, or the timeout.
+    /// Boot a disk image or ISO in qemu (KVM when it works here, TCG
+    /// otherwise), serial console to a log file, until the VM powers off, a
+    /// marker line appears, or the timeout.
     Run {
         /// A raw disk image, or an ISO.
         media: PathBuf,
         #[arg(long, value_enum, default_value = "bios")]
         firmware: crate::vm::Firmware,
-        #[arg(long, value_enum, default_value = "tcg")]
+        /// auto: KVM if /dev/kvm works and the guest shows output within 20 s,
+        /// else TCG (nested KVM often fails or crawls).
+        #[arg(long, value_enum, default_value = "auto")]
         accel: crate::vm::Accel,
         #[arg(long, default_value_t = 2048)]
         memory: u32,
@@ -527,6 +529,9 @@ fn run(cli: &Cli) -> Result<i32> {
             if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
+                if let Some(why) = &r.kvm_fallback {
+                    println!("KVM not usable here ({why}): ran under TCG");
+                }
                 match (&r.marker_line, r.seconds_to_marker) {
                     (Some(l), Some(t)) => println!("{l}  ({t:.1}s after start)"),
                     _ if marker.is_some() => println!("no marker line seen"),

@@ -35,6 +35,9 @@ pub enum Firmware {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Accel {
+    /// KVM when /dev/kvm works and the guest shows output within 20 s under
+    /// it; TCG otherwise (nested KVM often dies or crawls).
+    Auto,
     Tcg,
     Kvm,
 }
@@ -84,6 +87,8 @@ pub struct VmResult {
     pub timed_out: bool,
     pub console_log: PathBuf,
     pub marker_log: PathBuf,
+    /// Why KVM was given up for TCG (`--accel auto`).
+    pub kvm_fallback: Option<String>,
 }
 
 struct Guard(Child);
@@ -133,8 +138,40 @@ fn find_marker(logs: &[&Path], marker: &str) -> Option<String> {
     None
 }
 
+/// How long a KVM guest may stay silent before `auto` gives up on it.
+const KVM_PROBE: Duration = Duration::from_secs(20);
+
 pub fn run(spec: &VmSpec) -> Result<VmResult> {
     require(&[&QEMU])?;
+    if spec.accel != Accel::Auto {
+        return run_once(spec, spec.accel, None).map(|r| r.expect("no probe, no fallback"));
+    }
+    let usable = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"));
+    let reason = match usable {
+        Err(e) => e,
+        Ok(_) => match run_once(spec, Accel::Kvm, Some(KVM_PROBE)) {
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(reason)) => reason,
+            Err(e) => format!("{e:#}"),
+        },
+    };
+    tracing::info!("KVM not usable ({reason}); running under TCG");
+    let mut r = run_once(spec, Accel::Tcg, None)?.expect("no probe, no fallback");
+    r.kvm_fallback = Some(reason);
+    Ok(r)
+}
+
+/// One qemu run. With `probe`, a guest silent for that long (or a qemu that
+/// fails before any output) gives `Ok(Err(reason))` instead of a result.
+fn run_once(
+    spec: &VmSpec,
+    accel: Accel,
+    probe: Option<Duration>,
+) -> Result<std::result::Result<VmResult, String>> {
     fs::create_dir_all(&spec.log_dir)?;
     let console = spec.log_dir.join("console.log");
     let markers = spec.log_dir.join("marker.log");
@@ -166,9 +203,9 @@ pub fn run(spec: &VmSpec) -> Result<VmResult> {
     })
     .args([
         "-accel",
-        match spec.accel {
-            Accel::Tcg => "tcg",
+        match accel {
             Accel::Kvm => "kvm",
+            _ => "tcg",
         },
     ])
     .arg("-serial")
@@ -230,6 +267,10 @@ pub fn run(spec: &VmSpec) -> Result<VmResult> {
             marker_line = Some(line);
             seconds_to_marker = Some(t0.elapsed().as_secs_f64());
         }
+        let silent = || {
+            fs::metadata(&console).map_or(0, |m| m.len()) == 0
+                && fs::metadata(&markers).map_or(0, |m| m.len()) == 0
+        };
         if let Some(status) = child.0.try_wait()? {
             exited = true;
             if !status.success() {
@@ -237,9 +278,24 @@ pub fn run(spec: &VmSpec) -> Result<VmResult> {
                 if let Some(mut e) = child.0.stderr.take() {
                     let _ = std::io::Read::read_to_string(&mut e, &mut err);
                 }
+                if probe.is_some() && silent() {
+                    return Ok(Err(format!(
+                        "qemu failed under KVM ({status}): {}",
+                        err.trim()
+                    )));
+                }
                 bail!("qemu failed ({status}): {err}");
             }
             break;
+        }
+        if let Some(p) = probe
+            && t0.elapsed() > p
+            && silent()
+        {
+            return Ok(Err(format!(
+                "no output from the guest in {}s under KVM",
+                p.as_secs()
+            )));
         }
         if t0.elapsed() > spec.timeout {
             timed_out = true;
@@ -253,9 +309,9 @@ pub fn run(spec: &VmSpec) -> Result<VmResult> {
         marker_line = find_marker(&[&markers, &console], m);
     }
     drop(child);
-    Ok(VmResult {
+    Ok(Ok(VmResult {
         firmware: spec.firmware,
-        accel: spec.accel,
+        accel,
         marker_line,
         seconds_to_marker,
         seconds: t0.elapsed().as_secs_f64(),
@@ -263,5 +319,6 @@ pub fn run(spec: &VmSpec) -> Result<VmResult> {
         timed_out,
         console_log: console,
         marker_log: markers,
-    })
+        kvm_fallback: None,
+    }))
 }

@@ -154,6 +154,7 @@ function cairn_boot {
 }
 
 function cairn_load {
+    cairn_count "$3"
     set cairn_ram=""
     if [ "$2" = ram ]; then set cairn_ram=toram; fi
     echo "cairn: $cairn_title verified, booting ($2)"
@@ -326,14 +327,33 @@ if [ -n "$cairn_pick" ]; then set default="$cairn_pick"; fi
     if !isos.is_empty() {
         cfg.push_str("submenu \"ISO files\" --unrestricted --id isos {\n");
         for iso in isos {
+            let name = iso
+                .path
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches(".iso");
+            if !safe(name) {
+                bail!(
+                    "ISO name {} has characters a menu entry cannot carry",
+                    iso.path
+                );
+            }
             for ram in [false, true] {
+                let id = format!("iso-{name}{}", if ram { "-ram" } else { "" });
+                let title = format!("{}{}", iso.path, if ram { " (in RAM)" } else { "" });
                 writeln!(
                     cfg,
-                    "    menuentry \"{p}{r}\" --unrestricted {{\n        cairn_iso \"{p}\" {m}\n    }}",
+                    "    menuentry \"{title}\" --unrestricted --id \"{id}\" {{\n        cairn_iso \"{p}\" {m}\n    }}",
                     p = iso.path,
-                    r = if ram { " (in RAM)" } else { "" },
                     m = if ram { "ram" } else { "disk" }
                 )?;
+                entries.push(MenuEntry {
+                    id: format!("isos>{id}"),
+                    title,
+                    dir: iso.path.clone(),
+                    in_ram: ram,
+                });
             }
         }
         cfg.push_str("}\n");
@@ -363,10 +383,11 @@ if [ -n "$cairn_pick" ]; then set default="$cairn_pick"; fi
 
 /// The environment block decides: a one-shot `next_entry` first; then an
 /// untried default (`cairn_trial`) gets `tries` boots — counted down in
-/// `cairn_left` before each — until the booted system marks it good
-/// (`cairn_good`, written by the image's cairn-booted unit); after that,
-/// the last good entry boots, or the first fallback. Only these variables
-/// are read from the (unsigned) block.
+/// `cairn_left` by `cairn_count` when that entry is the one loaded (a boot of
+/// another entry costs the trial nothing) — until the booted system marks it
+/// good (`cairn_good`, written by the image's cairn-booted unit); when none
+/// are left, the last good entry boots, or the first fallback. Only these
+/// variables are read from the (unsigned) block.
 fn boot_counting(tries: u32, first_fallback: Option<&str>) -> String {
     let mut s = String::from(
         r#"
@@ -375,6 +396,9 @@ set cairn_left=""
 set cairn_good=""
 set next_entry=""
 load_env --skip-sig cairn_trial cairn_left cairn_good next_entry
+export cairn_trial
+export cairn_left
+export cairn_good
 if [ -n "$next_entry" ]; then
     set default="$next_entry"
     set next_entry=""
@@ -384,21 +408,30 @@ elif [ -n "$cairn_trial" ]; then
         set default="$cairn_trial"
 "#,
     );
+    let mut count = String::from(
+        "\n# $1: the entry being loaded; counts a try when it is the trial.\nfunction cairn_count {\n    if [ -z \"$cairn_trial\" ]; then return 0; fi\n    if [ \"$1\" != \"$cairn_trial\" ]; then return 0; fi\n    if [ \"$cairn_good\" = \"$cairn_trial\" ]; then return 0; fi\n",
+    );
     for n in (1..=tries.max(1)).rev() {
         writeln!(
             s,
-            "    elif [ \"$cairn_left\" = {n} ]; then\n        set cairn_left={}\n        save_env cairn_left\n        set default=\"$cairn_trial\"\n        echo \"cairn: trying $cairn_trial ({} tries left after this one)\"",
-            n - 1,
-            n - 1
+            "    elif [ \"$cairn_left\" = {n} ]; then\n        set default=\"$cairn_trial\""
+        )
+        .unwrap();
+        writeln!(
+            count,
+            "    if [ \"$cairn_left\" = {n} ]; then\n        set cairn_left={m}\n        save_env cairn_left\n        echo \"cairn: trying $cairn_trial ({m} tries left after this one)\"\n        return 0\n    fi",
+            m = n - 1
         )
         .unwrap();
     }
+    count.push_str("}\n");
     let fb = first_fallback.unwrap_or("");
     writeln!(
         s,
         "    else\n        if [ -n \"$cairn_good\" ]; then set cairn_back=\"$cairn_good\"; else set cairn_back=\"{fb}\"; fi\n        echo \"cairn: $cairn_trial never reported a good boot; falling back to $cairn_back\"\n        set default=\"$cairn_back\"\n    fi\nfi"
     )
     .unwrap();
+    s.push_str(&count);
     s
 }
 
@@ -454,8 +487,16 @@ mod tests {
                 .contains("load_env --skip-sig cairn_trial cairn_left cairn_good next_entry")
         );
         assert!(
+            m.cfg.contains(
+                "elif [ \"$cairn_left\" = 3 ]; then\n        set default=\"$cairn_trial\""
+            )
+        );
+        assert!(m.cfg.contains(
+            "    if [ \"$cairn_left\" = 3 ]; then\n        set cairn_left=2\n        save_env cairn_left"
+        ));
+        assert!(
             m.cfg
-                .contains("elif [ \"$cairn_left\" = 3 ]; then\n        set cairn_left=2")
+                .contains("function cairn_load {\n    cairn_count \"$3\"")
         );
         assert!(
             m.cfg

@@ -66,6 +66,9 @@ fn vm(
     if !extra.contains(&"--timeout") {
         args.extend(["--timeout", "400"]);
     }
+    if !extra.contains(&"--accel") {
+        args.extend(["--accel", "tcg"]);
+    }
     let out = cairn(store, &args);
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
@@ -204,7 +207,15 @@ pub fn proofs(store: &Path, work: &Path, default_img: &Path, web_img: &Path) {
 
     // 1 + 6. The default entry on BIOS; the other profile, chosen, on UEFI —
     // with the probe's first look at its data partition.
-    let a = vm(store, &disk, "bios", None, &[], "default-bios");
+    // (`--accel auto`: KVM if it works on this host, else TCG after a probe.)
+    let a = vm(
+        store,
+        &disk,
+        "bios",
+        None,
+        &["--accel", "auto"],
+        "default-bios",
+    );
     assert_eq!(
         a.marker.as_deref(),
         Some(d_marker.as_str()),

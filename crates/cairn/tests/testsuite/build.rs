@@ -26,6 +26,8 @@ fn boot(store: &Path, media: &Path, firmware: &str) -> serde_json::Value {
             media.to_str().unwrap(),
             "--firmware",
             firmware,
+            "--accel",
+            "tcg",
             "--poweroff",
             "--marker",
             "CAIRN-BOOTED",
