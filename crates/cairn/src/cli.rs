@@ -150,6 +150,23 @@ pub enum DiskCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum BootCommand {
+    /// Build cairn's GRUB again and install it on a cairn disk (file or
+    /// device): BIOS boot code and the EFI binary, with the store's current
+    /// signing key built in (e.g. after `cairn key generate --force` and
+    /// `cairn image sign`), optionally signed for Secure Boot; the menu is
+    /// signed again. Refused if an image on the disk does not verify.
+    Install {
+        #[arg(long)]
+        disk: PathBuf,
+        /// Secure Boot: sign GRUB's EFI binary with this db/MOK private key (PEM)…
+        #[arg(long, requires = "secure_boot_cert")]
+        secure_boot_key: Option<PathBuf>,
+        /// …and this certificate (PEM).
+        #[arg(long, requires = "secure_boot_key")]
+        secure_boot_cert: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the signed menu of a cairn disk again from the images on it
     /// (after copying or removing some by hand, or to change the default);
     /// without --disk, print the menu the store's images would get.
@@ -789,6 +806,30 @@ fn run_disk(cli: &Cli, c: &DiskCommand) -> Result<i32> {
 
 fn run_boot(cli: &Cli, c: &BootCommand) -> Result<i32> {
     match c {
+        BootCommand::Install {
+            disk,
+            secure_boot_key,
+            secure_boot_cert,
+            json,
+        } => {
+            let sb = secure_boot_key.as_deref().zip(secure_boot_cert.as_deref());
+            let m = crate::boot::disk::install(&cli.store, disk, sb)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                println!(
+                    "{}: GRUB installed (BIOS + UEFI{}), menu signed again",
+                    disk.display(),
+                    if sb.is_some() {
+                        ", signed for Secure Boot"
+                    } else {
+                        ""
+                    }
+                );
+                print_menu(&m);
+            }
+            Ok(0)
+        }
         BootCommand::Menu { disk, menu, json } => {
             let m = match disk {
                 Some(d) => crate::boot::disk::menu_on_disk(

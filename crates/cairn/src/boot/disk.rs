@@ -515,24 +515,8 @@ pub fn create(
         .arg((layout.esp.bytes() / 1024).to_string())
         .run()
         .context("making the EFI system partition")?;
-    let img = format!("{}@@{}", out.display(), layout.esp.offset());
-    Cmd::new("mmd")
-        .args(["-i", &img, "::/EFI", "::/EFI/BOOT"])
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .run()?;
-    Cmd::new(MCOPY.program)
-        .args(["-o", "-i", &img])
-        .arg(&efi_bin)
-        .arg("::/EFI/BOOT/BOOTX64.EFI")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .run()
-        .context("copying GRUB onto the EFI system partition")?;
-
-    say("BIOS boot code");
-    {
-        let mut f = fs::OpenOptions::new().read(true).write(true).open(&out)?;
-        grub::bios_install(&mut f, layout.bios.start, layout.bios.sectors, &core_img)?;
-    }
+    say("GRUB onto the EFI system partition, BIOS boot code");
+    install_loaders(&out, &layout.bios, &layout.esp, &efi_bin, &core_img)?;
     if let Some(d) = &layout.data {
         say(&format!(
             "data partition: ext4 {}, {}",
@@ -577,6 +561,78 @@ pub fn create(
     })
 }
 
+/// GRUB's EFI binary onto the ESP (mtools, at its offset) and the BIOS boot
+/// code into the MBR and the BIOS boot partition.
+fn install_loaders(
+    disk: &Path,
+    bios: &Part,
+    esp: &Part,
+    efi_bin: &Path,
+    core: &Path,
+) -> Result<()> {
+    let img = format!("{}@@{}", disk.display(), esp.offset());
+    Cmd::new("mmd")
+        .args(["-D", "s", "-i", &img, "::/EFI", "::/EFI/BOOT"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output_any_status()?;
+    Cmd::new(MCOPY.program)
+        .args(["-o", "-i", &img])
+        .arg(efi_bin)
+        .arg("::/EFI/BOOT/BOOTX64.EFI")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .run()
+        .context("copying GRUB onto the EFI system partition")?;
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(disk)?;
+    grub::bios_install(&mut f, bios.start, bios.sectors, core)
+}
+
+/// `cairn boot install`: GRUB built again (the store's current key, Secure
+/// Boot signing if asked) and written onto an existing cairn disk, its menu
+/// signed again. Refused when an image on the disk does not verify with the
+/// key: GRUB would never boot it.
+pub fn install(
+    store: &Path,
+    disk: &Path,
+    secure_boot: Option<(&Path, &Path)>,
+) -> Result<menu::Menu> {
+    require_tools()?;
+    let key = keys::load(store)?;
+    let bios = find_partition(disk, "BIOS boot")?;
+    let esp = find_partition(disk, "EFI system")?;
+    let mnt = MountedBoot::mount(disk, store)?;
+    let cfgp = mnt.dir.join("boot/cairn.json");
+    let mut cfg: DiskConfig = serde_json::from_slice(
+        &fs::read(&cfgp).with_context(|| format!("reading {}", cfgp.display()))?,
+    )?;
+    let (images, _) = scan(&mnt.dir)?;
+    let mut bad = Vec::new();
+    for i in &images {
+        let dir = mnt.dir.join(i.dir.trim_start_matches('/'));
+        match image::verify_with(&dir, &key.public_key, true) {
+            Ok(v) if v.ok => {}
+            Ok(v) => bad.push(format!("{}: {}", i.dir, v.problems.join("; "))),
+            Err(e) => bad.push(format!("{}: {e:#}", i.dir)),
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "these images do not verify with key {} (re-seal them with `cairn image sign`, or remove them):\n  {}",
+            key.fingerprint,
+            bad.join("\n  ")
+        );
+    }
+    let work = store.join(format!(".grub-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(work.clone());
+    let g = grub::build_images(&work, &key.public_key, &cfg.boot_uuid, secure_boot)?;
+    let m = write_menu(&mnt.dir, &key, &cfg.menu, Some(&cfg.default_entry))?;
+    cfg.default_entry = m.default.clone();
+    cfg.signed_by = key.fingerprint.clone();
+    crate::fsutil::write_atomic(&cfgp, &serde_json::to_vec_pretty(&cfg)?)?;
+    drop(mnt);
+    install_loaders(disk, &bios, &esp, &g.efi, &g.bios_core)?;
+    Ok(m)
+}
+
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
@@ -608,6 +664,11 @@ struct SfPart {
 
 /// The boot partition of a cairn disk.
 pub fn find_boot_partition(disk: &Path) -> Result<Part> {
+    find_partition(disk, BOOT_LABEL)
+}
+
+/// A partition of a cairn disk by its GPT name.
+fn find_partition(disk: &Path, name: &str) -> Result<Part> {
     require(&[&SFDISK])?;
     let out = Cmd::new(SFDISK.program).arg("--json").arg(disk).run()?;
     let t: SfdiskJson = serde_json::from_slice(&out.stdout)
@@ -615,14 +676,14 @@ pub fn find_boot_partition(disk: &Path) -> Result<Part> {
     t.partitiontable
         .partitions
         .iter()
-        .find(|p| p.name.as_deref() == Some(BOOT_LABEL))
+        .find(|p| p.name.as_deref() == Some(name))
         .map(|p| Part {
             start: p.start,
             sectors: p.size,
         })
         .with_context(|| {
             format!(
-                "{} has no partition named {BOOT_LABEL}: not a cairn disk",
+                "{} has no partition named {name:?}: not a cairn disk",
                 disk.display()
             )
         })

@@ -408,8 +408,9 @@ pub fn proofs(store: &Path, work: &Path, default_img: &Path, web_img: &Path) {
 }
 
 /// Secure Boot in OVMF (enforcing, Debian's test key enrolled as PK, KEK
-/// and db): GRUB signed with that key by `disk create --secure-boot-key`
-/// runs and boots the image; unsigned, the firmware refuses it.
+/// and db): a disk made without Secure Boot signing is refused by the
+/// firmware; `cairn boot install --secure-boot-key` puts a GRUB signed with
+/// that key on the same disk, which then boots the image.
 pub fn secure_boot(store: &Path, work: &Path, img: &Path) {
     let key = work.join("snakeoil.key");
     let st = Command::new("openssl")
@@ -425,42 +426,50 @@ pub fn secure_boot(store: &Path, work: &Path, img: &Path) {
         .status()
         .unwrap();
     assert!(st.success(), "decrypting Debian's OVMF test key");
-    let signed = work.join("sb-signed.img");
-    let unsigned = work.join("sb-unsigned.img");
-    let mut args = vec![
-        "disk",
-        "create",
-        signed.to_str().unwrap(),
-        "--image",
-        img.to_str().unwrap(),
-        "--timeout",
-        "1",
-        "--data-size",
-        "0",
-    ];
-    let sb = [
-        "--secure-boot-key",
-        key.to_str().unwrap(),
-        "--secure-boot-cert",
-        "/usr/share/ovmf/PkKek-1-snakeoil.pem",
-    ];
-    args.extend(sb);
-    ok(cairn(store, &args));
+    let disk = work.join("sb.img");
+    let d = disk.to_str().unwrap();
     ok(cairn(
         store,
         &[
             "disk",
             "create",
-            unsigned.to_str().unwrap(),
+            d,
             "--image",
             img.to_str().unwrap(),
+            "--timeout",
+            "1",
             "--data-size",
             "0",
         ],
     ));
+    let u = vm(
+        store,
+        &disk,
+        "uefi",
+        None,
+        &["--secure-boot", "--timeout", "45"],
+        "secure-boot-unsigned",
+    );
+    assert!(u.marker.is_none(), "{}", u.console);
+    assert!(u.console.contains("Access Denied"), "{}", u.console);
+    assert!(!u.console.contains("GRUB"), "{}", u.console);
+    let out = ok(cairn(
+        store,
+        &[
+            "boot",
+            "install",
+            "--disk",
+            d,
+            "--secure-boot-key",
+            key.to_str().unwrap(),
+            "--secure-boot-cert",
+            "/usr/share/ovmf/PkKek-1-snakeoil.pem",
+        ],
+    ));
+    assert!(out.contains("signed for Secure Boot"), "{out}");
     let r = vm(
         store,
-        &signed,
+        &disk,
         "uefi",
         None,
         &["--secure-boot"],
@@ -477,15 +486,4 @@ pub fn secure_boot(store: &Path, work: &Path, img: &Path) {
         "{}",
         r.console
     );
-    let u = vm(
-        store,
-        &unsigned,
-        "uefi",
-        None,
-        &["--secure-boot", "--timeout", "45"],
-        "secure-boot-unsigned",
-    );
-    assert!(u.marker.is_none(), "{}", u.console);
-    assert!(u.console.contains("Access Denied"), "{}", u.console);
-    assert!(!u.console.contains("GRUB"), "{}", u.console);
 }
