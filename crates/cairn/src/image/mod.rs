@@ -324,7 +324,7 @@ pub fn verify_with(dir: &Path, public_key: &Path, iso_optional: bool) -> Result<
         }
     }
     if iso_optional {
-        expected.retain(|n, _| !(n.ends_with(".iso") && !dir.join(n).exists()));
+        expected.retain(|n, _| !n.ends_with(".iso") || dir.join(n).exists());
     }
     let names: Vec<String> = expected.keys().cloned().collect();
     let hashes = parallel::map(&names, parallel::cpus(), |n| hash_both(&dir.join(n)));
