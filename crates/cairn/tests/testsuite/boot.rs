@@ -426,22 +426,41 @@ pub fn secure_boot(store: &Path, work: &Path, img: &Path) {
         .status()
         .unwrap();
     assert!(st.success(), "decrypting Debian's OVMF test key");
+    // Made on a block device (a loop device over the file), as on a USB stick.
     let disk = work.join("sb.img");
     let d = disk.to_str().unwrap();
-    ok(cairn(
+    fs::File::create(&disk).unwrap().set_len(1 << 30).unwrap();
+    let lo = Command::new("losetup")
+        .args(["--find", "--show", d])
+        .output()
+        .unwrap();
+    assert!(
+        lo.status.success(),
+        "losetup: {}",
+        String::from_utf8_lossy(&lo.stderr)
+    );
+    let dev = String::from_utf8_lossy(&lo.stdout).trim().to_string();
+    let i = img.to_str().unwrap();
+    let made = cairn(
         store,
         &[
             "disk",
             "create",
-            d,
+            &dev,
             "--image",
-            img.to_str().unwrap(),
+            i,
             "--timeout",
             "1",
             "--data-size",
             "0",
+            "--yes",
         ],
-    ));
+    );
+    let refused = cairn(store, &["disk", "create", &dev, "--image", i]);
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    ok(made);
+    let err = crate::support::fails(refused);
+    assert!(err.contains("would be erased: confirm with --yes"), "{err}");
     let u = vm(
         store,
         &disk,
