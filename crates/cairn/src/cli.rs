@@ -51,6 +51,14 @@ pub enum Command {
     /// SHA256SUMS and SHA512SUMS with detached signatures, and with --iso a
     /// hybrid BIOS+UEFI ISO. A failed or killed build leaves no partial image.
     Build(BuildArgs),
+    /// The next image of a profile, made from its latest image: a delta
+    /// layer (the changes only, deletions included) on top of the latest
+    /// image's layers, or one flattened squashfs. Upgrades packages from the
+    /// local mirror and applies what changed in the profile (packages added
+    /// or removed, files, hooks). Chains deeper than --max-depth layers, or
+    /// whose deltas pass --max-delta-share of the base, are flattened. When
+    /// nothing changed, no image is made (unless --force).
+    Upgrade(UpgradeArgs),
     /// The key that signs images (OpenPGP RSA, so GRUB can check it).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -269,6 +277,27 @@ pub struct BuildArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct UpgradeArgs {
+    /// A profile file, or `default`.
+    #[arg(default_value = "default")]
+    pub profile: String,
+    /// auto: a delta unless the chain needs compacting; delta; full.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub layer: crate::build::upgrade::LayerMode,
+    /// Flatten when the new image would have more layers than this.
+    #[arg(long, default_value_t = 4)]
+    pub max_depth: usize,
+    /// Flatten when the deltas together pass this share of the base layer.
+    #[arg(long, default_value_t = 0.5)]
+    pub max_delta_share: f64,
+    /// Make an image even when nothing changed.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
     /// Generate an RSA signing key into <store>/keys (0700) and export its
@@ -313,6 +342,26 @@ pub enum ImageCommand {
         /// Public key to check against [default: the store's signing key].
         #[arg(long)]
         key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Packages added, removed and changed from image A to image B.
+    Diff {
+        /// `PROFILE`, `PROFILE/VERSION` or a directory.
+        a: String,
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove all but the newest N images of each profile (never the image
+    /// this system booted from). Each image directory holds all its layers
+    /// (hard links), so removing an older image never breaks a kept one.
+    Prune {
+        #[arg(long)]
+        keep: usize,
+        /// Only say what would go.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
     },
@@ -503,6 +552,7 @@ fn run(cli: &Cli) -> Result<i32> {
         }
         Command::Mirror(MirrorCommand::Sources(a)) => print_sources(&cli.store, a),
         Command::Build(a) => run_build(cli, a),
+        Command::Upgrade(a) => run_upgrade(cli, a),
         Command::Key(c) => run_key(cli, c),
         Command::Image(c) => run_image(cli, c),
         Command::Disk(c) => run_disk(cli, c),
@@ -650,6 +700,45 @@ pub fn load_profile(arg: &str) -> Result<Profile> {
         return Ok(profile::builtin_default(&suite));
     }
     profile::load(std::path::Path::new(arg))
+}
+
+fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
+    let prof = load_profile(&a.profile)?;
+    let opts = crate::build::upgrade::UpgradeOptions {
+        store: cli.store.clone(),
+        mode: a.layer,
+        max_depth: a.max_depth.max(1),
+        max_delta_share: a.max_delta_share,
+        force: a.force,
+        host_type: None,
+        quiet: cli.quiet || a.json,
+    };
+    let r = crate::build::upgrade::upgrade(&prof, &a.profile, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if let Some(v) = &r.version {
+        println!(
+            "{} {v}: {} layer ({}), {} layer(s), image {}; {} upgraded, {} added, {} removed; {:.1}s",
+            r.profile,
+            r.layer.as_deref().unwrap_or(""),
+            human_bytes(r.new_layer_bytes),
+            r.layers.len(),
+            human_bytes(r.image_bytes),
+            r.upgraded.len(),
+            r.added.len(),
+            r.removed.len(),
+            r.seconds
+        );
+        if let Some(c) = &r.compacted_because {
+            println!("flattened: {c}");
+        }
+    } else {
+        println!(
+            "{}: nothing to upgrade from {} (use --force for a new image anyway)",
+            r.profile, r.parent
+        );
+    }
+    Ok(0)
 }
 
 fn run_build(cli: &Cli, a: &BuildArgs) -> Result<i32> {
@@ -907,6 +996,57 @@ fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
                 );
             }
             Ok(if r.ok { 0 } else { 1 })
+        }
+        ImageCommand::Diff { a, b, json } => {
+            let ma = image::read_manifest(&image::resolve(&cli.store, a)?)?;
+            let mb = image::read_manifest(&image::resolve(&cli.store, b)?)?;
+            let d = image::diff(&ma, &mb);
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                println!("{} -> {}", d.from, d.to);
+                for p in &d.added {
+                    println!("  + {} {}", p.name, p.version);
+                }
+                for p in &d.removed {
+                    println!("  - {} {}", p.name, p.version);
+                }
+                for (n, o, v) in &d.changed {
+                    println!("  ~ {n} {o} -> {v}");
+                }
+                println!(
+                    "{} added, {} removed, {} changed",
+                    d.added.len(),
+                    d.removed.len(),
+                    d.changed.len()
+                );
+            }
+            Ok(0)
+        }
+        ImageCommand::Prune {
+            keep,
+            dry_run,
+            json,
+        } => {
+            let booted = image::booted_image();
+            let gone = image::prune(&cli.store, *keep, booted.as_deref(), *dry_run)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&gone)?);
+            } else {
+                for g in &gone {
+                    println!(
+                        "{} {}",
+                        if *dry_run { "would remove" } else { "removed" },
+                        g.display()
+                    );
+                }
+                println!(
+                    "{} image(s) {}",
+                    gone.len(),
+                    if *dry_run { "to remove" } else { "removed" }
+                );
+            }
+            Ok(0)
         }
         ImageCommand::Sign { image: spec } => {
             let dir = image::resolve(&cli.store, spec)?;

@@ -95,6 +95,13 @@ pub struct Hook {
     pub script: String,
 }
 
+impl Hook {
+    /// What identifies the hook in a manifest: the SHA-256 of its script.
+    pub fn digest(&self) -> String {
+        crate::trust::hash::sha256_hex(self.script.as_bytes())
+    }
+}
+
 /// A path kept on a data partition: `path` becomes a symlink to
 /// `/<partition>/<dir>`, the partition is mounted by label with `nofail`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,10 +21,10 @@ pub const DEBOOTSTRAP: Tool = Tool {
 };
 
 /// Mounts made for the chroot phase; all undone on drop, deepest first.
-struct ChrootMounts(PathBuf);
+pub(crate) struct ChrootMounts(PathBuf);
 
 impl ChrootMounts {
-    fn mount(root: &Path, mirrors: &[PathBuf]) -> Result<ChrootMounts> {
+    pub(crate) fn mount(root: &Path, mirrors: &[PathBuf]) -> Result<ChrootMounts> {
         let guard = ChrootMounts(root.to_path_buf());
         let m = |args: &[&str], target: &Path| -> Result<()> {
             fs::create_dir_all(target)?;
@@ -59,7 +59,28 @@ impl Drop for ChrootMounts {
     }
 }
 
-fn chroot(root: &Path, args: &[&str]) -> Result<()> {
+/// The local mirrors as an apt source list in the tree (and the keyring files
+/// the lines name, at the same paths); returns the list's path.
+pub(crate) fn apt_sources(
+    rootfs: &Path,
+    mirrors: &[(MirrorPaths, MirrorState, Vec<String>)],
+) -> Result<PathBuf> {
+    let list = inside(rootfs, "/etc/apt/sources.list.d/cairn-build.list");
+    let lines: Vec<String> = mirrors.iter().flat_map(|(_, _, l)| l.clone()).collect();
+    fs::write(&list, lines.join("\n") + "\n")?;
+    for (_, s, _) in mirrors {
+        for k in &s.repo.keyring {
+            let target = inside(rootfs, &k.display().to_string());
+            if !target.exists() {
+                fs::create_dir_all(target.parent().unwrap_or(rootfs))?;
+                fs::copy(k, &target).with_context(|| format!("copying keyring {}", k.display()))?;
+            }
+        }
+    }
+    Ok(list)
+}
+
+pub(crate) fn chroot(root: &Path, args: &[&str]) -> Result<()> {
     Cmd::new("chroot")
         .arg(root)
         .args(args)
@@ -124,20 +145,8 @@ pub fn bootstrap(
     // Then apt in the chroot, with every local mirror of the suite family.
     let roots: Vec<PathBuf> = mirrors.iter().map(|(p, _, _)| p.root.clone()).collect();
     let _mounts = ChrootMounts::mount(rootfs, &roots)?;
-    let list = inside(rootfs, "/etc/apt/sources.list.d/cairn-build.list");
-    let lines: Vec<String> = mirrors.iter().flat_map(|(_, _, l)| l.clone()).collect();
-    fs::write(&list, lines.join("\n") + "\n")?;
-    // The keyring files the sources name, at the same paths.
-    for (_, s, _) in mirrors {
-        for k in &s.repo.keyring {
-            let target = inside(rootfs, &k.display().to_string());
-            if !target.exists() {
-                fs::create_dir_all(target.parent().unwrap_or(rootfs))?;
-                fs::copy(k, &target).with_context(|| format!("copying keyring {}", k.display()))?;
-            }
-        }
-    }
     let _ = fs::remove_file(inside(rootfs, "/etc/apt/sources.list"));
+    let list = apt_sources(rootfs, mirrors)?;
     chroot(
         rootfs,
         &["apt-get", "update", "-o", "Acquire::Languages=none"],

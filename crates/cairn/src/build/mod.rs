@@ -6,6 +6,7 @@
 
 pub mod customize;
 pub mod debootstrap;
+pub mod upgrade;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -155,7 +156,8 @@ pub fn preflight_mirror(
 }
 
 /// Unmounts anything still mounted below `dir` (a killed build's /proc,
-/// /dev…) so removing the tree can never reach into the host.
+/// /dev…) so removing the tree can never reach into the host. `dir` itself
+/// stays mounted if it is a mount point.
 pub fn unmount_below(dir: &Path) -> Result<()> {
     let Ok(canon) = dir.canonicalize() else {
         return Ok(());
@@ -173,7 +175,7 @@ pub fn unmount_below(dir: &Path) -> Result<()> {
                         .replace("\\134", "\\"),
                 )
             })
-            .filter(|p| p.starts_with(&canon))
+            .filter(|p| p.starts_with(&canon) && *p != canon)
             .collect();
         if points.is_empty() {
             return Ok(());
@@ -190,7 +192,7 @@ pub fn unmount_below(dir: &Path) -> Result<()> {
 }
 
 /// A work directory removed on drop (after unmounting anything below it).
-struct WorkDir(PathBuf);
+pub(crate) struct WorkDir(pub(crate) PathBuf);
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
@@ -209,12 +211,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         }
     };
     // Everything that can fail early does, before any work.
-    let is_root = Cmd::new("id")
-        .arg("-u")
-        .run()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if !is_root {
+    if !crate::fsutil::is_root() {
         bail!("cairn build needs root (mmdebstrap --mode=root, hooks that chroot)");
     }
     let boot_tool = match profile.bootstrap {
@@ -386,6 +383,8 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         bootable: compression.bootable(),
         parent: None,
         layers: vec![SQUASHFS.into()],
+        requested: packages.clone(),
+        hooks: profile.hooks.iter().map(|h| h.digest()).collect(),
         packages: installed,
         files: Default::default(),
         data: profile.data.clone(),
@@ -446,7 +445,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     })
 }
 
-fn host_name(h: HostType) -> &'static str {
+pub(crate) fn host_name(h: HostType) -> &'static str {
     match h {
         HostType::Physical => "physical",
         HostType::Virtual => "virtual",
@@ -534,7 +533,7 @@ pub(crate) fn write_hooks(profile: &Profile, work: &Path) -> Result<Vec<PathBuf>
     Ok(out)
 }
 
-fn installed_packages(root: &Path) -> Result<Vec<PackageVersion>> {
+pub(crate) fn installed_packages(root: &Path) -> Result<Vec<PackageVersion>> {
     let out = Cmd::new("dpkg-query")
         .arg(format!(
             "--admindir={}",
@@ -562,7 +561,7 @@ fn installed_packages(root: &Path) -> Result<Vec<PackageVersion>> {
 }
 
 /// The newest kernel in /boot and its initrd.
-fn find_kernel(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
+pub(crate) fn find_kernel(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
     let boot = root.join("boot");
     let mut versions: Vec<String> = fs::read_dir(&boot)
         .with_context(|| format!("reading {}", boot.display()))?

@@ -64,6 +64,12 @@ pub struct Manifest {
     pub parent: Option<String>,
     /// squashfs layers, lowest first.
     pub layers: Vec<String>,
+    /// Packages the profile asked for (with the host type's), before dependencies.
+    #[serde(default)]
+    pub requested: Vec<String>,
+    /// SHA-256 of each hook script applied to the tree (an upgrade runs only new ones).
+    #[serde(default)]
+    pub hooks: Vec<String>,
     pub packages: Vec<PackageVersion>,
     /// File name → size in bytes.
     pub files: BTreeMap<String, u64>,
@@ -375,4 +381,113 @@ fn rand_suffix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// What changed between two images' package lists.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Diff {
+    pub from: String,
+    pub to: String,
+    pub added: Vec<PackageVersion>,
+    pub removed: Vec<PackageVersion>,
+    /// (name, from version, to version); also downgrades.
+    pub changed: Vec<(String, String, String)>,
+}
+
+pub fn diff(a: &Manifest, b: &Manifest) -> Diff {
+    let old: BTreeMap<&str, &PackageVersion> =
+        a.packages.iter().map(|p| (p.name.as_str(), p)).collect();
+    let new: BTreeMap<&str, &PackageVersion> =
+        b.packages.iter().map(|p| (p.name.as_str(), p)).collect();
+    Diff {
+        from: format!("{}/{}", a.profile, a.version),
+        to: format!("{}/{}", b.profile, b.version),
+        added: new
+            .iter()
+            .filter(|(n, _)| !old.contains_key(*n))
+            .map(|(_, p)| (*p).clone())
+            .collect(),
+        removed: old
+            .iter()
+            .filter(|(n, _)| !new.contains_key(*n))
+            .map(|(_, p)| (*p).clone())
+            .collect(),
+        changed: new
+            .iter()
+            .filter_map(|(n, p)| {
+                old.get(n)
+                    .filter(|o| o.version != p.version)
+                    .map(|o| (n.to_string(), o.version.clone(), p.version.clone()))
+            })
+            .collect(),
+    }
+}
+
+/// Images of each profile beyond the newest `keep`, except those a kept
+/// image is built on (its layers live in its own directory, hard-linked, so
+/// a parent can go) and the one named `booted`. Returns what was removed.
+pub fn prune(
+    store: &Path,
+    keep: usize,
+    booted: Option<&str>,
+    dry_run: bool,
+) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let all = list(store)?;
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for e in all {
+        let n = seen.entry(e.profile.clone()).or_default();
+        *n += 1;
+        let id = format!("{}/{}", e.profile, e.version);
+        if *n <= keep.max(1) || booted == Some(id.as_str()) {
+            continue;
+        }
+        if !dry_run {
+            fs::remove_dir_all(&e.path)
+                .with_context(|| format!("removing {}", e.path.display()))?;
+        }
+        removed.push(e.path);
+    }
+    Ok(removed)
+}
+
+/// The image this system booted from (`cairn.image=` on the kernel command line).
+pub fn booted_image() -> Option<String> {
+    fs::read_to_string("/proc/cmdline").ok().and_then(|c| {
+        c.split_whitespace()
+            .find_map(|p| p.strip_prefix("cairn.image=").map(String::from))
+    })
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::*;
+
+    fn m(v: &str, pk: &[(&str, &str)]) -> Manifest {
+        let mut m: Manifest = serde_json::from_str(&format!(
+            r#"{{"schema-version":1,"profile":"p","profile-hash":"h","profile-commit":null,"version":"{v}","suite":"s","architecture":"amd64","host-type":"virtual","kernel":"k","kernel-cmdline":[],"compression":"zstd","level":null,"bootable":true,"parent":null,"layers":["filesystem.squashfs"],"packages":[],"files":{{}},"data":[],"built-at":0,"build-seconds":0.0,"signed-by":null,"cairn-version":"0"}}"#
+        ))
+        .unwrap();
+        m.packages = pk
+            .iter()
+            .map(|(n, v)| PackageVersion {
+                name: n.to_string(),
+                version: v.to_string(),
+                architecture: "amd64".into(),
+            })
+            .collect();
+        m
+    }
+
+    #[test]
+    fn added_removed_changed() {
+        let d = diff(
+            &m("1", &[("a", "1"), ("b", "1"), ("c", "1")]),
+            &m("2", &[("a", "1"), ("b", "2"), ("d", "1")]),
+        );
+        assert_eq!(d.added[0].name, "d");
+        assert_eq!(d.removed[0].name, "c");
+        assert_eq!(d.changed, [("b".into(), "1".into(), "2".into())]);
+        assert_eq!((d.from.as_str(), d.to.as_str()), ("p/1", "p/2"));
+    }
 }

@@ -22,6 +22,8 @@ n=$(cat "$d/boots" 2>/dev/null || echo 0)
 say "data-boots=$n"
 if [ -e /etc/probe-stamp ]; then say "etc-stamp=present"; else say "etc-stamp=absent"; fi
 say "medium=$(awk '$2 == "/run/live/medium" { print $3 }' /proc/mounts)"
+say "less=$(command -v less || echo none)"
+if [ -e /etc/issue.net ]; then say "issue.net=present"; else say "issue.net=absent"; fi
 echo $((n + 1)) > "$d/boots"
 sync
 date > /etc/probe-stamp
@@ -504,5 +506,118 @@ pub fn secure_boot(store: &Path, work: &Path, img: &Path) {
         r.console.contains("secureboot: Secure boot enabled"),
         "{}",
         r.console
+    );
+}
+
+/// Upgrades: `webtest2` (the `webtest` profile plus `less`, minus
+/// /etc/issue.net) upgrades the latest webtest image as a delta layer, which
+/// boots with the package and without the file; four more upgrades (forced:
+/// nothing else changed) pass the depth limit, the chain is flattened, and
+/// the last image still boots with both changes.
+pub fn upgrades(store: &Path, work: &Path, v2: &Path, base: &Path) {
+    let v2s = v2.to_str().unwrap();
+    let up = |force: bool| -> serde_json::Value {
+        let mut a = vec!["upgrade", v2s, "--json"];
+        if force {
+            a.push("--force");
+        }
+        serde_json::from_str(&ok(cairn(store, &a))).unwrap()
+    };
+    let r = up(false);
+    assert_eq!(r["layer"], "delta", "{r}");
+    assert_eq!(r["added"], serde_json::json!(["less"]), "{r}");
+    assert_eq!(r["layers"].as_array().unwrap().len(), 2, "{r}");
+    let base_bytes = fs::metadata(base.join("filesystem.squashfs"))
+        .unwrap()
+        .len();
+    let delta = r["new_layer_bytes"].as_u64().unwrap();
+    eprintln!("delta layer {delta} bytes, base {base_bytes} bytes");
+    assert!(
+        delta * 10 < base_bytes,
+        "delta {delta} vs base {base_bytes}"
+    );
+    let delta_img = PathBuf::from(r["path"].as_str().unwrap());
+    // Nothing changed since: no image.
+    let again = up(false);
+    assert!(again["version"].is_null(), "{again}");
+
+    let disk = work.join("upgrade.img");
+    ok(cairn(
+        store,
+        &[
+            "disk",
+            "create",
+            disk.to_str().unwrap(),
+            "--image",
+            delta_img.to_str().unwrap(),
+            "--data-size",
+            "32M",
+            "--timeout",
+            "1",
+        ],
+    ));
+    let b = vm(store, &disk, "bios", None, &[], "delta");
+    assert_eq!(
+        b.marker.as_deref(),
+        Some(marker_of(&delta_img).as_str()),
+        "{}",
+        b.console
+    );
+    assert!(
+        b.markers.contains("PROBE less=/usr/bin/less"),
+        "{}",
+        b.markers
+    );
+    assert!(
+        b.markers.contains("PROBE issue.net=absent"),
+        "{}",
+        b.markers
+    );
+
+    let mut depths = Vec::new();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..4 {
+        last = up(true);
+        depths.push(last["layers"].as_array().unwrap().len());
+    }
+    assert_eq!(depths, [3, 4, 1, 2], "{last}");
+    let final_img = PathBuf::from(last["path"].as_str().unwrap());
+    let v = serde_json::from_str::<serde_json::Value>(&ok(cairn(
+        store,
+        &["image", "verify", final_img.to_str().unwrap(), "--json"],
+    )))
+    .unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let disk2 = work.join("upgrade2.img");
+    ok(cairn(
+        store,
+        &[
+            "disk",
+            "create",
+            disk2.to_str().unwrap(),
+            "--image",
+            final_img.to_str().unwrap(),
+            "--data-size",
+            "32M",
+            "--timeout",
+            "1",
+        ],
+    ));
+    let f = vm(store, &disk2, "uefi", None, &[], "compacted");
+    assert_eq!(
+        f.marker.as_deref(),
+        Some(marker_of(&final_img).as_str()),
+        "{}",
+        f.console
+    );
+    assert!(
+        f.markers.contains("PROBE less=/usr/bin/less"),
+        "{}",
+        f.markers
+    );
+    assert!(
+        f.markers.contains("PROBE issue.net=absent"),
+        "{}",
+        f.markers
     );
 }

@@ -137,6 +137,15 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
     )
     .unwrap();
     let db_s = db.to_str().unwrap();
+    // The next version of webtest: one package more, one file less.
+    let v2 = dir.path().join("webtest2.toml");
+    fs::write(
+        &v2,
+        "schema-version = 1\nname = \"webtest\"\nextends = \"webtest.toml\"\npackages = [\"less\"]\n\
+[[hooks]]\nscript = \"rm -f \\\"$1/etc/issue.net\\\"\"\n",
+    )
+    .unwrap();
+    let v2_s = v2.to_str().unwrap();
 
     // Before a mirror or a key exists, build says what to do.
     let err = fails(cairn(&store, &["build", "default"]));
@@ -174,6 +183,8 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
             profile_s,
             "--profile",
             db_s,
+            "--profile",
+            v2_s,
             "--all-versions",
         ],
     ));
@@ -383,4 +394,5 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
     let virt_img = PathBuf::from(virt["path"].as_str().unwrap());
     crate::boot::proofs(&store, dir.path(), &image, &virt_img);
     crate::boot::secure_boot(&store, dir.path(), &virt_img);
+    crate::boot::upgrades(&store, dir.path(), &v2, &virt_img);
 }

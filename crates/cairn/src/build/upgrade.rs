@@ -1,0 +1,509 @@
+//! `cairn upgrade`: the next image of a profile made from its latest image.
+//! The latest image's layers are mounted read-only and stacked with
+//! overlayfs under a fresh upper directory; inside, apt upgrades from the
+//! local mirror, the profile's package changes, files and hooks are applied.
+//! The upper directory — overlayfs whiteouts and opaque directories
+//! included, so deletions survive — becomes a new squashfs layer on top of
+//! the parent's (a *delta*), or the merged tree becomes one new squashfs
+//! (*full*, flattened). Chains are flattened automatically past a depth or
+//! when their deltas outgrow a share of the base.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::customize::{self, inside};
+use super::debootstrap::{ChrootMounts, apt_sources, chroot};
+use super::{
+    WorkDir, find_kernel, host_name, installed_packages, mirror_sources, preflight_mirror,
+};
+use crate::cmd::{Cmd, require};
+use crate::image::{self, Manifest, SQUASHFS, squashfs};
+use crate::parallel;
+use crate::profile::{HostType, Profile};
+use crate::trust::keys;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerMode {
+    /// A delta unless the chain is too deep or its deltas too big.
+    Auto,
+    Delta,
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpgradeOptions {
+    pub store: PathBuf,
+    pub mode: LayerMode,
+    /// Flatten when the new image would have more layers than this.
+    pub max_depth: usize,
+    /// Flatten when the deltas together pass this share of the base layer.
+    pub max_delta_share: f64,
+    /// Make an image even when nothing changed.
+    pub force: bool,
+    pub host_type: Option<HostType>,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpgradeReport {
+    pub profile: String,
+    pub parent: String,
+    /// None when nothing changed (and no image was made).
+    pub version: Option<String>,
+    pub path: Option<PathBuf>,
+    /// "delta" or "full".
+    pub layer: Option<String>,
+    pub layers: Vec<String>,
+    pub upgraded: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub new_layer_bytes: u64,
+    pub image_bytes: u64,
+    pub compacted_because: Option<String>,
+    pub seconds: f64,
+}
+
+/// Mounts of the layer stack, undone on drop.
+struct Stack(PathBuf);
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Err(e) = super::unmount_below(&self.0) {
+            tracing::warn!("{e:#}");
+        }
+    }
+}
+
+fn mount(args: &[&str], target: &Path) -> Result<()> {
+    fs::create_dir_all(target)?;
+    Cmd::new("mount").args(args).arg(target).run().map(|_| ())
+}
+
+fn apt(root: &Path, args: &[&str]) -> Result<String> {
+    let mut a = vec![
+        "apt-get",
+        "-y",
+        "-o",
+        "APT::Install-Recommends=false",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+    ];
+    a.extend(args);
+    let out = Cmd::new("chroot")
+        .arg(root)
+        .args(&a)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()
+        .with_context(|| format!("apt-get {} in the image", args.join(" ")))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `Inst NAME [OLD] (NEW …)` lines of `apt-get -s`: packages apt would
+/// upgrade.
+fn simulated_upgrades(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("Inst "))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next()?;
+            // `Inst name [old] (new …)`: an upgrade; without `[old]`, a new package.
+            w.next()?.starts_with('[').then(|| name.to_string())
+        })
+        .collect()
+}
+
+pub fn upgrade(
+    profile: &Profile,
+    profile_arg: &str,
+    opts: &UpgradeOptions,
+) -> Result<UpgradeReport> {
+    let t0 = Instant::now();
+    let say = |m: &str| {
+        if !opts.quiet {
+            eprintln!("[{:>6.1}s] {m}", t0.elapsed().as_secs_f64());
+        }
+    };
+    if !crate::fsutil::is_root() {
+        bail!("cairn upgrade needs root (loop and overlay mounts, apt in a chroot)");
+    }
+    require(&[&squashfs::MKSQUASHFS])?;
+    let key = keys::load(&opts.store)?;
+    let parent_dir = image::resolve(&opts.store, &profile.name).with_context(|| {
+        format!(
+            "no image of {} to upgrade: `cairn build {profile_arg}` first",
+            profile.name
+        )
+    })?;
+    let parent = image::read_manifest(&parent_dir)?;
+    let host = opts.host_type.unwrap_or(match parent.host_type.as_str() {
+        "physical" => HostType::Physical,
+        _ => HostType::Virtual,
+    });
+    let wanted = profile.all_packages(host);
+    let added: Vec<String> = wanted
+        .iter()
+        .filter(|p| !parent.packages.iter().any(|x| &x.name == *p))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = parent
+        .requested
+        .iter()
+        .filter(|p| !wanted.contains(p))
+        .cloned()
+        .collect();
+    let profile_changed = profile.hash()? != parent.profile_hash;
+    let mirrors = mirror_sources(&opts.store, &profile.suite)?;
+    preflight_mirror(&opts.store, profile, &wanted, profile_arg)?;
+
+    let images = image::images_dir(&opts.store);
+    let _lock = crate::fsutil::Lock::acquire(
+        &images.join(format!(".{}.lock", profile.name)),
+        &format!("profile {}", profile.name),
+        false,
+        "",
+    )?;
+    let pdir = images.join(&profile.name);
+    let started = crate::unix_now();
+    let mut version = cairn_debian::date::format_compact(started);
+    let mut n = 1;
+    while pdir.join(&version).exists() || version <= parent.version {
+        n += 1;
+        version = format!("{}-{n}", cairn_debian::date::format_compact(started));
+    }
+    let work = WorkDir(pdir.join(format!(".upgrade-{version}")));
+    let _ = super::unmount_below(&work.0);
+    let _ = fs::remove_dir_all(&work.0);
+    fs::create_dir_all(&work.0)?;
+    let root = work.0.join("root");
+    let upper = work.0.join("upper");
+    let ovl = work.0.join("ovl-work");
+    fs::create_dir_all(&upper)?;
+    fs::create_dir_all(&ovl)?;
+
+    // The parent's layers, lowest first, read-only; overlayfs wants the
+    // topmost first.
+    let stack = Stack(work.0.clone());
+    let mut lowers = Vec::new();
+    for (i, l) in parent.layers.iter().enumerate() {
+        let m = work.0.join(format!("lower{i}"));
+        mount(
+            &[
+                "-t",
+                "squashfs",
+                "-o",
+                "loop,ro",
+                parent_dir.join(l).to_str().unwrap(),
+            ],
+            &m,
+        )
+        .with_context(|| format!("mounting layer {l}"))?;
+        lowers.push(m);
+    }
+    let lowerdir: Vec<String> = lowers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    mount(
+        &[
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            &format!(
+                "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+                lowerdir.join(":"),
+                upper.display(),
+                ovl.display()
+            ),
+        ],
+        &root,
+    )
+    .context("stacking the layers with overlayfs")?;
+    say(&format!(
+        "{} {} ({} layer(s)) mounted with a fresh upper directory",
+        profile.name,
+        parent.version,
+        parent.layers.len()
+    ));
+
+    // apt from the local mirrors, in a chroot.
+    let roots: Vec<PathBuf> = mirrors.iter().map(|(p, _, _)| p.root.clone()).collect();
+    let mounts = ChrootMounts::mount(&root, &roots)?;
+    let list = apt_sources(&root, &mirrors)?;
+    let only_ours = [
+        "-o",
+        "Dir::Etc::SourceList=/etc/apt/sources.list.d/cairn-build.list",
+        "-o",
+        "Dir::Etc::SourceParts=/nonexistent",
+        "-o",
+        "Acquire::Languages=none",
+    ];
+    let with = |args: &[&str]| -> Vec<String> {
+        only_ours
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |args: &[&str]| -> Result<String> {
+        let a = with(args);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        apt(&root, &a)
+    };
+    run(&["update"])?;
+    let upgraded = simulated_upgrades(&run(&["-s", "dist-upgrade"])?);
+    if upgraded.is_empty()
+        && added.is_empty()
+        && removed.is_empty()
+        && !profile_changed
+        && !opts.force
+    {
+        drop(mounts);
+        drop(stack);
+        say("nothing to upgrade: no newer packages in the mirror, the profile is unchanged");
+        return Ok(UpgradeReport {
+            profile: profile.name.clone(),
+            parent: format!("{}/{}", parent.profile, parent.version),
+            version: None,
+            path: None,
+            layer: None,
+            layers: parent.layers.clone(),
+            upgraded,
+            added,
+            removed,
+            new_layer_bytes: 0,
+            image_bytes: 0,
+            compacted_because: None,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    say(&format!(
+        "{} upgrade(s), {} to add, {} to remove{}",
+        upgraded.len(),
+        added.len(),
+        removed.len(),
+        if profile_changed {
+            ", profile changed"
+        } else {
+            ""
+        }
+    ));
+    run(&["dist-upgrade"])?;
+    if !added.is_empty() {
+        let mut a = vec!["install"];
+        a.extend(added.iter().map(String::as_str));
+        run(&a)?;
+    }
+    if !removed.is_empty() {
+        let mut a = vec!["purge"];
+        a.extend(removed.iter().map(String::as_str));
+        run(&a)?;
+        run(&["autoremove", "--purge"])?;
+    }
+    if profile_changed {
+        for f in &profile.files {
+            let dest = inside(&root, &f.dest);
+            let new =
+                fs::read(&f.source).with_context(|| format!("reading {}", f.source.display()))?;
+            if fs::read(&dest).is_ok_and(|old| old == new) {
+                // Unchanged: no copy in the delta.
+                continue;
+            }
+            fs::create_dir_all(dest.parent().unwrap_or(&root))?;
+            fs::copy(&f.source, &dest)
+                .with_context(|| format!("copying {} to {}", f.source.display(), f.dest))?;
+            fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(f.mode))?;
+        }
+        for (p, h) in super::write_hooks(profile, &work.0)?
+            .iter()
+            .zip(&profile.hooks)
+        {
+            if parent.hooks.contains(&h.digest()) {
+                // Applied when the parent was made.
+                continue;
+            }
+            say(&format!("hook {}", h.name));
+            Cmd::new("sh")
+                .arg(p)
+                .arg(&root)
+                .env("MMDEBSTRAP_MODE", "root")
+                .env("MMDEBSTRAP_HOOK", "customize")
+                .run()
+                .with_context(|| format!("hook {}", h.name))?;
+        }
+        customize::hostname(&root, &profile.hostname)?;
+        customize::root_access(&root, profile)?;
+    }
+    chroot(&root, &["apt-get", "clean"])?;
+    fs::remove_file(&list)?;
+    drop(mounts);
+    customize::boot_marker(&root, &profile.name, &version)?;
+    let packages = installed_packages(&root)?;
+    let (kernel, vmlinuz, initrd) = find_kernel(&root)?;
+    let out = work.0.join("out");
+    fs::create_dir_all(&out)?;
+    fs::copy(&vmlinuz, out.join("vmlinuz"))?;
+    fs::copy(&initrd, out.join("initrd.img"))?;
+    customize::clean(&root)?;
+
+    // Delta or full.
+    let base_bytes = fs::metadata(parent_dir.join(&parent.layers[0]))?.len();
+    let delta_bytes: u64 = parent.layers[1..]
+        .iter()
+        .map(|l| fs::metadata(parent_dir.join(l)).map_or(0, |m| m.len()))
+        .sum();
+    let compaction = if parent.layers.len() + 1 > opts.max_depth {
+        Some(format!(
+            "the chain would have {} layers (more than {})",
+            parent.layers.len() + 1,
+            opts.max_depth
+        ))
+    } else if delta_bytes as f64 > opts.max_delta_share * base_bytes as f64 {
+        Some(format!(
+            "the deltas ({} MiB) pass {:.0}% of the base ({} MiB)",
+            delta_bytes >> 20,
+            opts.max_delta_share * 100.0,
+            base_bytes >> 20
+        ))
+    } else {
+        None
+    };
+    let full = match opts.mode {
+        LayerMode::Full => true,
+        LayerMode::Delta => false,
+        LayerMode::Auto => compaction.is_some(),
+    };
+    let compression = profile.image.compression;
+    let level = profile.image.level;
+    let (layers, new_layer) = if full {
+        say(&format!(
+            "flattening into one squashfs{}",
+            compaction
+                .as_deref()
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default()
+        ));
+        squashfs::pack(
+            &root,
+            &out.join(SQUASHFS),
+            compression,
+            level,
+            parallel::cpus(),
+            Some(started),
+        )?;
+        (vec![SQUASHFS.to_string()], SQUASHFS.to_string())
+    } else {
+        let name = format!("layer-{version}.squashfs");
+        say(&format!("packing the upper directory as {name}"));
+        stack_root_unmount(&root)?;
+        squashfs::pack(
+            &upper,
+            &out.join(&name),
+            compression,
+            level,
+            parallel::cpus(),
+            Some(started),
+        )?;
+        for l in &parent.layers {
+            fs::hard_link(parent_dir.join(l), out.join(l))
+                .or_else(|_| fs::copy(parent_dir.join(l), out.join(l)).map(|_| ()))?;
+        }
+        let mut v = parent.layers.clone();
+        v.push(name.clone());
+        (v, name)
+    };
+    drop(stack);
+    fs::write(
+        out.join(format!("{}.module", profile.name)),
+        layers.join("\n") + "\n",
+    )?;
+    let mut manifest = Manifest {
+        version: version.clone(),
+        profile_hash: profile.hash()?,
+        profile_commit: profile.git_commit(),
+        host_type: host_name(host).into(),
+        kernel,
+        parent: Some(format!("{}/{}", parent.profile, parent.version)),
+        layers: layers.clone(),
+        requested: wanted,
+        hooks: profile.hooks.iter().map(|h| h.digest()).collect(),
+        packages,
+        files: Default::default(),
+        data: profile.data.clone(),
+        built_at: started,
+        build_seconds: 0.0,
+        signed_by: Some(key.fingerprint.clone()),
+        cairn_version: env!("CARGO_PKG_VERSION").into(),
+        ..parent.clone()
+    };
+    for e in fs::read_dir(&out)?.flatten() {
+        manifest.files.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            e.metadata()?.len(),
+        );
+    }
+    manifest.build_seconds = t0.elapsed().as_secs_f64();
+    fs::write(
+        out.join(image::MANIFEST),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    image::seal(&out, &key)?;
+    let new_layer_bytes = fs::metadata(out.join(&new_layer))?.len();
+    let image_bytes = layers
+        .iter()
+        .map(|l| fs::metadata(out.join(l)).map_or(0, |m| m.len()))
+        .sum();
+    let dest = pdir.join(&version);
+    crate::fsutil::sync_dir(&out)?;
+    fs::rename(&out, &dest).with_context(|| format!("moving the image to {}", dest.display()))?;
+    crate::fsutil::sync_dir(&pdir)?;
+    drop(work);
+    say(&format!(
+        "image {} {version} ({}) -> {}",
+        profile.name,
+        if full { "full" } else { "delta" },
+        dest.display()
+    ));
+    Ok(UpgradeReport {
+        profile: profile.name.clone(),
+        parent: format!("{}/{}", parent.profile, parent.version),
+        version: Some(version),
+        path: Some(dest),
+        layer: Some(if full { "full" } else { "delta" }.into()),
+        layers,
+        upgraded,
+        added,
+        removed,
+        new_layer_bytes,
+        image_bytes,
+        compacted_because: if full { compaction } else { None },
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Unmounts the overlay (the upper directory is only complete once it is
+/// unmounted) before packing the upper directory.
+fn stack_root_unmount(root: &Path) -> Result<()> {
+    Cmd::new("umount").arg(root).run()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn upgrades_are_read_from_apt_simulation() {
+        let out = "Reading package lists...\n\
+                   Inst libc6 [2.36-9+deb12u9] (2.36-9+deb12u10 Debian:12.9/stable [amd64])\n\
+                   Inst newpkg (1.0 Debian:12.9/stable [amd64])\n\
+                   Conf libc6 (2.36-9+deb12u10 Debian:12.9/stable [amd64])\n";
+        assert_eq!(super::simulated_upgrades(out), ["libc6"]);
+    }
+}
