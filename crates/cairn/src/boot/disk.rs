@@ -747,11 +747,33 @@ pub fn add_images(
         }
         let tmp = dest.with_file_name(format!(".{}.new", m.version));
         let _ = fs::remove_dir_all(&tmp);
-        // Hard links cannot cross file systems: copy.
+        // Layers the disk already has (the parent's, same name and signed
+        // hash) are hard-linked; the rest is copied.
         fs::create_dir_all(&tmp)?;
+        let mine = signed_sums(i);
+        let on_disk: Vec<(PathBuf, std::collections::BTreeMap<String, String>)> = m
+            .parent
+            .iter()
+            .map(|p| mnt.dir.join("images").join(p))
+            .filter(|d| d.is_dir())
+            .map(|d| {
+                let s = signed_sums(&d);
+                (d, s)
+            })
+            .collect();
         for e in fs::read_dir(i)?.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if n.ends_with(".iso") || n.ends_with(".iso.sig") {
+                continue;
+            }
+            let same = n.ends_with(".squashfs").then(|| {
+                on_disk
+                    .iter()
+                    .find(|(_, sums)| mine.get(&n).is_some_and(|h| sums.get(&n) == Some(h)))
+            });
+            if let Some(Some((d, _))) = same
+                && fs::hard_link(d.join(&n), tmp.join(&n)).is_ok()
+            {
                 continue;
             }
             fs::copy(e.path(), tmp.join(&n))
@@ -763,6 +785,16 @@ pub fn add_images(
         }
     }
     refresh(&key, &mnt.dir)
+}
+
+/// File name → SHA-256 from an image's SHA256SUMS (empty if unreadable).
+fn signed_sums(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    fs::read_to_string(dir.join("SHA256SUMS"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(h, n)| (n.to_string(), h.to_string()))
+        .collect()
 }
 
 /// Writes the menu of a mounted boot partition again from what is on it.
