@@ -216,14 +216,13 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
     // Boot the ISO: BIOS and UEFI; the booted system names its image.
     let iso = image.join("default.iso");
     let want = format!("CAIRN-BOOTED profile=default version={version}");
-    for fw in ["bios", "uefi"] {
-        let b = boot(&store, &iso, fw);
-        assert_eq!(b["marker_line"], want.as_str(), "{fw}: {b}");
-        eprintln!(
-            "{fw}: marker after {:.1}s (TCG)",
-            b["seconds_to_marker"].as_f64().unwrap()
-        );
-    }
+    // The ISO on UEFI (BIOS and UEFI through cairn's own GRUB: disks below).
+    let b = boot(&store, &iso, "uefi");
+    assert_eq!(b["marker_line"], want.as_str(), "{b}");
+    eprintln!(
+        "ISO on UEFI: marker after {:.1}s (TCG)",
+        b["seconds_to_marker"].as_f64().unwrap()
+    );
 
     // One changed byte in the squashfs: verify fails and names it.
     let sq = image.join("filesystem.squashfs");
@@ -394,5 +393,5 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
     let virt_img = PathBuf::from(virt["path"].as_str().unwrap());
     crate::boot::proofs(&store, dir.path(), &image, &virt_img);
     crate::boot::secure_boot(&store, dir.path(), &virt_img);
-    crate::boot::upgrades(&store, dir.path(), &v2, &virt_img);
+    crate::boot::upgrades(&store, dir.path(), &profile, &v2, &virt_img);
 }
