@@ -51,9 +51,10 @@ pub enum Command {
     /// SHA256SUMS and SHA512SUMS with detached signatures, and with --iso a
     /// hybrid BIOS+UEFI ISO. A failed or killed build leaves no partial image.
     Build(BuildArgs),
-    /// The next image of a profile, made from its latest image: a delta
-    /// layer (the changes only, deletions included) on top of the latest
-    /// image's layers, or one flattened squashfs. Upgrades packages from the
+    /// Make the next image of a profile from its latest one (a delta layer, or flattened).
+    ///
+    /// A delta layer holds the changes only, deletions included, on top of
+    /// the latest image's layers; a full image is one flattened squashfs. Upgrades packages from the
     /// local mirror and applies what changed in the profile (packages added
     /// or removed, files, hooks). Chains deeper than --max-depth layers, or
     /// whose deltas pass --max-delta-share of the base, are flattened. When
