@@ -26,13 +26,9 @@ pub(crate) struct ChrootMounts(PathBuf);
 impl ChrootMounts {
     pub(crate) fn mount(root: &Path, mirrors: &[PathBuf]) -> Result<ChrootMounts> {
         let guard = ChrootMounts(root.to_path_buf());
-        let m = |args: &[&str], target: &Path| -> Result<()> {
-            fs::create_dir_all(target)?;
-            Cmd::new("mount").args(args).arg(target).run().map(|_| ())
-        };
-        m(&["-t", "proc", "proc"], &root.join("proc"))?;
-        m(&["--rbind", "/sys"], &root.join("sys"))?;
-        m(&["--rbind", "/dev"], &root.join("dev"))?;
+        mount_at(&["-t", "proc", "proc"], &root.join("proc"))?;
+        mount_at(&["--rbind", "/sys"], &root.join("sys"))?;
+        mount_at(&["--rbind", "/dev"], &root.join("dev"))?;
         for dir in mirrors {
             // Read-only, at the same path, so file:// sources work inside.
             let target = inside(root, &dir.display().to_string());
@@ -78,6 +74,36 @@ pub(crate) fn apt_sources(
         }
     }
     Ok(list)
+}
+
+/// `mount ARGS TARGET`, the target made first.
+pub(crate) fn mount_at(args: &[&str], target: &Path) -> Result<()> {
+    fs::create_dir_all(target)?;
+    Cmd::new("mount").args(args).arg(target).run().map(|_| ())
+}
+
+/// apt-get in the tree, non-interactive, without Recommends (as mmdebstrap:
+/// the mirror holds the closure without them), keeping existing conffiles.
+/// Returns its output.
+pub(crate) fn apt(root: &Path, args: &[&str]) -> Result<String> {
+    let mut a = vec![
+        "apt-get",
+        "-y",
+        "-o",
+        "APT::Install-Recommends=false",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+    ];
+    a.extend(args);
+    let out = Cmd::new("chroot")
+        .arg(root)
+        .args(&a)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()
+        .with_context(|| format!("apt-get {} in the image", args.join(" ")))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub(crate) fn chroot(root: &Path, args: &[&str]) -> Result<()> {
@@ -147,23 +173,8 @@ pub fn bootstrap(
     let _mounts = ChrootMounts::mount(rootfs, &roots)?;
     let _ = fs::remove_file(inside(rootfs, "/etc/apt/sources.list"));
     let list = apt_sources(rootfs, mirrors)?;
-    chroot(
-        rootfs,
-        &["apt-get", "update", "-o", "Acquire::Languages=none"],
-    )?;
-    chroot(
-        rootfs,
-        &[
-            "apt-get",
-            "-y",
-            // As mmdebstrap does: no Recommends (the mirror holds the closure without them).
-            "-o",
-            "APT::Install-Recommends=false",
-            "-o",
-            "Dpkg::Options::=--force-confdef",
-            "dist-upgrade",
-        ],
-    )?;
+    apt(rootfs, &["-o", "Acquire::Languages=none", "update"])?;
+    apt(rootfs, &["dist-upgrade"])?;
     // cairn's squashfs check in the initramfs, which debootstrap built without it.
     super::customize::live_verify(rootfs)?;
     chroot(rootfs, &["update-initramfs", "-u", "-k", "all"])?;

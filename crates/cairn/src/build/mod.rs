@@ -155,6 +155,60 @@ pub fn preflight_mirror(
     Ok(chosen.chosen.len())
 }
 
+/// The lock that keeps one build or upgrade per profile at a time, and the
+/// profile's directory in the store.
+pub(crate) fn lock_profile(store: &Path, name: &str) -> Result<(crate::fsutil::Lock, PathBuf)> {
+    let images = image::images_dir(store);
+    fs::create_dir_all(&images)?;
+    let lock = crate::fsutil::Lock::acquire(
+        &images.join(format!(".{name}.lock")),
+        &format!("profile {name}"),
+        false,
+        "",
+    )?;
+    Ok((lock, images.join(name)))
+}
+
+/// A new version name (a UTC stamp, `-N` when taken) that sorts after `after`.
+pub(crate) fn next_version(pdir: &Path, started: i64, after: Option<&str>) -> String {
+    let stamp = cairn_debian::date::format_compact(started);
+    let mut version = stamp.clone();
+    let mut n = 1;
+    while pdir.join(&version).exists() || after.is_some_and(|a| version.as_str() <= a) {
+        n += 1;
+        version = format!("{stamp}-{n}");
+    }
+    version
+}
+
+/// Records the files of `out` in the manifest, writes it, seals the image
+/// (boot.cfg, sums, signatures) and moves it into `pdir/<version>`.
+pub(crate) fn seal_and_publish(
+    out: &Path,
+    pdir: &Path,
+    manifest: &mut Manifest,
+    key: &keys::SigningKey,
+    t0: Instant,
+) -> Result<PathBuf> {
+    for e in fs::read_dir(out)?.flatten() {
+        manifest.files.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            e.metadata()?.len(),
+        );
+    }
+    manifest.build_seconds = t0.elapsed().as_secs_f64();
+    fs::write(
+        out.join(image::MANIFEST),
+        serde_json::to_vec_pretty(manifest)?,
+    )?;
+    image::seal(out, key)?;
+    let dest = pdir.join(&manifest.version);
+    crate::fsutil::sync_dir(out)?;
+    fs::rename(out, &dest).with_context(|| format!("moving the image to {}", dest.display()))?;
+    crate::fsutil::sync_dir(pdir)?;
+    Ok(dest)
+}
+
 /// Unmounts anything still mounted below `dir` (a killed build's /proc,
 /// /dev…) so removing the tree can never reach into the host. `dir` itself
 /// stays mounted if it is a mount point.
@@ -259,15 +313,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         packages.len()
     ));
 
-    let images = image::images_dir(&opts.store);
-    // One build per profile at a time.
-    let _lock = crate::fsutil::Lock::acquire(
-        &images.join(format!(".{}.lock", profile.name)),
-        &format!("profile {}", profile.name),
-        false,
-        "",
-    )?;
-    let pdir = images.join(&profile.name);
+    let (_lock, pdir) = lock_profile(&opts.store, &profile.name)?;
     fs::create_dir_all(&pdir)?;
     for e in fs::read_dir(&pdir)?.flatten() {
         if e.file_name().to_string_lossy().starts_with(".build-") {
@@ -277,12 +323,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         }
     }
     let started = crate::unix_now();
-    let mut version = cairn_debian::date::format_compact(started);
-    let mut n = 1;
-    while pdir.join(&version).exists() {
-        n += 1;
-        version = format!("{}-{n}", cairn_debian::date::format_compact(started));
-    }
+    let version = next_version(&pdir, started, None);
     let epoch = opts.epoch.unwrap_or(started);
     let work = WorkDir(pdir.join(format!(".build-{version}")));
     let rootfs = work.0.join("rootfs");
@@ -405,25 +446,9 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
             &work.0,
         )?;
     }
-    for e in fs::read_dir(&out)?.flatten() {
-        manifest.files.insert(
-            e.file_name().to_string_lossy().into_owned(),
-            e.metadata()?.len(),
-        );
-    }
-    manifest.build_seconds = t0.elapsed().as_secs_f64();
-    fs::write(
-        out.join(image::MANIFEST),
-        serde_json::to_vec_pretty(&manifest)?,
-    )?;
-    image::seal(&out, &key)?;
+    // 5. Sealed, then into the store, whole or not at all.
+    let dest = seal_and_publish(&out, &pdir, &mut manifest, &key, t0)?;
     stage("seal", t);
-
-    // 5. Into the store, whole or not at all.
-    let dest = pdir.join(&version);
-    crate::fsutil::sync_dir(&out)?;
-    fs::rename(&out, &dest).with_context(|| format!("moving the image to {}", dest.display()))?;
-    crate::fsutil::sync_dir(&pdir)?;
     drop(work);
     say(&format!(
         "image {} {version} -> {}",

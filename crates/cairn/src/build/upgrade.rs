@@ -16,9 +16,10 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::customize::{self, inside};
-use super::debootstrap::{ChrootMounts, apt_sources, chroot};
+use super::debootstrap::{ChrootMounts, apt, apt_sources, chroot, mount_at};
 use super::{
-    WorkDir, find_kernel, host_name, installed_packages, mirror_sources, preflight_mirror,
+    WorkDir, find_kernel, host_name, installed_packages, lock_profile, mirror_sources,
+    next_version, preflight_mirror, seal_and_publish,
 };
 use crate::cmd::{Cmd, require};
 use crate::image::{self, Manifest, SQUASHFS, squashfs};
@@ -79,32 +80,6 @@ impl Drop for Stack {
     }
 }
 
-fn mount(args: &[&str], target: &Path) -> Result<()> {
-    fs::create_dir_all(target)?;
-    Cmd::new("mount").args(args).arg(target).run().map(|_| ())
-}
-
-fn apt(root: &Path, args: &[&str]) -> Result<String> {
-    let mut a = vec![
-        "apt-get",
-        "-y",
-        "-o",
-        "APT::Install-Recommends=false",
-        "-o",
-        "Dpkg::Options::=--force-confdef",
-        "-o",
-        "Dpkg::Options::=--force-confold",
-    ];
-    a.extend(args);
-    let out = Cmd::new("chroot")
-        .arg(root)
-        .args(&a)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .run()
-        .with_context(|| format!("apt-get {} in the image", args.join(" ")))?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// `Inst NAME [OLD] (NEW …)` lines of `apt-get -s`: packages apt would
 /// upgrade.
 fn simulated_upgrades(out: &str) -> Vec<String> {
@@ -162,21 +137,9 @@ pub fn upgrade(
     let mirrors = mirror_sources(&opts.store, &profile.suite)?;
     preflight_mirror(&opts.store, profile, &wanted, profile_arg)?;
 
-    let images = image::images_dir(&opts.store);
-    let _lock = crate::fsutil::Lock::acquire(
-        &images.join(format!(".{}.lock", profile.name)),
-        &format!("profile {}", profile.name),
-        false,
-        "",
-    )?;
-    let pdir = images.join(&profile.name);
+    let (_lock, pdir) = lock_profile(&opts.store, &profile.name)?;
     let started = crate::unix_now();
-    let mut version = cairn_debian::date::format_compact(started);
-    let mut n = 1;
-    while pdir.join(&version).exists() || version <= parent.version {
-        n += 1;
-        version = format!("{}-{n}", cairn_debian::date::format_compact(started));
-    }
+    let version = next_version(&pdir, started, Some(&parent.version));
     let work = WorkDir(pdir.join(format!(".upgrade-{version}")));
     let _ = super::unmount_below(&work.0);
     let _ = fs::remove_dir_all(&work.0);
@@ -193,7 +156,7 @@ pub fn upgrade(
     let mut lowers = Vec::new();
     for (i, l) in parent.layers.iter().enumerate() {
         let m = work.0.join(format!("lower{i}"));
-        mount(
+        mount_at(
             &[
                 "-t",
                 "squashfs",
@@ -211,7 +174,7 @@ pub fn upgrade(
         .rev()
         .map(|p| p.display().to_string())
         .collect();
-    mount(
+    mount_at(
         &[
             "-t",
             "overlay",
@@ -444,27 +407,12 @@ pub fn upgrade(
         cairn_version: env!("CARGO_PKG_VERSION").into(),
         ..parent.clone()
     };
-    for e in fs::read_dir(&out)?.flatten() {
-        manifest.files.insert(
-            e.file_name().to_string_lossy().into_owned(),
-            e.metadata()?.len(),
-        );
-    }
-    manifest.build_seconds = t0.elapsed().as_secs_f64();
-    fs::write(
-        out.join(image::MANIFEST),
-        serde_json::to_vec_pretty(&manifest)?,
-    )?;
-    image::seal(&out, &key)?;
     let new_layer_bytes = fs::metadata(out.join(&new_layer))?.len();
     let image_bytes = layers
         .iter()
         .map(|l| fs::metadata(out.join(l)).map_or(0, |m| m.len()))
         .sum();
-    let dest = pdir.join(&version);
-    crate::fsutil::sync_dir(&out)?;
-    fs::rename(&out, &dest).with_context(|| format!("moving the image to {}", dest.display()))?;
-    crate::fsutil::sync_dir(&pdir)?;
+    let dest = seal_and_publish(&out, &pdir, &mut manifest, &key, t0)?;
     drop(work);
     say(&format!(
         "image {} {version} ({}) -> {}",

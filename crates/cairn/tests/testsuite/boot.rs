@@ -116,39 +116,16 @@ fn id_of(img: &Path) -> String {
     )
 }
 
-/// The disk's boot partition mounted for a change made behind cairn's back.
-struct Mounted(PathBuf);
-
-impl Mounted {
-    fn new(disk: &Path, at: &Path) -> Mounted {
-        let p = cairn::boot::disk::find_boot_partition(disk).unwrap();
-        fs::create_dir_all(at).unwrap();
-        let st = Command::new("mount")
-            .arg("-o")
-            .arg(format!(
-                "loop,offset={},sizelimit={}",
-                p.offset(),
-                p.bytes()
-            ))
-            .arg(disk)
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        Mounted(at.to_path_buf())
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
+/// The disk's boot partition mounted (below `at`) for a change made behind
+/// cairn's back.
+fn mounted(disk: &Path, at: &Path) -> cairn::boot::disk::MountedBoot {
+    cairn::boot::disk::MountedBoot::mount(disk, at).unwrap()
 }
 
 /// Flips one byte of `rel` on the disk's boot partition; again to undo.
 fn flip(disk: &Path, mnt: &Path, rel: &str) {
-    let m = Mounted::new(disk, mnt);
-    let p = m.0.join(rel.trim_start_matches('/'));
+    let m = mounted(disk, mnt);
+    let p = m.dir.join(rel.trim_start_matches('/'));
     let mut data = fs::read(&p).unwrap();
     let mid = data.len() / 2;
     data[mid] ^= 0x01;
@@ -165,8 +142,8 @@ fn flip(disk: &Path, mnt: &Path, rel: &str) {
 }
 
 fn grubenv(disk: &Path, mnt: &Path) -> String {
-    let m = Mounted::new(disk, mnt);
-    String::from_utf8_lossy(&fs::read(m.0.join("boot/grub/grubenv")).unwrap()).into_owned()
+    let m = mounted(disk, mnt);
+    String::from_utf8_lossy(&fs::read(m.dir.join("boot/grub/grubenv")).unwrap()).into_owned()
 }
 
 /// Proofs 1–6 of the boot issue. `default_img` and `web_img` are images of
@@ -635,12 +612,28 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
     );
 
     // Retention: keep 2 of webtest's images; the newest still verifies.
-    let gone = ok(cairn(store, &["image", "prune", "--keep", "2"]));
-    assert!(gone.contains("removed"), "{gone}");
+    let before = image_count(store, "webtest");
+    let gone: Vec<String> = serde_json::from_str(&ok(cairn(
+        store,
+        &["image", "prune", "--keep", "2", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(gone.len(), before - 2, "{gone:?}");
+    assert_eq!(image_count(store, "webtest"), 2);
     let v: serde_json::Value = serde_json::from_str(&ok(cairn(
         store,
         &["image", "verify", img.to_str().unwrap(), "--json"],
     )))
     .unwrap();
     assert_eq!(v["ok"], true, "{v}");
+}
+
+fn image_count(store: &Path, profile: &str) -> usize {
+    let l: serde_json::Value =
+        serde_json::from_str(&ok(cairn(store, &["image", "list", "--json"]))).unwrap();
+    l.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["profile"] == profile)
+        .count()
 }

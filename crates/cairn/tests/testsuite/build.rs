@@ -117,6 +117,9 @@ fn images_build_from_the_local_mirror_sign_verify_and_boot_on_bios_and_uefi() {
         "mcopy",
         "sbsign",
         "openssl",
+        "debootstrap",
+        "losetup",
+        "mkfs.ext4",
     ]) {
         return;
     }
