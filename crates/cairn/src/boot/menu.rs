@@ -310,11 +310,14 @@ pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Res
     cfg.push_str(
         r#"
 # A VM can pick an entry through its SMBIOS serial (qemu -smbios
-# type=1,serial=cairn-entry:ID): only signed entries can be chosen.
+# type=1,serial=cairn-entry:ID): only signed entries can be chosen. A
+# one-shot next_entry (`cairn reboot`) still wins.
 smbios --type 1 --get-string 7 --set cairn_smbios
 set cairn_pick=""
 regexp --set=1:cairn_pick '^cairn-[a-z-]+:(.+)$' "$cairn_smbios"
-if [ -n "$cairn_pick" ]; then set default="$cairn_pick"; fi
+if [ -n "$cairn_pick" ]; then
+    if [ -z "$cairn_next" ]; then set default="$cairn_pick"; fi
+fi
 
 "#,
     );
@@ -399,6 +402,7 @@ load_env --skip-sig cairn_trial cairn_left cairn_good next_entry
 export cairn_trial
 export cairn_left
 export cairn_good
+set cairn_next="$next_entry"
 if [ -n "$next_entry" ]; then
     set default="$next_entry"
     set next_entry=""
