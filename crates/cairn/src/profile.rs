@@ -137,6 +137,10 @@ pub struct Profile {
     pub host_type: HostType,
     pub packages: Vec<String>,
     pub builder: bool,
+    /// The image carries cairn itself (this binary), kexec-tools and the
+    /// signing public key: `cairn apply-live` and `cairn reboot --kexec` work
+    /// on the running system. Implied by `builder`.
+    pub cairn: bool,
     pub hostname: String,
     pub root: RootAccess,
     pub kernel_cmdline: Vec<String>,
@@ -160,6 +164,7 @@ struct Unvalidated {
     #[serde(default)]
     packages: Vec<String>,
     builder: Option<bool>,
+    cairn: Option<bool>,
     hostname: Option<String>,
     root: Option<UnvalidatedRoot>,
     #[serde(default)]
@@ -330,6 +335,7 @@ fn merge(parent: Unvalidated, child: Unvalidated) -> Unvalidated {
         host_type: child.host_type.or(parent.host_type),
         packages,
         builder: child.builder.or(parent.builder),
+        cairn: child.cairn.or(parent.cairn),
         hostname: child.hostname.or(parent.hostname),
         root,
         kernel_cmdline: parent
@@ -519,6 +525,7 @@ fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) -> Result<Pro
         host_type: raw.host_type.unwrap_or(HostType::Auto),
         packages: raw.packages,
         builder: raw.builder.unwrap_or(false),
+        cairn: raw.cairn.unwrap_or(false) || raw.builder.unwrap_or(false),
         hostname,
         root: RootAccess {
             password_hash: root.password_hash,
@@ -564,6 +571,9 @@ impl Profile {
         }
         if self.builder {
             v.extend(BUILDER_PACKAGES.iter().map(|s| s.to_string()));
+        }
+        if self.cairn {
+            v.push("kexec-tools".into());
         }
         if self.bootstrap == Bootstrap::Debootstrap {
             // debootstrap always installs it on merged-/usr suites.

@@ -212,6 +212,64 @@ pub fn live_verify(root: &Path) -> Result<()> {
     )
 }
 
+/// Where an image with `cairn = true` carries cairn.
+pub const CAIRN_IN_IMAGE: &str = "/usr/local/bin/cairn";
+/// The public key that signed the image, for cairn on the running system
+/// (`apply-live`, `reboot --kexec` verify images with it).
+pub const KEY_IN_IMAGE: &str = "/etc/cairn/signing.pub";
+
+/// Writes `data` at `abs` unless the file already holds exactly that (an
+/// upgrade's delta then carries nothing for it). Returns whether it wrote.
+fn write_if_changed(root: &Path, abs: &str, data: &[u8], mode: u32) -> Result<bool> {
+    let p = inside(root, abs);
+    if fs::read(&p).is_ok_and(|old| old == data) {
+        return Ok(false);
+    }
+    if let Some(d) = p.parent() {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let _ = fs::remove_file(&p);
+    fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+    Ok(true)
+}
+
+/// The signing public key, always; with the profile's `cairn = true`, also
+/// this cairn binary (debug sections stripped when objcopy is there) and
+/// kexec-tools told not to load a kernel on every reboot (cairn loads the
+/// one it verified).
+pub fn cairn_tools(root: &Path, p: &Profile, public_key: &Path) -> Result<()> {
+    let key = fs::read(public_key).with_context(|| format!("reading {}", public_key.display()))?;
+    write_if_changed(root, KEY_IN_IMAGE, &key, 0o644)?;
+    if !p.cairn {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("finding the cairn binary")?;
+    let tmp = std::env::temp_dir().join(format!("cairn-stripped-{}", std::process::id()));
+    let stripped = crate::cmd::which("objcopy").is_some()
+        && crate::cmd::Cmd::new("objcopy")
+            .arg("--strip-debug")
+            .arg(&exe)
+            .arg(&tmp)
+            .run()
+            .is_ok();
+    let bin = fs::read(if stripped {
+        tmp.as_path()
+    } else {
+        exe.as_path()
+    })
+    .with_context(|| format!("reading {}", exe.display()));
+    let _ = fs::remove_file(&tmp);
+    write_if_changed(root, CAIRN_IN_IMAGE, &bin?, 0o755)?;
+    write_if_changed(
+        root,
+        "/etc/default/kexec",
+        b"# cairn: `cairn reboot --kexec` loads the verified kernel itself.\nLOAD_KEXEC=false\nKEXEC_KERNEL=\nKEXEC_INITRD=\nUSE_GRUB_CONFIG=false\n",
+        0o644,
+    )?;
+    Ok(())
+}
+
 /// Removes what differs from build to build and is no use in an image.
 pub fn clean(root: &Path) -> Result<()> {
     let empty_dir = |abs: &str| -> Result<()> {

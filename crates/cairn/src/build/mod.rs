@@ -369,6 +369,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     customize::root_access(&rootfs, profile)?;
     customize::data_paths(&rootfs, &profile.data)?;
     customize::boot_marker(&rootfs, &profile.name, &version)?;
+    customize::cairn_tools(&rootfs, profile, &key.public_key)?;
     let installed = installed_packages(&rootfs)?;
     let (kernel, vmlinuz, initrd) = find_kernel(&rootfs)?;
     fs::copy(&vmlinuz, out.join("vmlinuz"))

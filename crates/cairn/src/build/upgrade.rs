@@ -309,6 +309,7 @@ pub fn upgrade(
     fs::remove_file(&list)?;
     drop(mounts);
     customize::boot_marker(&root, &profile.name, &version)?;
+    customize::cairn_tools(&root, profile, &key.public_key)?;
     let packages = installed_packages(&root)?;
     let (kernel, vmlinuz, initrd) = find_kernel(&root)?;
     let out = work.0.join("out");
