@@ -75,6 +75,59 @@ pub enum Command {
     /// Virtual machines for trying images.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// On a running cairn system: bring the running packages to a newer image's, now.
+    ///
+    /// The image (default: the newest of the running profile, on the boot
+    /// disk or in the store) is verified with the key the running image
+    /// carries, then apt installs exactly its package versions from the local
+    /// mirror (<store>/mirror) and removes what it dropped, in the RAM overlay:
+    /// new versions run at once, the image itself boots next time. A kernel
+    /// change is refused (it needs a boot: `cairn reboot --kexec`). What was
+    /// applied is recorded in /var/lib/cairn/applied-live.json.
+    ApplyLive(ApplyLiveArgs),
+    /// On a running cairn system: reboot into an image of the boot disk.
+    ///
+    /// IMAGE is PROFILE/VERSION or a VERSION of the running profile (default:
+    /// its newest image). With --kexec, the image is checked as cairn's GRUB
+    /// menu checks it (signatures, BOOTSUMS), its checked kernel and initrd
+    /// are loaded with the menu entry's command line and systemd switches to
+    /// them: no firmware, no boot loader. When kexec cannot be used, a normal
+    /// reboot, with GRUB's next_entry set to the image.
+    Reboot(RebootArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyLiveArgs {
+    /// PROFILE/VERSION, a VERSION, or an image directory.
+    pub image: Option<String>,
+    /// Public key to verify with (default: /etc/cairn/signing.pub).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Show what would change, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RebootArgs {
+    /// PROFILE/VERSION or a VERSION of the running profile.
+    pub image: Option<String>,
+    /// Switch kernels with kexec (falls back to a normal reboot).
+    #[arg(long)]
+    pub kexec: bool,
+    /// Boot the in-RAM (toram) entry.
+    #[arg(long)]
+    pub ram: bool,
+    /// Public key to verify with (default: /etc/cairn/signing.pub).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Check (and with --kexec load, then unload) but do not reboot.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -248,6 +301,15 @@ pub enum VmCommand {
         /// Directory for console.log and marker.log.
         #[arg(long, default_value = "/var/tmp/cairn-vm")]
         log_dir: PathBuf,
+        /// Attach a read-only disk made of this directory (ext4, label
+        /// `cairn-store`): e.g. a store holding `mirror/`, for `cairn
+        /// apply-live` in the guest (`mount LABEL=cairn-store /srv/cairn`).
+        #[arg(long)]
+        attach_dir: Option<PathBuf>,
+        /// Time when a console line starting with this first appears
+        /// (repeatable; `events` in --json).
+        #[arg(long)]
+        event: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -554,6 +616,8 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Mirror(MirrorCommand::Sources(a)) => print_sources(&cli.store, a),
         Command::Build(a) => run_build(cli, a),
         Command::Upgrade(a) => run_upgrade(cli, a),
+        Command::ApplyLive(a) => run_apply_live(cli, a),
+        Command::Reboot(a) => run_reboot(cli, a),
         Command::Key(c) => run_key(cli, c),
         Command::Image(c) => run_image(cli, c),
         Command::Disk(c) => run_disk(cli, c),
@@ -570,8 +634,17 @@ fn run(cli: &Cli) -> Result<i32> {
             reboots,
             secure_boot,
             log_dir,
+            attach_dir,
+            event,
             json,
         }) => {
+            let mut attach = Vec::new();
+            if let Some(d) = attach_dir {
+                std::fs::create_dir_all(log_dir)?;
+                let disk = log_dir.join("attached.img");
+                crate::vm::dir_disk(d, &disk, "cairn-store")?;
+                attach.push(disk);
+            }
             let spec = crate::vm::VmSpec {
                 media: media.clone(),
                 firmware: if *secure_boot {
@@ -592,6 +665,8 @@ fn run(cli: &Cli) -> Result<i32> {
                 secure_boot: *secure_boot,
                 log_dir: log_dir.clone(),
                 marker: marker.clone(),
+                attach,
+                events: event.clone(),
             };
             let r = crate::vm::run(&spec)?;
             if *json {
@@ -701,6 +776,78 @@ pub fn load_profile(arg: &str) -> Result<Profile> {
         return Ok(profile::builtin_default(&suite));
     }
     profile::load(std::path::Path::new(arg))
+}
+
+fn run_apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
+    let r = crate::live::apply_live(&crate::live::ApplyOptions {
+        store: &cli.store,
+        image: a.image.as_deref(),
+        key: a.key.as_deref(),
+        dry_run: a.dry_run,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{} → {}{}: {} package change(s)",
+            r.from,
+            r.to,
+            if r.dry_run { " (dry run)" } else { "" },
+            r.changes.len()
+        );
+        for c in &r.changes {
+            match (&c.from, &c.to) {
+                (None, Some(t)) => println!("  + {} {t}", c.package),
+                (Some(f), None) => println!("  - {} {f}", c.package),
+                (Some(f), Some(t)) => println!("  ~ {} {f} → {t}", c.package),
+                _ => {}
+            }
+        }
+        for d in &r.deferred {
+            println!("next boot: {d}");
+        }
+        for d in &r.differs {
+            println!("differs from the image: {d}");
+        }
+        if !r.dry_run {
+            println!(
+                "applied in {:.1}s; recorded in {}",
+                r.seconds,
+                crate::live::APPLIED_LOG
+            );
+        }
+    }
+    Ok(if r.differs.is_empty() { 0 } else { 1 })
+}
+
+fn run_reboot(cli: &Cli, a: &RebootArgs) -> Result<i32> {
+    let r = crate::live::reboot(&crate::live::RebootOptions {
+        store: &cli.store,
+        image: a.image.as_deref(),
+        kexec: a.kexec,
+        ram: a.ram,
+        key: a.key.as_deref(),
+        dry_run: a.dry_run,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{} {} (entry {}){}",
+            if a.dry_run { "would boot" } else { "booting" },
+            r.image,
+            r.entry,
+            if r.method == "kexec" {
+                " with kexec"
+            } else {
+                " through the firmware"
+            }
+        );
+        if let Some(c) = &r.command_line {
+            println!("command line: {c}");
+        }
+    }
+    Ok(0)
 }
 
 fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {

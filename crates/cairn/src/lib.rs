@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cmd;
 pub mod fsutil;
 pub mod image;
+pub mod live;
 pub mod mirror;
 pub mod parallel;
 pub mod profile;

@@ -3,6 +3,7 @@
 //! for markers, a timeout, never a hang. TCG unless KVM is asked for (nested
 //! KVM is broken on many CI hosts: OVMF dies, SeaBIOS crawls).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::cmd::{Tool, require};
+use crate::cmd::{Cmd, Tool, require};
 
 pub const QEMU: Tool = Tool {
     program: "qemu-system-x86_64",
@@ -61,6 +62,34 @@ pub struct VmSpec {
     pub log_dir: PathBuf,
     /// Stop as soon as a line starting with this appears.
     pub marker: Option<String>,
+    /// Extra raw disks, attached read-only after the boot disk.
+    pub attach: Vec<PathBuf>,
+    /// Line prefixes whose first appearance is timed (`events` in the result).
+    pub events: Vec<String>,
+}
+
+/// A read-only ext4 disk image of `dir` labelled `label` (how a VM gets the
+/// mirror: no network, no shared-folder driver needed in the guest kernel).
+pub fn dir_disk(dir: &Path, out: &Path, label: &str) -> Result<()> {
+    let out_s = Cmd::new("du")
+        .args(["-sk", "--apparent-size"])
+        .arg(dir)
+        .run()?;
+    let kb: u64 = String::from_utf8_lossy(&out_s.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("du gave no size")?;
+    let bytes = (kb * 1024) * 11 / 10 + (64 << 20);
+    let _ = fs::remove_file(out);
+    fs::File::create(out)?.set_len(bytes)?;
+    Cmd::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d"])
+        .arg(dir)
+        .arg(out)
+        .run()
+        .with_context(|| format!("making a disk of {}", dir.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -87,6 +116,8 @@ pub struct VmResult {
     pub timed_out: bool,
     pub console_log: PathBuf,
     pub marker_log: PathBuf,
+    /// Seconds after start at which each `events` prefix first began a line.
+    pub events: BTreeMap<String, f64>,
     /// Why KVM was given up for TCG (`--accel auto`).
     pub kvm_fallback: Option<String>,
 }
@@ -225,6 +256,12 @@ fn run_once(
             spec.media.display()
         ));
     }
+    for a in &spec.attach {
+        cmd.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio,readonly=on",
+            a.display()
+        ));
+    }
     if spec.firmware == Firmware::Uefi {
         let (code, vars_src) = if secure {
             (OVMF_CODE_SECBOOT, OVMF_VARS_SNAKEOIL)
@@ -259,7 +296,13 @@ fn run_once(
     let mut seconds_to_marker = None;
     let mut exited = false;
     let mut timed_out = false;
+    let mut events = BTreeMap::new();
     loop {
+        for e in &spec.events {
+            if !events.contains_key(e) && find_marker(&[&markers, &console], e).is_some() {
+                events.insert(e.clone(), t0.elapsed().as_secs_f64());
+            }
+        }
         if marker_line.is_none()
             && let Some(m) = &spec.marker
             && let Some(line) = find_marker(&[&markers, &console], m)
@@ -319,6 +362,7 @@ fn run_once(
         timed_out,
         console_log: console,
         marker_log: markers,
+        events,
         kvm_fallback: None,
     }))
 }
