@@ -24,13 +24,20 @@ if [ -e /etc/probe-stamp ]; then say "etc-stamp=present"; else say "etc-stamp=ab
 say "medium=$(awk '$2 == "/run/live/medium" { print $3 }' /proc/mounts)"
 say "less=$(command -v less || echo none)"
 if [ -e /etc/issue.net ]; then say "issue.net=present"; else say "issue.net=absent"; fi
+say "layers=$(ls /run/live/rootfs | tr '\n' ' ')"
 echo $((n + 1)) > "$d/boots"
 sync
 date > /etc/probe-stamp
+# A store attached by the test (`vm run --attach-dir`): its on-boot script.
+dev=$(blkid -L cairn-store 2>/dev/null)
+if [ -n "$dev" ]; then
+    mkdir -p /srv/cairn
+    mount -o ro "$dev" /srv/cairn && [ -x /srv/cairn/on-boot.sh ] && /srv/cairn/on-boot.sh
+fi
 "#;
 
 pub const PROBE_UNIT: &str = "[Unit]\nDescription=cairn test probe\nRequiresMountsFor=/data\nBefore=cairn-booted.service\n\n\
-[Service]\nType=oneshot\nExecStart=/usr/local/sbin/cairn-probe\n\n[Install]\nWantedBy=multi-user.target\n";
+[Service]\nType=oneshot\nTimeoutStartSec=infinity\nExecStart=/usr/local/sbin/cairn-probe\n\n[Install]\nWantedBy=multi-user.target\n";
 
 struct Vm {
     marker: Option<String>,
@@ -577,6 +584,8 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
     ));
     assert!(diff.contains("  + less "), "{diff}");
 
+    // The disk holds the delta's parent too (for the live proofs below).
+    let parent = PathBuf::from(last["path"].as_str().unwrap());
     let disk = work.join("upgrade.img");
     ok(cairn(
         store,
@@ -584,6 +593,8 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
             "disk",
             "create",
             disk.to_str().unwrap(),
+            "--image",
+            parent.to_str().unwrap(),
             "--image",
             img.to_str().unwrap(),
             "--data-size",
@@ -597,9 +608,13 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
         b.marker.as_deref(),
         Some(marker_of(&img).as_str()),
         "{}",
-        b.console
+        b.markers
     );
-    assert!(b.console.contains("layer-"), "{}", b.console);
+    let layers = format!(
+        "PROBE layers=filesystem.squashfs {} ",
+        r["layers"][1].as_str().unwrap()
+    );
+    assert!(b.markers.contains(&layers), "{layers:?} in {}", b.markers);
     assert!(
         b.markers.contains("PROBE less=/usr/bin/less"),
         "{}",
@@ -610,6 +625,8 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
         "{}",
         b.markers
     );
+
+    live(store, work, &disk, &parent, &img);
 
     // Retention: keep 2 of webtest's images; the newest still verifies.
     let before = image_count(store, "webtest");
@@ -626,6 +643,100 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
     )))
     .unwrap();
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// On the running parent image (booted from the rollback entry, the store's
+/// mirror attached as a disk): `cairn apply-live` brings `less` (the delta's
+/// new package) into the running system, and it runs; then `cairn reboot
+/// --kexec` switches to the delta image. qemu runs with -no-reboot: a
+/// firmware reboot would end the run, so the delta's marker can only come
+/// from the kexec'd kernel (and GRUB's first line appears once).
+fn live(store: &Path, work: &Path, disk: &Path, parent: &Path, img: &Path) {
+    let pv = parent.file_name().unwrap().to_str().unwrap();
+    let iv = img.file_name().unwrap().to_str().unwrap();
+    let share = work.join("share");
+    let _ = fs::remove_dir_all(&share);
+    fs::create_dir_all(&share).unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(store.join("mirror"))
+        .arg(&share)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::write(
+        share.join("on-boot.sh"),
+        format!(
+            r#"#!/bin/sh
+say() {{ echo "PROBE $*" > /dev/ttyS1; echo "PROBE $*" > /dev/console; }}
+. /etc/cairn/image.env
+[ "$CAIRN_VERSION" = "{pv}" ] || exit 0
+say "less-before=$(command -v less || echo none)"
+cairn --store /srv/cairn apply-live --json > /run/apply.json 2> /run/apply.err
+say "apply-live=$?"
+say "applied=$(tr -d ' 
+' < /var/lib/cairn/applied-live.json | grep -o '"to":"webtest/[^"]*"' | head -n1)"
+say "less-after=$(less --version | head -n1)"
+tail -n 5 /run/apply.err | while read -r l; do say "apply-err: $l"; done
+say "kexec"
+cairn reboot --kexec webtest/{iv} > /run/reboot.out 2>&1
+say "reboot=$?"
+tail -n 5 /run/reboot.out | while read -r l; do say "reboot-out: $l"; done
+"#
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        share.join("on-boot.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let want = marker_of(img);
+    let entry = format!("rollback>webtest-{pv}");
+    let r = vm(
+        store,
+        disk,
+        "bios",
+        Some(&entry),
+        &[
+            "--attach-dir",
+            share.to_str().unwrap(),
+            "--marker",
+            &want,
+            "--timeout",
+            "600",
+        ],
+        "live",
+    );
+    let m = &r.markers;
+    assert!(m.contains("PROBE less-before=none"), "{m}");
+    assert!(m.contains("PROBE apply-live=0"), "{m}");
+    assert!(
+        m.contains(&format!("PROBE applied=\"to\":\"webtest/{iv}\"")),
+        "{m}"
+    );
+    assert!(m.contains("PROBE less-after=less "), "{m}");
+    assert_eq!(r.marker.as_deref(), Some(want.as_str()), "{m}");
+    assert!(m.contains("PROBE issue.net=absent"), "{m}");
+    let kexec_lines: Vec<&str> = r
+        .console
+        .lines()
+        .filter(|l| l.contains("kexec_core") || l.contains("checking the signature of"))
+        .collect();
+    assert!(
+        kexec_lines
+            .iter()
+            .any(|l| l.contains("Starting new kernel")),
+        "{kexec_lines:?}"
+    );
+    assert_eq!(
+        kexec_lines
+            .iter()
+            .filter(|l| l.contains("checking the signature of"))
+            .count(),
+        1,
+        "{kexec_lines:?}"
+    );
 }
 
 fn image_count(store: &Path, profile: &str) -> usize {

@@ -72,7 +72,7 @@ fn test_profile(dir: &Path) -> PathBuf {
     let p = dir.join("webtest.toml");
     fs::write(
         &p,
-        "schema-version = 1\nsuite = \"SUITE\"\nhost-type = \"physical\"\nhostname = \"webtest\"\n\
+        "schema-version = 1\nsuite = \"SUITE\"\nhost-type = \"physical\"\nhostname = \"webtest\"\ncairn = true\n\
 [root]\npassword-hash = \"$6$salt$0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopqrstu\"\n\
 [[files]]\nsource = \"files/motd\"\ndest = \"/etc/motd\"\nmode = \"0600\"\n\
 [[files]]\nsource = \"files/probe\"\ndest = \"/usr/local/sbin/cairn-probe\"\nmode = \"0755\"\n\
