@@ -191,3 +191,85 @@ fn example_profiles_are_valid() {
     );
     assert_eq!(b.data[0].path, "/srv/cairn");
 }
+
+/// `cairn reboot --kexec` loads only what cairn's menu would boot: the same
+/// signed files, the same BOOTSUMS, boot.cfg's arguments. Each tampering the
+/// menu refuses is refused here too, before anything is loaded.
+#[test]
+fn kexec_checks_refuse_what_the_menu_refuses() {
+    if need_tools(&["gpg", "gpgv"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
+    let key = keys::load(&store).unwrap();
+    let other = d.path().join("other");
+    ok(cairn(&other, &["key", "generate", "--bits", "2048"]));
+    let other_key = keys::load(&other).unwrap();
+
+    let make = |name: &str| {
+        let img = d.path().join(name);
+        fs::create_dir_all(&img).unwrap();
+        fs::write(img.join("vmlinuz"), "kernel bytes\n").unwrap();
+        fs::write(img.join("initrd.img"), "initrd bytes\n").unwrap();
+        fs::write(img.join("filesystem.squashfs"), "squashfs bytes\n").unwrap();
+        fs::write(
+            img.join("manifest.json"),
+            r#"{"schema-version":1,"profile":"web","profile-hash":"h","profile-commit":null,"version":"2","suite":"s","architecture":"amd64","host-type":"virtual","kernel":"k","kernel-cmdline":["quiet"],"compression":"zstd","level":null,"bootable":true,"parent":null,"layers":["filesystem.squashfs"],"packages":[],"files":{},"data":[],"built-at":0,"build-seconds":0.0,"signed-by":null,"cairn-version":"0"}"#,
+        )
+        .unwrap();
+        cairn::image::seal(&img, &key).unwrap();
+        img
+    };
+    let check = |img: &Path, k: &Path| {
+        let work = d.path().join("work");
+        let _ = fs::remove_dir_all(&work);
+        cairn::live::check_boot_files(img, k, &work).map_err(|e| format!("{e:#}"))
+    };
+
+    let good = make("good");
+    let c = check(&good, &key.public_key).unwrap();
+    assert_eq!(c.signed_by, key.fingerprint);
+    assert!(
+        c.args.starts_with(
+            "boot=live module=web quiet cairn.image=web/2 cairn.sha256=filesystem.squashfs:"
+        ),
+        "{}",
+        c.args
+    );
+    assert_eq!(fs::read(&c.kernel).unwrap(), b"kernel bytes\n");
+    let line = cairn::live::command_line(&c.args, "/images/web/2", false, "web-2");
+    assert!(
+        line.ends_with(" live-media-path=/images/web/2 cairn.entry=web-2"),
+        "{line}"
+    );
+
+    // Signed by another key.
+    let err = check(&good, &other_key.public_key).unwrap_err();
+    assert!(
+        err.contains("REFUSING") && err.contains("SHA256SUMS"),
+        "{err}"
+    );
+    // A kernel byte changed: its signature fails.
+    let k = make("kernel");
+    fs::write(k.join("vmlinuz"), "kernel bytEs\n").unwrap();
+    let err = check(&k, &key.public_key).unwrap_err();
+    assert!(err.contains("REFUSING") && err.contains("vmlinuz"), "{err}");
+    // boot.cfg swapped for another image's (validly signed, other arguments):
+    // BOOTSUMS does not list it.
+    let b = make("bootcfg");
+    let cfg = fs::read_to_string(b.join("boot.cfg")).unwrap();
+    fs::write(b.join("boot.cfg"), cfg.replace("quiet", "init=/bin/sh")).unwrap();
+    keys::sign_file(&key, &b.join("boot.cfg")).unwrap();
+    let err = check(&b, &key.public_key).unwrap_err();
+    assert!(
+        err.contains("REFUSING") && err.contains("boot.cfg differs from the signed BOOTSUMS"),
+        "{err}"
+    );
+    // A missing signature.
+    let s = make("nosig");
+    fs::remove_file(s.join("initrd.img.sig")).unwrap();
+    let err = check(&s, &key.public_key).unwrap_err();
+    assert!(err.contains("initrd.img.sig missing"), "{err}");
+}
