@@ -96,14 +96,15 @@ pub enum Command {
     Reboot(RebootArgs),
 }
 
+/// The image a command on the running system acts on, and how.
 #[derive(Args, Debug)]
-pub struct ApplyLiveArgs {
-    /// PROFILE/VERSION, a VERSION, or an image directory.
+pub struct LiveTarget {
+    /// PROFILE/VERSION or a VERSION of the running profile [default: its newest image].
     pub image: Option<String>,
     /// Public key to verify with (default: /etc/cairn/signing.pub).
     #[arg(long)]
     pub key: Option<PathBuf>,
-    /// Show what would change, change nothing.
+    /// Check and show, change nothing (reboot --kexec: load, then unload).
     #[arg(long)]
     pub dry_run: bool,
     #[arg(long)]
@@ -111,23 +112,21 @@ pub struct ApplyLiveArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ApplyLiveArgs {
+    #[command(flatten)]
+    pub target: LiveTarget,
+}
+
+#[derive(Args, Debug)]
 pub struct RebootArgs {
-    /// PROFILE/VERSION or a VERSION of the running profile.
-    pub image: Option<String>,
+    #[command(flatten)]
+    pub target: LiveTarget,
     /// Switch kernels with kexec (falls back to a normal reboot).
     #[arg(long)]
     pub kexec: bool,
     /// Boot the in-RAM (toram) entry.
     #[arg(long)]
     pub ram: bool,
-    /// Public key to verify with (default: /etc/cairn/signing.pub).
-    #[arg(long)]
-    pub key: Option<PathBuf>,
-    /// Check (and with --kexec load, then unload) but do not reboot.
-    #[arg(long)]
-    pub dry_run: bool,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -779,6 +778,7 @@ pub fn load_profile(arg: &str) -> Result<Profile> {
 }
 
 fn run_apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
+    let a = &a.target;
     let r = crate::live::apply_live(&crate::live::ApplyOptions {
         store: &cli.store,
         image: a.image.as_deref(),
@@ -820,12 +820,13 @@ fn run_apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
     Ok(if r.differs.is_empty() { 0 } else { 1 })
 }
 
-fn run_reboot(cli: &Cli, a: &RebootArgs) -> Result<i32> {
+fn run_reboot(cli: &Cli, args: &RebootArgs) -> Result<i32> {
+    let a = &args.target;
     let r = crate::live::reboot(&crate::live::RebootOptions {
         store: &cli.store,
         image: a.image.as_deref(),
-        kexec: a.kexec,
-        ram: a.ram,
+        kexec: args.kexec,
+        ram: args.ram,
         key: a.key.as_deref(),
         dry_run: a.dry_run,
     })?;
