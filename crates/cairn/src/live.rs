@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::boot::{env, menu};
 use crate::build::customize::KEY_IN_IMAGE;
 use crate::cmd::{Cmd, which};
 use crate::image::{self, BOOT_CFG, BOOT_SUMS, Manifest};
@@ -219,33 +220,30 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
         );
     }
     let cfg = fs::read_to_string(work.join(BOOT_CFG))?;
-    let args = cfg
-        .lines()
-        .find_map(|l| l.strip_prefix("set cairn_args=\""))
-        .and_then(|l| l.strip_suffix('"'))
-        .filter(|a| !a.is_empty())
-        .with_context(|| {
-            format!(
-                "REFUSING {}: boot.cfg gives no kernel arguments",
-                dir.display()
-            )
-        })?;
+    let args = image::boot_cfg_args(&cfg).with_context(|| {
+        format!(
+            "REFUSING {}: boot.cfg gives no kernel arguments",
+            dir.display()
+        )
+    })?;
     Ok(CheckedBoot {
         image: dir.to_path_buf(),
         signed_by,
         kernel: work.join("vmlinuz"),
         initrd: work.join("initrd.img"),
-        args: args.to_string(),
+        args,
     })
 }
 
-/// The selector of the menu entry that boots `dir` (`/images/P/V` on the
-/// medium) in `mode` (disk or ram), read from the menu on the medium.
-pub fn menu_selector(medium: &Path, rel: &str, mode: &str) -> Option<String> {
+/// The selector of the menu entry that boots `rel` (`/images/P/V` on the
+/// medium), in RAM or not, read from the menu on the medium.
+pub fn menu_selector(medium: &Path, rel: &str, ram: bool) -> Option<String> {
     let cfg = fs::read_to_string(medium.join("boot/grub/grub.cfg")).ok()?;
-    let needle = format!("cairn_boot \"{rel}\" {mode} \"");
+    // The call with an empty selector, less its closing quote.
+    let call = menu::boot_call(rel, ram, "");
+    let needle = &call[..call.len() - 1];
     cfg.lines().find_map(|l| {
-        let rest = l.trim().strip_prefix(&needle)?;
+        let rest = l.trim().strip_prefix(needle)?;
         rest.split('"').next().map(String::from)
     })
 }
@@ -299,9 +297,8 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         .trim_start_matches("/images/")
         .split_once('/')
         .context("an image directory is images/PROFILE/VERSION")?;
-    let mode = if o.ram { "ram" } else { "disk" };
-    let entry = menu_selector(&medium.root, &rel, mode)
-        .unwrap_or_else(|| format!("{p}-{v}{}", if o.ram { "-ram" } else { "" }));
+    let entry =
+        menu_selector(&medium.root, &rel, o.ram).unwrap_or_else(|| menu::entry_id(p, v, o.ram));
     let mut plan = RebootPlan {
         image: format!("{p}/{v}"),
         entry: entry.clone(),
@@ -311,13 +308,18 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         kexec_fallback: None,
     };
     if o.kexec {
-        match kexec_load(o, &dir, &rel, &entry) {
-            Ok((cmdline, signer)) => {
+        // A refused image is an error: no reboot. Only loading may fall back.
+        let key = public_key(o.key, o.store)?;
+        let work = Path::new(RUN_DIR).join("kexec");
+        let _ = fs::remove_dir_all(&work);
+        let checked = check_boot_files(&dir, &key, &work)?;
+        let cmdline = command_line(&checked.args, &rel, o.ram, &entry);
+        match kexec_load(&checked, &cmdline) {
+            Ok(()) => {
                 plan.method = "kexec".into();
                 plan.command_line = Some(cmdline);
-                plan.signed_by = Some(signer);
+                plan.signed_by = Some(checked.signed_by);
             }
-            Err(e) if format!("{e:#}").contains("REFUSING") => return Err(e),
             Err(e) => {
                 tracing::warn!("kexec unavailable, rebooting through the firmware: {e:#}");
                 eprintln!("cairn: kexec unavailable ({e:#}): a normal reboot instead");
@@ -330,15 +332,9 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         let envp = medium.root.join("boot/grub/grubenv");
         if envp.is_file() && !o.dry_run {
             medium.writable(|| {
-                let mut vars = crate::boot::env::parse(&fs::read(&envp)?)?;
-                crate::boot::env::update(&mut vars, &[("next_entry", &entry)]);
-                let data = crate::boot::env::render(&vars)?;
-                // In place: GRUB's save_env needs the same blocks.
-                use std::io::Write;
-                let mut f = fs::OpenOptions::new().write(true).open(&envp)?;
-                f.write_all(&data)?;
-                f.sync_all()?;
-                Ok(())
+                let mut vars = env::parse(&fs::read(&envp)?)?;
+                env::update(&mut vars, &[("next_entry", &entry)]);
+                env::save(&envp, &vars)
             })?;
         }
     }
@@ -359,22 +355,15 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
     Ok(plan)
 }
 
-/// Checks the image's boot files and loads the checked copies with
-/// kexec_file_load (what a kernel locked down under Secure Boot accepts,
-/// signed kernels only), else kexec_load. Returns the command line and the
-/// signer.
-fn kexec_load(o: &RebootOptions, dir: &Path, rel: &str, entry: &str) -> Result<(String, String)> {
-    let key = public_key(o.key, o.store)?;
-    let work = Path::new(RUN_DIR).join("kexec");
-    let _ = fs::remove_dir_all(&work);
-    let c = check_boot_files(dir, &key, &work)?;
+/// Loads the checked copies with kexec_file_load (what a kernel locked
+/// down under Secure Boot accepts, signed kernels only), else kexec_load.
+fn kexec_load(c: &CheckedBoot, cmdline: &str) -> Result<()> {
     if which("kexec").is_none() {
         bail!("kexec not found (apt-get install kexec-tools, or `cairn = true` in the profile)");
     }
     if !Path::new("/sys/kernel/kexec_loaded").exists() {
         bail!("this kernel has no kexec support");
     }
-    let cmdline = command_line(&c.args, rel, o.ram, entry);
     let load = |file_load: bool| {
         let mut k = Cmd::new("kexec");
         if file_load {
@@ -393,7 +382,7 @@ fn kexec_load(o: &RebootOptions, dir: &Path, rel: &str, entry: &str) -> Result<(
     if fs::read_to_string("/sys/kernel/kexec_loaded").is_ok_and(|s| s.trim() != "1") {
         bail!("kexec reported success but no kernel is loaded");
     }
-    Ok((cmdline, c.signed_by))
+    Ok(())
 }
 
 /// A package as dpkg or a manifest has it.
@@ -603,27 +592,19 @@ fn apt_apply(store: &Path, target: &Manifest, changes: &[Change]) -> Result<()> 
     }
     let lines: Vec<String> = mirrors.iter().flat_map(|(_, _, l)| l.clone()).collect();
     fs::write(base.join("sources.list"), lines.join("\n") + "\n")?;
-    let opts = [
-        format!(
-            "Dir::Etc::SourceList={}",
-            base.join("sources.list").display()
-        ),
-        format!("Dir::Etc::SourceParts={}", base.join("parts").display()),
-        format!("Dir::State::Lists={}", base.join("lists").display()),
-        format!("Dir::Cache={}", base.join("cache").display()),
-        "APT::Install-Recommends=false".into(),
-        "Dpkg::Options::=--force-confdef".into(),
-        "Dpkg::Options::=--force-confold".into(),
+    let dirs = [
+        ("Dir::Etc::SourceList", base.join("sources.list")),
+        ("Dir::Etc::SourceParts", base.join("parts")),
+        ("Dir::State::Lists", base.join("lists")),
+        ("Dir::Cache", base.join("cache")),
     ];
+    let opts: Vec<String> = dirs
+        .iter()
+        .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={}", v.display())])
+        .collect();
     let apt = |args: &[String]| {
-        let mut c = Cmd::new("apt-get").arg("-y");
-        for o in &opts {
-            c = c.arg("-o").arg(o);
-        }
-        c.args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .run()
-            .with_context(|| format!("apt-get {}", args.first().map_or("", |s| s.as_str())))
+        let a: Vec<&str> = opts.iter().chain(args).map(String::as_str).collect();
+        crate::build::debootstrap::apt(Path::new("/"), &a)
     };
     apt(&["update".into()])?;
     let mut args: Vec<String> = vec![
@@ -710,18 +691,22 @@ mod tests {
         fs::create_dir_all(d.path().join("boot/grub")).unwrap();
         fs::write(
             d.path().join("boot/grub/grub.cfg"),
-            "menuentry x {\n    cairn_boot \"/images/web/2\" disk \"web-2\"\n}\nmenuentry y {\n    cairn_boot \"/images/web/1\" ram \"rollback>web-1-ram\"\n}\n",
+            format!(
+                "menuentry x {{\n    {}\n}}\nmenuentry y {{\n    {}\n}}\n",
+                menu::boot_call("/images/web/2", false, "web-2"),
+                menu::boot_call("/images/web/1", true, "rollback>web-1-ram")
+            ),
         )
         .unwrap();
         assert_eq!(
-            menu_selector(d.path(), "/images/web/2", "disk").as_deref(),
+            menu_selector(d.path(), "/images/web/2", false).as_deref(),
             Some("web-2")
         );
         assert_eq!(
-            menu_selector(d.path(), "/images/web/1", "ram").as_deref(),
+            menu_selector(d.path(), "/images/web/1", true).as_deref(),
             Some("rollback>web-1-ram")
         );
-        assert_eq!(menu_selector(d.path(), "/images/web/1", "disk"), None);
+        assert_eq!(menu_selector(d.path(), "/images/web/1", false), None);
         assert_eq!(
             command_line(
                 "boot=live module=web",

@@ -71,6 +71,7 @@ pub struct VmSpec {
 /// A read-only ext4 disk image of `dir` labelled `label` (how a VM gets the
 /// mirror: no network, no shared-folder driver needed in the guest kernel).
 pub fn dir_disk(dir: &Path, out: &Path, label: &str) -> Result<()> {
+    require(&[&crate::boot::disk::MKFS_EXT4])?;
     let out_s = Cmd::new("du")
         .args(["-sk", "--apparent-size"])
         .arg(dir)
@@ -83,7 +84,7 @@ pub fn dir_disk(dir: &Path, out: &Path, label: &str) -> Result<()> {
     let bytes = (kb * 1024) * 11 / 10 + (64 << 20);
     let _ = fs::remove_file(out);
     fs::File::create(out)?.set_len(bytes)?;
-    Cmd::new("mkfs.ext4")
+    Cmd::new(crate::boot::disk::MKFS_EXT4.program)
         .args(["-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d"])
         .arg(dir)
         .arg(out)

@@ -329,14 +329,7 @@ fn write_menu(
             &[("cairn_trial", m.default.as_str()), ("cairn_left", &left)],
         );
     }
-    let data = env::render(&vars)?;
-    if envp.exists() {
-        let mut f = fs::OpenOptions::new().write(true).open(&envp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-    } else {
-        fs::write(&envp, &data)?;
-    }
+    env::save(&envp, &vars)?;
     Ok(m)
 }
 

@@ -54,6 +54,22 @@ pub fn update(vars: &mut Vec<(String, String)>, set: &[(&str, &str)]) {
     }
 }
 
+/// Writes `vars` to the block at `path`: in place when it exists (GRUB's
+/// save_env writes the blocks the file has), else a new file.
+pub fn save(path: &std::path::Path, vars: &[(String, String)]) -> Result<()> {
+    use std::io::Write;
+    let data = render(vars)?;
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(mut f) => {
+            f.write_all(&data)?;
+            f.sync_all()?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(path, &data)?,
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,6 +188,20 @@ function cairn_iso {
 "#;
 
 /// Renders the menu for `images` (any order) and `isos`.
+/// The id of an image's menu entry (in a submenu, prefixed `rollback>`).
+pub fn entry_id(profile: &str, version: &str, ram: bool) -> String {
+    format!("{profile}-{version}{}", if ram { "-ram" } else { "" })
+}
+
+/// The line of a menu entry that boots image directory `dir` (`/images/P/V`)
+/// as `selector`; `cairn reboot` finds an entry's selector by it.
+pub fn boot_call(dir: &str, ram: bool, selector: &str) -> String {
+    format!(
+        "cairn_boot \"{dir}\" {} \"{selector}\"",
+        if ram { "ram" } else { "disk" }
+    )
+}
+
 pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Result<Menu> {
     for i in images {
         if !safe(&i.profile) || !safe(&i.version) {
@@ -224,18 +238,13 @@ pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Res
     let mut rollback = String::new();
     for p in &order {
         for (n, i) in by_profile[p].iter().enumerate() {
-            let base = format!("{}-{}", i.profile, i.version);
             let (buf, prefix, indent) = if n == 0 {
                 (&mut top, "", "")
             } else {
                 (&mut rollback, "rollback>", "    ")
             };
             for ram in [false, true] {
-                let id = if ram {
-                    format!("{base}-ram")
-                } else {
-                    base.clone()
-                };
+                let id = entry_id(&i.profile, &i.version, ram);
                 let title = format!(
                     "{} {}{}",
                     i.profile,
@@ -246,9 +255,8 @@ pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Res
                 writeln!(
                     buf,
                     "{indent}menuentry \"{title}\" --unrestricted --id \"{id}\" {{\n\
-                     {indent}    cairn_boot \"{dir}\" {mode} \"{selector}\"\n{indent}}}",
-                    dir = i.dir,
-                    mode = if ram { "ram" } else { "disk" },
+                     {indent}    {}\n{indent}}}",
+                    boot_call(&i.dir, ram, &selector),
                 )?;
                 entries.push(MenuEntry {
                     id: selector,

@@ -15,22 +15,28 @@ pub fn inside(root: &Path, abs: &str) -> std::path::PathBuf {
     root.join(abs.trim_start_matches('/'))
 }
 
-fn write(root: &Path, abs: &str, text: &str, mode: u32) -> Result<()> {
-    let p = inside(root, abs);
+/// Writes `data` at `abs` in the tree with `mode`, unless the file already
+/// holds exactly that (so an upgrade's delta carries nothing for it).
+fn write(root: &Path, abs: &str, data: impl AsRef<[u8]>, mode: u32) -> Result<()> {
+    let (p, data) = (inside(root, abs), data.as_ref());
+    let same_mode = fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode);
+    if same_mode && fs::read(&p).is_ok_and(|old| old == data) {
+        return Ok(());
+    }
     if let Some(d) = p.parent() {
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
     fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
 pub fn hostname(root: &Path, name: &str) -> Result<()> {
-    write(root, "/etc/hostname", &format!("{name}\n"), 0o644)?;
+    write(root, "/etc/hostname", format!("{name}\n"), 0o644)?;
     write(
         root,
         "/etc/hosts",
-        &format!(
+        format!(
             "127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         ),
         0o644,
@@ -129,7 +135,7 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
     write(
         root,
         "/usr/lib/systemd/system/cairn-data.service",
-        &format!(
+        format!(
             "[Unit]\nDescription=cairn: data directories on the data partitions\n\
              DefaultDependencies=no\nWants={m}\nAfter={m}\n\
              Before=local-fs.target shutdown.target\nConflicts=shutdown.target\n\n\
@@ -169,7 +175,7 @@ pub fn boot_marker(root: &Path, profile: &str, version: &str) -> Result<()> {
     write(
         root,
         "/etc/cairn/image.env",
-        &format!("CAIRN_PROFILE={profile}\nCAIRN_VERSION={version}\n"),
+        format!("CAIRN_PROFILE={profile}\nCAIRN_VERSION={version}\n"),
         0o644,
     )?;
     write(
@@ -218,29 +224,13 @@ pub const CAIRN_IN_IMAGE: &str = "/usr/local/bin/cairn";
 /// (`apply-live`, `reboot --kexec` verify images with it).
 pub const KEY_IN_IMAGE: &str = "/etc/cairn/signing.pub";
 
-/// Writes `data` at `abs` unless the file already holds exactly that (an
-/// upgrade's delta then carries nothing for it). Returns whether it wrote.
-fn write_if_changed(root: &Path, abs: &str, data: &[u8], mode: u32) -> Result<bool> {
-    let p = inside(root, abs);
-    if fs::read(&p).is_ok_and(|old| old == data) {
-        return Ok(false);
-    }
-    if let Some(d) = p.parent() {
-        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    let _ = fs::remove_file(&p);
-    fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
-    fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
-    Ok(true)
-}
-
 /// The signing public key, always; with the profile's `cairn = true`, also
 /// this cairn binary (debug sections stripped when objcopy is there) and
 /// kexec-tools told not to load a kernel on every reboot (cairn loads the
 /// one it verified).
 pub fn cairn_tools(root: &Path, p: &Profile, public_key: &Path) -> Result<()> {
     let key = fs::read(public_key).with_context(|| format!("reading {}", public_key.display()))?;
-    write_if_changed(root, KEY_IN_IMAGE, &key, 0o644)?;
+    write(root, KEY_IN_IMAGE, &key, 0o644)?;
     if !p.cairn {
         return Ok(());
     }
@@ -260,8 +250,8 @@ pub fn cairn_tools(root: &Path, p: &Profile, public_key: &Path) -> Result<()> {
     })
     .with_context(|| format!("reading {}", exe.display()));
     let _ = fs::remove_file(&tmp);
-    write_if_changed(root, CAIRN_IN_IMAGE, &bin?, 0o755)?;
-    write_if_changed(
+    write(root, CAIRN_IN_IMAGE, &bin?, 0o755)?;
+    write(
         root,
         "/etc/default/kexec",
         b"# cairn: `cairn reboot --kexec` loads the verified kernel itself.\nLOAD_KEXEC=false\nKEXEC_KERNEL=\nKEXEC_INITRD=\nUSE_GRUB_CONFIG=false\n",

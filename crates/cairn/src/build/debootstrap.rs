@@ -82,9 +82,9 @@ pub(crate) fn mount_at(args: &[&str], target: &Path) -> Result<()> {
     Cmd::new("mount").args(args).arg(target).run().map(|_| ())
 }
 
-/// apt-get in the tree, non-interactive, without Recommends (as mmdebstrap:
-/// the mirror holds the closure without them), keeping existing conffiles.
-/// Returns its output.
+/// apt-get in the tree (through chroot; `/` is the running system),
+/// non-interactive, without Recommends (as mmdebstrap: the mirror holds the
+/// closure without them), keeping existing conffiles. Returns its output.
 pub(crate) fn apt(root: &Path, args: &[&str]) -> Result<String> {
     let mut a = vec![
         "apt-get",
@@ -97,12 +97,16 @@ pub(crate) fn apt(root: &Path, args: &[&str]) -> Result<String> {
         "Dpkg::Options::=--force-confold",
     ];
     a.extend(args);
-    let out = Cmd::new("chroot")
-        .arg(root)
+    let cmd = if root == Path::new("/") {
+        Cmd::new(a.remove(0))
+    } else {
+        Cmd::new("chroot").arg(root)
+    };
+    let out = cmd
         .args(&a)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run()
-        .with_context(|| format!("apt-get {} in the image", args.join(" ")))?;
+        .with_context(|| format!("apt-get {} in {}", args.join(" "), root.display()))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -69,17 +69,6 @@ pub struct UpgradeReport {
     pub seconds: f64,
 }
 
-/// Mounts of the layer stack, undone on drop.
-struct Stack(PathBuf);
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Err(e) = super::unmount_below(&self.0) {
-            tracing::warn!("{e:#}");
-        }
-    }
-}
-
 /// `Inst NAME [OLD] (NEW …)` lines of `apt-get -s`: packages apt would
 /// upgrade.
 fn simulated_upgrades(out: &str) -> Vec<String> {
@@ -151,8 +140,7 @@ pub fn upgrade(
     fs::create_dir_all(&ovl)?;
 
     // The parent's layers, lowest first, read-only; overlayfs wants the
-    // topmost first.
-    let stack = Stack(work.0.clone());
+    // topmost first. `work` unmounts them all when dropped.
     let mut lowers = Vec::new();
     for (i, l) in parent.layers.iter().enumerate() {
         let m = work.0.join(format!("lower{i}"));
@@ -230,7 +218,6 @@ pub fn upgrade(
         && !opts.force
     {
         drop(mounts);
-        drop(stack);
         say("nothing to upgrade: no newer packages in the mirror, the profile is unchanged");
         return Ok(UpgradeReport {
             profile: profile.name.clone(),
@@ -384,7 +371,7 @@ pub fn upgrade(
         v.push(name.clone());
         (v, name)
     };
-    drop(stack);
+    super::unmount_below(&work.0)?;
     fs::write(
         out.join(format!("{}.module", profile.name)),
         layers.join("\n") + "\n",

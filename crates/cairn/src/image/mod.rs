@@ -120,6 +120,15 @@ pub fn boot_cfg(m: &Manifest, args: &str) -> String {
     )
 }
 
+/// The kernel arguments a `boot.cfg` sets (`cairn reboot --kexec` reads
+/// them as the menu does, by sourcing it).
+pub fn boot_cfg_args(cfg: &str) -> Option<String> {
+    cfg.lines()
+        .find_map(|l| l.strip_prefix("set cairn_args=\"")?.strip_suffix('"'))
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+}
+
 /// Writes `boot.cfg` and `BOOTSUMS` from the manifest, SHA256SUMS and
 /// SHA512SUMS over every file of `dir` (coreutils format, `sha256sum -c`
 /// reads it), and detached signatures of what GRUB opens (under
@@ -462,6 +471,17 @@ pub fn booted_image() -> Option<String> {
 #[cfg(test)]
 mod diff_tests {
     use super::*;
+
+    #[test]
+    fn boot_cfg_args_read_back() {
+        let m = m("20261126T000000Z", &[]);
+        let cfg = boot_cfg(&m, "boot=live module=p cairn.sha256=a:b");
+        assert_eq!(
+            boot_cfg_args(&cfg).as_deref(),
+            Some("boot=live module=p cairn.sha256=a:b")
+        );
+        assert_eq!(boot_cfg_args("set cairn_args=\"\"\n"), None);
+    }
 
     fn m(v: &str, pk: &[(&str, &str)]) -> Manifest {
         let mut m: Manifest = serde_json::from_str(&format!(
