@@ -297,8 +297,10 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         .trim_start_matches("/images/")
         .split_once('/')
         .context("an image directory is images/PROFILE/VERSION")?;
-    let entry =
-        menu_selector(&medium.root, &rel, o.ram).unwrap_or_else(|| menu::entry_id(p, v, o.ram));
+    // Not in the written menu: an image copied onto the disk by hand, which
+    // the menu's "found now" loop offers.
+    let entry = menu_selector(&medium.root, &rel, o.ram)
+        .unwrap_or_else(|| menu::found_selector(&rel, o.ram));
     let mut plan = RebootPlan {
         image: format!("{p}/{v}"),
         entry: entry.clone(),

@@ -162,7 +162,7 @@ function cairn_load {
     initrd "$1/initrd.img"
 }
 
-# $1: a cairn ISO, $2: disk or ram. The whole ISO is checked against its
+# $1: a cairn ISO, $2: disk or ram, $3: this entry's selector. The whole ISO is checked against its
 # signature (streamed), then read without per-file checks: under enforce
 # GRUB would read the whole loop device into memory.
 function cairn_iso {
@@ -175,7 +175,7 @@ function cairn_iso {
         if [ "$2" = ram ]; then set cairn_ram=toram; fi
         if [ -n "$cairn_args" ]; then
             echo "cairn: $1 verified, booting ($2)"
-            linux (cairn_loop)/live/vmlinuz $cairn_args live-media-path=/live "findiso=$1" $cairn_ram
+            linux (cairn_loop)/live/vmlinuz $cairn_args live-media-path=/live "findiso=$1" $cairn_ram "cairn.entry=$3"
             initrd (cairn_loop)/live/initrd.img
         else
             cairn_fail "$1" "no /live/boot.cfg in the ISO"
@@ -191,6 +191,12 @@ function cairn_iso {
 /// The id of an image's menu entry (in a submenu, prefixed `rollback>`).
 pub fn entry_id(profile: &str, version: &str, ram: bool) -> String {
     format!("{profile}-{version}{}", if ram { "-ram" } else { "" })
+}
+
+/// The selector of the entry that the menu's "found now" loop makes at boot
+/// for image directory `dir` (an image copied onto the disk by hand).
+pub fn found_selector(dir: &str, ram: bool) -> String {
+    format!("found>{dir}{}", if ram { "-ram" } else { "" })
 }
 
 /// The line of a menu entry that boots image directory `dir` (`/images/P/V`)
@@ -355,7 +361,7 @@ fi
                 let title = format!("{}{}", iso.path, if ram { " (in RAM)" } else { "" });
                 writeln!(
                     cfg,
-                    "    menuentry \"{title}\" --unrestricted --id \"{id}\" {{\n        cairn_iso \"{p}\" {m}\n    }}",
+                    "    menuentry \"{title}\" --unrestricted --id \"{id}\" {{\n        cairn_iso \"{p}\" {m} \"isos>{id}\"\n    }}",
                     p = iso.path,
                     m = if ram { "ram" } else { "disk" }
                 )?;
@@ -373,11 +379,11 @@ fi
         r#"submenu "Images on this disk (found now)" --unrestricted --id found {
     for cairn_d in /images/*/*; do
         if [ -f "$cairn_d/boot.cfg" ]; then
-            menuentry "$cairn_d" --unrestricted "$cairn_d" {
-                cairn_boot "$2" disk ""
+            menuentry "$cairn_d" --unrestricted --id "$cairn_d" "$cairn_d" {
+                cairn_boot "$2" disk "found>$2"
             }
-            menuentry "$cairn_d (in RAM)" --unrestricted "$cairn_d" {
-                cairn_boot "$2" ram ""
+            menuentry "$cairn_d (in RAM)" --unrestricted --id "$cairn_d-ram" "$cairn_d" {
+                cairn_boot "$2" ram "found>$2-ram"
             }
         fi
     done
@@ -527,5 +533,48 @@ mod tests {
         assert_eq!(m.default, "b-20261102T000000Z");
         assert!(render(&[], &[], &MenuOptions::default()).is_err());
         assert!(render(&[img("a b", "1")], &[], &MenuOptions::default()).is_err());
+    }
+
+    #[test]
+    fn iso_and_found_entries_carry_their_selectors() {
+        let m = render(
+            &[img("a", "1")],
+            &[MenuIso {
+                path: "/isos/web.iso".into(),
+            }],
+            &MenuOptions::default(),
+        )
+        .unwrap();
+        let iso: Vec<&str> = m
+            .entries
+            .iter()
+            .filter(|e| e.dir == "/isos/web.iso")
+            .map(|e| e.id.as_str())
+            .collect();
+        assert_eq!(iso, ["isos>iso-web", "isos>iso-web-ram"]);
+        assert!(
+            m.cfg
+                .contains("cairn_iso \"/isos/web.iso\" ram \"isos>iso-web-ram\"")
+        );
+        // The loop's entries get the ids `cairn reboot` names for an image
+        // that is on the disk but not in the written menu.
+        for (ram, id, call, selector) in [
+            (
+                false,
+                "--id \"$cairn_d\"",
+                "cairn_boot \"$2\" disk \"found>$2\"",
+                "found>/images/p/v",
+            ),
+            (
+                true,
+                "--id \"$cairn_d-ram\"",
+                "cairn_boot \"$2\" ram \"found>$2-ram\"",
+                "found>/images/p/v-ram",
+            ),
+        ] {
+            assert!(m.cfg.contains(id), "{id}");
+            assert!(m.cfg.contains(call), "{call}");
+            assert_eq!(found_selector("/images/p/v", ram), selector);
+        }
     }
 }

@@ -103,6 +103,10 @@ fn vm(
     r
 }
 
+fn version_of(img: &Path) -> String {
+    img.file_name().unwrap().to_str().unwrap().to_string()
+}
+
 fn marker_of(img: &Path) -> String {
     let m: serde_json::Value =
         serde_json::from_slice(&fs::read(img.join("manifest.json")).unwrap()).unwrap();
@@ -179,6 +183,8 @@ pub fn proofs(store: &Path, work: &Path, default_img: &Path, web_img: &Path) {
             "1",
             "--data-size",
             "64M",
+            "--iso",
+            default_img.join("default.iso").to_str().unwrap(),
             "--json",
         ],
     )))
@@ -229,6 +235,35 @@ pub fn proofs(store: &Path, work: &Path, default_img: &Path, web_img: &Path) {
         b.markers
     );
     assert!(b.markers.contains("PROBE medium=ext4"), "{}", b.markers);
+
+    // An ISO file on the disk has its entry: the whole ISO checked against
+    // its signature, booted by loopback (findiso=), its squashfs checked in
+    // the initramfs; the boot is marked good like any entry's.
+    let iso = vm(
+        store,
+        &disk,
+        "bios",
+        Some("isos>iso-default"),
+        &[],
+        "iso-on-disk",
+    );
+    assert_eq!(
+        iso.marker.as_deref(),
+        Some(d_marker.as_str()),
+        "{}",
+        iso.console
+    );
+    assert!(
+        iso.console
+            .contains("cairn: /isos/default.iso verified, booting (disk)")
+            && iso
+                .console
+                .contains("filesystem.squashfs: SHA-256 verified"),
+        "{}",
+        iso.console
+    );
+    let env = grubenv(&disk, &mnt);
+    assert!(env.contains("cairn_good=isos>iso-default\n"), "{env}");
 
     // 2 + 4. In RAM: the medium is a tmpfs copy; the data partition kept
     // what the last boot wrote, /etc did not.
@@ -584,9 +619,13 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
     ));
     assert!(diff.contains("  + less "), "{diff}");
 
-    // The disk holds the delta's parent too (for the live proofs below).
+    // A disk made with the delta's parent; the delta is then copied onto it
+    // by hand, as a sysadmin would: the menu's "found now" loop offers it,
+    // checked like any entry.
     let parent = PathBuf::from(last["path"].as_str().unwrap());
+    let (pv, iv) = (version_of(&parent), version_of(&img));
     let disk = work.join("upgrade.img");
+    let mnt = work.join("mnt");
     ok(cairn(
         store,
         &[
@@ -595,15 +634,24 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
             disk.to_str().unwrap(),
             "--image",
             parent.to_str().unwrap(),
-            "--image",
-            img.to_str().unwrap(),
             "--data-size",
             "32M",
             "--timeout",
             "1",
         ],
     ));
-    let b = vm(store, &disk, "bios", None, &[], "upgraded");
+    {
+        let m = mounted(&disk, &mnt);
+        let st = Command::new("cp")
+            .arg("-r")
+            .arg(&img)
+            .arg(m.dir.join(format!("images/webtest/{iv}")))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let found = format!("found>/images/webtest/{iv}");
+    let b = vm(store, &disk, "bios", Some(&found), &[], "upgraded");
     assert_eq!(
         b.marker.as_deref(),
         Some(marker_of(&img).as_str()),
@@ -626,7 +674,31 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
         b.markers
     );
 
+    let env = grubenv(&disk, &mnt);
+    assert!(env.contains(&format!("cairn_good={found}\n")), "{env}");
+
+    // `cairn boot menu` writes the menu again from what the disk holds: the
+    // copied delta is the default (on trial), its parent a rollback entry.
+    let menu: serde_json::Value = serde_json::from_str(&ok(cairn(
+        store,
+        &["boot", "menu", "--disk", disk.to_str().unwrap(), "--json"],
+    )))
+    .unwrap();
+    assert_eq!(menu["default"], format!("webtest-{iv}").as_str(), "{menu}");
+    assert_eq!(
+        menu["fallback"][0],
+        format!("rollback>webtest-{pv}").as_str(),
+        "{menu}"
+    );
+
     live(store, work, &disk, &parent, &img);
+    // The kexec'd boot carried the menu's entry for the delta: it ended the
+    // delta's trial and is the last good boot.
+    let env = grubenv(&disk, &mnt);
+    assert!(
+        env.contains(&format!("cairn_good=webtest-{iv}\n")) && !env.contains("cairn_trial="),
+        "{env}"
+    );
 
     // Retention: keep 2 of webtest's images; the newest still verifies.
     let before = image_count(store, "webtest");
@@ -652,8 +724,7 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
 /// firmware reboot would end the run, so the delta's marker can only come
 /// from the kexec'd kernel (and GRUB's first line appears once).
 fn live(store: &Path, work: &Path, disk: &Path, parent: &Path, img: &Path) {
-    let pv = parent.file_name().unwrap().to_str().unwrap();
-    let iv = img.file_name().unwrap().to_str().unwrap();
+    let (pv, iv) = (version_of(parent), version_of(img));
     let share = work.join("share");
     let _ = fs::remove_dir_all(&share);
     fs::create_dir_all(&share).unwrap();

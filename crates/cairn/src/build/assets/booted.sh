@@ -41,12 +41,21 @@ mark_good() {
     echo "cairn: boot of $entry marked good"
 }
 
+# The boot partition mounted read-only by live-boot: written through that
+# mount (a second, read-write mount of it would be refused).
+mark_good_at() {
+    mount -o remount,rw "$1" && { mark_good "$1"; mount -o remount,ro "$1"; }
+}
+
 if [ -n "$entry" ]; then
     medium=/run/live/medium
     fstype="$(awk -v m="$medium" '$2 == m { print $3 }' /proc/mounts)"
     if [ -n "$fstype" ] && [ "$fstype" != tmpfs ] && [ "$fstype" != iso9660 ]; then
-        # live-boot's medium: the boot partition itself, mounted read-only.
-        mount -o remount,rw "$medium" && { mark_good "$medium"; mount -o remount,ro "$medium"; }
+        # live-boot's medium: the boot partition itself.
+        mark_good_at "$medium"
+    elif awk '$2 == "/run/live/findiso" { f = 1 } END { exit !f }' /proc/mounts; then
+        # An ISO file on the boot partition (findiso=): its partition.
+        mark_good_at /run/live/findiso
     else
         # toram: the medium is in RAM; the boot partition is found by its label.
         dev="$(blkid -L cairn-boot 2>/dev/null)"
