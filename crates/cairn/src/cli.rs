@@ -975,6 +975,9 @@ fn print_menu(m: &crate::boot::menu::Menu) {
     for e in &m.entries {
         println!("  {:<48} {}", e.id, e.title);
     }
+    for l in &m.left_out {
+        println!("left out (fails its checks): {}: {}", l.path, l.problem);
+    }
 }
 
 fn run_disk(cli: &Cli, c: &DiskCommand) -> Result<i32> {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::env;
 use super::grub;
-use super::menu::{self, MenuImage, MenuIso, MenuOptions};
+use super::menu::{self, LeftOut, MenuImage, MenuIso, MenuOptions};
 use crate::cmd::{Cmd, Tool, require};
 use crate::image;
 use crate::trust::keys::{self, SigningKey, sign_file};
@@ -258,9 +258,22 @@ fn check_image(dir: &Path, key: &SigningKey) -> Result<()> {
     Ok(())
 }
 
-/// The menu for the images under `root/images` and ISOs under `root/isos`.
-fn scan(root: &Path) -> Result<(Vec<MenuImage>, Vec<MenuIso>)> {
-    let mut images = Vec::new();
+/// What a boot partition holds, checked against the signing key: images
+/// (`images/P/V` with a boot.cfg) and ISOs (`isos/*.iso`) that pass go into
+/// the menu; the rest are left out, with why (copied by hand, damaged, or
+/// signed by another key: GRUB would refuse them anyway).
+struct Scanned {
+    images: Vec<MenuImage>,
+    isos: Vec<MenuIso>,
+    left_out: Vec<LeftOut>,
+}
+
+fn scan(root: &Path, key: &SigningKey) -> Result<Scanned> {
+    let mut s = Scanned {
+        images: Vec::new(),
+        isos: Vec::new(),
+        left_out: Vec::new(),
+    };
     if let Ok(rd) = fs::read_dir(root.join("images")) {
         for p in rd.flatten() {
             for v in fs::read_dir(p.path())?.flatten() {
@@ -271,27 +284,46 @@ fn scan(root: &Path) -> Result<(Vec<MenuImage>, Vec<MenuIso>)> {
                 if vn.starts_with('.') || !v.path().join(image::BOOT_CFG).exists() {
                     continue;
                 }
-                images.push(MenuImage {
-                    dir: format!("/images/{pn}/{vn}"),
-                    profile: pn,
-                    version: vn,
-                });
+                let dir = format!("/images/{pn}/{vn}");
+                let problem = match image::verify_with(&v.path(), &key.public_key, true) {
+                    Ok(r) if r.ok => None,
+                    Ok(r) => Some(r.problems.join("; ")),
+                    Err(e) => Some(format!("{e:#}")),
+                };
+                match problem {
+                    None => s.images.push(MenuImage {
+                        dir,
+                        profile: pn,
+                        version: vn,
+                    }),
+                    Some(problem) => s.left_out.push(LeftOut { path: dir, problem }),
+                }
             }
         }
     }
-    let mut isos = Vec::new();
     if let Ok(rd) = fs::read_dir(root.join("isos")) {
+        let work = RemoveOnDrop::scratch("isos")?;
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.ends_with(".iso") {
-                isos.push(MenuIso {
-                    path: format!("/isos/{n}"),
-                });
+            if !n.ends_with(".iso") {
+                continue;
+            }
+            let path = format!("/isos/{n}");
+            match keys::verify_file(&key.public_key, &e.path(), &work.0) {
+                Ok(_) => s.isos.push(MenuIso { path }),
+                Err(e) => s.left_out.push(LeftOut {
+                    path,
+                    problem: format!("signature: {e:#}"),
+                }),
             }
         }
     }
-    isos.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok((images, isos))
+    s.isos.sort_by(|a, b| a.path.cmp(&b.path));
+    s.left_out.sort_by(|a, b| a.path.cmp(&b.path));
+    for l in &s.left_out {
+        tracing::warn!("left out of the menu: {}: {}", l.path, l.problem);
+    }
+    Ok(s)
 }
 
 /// Writes grub.cfg (+ .sig) and guard.sig for the boot tree at `root`, and
@@ -301,9 +333,10 @@ fn write_menu(
     key: &SigningKey,
     opts: &MenuOptions,
     previous_default: Option<&str>,
+    scanned: Scanned,
 ) -> Result<menu::Menu> {
-    let (images, isos) = scan(root)?;
-    let m = menu::render(&images, &isos, opts)?;
+    let mut m = menu::render(&scanned.images, &scanned.isos, opts)?;
+    m.left_out = scanned.left_out;
     let gdir = root.join("boot/grub");
     fs::create_dir_all(&gdir)?;
     // A signature that must not verify grub.cfg (the menu checks this).
@@ -359,13 +392,17 @@ pub fn create(
     for i in &opts.images {
         check_image(i, &key)?;
     }
-    for iso in &opts.isos {
-        if !iso.with_extension("iso.sig").exists() {
-            bail!(
-                "{} has no signature beside it ({}): only cairn's signed ISOs can go on a disk",
-                iso.display(),
-                iso.with_extension("iso.sig").display()
-            );
+    if !opts.isos.is_empty() {
+        let work = RemoveOnDrop::scratch("isos")?;
+        for iso in &opts.isos {
+            keys::verify_file(&key.public_key, iso, &work.0).with_context(|| {
+                format!(
+                    "{}: only ISOs signed with key {} can go on this disk (its signature: {})",
+                    iso.display(),
+                    key.fingerprint,
+                    iso.with_extension("iso.sig").display()
+                )
+            })?;
         }
     }
     let device = is_block_device(target);
@@ -427,7 +464,8 @@ pub fn create(
 
     let boot_uuid = new_uuid()?;
     let menu_opts = opts.menu.clone();
-    let m = write_menu(&staging, &key, &menu_opts, None)?;
+    let scanned = scan(&staging, &key)?;
+    let m = write_menu(&staging, &key, &menu_opts, None, scanned)?;
     let cfg = DiskConfig {
         menu: menu_opts,
         data_label: (opts.data_size > 0).then(|| opts.data_label.clone()),
@@ -597,27 +635,24 @@ pub fn install(
     let mut cfg: DiskConfig = serde_json::from_slice(
         &fs::read(&cfgp).with_context(|| format!("reading {}", cfgp.display()))?,
     )?;
-    let (images, _) = scan(&mnt.dir)?;
-    let mut bad = Vec::new();
-    for i in &images {
-        let dir = mnt.dir.join(i.dir.trim_start_matches('/'));
-        match image::verify_with(&dir, &key.public_key, true) {
-            Ok(v) if v.ok => {}
-            Ok(v) => bad.push(format!("{}: {}", i.dir, v.problems.join("; "))),
-            Err(e) => bad.push(format!("{}: {e:#}", i.dir)),
-        }
-    }
-    if !bad.is_empty() {
+    // GRUB gets the key: everything on the disk must verify with it first.
+    let scanned = scan(&mnt.dir, &key)?;
+    if !scanned.left_out.is_empty() {
         bail!(
-            "these images do not verify with key {} (re-seal them with `cairn image sign`, or remove them):\n  {}",
+            "these do not verify with key {} (re-seal them with `cairn image sign`, or remove them):\n  {}",
             key.fingerprint,
-            bad.join("\n  ")
+            scanned
+                .left_out
+                .iter()
+                .map(|l| format!("{}: {}", l.path, l.problem))
+                .collect::<Vec<_>>()
+                .join("\n  ")
         );
     }
     let work = store.join(format!(".grub-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(work.clone());
     let g = grub::build_images(&work, &key.public_key, &cfg.boot_uuid, secure_boot)?;
-    let m = write_menu(&mnt.dir, &key, &cfg.menu, Some(&cfg.default_entry))?;
+    let m = write_menu(&mnt.dir, &key, &cfg.menu, Some(&cfg.default_entry), scanned)?;
     cfg.default_entry = m.default.clone();
     cfg.signed_by = key.fingerprint.clone();
     crate::fsutil::write_atomic(&cfgp, &serde_json::to_vec_pretty(&cfg)?)?;
@@ -627,6 +662,15 @@ pub fn install(
 }
 
 struct RemoveOnDrop(PathBuf);
+
+impl RemoveOnDrop {
+    /// A new directory in the system's temporary directory, removed on drop.
+    fn scratch(what: &str) -> Result<RemoveOnDrop> {
+        let d = std::env::temp_dir().join(format!("cairn-{what}-{}", std::process::id()));
+        fs::create_dir_all(&d)?;
+        Ok(RemoveOnDrop(d))
+    }
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -796,7 +840,8 @@ fn refresh(key: &SigningKey, root: &Path) -> Result<menu::Menu> {
     let mut cfg: DiskConfig = serde_json::from_slice(
         &fs::read(&cfgp).with_context(|| format!("reading {}", cfgp.display()))?,
     )?;
-    let m = write_menu(root, key, &cfg.menu, Some(&cfg.default_entry))?;
+    let scanned = scan(root, key)?;
+    let m = write_menu(root, key, &cfg.menu, Some(&cfg.default_entry), scanned)?;
     cfg.default_entry = m.default.clone();
     cfg.signed_by = key.fingerprint.clone();
     crate::fsutil::write_atomic(&cfgp, &serde_json::to_vec_pretty(&cfg)?)?;

@@ -64,6 +64,16 @@ pub struct Menu {
     pub default: String,
     pub fallback: Vec<String>,
     pub entries: Vec<MenuEntry>,
+    /// Images and ISOs on the disk that failed their checks: not in the menu.
+    pub left_out: Vec<LeftOut>,
+}
+
+/// An image directory or ISO file left out of a disk's menu, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftOut {
+    /// From the partition's root, as the menu would name it.
+    pub path: String,
+    pub problem: String,
 }
 
 fn safe(s: &str) -> bool {
@@ -395,6 +405,7 @@ fi
         default,
         fallback,
         entries,
+        left_out: Vec::new(),
     })
 }
 

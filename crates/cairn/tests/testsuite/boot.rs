@@ -678,7 +678,20 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
     assert!(env.contains(&format!("cairn_good={found}\n")), "{env}");
 
     // `cairn boot menu` writes the menu again from what the disk holds: the
-    // copied delta is the default (on trial), its parent a rollback entry.
+    // copied delta is the default (on trial), its parent a rollback entry; a
+    // copy that broke off (its layers missing) is left out, and says why.
+    // (Named older than the delta: apply-live below takes the newest.)
+    let partial = format!("/images/webtest/{pv}-partial");
+    {
+        let m = mounted(&disk, &mnt);
+        let dest = m.dir.join(partial.trim_start_matches('/'));
+        fs::create_dir_all(&dest).unwrap();
+        for e in fs::read_dir(&img).unwrap().flatten() {
+            if !e.file_name().to_string_lossy().ends_with(".squashfs") {
+                fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+            }
+        }
+    }
     let menu: serde_json::Value = serde_json::from_str(&ok(cairn(
         store,
         &["boot", "menu", "--disk", disk.to_str().unwrap(), "--json"],
@@ -690,6 +703,14 @@ pub fn upgrades(store: &Path, work: &Path, v1: &Path, v2: &Path, base: &Path) {
         format!("rollback>webtest-{pv}").as_str(),
         "{menu}"
     );
+    assert_eq!(menu["left_out"][0]["path"], partial.as_str(), "{menu}");
+    assert!(
+        menu["left_out"][0]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("filesystem.squashfs")),
+        "{menu}"
+    );
+    assert_eq!(menu["left_out"].as_array().unwrap().len(), 1, "{menu}");
 
     live(store, work, &disk, &parent, &img);
     // The kexec'd boot carried the menu's entry for the delta: it ended the

@@ -192,6 +192,91 @@ fn example_profiles_are_valid() {
     assert_eq!(b.data[0].path, "/srv/cairn");
 }
 
+/// A sealed image of made-up files (profile `web`, version 2): enough for
+/// everything that reads signatures and hashes, nothing that boots.
+fn tiny_image(img: &Path, key: &keys::SigningKey) -> std::path::PathBuf {
+    fs::create_dir_all(img).unwrap();
+    fs::write(img.join("vmlinuz"), "kernel bytes\n").unwrap();
+    fs::write(img.join("initrd.img"), "initrd bytes\n").unwrap();
+    fs::write(img.join("filesystem.squashfs"), "squashfs bytes\n").unwrap();
+    fs::write(
+        img.join("manifest.json"),
+        r#"{"schema-version":1,"profile":"web","profile-hash":"h","profile-commit":null,"version":"2","suite":"s","architecture":"amd64","host-type":"virtual","kernel":"k","kernel-cmdline":["quiet"],"compression":"zstd","level":null,"bootable":true,"parent":null,"layers":["filesystem.squashfs"],"packages":[],"files":{},"data":[],"built-at":0,"build-seconds":0.0,"signed-by":null,"cairn-version":"0"}"#,
+    )
+    .unwrap();
+    cairn::image::seal(img, key).unwrap();
+    img.to_path_buf()
+}
+
+/// A disk takes only what its GRUB will boot: an ISO signed by another key
+/// is refused before anything is written; one signed with the disk's key
+/// gets its entries.
+#[test]
+fn a_disk_takes_only_isos_signed_with_its_key() {
+    if need_tools(&[
+        "gpg",
+        "gpgv",
+        "sfdisk",
+        "mkfs.ext4",
+        "mkfs.fat",
+        "mcopy",
+        "grub-mkimage",
+    ]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
+    let key = keys::load(&store).unwrap();
+    let other = d.path().join("other");
+    ok(cairn(&other, &["key", "generate", "--bits", "2048"]));
+    let other_key = keys::load(&other).unwrap();
+    let img = tiny_image(&d.path().join("img"), &key);
+    let iso = d.path().join("web.iso");
+    fs::write(&iso, "not really an ISO\n").unwrap();
+    keys::sign_file(&other_key, &iso).unwrap();
+    let disk = d.path().join("disk.img");
+    let create = || {
+        cairn(
+            &store,
+            &[
+                "disk",
+                "create",
+                disk.to_str().unwrap(),
+                "--image",
+                img.to_str().unwrap(),
+                "--iso",
+                iso.to_str().unwrap(),
+                "--data-size",
+                "0",
+                "--json",
+            ],
+        )
+    };
+    let out = create();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("web.iso: only ISOs signed with key") && err.contains(&key.fingerprint),
+        "{err}"
+    );
+    assert!(!disk.exists());
+    keys::sign_file(&key, &iso).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&ok(create())).unwrap();
+    let ids: Vec<&str> = m["menu"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["web-2", "web-2-ram", "isos>iso-web", "isos>iso-web-ram"],
+        "{m}"
+    );
+    assert_eq!(m["menu"]["left_out"], serde_json::json!([]), "{m}");
+}
+
 /// `cairn reboot --kexec` loads only what cairn's menu would boot: the same
 /// signed files, the same BOOTSUMS, boot.cfg's arguments. Each tampering the
 /// menu refuses is refused here too, before anything is loaded.
@@ -208,20 +293,7 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
     ok(cairn(&other, &["key", "generate", "--bits", "2048"]));
     let other_key = keys::load(&other).unwrap();
 
-    let make = |name: &str| {
-        let img = d.path().join(name);
-        fs::create_dir_all(&img).unwrap();
-        fs::write(img.join("vmlinuz"), "kernel bytes\n").unwrap();
-        fs::write(img.join("initrd.img"), "initrd bytes\n").unwrap();
-        fs::write(img.join("filesystem.squashfs"), "squashfs bytes\n").unwrap();
-        fs::write(
-            img.join("manifest.json"),
-            r#"{"schema-version":1,"profile":"web","profile-hash":"h","profile-commit":null,"version":"2","suite":"s","architecture":"amd64","host-type":"virtual","kernel":"k","kernel-cmdline":["quiet"],"compression":"zstd","level":null,"bootable":true,"parent":null,"layers":["filesystem.squashfs"],"packages":[],"files":{},"data":[],"built-at":0,"build-seconds":0.0,"signed-by":null,"cairn-version":"0"}"#,
-        )
-        .unwrap();
-        cairn::image::seal(&img, &key).unwrap();
-        img
-    };
+    let make = |name: &str| tiny_image(&d.path().join(name), &key);
     let check = |img: &Path, k: &Path| {
         let work = d.path().join("work");
         let _ = fs::remove_dir_all(&work);
