@@ -8,7 +8,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # Debian packages cairn drives or its tests use.
 CAIRN_RUNTIME_PKGS=(gpg gpgv apt dpkg ca-certificates mmdebstrap debootstrap xz-utils squashfs-tools
     fdisk dosfstools e2fsprogs sbsigntool openssl util-linux mount
-    grub-common grub-pc-bin grub-efi-amd64-bin grub-emu xorriso mtools qemu-system-x86 ovmf)
+    grub-common grub-pc-bin grub-efi-amd64-bin grub-emu xorriso mtools qemu-system-x86 ovmf
+    shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed)
 CAIRN_BUILD_PKGS=(build-essential pkg-config)
 
 apt_install() {

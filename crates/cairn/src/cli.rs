@@ -185,12 +185,8 @@ pub enum DiskCommand {
         data_label: String,
         #[command(flatten)]
         menu: MenuArgs,
-        /// Secure Boot: sign GRUB's EFI binary with this db/MOK private key (PEM)…
-        #[arg(long, requires = "secure_boot_cert")]
-        secure_boot_key: Option<PathBuf>,
-        /// …and this certificate (PEM).
-        #[arg(long, requires = "secure_boot_key")]
-        secure_boot_cert: Option<PathBuf>,
+        #[command(flatten)]
+        secure_boot: SecureBootArgs,
         /// Erase a block device without asking.
         #[arg(long)]
         yes: bool,
@@ -209,6 +205,38 @@ pub enum DiskCommand {
     },
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct SecureBootArgs {
+    /// Secure Boot: sign GRUB's EFI binary with this db/MOK private key (PEM)…
+    #[arg(long, requires = "secure_boot_cert")]
+    secure_boot_key: Option<PathBuf>,
+    /// …and this certificate (PEM).
+    #[arg(long, requires = "secure_boot_key")]
+    secure_boot_cert: Option<PathBuf>,
+    /// Secure Boot through Debian's shim, which Microsoft's UEFI CA signed
+    /// (it boots where only Microsoft's keys are enrolled, as on most
+    /// machines): shim becomes BOOTX64.EFI and trusts GRUB (with SBAT
+    /// metadata) through the MOK list. Enrol the certificate once:
+    /// `mokutil --import CERT`, or MokManager's "Enroll key from disk"
+    /// (`EFI/BOOT/cairn-mok.cer`).
+    #[arg(long, requires = "secure_boot_key")]
+    shim: bool,
+}
+
+impl SecureBootArgs {
+    fn get(&self) -> Option<crate::boot::grub::SecureBoot> {
+        let (key, cert) = self
+            .secure_boot_key
+            .clone()
+            .zip(self.secure_boot_cert.clone())?;
+        Some(crate::boot::grub::SecureBoot {
+            key,
+            cert,
+            shim: self.shim,
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum BootCommand {
     /// Build cairn's GRUB again and install it on a cairn disk (file or
@@ -219,12 +247,8 @@ pub enum BootCommand {
     Install {
         #[arg(long)]
         disk: PathBuf,
-        /// Secure Boot: sign GRUB's EFI binary with this db/MOK private key (PEM)…
-        #[arg(long, requires = "secure_boot_cert")]
-        secure_boot_key: Option<PathBuf>,
-        /// …and this certificate (PEM).
-        #[arg(long, requires = "secure_boot_key")]
-        secure_boot_cert: Option<PathBuf>,
+        #[command(flatten)]
+        secure_boot: SecureBootArgs,
         #[arg(long)]
         json: bool,
     },
@@ -293,10 +317,19 @@ pub enum VmCommand {
         /// Let the VM reboot (boot counting); by default a reboot ends the run.
         #[arg(long)]
         reboots: bool,
-        /// UEFI with Secure Boot enforced, Debian's OVMF test key ("snakeoil",
-        /// /usr/share/ovmf/PkKek-1-snakeoil.*) enrolled: sign GRUB with it.
+        /// UEFI with Secure Boot enforced. The firmware trusts Debian's OVMF
+        /// test key ("snakeoil", /usr/share/ovmf/PkKek-1-snakeoil.*) unless
+        /// --own-cert or --mok-cert says otherwise.
         #[arg(long)]
         secure_boot: bool,
+        /// Secure Boot: this certificate (PEM or DER) alone enrolled as PK,
+        /// KEK and db — a machine that trusts only your key.
+        #[arg(long, requires = "secure_boot", conflicts_with = "mok_cert")]
+        own_cert: Option<PathBuf>,
+        /// Secure Boot: Microsoft's keys enrolled (as on most machines) and
+        /// this certificate in shim's MOK list — for disks made with --shim.
+        #[arg(long, requires = "secure_boot")]
+        mok_cert: Option<PathBuf>,
         /// Directory for console.log and marker.log.
         #[arg(long, default_value = "/var/tmp/cairn-vm")]
         log_dir: PathBuf,
@@ -632,6 +665,8 @@ fn run(cli: &Cli) -> Result<i32> {
             entry,
             reboots,
             secure_boot,
+            own_cert,
+            mok_cert,
             log_dir,
             attach_dir,
             event,
@@ -662,6 +697,11 @@ fn run(cli: &Cli) -> Result<i32> {
                 },
                 reboots: *reboots,
                 secure_boot: *secure_boot,
+                secure_boot_keys: match (own_cert, mok_cert) {
+                    (Some(c), _) => crate::vm::SecureBootKeys::Own(c.clone()),
+                    (None, Some(c)) => crate::vm::SecureBootKeys::Mok(c.clone()),
+                    (None, None) => crate::vm::SecureBootKeys::Snakeoil,
+                },
                 log_dir: log_dir.clone(),
                 marker: marker.clone(),
                 attach,
@@ -686,8 +726,10 @@ fn run(cli: &Cli) -> Result<i32> {
                     r.accel,
                     if r.timed_out {
                         "timed out"
-                    } else {
+                    } else if r.exited {
                         "powered off"
+                    } else {
+                        "stopped at the marker"
                     },
                     r.seconds,
                     r.console_log.display()
@@ -990,8 +1032,7 @@ fn run_disk(cli: &Cli, c: &DiskCommand) -> Result<i32> {
             data_size,
             data_label,
             menu,
-            secure_boot_key,
-            secure_boot_cert,
+            secure_boot,
             yes,
             json,
         } => {
@@ -1005,7 +1046,7 @@ fn run_disk(cli: &Cli, c: &DiskCommand) -> Result<i32> {
                 menu: menu.options(),
                 data_size: *data_size,
                 data_label: data_label.clone(),
-                secure_boot: secure_boot_key.clone().zip(secure_boot_cert.clone()),
+                secure_boot: secure_boot.get(),
                 yes: *yes,
                 quiet: cli.quiet || *json,
             };
@@ -1049,22 +1090,21 @@ fn run_boot(cli: &Cli, c: &BootCommand) -> Result<i32> {
     match c {
         BootCommand::Install {
             disk,
-            secure_boot_key,
-            secure_boot_cert,
+            secure_boot,
             json,
         } => {
-            let sb = secure_boot_key.as_deref().zip(secure_boot_cert.as_deref());
-            let m = crate::boot::disk::install(&cli.store, disk, sb)?;
+            let sb = secure_boot.get();
+            let m = crate::boot::disk::install(&cli.store, disk, sb.as_ref())?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
                 println!(
                     "{}: GRUB installed (BIOS + UEFI{}), menu signed again",
                     disk.display(),
-                    if sb.is_some() {
-                        ", signed for Secure Boot"
-                    } else {
-                        ""
+                    match &sb {
+                        Some(s) if s.shim => ", signed for Secure Boot, behind shim",
+                        Some(_) => ", signed for Secure Boot",
+                        None => "",
                     }
                 );
                 print_menu(&m);

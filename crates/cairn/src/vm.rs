@@ -25,6 +25,21 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// that key is /usr/share/ovmf/PkKek-1-snakeoil.{key,pem}.
 pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 pub const OVMF_VARS_SNAKEOIL: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
+/// Microsoft's keys enrolled (what most machines ship with): shim, signed by
+/// Microsoft's UEFI CA, boots; it then trusts the MOK list.
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
+/// Whose keys a Secure Boot VM's firmware trusts.
+#[derive(Debug, Clone, Default)]
+pub enum SecureBootKeys {
+    /// Debian's test key as PK, KEK and db (OVMF_VARS_SNAKEOIL).
+    #[default]
+    Snakeoil,
+    /// This certificate alone as PK, KEK and db (the user's own db key).
+    Own(PathBuf),
+    /// Microsoft's keys, and this certificate in shim's MOK list.
+    Mok(PathBuf),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -54,8 +69,10 @@ pub struct VmSpec {
     /// Written to qemu's SMBIOS system serial: `cairn-test-poweroff` makes a
     /// cairn image power off after its boot marker.
     pub smbios_serial: Option<String>,
-    /// UEFI with Secure Boot enforced (test keys: see OVMF_VARS_SNAKEOIL).
+    /// UEFI with Secure Boot enforced.
     pub secure_boot: bool,
+    /// The keys its firmware trusts (with `secure_boot`).
+    pub secure_boot_keys: SecureBootKeys,
     /// Let the guest reboot (boot counting) instead of ending the run.
     pub reboots: bool,
     /// Where console.log and marker.log go.
@@ -112,7 +129,8 @@ pub struct VmResult {
     pub marker_line: Option<String>,
     pub seconds_to_marker: Option<f64>,
     pub seconds: f64,
-    /// The VM powered off (or rebooted, with -no-reboot) by itself.
+    /// The VM powered off (or rebooted, with -no-reboot) by itself; when
+    /// neither this nor `timed_out`, it was stopped at the marker.
     pub exited: bool,
     pub timed_out: bool,
     pub console_log: PathBuf,
@@ -264,10 +282,11 @@ fn run_once(
         ));
     }
     if spec.firmware == Firmware::Uefi {
-        let (code, vars_src) = if secure {
-            (OVMF_CODE_SECBOOT, OVMF_VARS_SNAKEOIL)
-        } else {
-            (OVMF_CODE, OVMF_VARS)
+        let (code, vars_src) = match (secure, &spec.secure_boot_keys) {
+            (false, _) => (OVMF_CODE, OVMF_VARS),
+            (true, SecureBootKeys::Snakeoil) => (OVMF_CODE_SECBOOT, OVMF_VARS_SNAKEOIL),
+            (true, SecureBootKeys::Own(_)) => (OVMF_CODE_SECBOOT, OVMF_VARS),
+            (true, SecureBootKeys::Mok(_)) => (OVMF_CODE_SECBOOT, OVMF_VARS_MS),
         };
         for f in [code, vars_src] {
             if !Path::new(f).exists() {
@@ -275,7 +294,17 @@ fn run_once(
             }
         }
         let vars = spec.log_dir.join("OVMF_VARS.fd");
-        fs::copy(vars_src, &vars).with_context(|| format!("copying {vars_src}"))?;
+        let template = fs::read(vars_src).with_context(|| format!("reading {vars_src}"))?;
+        let store = match (secure, &spec.secure_boot_keys) {
+            (true, SecureBootKeys::Own(c)) => {
+                crate::boot::efivars::enrol_own_key(&template, &crate::boot::efivars::cert_der(c)?)?
+            }
+            (true, SecureBootKeys::Mok(c)) => {
+                crate::boot::efivars::enrol_mok(&template, &crate::boot::efivars::cert_der(c)?)?
+            }
+            _ => template,
+        };
+        fs::write(&vars, store).with_context(|| format!("writing {}", vars.display()))?;
         if secure {
             cmd.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
         }
@@ -310,6 +339,9 @@ fn run_once(
         {
             marker_line = Some(line);
             seconds_to_marker = Some(t0.elapsed().as_secs_f64());
+            // What was waited for is there: the VM is stopped (a cairn
+            // image has synced its boot mark and data before its marker).
+            break;
         }
         let silent = || {
             fs::metadata(&console).map_or(0, |m| m.len()) == 0

@@ -152,8 +152,8 @@ pub struct DiskOptions {
     /// Bytes for the data partition (0: none).
     pub data_size: u64,
     pub data_label: String,
-    /// Secure Boot: (private key, certificate) of the user's db or MOK key.
-    pub secure_boot: Option<(PathBuf, PathBuf)>,
+    /// Secure Boot: GRUB signed with the user's db or MOK key (and shim).
+    pub secure_boot: Option<grub::SecureBoot>,
     /// A block device may be overwritten.
     pub yes: bool,
     pub quiet: bool,
@@ -481,22 +481,15 @@ pub fn create(
         "GRUB for BIOS and UEFI with key {} built in",
         key.fingerprint
     ));
-    let gwork = staging.join(".grub-build");
+    // Beside the staging tree, not in it (it becomes the partition).
+    let gwork = staging.with_extension("grub");
+    let _c2 = RemoveOnDrop(gwork.clone());
     let g = grub::build_images(
         &gwork,
         &key.public_key,
         &boot_uuid,
-        opts.secure_boot
-            .as_ref()
-            .map(|(k, c)| (k.as_path(), c.as_path())),
+        opts.secure_boot.as_ref(),
     )?;
-    let efi_bin = staging.with_extension("efi");
-    let core_img = staging.with_extension("core");
-    fs::rename(&g.efi, &efi_bin)?;
-    fs::rename(&g.bios_core, &core_img)?;
-    let _c2 = RemoveOnDrop(efi_bin.clone());
-    let _c3 = RemoveOnDrop(core_img.clone());
-    fs::remove_dir_all(&gwork)?;
 
     // The disk itself: a hidden sibling for files, renamed when complete.
     let out = if device {
@@ -547,7 +540,7 @@ pub fn create(
         .run()
         .context("making the EFI system partition")?;
     say("GRUB onto the EFI system partition, BIOS boot code");
-    install_loaders(&out, &layout.bios, &layout.esp, &efi_bin, &core_img)?;
+    install_loaders(&out, &layout.bios, &layout.esp, &g)?;
     if let Some(d) = &layout.data {
         say(&format!(
             "data partition: ext4 {}, {}",
@@ -594,27 +587,23 @@ pub fn create(
 
 /// GRUB's EFI binary onto the ESP (mtools, at its offset) and the BIOS boot
 /// code into the MBR and the BIOS boot partition.
-fn install_loaders(
-    disk: &Path,
-    bios: &Part,
-    esp: &Part,
-    efi_bin: &Path,
-    core: &Path,
-) -> Result<()> {
+fn install_loaders(disk: &Path, bios: &Part, esp: &Part, g: &grub::GrubImages) -> Result<()> {
     let img = format!("{}@@{}", disk.display(), esp.offset());
     Cmd::new("mmd")
         .args(["-D", "s", "-i", &img, "::/EFI", "::/EFI/BOOT"])
         .env("MTOOLS_SKIP_CHECK", "1")
         .output_any_status()?;
-    Cmd::new(MCOPY.program)
-        .args(["-o", "-i", &img])
-        .arg(efi_bin)
-        .arg("::/EFI/BOOT/BOOTX64.EFI")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .run()
-        .context("copying GRUB onto the EFI system partition")?;
+    for (file, name) in &g.efi_files {
+        Cmd::new(MCOPY.program)
+            .args(["-o", "-i", &img])
+            .arg(file)
+            .arg(format!("::/EFI/BOOT/{name}"))
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .run()
+            .with_context(|| format!("copying {name} onto the EFI system partition"))?;
+    }
     let mut f = fs::OpenOptions::new().read(true).write(true).open(disk)?;
-    grub::bios_install(&mut f, bios.start, bios.sectors, core)
+    grub::bios_install(&mut f, bios.start, bios.sectors, &g.bios_core)
 }
 
 /// `cairn boot install`: GRUB built again (the store's current key, Secure
@@ -624,7 +613,7 @@ fn install_loaders(
 pub fn install(
     store: &Path,
     disk: &Path,
-    secure_boot: Option<(&Path, &Path)>,
+    secure_boot: Option<&grub::SecureBoot>,
 ) -> Result<menu::Menu> {
     require_tools()?;
     let key = keys::load(store)?;
@@ -657,7 +646,7 @@ pub fn install(
     cfg.signed_by = key.fingerprint.clone();
     crate::fsutil::write_atomic(&cfgp, &serde_json::to_vec_pretty(&cfg)?)?;
     drop(mnt);
-    install_loaders(disk, &bios, &esp, &g.efi, &g.bios_core)?;
+    install_loaders(disk, &bios, &esp, &g)?;
     Ok(m)
 }
 

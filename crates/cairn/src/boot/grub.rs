@@ -119,8 +119,82 @@ pub fn early_cfg(boot_uuid: &str) -> String {
     )
 }
 
-/// Runs grub-mkimage for `platform` into `out`.
-pub fn mkimage(platform: Platform, out: &Path, public_key: &Path, boot_uuid: &str) -> Result<()> {
+/// Debian's shim (signed by Microsoft's UEFI CA: most machines boot it) and
+/// its MOK manager (`mokutil --import` is confirmed there).
+pub const SHIM: &str = "/usr/lib/shim/shimx64.efi.signed";
+pub const MOK_MANAGER: &str = "/usr/lib/shim/mmx64.efi.signed";
+/// Debian's signed GRUB, built from the same GRUB source as the modules
+/// cairn's GRUB is made of: its SBAT metadata (the security generations shim
+/// checks) applies to cairn's GRUB too.
+pub const DEBIAN_SIGNED_GRUB: &str = "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed";
+
+/// Secure Boot signing of GRUB's EFI binary.
+#[derive(Debug, Clone)]
+pub struct SecureBoot {
+    /// The user's db or MOK key and certificate.
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    /// Boot through Debian's shim, trusting the certificate through shim's
+    /// MOK list: GRUB gets SBAT metadata, shim becomes BOOTX64.EFI.
+    pub shim: bool,
+}
+
+/// The contents of section `name` of a PE file (trailing NULs removed).
+pub fn pe_section(pe: &[u8], name: &str) -> Result<Vec<u8>> {
+    let u16_at = |o: usize| pe.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        pe.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let bad = || anyhow::anyhow!("not a PE file");
+    let pe_at = u32_at(0x3c).ok_or_else(bad)? as usize;
+    if pe.get(pe_at..pe_at + 4) != Some(b"PE\0\0") {
+        return Err(bad());
+    }
+    let sections = u16_at(pe_at + 6).ok_or_else(bad)? as usize;
+    let optional = u16_at(pe_at + 20).ok_or_else(bad)? as usize;
+    let table = pe_at + 24 + optional;
+    for i in 0..sections {
+        let h = table + 40 * i;
+        let n = pe.get(h..h + 8).ok_or_else(bad)?;
+        if n.split(|b| *b == 0).next() != Some(name.as_bytes()) {
+            continue;
+        }
+        let size = u32_at(h + 8)
+            .ok_or_else(bad)?
+            .min(u32_at(h + 16).ok_or_else(bad)?) as usize;
+        let at = u32_at(h + 20).ok_or_else(bad)? as usize;
+        let mut data = pe.get(at..at + size).ok_or_else(bad)?.to_vec();
+        while data.last() == Some(&0) {
+            data.pop();
+        }
+        return Ok(data);
+    }
+    bail!("no {name} section")
+}
+
+/// Debian's GRUB SBAT lines (see DEBIAN_SIGNED_GRUB).
+fn sbat_csv() -> Result<Vec<u8>> {
+    let pe = fs::read(DEBIAN_SIGNED_GRUB).with_context(|| {
+        format!("reading {DEBIAN_SIGNED_GRUB} for GRUB's SBAT metadata (apt-get install grub-efi-amd64-signed)")
+    })?;
+    let csv = pe_section(&pe, ".sbat")
+        .with_context(|| format!("SBAT metadata of {DEBIAN_SIGNED_GRUB}"))?;
+    if !csv.starts_with(b"sbat,1,") {
+        bail!("{DEBIAN_SIGNED_GRUB}: unexpected SBAT metadata");
+    }
+    Ok(csv)
+}
+
+/// Runs grub-mkimage for `platform` into `out` (with `sbat`: that SBAT CSV
+/// built in, for shim).
+pub fn mkimage(
+    platform: Platform,
+    out: &Path,
+    public_key: &Path,
+    boot_uuid: &str,
+    sbat: Option<&Path>,
+) -> Result<()> {
     require_tools()?;
     let cfg = out.with_extension("early.cfg");
     fs::write(&cfg, early_cfg(boot_uuid))?;
@@ -135,8 +209,12 @@ pub fn mkimage(platform: Platform, out: &Path, public_key: &Path, boot_uuid: &st
         .arg(&cfg)
         .arg("--pubkey")
         .arg(public_key);
+    if let Some(f) = sbat {
+        cmd = cmd.arg("--sbat").arg(f);
+    }
     match platform {
-        // Without shim: our own signature checks, not shim's verifier.
+        // Our own signature checks, not shim's verifier (also under shim:
+        // shim vouches for GRUB, GRUB checks everything with the OpenPGP key).
         Platform::Efi => cmd = cmd.arg("--disable-shim-lock").arg("efi_gop"),
         Platform::Bios => cmd = cmd.arg("biosdisk"),
     }
@@ -213,22 +291,99 @@ pub fn bios_install(disk: &mut fs::File, start: u64, sectors: u64, core: &Path) 
 /// Both GRUB images for a boot partition, made in `work`.
 pub struct GrubImages {
     pub bios_core: PathBuf,
-    pub efi: PathBuf,
+    /// What goes into the ESP's `/EFI/BOOT/`: (file, name there). GRUB as
+    /// BOOTX64.EFI; with shim: shim as BOOTX64.EFI, GRUB as grubx64.efi (shim
+    /// loads it from its own directory), MokManager, and the certificate
+    /// (`cairn-mok.cer`, DER) to enrol from MokManager's "Enroll key from disk".
+    pub efi_files: Vec<(PathBuf, &'static str)>,
 }
 
 pub fn build_images(
     work: &Path,
     public_key: &Path,
     boot_uuid: &str,
-    secure_boot: Option<(&Path, &Path)>,
+    secure_boot: Option<&SecureBoot>,
 ) -> Result<GrubImages> {
     fs::create_dir_all(work)?;
     let bios_core = work.join("core.img");
     let efi = work.join("grubx64.efi");
-    mkimage(Platform::Bios, &bios_core, public_key, boot_uuid)?;
-    mkimage(Platform::Efi, &efi, public_key, boot_uuid)?;
-    if let Some((key, cert)) = secure_boot {
-        sbsign(&efi, key, cert)?;
+    mkimage(Platform::Bios, &bios_core, public_key, boot_uuid, None)?;
+    let shim = secure_boot.filter(|sb| sb.shim);
+    let sbat = work.join("sbat.csv");
+    if shim.is_some() {
+        for f in [SHIM, MOK_MANAGER] {
+            if !Path::new(f).is_file() {
+                bail!("{f} not found: apt-get install shim-signed");
+            }
+        }
+        fs::write(&sbat, sbat_csv()?)?;
     }
-    Ok(GrubImages { bios_core, efi })
+    mkimage(
+        Platform::Efi,
+        &efi,
+        public_key,
+        boot_uuid,
+        shim.map(|_| sbat.as_path()),
+    )?;
+    let mut efi_files = Vec::new();
+    if let Some(sb) = secure_boot {
+        sbsign(&efi, &sb.key, &sb.cert)?;
+    }
+    if let Some(sb) = shim {
+        let cer = work.join("cairn-mok.cer");
+        fs::write(&cer, super::efivars::cert_der(&sb.cert)?)?;
+        efi_files.push((PathBuf::from(SHIM), "BOOTX64.EFI"));
+        efi_files.push((efi, "grubx64.efi"));
+        efi_files.push((PathBuf::from(MOK_MANAGER), "mmx64.efi"));
+        efi_files.push((cer, "cairn-mok.cer"));
+    } else {
+        efi_files.push((efi, "BOOTX64.EFI"));
+    }
+    Ok(GrubImages {
+        bios_core,
+        efi_files,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PE file with sections `.text` and `.sbat` (headers only, as far as
+    /// pe_section reads them).
+    fn pe(sbat: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 0x200];
+        f[0..2].copy_from_slice(b"MZ");
+        f[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        f[0x80..0x84].copy_from_slice(b"PE\0\0");
+        f[0x86..0x88].copy_from_slice(&2u16.to_le_bytes()); // sections
+        f[0x94..0x96].copy_from_slice(&0x10u16.to_le_bytes()); // optional header
+        let table = 0x80 + 24 + 0x10;
+        for (i, (name, at, size)) in [(".text", 0x180u32, 8u32), (".sbat", 0x1a0, 0x40)]
+            .into_iter()
+            .enumerate()
+        {
+            let h = table + 40 * i;
+            f[h..h + name.len()].copy_from_slice(name.as_bytes());
+            f[h + 8..h + 12].copy_from_slice(&(sbat.len() as u32).to_le_bytes());
+            f[h + 16..h + 20].copy_from_slice(&size.to_le_bytes());
+            f[h + 20..h + 24].copy_from_slice(&at.to_le_bytes());
+        }
+        f[0x1a0..0x1a0 + sbat.len()].copy_from_slice(sbat);
+        f
+    }
+
+    #[test]
+    fn sbat_section_is_read_from_a_pe_file() {
+        let csv = b"sbat,1,SBAT Version\ngrub,5,x\n";
+        assert_eq!(pe_section(&pe(csv), ".sbat").unwrap(), csv);
+        assert!(pe_section(&pe(csv), ".sig").is_err());
+        assert!(pe_section(b"MZ not a PE", ".sbat").is_err());
+        // The real one, when Debian's signed GRUB is installed here.
+        if let Ok(f) = fs::read(DEBIAN_SIGNED_GRUB) {
+            let s = pe_section(&f, ".sbat").unwrap();
+            assert!(s.starts_with(b"sbat,1,"), "{}", String::from_utf8_lossy(&s));
+            assert!(s.windows(6).any(|w| w == b"\ngrub,"));
+        }
+    }
 }
