@@ -192,6 +192,16 @@ fn example_profiles_are_valid() {
     assert_eq!(b.data[0].path, "/srv/cairn");
 }
 
+/// A store with a signing key under `dir`, and another key beside it.
+fn two_keys(dir: &Path) -> (std::path::PathBuf, keys::SigningKey, keys::SigningKey) {
+    let store = dir.join("store");
+    ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
+    let other = dir.join("other");
+    ok(cairn(&other, &["key", "generate", "--bits", "2048"]));
+    let (key, other_key) = (keys::load(&store).unwrap(), keys::load(&other).unwrap());
+    (store, key, other_key)
+}
+
 /// A sealed image of made-up files (profile `web`, version 2): enough for
 /// everything that reads signatures and hashes, nothing that boots.
 fn tiny_image(img: &Path, key: &keys::SigningKey) -> std::path::PathBuf {
@@ -225,12 +235,7 @@ fn a_disk_takes_only_isos_signed_with_its_key() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let store = d.path().join("store");
-    ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
-    let key = keys::load(&store).unwrap();
-    let other = d.path().join("other");
-    ok(cairn(&other, &["key", "generate", "--bits", "2048"]));
-    let other_key = keys::load(&other).unwrap();
+    let (store, key, other_key) = two_keys(d.path());
     let img = tiny_image(&d.path().join("img"), &key);
     let iso = d.path().join("web.iso");
     fs::write(&iso, "not really an ISO\n").unwrap();
@@ -286,12 +291,7 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let store = d.path().join("store");
-    ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
-    let key = keys::load(&store).unwrap();
-    let other = d.path().join("other");
-    ok(cairn(&other, &["key", "generate", "--bits", "2048"]));
-    let other_key = keys::load(&other).unwrap();
+    let (_, key, other_key) = two_keys(d.path());
 
     let make = |name: &str| tiny_image(&d.path().join(name), &key);
     let check = |img: &Path, k: &Path| {
