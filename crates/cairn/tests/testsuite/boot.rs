@@ -96,10 +96,18 @@ fn vm(
             .as_f64()
             .unwrap_or(v["seconds"].as_f64().unwrap_or(0.0)),
     };
-    eprintln!(
+    let line = format!(
         "boot {name} ({firmware}, entry {entry:?}): {:?} after {:.1}s",
         r.marker, r.seconds
     );
+    eprintln!("{line}");
+    // Collected for scripts/test to print (a passing test's output is
+    // swallowed), so every run reports its boot times.
+    let times = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-times.txt");
+    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(times) {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
     r
 }
 
