@@ -378,6 +378,17 @@ fn kexec_load(c: &CheckedBoot, cmdline: &str) -> Result<()> {
             .run()
     };
     if let Err(e) = load(true) {
+        // Locked down (Secure Boot), kexec_load is refused outright, and
+        // kexec_file_load takes only kernels signed by a key this kernel
+        // trusts: its own, the firmware's db, shim's MOK list and certificate.
+        let lockdown = fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
+        if lockdown.contains("[integrity]") || lockdown.contains("[confidentiality]") {
+            return Err(e).context(
+                "this kernel is locked down (Secure Boot) and refused the image's kernel: it \
+                 loads only kernels signed by a key it trusts (Debian's kernels are trusted \
+                 behind shim — disks made with --shim — not with only your own key in db)",
+            );
+        }
         tracing::info!("kexec_file_load refused ({e:#}), trying kexec_load");
         load(false).context("loading the kernel with kexec")?;
     }

@@ -111,6 +111,29 @@ fn vm(
     r
 }
 
+/// A directory for `vm run --attach-dir` whose `on-boot.sh` the probe runs:
+/// `body` after a `say` that prints `PROBE …` on both serial ports (the
+/// second one is marker.log), and `kexec_to IMAGE` saying what
+/// `cairn reboot --kexec` printed.
+fn on_boot_share(share: &Path, body: &str) {
+    fs::create_dir_all(share).unwrap();
+    let script = share.join("on-boot.sh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             say() {{ echo \"PROBE $*\" > /dev/ttyS1; echo \"PROBE $*\" > /dev/console; }}\n\
+             kexec_to() {{\n\
+             \x20   cairn --store /srv/cairn reboot --kexec \"$1\" > /run/reboot.out 2>&1\n\
+             \x20   say \"reboot=$?\"\n\
+             \x20   tail -n 5 /run/reboot.out | while read -r l; do say \"reboot-out: $l\"; done\n\
+             }}\n{body}"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
 fn version_of(img: &Path) -> String {
     img.file_name().unwrap().to_str().unwrap().to_string()
 }
@@ -520,7 +543,7 @@ pub fn secure_boot(store: &Path, work: &Path, img: &Path) {
             "--timeout",
             "1",
             "--data-size",
-            "0",
+            "32M",
             "--yes",
         ],
     );
@@ -575,7 +598,30 @@ pub fn secure_boot(store: &Path, work: &Path, img: &Path) {
             r.console
         );
     };
-    booted(&vm(store, &disk, "uefi", None, &own, "secure-boot"));
+    // The signed GRUB boots the image. There `cairn reboot --kexec` (dry
+    // run) finds the locked-down kernel refusing Debian's kernel — only your
+    // key is trusted — and plans a firmware reboot instead, saying why.
+    let share = work.join("sb-share");
+    let _ = fs::remove_dir_all(&share);
+    on_boot_share(
+        &share,
+        &format!(
+            r#"cairn --store /srv/cairn reboot --kexec --dry-run --json webtest/{v} > /run/plan.json 2> /run/plan.err
+say "dry-run=$? $(tr -d '\n' < /run/plan.json | grep -o '"method": *"[a-z]*"')"
+grep -q 'this kernel is locked down (Secure Boot)' /run/plan.err && say "kexec refused: locked down"
+"#,
+            v = version_of(img)
+        ),
+    );
+    let a = [&own[..], &["--attach-dir", share.to_str().unwrap()]].concat();
+    let r = vm(store, &disk, "uefi", None, &a, "secure-boot");
+    booted(&r);
+    assert!(
+        r.markers.contains("PROBE dry-run=0 \"method\": \"reboot\"")
+            && r.markers.contains("PROBE kexec refused: locked down"),
+        "{}",
+        r.markers
+    );
 
     let out = install(true);
     assert!(out.contains("behind shim"), "{out}");
@@ -587,7 +633,47 @@ pub fn secure_boot(store: &Path, work: &Path, img: &Path) {
         .concat();
         vm(store, &disk, "uefi", None, &a, name)
     };
-    booted(&mok(&crt, &[], "secure-boot-shim"));
+    // Behind shim the image boots — and `cairn reboot --kexec` works under
+    // the kernel's Secure Boot lockdown (kexec_file_load: Debian's kernel
+    // signature is trusted through shim's certificate); the new kernel is
+    // locked down too.
+    let _ = fs::remove_dir_all(&share);
+    on_boot_share(
+        &share,
+        &format!(
+            r#"if grep -q BOOT_IMAGE= /proc/cmdline; then
+    say "from-grub lockdown=$(cat /sys/kernel/security/lockdown)"
+    kexec_to webtest/{v}
+else
+    say "kexecd lockdown=$(cat /sys/kernel/security/lockdown)"
+fi
+"#,
+            v = version_of(img)
+        ),
+    );
+    let r = mok(
+        &crt,
+        &[
+            "--attach-dir",
+            share.to_str().unwrap(),
+            "--marker",
+            "PROBE kexecd",
+        ],
+        "secure-boot-shim-kexec",
+    );
+    let locked = "lockdown=none [integrity] confidentiality";
+    assert!(
+        r.markers.contains(&format!("PROBE from-grub {locked}"))
+            && r.markers.contains(&format!("PROBE kexecd {locked}")),
+        "{}",
+        r.markers
+    );
+    assert!(
+        r.console.contains("secureboot: Secure boot enabled")
+            && r.console.contains("kexec_core: Starting new kernel"),
+        "{}",
+        r.console
+    );
     // Another certificate in the MOK list: shim refuses our GRUB (and
     // waits in MokManager: the run ends at its timeout).
     let r = mok(
@@ -796,12 +882,10 @@ fn live(store: &Path, work: &Path, disk: &Path, parent: &Path, img: &Path) {
         .status()
         .unwrap();
     assert!(st.success());
-    fs::write(
-        share.join("on-boot.sh"),
-        format!(
-            r#"#!/bin/sh
-say() {{ echo "PROBE $*" > /dev/ttyS1; echo "PROBE $*" > /dev/console; }}
-. /etc/cairn/image.env
+    on_boot_share(
+        &share,
+        &format!(
+            r#". /etc/cairn/image.env
 [ "$CAIRN_VERSION" = "{pv}" ] || exit 0
 say "less-before=$(command -v less || echo none)"
 cairn --store /srv/cairn apply-live --json > /run/apply.json 2> /run/apply.err
@@ -811,18 +895,10 @@ say "applied=$(tr -d '
 say "less-after=$(less --version | head -n1)"
 tail -n 5 /run/apply.err | while read -r l; do say "apply-err: $l"; done
 say "kexec"
-cairn reboot --kexec webtest/{iv} > /run/reboot.out 2>&1
-say "reboot=$?"
-tail -n 5 /run/reboot.out | while read -r l; do say "reboot-out: $l"; done
+kexec_to webtest/{iv}
 "#
         ),
-    )
-    .unwrap();
-    fs::set_permissions(
-        share.join("on-boot.sh"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    );
     let want = marker_of(img);
     let entry = format!("rollback>webtest-{pv}");
     let r = vm(
