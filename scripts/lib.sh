@@ -8,8 +8,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # Debian packages cairn drives or its tests use.
 CAIRN_RUNTIME_PKGS=(gpg gpgv apt dpkg ca-certificates mmdebstrap debootstrap xz-utils squashfs-tools
     fdisk dosfstools e2fsprogs sbsigntool openssl util-linux mount
-    grub-common grub-pc-bin grub-efi-amd64-bin grub-emu xorriso mtools qemu-system-x86 ovmf
-    shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed)
+    grub-common grub-pc-bin grub-efi-amd64-bin grub-emu xorriso mtools qemu-system-x86 ovmf)
+# Secure Boot behind shim (`--shim`), installed by the test script only:
+# shim-signed's postinst re-runs grub-install on a host that boots GRUB
+# through UEFI (Debian's installer puts shim there on such hosts anyway); on
+# a BIOS host it does nothing.
+CAIRN_SHIM_PKGS=(shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed)
 CAIRN_BUILD_PKGS=(build-essential pkg-config)
 
 apt_install() {
@@ -44,8 +48,9 @@ ensure_rust() {
     apt_install rustc-web cargo-web rustfmt-web
 }
 
+# Arguments: more packages to install.
 install_all() {
-    apt_install "${CAIRN_RUNTIME_PKGS[@]}" "${CAIRN_BUILD_PKGS[@]}"
+    apt_install "${CAIRN_RUNTIME_PKGS[@]}" "${CAIRN_BUILD_PKGS[@]}" "$@"
     ensure_rust
 }
 
