@@ -247,15 +247,36 @@ fn stage_image(src: &Path, dest: &Path) -> Result<u64> {
 /// Checks an image (or an ISO beside its image) against the signing key
 /// before it goes on a disk.
 fn check_image(dir: &Path, key: &SigningKey) -> Result<()> {
-    let v = image::verify(dir, &key.public_key)?;
-    if !v.ok {
+    let p = image_problems(dir, key, false);
+    if !p.is_empty() {
         bail!(
             "{} does not verify, it would not boot:\n  {}",
             dir.display(),
-            v.problems.join("\n  ")
+            p.join("\n  ")
         );
     }
     Ok(())
+}
+
+/// Why an image directory would not boot with this key (its signatures and
+/// every hash; `iso_optional`: as on a disk, without its ISO); empty if it would.
+fn image_problems(dir: &Path, key: &SigningKey, iso_optional: bool) -> Vec<String> {
+    match image::verify_with(dir, &key.public_key, iso_optional) {
+        Ok(r) if r.ok => Vec::new(),
+        Ok(r) => r.problems,
+        Err(e) => vec![format!("{e:#}")],
+    }
+}
+
+/// Why an ISO file's signature does not verify with this key, if it does not.
+fn iso_problem(iso: &Path, key: &SigningKey) -> Option<String> {
+    let work = match RemoveOnDrop::scratch("iso") {
+        Ok(w) => w,
+        Err(e) => return Some(format!("{e:#}")),
+    };
+    keys::verify_file(&key.public_key, iso, &work.0)
+        .err()
+        .map(|e| format!("{e:#}"))
 }
 
 /// What a boot partition holds, checked against the signing key: images
@@ -285,35 +306,34 @@ fn scan(root: &Path, key: &SigningKey) -> Result<Scanned> {
                     continue;
                 }
                 let dir = format!("/images/{pn}/{vn}");
-                let problem = match image::verify_with(&v.path(), &key.public_key, true) {
-                    Ok(r) if r.ok => None,
-                    Ok(r) => Some(r.problems.join("; ")),
-                    Err(e) => Some(format!("{e:#}")),
-                };
-                match problem {
-                    None => s.images.push(MenuImage {
+                let problems = image_problems(&v.path(), key, true);
+                if problems.is_empty() {
+                    s.images.push(MenuImage {
                         dir,
                         profile: pn,
                         version: vn,
-                    }),
-                    Some(problem) => s.left_out.push(LeftOut { path: dir, problem }),
+                    });
+                } else {
+                    s.left_out.push(LeftOut {
+                        path: dir,
+                        problem: problems.join("; "),
+                    });
                 }
             }
         }
     }
     if let Ok(rd) = fs::read_dir(root.join("isos")) {
-        let work = RemoveOnDrop::scratch("isos")?;
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if !n.ends_with(".iso") {
                 continue;
             }
             let path = format!("/isos/{n}");
-            match keys::verify_file(&key.public_key, &e.path(), &work.0) {
-                Ok(_) => s.isos.push(MenuIso { path }),
-                Err(e) => s.left_out.push(LeftOut {
+            match iso_problem(&e.path(), key) {
+                None => s.isos.push(MenuIso { path }),
+                Some(p) => s.left_out.push(LeftOut {
                     path,
-                    problem: format!("signature: {e:#}"),
+                    problem: format!("signature: {p}"),
                 }),
             }
         }
@@ -392,17 +412,14 @@ pub fn create(
     for i in &opts.images {
         check_image(i, &key)?;
     }
-    if !opts.isos.is_empty() {
-        let work = RemoveOnDrop::scratch("isos")?;
-        for iso in &opts.isos {
-            keys::verify_file(&key.public_key, iso, &work.0).with_context(|| {
-                format!(
-                    "{}: only ISOs signed with key {} can go on this disk (its signature: {})",
-                    iso.display(),
-                    key.fingerprint,
-                    iso.with_extension("iso.sig").display()
-                )
-            })?;
+    for iso in &opts.isos {
+        if let Some(p) = iso_problem(iso, &key) {
+            bail!(
+                "{}: only ISOs signed with key {} can go on this disk (its signature {}: {p})",
+                iso.display(),
+                key.fingerprint,
+                iso.with_extension("iso.sig").display()
+            );
         }
     }
     let device = is_block_device(target);
