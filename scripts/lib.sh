@@ -16,6 +16,21 @@ CAIRN_RUNTIME_PKGS=(gpg gpgv apt dpkg ca-certificates mmdebstrap debootstrap xz-
 CAIRN_SHIM_PKGS=(shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed)
 CAIRN_BUILD_PKGS=(build-essential pkg-config)
 
+# The host's Debian archive URI (from its apt sources, never written here)
+# and release codename.
+host_debian_uri() {
+    local c
+    c=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Created-By: Packages' 2>/dev/null \
+        | awk -v s="$c" '$2 == s { print $1; exit }'
+}
+
+# Installs Debian packages, never removing one: apt's plan is simulated
+# first. When it would remove a package that came from <codename>-backports
+# (a newer qemu-utils, say), the requested packages built from the same
+# source are taken from backports too (same version line, so nothing
+# breaks); the backports index is read through a private source list, the
+# host's apt configuration is not changed. Any removal left: refused, named.
 apt_install() {
     local missing=()
     for p in "$@"; do
@@ -27,7 +42,65 @@ apt_install() {
         apt-get update -qq
         export CAIRN_APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    local opts=() bpo=() removed
+    removed=$(apt_removals "${missing[@]}")
+    if [ -n "$removed" ]; then
+        local bpo_src=() rest=() r s src uri code list p
+        for r in $removed; do
+            dpkg-query -W -f='${Version}' "$r" | grep -q '~bpo' || continue
+            bpo_src+=("$(dpkg-query -W -f='${source:Package}' "$r")")
+        done
+        uri=$(host_debian_uri)
+        code=$(. /etc/os-release && echo "$VERSION_CODENAME")
+        if [ ${#bpo_src[@]} -gt 0 ] && [ -n "$uri" ]; then
+            list="$CAIRN_TOP/target/apt/backports.list"
+            mkdir -p "$(dirname "$list")"
+            { cat /etc/apt/sources.list 2>/dev/null || true
+              echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $code-backports main"
+            } > "$list"
+            opts=(-o "Dir::Etc::SourceList=$list")
+            apt-get "${opts[@]}" update -qq
+            for p in "${missing[@]}"; do
+                src=$(apt-cache "${opts[@]}" show --no-all-versions "$p" 2>/dev/null | awk '/^Source:/ { print $2; exit }')
+                [ -n "$src" ] || src=$p
+                local moved=""
+                for s in "${bpo_src[@]}"; do
+                    [ "$s" = "$src" ] && moved=1
+                done
+                if [ -n "$moved" ]; then bpo+=("$p"); else rest+=("$p"); fi
+            done
+            if [ ${#bpo[@]} -gt 0 ]; then
+                echo "$(echo $removed) came from $code-backports: taking ${bpo[*]} (same source) from there too" >&2
+                missing=("${rest[@]}")
+                removed="$(apt_removals "${missing[@]}") $(apt_removals -t "$code-backports" "${bpo[@]}")"
+            fi
+        fi
+        if [ -n "${removed// /}" ]; then
+            echo "refusing to install ${missing[*]} ${bpo[*]}: apt would remove $(echo $removed) from this host." >&2
+            echo "Resolve the conflict by hand (install versions that fit together), then run this again." >&2
+            return 1
+        fi
+    fi
+    if [ ${#missing[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get "${opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" >&2
+    fi
+    if [ ${#bpo[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get "${opts[@]}" install -y -qq --no-install-recommends \
+            -t "$code-backports" "${bpo[@]}" >&2
+    fi
+}
+
+# The packages apt would remove to install the arguments (simulated).
+apt_removals() {
+    local plan
+    [ $# -gt 0 ] || return 0
+    [ "$1" != -t ] || [ $# -gt 2 ] || return 0
+    plan=$(apt-get "${opts[@]}" install -s --no-install-recommends "$@" 2>&1) || {
+        echo "$plan" >&2
+        echo "apt cannot plan the installation of: $*" >&2
+        return 1
+    }
+    echo "$plan" | awk '/^Remv / { print $2 }'
 }
 
 # A Rust toolchain new enough for the workspace (1.89): the one on PATH, or
