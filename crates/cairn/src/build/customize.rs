@@ -79,28 +79,28 @@ pub fn root_access(root: &Path, p: &Profile) -> Result<()> {
     Ok(())
 }
 
-/// Each data path becomes a symlink to `/<label>/<dir>`; the partition is
-/// mounted by label with `nofail` (a missing partition never stops a boot:
-/// the directories are then made on the RAM overlay); what the packages put
-/// at the path is kept as a seed, copied in when the directory is new — by
-/// `cairn-data.service`, after the mounts (systemd-tmpfiles-setup does not
-/// wait for `nofail` mounts, so its directories would land under them).
+/// Each data path becomes a symlink to `/<label>/<dir>`. The partitions are
+/// mounted by a systemd generator that decides at every boot, before any
+/// unit starts, from the block devices the kernel has (the boot disk's
+/// partitions are all there: the initramfs found the boot partition on the
+/// same scan): a partition that is present is mounted before
+/// `local-fs.target`, waited for however slow the machine is; one that is
+/// absent is not waited for, and its directories are made on the RAM overlay
+/// (said on the console). No device timeout decides, so a slow machine never
+/// loses its data partition to a race. What the packages put at the path is
+/// kept as a seed, copied in when the directory is new — by
+/// `cairn-data.service`, after the mounts.
 pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
     if data.is_empty() {
         return Ok(());
     }
-    let mut fstab = fs::read_to_string(inside(root, "/etc/fstab")).unwrap_or_default();
     let mut tmpfiles =
-        String::from("# cairn: data directories on data partitions (see /etc/fstab)\n");
+        String::from("# cairn: data directories on data partitions (see cairn-data-mounts)\n");
     let mut labels: Vec<&str> = Vec::new();
     for d in data {
         let mount = format!("/{}", d.partition);
         if !labels.contains(&d.partition.as_str()) {
             labels.push(&d.partition);
-            fstab.push_str(&format!(
-                "LABEL={} {mount} auto defaults,nofail,x-systemd.device-timeout=10s 0 2\n",
-                d.partition
-            ));
             fs::create_dir_all(inside(root, &mount))?;
         }
         let target = format!("{mount}/{}", d.dir);
@@ -129,9 +129,17 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
         }
         symlink(&target, &at).with_context(|| format!("linking {} to {target}", d.path))?;
     }
-    write(root, "/etc/fstab", &fstab, 0o644)?;
     write(root, "/usr/lib/cairn/data.conf", &tmpfiles, 0o644)?;
+    write(root, DATA_GENERATOR, mounts_generator(&labels), 0o755)?;
     let mounts: Vec<String> = labels.iter().map(|l| mount_unit(l)).collect();
+    let checks: String = labels
+        .iter()
+        .map(|l| {
+            format!(
+                "ExecStartPre=-/bin/sh -c 'mountpoint -q /{l} || echo \"cairn: no data partition labelled {l} mounted: /{l} is in RAM, its data will not persist\" > /dev/kmsg'\n"
+            )
+        })
+        .collect();
     write(
         root,
         "/usr/lib/systemd/system/cairn-data.service",
@@ -139,7 +147,7 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
             "[Unit]\nDescription=cairn: data directories on the data partitions\n\
              DefaultDependencies=no\nWants={m}\nAfter={m}\n\
              Before=local-fs.target shutdown.target\nConflicts=shutdown.target\n\n\
-             [Service]\nType=oneshot\nRemainAfterExit=yes\n\
+             [Service]\nType=oneshot\nRemainAfterExit=yes\n{checks}\
              ExecStart=systemd-tmpfiles --create /usr/lib/cairn/data.conf\n\n\
              [Install]\nWantedBy=local-fs.target\n",
             m = mounts.join(" ")
@@ -154,17 +162,63 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
     Ok(())
 }
 
-/// systemd's unit name for the mount at `/<label>`.
-fn mount_unit(label: &str) -> String {
+/// Where the image carries the data partitions' generator.
+pub const DATA_GENERATOR: &str = "/usr/lib/systemd/system-generators/cairn-data-mounts";
+
+/// The systemd generator that mounts the data partitions present at boot
+/// (labels are simple names: the profile checks them).
+fn mounts_generator(labels: &[&str]) -> String {
+    let mut s = String::from(
+        "#!/bin/sh\n\
+         # cairn: mounts the data partitions this image declares, decided at each\n\
+         # boot from the block devices the kernel has now (no device timeout): a\n\
+         # partition that is here is mounted before local-fs.target and waited\n\
+         # for; one that is not is left out (cairn-data.service says so).\n\
+         out=\"${1:?usage: cairn-data-mounts NORMAL-DIR}\"\n\
+         present() { [ -n \"$(blkid -c /dev/null -o device -t \"LABEL=$1\" 2>/dev/null)\" ]; }\n\
+         mkdir -p \"$out/local-fs.target.wants\"\n",
+    );
+    for l in labels {
+        let unit = mount_unit(l);
+        let dev = format!("/dev/disk/by-label/{l}");
+        let fsck = format!("systemd-fsck@{}.service", escape_path(&dev));
+        s.push_str(&format!(
+            "if present {l}; then\n\
+             cat > \"$out/{unit}\" <<'EOF'\n\
+             [Unit]\nDescription=cairn data partition {l}\n\
+             Before=local-fs.target cairn-data.service\nRequires={fsck}\nAfter={fsck}\n\n\
+             [Mount]\nWhat={dev}\nWhere=/{l}\nOptions=defaults\n\
+             EOF\n\
+             ln -sf \"../{unit}\" \"$out/local-fs.target.wants/{unit}\"\n\
+             else\n\
+             echo \"cairn: no partition labelled {l} on this machine: its data paths stay in RAM\" > /dev/kmsg 2>/dev/null\n\
+             fi\n"
+        ));
+    }
+    s
+}
+
+/// systemd's escaping of a path into a unit name (`systemd-escape --path`).
+fn escape_path(path: &str) -> String {
     let mut s = String::new();
-    for c in label.chars() {
-        if c.is_ascii_alphanumeric() || c == '_' || (c == '.' && !s.is_empty()) {
-            s.push(c);
-        } else {
-            s.push_str(&format!("\\x{:02x}", c as u32));
+    for (i, part) in path.trim_matches('/').split('/').enumerate() {
+        if i > 0 {
+            s.push('-');
+        }
+        for (j, c) in part.chars().enumerate() {
+            if c.is_ascii_alphanumeric() || c == '_' || (c == '.' && !(i == 0 && j == 0)) {
+                s.push(c);
+            } else {
+                s.push_str(&format!("\\x{:02x}", c as u32));
+            }
         }
     }
-    format!("{s}.mount")
+    s
+}
+
+/// systemd's unit name for the mount at `/<label>`.
+fn mount_unit(label: &str) -> String {
+    format!("{}.mount", escape_path(label))
 }
 
 /// A unit that marks the boot good for GRUB's boot counting, says on the
@@ -315,7 +369,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn data_paths_become_symlinks_with_seed_and_nofail_mount() {
+    fn data_paths_become_symlinks_with_seed_and_a_generator() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
         fs::create_dir_all(root.join("etc")).unwrap();
@@ -348,13 +402,10 @@ mod tests {
                 .unwrap(),
             "15\n"
         );
-        let fstab = fs::read_to_string(root.join("etc/fstab")).unwrap();
+        // No fstab line: the generator decides at boot.
         assert_eq!(
-            fstab
-                .matches("LABEL=data /data auto defaults,nofail")
-                .count(),
-            1,
-            "{fstab}"
+            fs::read_to_string(root.join("etc/fstab")).unwrap(),
+            "# fstab\n"
         );
         let tmp = fs::read_to_string(root.join("usr/lib/cairn/data.conf")).unwrap();
         assert!(
@@ -374,6 +425,50 @@ mod tests {
                 .is_symlink()
         );
         assert_eq!(mount_unit("my-data"), "my\\x2ddata.mount");
+        assert_eq!(
+            escape_path("/dev/disk/by-label/my.data"),
+            "dev-disk-by\\x2dlabel-my.data"
+        );
+    }
+
+    /// The generator, run as systemd runs it, against a `blkid` that knows
+    /// one of the two labels: the present partition gets a mount unit wanted
+    /// by local-fs.target (no device timeout), the absent one none.
+    #[test]
+    fn data_mounts_generator_mounts_what_is_present() {
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        fs::write(
+            bin.join("blkid"),
+            "#!/bin/sh\ncase \"$*\" in *LABEL=data*) echo /dev/vda4 ;; esac\n",
+        )
+        .unwrap();
+        fs::set_permissions(bin.join("blkid"), fs::Permissions::from_mode(0o755)).unwrap();
+        let g = d.path().join("gen");
+        fs::write(&g, mounts_generator(&["data", "logs"])).unwrap();
+        let out = d.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let st = std::process::Command::new("sh")
+            .arg(&g)
+            .arg(&out)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let unit = fs::read_to_string(out.join("data.mount")).unwrap();
+        assert!(
+            unit.contains("What=/dev/disk/by-label/data\nWhere=/data\n")
+                && unit.contains("Requires=systemd-fsck@dev-disk-by\\x2dlabel-data.service")
+                && !unit.contains("timeout"),
+            "{unit}"
+        );
+        assert_eq!(
+            fs::read_link(out.join("local-fs.target.wants/data.mount")).unwrap(),
+            Path::new("../data.mount")
+        );
+        assert!(!out.join("logs.mount").exists());
+        assert!(!out.join("local-fs.target.wants/logs.mount").exists());
     }
 }
 
