@@ -114,14 +114,49 @@ impl Lock {
 
 /// Whether this process runs as root (effective UID 0).
 pub fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
+    euid() == Some(0)
+}
+
+/// This process's effective user id (from /proc/self/status).
+pub fn euid() -> Option<u32> {
+    fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+    })
+}
+
+/// Makes `dir` (and its parents) if needed and checks that it is a real
+/// directory (not a symlink) of this user that no one else may write: files
+/// written into it by name (logs, a variable store qemu opens) cannot be
+/// redirected by anyone else — a `/var/tmp/...` path someone made first is
+/// refused, not used.
+pub fn own_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if fs::symlink_metadata(dir).is_err() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let m = fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let me = euid().context("cannot tell this process's user id")?;
+    if !m.file_type().is_dir() {
+        bail!(
+            "{} is not a directory (a symlink?): refusing to write into it",
+            dir.display()
+        );
+    }
+    if m.uid() != me || m.mode() & 0o022 != 0 {
+        bail!(
+            "{} belongs to user {} or others may write to it (mode {:o}): refusing to write into it; choose another directory",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -39,9 +39,39 @@ fn config_path(store: &Path) -> PathBuf {
 fn gpg(home: &Path) -> Cmd {
     Cmd::new(GPG.program)
         .arg("--homedir")
-        .arg(home)
+        .arg(short_home(home))
         .args(["--batch", "--no-tty", "--pinentry-mode", "loopback"])
         .env("LC_ALL", "C")
+}
+
+/// gpg-agent's socket lives in the GnuPG home, and a Unix socket's path may
+/// not exceed 107 bytes: a store deep in a file system would make every
+/// signature fail ("No agent running"). For such a home (as root) gpg gets a
+/// short, stable alias instead: a symlink in /run/cairn/gnupg (root's own,
+/// mode 0700) to the real home; the sockets land in the real home.
+fn short_home(home: &Path) -> PathBuf {
+    let long = home.join("S.gpg-agent.browser").as_os_str().len() > 100;
+    if !long || !crate::fsutil::is_root() {
+        return home.to_path_buf();
+    }
+    let alias = || -> Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let real = home.canonicalize()?;
+        let dir = Path::new("/run/cairn/gnupg");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        crate::fsutil::own_dir(dir)?;
+        let h = crate::trust::hash::sha256_hex(real.as_os_str().as_encoded_bytes());
+        let link = dir.join(&h[..16]);
+        if fs::read_link(&link).ok().as_deref() != Some(real.as_path()) {
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(&real, &link)?;
+        }
+        Ok(link)
+    };
+    alias().unwrap_or_else(|_| home.to_path_buf())
 }
 
 /// The configured signing key, or a clear error telling how to make one.
