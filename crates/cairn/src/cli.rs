@@ -735,11 +735,23 @@ fn run(cli: &Cli) -> Result<i32> {
                     r.console_log.display()
                 );
             }
-            Ok(if marker.is_some() && r.marker_line.is_none() {
-                1
-            } else {
-                0
-            })
+            if let (Some(m), None) = (marker, &r.marker_line) {
+                // What a slow or stuck boot was doing: the last lines.
+                eprintln!(
+                    "cairn: {}: no line starting with {m:?} after {:.1}s ({}); last console lines ({}):\n{}",
+                    media.display(),
+                    r.seconds,
+                    if r.timed_out {
+                        format!("timeout {timeout}s")
+                    } else {
+                        "the VM stopped".to_string()
+                    },
+                    r.console_log.display(),
+                    crate::vm::last_lines(&r.console_log, 25)
+                );
+                return Ok(1);
+            }
+            Ok(0)
         }
         Command::Mirror(MirrorCommand::Verify(a)) => {
             let names = if a.names.is_empty() {

@@ -174,6 +174,16 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// The last `n` lines of a log, escape sequences removed.
+pub fn last_lines(log: &Path, n: usize) -> String {
+    let text = strip_ansi(&String::from_utf8_lossy(&fs::read(log).unwrap_or_default()));
+    let lines: Vec<&str> = text
+        .split(['\n', '\r'])
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Lines starting with `marker` in either log (GRUB and firmware noise may
 /// precede it on the same port, so only whole lines count; terminal escape
 /// sequences are not text).

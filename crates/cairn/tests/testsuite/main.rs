@@ -8,3 +8,4 @@ mod image;
 mod mirror;
 mod real_archive;
 mod support;
+mod upgrade;

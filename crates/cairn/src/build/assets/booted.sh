@@ -67,6 +67,14 @@ if [ -n "$entry" ]; then
     fi
 fi
 
+# Units that failed on the way here, named before the marker (a test run
+# that stops at the marker has them).
+failed="$(systemctl list-units --failed --plain --no-legend 2>/dev/null | awk '{ printf "%s ", $1 }')"
+if [ -n "$failed" ]; then
+    echo "cairn: failed units: $failed" > /dev/kmsg 2>/dev/null
+    [ -c /dev/ttyS1 ] && echo "cairn: failed units: $failed" > /dev/ttyS1 2>/dev/null
+fi
+
 msg="CAIRN-BOOTED profile=$CAIRN_PROFILE version=$CAIRN_VERSION"
 echo "$msg" > /dev/kmsg 2>/dev/null
 for t in /dev/ttyS1 /dev/ttyS0; do

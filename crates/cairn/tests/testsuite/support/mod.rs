@@ -3,8 +3,10 @@
 //! server on 127.0.0.1 that can misbehave on purpose.
 
 pub mod apt;
+pub mod fixture;
 pub mod repo;
 pub mod server;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

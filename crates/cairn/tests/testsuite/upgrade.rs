@@ -1,0 +1,356 @@
+//! The upgrade tier: delta layers on the shared `webtest` image, their
+//! compaction, a delta copied onto a disk by hand and booted, the menu
+//! taking it in, `apply-live` and `reboot --kexec` on a running system, and
+//! retention. Each proof is a test of its own.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::fixture::{self, marker_of, version_of};
+use crate::support::vm::boot;
+use crate::support::{cairn, ok};
+
+fn json(out: String) -> serde_json::Value {
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn mounted(disk: &Path, at: &Path) -> cairn::boot::disk::MountedBoot {
+    cairn::boot::disk::MountedBoot::mount(disk, at).unwrap()
+}
+
+fn grubenv(disk: &Path, mnt: &Path) -> String {
+    let m = mounted(disk, mnt);
+    String::from_utf8_lossy(&fs::read(m.dir.join("boot/grub/grubenv")).unwrap()).into_owned()
+}
+
+/// A disk holding only `img` (and a data partition).
+fn disk_of(store: &Path, disk: &Path, img: &Path) {
+    ok(cairn(
+        store,
+        &[
+            "disk",
+            "create",
+            disk.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--data-size",
+            "32M",
+            "--timeout",
+            "1",
+        ],
+    ));
+}
+
+/// `cp -r` of an image directory onto the disk's boot partition, as a
+/// sysadmin would copy one by hand.
+fn copy_onto(disk: &Path, mnt: &Path, img: &Path, rel: &str) {
+    let m = mounted(disk, mnt);
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(img)
+        .arg(m.dir.join(rel.trim_start_matches('/')))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Nothing changed since the image was built: no image. Forced upgrades
+/// stack delta layers until a fifth would be needed: then the image is
+/// flattened into one layer again.
+#[test]
+fn upgrades_stack_deltas_and_compact_past_four_layers() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let w = f.work("upgrades_stack_deltas_and_compact_past_four_layers");
+    let store = f.store_copy(w.path());
+    let up = |force: bool| -> serde_json::Value {
+        let mut a = vec!["upgrade", f.webtest.to_str().unwrap(), "--json"];
+        if force {
+            a.push("--force");
+        }
+        json(ok(cairn(&store, &a)))
+    };
+    let none = up(false);
+    assert!(none["version"].is_null(), "{none}");
+    let mut depths = Vec::new();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..4 {
+        last = up(true);
+        depths.push(last["layers"].as_array().unwrap().len());
+    }
+    assert_eq!(depths, [2, 3, 4, 1], "{last}");
+    assert!(
+        last["compacted_because"]
+            .as_str()
+            .is_some_and(|c| c.contains("5 layers")),
+        "{last}"
+    );
+    let v = json(ok(cairn(
+        &store,
+        &["image", "verify", last["path"].as_str().unwrap(), "--json"],
+    )));
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+/// The next profile version (one package more, one file less) becomes a
+/// small delta layer on the latest image; it verifies, and `image diff`
+/// names the new package.
+#[test]
+fn a_delta_layer_carries_only_what_changed() {
+    let Some(f) = fixture::get() else {
+        return;
+    };
+    let u = f.upgraded();
+    let _heavy = crate::support::heavy();
+    let r = &u.report;
+    assert_eq!(r["layer"], "delta", "{r}");
+    assert_eq!(r["added"], serde_json::json!(["less"]), "{r}");
+    assert_eq!(r["layers"].as_array().unwrap().len(), 2, "{r}");
+    let base = fs::metadata(u.parent.join("filesystem.squashfs"))
+        .unwrap()
+        .len();
+    let delta = r["new_layer_bytes"].as_u64().unwrap();
+    eprintln!("delta layer {delta} bytes, base {base} bytes");
+    assert!(delta * 10 < base, "delta {delta} vs base {base}");
+    let v = json(ok(cairn(
+        &u.store,
+        &["image", "verify", u.delta.to_str().unwrap(), "--json"],
+    )));
+    assert_eq!(v["ok"], true, "{v}");
+    let diff = ok(cairn(
+        &u.store,
+        &[
+            "image",
+            "diff",
+            u.parent.to_str().unwrap(),
+            u.delta.to_str().unwrap(),
+        ],
+    ));
+    assert!(diff.contains("  + less "), "{diff}");
+}
+
+/// A disk made with the delta's parent; the delta copied onto it by hand:
+/// the menu's "found now" loop offers it, checked like any entry, and the
+/// boot is marked good under that entry's id.
+#[test]
+fn a_delta_copied_by_hand_boots_from_found_now() {
+    let Some(f) = fixture::get() else {
+        return;
+    };
+    let u = f.upgraded();
+    let _heavy = crate::support::heavy();
+    let w = f.work("a_delta_copied_by_hand_boots_from_found_now");
+    let (mnt, disk) = (w.path().join("mnt"), w.path().join("disk.img"));
+    disk_of(&u.store, &disk, &u.parent);
+    let iv = version_of(&u.delta);
+    copy_onto(&disk, &mnt, &u.delta, &format!("/images/webtest/{iv}"));
+    let found = format!("found>/images/webtest/{iv}");
+    let b = boot(&u.store, &disk, "bios", Some(&found), &[], "upgraded", 400);
+    b.reached(&marker_of(&u.delta));
+    b.markers_have(&format!(
+        "PROBE layers=filesystem.squashfs {} ",
+        u.report["layers"][1].as_str().unwrap()
+    ));
+    b.markers_have("PROBE less=/usr/bin/less");
+    b.markers_have("PROBE issue.net=absent");
+    let env = grubenv(&disk, &mnt);
+    assert!(env.contains(&format!("cairn_good={found}\n")), "{env}");
+}
+
+/// `cairn boot menu` writes the menu again from what the disk holds: a
+/// delta copied by hand is the default (on trial), its parent a rollback
+/// entry; a copy that broke off (its layers missing) is left out, and says
+/// why.
+#[test]
+fn boot_menu_takes_copied_images_in_and_leaves_broken_copies_out() {
+    let Some(f) = fixture::get() else {
+        return;
+    };
+    let u = f.upgraded();
+    let _heavy = crate::support::heavy();
+    let w = f.work("boot_menu_takes_copied_images_in_and_leaves_broken_copies_out");
+    let (mnt, disk) = (w.path().join("mnt"), w.path().join("disk.img"));
+    disk_of(&u.store, &disk, &u.parent);
+    let (pv, iv) = (version_of(&u.parent), version_of(&u.delta));
+    copy_onto(&disk, &mnt, &u.delta, &format!("/images/webtest/{iv}"));
+    let partial = format!("/images/webtest/{pv}-partial");
+    {
+        let m = mounted(&disk, &mnt);
+        let dest = m.dir.join(partial.trim_start_matches('/'));
+        fs::create_dir_all(&dest).unwrap();
+        for e in fs::read_dir(&u.delta).unwrap().flatten() {
+            if !e.file_name().to_string_lossy().ends_with(".squashfs") {
+                fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let menu = json(ok(cairn(
+        &u.store,
+        &["boot", "menu", "--disk", disk.to_str().unwrap(), "--json"],
+    )));
+    assert_eq!(menu["default"], format!("webtest-{iv}").as_str(), "{menu}");
+    assert_eq!(
+        menu["fallback"][0],
+        format!("rollback>webtest-{pv}").as_str(),
+        "{menu}"
+    );
+    assert_eq!(menu["left_out"][0]["path"], partial.as_str(), "{menu}");
+    assert!(
+        menu["left_out"][0]["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("filesystem.squashfs")),
+        "{menu}"
+    );
+    assert_eq!(menu["left_out"].as_array().unwrap().len(), 1, "{menu}");
+    let env = grubenv(&disk, &mnt);
+    assert!(
+        env.contains(&format!("cairn_trial=webtest-{iv}\n")),
+        "{env}"
+    );
+}
+
+/// On the running parent image (booted from its rollback entry, the store's
+/// mirror attached as a disk): `cairn apply-live` brings `less` (the delta's
+/// new package) into the running system, and it runs; then `cairn reboot
+/// --kexec` switches to the delta image. qemu runs with -no-reboot: a
+/// firmware reboot would end the run, so the delta's marker can only come
+/// from the kexec'd kernel (and GRUB checks grub.cfg once). The kexec'd boot
+/// carries the menu's entry for the delta: it ends the delta's trial.
+#[test]
+fn apply_live_then_kexec_into_the_delta() {
+    let Some(f) = fixture::get() else {
+        return;
+    };
+    let u = f.upgraded();
+    let _heavy = crate::support::heavy();
+    let w = f.work("apply_live_then_kexec_into_the_delta");
+    let (mnt, disk) = (w.path().join("mnt"), w.path().join("disk.img"));
+    disk_of(&u.store, &disk, &u.parent);
+    ok(cairn(
+        &u.store,
+        &[
+            "disk",
+            "add",
+            disk.to_str().unwrap(),
+            u.delta.to_str().unwrap(),
+        ],
+    ));
+    let (pv, iv) = (version_of(&u.parent), version_of(&u.delta));
+    let share = w.path().join("share");
+    fs::create_dir_all(&share).unwrap();
+    let st = Command::new("cp")
+        .arg("-al")
+        .arg(u.store.join("mirror"))
+        .arg(&share)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let script = share.join("on-boot.sh");
+    fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+say() {{ echo "PROBE $*" > /dev/ttyS1; echo "PROBE $*" > /dev/console; }}
+. /etc/cairn/image.env
+[ "$CAIRN_VERSION" = "{pv}" ] || exit 0
+say "less-before=$(command -v less || echo none)"
+cairn --store /srv/cairn apply-live --json > /run/apply.json 2> /run/apply.err
+say "apply-live=$?"
+say "applied=$(tr -d ' 
+' < /var/lib/cairn/applied-live.json | grep -o '"to":"webtest/[^"]*"' | head -n1)"
+say "less-after=$(less --version | head -n1)"
+tail -n 5 /run/apply.err | while read -r l; do say "apply-err: $l"; done
+say "kexec"
+cairn --store /srv/cairn reboot --kexec webtest/{iv} > /run/reboot.out 2>&1
+say "reboot=$?"
+tail -n 5 /run/reboot.out | while read -r l; do say "reboot-out: $l"; done
+"#
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let want = marker_of(&u.delta);
+    let r = boot(
+        &u.store,
+        &disk,
+        "bios",
+        Some(&format!("rollback>webtest-{pv}")),
+        &["--attach-dir", share.to_str().unwrap(), "--marker", &want],
+        "live",
+        600,
+    );
+    r.markers_have("PROBE less-before=none");
+    r.markers_have("PROBE apply-live=0");
+    r.markers_have(&format!("PROBE applied=\"to\":\"webtest/{iv}\""));
+    r.markers_have("PROBE less-after=less ");
+    r.reached(&want);
+    r.markers_have("PROBE issue.net=absent");
+    let kexec_lines: Vec<&str> = r
+        .console
+        .lines()
+        .filter(|l| l.contains("kexec_core") || l.contains("checking the signature of"))
+        .collect();
+    assert!(
+        kexec_lines
+            .iter()
+            .any(|l| l.contains("Starting new kernel")),
+        "{kexec_lines:?}\n{}",
+        r.why()
+    );
+    assert_eq!(
+        kexec_lines
+            .iter()
+            .filter(|l| l.contains("checking the signature of"))
+            .count(),
+        1,
+        "{kexec_lines:?}"
+    );
+    let env = grubenv(&disk, &mnt);
+    assert!(
+        env.contains(&format!("cairn_good=webtest-{iv}\n")) && !env.contains("cairn_trial="),
+        "{env}"
+    );
+}
+
+/// Retention: keep the newest image of each profile; a delta whose parent
+/// goes still verifies (its layers live in its own directory).
+#[test]
+fn prune_keeps_the_newest_and_deltas_still_verify() {
+    let Some(f) = fixture::get() else {
+        return;
+    };
+    let u = f.upgraded();
+    let _heavy = crate::support::heavy();
+    let w = f.work("prune_keeps_the_newest_and_deltas_still_verify");
+    let store: PathBuf = w.path().join("store");
+    fs::create_dir_all(&store).unwrap();
+    for (what, how) in [("images", "-al"), ("keys", "-a")] {
+        let st = Command::new("cp")
+            .arg(how)
+            .arg(u.store.join(what))
+            .arg(&store)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let gone: Vec<String> = serde_json::from_str(&ok(cairn(
+        &store,
+        &["image", "prune", "--keep", "1", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert!(
+        gone[0].ends_with(&format!("webtest/{}", version_of(&u.parent))),
+        "{gone:?}"
+    );
+    let list = json(ok(cairn(&store, &["image", "list", "--json"])));
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let delta = store.join("images/webtest").join(version_of(&u.delta));
+    let v = json(ok(cairn(
+        &store,
+        &["image", "verify", delta.to_str().unwrap(), "--json"],
+    )));
+    assert_eq!(v["ok"], true, "{v}");
+}
