@@ -3,43 +3,69 @@
 use crate::ParseError;
 
 /// Parses `Sat, 11 Jul 2026 10:16:37 UTC` (or `+0000`-style offsets) into
-/// seconds since the Unix epoch.
+/// seconds since the Unix epoch. Every field is range-checked: a date that
+/// does not exist (`31 Feb`, `99:99:99`, a `+9999` offset, year 0 or 99999)
+/// is refused, never wrapped into another one.
 pub fn parse_release_date(s: &str) -> Result<i64, ParseError> {
     let bad = || ParseError::Other(format!("unreadable date {s:?}"));
     let s = s.trim();
     let s = s.split_once(',').map_or(s, |(_, r)| r).trim();
     let parts: Vec<&str> = s.split_whitespace().collect();
-    if parts.len() < 4 {
+    if parts.len() < 4 || parts.len() > 5 {
         return Err(bad());
     }
-    let day: i64 = parts[0].parse().map_err(|_| bad())?;
+    let num = |t: &str, max_len: usize| -> Result<i64, ParseError> {
+        if t.is_empty() || t.len() > max_len || !t.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        t.parse().map_err(|_| bad())
+    };
+    let day = num(parts[0], 2)?;
     const MONTHS: [&str; 12] = [
         "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
     ];
     let month = MONTHS
         .iter()
-        .position(|m| parts[1].len() >= 3 && parts[1][..3].eq_ignore_ascii_case(m))
+        .position(|m| parts[1].get(..3).is_some_and(|p| p.eq_ignore_ascii_case(m)))
         .ok_or_else(bad)? as i64
         + 1;
-    let year: i64 = parts[2].parse().map_err(|_| bad())?;
-    let hms: Vec<i64> = parts[3]
-        .split(':')
-        .map(|x| x.parse().map_err(|_| bad()))
-        .collect::<Result<_, _>>()?;
-    if hms.len() < 2 || hms.len() > 3 || !(1..=31).contains(&day) {
+    let year = num(parts[2], 4)?;
+    if !(1970..=9999).contains(&year) || !(1..=days_in_month(year, month)).contains(&day) {
+        return Err(bad());
+    }
+    let hms: Vec<&str> = parts[3].split(':').collect();
+    if hms.len() < 2 || hms.len() > 3 {
+        return Err(bad());
+    }
+    let (h, m) = (num(hms[0], 2)?, num(hms[1], 2)?);
+    let sec = hms.get(2).map(|x| num(x, 2)).transpose()?.unwrap_or(0);
+    // 60: a leap second, as RFC 2822 allows.
+    if h > 23 || m > 59 || sec > 60 {
         return Err(bad());
     }
     let offset = match parts.get(4).copied() {
         None | Some("UTC" | "GMT" | "Z" | "UT") => 0,
         Some(z) if (z.starts_with('+') || z.starts_with('-')) && z.len() == 5 => {
-            let n: i64 = z[1..].parse().map_err(|_| bad())?;
-            let secs = (n / 100) * 3600 + (n % 100) * 60;
+            let (oh, om) = (num(&z[1..3], 2)?, num(&z[3..5], 2)?);
+            if oh > 23 || om > 59 {
+                return Err(bad());
+            }
+            let secs = oh * 3600 + om * 60;
             if z.starts_with('-') { -secs } else { secs }
         }
         Some(_) => return Err(bad()),
     };
     let days = days_from_civil(year, month, day);
-    Ok(days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms.get(2).copied().unwrap_or(0) - offset)
+    Ok(days * 86400 + h * 3600 + m * 60 + sec - offset)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
 }
 
 /// Formats seconds since the epoch the way Release files write dates.
@@ -124,5 +150,37 @@ mod tests {
         assert_eq!(format_compact(t), "20260711T101637Z");
         assert!(parse_release_date("yesterday").is_err());
         assert!(parse_release_date("Sat, 11 Foo 2026 10:16:37 UTC").is_err());
+        assert_eq!(
+            parse_release_date("Thu, 29 Feb 2024 23:59:60 UTC").unwrap(),
+            parse_release_date("Fri, 01 Mar 2024 00:00:00 UTC").unwrap()
+        );
+    }
+
+    /// Dates that do not exist are refused, not wrapped into others.
+    #[test]
+    fn impossible_dates_are_refused() {
+        for d in [
+            "Tue, 31 Feb 2026 10:00:00 UTC",
+            "Sat, 29 Feb 2025 10:00:00 UTC",
+            "Sat, 31 Apr 2026 10:00:00 UTC",
+            "Sat, 11 Jul 2026 99:99:99 UTC",
+            "Sat, 11 Jul 2026 24:00:00 UTC",
+            "Sat, 11 Jul 2026 10:60:00 UTC",
+            "Sat, 11 Jul 2026 10:00:61 UTC",
+            "Sat, 11 Jul 2026 10:16:37 +9999",
+            "Sat, 11 Jul 2026 10:16:37 +2400",
+            "Sat, 11 Jul 2026 10:16:37 +0060",
+            "Sat, 11 Jul 2026 10:16:37 +-100",
+            "Sat, 00 Jul 2026 10:16:37 UTC",
+            "Sat, 11 Jul 0 10:16:37 UTC",
+            "Sat, 11 Jul 99999 10:16:37 UTC",
+            "Sat, 11 Jul 9223372036854775807 10:16:37 UTC",
+            "Sat, -1 Jul 2026 10:16:37 UTC",
+            "Sat, 11 aaé 2026 10:16:37 UTC",
+            "Sat, 11 Jul 2026 10:16:37 UTC extra",
+            "Sat, 11 Jul 2026 1:2:3:4 UTC",
+        ] {
+            assert!(parse_release_date(d).is_err(), "{d}");
+        }
     }
 }

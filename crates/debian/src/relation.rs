@@ -81,7 +81,10 @@ fn parse_one(s: &str) -> Result<Relation, String> {
     let s = clean.trim();
     let (head, constraint) = match s.find('(') {
         Some(open) => {
-            let close = s.rfind(')').ok_or("missing `)`")?;
+            let close = open + s[open..].find(')').ok_or("missing `)`")?;
+            if !s[close + 1..].trim().is_empty() {
+                return Err(format!("text after the version constraint in {s:?}"));
+            }
             let inner = s[open + 1..close].trim();
             let ops = [
                 (">=", Op::Ge),
@@ -166,5 +169,8 @@ mod tests {
         assert!(c(Op::Ge, "1.0~rc1").matches("1.0"));
         assert!(parse_relations("a (>= )").is_err());
         assert!(parse_relations("a (~ 1)").is_err());
+        // Found by the fuzzer: a `)` before the `(` sliced backwards.
+        assert!(parse_relations("li>k >+) <=>>>bg(:af").is_err());
+        assert!(parse_relations("a (>= 1) b").is_err());
     }
 }

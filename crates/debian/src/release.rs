@@ -86,6 +86,13 @@ impl Release {
             let size = size
                 .parse()
                 .map_err(|_| ParseError::Other(format!("bad size in Release: {line:?}")))?;
+            // Paths become file names under the suite directory (and by-hash
+            // links): a signed Release that names one outside it is refused.
+            if !plain_relative(path) {
+                return Err(ParseError::Other(format!(
+                    "Release lists a path outside its suite: {path:?}"
+                )));
+            }
             rel.files.insert(
                 path.to_string(),
                 ReleaseFile {
@@ -96,6 +103,14 @@ impl Release {
         }
         Ok(rel)
     }
+}
+
+/// A relative path of plain components (no `/` at either end, no empty,
+/// `.` or `..` component, no NUL or backslash).
+fn plain_relative(p: &str) -> bool {
+    !p.is_empty()
+        && !p.contains(['\0', '\\'])
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 #[cfg(test)]
@@ -127,5 +142,28 @@ SHA256:\n 515e692f2c4121c6fcec444ef100cc18f79a991910615f3a88c8b7becfc94d2f 50060
     fn refuses_missing_or_bad_sums() {
         assert!(Release::parse("Suite: x\nMD5Sum:\n 00 1 a\n").is_err());
         assert!(Release::parse("Suite: x\nSHA256:\n zz 1 a\n").is_err());
+    }
+
+    #[test]
+    fn refuses_paths_outside_the_suite() {
+        let h = "515e692f2c4121c6fcec444ef100cc18f79a991910615f3a88c8b7becfc94d2f";
+        for p in [
+            "../../etc/x",
+            "/etc/x",
+            "main/../../x",
+            "main//x",
+            "./x",
+            "main/x/",
+            "a\\b",
+        ] {
+            let e = Release::parse(&format!("Suite: x\nSHA256:\n {h} 1 {p}\n")).unwrap_err();
+            assert!(e.to_string().contains("outside its suite"), "{p}: {e}");
+        }
+        assert!(
+            Release::parse(&format!(
+                "Suite: x\nSHA256:\n {h} 1 main/by-hash/SHA256/{h}\n"
+            ))
+            .is_ok()
+        );
     }
 }
