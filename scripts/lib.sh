@@ -6,7 +6,7 @@ CAIRN_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PATH="$HOME/.cargo/bin:$PATH"
 
 # Debian packages cairn drives or its tests use.
-CAIRN_RUNTIME_PKGS=(gpg gpgv apt dpkg ca-certificates mmdebstrap debootstrap xz-utils squashfs-tools
+CAIRN_RUNTIME_PKGS=(gpg gpgv apt dpkg ca-certificates mmdebstrap debootstrap xz-utils squashfs-tools cryptsetup-bin
     fdisk dosfstools e2fsprogs sbsigntool openssl util-linux mount
     grub-common grub-pc-bin grub-efi-amd64-bin grub-emu xorriso mtools qemu-system-x86 ovmf)
 # Secure Boot behind shim (`--shim`), installed by the test script only:

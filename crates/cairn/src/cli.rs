@@ -338,6 +338,10 @@ pub enum VmCommand {
         /// apply-live` in the guest (`mount LABEL=cairn-store /srv/cairn`).
         #[arg(long)]
         attach_dir: Option<PathBuf>,
+        /// Attach this raw disk image read-only too (repeatable): a second
+        /// medium beside the boot disk, as a USB stick would be.
+        #[arg(long)]
+        attach: Vec<PathBuf>,
         /// Time when a console line starting with this first appears
         /// (repeatable; `events` in --json).
         #[arg(long)]
@@ -669,12 +673,13 @@ fn run(cli: &Cli) -> Result<i32> {
             mok_cert,
             log_dir,
             attach_dir,
+            attach: disks,
             event,
             json,
         }) => {
-            let mut attach = Vec::new();
+            let mut attach = disks.clone();
             if let Some(d) = attach_dir {
-                std::fs::create_dir_all(log_dir)?;
+                crate::fsutil::own_dir(log_dir)?;
                 let disk = log_dir.join("attached.img");
                 crate::vm::dir_disk(d, &disk, "cairn-store")?;
                 attach.push(disk);
@@ -759,6 +764,9 @@ fn run(cli: &Cli) -> Result<i32> {
             } else {
                 a.names.clone()
             };
+            for n in &names {
+                crate::names::check("mirror name", n)?;
+            }
             if names.is_empty() {
                 anyhow::bail!(
                     "no mirrors in {}: run `cairn mirror sync` first",
@@ -1017,6 +1025,7 @@ fn run_key(cli: &Cli, c: &KeyCommand) -> Result<i32> {
         );
         println!("  secret key in {}", key.gnupg_home.display());
         println!("  public key for GRUB: {}", key.public_key.display());
+        println!("  {}", keys::PROTECTION);
     }
     Ok(0)
 }

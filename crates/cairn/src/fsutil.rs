@@ -11,24 +11,95 @@ use anyhow::{Context, Result, bail};
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().context("path has no parent")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = tmp_sibling(path);
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
-    fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    let (mut f, tmp) = new_sibling(path)?;
+    let r = f
+        .write_all(data)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|_| {
+            fs::rename(&tmp, path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        });
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r?;
     sync_dir(dir)
 }
 
-/// `.<name>.tmp-<pid>` beside `path`.
-pub fn tmp_sibling(path: &Path) -> PathBuf {
+/// A new, empty hidden sibling of `path` (`.<name>.<random>`), created
+/// exclusively: never an existing file, never through a symlink someone
+/// placed there (the directory may be anyone's, /tmp say).
+pub fn new_sibling(path: &Path) -> Result<(File, PathBuf)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let (f, p) = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?
+        .keep()
+        .map_err(|e| anyhow::anyhow!("keeping a temporary file: {e}"))?;
+    Ok((f, p))
+}
+
+/// `abs`, an absolute path inside the tree at `root`, as a path on this
+/// host, resolved as a chroot into `root` would resolve it: every symlink on
+/// the way is followed *inside the tree* (an absolute target starts again
+/// at `root`, `..` never climbs above it), so a link in a root tree such as
+/// Debian's `/var/run -> /run` can never lead to the build host's own
+/// files. With `follow_last` false a symlink at the end is not followed (to
+/// remove, rename or replace the link itself).
+pub fn resolve_in_root(root: &Path, abs: &str, follow_last: bool) -> Result<PathBuf> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    let mut todo: VecDeque<OsString> = Path::new(abs)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect();
+    let mut cur: Vec<OsString> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            cur.pop();
+            continue;
+        }
+        let mut at = root.to_path_buf();
+        at.extend(&cur);
+        at.push(&c);
+        let link = fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink());
+        if link && (follow_last || !todo.is_empty()) {
+            hops += 1;
+            if hops > 40 {
+                bail!("{abs} in {}: too many levels of symlinks", root.display());
+            }
+            let target = fs::read_link(&at).with_context(|| format!("reading {}", at.display()))?;
+            if target.is_absolute() {
+                cur.clear();
+            }
+            for t in target.components().rev() {
+                match t {
+                    Component::Normal(n) => todo.push_front(n.to_os_string()),
+                    Component::ParentDir => todo.push_front(OsString::from("..")),
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        cur.push(c);
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&cur);
+    Ok(out)
 }
 
 /// fsyncs a directory so a rename in it survives a crash.
@@ -156,6 +227,25 @@ pub fn own_dir(dir: &Path) -> Result<()> {
             m.mode() & 0o7777
         );
     }
+    // Nobody else may swap it for another: every directory above it is this
+    // user's or root's, and writable by others only with the sticky bit
+    // (as /tmp and /var/tmp).
+    let canon = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    for a in canon.ancestors().skip(1) {
+        let m = fs::metadata(a).with_context(|| format!("reading {}", a.display()))?;
+        let shared = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if (m.uid() != me && m.uid() != 0) || shared {
+            bail!(
+                "{} is below {} (user {}, mode {:o}), which another user could change: refusing to write into it",
+                dir.display(),
+                a.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            );
+        }
+    }
     Ok(())
 }
 
@@ -206,5 +296,104 @@ mod tests {
         write_atomic(&p, b"y").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"y");
         assert_eq!(fs::read_dir(d.path().join("sub")).unwrap().count(), 1);
+    }
+
+    /// A temporary sibling is never an existing file nor a symlink someone
+    /// placed where a predictable name would be.
+    #[test]
+    fn siblings_never_go_through_what_is_there() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let target = d.path().join("disk.img");
+        // Every name an attacker could guess for the old scheme.
+        for n in [".disk.img.tmp", ".disk.img.new"] {
+            std::os::unix::fs::symlink(&victim, d.path().join(n)).unwrap();
+        }
+        let (mut f, p) = new_sibling(&target).unwrap();
+        f.write_all(b"disk bytes").unwrap();
+        assert!(!fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        write_atomic(&target, b"x").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+    }
+
+    /// Paths in a root tree stay in it, whatever its symlinks say.
+    #[test]
+    fn paths_in_a_tree_resolve_inside_it() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("run")).unwrap();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/run", root.join("var-run")).unwrap();
+        fs::create_dir_all(root.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc/passwd", root.join("etc/up")).unwrap();
+        std::os::unix::fs::symlink("/etc/loop", root.join("etc/loop")).unwrap();
+        let r = |p: &str, f: bool| resolve_in_root(&root, p, f);
+        assert_eq!(r("/var/run/x", true).unwrap(), root.join("run/x"));
+        assert_eq!(r("/var/run", false).unwrap(), root.join("var/run"));
+        assert_eq!(r("/var/run", true).unwrap(), root.join("run"));
+        assert_eq!(r("/etc/up", true).unwrap(), root.join("etc/passwd"));
+        assert_eq!(r("/../../etc/x", true).unwrap(), root.join("etc/x"));
+        assert_eq!(r("/new/dir/f", true).unwrap(), root.join("new/dir/f"));
+        assert!(
+            r("/etc/loop/x", true)
+                .unwrap_err()
+                .to_string()
+                .contains("too many levels")
+        );
+    }
+
+    /// Log directories: a symlink, a directory others may write to, or (as
+    /// root) one that belongs to another user are refused.
+    #[test]
+    fn own_dir_refuses_what_others_control() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let fresh = d.path().join("a/b");
+        own_dir(&fresh).unwrap();
+        own_dir(&fresh).unwrap();
+        let open = d.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(
+            own_dir(&open)
+                .unwrap_err()
+                .to_string()
+                .contains("others may write")
+        );
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(
+            own_dir(&link)
+                .unwrap_err()
+                .to_string()
+                .contains("not a directory")
+        );
+        // Below a directory others may write to (not sticky).
+        let under = open.join("logs");
+        assert!(
+            own_dir(&under)
+                .unwrap_err()
+                .to_string()
+                .contains("another user could change")
+        );
+        if is_root() {
+            let theirs = d.path().join("theirs");
+            fs::create_dir(&theirs).unwrap();
+            let st = std::process::Command::new("chown")
+                .args(["65534:65534"])
+                .arg(&theirs)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            assert!(
+                own_dir(&theirs)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("belongs to user 65534")
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod image;
 pub mod live;
 pub mod mirror;
+pub mod names;
 pub mod parallel;
 pub mod profile;
 pub mod progress;

@@ -26,6 +26,10 @@ use crate::trust::keys::verify_file;
 
 /// Where live-boot mounts the medium it booted from.
 const LIVE_MEDIUM: &str = "/run/live/medium";
+/// How the boot partition is mounted on a running system (as the initramfs
+/// mounts it): nothing on it runs, opens as a device, or is followed as a
+/// symlink — whoever can write the partition is not trusted.
+const MEDIUM_OPTS: &str = "nosuid,nodev,noexec,nosymfollow";
 /// cairn's scratch space on the running system (a tmpfs).
 const RUN_DIR: &str = "/run/cairn";
 /// What `apply-live` applied, kept with the running system (the overlay).
@@ -51,7 +55,8 @@ pub struct BootMedium {
 
 impl BootMedium {
     pub fn find() -> Result<BootMedium> {
-        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mounts = fs::read_to_string("/proc/mounts")
+            .context("reading /proc/mounts: cannot tell what is mounted")?;
         let live = mounts.lines().find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.len() > 2 && f[1] == LIVE_MEDIUM).then(|| f[2].to_string())
@@ -66,15 +71,31 @@ impl BootMedium {
                 mounted: false,
             });
         }
+        // In RAM (toram): the partition GRUB booted from, by the UUID it
+        // passed — the one device that carries it, never a look-alike.
+        let uuid = boot_uuid()?;
         let out = Cmd::new("blkid")
-            .args(["-L", "cairn-boot"])
-            .run()
-            .context("no boot medium mounted and no partition labelled cairn-boot")?;
-        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            .args(["-c", "/dev/null", "-o", "device", "-t"])
+            .arg(format!("UUID={uuid}"))
+            .output_any_status()?;
+        let devs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        let dev = match devs.as_slice() {
+            [one] => one.clone(),
+            [] => bail!("no boot medium mounted and no partition with UUID {uuid} (cairn.boot=)"),
+            many => bail!(
+                "{} devices carry the boot partition's UUID {uuid} ({}): refusing to guess which one GRUB booted from",
+                many.len(),
+                many.join(", ")
+            ),
+        };
         let root = Path::new(RUN_DIR).join("boot");
         fs::create_dir_all(&root)?;
         Cmd::new("mount")
-            .args(["-o", "ro", &dev])
+            .args(["-o", &format!("ro,{MEDIUM_OPTS}"), &dev])
             .arg(&root)
             .run()?;
         Ok(BootMedium {
@@ -86,13 +107,13 @@ impl BootMedium {
     /// Runs `f` with the medium writable (for the GRUB environment block).
     fn writable<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         Cmd::new("mount")
-            .args(["-o", "remount,rw"])
+            .args(["-o", &format!("remount,rw,{MEDIUM_OPTS}")])
             .arg(&self.root)
             .run()?;
         let r = f();
         let _ = Cmd::new("sync").run();
         Cmd::new("mount")
-            .args(["-o", "remount,ro"])
+            .args(["-o", &format!("remount,ro,{MEDIUM_OPTS}")])
             .arg(&self.root)
             .run()?;
         r
@@ -107,17 +128,81 @@ impl Drop for BootMedium {
     }
 }
 
-/// The image directory `spec` names (`PROFILE/VERSION`, a version of the
-/// booted profile, or a path), or the newest image of the booted profile,
-/// looked for under each of `roots` (`<root>/images/<profile>/<version>`).
-pub fn find_image(roots: &[&Path], spec: Option<&str>, profile: &str) -> Result<PathBuf> {
+/// The boot partition's UUID GRUB passed (`cairn.boot=` on this system's
+/// command line, checked by the initramfs).
+pub fn boot_uuid() -> Result<String> {
+    let cmdline = fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let all: Vec<&str> = cmdline
+        .split_whitespace()
+        .filter_map(|p| p.strip_prefix("cairn.boot="))
+        .collect();
+    match all.as_slice() {
+        [u] if !u.is_empty() && u.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') => {
+            Ok(u.to_string())
+        }
+        _ => bail!(
+            "no single well-formed cairn.boot= on the kernel command line: not booted by cairn's menu"
+        ),
+    }
+}
+
+/// The manifest of the image in `dir`, read once and trusted only if its
+/// bytes are the ones the image's signed SHA256SUMS lists.
+pub fn signed_manifest(dir: &Path, key: &Path, work: &Path) -> Result<Manifest> {
+    fs::create_dir_all(work)?;
+    let sums = fs::read(dir.join("SHA256SUMS"))
+        .with_context(|| format!("{}: SHA256SUMS missing", dir.display()))?;
+    let sig = fs::read(dir.join("SHA256SUMS.sig"))
+        .with_context(|| format!("{}: SHA256SUMS.sig missing", dir.display()))?;
+    // The copies are checked and read: what was checked is what is used.
+    fs::write(work.join("SHA256SUMS"), &sums)?;
+    fs::write(work.join("SHA256SUMS.sig"), &sig)?;
+    verify_file(key, &work.join("SHA256SUMS"), work)
+        .with_context(|| format!("{}: SHA256SUMS: signature missing or bad", dir.display()))?;
+    let want = String::from_utf8_lossy(&sums)
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix(&format!("  {}", image::MANIFEST))
+                .map(String::from)
+        })
+        .with_context(|| format!("{}: SHA256SUMS does not list the manifest", dir.display()))?;
+    let data = fs::read(dir.join(image::MANIFEST))
+        .with_context(|| format!("{}: manifest missing", dir.display()))?;
+    if crate::trust::hash::sha256_hex(&data) != want {
+        bail!(
+            "{}: the manifest differs from the signed SHA256SUMS",
+            dir.display()
+        );
+    }
+    serde_json::from_slice(&data)
+        .with_context(|| format!("{}: reading the manifest", dir.display()))
+}
+
+/// The image `spec` names (`PROFILE/VERSION`, a version of the booted
+/// profile, or a path), or the newest image of the booted profile, looked
+/// for under each of `roots` (`<root>/images/<profile>/<version>`). Only
+/// directories whose names pass the name rule, whose signed manifest says
+/// they are that profile and version, count; the newest is the greatest
+/// signed version, whatever else the directory holds.
+pub fn find_image(
+    roots: &[&Path],
+    spec: Option<&str>,
+    profile: &str,
+    key: &Path,
+) -> Result<(PathBuf, Manifest)> {
+    let scratch = tempfile::Builder::new()
+        .prefix("cairn-manifests-")
+        .tempdir()
+        .context("a private temporary directory")?;
+    let work = scratch.path();
     if let Some(s) = spec {
         let p = Path::new(s);
         if p.is_absolute() || s.starts_with('.') {
-            if p.join("manifest.json").is_file() || p.join(BOOT_CFG).is_file() {
-                return Ok(p.to_path_buf());
+            if !p.join(image::MANIFEST).is_file() {
+                bail!("{s} is not an image directory");
             }
-            bail!("{s} is not an image directory");
+            let m = signed_manifest(p, key, work)?;
+            return Ok((p.to_path_buf(), m));
         }
     }
     let (want_p, want_v) = match spec {
@@ -127,25 +212,36 @@ pub fn find_image(roots: &[&Path], spec: Option<&str>, profile: &str) -> Result<
         },
         None => (profile.to_string(), None),
     };
-    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    crate::names::check("profile", &want_p)?;
+    if let Some(v) = &want_v {
+        crate::names::check("version", v)?;
+    }
+    let mut found: Vec<(String, PathBuf, Manifest)> = Vec::new();
     for r in roots {
         let d = r.join("images").join(&want_p);
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
             let v = e.file_name().to_string_lossy().into_owned();
-            if v.starts_with('.') || !e.path().join(BOOT_CFG).is_file() {
+            if !crate::names::is_safe(&v) || want_v.as_ref().is_some_and(|w| *w != v) {
                 continue;
             }
-            if want_v.as_ref().is_none_or(|w| *w == v) {
-                found.push((v, e.path()));
+            match signed_manifest(&e.path(), key, work) {
+                Ok(m) if m.profile == want_p && m.version == v => found.push((v, e.path(), m)),
+                Ok(m) => tracing::warn!(
+                    "{}: its signed manifest says {}/{}: not taken",
+                    e.path().display(),
+                    m.profile,
+                    m.version
+                ),
+                Err(err) => tracing::warn!("{}: not taken: {err:#}", e.path().display()),
             }
         }
     }
-    found.sort();
-    found.pop().map(|(_, p)| p).with_context(|| {
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.pop().map(|(_, p, m)| (p, m)).with_context(|| {
         let places: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
         match &want_v {
-            Some(v) => format!("no image {want_p}/{v} in {}", places.join(" or ")),
-            None => format!("no image of {want_p} in {}", places.join(" or ")),
+            Some(v) => format!("no signed image {want_p}/{v} in {}", places.join(" or ")),
+            None => format!("no signed image of {want_p} in {}", places.join(" or ")),
         }
     })
 }
@@ -195,6 +291,25 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
             format!("REFUSING {}: {n}: signature missing or bad", dir.display())
         })?;
     }
+    // BOOTSUMS is this image's: the image's signed SHA256SUMS lists it (a
+    // BOOTSUMS of another signed image, with that image's kernel, would
+    // pass its own signature).
+    let all = fs::read_to_string(work.join("SHA256SUMS"))?;
+    let want = all
+        .lines()
+        .find_map(|l| l.strip_suffix(&format!("  {BOOT_SUMS}")))
+        .with_context(|| {
+            format!(
+                "REFUSING {}: SHA256SUMS does not list {BOOT_SUMS}",
+                dir.display()
+            )
+        })?;
+    if crate::trust::hash::sha256_file(&work.join(BOOT_SUMS))?.1 != want {
+        bail!(
+            "REFUSING {}: {BOOT_SUMS} is not the one the image's SHA256SUMS lists",
+            dir.display()
+        );
+    }
     let sums = fs::read_to_string(work.join(BOOT_SUMS))?;
     let mut listed = 0;
     for line in sums.lines() {
@@ -236,9 +351,27 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
 }
 
 /// The selector of the menu entry that boots `rel` (`/images/P/V` on the
-/// medium), in RAM or not, read from the menu on the medium.
-pub fn menu_selector(medium: &Path, rel: &str, ram: bool) -> Option<String> {
-    let cfg = fs::read_to_string(medium.join("boot/grub/grub.cfg")).ok()?;
+/// medium), in RAM or not, read from the menu on the medium — once its
+/// signature is checked (an unsigned grub.cfg says nothing).
+pub fn menu_selector(medium: &Path, rel: &str, ram: bool, key: &Path) -> Result<Option<String>> {
+    let scratch = tempfile::Builder::new()
+        .prefix("cairn-menu-")
+        .tempdir()
+        .context("a private temporary directory")?;
+    let work = scratch.path();
+    let grub = medium.join("boot/grub");
+    for f in ["grub.cfg", "grub.cfg.sig"] {
+        fs::copy(grub.join(f), work.join(f))
+            .with_context(|| format!("{}: {f} missing", grub.display()))?;
+    }
+    verify_file(key, &work.join("grub.cfg"), work)
+        .with_context(|| format!("{}: grub.cfg: signature missing or bad", grub.display()))?;
+    let cfg = fs::read_to_string(work.join("grub.cfg"))?;
+    Ok(selector_in(&cfg, rel, ram))
+}
+
+/// The selector a (checked) menu gives the entry that boots `rel`.
+fn selector_in(cfg: &str, rel: &str, ram: bool) -> Option<String> {
     // The call with an empty selector, less its closing quote.
     let call = menu::boot_call(rel, ram, "");
     let needle = &call[..call.len() - 1];
@@ -249,11 +382,11 @@ pub fn menu_selector(medium: &Path, rel: &str, ram: bool) -> Option<String> {
 }
 
 /// The kernel command line the menu entry gives: boot.cfg's arguments, the
-/// image's directory on the medium, `toram` for the in-RAM entry, the entry
-/// that booted (for boot counting).
-pub fn command_line(args: &str, rel: &str, ram: bool, selector: &str) -> String {
+/// image's directory on the medium, the boot partition, `toram` for the
+/// in-RAM entry, the entry that booted (for boot counting).
+pub fn command_line(args: &str, rel: &str, uuid: &str, ram: bool, selector: &str) -> String {
     format!(
-        "{args} live-media-path={rel}{} cairn.entry={selector}",
+        "{args} live-media-path={rel} cairn.boot={uuid}{} cairn.entry={selector}",
         if ram { " toram" } else { "" }
     )
 }
@@ -282,8 +415,10 @@ pub struct RebootOptions<'a> {
 /// `cairn reboot [--kexec] [IMAGE]`.
 pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
     let (profile, _) = booted()?;
+    let key = public_key(o.key, o.store)?;
+    let uuid = boot_uuid()?;
     let medium = BootMedium::find()?;
-    let dir = find_image(&[&medium.root], o.image, &profile)?;
+    let (dir, _) = find_image(&[&medium.root], o.image, &profile, &key)?;
     let rel = format!(
         "/{}",
         dir.strip_prefix(&medium.root)
@@ -297,9 +432,13 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         .trim_start_matches("/images/")
         .split_once('/')
         .context("an image directory is images/PROFILE/VERSION")?;
+    // Both reach the kernel command line (live-media-path=, cairn.entry=),
+    // also when the image was named by its path.
+    crate::names::check("profile directory", p)?;
+    crate::names::check("version directory", v)?;
     // Not in the written menu: an image copied onto the disk by hand, which
     // the menu's "found now" loop offers.
-    let entry = menu_selector(&medium.root, &rel, o.ram)
+    let entry = menu_selector(&medium.root, &rel, o.ram, &key)?
         .unwrap_or_else(|| menu::found_selector(&rel, o.ram));
     let mut plan = RebootPlan {
         image: format!("{p}/{v}"),
@@ -311,11 +450,10 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
     };
     if o.kexec {
         // A refused image is an error: no reboot. Only loading may fall back.
-        let key = public_key(o.key, o.store)?;
         let work = Path::new(RUN_DIR).join("kexec");
         let _ = fs::remove_dir_all(&work);
         let checked = check_boot_files(&dir, &key, &work)?;
-        let cmdline = command_line(&checked.args, &rel, o.ram, &entry);
+        let cmdline = command_line(&checked.args, &rel, &uuid, o.ram, &entry);
         match kexec_load(&checked, &cmdline) {
             Ok(()) => {
                 plan.method = "kexec".into();
@@ -502,8 +640,8 @@ pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
     if let Some(m) = &medium {
         roots.push(&m.root);
     }
-    let dir = find_image(&roots, o.image, &profile)?;
     let key = public_key(o.key, o.store)?;
+    let (dir, target) = find_image(&roots, o.image, &profile, &key)?;
     let v = image::verify_with(&dir, &key, true)?;
     if !v.ok {
         bail!(
@@ -512,7 +650,6 @@ pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
             v.problems.join("\n  ")
         );
     }
-    let target = image::read_manifest(&dir)?;
     if target.profile != profile {
         bail!(
             "{} is an image of {}, this system runs {profile}: boot it instead (`cairn reboot --kexec {}/{}`)",
@@ -598,6 +735,17 @@ pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
 /// packages purged.
 fn apt_apply(store: &Path, target: &Manifest, changes: &[Change]) -> Result<()> {
     let mirrors = crate::build::mirror_sources(store, &target.suite)?;
+    // The store reached this machine on a disk or a share that others may
+    // write: its mirror state is no authority on keys. Each keyring apt is
+    // to trust must be a file of this (signed) image, under the system's
+    // keyring directories; the mirror's names follow the name rule.
+    for (paths, state, _) in &mirrors {
+        crate::mirror::config::validate_repo(&state.repo)
+            .with_context(|| format!("mirror {}", paths.name))?;
+        for k in &state.repo.keyring {
+            trusted_keyring(k).with_context(|| format!("mirror {}", paths.name))?;
+        }
+    }
     let base = Path::new(RUN_DIR).join("apt");
     let _ = fs::remove_dir_all(&base);
     for d in ["parts", "lists/partial", "cache/archives/partial"] {
@@ -633,6 +781,31 @@ fn apt_apply(store: &Path, target: &Manifest, changes: &[Change]) -> Result<()> 
     }
     apt(&args)?;
     let _ = fs::remove_dir_all(&base);
+    Ok(())
+}
+
+/// A keyring the running image itself holds in a system keyring directory
+/// (a regular file, reached without a symlink).
+fn trusted_keyring(k: &Path) -> Result<()> {
+    const DIRS: [&str; 3] = [
+        "/usr/share/keyrings/",
+        "/etc/apt/keyrings/",
+        "/etc/apt/trusted.gpg.d/",
+    ];
+    let s = k.to_str().unwrap_or("");
+    let name = s.rsplit('/').next().unwrap_or("");
+    let under = DIRS.iter().any(|d| s.strip_prefix(d) == Some(name));
+    if !under || !crate::names::is_safe(name) {
+        bail!(
+            "keyring {}: only a file of this image in {} is trusted for apply-live",
+            k.display(),
+            DIRS.join(", ")
+        );
+    }
+    let m = fs::symlink_metadata(k).with_context(|| format!("keyring {}", k.display()))?;
+    if !m.file_type().is_file() {
+        bail!("keyring {}: not a regular file of this image", k.display());
+    }
     Ok(())
 }
 
@@ -698,36 +871,50 @@ mod tests {
         assert_eq!(needs_boot(&k), ["linux-image-amd64 6.1.1 → 6.1.2"]);
     }
 
+    /// apply-live trusts only keyrings of the running image, by a plain
+    /// path in a system keyring directory.
+    #[test]
+    fn keyrings_come_from_the_image_only() {
+        let ok = Path::new("/usr/share/keyrings/debian-archive-keyring.gpg");
+        if ok.is_file() {
+            trusted_keyring(ok).unwrap();
+        }
+        for bad in [
+            "/srv/cairn/keys/evil.gpg",
+            "/usr/share/keyrings/../../../srv/evil.gpg",
+            "/usr/share/keyrings/x trusted=yes",
+            "/usr/share/keyrings/sub/k.gpg",
+            "relative.gpg",
+        ] {
+            assert!(trusted_keyring(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn the_menu_entry_and_its_command_line() {
-        let d = tempfile::tempdir().unwrap();
-        fs::create_dir_all(d.path().join("boot/grub")).unwrap();
-        fs::write(
-            d.path().join("boot/grub/grub.cfg"),
-            format!(
-                "menuentry x {{\n    {}\n}}\nmenuentry y {{\n    {}\n}}\n",
-                menu::boot_call("/images/web/2", false, "web-2"),
-                menu::boot_call("/images/web/1", true, "rollback>web-1-ram")
-            ),
-        )
-        .unwrap();
+        let cfg = format!(
+            "menuentry x {{\n    {}\n}}\nmenuentry y {{\n    {}\n}}\n",
+            menu::boot_call("/images/web/2", false, "web-2"),
+            menu::boot_call("/images/web/1", true, "rollback>web-1-ram")
+        );
         assert_eq!(
-            menu_selector(d.path(), "/images/web/2", false).as_deref(),
+            selector_in(&cfg, "/images/web/2", false).as_deref(),
             Some("web-2")
         );
         assert_eq!(
-            menu_selector(d.path(), "/images/web/1", true).as_deref(),
+            selector_in(&cfg, "/images/web/1", true).as_deref(),
             Some("rollback>web-1-ram")
         );
-        assert_eq!(menu_selector(d.path(), "/images/web/1", false), None);
+        assert_eq!(selector_in(&cfg, "/images/web/1", false), None);
         assert_eq!(
             command_line(
-                "boot=live module=web",
+                "boot=live quiet",
                 "/images/web/1",
+                "1234-abcd",
                 true,
                 "rollback>web-1-ram"
             ),
-            "boot=live module=web live-media-path=/images/web/1 toram cairn.entry=rollback>web-1-ram"
+            "boot=live quiet live-media-path=/images/web/1 cairn.boot=1234-abcd toram cairn.entry=rollback>web-1-ram"
         );
     }
 }

@@ -357,12 +357,7 @@ const SYSTEM_DIRS: &[&str] = &[
 ];
 
 fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) -> Result<Profile> {
-    let simple = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
-            && !s.starts_with('.')
-    };
+    let simple = crate::names::is_safe;
     if !simple(&name) {
         bail!("name {name:?}: use letters, digits, `-`, `_`, `.`, `+`");
     }
@@ -512,6 +507,9 @@ fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) -> Result<Pro
         if a.contains(char::is_whitespace) || a.is_empty() {
             bail!("kernel-cmdline entries are single words: {a:?}");
         }
+        if let Some(why) = crate::image::refused_kernel_arg(a) {
+            bail!("kernel-cmdline entry {a:?}: {why}");
+        }
     }
     Ok(Profile {
         name,
@@ -555,7 +553,7 @@ impl Profile {
     /// Packages chosen by host type and role, then the profile's own.
     pub fn all_packages(&self, host: HostType) -> Vec<String> {
         let arch = &self.architecture;
-        let mut v: Vec<String> = ["systemd-sysv", "live-boot", "zstd"]
+        let mut v: Vec<String> = ["systemd-sysv", "live-boot", "zstd", "cryptsetup-bin"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -763,6 +761,32 @@ mod tests {
             (
                 "schema-version = 1\nsuite = \"bookworm\"\nextends = \"p.toml\"\n",
                 "extends itself",
+            ),
+            // Arguments that would take layers or an overlay from elsewhere,
+            // or pose as cairn's own: an image that could never boot.
+            (
+                "schema-version = 1\nsuite = \"bookworm\"\nkernel-cmdline = [\"persistence\"]\n",
+                "initramfs refuses it",
+            ),
+            (
+                "schema-version = 1\nsuite = \"bookworm\"\nkernel-cmdline = [\"module=evil\"]\n",
+                "initramfs refuses it",
+            ),
+            (
+                "schema-version = 1\nsuite = \"bookworm\"\nkernel-cmdline = [\"cairn.verity=x\"]\n",
+                "cairn's own",
+            ),
+            (
+                "schema-version = 1\nsuite = \"bookworm\"\nkernel-cmdline = [\"init=/bin/sh\"]\n",
+                "other than the image's init",
+            ),
+            (
+                "schema-version = 1\nsuite = \"bookworm\"\nkernel-cmdline = [\"MODULETORAMFILE=x\"]\n",
+                "environment variable",
+            ),
+            (
+                "schema-version = 1\nsuite = \"bookworm\"\n[[data]]\npath = \"/srv\"\npartition = \"-x\"\n",
+                "simple name",
             ),
         ];
         for (text, want) in cases {

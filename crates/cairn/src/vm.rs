@@ -232,12 +232,20 @@ fn run_once(
     accel: Accel,
     probe: Option<Duration>,
 ) -> Result<std::result::Result<VmResult, String>> {
-    fs::create_dir_all(&spec.log_dir)?;
+    crate::fsutil::own_dir(&spec.log_dir)?;
     let console = spec.log_dir.join("console.log");
     let markers = spec.log_dir.join("marker.log");
     let _ = fs::remove_file(&console);
     let _ = fs::remove_file(&markers);
-    let mut cmd = Command::new(QEMU.program);
+    // Tied to cairn's life: setpriv (util-linux) sets the parent-death
+    // signal and execs qemu, so a killed cairn leaves no VM running.
+    let mut cmd = if crate::cmd::which("setpriv").is_some() {
+        let mut c = Command::new("setpriv");
+        c.args(["--pdeathsig", "KILL", "--", QEMU.program]);
+        c
+    } else {
+        Command::new(QEMU.program)
+    };
     // i440fx ("pc"): its IDE CD-ROM is one every Debian kernel flavour
     // drives. Secure Boot needs SMM, which OVMF gets on q35 only.
     let secure = spec.secure_boot;

@@ -144,6 +144,43 @@ pub struct DiskConfig {
     pub boot_uuid: String,
 }
 
+impl DiskConfig {
+    /// `boot/cairn.json` of a mounted boot partition. Whoever can write the
+    /// partition wrote this file: every value is checked before cairn signs
+    /// a menu with it, and the partition's UUID is never taken from it (see
+    /// `fs_uuid`).
+    fn read(root: &Path) -> Result<DiskConfig> {
+        let p = root.join("boot/cairn.json");
+        let data = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        let c: DiskConfig =
+            serde_json::from_slice(&data).with_context(|| format!("parsing {}", p.display()))?;
+        c.check()
+            .with_context(|| format!("{} (on the disk, unsigned)", p.display()))?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<()> {
+        let m = &self.menu;
+        if !(1..=MAX_TRIES).contains(&m.tries) {
+            bail!("tries {}: 1 to {MAX_TRIES}", m.tries);
+        }
+        if m.timeout > MAX_TIMEOUT {
+            bail!("timeout {}: at most {MAX_TIMEOUT} seconds", m.timeout);
+        }
+        if let Some(p) = &m.default_profile {
+            crate::names::check("default profile", p)?;
+        }
+        if let Some(l) = &self.data_label {
+            crate::names::check("data label", l)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bounds of the menu options a disk records (GRUB unrolls the tries).
+pub const MAX_TRIES: u32 = 20;
+pub const MAX_TIMEOUT: u32 = 3600;
+
 #[derive(Debug, Clone)]
 pub struct DiskOptions {
     pub images: Vec<PathBuf>,
@@ -175,21 +212,115 @@ pub fn require_tools() -> Result<()> {
     grub::require_tools()
 }
 
-fn is_block_device(p: &Path) -> bool {
-    fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
+/// Whether `p` is a block device: the path itself, never through a symlink
+/// (a link somebody placed in a shared directory must not turn a disk file
+/// into a device to erase).
+fn is_block_device(p: &Path) -> Result<bool> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_symlink() => bail!(
+            "{} is a symlink: name the disk file or the device itself",
+            p.display()
+        ),
+        Ok(m) => Ok(m.file_type().is_block_device()),
+        Err(_) => Ok(false),
+    }
 }
 
-/// Refuses a device that is mounted (itself or a partition) and, unless
-/// `yes`, asks for its name to be typed.
+/// How `dev` (a block device) is in use, if it is: it or one of its
+/// partitions mounted (by device number, whatever name it was mounted by),
+/// used as swap, held by device-mapper or RAID, or the backing file of a
+/// loop device. Tables that cannot be read are errors, never "unused".
+fn device_in_use(dev: &Path, mountinfo: &Path, swaps: &Path, sys: &Path) -> Result<Option<String>> {
+    let canon = fs::canonicalize(dev).with_context(|| format!("resolving {}", dev.display()))?;
+    let name = canon
+        .file_name()
+        .context("a device without a name")?
+        .to_string_lossy()
+        .into_owned();
+    let node = sys.join("class/block").join(&name);
+    let read = |p: &Path| {
+        fs::read_to_string(p).with_context(|| {
+            format!(
+                "reading {}: cannot tell whether {} is in use",
+                p.display(),
+                dev.display()
+            )
+        })
+    };
+    // The device and its partitions: (name, major:minor).
+    let mut parts = vec![(name.clone(), read(&node.join("dev"))?.trim().to_string())];
+    for e in fs::read_dir(&node)
+        .with_context(|| format!("reading {}", node.display()))?
+        .flatten()
+    {
+        if e.path().join("partition").exists() {
+            parts.push((
+                e.file_name().to_string_lossy().into_owned(),
+                read(&e.path().join("dev"))?.trim().to_string(),
+            ));
+        }
+    }
+    for line in read(mountinfo)?.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if let (Some(mm), Some(at)) = (f.get(2), f.get(4))
+            && let Some((p, _)) = parts.iter().find(|(_, d)| d == mm)
+        {
+            return Ok(Some(format!("/dev/{p} is mounted on {at}")));
+        }
+    }
+    for line in read(swaps)?.lines().skip(1) {
+        if let Some(s) = line.split_whitespace().next()
+            && let Ok(c) = fs::canonicalize(s)
+            && let Some(n) = c.file_name()
+            && parts.iter().any(|(p, _)| n == p.as_str())
+        {
+            return Ok(Some(format!("{s} is used as swap")));
+        }
+    }
+    for (p, _) in &parts {
+        let holders = sys.join("class/block").join(p).join("holders");
+        if let Some(h) = fs::read_dir(&holders)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .next()
+        {
+            return Ok(Some(format!(
+                "/dev/{p} is held by {} (device-mapper, RAID or LVM)",
+                h.file_name().to_string_lossy()
+            )));
+        }
+    }
+    for e in fs::read_dir(sys.join("block"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let backing = e.path().join("loop/backing_file");
+        if let Ok(b) = fs::read_to_string(&backing) {
+            let b = b.trim();
+            if parts.iter().any(|(p, _)| b == format!("/dev/{p}")) {
+                return Ok(Some(format!(
+                    "loop device /dev/{} reads from {b}",
+                    e.file_name().to_string_lossy()
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses a device that is in use (`device_in_use`) and, unless `yes`,
+/// asks for its name to be typed.
 fn confirm_device(dev: &Path, yes: bool) -> Result<u64> {
     let name = dev.display().to_string();
-    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if let Some(m) = mounts.lines().find(|l| {
-        l.split_whitespace()
-            .next()
-            .is_some_and(|d| d.starts_with(&name))
-    }) {
-        bail!("{name} is in use: {m}");
+    if let Some(why) = device_in_use(
+        dev,
+        Path::new("/proc/self/mountinfo"),
+        Path::new("/proc/swaps"),
+        Path::new("/sys"),
+    )? {
+        bail!("{name} is in use: {why}; nothing was written");
     }
     let size = Cmd::new("blockdev")
         .arg("--getsize64")
@@ -270,11 +401,11 @@ fn image_problems(dir: &Path, key: &SigningKey, iso_optional: bool) -> Vec<Strin
 
 /// Why an ISO file's signature does not verify with this key, if it does not.
 fn iso_problem(iso: &Path, key: &SigningKey) -> Option<String> {
-    let work = match RemoveOnDrop::scratch("iso") {
+    let work = match tempfile::Builder::new().prefix("cairn-iso-").tempdir() {
         Ok(w) => w,
-        Err(e) => return Some(format!("{e:#}")),
+        Err(e) => return Some(format!("a private temporary directory: {e}")),
     };
-    keys::verify_file(&key.public_key, iso, &work.0)
+    keys::verify_file(&key.public_key, iso, work.path())
         .err()
         .map(|e| format!("{e:#}"))
 }
@@ -306,6 +437,14 @@ fn scan(root: &Path, key: &SigningKey) -> Result<Scanned> {
                     continue;
                 }
                 let dir = format!("/images/{pn}/{vn}");
+                if !crate::names::is_safe(&pn) || !crate::names::is_safe(&vn) {
+                    s.left_out.push(LeftOut {
+                        path: dir,
+                        problem: "its name has characters a kernel command line cannot carry"
+                            .into(),
+                    });
+                    continue;
+                }
                 let problems = image_problems(&v.path(), key, true);
                 if problems.is_empty() {
                     s.images.push(MenuImage {
@@ -329,6 +468,13 @@ fn scan(root: &Path, key: &SigningKey) -> Result<Scanned> {
                 continue;
             }
             let path = format!("/isos/{n}");
+            if !crate::names::is_safe(n.trim_end_matches(".iso")) {
+                s.left_out.push(LeftOut {
+                    path,
+                    problem: "its name has characters a menu entry cannot carry".into(),
+                });
+                continue;
+            }
             match iso_problem(&e.path(), key) {
                 None => s.isos.push(MenuIso { path }),
                 Some(p) => s.left_out.push(LeftOut {
@@ -359,22 +505,39 @@ fn write_menu(
     m.left_out = scanned.left_out;
     let gdir = root.join("boot/grub");
     fs::create_dir_all(&gdir)?;
+    // Signed in a private directory, from the bytes cairn wrote — never
+    // from bytes read back from the partition (a device may answer other
+    // bytes than it was given) — then copied on.
+    let private = tempfile::Builder::new()
+        .prefix("cairn-menu-")
+        .tempdir()
+        .context("a private temporary directory")?;
     // A signature that must not verify grub.cfg (the menu checks this).
-    let guard = gdir.join("guard");
+    let guard = private.path().join("guard");
     fs::write(&guard, "cairn: this signature is for no other file\n")?;
-    sign_file(key, &guard)?;
-    fs::remove_file(&guard)?;
-    let tmp = gdir.join(".grub.cfg.new");
-    fs::write(&tmp, &m.cfg)?;
-    let sig = sign_file(key, &tmp)?;
-    fs::rename(&sig, gdir.join("grub.cfg.sig"))?;
-    fs::rename(&tmp, gdir.join("grub.cfg"))?;
+    let guard_sig = sign_file(key, &guard)?;
+    let cfg = private.path().join("grub.cfg");
+    fs::write(&cfg, &m.cfg)?;
+    let cfg_sig = sign_file(key, &cfg)?;
+    for (from, name) in [
+        (&guard_sig, "guard.sig"),
+        (&cfg_sig, "grub.cfg.sig"),
+        (&cfg, "grub.cfg"),
+    ] {
+        let tmp = gdir.join(format!(".{name}.new"));
+        let _ = fs::remove_file(&tmp);
+        fs::copy(from, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, gdir.join(name))?;
+    }
     // The environment block, rewritten in place when it exists.
     let envp = gdir.join("grubenv");
     let mut vars = match fs::read(&envp) {
         Ok(d) => env::parse(&d).unwrap_or_default(),
         Err(_) => Vec::new(),
     };
+    // The menu was written from what verifies now: an earlier refusal by
+    // the initramfs no longer holds.
+    env::update(&mut vars, &[("cairn_bad", "")]);
     if previous_default != Some(m.default.as_str()) {
         let left = opts.tries.max(1).to_string();
         env::update(
@@ -422,7 +585,7 @@ pub fn create(
             );
         }
     }
-    let device = is_block_device(target);
+    let device = is_block_device(target)?;
 
     // The boot partition's tree, staged next to the images (hard links).
     let staging = store.join(format!(".disk-{}", std::process::id()));
@@ -512,9 +675,9 @@ pub fn create(
     let out = if device {
         target.to_path_buf()
     } else {
-        let tmp = crate::fsutil::tmp_sibling(target);
-        let f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.set_len(bytes)?;
+        let (f, tmp) = crate::fsutil::new_sibling(target)?;
+        f.set_len(bytes)
+            .with_context(|| format!("sizing {}", tmp.display()))?;
         tmp
     };
     let _c4 = (!device).then(|| RemoveOnDrop(out.clone()));
@@ -636,16 +799,25 @@ pub fn install(
     let key = keys::load(store)?;
     let bios = find_partition(disk, "BIOS boot")?;
     let esp = find_partition(disk, "EFI system")?;
+    let boot = find_boot_partition(disk)?;
+    // Built into GRUB: read from the file system itself, never from a file
+    // on the partition (anyone who can write it could put GRUB commands in).
+    let boot_uuid = fs_uuid(disk, &boot)?;
     let mnt = MountedBoot::mount(disk, store)?;
     let cfgp = mnt.dir.join("boot/cairn.json");
-    let mut cfg: DiskConfig = serde_json::from_slice(
-        &fs::read(&cfgp).with_context(|| format!("reading {}", cfgp.display()))?,
-    )?;
+    let mut cfg = DiskConfig::read(&mnt.dir)?;
+    if cfg.boot_uuid != boot_uuid {
+        tracing::warn!(
+            "boot/cairn.json says the boot partition is {}, its file system says {boot_uuid}: using the file system's",
+            cfg.boot_uuid
+        );
+        cfg.boot_uuid = boot_uuid.clone();
+    }
     // GRUB gets the key: everything on the disk must verify with it first.
     let scanned = scan(&mnt.dir, &key)?;
     if !scanned.left_out.is_empty() {
         bail!(
-            "these do not verify with key {} (re-seal them with `cairn image sign`, or remove them):\n  {}",
+            "these do not verify with key {} (remove them, or re-seal the store's copy with `cairn image sign` and `cairn disk add` it again):\n  {}",
             key.fingerprint,
             scanned
                 .left_out
@@ -657,7 +829,7 @@ pub fn install(
     }
     let work = store.join(format!(".grub-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(work.clone());
-    let g = grub::build_images(&work, &key.public_key, &cfg.boot_uuid, secure_boot)?;
+    let g = grub::build_images(&work, &key.public_key, &boot_uuid, secure_boot)?;
     let m = write_menu(&mnt.dir, &key, &cfg.menu, Some(&cfg.default_entry), scanned)?;
     cfg.default_entry = m.default.clone();
     cfg.signed_by = key.fingerprint.clone();
@@ -668,15 +840,6 @@ pub fn install(
 }
 
 struct RemoveOnDrop(PathBuf);
-
-impl RemoveOnDrop {
-    /// A new directory in the system's temporary directory, removed on drop.
-    fn scratch(what: &str) -> Result<RemoveOnDrop> {
-        let d = std::env::temp_dir().join(format!("cairn-{what}-{}", std::process::id()));
-        fs::create_dir_all(&d)?;
-        Ok(RemoveOnDrop(d))
-    }
-}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -703,6 +866,36 @@ struct SfPart {
     size: u64,
     #[serde(default)]
     name: Option<String>,
+}
+
+/// The UUID of the ext4 file system in partition `p` of `disk`, read from
+/// its superblock (offset 1024; magic 0xEF53 at 0x38, UUID at 0x68).
+pub fn fs_uuid(disk: &Path, p: &Part) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(disk).with_context(|| format!("opening {}", disk.display()))?;
+    let mut sb = [0u8; 0x78];
+    f.seek(SeekFrom::Start(p.offset() + 1024))?;
+    f.read_exact(&mut sb).with_context(|| {
+        format!(
+            "reading the boot partition's superblock on {}",
+            disk.display()
+        )
+    })?;
+    if sb[0x38..0x3a] != [0x53, 0xef] {
+        bail!(
+            "{}: the boot partition holds no ext4 file system",
+            disk.display()
+        );
+    }
+    let u = crate::trust::hash::hex(&sb[0x68..0x78]);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &u[0..8],
+        &u[8..12],
+        &u[12..16],
+        &u[16..20],
+        &u[20..32]
+    ))
 }
 
 /// The boot partition of a cairn disk.
@@ -744,8 +937,11 @@ impl MountedBoot {
         fs::create_dir_all(&dir)?;
         Cmd::new("mount")
             .arg("-o")
+            // What is on the partition is not trusted: no symlink on it is
+            // followed (a link to the build host's /etc would be written
+            // through), no device node or setuid file is honoured.
             .arg(format!(
-                "loop,offset={},sizelimit={}",
+                "loop,offset={},sizelimit={},nosymfollow,nodev,nosuid,noexec",
                 p.offset(),
                 p.bytes()
             ))
@@ -809,7 +1005,7 @@ pub fn add_images(
             if n.ends_with(".iso") || n.ends_with(".iso.sig") {
                 continue;
             }
-            let same = n.ends_with(".squashfs").then(|| {
+            let same = (n.ends_with(".squashfs") || n.ends_with(".squashfs.verity")).then(|| {
                 on_disk
                     .iter()
                     .find(|(_, sums)| mine.get(&n).is_some_and(|h| sums.get(&n) == Some(h)))
@@ -843,9 +1039,7 @@ fn signed_sums(dir: &Path) -> std::collections::BTreeMap<String, String> {
 /// Writes the menu of a mounted boot partition again from what is on it.
 fn refresh(key: &SigningKey, root: &Path) -> Result<menu::Menu> {
     let cfgp = root.join("boot/cairn.json");
-    let mut cfg: DiskConfig = serde_json::from_slice(
-        &fs::read(&cfgp).with_context(|| format!("reading {}", cfgp.display()))?,
-    )?;
+    let mut cfg = DiskConfig::read(root)?;
     let scanned = scan(root, key)?;
     let m = write_menu(root, key, &cfg.menu, Some(&cfg.default_entry), scanned)?;
     cfg.default_entry = m.default.clone();
@@ -867,7 +1061,7 @@ pub fn menu_on_disk(
     let mnt = MountedBoot::mount(disk, store)?;
     let cfgp = mnt.dir.join("boot/cairn.json");
     if default_profile.is_some() || tries.is_some() || timeout.is_some() {
-        let mut cfg: DiskConfig = serde_json::from_slice(&fs::read(&cfgp)?)?;
+        let mut cfg = DiskConfig::read(&mnt.dir)?;
         if default_profile.is_some() {
             cfg.menu.default_profile = default_profile;
         }
@@ -877,6 +1071,7 @@ pub fn menu_on_disk(
         if let Some(t) = timeout {
             cfg.menu.timeout = t;
         }
+        cfg.check()?;
         crate::fsutil::write_atomic(&cfgp, &serde_json::to_vec_pretty(&cfg)?)?;
     }
     refresh(&key, &mnt.dir)
@@ -899,6 +1094,125 @@ pub fn menu_for_store(store: &Path, opts: &MenuOptions) -> Result<menu::Menu> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether a device is in use is never guessed: unreadable tables are
+    /// errors; a partition mounted, swap, a holder, a loop device on it are
+    /// each found (a fake /sys and tables, the same code).
+    #[test]
+    fn device_use_is_found_and_fails_closed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let dev = p.join("sdz");
+        fs::write(&dev, "").unwrap();
+        let sys = p.join("sys");
+        let node = sys.join("class/block/sdz");
+        fs::create_dir_all(node.join("sdz1")).unwrap();
+        fs::create_dir_all(sys.join("class/block/sdz1/holders")).unwrap();
+        fs::create_dir_all(sys.join("block")).unwrap();
+        fs::write(node.join("dev"), "8:0\n").unwrap();
+        fs::write(node.join("sdz1/partition"), "1\n").unwrap();
+        fs::write(node.join("sdz1/dev"), "8:1\n").unwrap();
+        let (mi, sw) = (p.join("mountinfo"), p.join("swaps"));
+        let check = || device_in_use(&dev, &mi, &sw, &sys);
+        let err = check().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("mountinfo: cannot tell whether"),
+            "{err:#}"
+        );
+        fs::write(&mi, "22 1 0:5 / /proc rw - proc proc rw\n").unwrap();
+        assert!(format!("{:#}", check().unwrap_err()).contains("swaps"));
+        fs::write(&sw, "Filename Type Size Used Priority\n").unwrap();
+        assert_eq!(check().unwrap(), None);
+        fs::write(
+            &mi,
+            "36 35 8:1 / /srv/x rw - ext4 /dev/disk/by-label/x rw\n",
+        )
+        .unwrap();
+        assert_eq!(check().unwrap().unwrap(), "/dev/sdz1 is mounted on /srv/x");
+        fs::write(&mi, "").unwrap();
+        fs::create_dir_all(sys.join("class/block/sdz1/holders/dm-0")).unwrap();
+        assert!(check().unwrap().unwrap().contains("held by dm-0"));
+        fs::remove_dir(sys.join("class/block/sdz1/holders/dm-0")).unwrap();
+        fs::create_dir_all(sys.join("block/loop3/loop")).unwrap();
+        fs::write(sys.join("block/loop3/loop/backing_file"), "/dev/sdz\n").unwrap();
+        assert_eq!(
+            check().unwrap().unwrap(),
+            "loop device /dev/loop3 reads from /dev/sdz"
+        );
+    }
+
+    /// A disk target that is a symlink (one a local user placed in /var/tmp,
+    /// say, pointing at a device) is refused, not followed.
+    #[test]
+    fn a_symlinked_target_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let l = d.path().join("web.img");
+        std::os::unix::fs::symlink("/dev/null", &l).unwrap();
+        assert!(
+            is_block_device(&l)
+                .unwrap_err()
+                .to_string()
+                .contains("is a symlink")
+        );
+        assert!(!is_block_device(&d.path().join("new.img")).unwrap());
+    }
+
+    /// The UUID GRUB gets is the file system's own, read from its
+    /// superblock at the partition's offset.
+    #[test]
+    fn the_boot_uuid_comes_from_the_file_system() {
+        if crate::cmd::which("mkfs.ext4").is_none() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("disk");
+        fs::File::create(&img).unwrap().set_len(16 * MIB).unwrap();
+        let uuid = "c83e030b-d47e-482d-89cb-dbfb68698c10";
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-U", uuid, "-E", "offset=1048576"])
+            .arg(&img)
+            .arg("8M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let p = Part {
+            start: 2048,
+            sectors: 8 * 2048,
+        };
+        assert_eq!(fs_uuid(&img, &p).unwrap(), uuid);
+        let q = Part {
+            start: 0,
+            sectors: 2048,
+        };
+        assert!(
+            fs_uuid(&img, &q)
+                .unwrap_err()
+                .to_string()
+                .contains("no ext4")
+        );
+    }
+
+    /// What the partition's cairn.json says is checked before it is signed
+    /// into a menu.
+    #[test]
+    fn disk_config_values_are_bounded() {
+        let c = |tries: u32, timeout: u32, p: Option<&str>| DiskConfig {
+            menu: MenuOptions {
+                timeout,
+                tries,
+                default_profile: p.map(String::from),
+            },
+            data_label: Some("data".into()),
+            default_entry: "web-1".into(),
+            signed_by: "F".into(),
+            boot_uuid: "x".into(),
+        };
+        assert!(c(3, 5, Some("web")).check().is_ok());
+        assert!(c(4_294_967_295, 5, None).check().is_err());
+        assert!(c(0, 5, None).check().is_err());
+        assert!(c(3, 99_999, None).check().is_err());
+        assert!(c(3, 5, Some("a\nb")).check().is_err());
+    }
 
     #[test]
     fn layout_is_aligned_and_leaves_room_for_the_backup_gpt() {

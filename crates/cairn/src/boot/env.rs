@@ -58,21 +58,70 @@ pub fn update(vars: &mut Vec<(String, String)>, set: &[(&str, &str)]) {
 /// save_env writes the blocks the file has), else a new file.
 pub fn save(path: &std::path::Path, vars: &[(String, String)]) -> Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let data = render(vars)?;
-    match std::fs::OpenOptions::new().write(true).open(path) {
-        Ok(mut f) => {
-            f.write_all(&data)?;
-            f.sync_all()?;
+    // The block lives on a partition others can write: never through a
+    // symlink, only a regular file of the block's size.
+    let open = |create: bool| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(create)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let mut f = match open(false) {
+        Ok(f) => {
+            let m = f.metadata()?;
+            if !m.is_file() || m.len() != SIZE as u64 {
+                bail!(
+                    "{}: not a {SIZE}-byte GRUB environment block: not written",
+                    path.display()
+                );
+            }
+            f
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(path, &data)?,
-        Err(e) => return Err(e.into()),
-    }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => open(true)?,
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "opening {} (a symlink is not followed)",
+                path.display()
+            )));
+        }
+    };
+    f.write_all(&data)?;
+    f.sync_all()?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A symlink or a file of another size where the block should be is
+    /// never written through.
+    #[test]
+    fn save_writes_only_a_real_block() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, vec![b'k'; SIZE]).unwrap();
+        let env = d.path().join("grubenv");
+        std::os::unix::fs::symlink(&victim, &env).unwrap();
+        let vars = vec![("cairn_good".to_string(), "x".to_string())];
+        assert!(save(&env, &vars).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), vec![b'k'; SIZE]);
+        std::fs::remove_file(&env).unwrap();
+        std::fs::write(&env, b"short").unwrap();
+        assert!(
+            save(&env, &vars)
+                .unwrap_err()
+                .to_string()
+                .contains("not a 1024-byte")
+        );
+        std::fs::remove_file(&env).unwrap();
+        save(&env, &vars).unwrap();
+        save(&env, &vars).unwrap();
+        assert_eq!(parse(&std::fs::read(&env).unwrap()).unwrap(), vars);
+    }
 
     #[test]
     fn round_trip_keeps_size_and_order() {

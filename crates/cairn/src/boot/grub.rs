@@ -28,8 +28,11 @@ pub const EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
 
 /// Built into both images. `pgp`, `gcry_rsa`, `gcry_sha*`: signature checks;
 /// `hashsum`: the kernel/initrd hashes; `loadenv`: boot counting; `smbios` +
-/// `regexp`: entry choice from a VM's SMBIOS serial; `loopback` + `iso9660`:
-/// ISO entries.
+/// `regexp`: entry choice from a VM's SMBIOS serial (`regexp` also holds
+/// image names to the name rule); `probe`: the boot partition's UUID for the
+/// initramfs; `loopback` + `iso9660`: ISO entries. A test holds every
+/// command cairn's GRUB scripts use to this list (an unknown command in an
+/// `if` would be *true* in GRUB 2.06).
 const MODULES: &[&str] = &[
     "part_gpt",
     "part_msdos",
@@ -58,6 +61,7 @@ const MODULES: &[&str] = &[
     "terminal",
     "regexp",
     "smbios",
+    "probe",
     "loopback",
     "minicmd",
     "password_pbkdf2",
@@ -108,15 +112,25 @@ pub fn require_tools() -> Result<()> {
 /// check), find the boot partition by its UUID, and hand over to the
 /// signed grub.cfg — checked here first, so that a refused one is named on
 /// the console (this file runs in GRUB's rescue parser: no `if`).
-pub fn early_cfg(boot_uuid: &str) -> String {
-    format!(
+pub fn early_cfg(boot_uuid: &str) -> Result<String> {
+    // Built into GRUB, run line by line: a UUID and nothing else.
+    let parts: Vec<&str> = boot_uuid.split('-').collect();
+    let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+    if lens != [8, 4, 4, 4, 12]
+        || !parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        bail!("{boot_uuid:?} is not a file system UUID");
+    }
+    Ok(format!(
         "serial --unit=0 --speed=115200\nterminal_input console serial\nterminal_output console serial\n\
          set superusers=cairn\nexport superusers\n\
          search --no-floppy --fs-uuid --set=root {boot_uuid}\n\
          set prefix=($root)/boot/grub\n\
          echo \"cairn: checking the signature of $prefix/grub.cfg\"\n\
          verify_detached $prefix/grub.cfg $prefix/grub.cfg.sig\n"
-    )
+    ))
 }
 
 /// Debian's shim (signed by Microsoft's UEFI CA: most machines boot it) and
@@ -197,7 +211,7 @@ pub fn mkimage(
 ) -> Result<()> {
     require_tools()?;
     let cfg = out.with_extension("early.cfg");
-    fs::write(&cfg, early_cfg(boot_uuid))?;
+    fs::write(&cfg, early_cfg(boot_uuid)?)?;
     let mut cmd = Cmd::new(GRUB_MKIMAGE.program)
         .arg("-O")
         .arg(platform.format())
@@ -371,6 +385,138 @@ mod tests {
         }
         f[0x1a0..0x1a0 + sbat.len()].copy_from_slice(sbat);
         f
+    }
+
+    /// Every command the early configuration and the menu run is built into
+    /// cairn's GRUB (with the modules' own dependencies), per GRUB's own
+    /// command and module lists: a missing one would fail at boot, and in an
+    /// `if`, GRUB 2.06 would take it as true.
+    #[test]
+    fn every_command_the_scripts_use_is_built_in() {
+        use crate::boot::menu::{MenuImage, MenuIso, MenuOptions, render};
+        let m = render(
+            &[
+                MenuImage {
+                    profile: "a".into(),
+                    version: "2".into(),
+                    dir: "/images/a/2".into(),
+                },
+                MenuImage {
+                    profile: "a".into(),
+                    version: "1".into(),
+                    dir: "/images/a/1".into(),
+                },
+            ],
+            &[MenuIso {
+                path: "/isos/a.iso".into(),
+            }],
+            &MenuOptions::default(),
+        )
+        .unwrap();
+        let script = format!(
+            "{}\n{}",
+            early_cfg("c83e030b-d47e-482d-89cb-dbfb68698c10").unwrap(),
+            m.cfg
+        );
+        let mut used = std::collections::BTreeSet::new();
+        for line in script.lines() {
+            let mut rest = line.trim();
+            loop {
+                let word = rest.split_whitespace().next().unwrap_or("");
+                match word {
+                    "if" | "elif" | "while" | "then" | "else" | "do" | "!" => {
+                        rest = rest[word.len()..].trim_start();
+                    }
+                    _ => break,
+                }
+            }
+            let word = rest.split_whitespace().next().unwrap_or("");
+            let keyword = [
+                "", "fi", "done", "}", "function", "for", "set", "unset", "insmod", "#",
+            ];
+            if keyword.contains(&word)
+                || word.starts_with('#')
+                || word.starts_with('$')
+                || word.ends_with('=')
+            {
+                continue;
+            }
+            // Script functions the menu defines itself.
+            if script.contains(&format!("function {word} {{")) {
+                continue;
+            }
+            used.insert(word.trim_end_matches(';').to_string());
+        }
+        for platform in [Platform::Bios, Platform::Efi] {
+            let dir = Path::new(platform.dir());
+            let (Ok(cmds), Ok(deps)) = (
+                fs::read_to_string(dir.join("command.lst")),
+                fs::read_to_string(dir.join("moddep.lst")),
+            ) else {
+                eprintln!(
+                    "SKIPPED for {}: GRUB's lists are not installed",
+                    platform.format()
+                );
+                continue;
+            };
+            let mut have: std::collections::BTreeSet<String> =
+                MODULES.iter().map(|m| m.to_string()).collect();
+            have.insert(
+                if platform == Platform::Bios {
+                    "biosdisk"
+                } else {
+                    "efi_gop"
+                }
+                .into(),
+            );
+            loop {
+                let more: Vec<String> = deps
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .filter(|(m, _)| have.contains(*m))
+                    .flat_map(|(_, d)| d.split_whitespace().map(String::from))
+                    .filter(|d| !have.contains(d))
+                    .collect();
+                if more.is_empty() {
+                    break;
+                }
+                have.extend(more);
+            }
+            for cmd in &used {
+                let module = cmds.lines().find_map(|l| {
+                    let (c, m) = l.split_once(": ")?;
+                    (c.trim_start_matches('*') == cmd).then(|| m.trim().to_string())
+                });
+                match module {
+                    Some(m) => assert!(
+                        have.contains(&m),
+                        "{}: `{cmd}` needs module {m}, not built in",
+                        platform.format()
+                    ),
+                    None => panic!("{}: `{cmd}` is no GRUB command", platform.format()),
+                }
+            }
+        }
+        assert!(
+            used.contains("probe") && used.contains("verify_detached"),
+            "{used:?}"
+        );
+    }
+
+    /// What goes into GRUB's built-in configuration is a UUID, never a
+    /// line of GRUB script.
+    #[test]
+    fn early_config_takes_only_a_uuid() {
+        let ok = early_cfg("c83e030b-d47e-482d-89cb-dbfb68698c10").unwrap();
+        assert!(ok.contains("--set=root c83e030b-d47e-482d-89cb-dbfb68698c10\n"));
+        for bad in [
+            "c83e030b-d47e-482d-89cb-dbfb68698c10\nset check_signatures=no",
+            "c83e030b-d47e-482d-89cb-dbfb68698c1",
+            "",
+            "x; y",
+        ] {
+            assert!(early_cfg(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

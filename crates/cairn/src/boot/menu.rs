@@ -77,9 +77,7 @@ pub struct LeftOut {
 }
 
 fn safe(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+    crate::names::is_safe(s)
 }
 
 /// The script before the entries: console, lock, the self-check of
@@ -107,15 +105,30 @@ if verify_detached "$prefix/grub.cfg" "$prefix/guard.sig"; then
 fi
 echo "cairn: signature checks work (a wrong signature was refused)"
 
+# The partition this file was checked on: the initramfs mounts images from
+# it and from nothing else (cairn.boot=).
+set cairn_uuid=""
+probe --set=cairn_uuid --fs-uuid "$root"
+if regexp '^[0-9A-Fa-f-]+$' "$cairn_uuid"; then true; else
+    echo "cairn: cannot tell the UUID of the boot partition ($root): refusing to boot"
+    sleep 30
+    halt
+fi
+export cairn_uuid
+
 function cairn_fail {
     echo "cairn: REFUSING TO BOOT $1: $2"
     sleep 5
 }
 
 # $1: an image directory. Its signed sums, the hashes of what GRUB loads,
-# its signed boot.cfg (title and kernel arguments, with the squashfs hashes
-# the initramfs checks). The squashfs itself is never opened here.
+# its signed boot.cfg (title and kernel arguments, with the layers' dm-verity
+# root hashes the initramfs mounts them by). The layers are never opened here.
 function cairn_check {
+    if regexp '^/images/[A-Za-z0-9][A-Za-z0-9._+-]*/[A-Za-z0-9][A-Za-z0-9._+-]*$' "$1"; then true; else
+        cairn_fail "$1" "its name has characters a kernel command line cannot carry"
+        return 1
+    fi
     if verify_detached "$1/SHA256SUMS" "$1/SHA256SUMS.sig"; then true; else
         cairn_fail "$1" "SHA256SUMS: signature missing or bad"
         return 1
@@ -168,36 +181,82 @@ function cairn_load {
     set cairn_ram=""
     if [ "$2" = ram ]; then set cairn_ram=toram; fi
     echo "cairn: $cairn_title verified, booting ($2)"
-    linux "$1/vmlinuz" $cairn_args "live-media-path=$1" $cairn_ram "cairn.entry=$3"
+    linux "$1/vmlinuz" $cairn_args "live-media-path=$1" "cairn.boot=$cairn_uuid" $cairn_ram "cairn.entry=$3"
     initrd "$1/initrd.img"
 }
 
-# $1: a cairn ISO, $2: disk or ram, $3: this entry's selector. The whole ISO is checked against its
-# signature (streamed), then read without per-file checks: under enforce
-# GRUB would read the whole loop device into memory.
+# $1: a cairn ISO, $2: disk or ram, $3: this entry's selector. The ISO is
+# looped without a check of the whole file (under enforce GRUB would read
+# all of it into memory); what is loaded from it is checked as it is loaded:
+# its signed BOOTSUMS binds kernel, initrd and boot.cfg together (no mix of
+# files from different signed images); each is checked against its own
+# signature as it is loaded (the bytes checked are the bytes used); its
+# layers by dm-verity.
 function cairn_iso {
-    if verify_detached "$1" "$1.sig"; then
-        set check_signatures=no
-        loopback cairn_loop "$1"
-        set cairn_args=""
-        source (cairn_loop)/live/boot.cfg
-        set cairn_ram=""
-        if [ "$2" = ram ]; then set cairn_ram=toram; fi
-        if [ -n "$cairn_args" ]; then
-            echo "cairn: $1 verified, booting ($2)"
-            linux (cairn_loop)/live/vmlinuz $cairn_args live-media-path=/live "findiso=$1" $cairn_ram "cairn.entry=$3"
-            initrd (cairn_loop)/live/initrd.img
-        else
-            cairn_fail "$1" "no /live/boot.cfg in the ISO"
-        fi
-        set check_signatures=enforce
-    else
-        cairn_fail "$1" "signature missing or bad"
+    set check_signatures=no
+    loopback cairn_loop "$1"
+    set check_signatures=enforce
+    if verify_detached (cairn_loop)/live/BOOTSUMS (cairn_loop)/live/BOOTSUMS.sig; then true; else
+        cairn_fail "$1" "/live/BOOTSUMS in the ISO: signature missing or bad"
+        return 1
     fi
+    if sha256sum --check (cairn_loop)/live/BOOTSUMS --prefix (cairn_loop)/live; then true; else
+        cairn_fail "$1" "kernel, initrd or boot.cfg in the ISO differ from its signed BOOTSUMS"
+        return 1
+    fi
+    set cairn_args=""
+    source (cairn_loop)/live/boot.cfg
+    if [ -z "$cairn_args" ]; then
+        cairn_fail "$1" "/live/boot.cfg in the ISO: signature missing or bad"
+        return 1
+    fi
+    cairn_count "$3"
+    set cairn_ram=""
+    if [ "$2" = ram ]; then set cairn_ram=toram; fi
+    echo "cairn: $1 verified, booting ($2)"
+    linux (cairn_loop)/live/vmlinuz $cairn_args live-media-path=/live "findiso=$1" "cairn.boot=$cairn_uuid" $cairn_ram "cairn.entry=$3"
+    initrd (cairn_loop)/live/initrd.img
 }
 "#;
 
-/// Renders the menu for `images` (any order) and `isos`.
+/// An entry the initramfs refused at its last boot (it wrote `cairn_bad`)
+/// is not booted by default again, whatever chose it: the last good entry
+/// is, else the first fallback. (Written again by `cairn boot menu`, the
+/// menu forgets it.)
+const REFUSED: &str = r#"if [ -n "$cairn_bad" ]; then
+    if [ "$default" = "$cairn_bad" ]; then
+        set cairn_back="FALLBACK"
+        if [ -n "$cairn_good" ]; then
+            if [ "$cairn_good" != "$cairn_bad" ]; then set cairn_back="$cairn_good"; fi
+        fi
+        echo "cairn: $cairn_bad was refused at its last boot; booting $cairn_back instead"
+        set default="$cairn_back"
+    fi
+fi
+"#;
+
+/// Images copied onto the disk by hand, offered at boot: each directory
+/// whose name passes the name rule (the others are named and left out: a
+/// name reaches the kernel command line) and has a boot.cfg; checked by
+/// `cairn_boot` like every entry.
+const FOUND: &str = r#"submenu "Images on this disk (found now)" --unrestricted --id found {
+    for cairn_d in /images/*/*; do
+        if regexp '^/images/NAME/NAME$' "$cairn_d"; then
+            if [ -f "$cairn_d/boot.cfg" ]; then
+                menuentry "$cairn_d" --unrestricted --id "$cairn_d" "$cairn_d" {
+                    cairn_boot "$2" disk "found>$2"
+                }
+                menuentry "$cairn_d (in RAM)" --unrestricted --id "$cairn_d-ram" "$cairn_d" {
+                    cairn_boot "$2" ram "found>$2-ram"
+                }
+            fi
+        else
+            echo "cairn: left out $cairn_d: its name has characters a kernel command line cannot carry"
+        fi
+    done
+}
+"#;
+
 /// The id of an image's menu entry (in a submenu, prefixed `rollback>`).
 pub fn entry_id(profile: &str, version: &str, ram: bool) -> String {
     format!("{profile}-{version}{}", if ram { "-ram" } else { "" })
@@ -218,6 +277,7 @@ pub fn boot_call(dir: &str, ram: bool, selector: &str) -> String {
     )
 }
 
+/// Renders the menu for `images` (any order) and `isos`.
 pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Result<Menu> {
     for i in images {
         if !safe(&i.profile) || !safe(&i.version) {
@@ -342,9 +402,16 @@ regexp --set=1:cairn_pick '^cairn-[a-z-]+:(.+)$' "$cairn_smbios"
 if [ -n "$cairn_pick" ]; then
     if [ -z "$cairn_next" ]; then set default="$cairn_pick"; fi
 fi
-
 "#,
     );
+    writeln!(
+        cfg,
+        "{}",
+        REFUSED.replace(
+            "FALLBACK",
+            fallback.first().map(String::as_str).unwrap_or("")
+        )
+    )?;
     cfg.push_str(&top);
     if !rollback.is_empty() {
         cfg.push_str("submenu \"Older images (rollback)\" --unrestricted --id rollback {\n");
@@ -385,21 +452,7 @@ fi
         }
         cfg.push_str("}\n");
     }
-    cfg.push_str(
-        r#"submenu "Images on this disk (found now)" --unrestricted --id found {
-    for cairn_d in /images/*/*; do
-        if [ -f "$cairn_d/boot.cfg" ]; then
-            menuentry "$cairn_d" --unrestricted --id "$cairn_d" "$cairn_d" {
-                cairn_boot "$2" disk "found>$2"
-            }
-            menuentry "$cairn_d (in RAM)" --unrestricted --id "$cairn_d-ram" "$cairn_d" {
-                cairn_boot "$2" ram "found>$2-ram"
-            }
-        fi
-    done
-}
-"#,
-    );
+    cfg.push_str(&FOUND.replace("NAME", crate::names::GRUB_ERE));
     Ok(Menu {
         cfg,
         default,
@@ -422,8 +475,9 @@ fn boot_counting(tries: u32, first_fallback: Option<&str>) -> String {
 set cairn_trial=""
 set cairn_left=""
 set cairn_good=""
+set cairn_bad=""
 set next_entry=""
-load_env --skip-sig cairn_trial cairn_left cairn_good next_entry
+load_env --skip-sig cairn_trial cairn_left cairn_good cairn_bad next_entry
 export cairn_trial
 export cairn_left
 export cairn_good
@@ -511,10 +565,9 @@ mod tests {
         assert!(m.cfg.contains(
             "cairn_boot \"/images/web/20261101T000000Z\" ram \"rollback>web-20261101T000000Z-ram\""
         ));
-        assert!(
-            m.cfg
-                .contains("load_env --skip-sig cairn_trial cairn_left cairn_good next_entry")
-        );
+        assert!(m.cfg.contains(
+            "load_env --skip-sig cairn_trial cairn_left cairn_good cairn_bad next_entry"
+        ));
         assert!(
             m.cfg.contains(
                 "elif [ \"$cairn_left\" = 3 ]; then\n        set default=\"$cairn_trial\""
@@ -531,6 +584,15 @@ mod tests {
             m.cfg
                 .contains("set cairn_back=\"rollback>web-20261101T000000Z\"")
         );
+        // A refused default is not booted by default again.
+        assert!(m.cfg.contains(
+            "    if [ \"$default\" = \"$cairn_bad\" ]; then\n        set cairn_back=\"rollback>web-20261101T000000Z\""
+        ));
+        // Every image name reaching the kernel command line is checked.
+        assert!(m.cfg.contains(
+            "if regexp '^/images/[A-Za-z0-9][A-Za-z0-9._+-]*/[A-Za-z0-9][A-Za-z0-9._+-]*$' \"$cairn_d\"; then"
+        ));
+        assert!(m.cfg.contains("\"cairn.boot=$cairn_uuid\""));
     }
 
     #[test]

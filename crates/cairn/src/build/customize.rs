@@ -10,15 +10,22 @@ use anyhow::{Context, Result, bail};
 
 use crate::profile::{DataPath, Profile};
 
-/// Joins an absolute in-tree path onto the tree root.
-pub fn inside(root: &Path, abs: &str) -> std::path::PathBuf {
-    root.join(abs.trim_start_matches('/'))
+/// An absolute in-tree path as a host path, resolved inside the tree as a
+/// chroot would (symlinks in the tree never lead out of it).
+pub fn inside(root: &Path, abs: &str) -> Result<std::path::PathBuf> {
+    crate::fsutil::resolve_in_root(root, abs, true)
+}
+
+/// As `inside`, but a symlink at the end is the path itself (to remove or
+/// replace the link, not what it points to).
+pub fn inside_link(root: &Path, abs: &str) -> Result<std::path::PathBuf> {
+    crate::fsutil::resolve_in_root(root, abs, false)
 }
 
 /// Writes `data` at `abs` in the tree with `mode`, unless the file already
 /// holds exactly that (so an upgrade's delta carries nothing for it).
 fn write(root: &Path, abs: &str, data: impl AsRef<[u8]>, mode: u32) -> Result<()> {
-    let (p, data) = (inside(root, abs), data.as_ref());
+    let (p, data) = (inside(root, abs)?, data.as_ref());
     let same_mode = fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode);
     if same_mode && fs::read(&p).is_ok_and(|old| old == data) {
         return Ok(());
@@ -45,7 +52,7 @@ pub fn hostname(root: &Path, name: &str) -> Result<()> {
 
 pub fn root_access(root: &Path, p: &Profile) -> Result<()> {
     if let Some(hash) = &p.root.password_hash {
-        let shadow = inside(root, "/etc/shadow");
+        let shadow = inside(root, "/etc/shadow")?;
         let text =
             fs::read_to_string(&shadow).with_context(|| format!("reading {}", shadow.display()))?;
         let mut found = false;
@@ -66,7 +73,7 @@ pub fn root_access(root: &Path, p: &Profile) -> Result<()> {
         fs::write(&shadow, out.join("\n") + "\n")?;
     }
     if !p.root.ssh_keys.is_empty() {
-        let dir = inside(root, "/root/.ssh");
+        let dir = inside(root, "/root/.ssh")?;
         fs::create_dir_all(&dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         write(
@@ -101,16 +108,16 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
         let mount = format!("/{}", d.partition);
         if !labels.contains(&d.partition.as_str()) {
             labels.push(&d.partition);
-            fs::create_dir_all(inside(root, &mount))?;
+            fs::create_dir_all(inside(root, &mount)?)?;
         }
         let target = format!("{mount}/{}", d.dir);
-        let at = inside(root, &d.path);
+        let at = inside_link(root, &d.path)?;
         let seed = format!("/usr/share/cairn/data-seed/{}", d.dir);
         let meta = fs::symlink_metadata(&at).ok();
         let has_content =
             meta.as_ref().is_some_and(|m| m.is_dir()) && fs::read_dir(&at)?.next().is_some();
         if has_content {
-            let s = inside(root, &seed);
+            let s = inside(root, &seed)?;
             fs::create_dir_all(s.parent().unwrap_or(root))?;
             fs::rename(&at, &s).with_context(|| format!("moving {} to the seed {seed}", d.path))?;
             tmpfiles.push_str(&format!("C {target} - - - - {seed}\n"));
@@ -154,7 +161,7 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
         ),
         0o644,
     )?;
-    let wants = inside(root, "/etc/systemd/system/local-fs.target.wants");
+    let wants = inside(root, "/etc/systemd/system/local-fs.target.wants")?;
     fs::create_dir_all(&wants)?;
     let link = wants.join("cairn-data.service");
     let _ = fs::remove_file(&link);
@@ -168,34 +175,7 @@ pub const DATA_GENERATOR: &str = "/usr/lib/systemd/system-generators/cairn-data-
 /// The systemd generator that mounts the data partitions present at boot
 /// (labels are simple names: the profile checks them).
 fn mounts_generator(labels: &[&str]) -> String {
-    let mut s = String::from(
-        "#!/bin/sh\n\
-         # cairn: mounts the data partitions this image declares, decided at each\n\
-         # boot from the block devices the kernel has now (no device timeout): a\n\
-         # partition that is here is mounted before local-fs.target and waited\n\
-         # for; one that is not is left out (cairn-data.service says so).\n\
-         out=\"${1:?usage: cairn-data-mounts NORMAL-DIR}\"\n\
-         present() { [ -n \"$(blkid -c /dev/null -o device -t \"LABEL=$1\" 2>/dev/null)\" ]; }\n\
-         mkdir -p \"$out/local-fs.target.wants\"\n",
-    );
-    for l in labels {
-        let unit = mount_unit(l);
-        let dev = format!("/dev/disk/by-label/{l}");
-        let fsck = format!("systemd-fsck@{}.service", escape_path(&dev));
-        s.push_str(&format!(
-            "if present {l}; then\n\
-             cat > \"$out/{unit}\" <<'EOF'\n\
-             [Unit]\nDescription=cairn data partition {l}\n\
-             Before=local-fs.target cairn-data.service\nRequires={fsck}\nAfter={fsck}\n\n\
-             [Mount]\nWhat={dev}\nWhere=/{l}\nOptions=defaults\n\
-             EOF\n\
-             ln -sf \"../{unit}\" \"$out/local-fs.target.wants/{unit}\"\n\
-             else\n\
-             echo \"cairn: no partition labelled {l} on this machine: its data paths stay in RAM\" > /dev/kmsg 2>/dev/null\n\
-             fi\n"
-        ));
-    }
-    s
+    include_str!("assets/data-mounts.sh").replace("@LABELS@", &labels.join(" "))
 }
 
 /// systemd's escaping of a path into a unit name (`systemd-escape --path`).
@@ -244,7 +224,7 @@ pub fn boot_marker(root: &Path, profile: &str, version: &str) -> Result<()> {
         "[Unit]\nDescription=cairn: report the booted image\nAfter=multi-user.target\n\n[Service]\nType=oneshot\nExecStart=/usr/lib/cairn/booted\n\n[Install]\nWantedBy=multi-user.target\n",
         0o644,
     )?;
-    let wants = inside(root, "/etc/systemd/system/multi-user.target.wants");
+    let wants = inside(root, "/etc/systemd/system/multi-user.target.wants")?;
     fs::create_dir_all(&wants)?;
     let link = wants.join("cairn-booted.service");
     let _ = fs::remove_file(&link);
@@ -289,7 +269,11 @@ pub fn cairn_tools(root: &Path, p: &Profile, public_key: &Path) -> Result<()> {
         return Ok(());
     }
     let exe = std::env::current_exe().context("finding the cairn binary")?;
-    let tmp = std::env::temp_dir().join(format!("cairn-stripped-{}", std::process::id()));
+    let scratch = tempfile::Builder::new()
+        .prefix("cairn-strip-")
+        .tempdir()
+        .context("a private temporary directory")?;
+    let tmp = scratch.path().join("cairn");
     let stripped = crate::cmd::which("objcopy").is_some()
         && crate::cmd::Cmd::new("objcopy")
             .arg("--strip-debug")
@@ -303,7 +287,6 @@ pub fn cairn_tools(root: &Path, p: &Profile, public_key: &Path) -> Result<()> {
         exe.as_path()
     })
     .with_context(|| format!("reading {}", exe.display()));
-    let _ = fs::remove_file(&tmp);
     write(root, CAIRN_IN_IMAGE, &bin?, 0o755)?;
     write(
         root,
@@ -317,7 +300,7 @@ pub fn cairn_tools(root: &Path, p: &Profile, public_key: &Path) -> Result<()> {
 /// Removes what differs from build to build and is no use in an image.
 pub fn clean(root: &Path) -> Result<()> {
     let empty_dir = |abs: &str| -> Result<()> {
-        let d = inside(root, abs);
+        let d = inside(root, abs)?;
         if let Ok(rd) = fs::read_dir(&d) {
             for e in rd.flatten() {
                 let p = e.path();
@@ -344,7 +327,7 @@ pub fn clean(root: &Path) -> Result<()> {
         "/var/lib/dbus/machine-id",
         "/etc/ssh/ssh_host_rsa_key",
     ] {
-        let _ = fs::remove_file(inside(root, f));
+        let _ = fs::remove_file(inside_link(root, f)?);
     }
     // An empty machine-id: systemd makes a fresh one at each boot.
     write(root, "/etc/machine-id", "", 0o444)?;
@@ -361,7 +344,7 @@ pub fn clean(root: &Path) -> Result<()> {
         }
         Ok(())
     }
-    logs(&inside(root, "/var/log"))
+    logs(&inside(root, "/var/log")?)
 }
 
 #[cfg(test)]
@@ -431,44 +414,353 @@ mod tests {
         );
     }
 
-    /// The generator, run as systemd runs it, against a `blkid` that knows
-    /// one of the two labels: the present partition gets a mount unit wanted
-    /// by local-fs.target (no device timeout), the absent one none.
+    /// A data path below a symlink of the tree (Debian's /var/run -> /run)
+    /// is made in the tree's /run, never in the build host's.
     #[test]
-    fn data_mounts_generator_mounts_what_is_present() {
+    fn data_paths_stay_in_the_tree() {
         let d = tempfile::tempdir().unwrap();
-        let bin = d.path().join("bin");
+        let root = d.path();
+        fs::create_dir_all(root.join("run")).unwrap();
+        fs::create_dir_all(root.join("var")).unwrap();
+        symlink("/run", root.join("var/run")).unwrap();
+        let name = format!("cairn-test-{}", std::process::id());
+        let data = vec![DataPath {
+            path: format!("/var/run/{name}"),
+            partition: "data".into(),
+            dir: "x".into(),
+        }];
+        data_paths(root, &data).unwrap();
+        assert!(
+            !Path::new("/run").join(&name).exists(),
+            "the host's /run was touched"
+        );
+        assert_eq!(
+            fs::read_link(root.join("run").join(&name)).unwrap(),
+            Path::new("/data/x")
+        );
+        assert!(root.join("var/run").is_symlink());
+    }
+
+    /// The initramfs script's own functions, run with the kernel command
+    /// line and the reboot replaced, by `sh` and (when installed) by
+    /// busybox's shell, the initramfs's: what it says and whether it
+    /// refuses — both shells alike.
+    fn initramfs(cmdline: &str, then: &str) -> (bool, String) {
+        let script = format!(
+            "{}\ncairn_say() {{ echo \"cairn: $*\"; }}\ncairn_reboot() {{ exit 3; }}\n\
+             cairn_cmdline() {{ echo \"$CMDLINE\"; }}\n{then}\n",
+            include_str!("assets/live-verify.sh")
+        );
+        let mut results = Vec::new();
+        for shell in [&["sh"][..], &["busybox", "sh"][..]] {
+            if crate::cmd::which(shell[0]).is_none() {
+                continue;
+            }
+            let out = std::process::Command::new(shell[0])
+                .args(&shell[1..])
+                .arg("-c")
+                .arg(&script)
+                .env("CMDLINE", cmdline)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success() || out.status.code() == Some(3),
+                "{out:?}"
+            );
+            results.push((
+                out.status.code() == Some(3),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            ));
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
+        results.remove(0)
+    }
+
+    const H: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn good_line() -> String {
+        format!(
+            "BOOT_IMAGE=/images/web/1/vmlinuz boot=live quiet cairn.image=web/1 \
+             cairn.verity=filesystem.squashfs:{H},layer-2.squashfs:{H} \
+             live-media-path=/images/web/1 cairn.boot=1234-abcd cairn.entry=rollback>web-1-ram toram"
+        )
+    }
+
+    /// Every cairn argument exactly once and well formed; nothing that would
+    /// take layers from elsewhere: else the boot is refused, with the reason.
+    #[test]
+    fn the_initramfs_refuses_bad_command_lines() {
+        let (refused, out) = initramfs(
+            &good_line(),
+            "cairn_parse; echo \"OK $CAIRN_IMAGE $CAIRN_BOOT $CAIRN_ENTRY $CAIRN_LAYERS\"",
+        );
+        assert!(!refused, "{out}");
+        assert!(
+            out.contains(&format!(
+                "OK web/1 1234-abcd rollback>web-1-ram filesystem.squashfs:{H},layer-2.squashfs:{H}"
+            )),
+            "{out}"
+        );
+        let g = good_line();
+        let cases: Vec<(String, &str)> = vec![
+            (
+                g.replace(
+                    &format!(" cairn.verity=filesystem.squashfs:{H},layer-2.squashfs:{H}"),
+                    "",
+                ),
+                "no verity argument",
+            ),
+            (
+                format!("{g} cairn.verity="),
+                "the verity argument appears 2 times",
+            ),
+            (
+                g.replace(
+                    &format!("cairn.verity=filesystem.squashfs:{H},layer-2.squashfs:{H}"),
+                    "cairn.verity=",
+                ),
+                "cairn.verity= names no layer",
+            ),
+            (
+                format!("{g} live-media-path=/evil"),
+                "the live-media-path argument appears 2 times",
+            ),
+            (
+                g.replace("live-media-path=/images/web/1", "live-media-path=/evil"),
+                "bad image directory /evil",
+            ),
+            (
+                g.replace(
+                    "live-media-path=/images/web/1",
+                    "live-media-path=/images/web/../../x",
+                ),
+                "bad image directory",
+            ),
+            (g.replace(" cairn.boot=1234-abcd", ""), "no boot argument"),
+            (
+                g.replace("cairn.boot=1234-abcd", "cairn.boot=../sda"),
+                "bad boot partition UUID",
+            ),
+            (
+                g.replace("cairn.image=web/1", "cairn.image=web"),
+                "bad image name",
+            ),
+            (format!("{g} cairn.entry=x"), "cairn.entry= appears 2 times"),
+            (
+                format!("{g} module=evil"),
+                "argument module=evil is not allowed",
+            ),
+            (
+                format!("{g} persistence"),
+                "argument persistence is not allowed",
+            ),
+            (format!("{g} toram=filesystem.squashfs"), "is not allowed"),
+            (format!("{g} fetch=http://10.0.2.2/x"), "is not allowed"),
+            (format!("{g} live-media=/dev/sdb1"), "is not allowed"),
+            (
+                format!("{g} init=/bin/sh"),
+                "argument init=/bin/sh is not allowed",
+            ),
+            (format!("{g} rdinit=/bin/sh"), "is not allowed"),
+            (format!("{g} break"), "argument break is not allowed"),
+            (format!("{g} break=top"), "is not allowed"),
+            (format!("{g} systemd.debug_shell"), "is not allowed"),
+            (format!("{g} swap"), "argument swap is not allowed"),
+            (
+                format!("{g} MODULETORAMFILE=x"),
+                "would become an environment variable",
+            ),
+            (
+                format!("{g} PERSISTENCE=true"),
+                "would become an environment variable",
+            ),
+            (
+                format!("{g} cairn.sha256=x"),
+                "unknown argument cairn.sha256=x",
+            ),
+            (
+                g.replace(&format!("layer-2.squashfs:{H}"), "layer-2.squashfs:xyz"),
+                "bad root hash for layer-2.squashfs",
+            ),
+            (
+                g.replace(
+                    &format!("layer-2.squashfs:{H}"),
+                    &format!("../x.squashfs:{H}"),
+                ),
+                "bad layer name ../x.squashfs",
+            ),
+            (
+                g.replace(&format!("layer-2.squashfs:{H}"), &format!("evil.ext4:{H}")),
+                "layer evil.ext4 is not a squashfs",
+            ),
+        ];
+        for (line, want) in cases {
+            let (refused, out) = initramfs(&line, "cairn_parse; echo PARSED");
+            assert!(refused && !out.contains("PARSED"), "{line}: {out}");
+            assert!(
+                out.contains("REFUSING TO BOOT") && out.contains(want),
+                "{line}: want {want:?}: {out}"
+            );
+        }
+    }
+
+    /// The image directory may hold the signed layers, their trees and the
+    /// other image files; a layer-like file or a directory besides them
+    /// refuses the boot, named.
+    #[test]
+    fn the_initramfs_refuses_unsigned_layers_in_the_image_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        for f in [
+            "filesystem.squashfs",
+            "filesystem.squashfs.verity",
+            "layer-2.squashfs",
+            "layer-2.squashfs.verity",
+            "vmlinuz",
+            "vmlinuz.sig",
+            "initrd.img",
+            "initrd.img.sig",
+            "boot.cfg",
+            "boot.cfg.sig",
+            "BOOTSUMS",
+            "BOOTSUMS.sig",
+            "manifest.json",
+            "SHA256SUMS",
+            "SHA256SUMS.sig",
+            "SHA512SUMS",
+            "SHA512SUMS.sig",
+            "web.iso",
+            "web.iso.sig",
+        ] {
+            fs::write(dir.join(f), "x").unwrap();
+        }
+        let check = format!("cairn_parse; cairn_check_dir {}; echo CLEAN", dir.display());
+        let (refused, out) = initramfs(&good_line(), &check);
+        assert!(!refused && out.contains("CLEAN"), "{out}");
+        for (extra, dir_too) in [
+            ("evil.squashfs", false),
+            ("web.module", false),
+            ("filesystem.web.module", false),
+            ("x.squashfs.verity", false),
+            (".hidden.squashfs", false),
+            ("sub.dir", true),
+        ] {
+            let p = dir.join(extra);
+            if dir_too {
+                fs::create_dir(&p).unwrap();
+            } else {
+                fs::write(&p, "x").unwrap();
+            }
+            let (refused, out) = initramfs(&good_line(), &check);
+            assert!(
+                refused
+                    && out.contains(&format!(
+                        "files no signature covers in the image directory: {extra}"
+                    )),
+                "{extra}: {out}"
+            );
+            if dir_too {
+                fs::remove_dir(&p).unwrap();
+            } else {
+                fs::remove_file(&p).unwrap();
+            }
+        }
+    }
+
+    /// The generator, run as systemd runs it, with a `blkid` and a /sys of
+    /// the test's: the partition with the label on the boot disk is mounted
+    /// (by its file system UUID, nosuid,nodev) and a look-alike elsewhere
+    /// is not; two look-alikes and none on the boot disk: none; an absent
+    /// label: none; without a boot disk (netboot), the only one.
+    #[test]
+    fn data_mounts_generator_picks_the_boot_disks_partition() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let bin = p.join("bin");
         fs::create_dir_all(&bin).unwrap();
+        // vda: the boot disk (vda3 boot, vda4 data); sdb1: a USB stick
+        // labelled data; sdc1: another.
         fs::write(
             bin.join("blkid"),
-            "#!/bin/sh\ncase \"$*\" in *LABEL=data*) echo /dev/vda4 ;; esac\n",
+            "#!/bin/sh
+case \"$*\" in
+             *UUID=b007*) echo /dev/vda3 ;;
+             *LABEL=data*) echo /dev/sdb1; echo /dev/vda4; [ -e \"$STICK2\" ] && echo /dev/sdc1 ;;
+             *LABEL=logs*) ;;
+             *'-s UUID /dev/vda4'*) echo 1111-da7a ;;
+             *'-s UUID /dev/sdb1'*) echo 2222-57ac ;;
+             esac
+",
         )
         .unwrap();
         fs::set_permissions(bin.join("blkid"), fs::Permissions::from_mode(0o755)).unwrap();
-        let g = d.path().join("gen");
+        let sys = p.join("sys/class/block");
+        for (disk, part) in [
+            ("vda", "vda3"),
+            ("vda", "vda4"),
+            ("sdb", "sdb1"),
+            ("sdc", "sdc1"),
+        ] {
+            fs::create_dir_all(sys.join(disk).join(part)).unwrap();
+            fs::write(sys.join(disk).join(part).join("partition"), "1").unwrap();
+            let l = sys.join(part);
+            if !l.exists() {
+                symlink(format!("{disk}/{part}"), &l).unwrap();
+            }
+        }
+        let g = p.join("gen");
         fs::write(&g, mounts_generator(&["data", "logs"])).unwrap();
-        let out = d.path().join("out");
-        fs::create_dir_all(&out).unwrap();
-        let st = std::process::Command::new("sh")
-            .arg(&g)
-            .arg(&out)
-            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let unit = fs::read_to_string(out.join("data.mount")).unwrap();
+        let run = |cmdline: &str, stick2: bool| -> Option<String> {
+            let out = p.join("out");
+            let _ = fs::remove_dir_all(&out);
+            fs::create_dir_all(&out).unwrap();
+            fs::write(p.join("cmdline"), cmdline).unwrap();
+            let st = std::process::Command::new("sh")
+                .arg(&g)
+                .arg(&out)
+                .arg(&out)
+                .arg(&out)
+                .arg(p.join("sys"))
+                .arg(p.join("cmdline"))
+                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+                .env("STICK2", if stick2 { "/" } else { "/nonexistent" })
+                .status()
+                .unwrap();
+            assert!(st.success());
+            assert!(!out.join("logs.mount").exists());
+            let unit = fs::read_to_string(out.join("data.mount")).ok()?;
+            assert_eq!(
+                fs::read_link(out.join("local-fs.target.wants/data.mount")).unwrap(),
+                Path::new("../data.mount")
+            );
+            Some(unit)
+        };
+        let unit = run("quiet cairn.boot=b007 x", false).unwrap();
         assert!(
-            unit.contains("What=/dev/disk/by-label/data\nWhere=/data\n")
-                && unit.contains("Requires=systemd-fsck@dev-disk-by\\x2dlabel-data.service")
+            unit.contains("What=/dev/disk/by-uuid/1111-da7a\nWhere=/data\nOptions=nosuid,nodev\n")
+                && unit
+                    .contains("Requires=systemd-fsck@dev-disk-by\\x2duuid-1111\\x2dda7a.service")
                 && !unit.contains("timeout"),
             "{unit}"
         );
-        assert_eq!(
-            fs::read_link(out.join("local-fs.target.wants/data.mount")).unwrap(),
-            Path::new("../data.mount")
+        // No boot disk (netboot): two candidates, neither is taken.
+        assert_eq!(run("quiet", false), None);
+        // No boot disk and one candidate: it.
+        fs::write(
+            bin.join("blkid"),
+            "#!/bin/sh
+case \"$*\" in
+*LABEL=data*) echo /dev/sdb1 ;;
+*'-s UUID /dev/sdb1'*) echo 2222-57ac ;;
+esac
+",
+        )
+        .unwrap();
+        assert!(
+            run("quiet", false)
+                .unwrap()
+                .contains("What=/dev/disk/by-uuid/2222-57ac\n")
         );
-        assert!(!out.join("logs.mount").exists());
-        assert!(!out.join("local-fs.target.wants/logs.mount").exists());
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::customize::inside;
+use super::customize::{inside, inside_link};
 use super::unmount_below;
 use crate::cmd::{Cmd, Tool, require};
 use crate::mirror::state::{MirrorPaths, MirrorState};
@@ -31,7 +31,7 @@ impl ChrootMounts {
         mount_at(&["--rbind", "/dev"], &root.join("dev"))?;
         for dir in mirrors {
             // Read-only, at the same path, so file:// sources work inside.
-            let target = inside(root, &dir.display().to_string());
+            let target = inside(root, &dir.display().to_string())?;
             fs::create_dir_all(&target)?;
             Cmd::new("mount")
                 .arg("--bind")
@@ -61,12 +61,12 @@ pub(crate) fn apt_sources(
     rootfs: &Path,
     mirrors: &[(MirrorPaths, MirrorState, Vec<String>)],
 ) -> Result<PathBuf> {
-    let list = inside(rootfs, "/etc/apt/sources.list.d/cairn-build.list");
+    let list = inside(rootfs, "/etc/apt/sources.list.d/cairn-build.list")?;
     let lines: Vec<String> = mirrors.iter().flat_map(|(_, _, l)| l.clone()).collect();
     fs::write(&list, lines.join("\n") + "\n")?;
     for (_, s, _) in mirrors {
         for k in &s.repo.keyring {
-            let target = inside(rootfs, &k.display().to_string());
+            let target = inside(rootfs, &k.display().to_string())?;
             if !target.exists() {
                 fs::create_dir_all(target.parent().unwrap_or(rootfs))?;
                 fs::copy(k, &target).with_context(|| format!("copying keyring {}", k.display()))?;
@@ -175,7 +175,7 @@ pub fn bootstrap(
     // Then apt in the chroot, with every local mirror of the suite family.
     let roots: Vec<PathBuf> = mirrors.iter().map(|(p, _, _)| p.root.clone()).collect();
     let _mounts = ChrootMounts::mount(rootfs, &roots)?;
-    let _ = fs::remove_file(inside(rootfs, "/etc/apt/sources.list"));
+    let _ = fs::remove_file(inside_link(rootfs, "/etc/apt/sources.list")?);
     let list = apt_sources(rootfs, mirrors)?;
     apt(rootfs, &["-o", "Acquire::Languages=none", "update"])?;
     apt(rootfs, &["dist-upgrade"])?;
@@ -184,7 +184,7 @@ pub fn bootstrap(
     chroot(rootfs, &["update-initramfs", "-u", "-k", "all"])?;
     // Profile files, then hooks (tree as $1, run on the host, chroot available).
     for f in &profile.files {
-        let dest = inside(rootfs, &f.dest);
+        let dest = inside(rootfs, &f.dest)?;
         fs::create_dir_all(dest.parent().unwrap_or(rootfs))?;
         fs::copy(&f.source, &dest)
             .with_context(|| format!("copying {} to {}", f.source.display(), f.dest))?;

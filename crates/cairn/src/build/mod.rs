@@ -182,7 +182,8 @@ pub(crate) fn next_version(pdir: &Path, started: i64, after: Option<&str>) -> St
 }
 
 /// Records the files of `out` in the manifest, writes it, seals the image
-/// (boot.cfg, sums, signatures) and moves it into `pdir/<version>`.
+/// (sums and their signatures; `image::prepare_boot` has made the boot
+/// files) and moves it into `pdir/<version>`.
 pub(crate) fn seal_and_publish(
     out: &Path,
     pdir: &Path,
@@ -201,7 +202,7 @@ pub(crate) fn seal_and_publish(
         out.join(image::MANIFEST),
         serde_json::to_vec_pretty(manifest)?,
     )?;
-    image::seal(out, key)?;
+    image::seal_sums(out, key)?;
     let dest = pdir.join(&manifest.version);
     crate::fsutil::sync_dir(out)?;
     fs::rename(out, &dest).with_context(|| format!("moving the image to {}", dest.display()))?;
@@ -211,24 +212,26 @@ pub(crate) fn seal_and_publish(
 
 /// Unmounts anything still mounted below `dir` (a killed build's /proc,
 /// /dev…) so removing the tree can never reach into the host. `dir` itself
-/// stays mounted if it is a mount point.
+/// stays mounted if it is a mount point. A mount table that cannot be read
+/// is an error: nothing below `dir` may then be removed.
 pub fn unmount_below(dir: &Path) -> Result<()> {
+    unmount_below_by(dir, Path::new("/proc/self/mountinfo"))
+}
+
+fn unmount_below_by(dir: &Path, mountinfo: &Path) -> Result<()> {
     let Ok(canon) = dir.canonicalize() else {
         return Ok(());
     };
     for _ in 0..3 {
-        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<PathBuf> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(|p| {
-                PathBuf::from(
-                    p.replace("\\040", " ")
-                        .replace("\\011", "\t")
-                        .replace("\\012", "\n")
-                        .replace("\\134", "\\"),
-                )
-            })
+        let info = fs::read_to_string(mountinfo).with_context(|| {
+            format!(
+                "reading {}: cannot tell what is mounted below {}, so nothing there is removed",
+                mountinfo.display(),
+                dir.display()
+            )
+        })?;
+        let mut points: Vec<PathBuf> = mount_points(&info)
+            .into_iter()
             .filter(|p| p.starts_with(&canon) && *p != canon)
             .collect();
         if points.is_empty() {
@@ -243,6 +246,22 @@ pub fn unmount_below(dir: &Path) -> Result<()> {
         "{} still has mounts below it; not removing it",
         dir.display()
     )
+}
+
+/// The mount points of a mountinfo table (its octal escapes undone).
+pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| {
+            PathBuf::from(
+                p.replace("\\040", " ")
+                    .replace("\\011", "\t")
+                    .replace("\\012", "\n")
+                    .replace("\\134", "\\"),
+            )
+        })
+        .collect()
 }
 
 /// A work directory removed on drop (after unmounting anything below it).
@@ -371,6 +390,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     customize::boot_marker(&rootfs, &profile.name, &version)?;
     customize::cairn_tools(&rootfs, profile, &key.public_key)?;
     let installed = installed_packages(&rootfs)?;
+    refuse_medium_readers(&installed)?;
     let (kernel, vmlinuz, initrd) = find_kernel(&rootfs)?;
     fs::copy(&vmlinuz, out.join("vmlinuz"))
         .with_context(|| format!("copying {}", vmlinuz.display()))?;
@@ -398,17 +418,17 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     fs::remove_dir_all(&rootfs).ok();
     stage("squashfs", t);
 
-    // 4. Manifest, module list, ISO, sums and signatures.
+    // 4. Manifest, verity trees, boot arguments, ISO, sums and signatures.
+    // panic=10: a kernel panic, or initramfs-tools giving up before cairn's
+    // initramfs part is in charge, reboots (boot counting goes on) instead
+    // of waiting, or opening a shell on the console.
     let t = Instant::now();
     let mut cmdline = vec![
         "console=tty0".to_string(),
         "console=ttyS0,115200n8".to_string(),
+        "panic=10".to_string(),
     ];
     cmdline.extend(profile.kernel_cmdline.iter().cloned());
-    fs::write(
-        out.join(format!("{}.module", profile.name)),
-        format!("{SQUASHFS}\n"),
-    )?;
     let mut manifest = Manifest {
         schema_version: 1,
         profile: profile.name.clone(),
@@ -435,14 +455,19 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         signed_by: Some(key.fingerprint.clone()),
         cairn_version: env!("CARGO_PKG_VERSION").into(),
     };
+    // The boot files (verity trees, boot.cfg, signatures), which the ISO
+    // carries too; then the sums over everything.
+    say("dm-verity hash trees, boot arguments, signatures");
+    let args = image::prepare_boot(&out, &manifest, &key)?;
     if iso {
         say("hybrid ISO (BIOS + UEFI)");
         let title = format!("cairn {} {version}", profile.name);
         image::iso::make(
             &out,
+            &manifest,
             &out.join(format!("{}.iso", profile.name)),
             &title,
-            &image::boot_args(&out, &manifest)?,
+            &args,
             &volid(&profile.name),
             &work.0,
         )?;
@@ -469,6 +494,20 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         stages,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Packages that would run what the boot medium holds: live-config reads
+/// and runs `live/config.conf*` from the medium as root at every boot — and
+/// whoever can write the boot partition writes those. Refused by name.
+pub(crate) fn refuse_medium_readers(installed: &[PackageVersion]) -> Result<()> {
+    if let Some(p) = installed.iter().find(|p| p.name == "live-config") {
+        bail!(
+            "the image would contain {} {}: it runs scripts from the boot medium as root, which anyone who can write the boot partition could place there; leave it (and live-config-systemd) out of the profile",
+            p.name,
+            p.version
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn host_name(h: HostType) -> &'static str {
@@ -499,19 +538,21 @@ fn bootstrap(
 ) -> Result<()> {
     // Profile files and hooks run inside mmdebstrap's customize phase, in
     // order, with its environment and /proc, /sys, /dev mounted for them.
+    // Files are written from inside the tree (chroot): a symlink in it, such
+    // as Debian's /var/run -> /run, resolves in the tree, never on the host.
     let mut hooks: Vec<String> = Vec::new();
     for f in &profile.files {
         let parent = Path::new(&f.dest)
             .parent()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "/".into());
-        hooks.push(format!("mkdir -p \"$1\"{}", shell_quote(&parent)));
+        let dest = shell_quote(&f.dest);
+        hooks.push(format!("chroot \"$1\" mkdir -p {}", shell_quote(&parent)));
         hooks.push(format!(
-            "upload {} {}",
+            "chroot \"$1\" sh -c 'cat > \"$0\"' {dest} < {}",
             shell_quote(&f.source.display().to_string()),
-            shell_quote(&f.dest)
         ));
-        hooks.push(format!("chmod {:o} \"$1\"{}", f.mode, shell_quote(&f.dest)));
+        hooks.push(format!("chroot \"$1\" chmod {:o} {dest}", f.mode));
     }
     for p in write_hooks(profile, work)? {
         hooks.push(format!(
@@ -612,4 +653,47 @@ pub(crate) fn find_kernel(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
         );
     }
     Ok((v.clone(), boot.join(format!("vmlinuz-{v}")), initrd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unreadable mount table stops a cleanup: the tree (which could hold
+    /// bind mounts of /dev or the mirrors) is not removed.
+    #[test]
+    fn cleanup_fails_closed_without_a_mount_table() {
+        let d = tempfile::tempdir().unwrap();
+        let work = d.path().join("work");
+        fs::create_dir_all(work.join("rootfs/dev")).unwrap();
+        let err = unmount_below_by(&work, &d.path().join("no-such-mountinfo")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("nothing there is removed"),
+            "{err:#}"
+        );
+        // The guard's drop goes through the same check (here the real table,
+        // which has nothing below `work`): removed.
+        drop(WorkDir(work.clone()));
+        assert!(!work.exists());
+        assert_eq!(
+            mount_points("36 35 98:0 /mnt1 /a\\040b rw - ext3 /dev/root rw\n"),
+            [PathBuf::from("/a b")]
+        );
+    }
+
+    #[test]
+    fn live_config_is_refused_by_name() {
+        let p = |n: &str| PackageVersion {
+            name: n.into(),
+            version: "1".into(),
+            architecture: "all".into(),
+        };
+        assert!(refuse_medium_readers(&[p("bash"), p("live-boot")]).is_ok());
+        let e = refuse_medium_readers(&[p("bash"), p("live-config")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("live-config 1: it runs scripts from the boot medium"),
+            "{e}"
+        );
+    }
 }

@@ -260,7 +260,7 @@ pub fn upgrade(
     }
     if profile_changed {
         for f in &profile.files {
-            let dest = inside(&root, &f.dest);
+            let dest = inside(&root, &f.dest)?;
             let new =
                 fs::read(&f.source).with_context(|| format!("reading {}", f.source.display()))?;
             if fs::read(&dest).is_ok_and(|old| old == new) {
@@ -298,6 +298,7 @@ pub fn upgrade(
     customize::boot_marker(&root, &profile.name, &version)?;
     customize::cairn_tools(&root, profile, &key.public_key)?;
     let packages = installed_packages(&root)?;
+    super::refuse_medium_readers(&packages)?;
     let (kernel, vmlinuz, initrd) = find_kernel(&root)?;
     let out = work.0.join("out");
     fs::create_dir_all(&out)?;
@@ -372,10 +373,6 @@ pub fn upgrade(
         (v, name)
     };
     super::unmount_below(&work.0)?;
-    fs::write(
-        out.join(format!("{}.module", profile.name)),
-        layers.join("\n") + "\n",
-    )?;
     let mut manifest = Manifest {
         version: version.clone(),
         profile_hash: profile.hash()?,
@@ -400,6 +397,7 @@ pub fn upgrade(
         .iter()
         .map(|l| fs::metadata(out.join(l)).map_or(0, |m| m.len()))
         .sum();
+    image::prepare_boot(&out, &manifest, &key)?;
     let dest = seal_and_publish(&out, &pdir, &mut manifest, &key, t0)?;
     drop(work);
     say(&format!(

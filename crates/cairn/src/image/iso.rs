@@ -35,32 +35,45 @@ pub fn require_tools() -> Result<()> {
     Ok(())
 }
 
-/// The ISO's GRUB menu: normal (squashfs read from the medium, RAM overlay)
-/// and in RAM (`toram`). `args` are the image's boot arguments
-/// (`image::boot_args`): the initramfs checks the squashfs hash in them.
+/// The ISO's GRUB menu (Debian's GRUB from grub-mkrescue, which checks no
+/// signature: an ISO booted by itself is as trustworthy as the medium it is
+/// on; cairn's disk menu, which boots ISO files by loopback, checks what it
+/// loads from one). Normal (layers read from the medium, RAM overlay) and in
+/// RAM (`toram`). `args` are the image's boot arguments
+/// (`image::boot_args`); the initramfs binds to this ISO's file system by
+/// its UUID, which GRUB reads at boot.
 pub fn grub_cfg(title: &str, args: &str) -> String {
     format!(
         r#"set timeout=3
 set default=0
 insmod all_video
+insmod probe
 serial --unit=0 --speed=115200
 terminal_input console serial
 terminal_output console serial
+set cairn_uuid=""
+probe --set=cairn_uuid --fs-uuid "$root"
+export cairn_uuid
 menuentry "{title}" --id normal {{
-    linux /live/vmlinuz {args} live-media-path=/live
+    linux /live/vmlinuz {args} live-media-path=/live "cairn.boot=$cairn_uuid"
     initrd /live/initrd.img
 }}
 menuentry "{title} (in RAM)" --id toram {{
-    linux /live/vmlinuz {args} live-media-path=/live toram
+    linux /live/vmlinuz {args} live-media-path=/live "cairn.boot=$cairn_uuid" toram
     initrd /live/initrd.img
 }}
 "#
     )
 }
 
-/// Makes `out` from the image files in `image_dir`.
+/// Makes `out` from the image files in `image_dir` (after
+/// `image::prepare_boot`): kernel, initrd and boot.cfg with their
+/// signatures and the signed BOOTSUMS that binds the three together
+/// (cairn's disk menu checks them as it loads them from the ISO), and the
+/// manifest's layers with their dm-verity trees.
 pub fn make(
     image_dir: &Path,
+    m: &super::Manifest,
     out: &Path,
     title: &str,
     args: &str,
@@ -72,14 +85,14 @@ pub fn make(
     let live = staging.join("live");
     fs::create_dir_all(&live)?;
     fs::create_dir_all(staging.join("boot/grub"))?;
-    let mut files: Vec<String> = ["vmlinuz", "initrd.img", super::SQUASHFS]
-        .map(String::from)
-        .to_vec();
-    for e in fs::read_dir(image_dir)?.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.ends_with(".module") {
-            files.push(n);
-        }
+    let mut files: Vec<String> = Vec::new();
+    for n in ["vmlinuz", "initrd.img", super::BOOT_CFG, super::BOOT_SUMS] {
+        files.push(n.to_string());
+        files.push(format!("{n}.sig"));
+    }
+    for l in &m.layers {
+        files.push(l.clone());
+        files.push(format!("{l}.verity"));
     }
     for f in &files {
         // Hard links: the staging tree costs no space.
@@ -89,11 +102,6 @@ pub fn make(
             .with_context(|| format!("staging {}", src.display()))?;
     }
     fs::write(staging.join("boot/grub/grub.cfg"), grub_cfg(title, args))?;
-    // For cairn's disk menu, which boots ISOs by loopback.
-    fs::write(
-        live.join("boot.cfg"),
-        format!("set cairn_title=\"{title}\"\nset cairn_args=\"{args}\"\n"),
-    )?;
     Cmd::new(GRUB_MKRESCUE.program)
         .arg("-o")
         .arg(out)

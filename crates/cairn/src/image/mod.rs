@@ -4,6 +4,7 @@
 
 pub mod iso;
 pub mod squashfs;
+pub mod verity;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -90,23 +91,110 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     serde_json::from_slice(&data).with_context(|| format!("parsing {}", p.display()))
 }
 
-/// The kernel arguments of an image, `live-media-path` aside (the boot medium
-/// decides it): live-boot with the image's module (layer list), the
-/// manifest's command line, and the SHA-256 of every layer, which the
-/// initramfs checks before mounting (see `build::customize::live_verify`).
+/// The kernel arguments of an image, `live-media-path` aside (the boot
+/// medium decides it): live-boot, the manifest's command line, the image's
+/// name, and each layer (lowest first) with the root hash of its dm-verity
+/// tree, which this writes beside it: the initramfs mounts exactly these
+/// layers, in this order, each through dm-verity (see
+/// `build::customize::live_verify`).
 pub fn boot_args(dir: &Path, m: &Manifest) -> Result<String> {
-    let mut args = vec!["boot=live".to_string(), format!("module={}", m.profile)];
-    args.extend(m.kernel_cmdline.iter().cloned());
+    let mut args = vec!["boot=live".to_string()];
+    for a in &m.kernel_cmdline {
+        if let Some(why) = refused_kernel_arg(a) {
+            bail!("kernel argument {a:?}: {why}");
+        }
+        args.push(a.clone());
+    }
     args.push(format!("cairn.image={}/{}", m.profile, m.version));
-    let hashes = parallel::map(&m.layers, parallel::cpus(), |l| {
-        crate::trust::hash::sha256_file(&dir.join(l)).map(|(_, h)| h)
+    for l in &m.layers {
+        if !crate::names::is_safe(l) || !l.ends_with(".squashfs") {
+            bail!("layer {l:?}: not a squashfs with a plain name");
+        }
+    }
+    let roots = parallel::map(&m.layers, parallel::cpus(), |l| {
+        verity::format(&dir.join(l))
     });
     let mut specs = Vec::new();
-    for (l, h) in m.layers.iter().zip(hashes) {
+    for (l, h) in m.layers.iter().zip(roots) {
         specs.push(format!("{l}:{}", h?));
     }
-    args.push(format!("cairn.sha256={}", specs.join(",")));
+    args.push(format!("cairn.verity={}", specs.join(",")));
     Ok(args.join(" "))
+}
+
+/// Why the initramfs would refuse a kernel argument of a profile (it takes
+/// layers or an overlay from elsewhere, or is cairn's own), if it would. The
+/// same list is in live-verify.sh (`cairn_parse`).
+pub fn refused_kernel_arg(a: &str) -> Option<&'static str> {
+    const TAKES_ANOTHER_ROOT: &[&str] = &[
+        "module=",
+        "toram=",
+        "todisk=",
+        "fetch=",
+        "httpfs=",
+        "ftpfs=",
+        "netboot=",
+        "nfsroot=",
+        "nfsopts=",
+        "nfsoverlay=",
+        "iscsi=",
+        "live-media=",
+        "bootfrom=",
+        "live-media-offset=",
+        "live-media-path=",
+        "fromiso=",
+        "isofrom=",
+        "findiso=",
+        "root=",
+        "persistence-",
+        "dm-verity-",
+    ];
+    if a.is_empty() || a.contains(char::is_whitespace) || a.contains('"') {
+        return Some("empty, or holds a space or a quote");
+    }
+    if a.starts_with("cairn.") && a != "cairn.poweroff" {
+        return Some("cairn.* arguments are cairn's own");
+    }
+    if [
+        "plainroot",
+        "exposedroot",
+        "skipunion",
+        "persistence",
+        "swap",
+    ]
+    .contains(&a)
+        || TAKES_ANOTHER_ROOT.iter().any(|p| a.starts_with(p))
+    {
+        return Some(
+            "the initramfs refuses it: a cairn image mounts only its signed layers from its boot partition",
+        );
+    }
+    // What would run something other than the image's own init, or open a
+    // shell, before or instead of it.
+    const OTHER_INIT: &[&str] = &[
+        "init=",
+        "rdinit=",
+        "break=",
+        "systemd.debug_shell",
+        "systemd.debug-shell",
+    ];
+    if a == "break" || OTHER_INIT.iter().any(|p| a.starts_with(p)) {
+        return Some(
+            "the initramfs refuses it: it would run something other than the image's init, or a shell",
+        );
+    }
+    // NAME=value the kernel hands to the initramfs as an environment
+    // variable, which live-boot reads as its own settings.
+    if let Some((k, _)) = a.split_once('=')
+        && !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Some(
+            "the initramfs refuses it: an upper-case NAME= argument becomes an environment variable of the initramfs",
+        );
+    }
+    None
 }
 
 /// The image's signed GRUB snippet (`boot.cfg`).
@@ -129,22 +217,38 @@ pub fn boot_cfg_args(cfg: &str) -> Option<String> {
         .map(String::from)
 }
 
-/// Writes `boot.cfg` and `BOOTSUMS` from the manifest, SHA256SUMS and
-/// SHA512SUMS over every file of `dir` (coreutils format, `sha256sum -c`
-/// reads it), and detached signatures of what GRUB opens (under
-/// check_signatures=enforce it wants a .sig per file).
-pub fn seal(dir: &Path, key: &SigningKey) -> Result<()> {
-    let m = read_manifest(dir)?;
-    if dir.join("vmlinuz").exists() {
-        let args = boot_args(dir, &m)?;
-        fs::write(dir.join(BOOT_CFG), boot_cfg(&m, &args))?;
-        let mut sums = String::new();
-        for n in ["vmlinuz", "initrd.img", BOOT_CFG] {
-            let (_, h) = crate::trust::hash::sha256_file(&dir.join(n))?;
-            sums.push_str(&format!("{h}  {n}\n"));
-        }
-        fs::write(dir.join(BOOT_SUMS), sums)?;
+/// Makes what GRUB and the initramfs check before an image boots: the
+/// layers' dm-verity trees, `boot.cfg` (kernel arguments with their root
+/// hashes) and `BOOTSUMS` from the manifest, and the detached signatures of
+/// kernel, initrd, boot.cfg and BOOTSUMS. Returns the kernel arguments.
+/// (An ISO made after this carries them all.)
+pub fn prepare_boot(dir: &Path, m: &Manifest, key: &SigningKey) -> Result<String> {
+    let args = boot_args(dir, m)?;
+    fs::write(dir.join(BOOT_CFG), boot_cfg(m, &args))?;
+    let mut sums = String::new();
+    for n in ["vmlinuz", "initrd.img", BOOT_CFG] {
+        let (_, h) = crate::trust::hash::sha256_file(&dir.join(n))?;
+        sums.push_str(&format!("{h}  {n}\n"));
     }
+    fs::write(dir.join(BOOT_SUMS), sums)?;
+    for n in ["vmlinuz", "initrd.img", BOOT_CFG, BOOT_SUMS] {
+        sign_file(key, &dir.join(n))?;
+    }
+    Ok(args)
+}
+
+/// Seals an image: `prepare_boot` (when it has a kernel), then `seal_sums`.
+pub fn seal(dir: &Path, key: &SigningKey) -> Result<()> {
+    if dir.join("vmlinuz").exists() {
+        prepare_boot(dir, &read_manifest(dir)?, key)?;
+    }
+    seal_sums(dir, key)
+}
+
+/// SHA256SUMS and SHA512SUMS over every file of `dir` (coreutils format,
+/// `sha256sum -c` reads it), and detached signatures of what GRUB opens
+/// (under check_signatures=enforce it wants a .sig per file).
+pub fn seal_sums(dir: &Path, key: &SigningKey) -> Result<()> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok())
@@ -162,15 +266,13 @@ pub fn seal(dir: &Path, key: &SigningKey) -> Result<()> {
     }
     fs::write(dir.join("SHA256SUMS"), s256)?;
     fs::write(dir.join("SHA512SUMS"), s512)?;
-    // ISO files too: cairn's menu verifies one before looping it.
+    // ISO files too: cairn's menu verifies one before it goes on a disk.
     let isos = names
         .iter()
         .filter(|n| n.ends_with(".iso"))
         .map(String::as_str);
-    for n in GRUB_SIGNED.into_iter().chain(isos) {
-        if dir.join(n).exists() {
-            sign_file(key, &dir.join(n))?;
-        }
+    for n in ["SHA256SUMS", "SHA512SUMS"].into_iter().chain(isos) {
+        sign_file(key, &dir.join(n))?;
     }
     Ok(())
 }
@@ -251,9 +353,15 @@ pub fn list(store: &Path) -> Result<Vec<ImageEntry>> {
 
 /// Finds an image by path, `profile` (latest), or `profile/version`.
 pub fn resolve(store: &Path, spec: &str) -> Result<PathBuf> {
+    // A path only when written as one: a bare name is always the store's
+    // (a `web/` in the directory root happens to run cairn from — /tmp,
+    // say — must not be signed or upgraded as the store's `web`).
     let p = Path::new(spec);
-    if p.join(MANIFEST).exists() {
-        return Ok(p.to_path_buf());
+    if spec.starts_with('/') || spec.starts_with("./") || spec.starts_with("../") {
+        if p.join(MANIFEST).is_file() {
+            return Ok(p.to_path_buf());
+        }
+        bail!("{spec} is not an image directory (no {MANIFEST})");
     }
     let all = list(store)?;
     let (profile, version) = match spec.split_once('/') {
@@ -265,7 +373,7 @@ pub fn resolve(store: &Path, spec: &str) -> Result<PathBuf> {
         .map(|e| e.path)
         .with_context(|| {
             format!(
-                "no image {spec:?} in {} (see `cairn image list`)",
+                "no image {spec:?} in {} (see `cairn image list`; a directory is named as a path: ./{spec})",
                 images_dir(store).display()
             )
         })
@@ -289,7 +397,11 @@ pub fn verify(dir: &Path, public_key: &Path) -> Result<VerifyImage> {
 /// As `verify`; with `iso_optional`, an ISO listed in the sums may be absent
 /// (boot disks carry images without their ISO).
 pub fn verify_with(dir: &Path, public_key: &Path, iso_optional: bool) -> Result<VerifyImage> {
-    let work = tempdir_in_tmp()?;
+    let work = tempfile::Builder::new()
+        .prefix("cairn-verify-")
+        .tempdir()
+        .context("a private temporary directory")?;
+    let work = work.path();
     let mut r = VerifyImage {
         path: dir.to_path_buf(),
         ok: false,
@@ -299,7 +411,7 @@ pub fn verify_with(dir: &Path, public_key: &Path, iso_optional: bool) -> Result<
     };
     let mut lists = Vec::new();
     for sums in ["SHA256SUMS", "SHA512SUMS"] {
-        match verify_file(public_key, &dir.join(sums), &work) {
+        match verify_file(public_key, &dir.join(sums), work) {
             Ok(fpr) => {
                 r.signed_by = Some(fpr);
                 lists.push(sums);
@@ -313,7 +425,7 @@ pub fn verify_with(dir: &Path, public_key: &Path, iso_optional: bool) -> Result<
                 .push(format!("{n}: missing (re-seal with `cairn image sign`)"));
             continue;
         }
-        if let Err(e) = verify_file(public_key, &dir.join(n), &work) {
+        if let Err(e) = verify_file(public_key, &dir.join(n), work) {
             r.problems.push(format!("{n}: signature: {e:#}"));
         }
     }
@@ -372,24 +484,7 @@ pub fn verify_with(dir: &Path, public_key: &Path, iso_optional: bool) -> Result<
         bail!("nothing to verify in {}", dir.display());
     }
     r.ok = r.problems.is_empty();
-    let _ = fs::remove_dir_all(&work);
     Ok(r)
-}
-
-fn tempdir_in_tmp() -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!(
-        "cairn-verify-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    fs::create_dir_all(&d)?;
-    Ok(d)
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// What changed between two images' package lists.

@@ -11,7 +11,13 @@ use serde::{Deserialize, Serialize};
 
 /// The packages the default selection is the closure of: what a bootable
 /// cairn live image needs.
-pub const DEFAULT_PACKAGES: &[&str] = &["systemd-sysv", "live-boot", "linux-image-amd64"];
+pub const DEFAULT_PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "live-boot",
+    "linux-image-amd64",
+    "zstd",
+    "cryptsetup-bin",
+];
 
 /// One upstream repository and the parts of it to mirror.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,12 +198,13 @@ pub fn validate_selection(s: &Selection) -> Result<()> {
     Ok(())
 }
 
-fn validate_repo(r: &RepoSpec) -> Result<()> {
-    let word_ok =
-        |w: &str| !w.is_empty() && !w.contains(['/', '\\', '\0']) && w != "." && w != "..";
-    if !word_ok(&r.name) || r.name.starts_with('.') {
-        bail!("bad name {:?}", r.name);
-    }
+/// Checks a repository's names before any of them reaches a path: the
+/// mirror's name, suites (`/`-separated plain names, as old layouts have),
+/// components, architectures and languages follow the name rule
+/// (`names::is_safe`). Every sync checks every repository, wherever it came
+/// from (a config file, flags, the host's apt sources).
+pub fn validate_repo(r: &RepoSpec) -> Result<()> {
+    crate::names::check("mirror name", &r.name)?;
     if !(r.url.starts_with("http://")
         || r.url.starts_with("https://")
         || r.url.starts_with("file:/"))
@@ -212,21 +219,17 @@ fn validate_repo(r: &RepoSpec) -> Result<()> {
     }
     for s in &r.suites {
         // Suites may be paths like `bookworm/updates` in old layouts, never escape.
-        if s.is_empty()
-            || s.starts_with('/')
-            || s.split('/').any(|c| c == ".." || c == "." || c.is_empty())
-        {
-            bail!("bad suite {s:?}");
+        if s.split('/').any(|c| !crate::names::is_safe(c)) {
+            bail!("bad suite {s:?}: plain names, `/`-separated");
         }
     }
-    for w in r
-        .components
-        .iter()
-        .chain(&r.architectures)
-        .chain(&r.translations)
-    {
-        if !word_ok(w) {
-            bail!("bad component, architecture or language {w:?}");
+    for (what, list) in [
+        ("component", &r.components),
+        ("architecture", &r.architectures),
+        ("language", &r.translations),
+    ] {
+        for w in list {
+            crate::names::check(what, w)?;
         }
     }
     if r.keyring.is_empty() {

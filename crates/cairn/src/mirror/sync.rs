@@ -116,6 +116,10 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
     // 1. Lock, then verify every Release before anything else is fetched.
     let mut repos = Vec::new();
     for spec in &cfg.repos {
+        super::config::validate_repo(spec)
+            .with_context(|| format!("repository {:?} ({})", spec.name, spec.url))?;
+    }
+    for spec in &cfg.repos {
         let paths = MirrorPaths::new(&opts.store, &spec.name);
         let lock = lock_mirror(&paths, opts.wait)?;
         let _ = fs::remove_dir_all(paths.tmp());

@@ -122,7 +122,15 @@ pub fn generate(store: &Path, user_id: &str, bits: u32, force: bool) -> Result<S
     adopt(store, &home, &fpr)
 }
 
-/// Uses an existing key of a GnuPG home (its secret key stays there).
+/// What protects the secret key, said plainly wherever a key is made or
+/// shown.
+pub const PROTECTION: &str = "protected by file permissions only (a directory of mode 0700, no \
+passphrase: cairn signs unattended, in builds and menu writes): whoever can read it can sign \
+images every machine of yours will boot. Keep it on the build host, back it up offline.";
+
+/// Uses an existing key of a GnuPG home (its secret key stays there). A key
+/// that needs a passphrase is refused here, with the reason, rather than
+/// failing at every signature later: cairn signs without anyone to ask.
 pub fn use_existing(store: &Path, gnupg_home: &Path, key: &str) -> Result<SigningKey> {
     require(&[&GPG])?;
     let fprs = list_fingerprints(gnupg_home, Some(key))?;
@@ -135,6 +143,36 @@ pub fn use_existing(store: &Path, gnupg_home: &Path, key: &str) -> Result<Signin
             gnupg_home.display()
         ),
     };
+    // A trial signature, with no passphrase to give.
+    let trial = tempfile::Builder::new()
+        .prefix("cairn-key-")
+        .tempdir()
+        .context("a private temporary directory")?;
+    let f = trial.path().join("trial");
+    fs::write(&f, b"cairn: can this key sign unattended?\n")?;
+    let signed = gpg(gnupg_home)
+        .args([
+            "--passphrase",
+            "",
+            "--local-user",
+            &fpr,
+            "--detach-sign",
+            "-o",
+        ])
+        .arg(trial.path().join("trial.sig"))
+        .arg(&f)
+        .run();
+    if let Err(e) = signed {
+        bail!(
+            "key {fpr} in {} cannot sign without a passphrase ({}): cairn signs unattended \
+             (builds, menu writes) and cannot ask for one. Use a key without a passphrase kept \
+             where only root can read it (`cairn key generate` makes one), or remove its \
+             passphrase with `gpg --homedir {} --passwd {fpr}`",
+            gnupg_home.display(),
+            format!("{e:#}").lines().last().unwrap_or("").trim(),
+            gnupg_home.display()
+        );
+    }
     adopt(store, gnupg_home, &fpr)
 }
 

@@ -53,10 +53,7 @@ impl Keyring {
                     .stdin_bytes(data)
                     .run()
                     .with_context(|| format!("dearmoring keyring {}", f.display()))?;
-                let p = work.join(format!("keyring-{i}.gpg"));
-                std::fs::write(&p, bin.stdout)
-                    .with_context(|| format!("writing {}", p.display()))?;
-                out.push(p);
+                out.push(write_new(work, &format!("keyring-{i}.gpg"), &bin.stdout)?);
             } else {
                 out.push(f.clone());
             }
@@ -77,13 +74,12 @@ pub struct Verified {
 /// Verifies a clear-signed file (InRelease).
 pub fn verify_cleartext(data: &[u8], keyring: &Keyring, work: &Path) -> Result<Verified> {
     check_cleartext_framing(data)?;
-    let input = work.join("signed.in");
-    let output = work.join("signed.out");
-    std::fs::write(&input, data).with_context(|| format!("writing {}", input.display()))?;
-    let _ = std::fs::remove_file(&output);
+    let dir = private_dir(work)?;
+    let input = write_new(dir.path(), "signed.in", data)?;
+    let output = dir.path().join("signed.out");
     let status = run_gpgv(
         keyring,
-        work,
+        dir.path(),
         &[&PathBuf::from("--output"), &output, &input],
     )?;
     let signers = apply_policy(&status)?;
@@ -99,16 +95,39 @@ pub fn verify_detached(
     keyring: &Keyring,
     work: &Path,
 ) -> Result<Verified> {
-    let input = work.join("detached.data");
-    let sig = work.join("detached.sig");
-    std::fs::write(&input, data).with_context(|| format!("writing {}", input.display()))?;
-    std::fs::write(&sig, signature).with_context(|| format!("writing {}", sig.display()))?;
-    let status = run_gpgv(keyring, work, &[&sig, &input])?;
+    let dir = private_dir(work)?;
+    let input = write_new(dir.path(), "detached.data", data)?;
+    let sig = write_new(dir.path(), "detached.sig", signature)?;
+    let status = run_gpgv(keyring, dir.path(), &[&sig, &input])?;
     let signers = apply_policy(&status)?;
     Ok(Verified {
         text: data.to_vec(),
         signers,
     })
+}
+
+/// A directory of this call's own below `work` (random name, mode 0700,
+/// made exclusively, removed on drop): no other user's file or symlink can
+/// be in the way of what gpgv reads and writes.
+fn private_dir(work: &Path) -> Result<tempfile::TempDir> {
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    tempfile::Builder::new()
+        .prefix(".gpgv-")
+        .tempdir_in(work)
+        .with_context(|| format!("creating a private directory in {}", work.display()))
+}
+
+/// Writes a new file (never through an existing file or symlink).
+fn write_new(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf> {
+    use std::io::Write;
+    let p = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .and_then(|mut f| f.write_all(data))
+        .with_context(|| format!("writing {}", p.display()))?;
+    Ok(p)
 }
 
 /// apt refuses an InRelease with anything outside the signed block.

@@ -32,23 +32,35 @@ fn mounted(disk: &Path, at: &Path) -> cairn::boot::disk::MountedBoot {
     cairn::boot::disk::MountedBoot::mount(disk, at).unwrap()
 }
 
-/// Flips one byte of `rel` on the disk's boot partition, in place (the same
-/// blocks, as a bit flip on the medium would be).
+/// Flips one byte (in its middle) of `rel` on the disk's boot partition.
 fn flip(disk: &Path, mnt: &Path, rel: &str) {
     let m = mounted(disk, mnt);
     let p = m.dir.join(rel.trim_start_matches('/'));
-    let mut data = fs::read(&p).unwrap();
-    let mid = data.len() / 2;
-    data[mid] ^= 0x01;
-    fs::OpenOptions::new()
+    let mid = fs::metadata(&p).unwrap().len() / 2;
+    flip_file_at(&p, mid as usize);
+}
+
+/// Flips the byte at `at` of `rel` on the disk's boot partition.
+fn flip_at(disk: &Path, mnt: &Path, rel: &str, at: usize) {
+    let m = mounted(disk, mnt);
+    flip_file_at(&m.dir.join(rel.trim_start_matches('/')), at);
+}
+
+/// Flips one byte of a file in place (the same blocks, as a bit flip on the
+/// medium would be).
+fn flip_file_at(p: &Path, at: usize) {
+    use std::io::{Read, Seek, Write};
+    let mut f = fs::OpenOptions::new()
+        .read(true)
         .write(true)
-        .open(&p)
-        .and_then(|mut f| {
-            use std::io::{Seek, Write};
-            f.seek(std::io::SeekFrom::Start(mid as u64))?;
-            f.write_all(&data[mid..mid + 1])
-        })
+        .open(p)
         .unwrap();
+    let mut b = [0u8; 1];
+    f.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    b[0] ^= 0x01;
+    f.seek(std::io::SeekFrom::Start(at as u64)).unwrap();
+    f.write_all(&b).unwrap();
 }
 
 fn grubenv(disk: &Path, mnt: &Path) -> String {
@@ -147,7 +159,7 @@ fn disk_default_entry_boots_on_bios() {
         "default-bios",
     );
     a.reached(&marker_of(&f.default_img));
-    a.console_has("filesystem.squashfs: SHA-256 verified");
+    a.console_has("cairn: filesystem.squashfs: mounted through dm-verity");
 }
 
 /// The other profile's entry, chosen, on UEFI: the probe's first look at
@@ -170,6 +182,21 @@ fn disk_chosen_entry_on_uefi_keeps_data_and_runs_from_ram() {
     b.markers_have("PROBE etc-stamp=absent");
     b.markers_have("PROBE data=ext4");
     b.markers_have("PROBE medium=ext4");
+    b.markers_have("PROBE verity=verified");
+    // Nothing on the boot partition runs, opens as a device, or is followed.
+    let opts = b
+        .markers
+        .lines()
+        .find_map(|l| l.strip_prefix("PROBE medium-opts="))
+        .unwrap_or_default()
+        .to_string();
+    for o in ["ro", "nosuid", "nodev", "noexec", "nosymfollow"] {
+        assert!(
+            opts.split(',').any(|x| x == o),
+            "{o} not in {opts}\n{}",
+            b.why()
+        );
+    }
     b.markers_have("PROBE done");
     let env = grubenv(&d, &mnt);
     assert!(env.contains(&format!("cairn_good={w_id}\n")), "{env}");
@@ -213,38 +240,261 @@ fn iso_file_on_a_disk_boots_and_is_marked_good() {
     );
     r.reached(&marker_of(&f.default_img));
     r.console_has("cairn: /isos/default.iso verified, booting (disk)");
-    r.console_has("filesystem.squashfs: SHA-256 verified");
+    r.console_has("cairn: filesystem.squashfs: mounted through dm-verity");
     let env = grubenv(&d, &w.path().join("mnt"));
     assert!(env.contains("cairn_good=isos>iso-default\n"), "{env}");
 }
 
-/// One byte changed in the squashfs: the initramfs refuses, names the file,
-/// and the VM reboots (which ends the run).
+/// One byte changed in a block of the squashfs that is read at once (its
+/// first): dm-verity refuses the block, the initramfs refuses the entry,
+/// names the layer, records the refusal for GRUB and reboots; GRUB then
+/// boots the next image instead (the entry is not booted again by default,
+/// whatever picks it).
 #[test]
-fn changed_squashfs_is_refused_by_the_initramfs() {
+fn a_changed_layer_is_refused_and_the_next_image_boots() {
     let Some((f, _heavy)) = fixture::begin() else {
         return;
     };
-    let w = f.work("changed_squashfs_is_refused_by_the_initramfs");
+    let w = f.work("a_changed_layer_is_refused_and_the_next_image_boots");
     let d = two_image_disk(f, w.path(), &[]);
     let dir = dir_on_disk(&f.default_img);
-    flip(
+    flip_at(
         &d,
         &w.path().join("mnt"),
         &format!("{dir}/filesystem.squashfs"),
+        2000,
     );
-    let s = run(
+    let d_id = id_of(&f.default_img);
+    let s = boot(
+        &f.store,
+        &d,
+        "bios",
+        Some(&d_id),
+        &["--reboots"],
+        "bad-squashfs",
+        800,
+    );
+    s.console_has(&format!(
+        "REFUSING TO BOOT default/{} ({dir}): filesystem.squashfs: dm-verity refused its blocks",
+        version_of(&f.default_img)
+    ));
+    s.console_has(&format!("cairn: {d_id} marked refused"));
+    s.console_has_wrapped(&format!(
+        "cairn: {d_id} was refused at its last boot; booting"
+    ));
+    s.reached(&marker_of(&f.web_img));
+}
+
+/// One byte changed deep inside a layer, in a file the boot does not read:
+/// the image boots (nothing is read twice, nothing read ahead), and reading
+/// that file is an I/O error — dm-verity never hands out a changed block.
+#[test]
+fn a_changed_block_deep_in_a_layer_is_an_io_error_never_data() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let w = f.work("a_changed_block_deep_in_a_layer_is_an_io_error_never_data");
+    let d = w.path().join("disk.img");
+    disk(&f.store, &d, &[&f.web_img], &[]);
+    let mnt = w.path().join("mnt");
+    {
+        // The test blob is stored uncompressed: find its bytes in the layer.
+        let m = mounted(&d, &mnt);
+        let sq = m
+            .dir
+            .join(dir_on_disk(&f.web_img).trim_start_matches('/'))
+            .join("filesystem.squashfs");
+        let data = fs::read(&sq).unwrap();
+        let blob = fixture::blob();
+        let needle = &blob[700_000..700_064];
+        let at = data
+            .windows(needle.len())
+            .position(|x| x == needle)
+            .expect("the test blob is not stored as it is in the squashfs");
+        drop(data);
+        flip_file_at(&sq, at + 10);
+    }
+    let share = w.path().join("share");
+    on_boot_share(
+        &share,
+        r#"if cat /usr/share/cairn-test/blob > /dev/null 2> /run/blob.err; then say "blob=read"; else say "blob=refused $(cat /run/blob.err)"; fi
+say "verity-errors=$(dmesg | grep -c 'verity.*corrupted')"
+"#,
+    );
+    let r = run(
+        &f.store,
+        &d,
+        "bios",
+        None,
+        &["--attach-dir", share.to_str().unwrap()],
+        "deep-block",
+    );
+    r.reached(&marker_of(&f.web_img));
+    r.markers_have("PROBE blob=refused");
+    r.markers_have("Input/output error");
+    assert!(
+        !r.markers.contains("PROBE verity-errors=0"),
+        "no dm-verity error logged\n{}",
+        r.why()
+    );
+}
+
+/// A squashfs with a unit that would announce itself on both serial ports,
+/// as an attacker's layer would run its code.
+fn evil_layer(work: &Path) -> PathBuf {
+    let tree = work.join("evil-tree");
+    let sys = tree.join("etc/systemd/system");
+    fs::create_dir_all(sys.join("multi-user.target.wants")).unwrap();
+    fs::create_dir_all(tree.join("usr/local/sbin")).unwrap();
+    fs::write(
+        tree.join("usr/local/sbin/evil"),
+        "#!/bin/sh\necho ATTACKER-CODE-RAN > /dev/ttyS1\necho ATTACKER-CODE-RAN > /dev/console\n",
+    )
+    .unwrap();
+    fs::set_permissions(
+        tree.join("usr/local/sbin/evil"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    fs::write(
+        sys.join("evil.service"),
+        "[Unit]\nBefore=cairn-booted.service\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/evil\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/evil.service",
+        sys.join("multi-user.target.wants/evil.service"),
+    )
+    .unwrap();
+    let out = work.join("evil.squashfs");
+    let st = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&out)
+        .args(["-noappend", "-quiet", "-no-progress"])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mksquashfs");
+    out
+}
+
+/// Attack 1: with write access to the boot partition and no key, an extra
+/// layer and live-boot module lists dropped into a signed image's
+/// directory. The initramfs mounts only the signed layers and refuses a
+/// directory holding anything else, naming it; the next image boots; the
+/// attacker's code never runs.
+#[test]
+fn unsigned_layers_beside_a_signed_image_are_refused_and_never_run() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let w = f.work("unsigned_layers_beside_a_signed_image_are_refused_and_never_run");
+    let d = two_image_disk(f, w.path(), &[]);
+    let evil = evil_layer(w.path());
+    let dir = dir_on_disk(&f.default_img);
+    {
+        let m = mounted(&d, &w.path().join("mnt"));
+        let at = m.dir.join(dir.trim_start_matches('/'));
+        fs::copy(&evil, at.join("zz-evil.squashfs")).unwrap();
+        let list = "filesystem.squashfs\nzz-evil.squashfs\n";
+        fs::write(at.join("filesystem.default.module"), list).unwrap();
+        fs::write(at.join("default.module"), list).unwrap();
+    }
+    let r = boot(
+        &f.store,
+        &d,
+        "bios",
+        None,
+        &["--reboots"],
+        "evil-layer",
+        800,
+    );
+    r.console_has(&format!(
+        "({dir}): files no signature covers in the image directory: default.module filesystem.default.module zz-evil.squashfs"
+    ));
+    r.reached(&marker_of(&f.web_img));
+    r.never_shows("ATTACKER-CODE-RAN");
+}
+
+/// Attack 2: an image directory copied onto the partition under a name that
+/// carries kernel arguments (`cairn.verity=` empty, `live-media-path=` to
+/// the attacker's layers), picked by the unsigned `next_entry`. GRUB leaves
+/// it out and says why; a signed image boots with its own arguments; the
+/// attacker's code never runs.
+#[test]
+fn a_directory_name_cannot_smuggle_kernel_arguments_into_a_boot() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let w = f.work("a_directory_name_cannot_smuggle_kernel_arguments_into_a_boot");
+    let d = two_image_disk(f, w.path(), &[]);
+    let evil = evil_layer(w.path());
+    let name = "x cairn.verity= live-media-path=evil y";
+    {
+        let m = mounted(&d, &w.path().join("mnt"));
+        let to = m.dir.join("images/default").join(name);
+        let st = Command::new("cp")
+            .arg("-r")
+            .arg(
+                m.dir
+                    .join(dir_on_disk(&f.default_img).trim_start_matches('/')),
+            )
+            .arg(&to)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        fs::create_dir_all(m.dir.join("evil")).unwrap();
+        fs::copy(&evil, m.dir.join("evil/filesystem.squashfs")).unwrap();
+        // The environment block, written by hand as the attacker would.
+        let mut b = format!("# GRUB Environment Block\nnext_entry=found>/images/default/{name}\n")
+            .into_bytes();
+        b.resize(1024, b'#');
+        fs::write(m.dir.join("boot/grub/grubenv"), b).unwrap();
+    }
+    let r = run(&f.store, &d, "bios", None, &[], "smuggled-name");
+    r.console_has_wrapped(&format!("cairn: left out /images/default/{name}: its name has characters a kernel command line cannot carry"));
+    assert!(
+        r.marker
+            .as_deref()
+            .is_some_and(|m| m.starts_with("CAIRN-BOOTED profile=")),
+        "{}",
+        r.why()
+    );
+    r.never_shows("ATTACKER-CODE-RAN");
+}
+
+/// Attack 4: a second medium carrying a copy of the boot partition (the
+/// same UUID, its signed images and the attacker's additions). The
+/// initramfs binds to the partition GRUB checked, finds two with its UUID,
+/// and refuses rather than guess which.
+#[test]
+fn a_copy_of_the_boot_partition_on_another_device_is_refused() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let w = f.work("a_copy_of_the_boot_partition_on_another_device_is_refused");
+    let d = two_image_disk(f, w.path(), &[]);
+    let stick = w.path().join("stick.img");
+    let st = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(&d)
+        .arg(&stick)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = run(
         &f.store,
         &d,
         "bios",
         Some(&id_of(&f.default_img)),
-        &[],
-        "bad-squashfs",
+        &["--attach", stick.to_str().unwrap()],
+        "uuid-twin",
     );
-    assert!(s.marker.is_none(), "a changed squashfs booted\n{}", s.why());
-    s.console_has(&format!(
-        "REFUSING TO BOOT {dir}: filesystem.squashfs: SHA-256 mismatch"
-    ));
+    assert!(
+        r.marker.is_none(),
+        "a boot went on beside a twin\n{}",
+        r.why()
+    );
+    r.console_has("devices carry the boot partition's UUID");
 }
 
 /// One byte changed in the kernel: GRUB refuses it and boots the next image.
@@ -319,7 +569,7 @@ fn changed_grub_cfg_boots_nothing() {
 }
 
 /// Boot counting: a newer image of the default profile that never comes up
-/// (init fails, the kernel panics and reboots) is tried twice, then GRUB
+/// (no initramfs: the kernel panics and reboots) is tried twice, then GRUB
 /// boots the last entry that reported a good boot.
 #[test]
 fn boot_counting_falls_back_to_the_last_good_image() {
@@ -356,8 +606,11 @@ fn boot_counting_falls_back_to_the_last_good_image() {
     m["kernel-cmdline"]
         .as_array_mut()
         .unwrap()
-        .extend(["init=/bin/false".into(), "panic=2".into()]);
+        .push("panic=2".into());
     fs::write(&mp, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    // An initrd that is no initramfs: the kernel finds no root, panics, and
+    // reboots after 2 s — a boot that never comes up, every time.
+    fs::write(broken.join("initrd.img"), vec![0u8; 64 * 1024]).unwrap();
     ok(cairn(&store, &["image", "sign", broken.to_str().unwrap()]));
     let added: serde_json::Value = serde_json::from_str(&ok(cairn(
         &store,
@@ -624,4 +877,68 @@ fn secure_boot_shim_refuses_grub_signed_by_another_key() {
     );
     r.console_has("Verification failed: (0x1A) Security Violation");
     assert!(!r.console.contains("cairn: "), "{}", r.why());
+}
+
+/// A `cairn vm run` killed outright (SIGKILL: no cleanup runs) takes its
+/// VM with it: qemu is bound to cairn's life (parent-death signal).
+#[test]
+fn a_killed_vm_run_leaves_no_vm_running() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let w = f.work("a_killed_vm_run_leaves_no_vm_running");
+    let d = w.path().join("disk.img");
+    disk(&f.store, &d, &[&f.web_img], &[]);
+    let log = w.path().join("vm");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--store")
+        .arg(&f.store)
+        .args(["--quiet", "vm", "run"])
+        .arg(&d)
+        .args([
+            "--accel",
+            "tcg",
+            "--marker",
+            "never",
+            "--timeout",
+            "600",
+            "--log-dir",
+        ])
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let console = log.join("console.log");
+    let t = std::time::Instant::now();
+    while fs::metadata(&console).map_or(0, |m| m.len()) == 0 {
+        assert!(t.elapsed().as_secs() < 120, "the VM never started");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let qemus = || -> Vec<u32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.starts_with("qemu-system") && c.contains(log.to_str().unwrap())
+                })
+            })
+            .collect()
+    };
+    assert_eq!(qemus().len(), 1, "one VM runs");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t = std::time::Instant::now();
+    while !qemus().is_empty() {
+        assert!(
+            t.elapsed().as_secs() < 10,
+            "qemu outlived the killed cairn: {:?}",
+            qemus()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

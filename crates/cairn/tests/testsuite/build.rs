@@ -259,7 +259,7 @@ fn killed_build_leaves_nothing_and_host_types_differ() {
     );
     assert!(
         squashfs_cat(&img, "usr/lib/systemd/system-generators/cairn-data-mounts")
-            .contains("if present data; then")
+            .contains("labels=\"data\"")
     );
     let ls = Command::new("unsquashfs")
         .arg("-lls")

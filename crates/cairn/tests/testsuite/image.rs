@@ -58,31 +58,6 @@ fn every_compressor_packs_a_tree_that_reads_back_identical() {
     assert!(!Compression::Lzma.bootable() && Compression::Xz.bootable());
 }
 
-/// Runs a grub.cfg in grub-emu (a real GRUB, every module built in) and
-/// returns its output.
-fn grub_emu(cfg: &str, work: &Path) -> String {
-    let emu = work.join("emu");
-    let st = Command::new("cp")
-        .arg("-r")
-        .arg("/usr/lib/grub/x86_64-emu")
-        .arg(&emu)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    fs::write(emu.join("grub.cfg"), cfg).unwrap();
-    fs::write(work.join("device.map"), "(hd0) /dev/null\n").unwrap();
-    let out = Command::new("timeout")
-        .args(["30", "grub-emu", "-d"])
-        .arg(&emu)
-        .arg("-m")
-        .arg(work.join("device.map"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    fs::remove_dir_all(&emu).unwrap();
-    String::from_utf8_lossy(&out.stdout).replace('\r', "")
-}
-
 #[test]
 fn grub_accepts_our_signatures_and_refuses_tampered_or_foreign_ones() {
     if need_tools(&["gpg", "gpgv", "grub-emu"]) {
@@ -158,7 +133,7 @@ fn grub_accepts_our_signatures_and_refuses_tampered_or_foreign_ones() {
         ));
     }
     cfg.push_str("reboot\n");
-    let out = grub_emu(&cfg, d.path());
+    let out = crate::support::grub_emu(&cfg, d.path(), Path::new("/dev/null"));
     for (n, want) in [
         ("good", "accepted"),
         ("tampered", "refused"),
@@ -169,6 +144,73 @@ fn grub_accepts_our_signatures_and_refuses_tampered_or_foreign_ones() {
             "GRUB on {n}: expected {want}:\n{out}"
         );
     }
+}
+
+/// A key that needs a passphrase is refused by `key use` with the reason
+/// (cairn signs unattended), not accepted and then failing at every
+/// signature; `key generate` says what protects the key it makes.
+#[test]
+fn a_passphrase_protected_key_is_refused_with_the_reason() {
+    if need_tools(&["gpg", "gpgconf"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path().join("gnupg");
+    fs::create_dir_all(&home).unwrap();
+    fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = |args: &[&str]| {
+        Command::new("gpg")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--batch", "--pinentry-mode", "loopback"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let made = gpg(&[
+        "--passphrase",
+        "secret",
+        "--quick-gen-key",
+        "locked <locked@cairn.invalid>",
+        "rsa2048",
+        "sign",
+        "never",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = cairn(
+        &d.path().join("store"),
+        &[
+            "key",
+            "use",
+            "locked@cairn.invalid",
+            "--gnupg-home",
+            home.to_str().unwrap(),
+        ],
+    );
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&home)
+        .args(["--kill", "gpg-agent"])
+        .status();
+    let err = crate::support::fails(out);
+    assert!(
+        err.contains("cannot sign without a passphrase") && err.contains("--passwd"),
+        "{err}"
+    );
+    assert!(!d.path().join("store/keys/signing.json").exists());
+    let made = ok(cairn(
+        &d.path().join("own"),
+        &["key", "generate", "--bits", "2048"],
+    ));
+    assert!(
+        made.contains("protected by file permissions only"),
+        "{made}"
+    );
 }
 
 #[test]
@@ -208,7 +250,8 @@ fn tiny_image(img: &Path, key: &keys::SigningKey) -> std::path::PathBuf {
     fs::create_dir_all(img).unwrap();
     fs::write(img.join("vmlinuz"), "kernel bytes\n").unwrap();
     fs::write(img.join("initrd.img"), "initrd bytes\n").unwrap();
-    fs::write(img.join("filesystem.squashfs"), "squashfs bytes\n").unwrap();
+    // Whole 4 KiB blocks, as mksquashfs pads (dm-verity checks whole blocks).
+    fs::write(img.join("filesystem.squashfs"), [7u8; 8192]).unwrap();
     fs::write(
         img.join("manifest.json"),
         r#"{"schema-version":1,"profile":"web","profile-hash":"h","profile-commit":null,"version":"2","suite":"s","architecture":"amd64","host-type":"virtual","kernel":"k","kernel-cmdline":["quiet"],"compression":"zstd","level":null,"bootable":true,"parent":null,"layers":["filesystem.squashfs"],"packages":[],"files":{},"data":[],"built-at":0,"build-seconds":0.0,"signed-by":null,"cairn-version":"0"}"#,
@@ -226,6 +269,7 @@ fn a_disk_takes_only_isos_signed_with_its_key() {
     if need_tools(&[
         "gpg",
         "gpgv",
+        "veritysetup",
         "sfdisk",
         "mkfs.ext4",
         "mkfs.fat",
@@ -287,7 +331,7 @@ fn a_disk_takes_only_isos_signed_with_its_key() {
 /// menu refuses is refused here too, before anything is loaded.
 #[test]
 fn kexec_checks_refuse_what_the_menu_refuses() {
-    if need_tools(&["gpg", "gpgv"]) {
+    if need_tools(&["gpg", "gpgv", "veritysetup"]) {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -304,16 +348,15 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
     let c = check(&good, &key.public_key).unwrap();
     assert_eq!(c.signed_by, key.fingerprint);
     assert!(
-        c.args.starts_with(
-            "boot=live module=web quiet cairn.image=web/2 cairn.sha256=filesystem.squashfs:"
-        ),
+        c.args
+            .starts_with("boot=live quiet cairn.image=web/2 cairn.verity=filesystem.squashfs:"),
         "{}",
         c.args
     );
     assert_eq!(fs::read(&c.kernel).unwrap(), b"kernel bytes\n");
-    let line = cairn::live::command_line(&c.args, "/images/web/2", false, "web-2");
+    let line = cairn::live::command_line(&c.args, "/images/web/2", "abcd-1234", false, "web-2");
     assert!(
-        line.ends_with(" live-media-path=/images/web/2 cairn.entry=web-2"),
+        line.ends_with(" live-media-path=/images/web/2 cairn.boot=abcd-1234 cairn.entry=web-2"),
         "{line}"
     );
 
@@ -339,9 +382,156 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
         err.contains("REFUSING") && err.contains("boot.cfg differs from the signed BOOTSUMS"),
         "{err}"
     );
+    // Another signed image's BOOTSUMS, kernel, initrd and boot.cfg moved in
+    // beside this image's SHA256SUMS: each signature holds, the image's
+    // signed list does not name that BOOTSUMS.
+    let other = make("other");
+    let mut m = fs::read_to_string(other.join("manifest.json")).unwrap();
+    m = m.replace("\"quiet\"", "\"loglevel=7\"");
+    fs::write(other.join("manifest.json"), m).unwrap();
+    fs::write(other.join("vmlinuz"), "another kernel\n").unwrap();
+    cairn::image::seal(&other, &key).unwrap();
+    let mixed = make("mixed");
+    for n in ["BOOTSUMS", "vmlinuz", "initrd.img", "boot.cfg"] {
+        for f in [n.to_string(), format!("{n}.sig")] {
+            fs::copy(other.join(&f), mixed.join(&f)).unwrap();
+        }
+    }
+    let err = check(&mixed, &key.public_key).unwrap_err();
+    assert!(
+        err.contains("BOOTSUMS is not the one the image's SHA256SUMS lists"),
+        "{err}"
+    );
     // A missing signature.
     let s = make("nosig");
     fs::remove_file(s.join("initrd.img.sig")).unwrap();
     let err = check(&s, &key.public_key).unwrap_err();
     assert!(err.contains("initrd.img.sig missing"), "{err}");
+}
+
+/// `cairn reboot` takes from the boot partition only what is signed: the
+/// menu's entry ids from a grub.cfg whose signature holds, the newest image
+/// by its signed manifest (not by the greatest directory name, which anyone
+/// who can write the partition picks), and only directories with plain
+/// names.
+#[test]
+fn reboot_reads_only_signed_choices_from_the_boot_partition() {
+    if need_tools(&["gpg", "gpgv", "veritysetup"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (_, key, other_key) = two_keys(d.path());
+    let medium = d.path().join("medium");
+    let web = medium.join("images/web");
+    let set_version = |img: &Path, v: &str, k: &keys::SigningKey| {
+        let p = img.join("manifest.json");
+        let m = fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"version\":\"2\"", &format!("\"version\":\"{v}\""));
+        fs::write(&p, m).unwrap();
+        cairn::image::seal(img, k).unwrap();
+    };
+    let good = tiny_image(&web.join("20261130T000000Z"), &key);
+    set_version(&good, "20261130T000000Z", &key);
+    // Sorts after it, but signed by another key.
+    let foreign = tiny_image(&web.join("20991231T000000Z"), &key);
+    set_version(&foreign, "20991231T000000Z", &other_key);
+    // Sorts after it, its manifest says another version.
+    let renamed = tiny_image(&web.join("20990101T000000Z"), &key);
+    set_version(&renamed, "20261129T000000Z", &key);
+    // A name that would reach the kernel command line.
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(&good)
+        .arg(web.join("zz cairn.verity= x"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (dir, m) = cairn::live::find_image(&[&medium], None, "web", &key.public_key).unwrap();
+    assert_eq!(
+        (dir, m.version.as_str()),
+        (good.clone(), "20261130T000000Z")
+    );
+    let err = cairn::live::find_image(
+        &[&medium],
+        Some("web/20991231T000000Z"),
+        "web",
+        &key.public_key,
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("no signed image web/20991231T000000Z"),
+        "{err:#}"
+    );
+
+    // The menu's entry for an image: only from a grub.cfg signed by the key.
+    let grub = medium.join("boot/grub");
+    fs::create_dir_all(&grub).unwrap();
+    let cfg = format!(
+        "menuentry x {{\n    {}\n}}\n",
+        cairn::boot::menu::boot_call(
+            "/images/web/20261130T000000Z",
+            false,
+            "web-20261130T000000Z"
+        )
+    );
+    fs::write(grub.join("grub.cfg"), &cfg).unwrap();
+    let sel = |k: &keys::SigningKey| {
+        cairn::live::menu_selector(
+            &medium,
+            "/images/web/20261130T000000Z",
+            false,
+            &k.public_key,
+        )
+        .map_err(|e| format!("{e:#}"))
+    };
+    assert!(sel(&key).unwrap_err().contains("grub.cfg.sig missing"));
+    keys::sign_file(&other_key, &grub.join("grub.cfg")).unwrap();
+    assert!(sel(&key).unwrap_err().contains("signature missing or bad"));
+    keys::sign_file(&key, &grub.join("grub.cfg")).unwrap();
+    assert_eq!(sel(&key).unwrap().as_deref(), Some("web-20261130T000000Z"));
+    fs::write(grub.join("grub.cfg"), cfg.replace("web-2026", "evil-2026")).unwrap();
+    assert!(sel(&key).unwrap_err().contains("signature missing or bad"));
+}
+
+/// A bare name is the store's image, never a directory of that name where
+/// cairn happens to run (a local user's `/tmp/web/`); a directory is taken
+/// when written as a path.
+#[test]
+fn a_bare_name_is_the_stores_image_never_a_directory_here() {
+    if need_tools(&["gpg", "gpgv", "veritysetup"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (store, key, _) = two_keys(d.path());
+    let here = d.path().join("here");
+    tiny_image(&here.join("web"), &key);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .current_dir(&here)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["image", "sign", "web"][..],
+        &["image", "verify", "web"][..],
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} took ./web");
+        assert!(
+            err.contains("no image \"web\"") && err.contains("./web"),
+            "{err}"
+        );
+    }
+    let out = run(&["image", "verify", "./web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

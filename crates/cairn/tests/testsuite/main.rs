@@ -4,6 +4,7 @@
 
 mod boot;
 mod build;
+mod grub;
 mod image;
 mod mirror;
 mod real_archive;

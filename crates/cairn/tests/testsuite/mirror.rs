@@ -413,6 +413,40 @@ fn pool_paths_outside_pool_are_refused() {
     }
 }
 
+/// Names given on the command line and paths a signed Release lists reach
+/// the store only when they stay inside it.
+#[test]
+fn names_and_release_paths_outside_the_mirror_are_refused() {
+    let Some(mut f) = Fixture::new(vec![deb("good", "1")]) else {
+        return;
+    };
+    for (flag, bad) in [
+        ("--name", "../../x"),
+        ("--suite", "../../y"),
+        ("--name", "a b"),
+    ] {
+        let mut a = f.args(&["--full"]);
+        let i = a.iter().position(|x| x == flag).unwrap();
+        a[i + 1] = bad.to_string();
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        let err = fails(cairn(&f.store, &refs));
+        assert!(err.contains(&format!("{bad:?}")), "{flag} {bad}: {err}");
+        assert!(
+            !f.store.exists() || !f.store.join("mirror").exists(),
+            "{bad}: wrote"
+        );
+    }
+    let err = fails(cairn(&f.store, &["mirror", "verify", "../../etc"]));
+    assert!(err.contains("mirror name \"../../etc\""), "{err}");
+    // The signed Release lists an index outside its suite (by-hash links
+    // are made for every listed path): refused, nothing published.
+    f.rebuild(|r| r.extra_listed = vec!["../../../../evil".into()]);
+    let err = fails(f.sync(&["--full"]));
+    assert!(err.contains("outside its suite"), "{err}");
+    assert!(!f.mirror().join("dists").exists());
+    assert!(!f.store.join("evil").exists() && !f.mirror().join("evil").exists());
+}
+
 #[test]
 fn dropped_connections_are_retried_and_resumed() {
     let Some(f) = Fixture::new(vec![deb("big", "1").payload(300_000), deb("small", "1")]) else {

@@ -1,14 +1,39 @@
-# cairn: sourced by live-boot in the initramfs, after its own components
+# cairn: sourced by live-boot in the initramfs after its own components
 # (/lib/live/boot/9995-cairn.sh sorts after 9990-*), so these definitions
-# replace live-boot's.
+# replace live-boot's where they share a name.
 #
-# The kernel command line, signed with the image (boot.cfg), carries
-# cairn.sha256=LAYER:SHA256[,LAYER:SHA256...]. Every layer is checked before
-# live-boot mounts it; a mismatch is said on the console and the machine
-# reboots (back to the menu, where boot counting falls back) -- it never
-# boots. With toram, only this image's layers are copied to RAM (live-boot
-# would copy the whole medium: every image on the disk) and the copy in RAM is
-# what gets checked.
+# What boots is exactly what the image's key signed, and nothing else:
+# - GRUB checked the kernel, the initrd and the image's boot arguments
+#   (boot.cfg) against their signatures, and added the boot partition's
+#   UUID (cairn.boot=), the image directory (live-media-path=) and the menu
+#   entry (cairn.entry=), whose names it checked.
+# - Here every cairn argument must appear exactly once and be well formed;
+#   live-boot arguments that would take layers or an overlay from anywhere
+#   else are refused.
+# - The medium is the partition with that UUID, and only it: none, or more
+#   than one device carrying it, is a refusal.
+# - Exactly the layers named in cairn.verity= are mounted, in that order,
+#   each through dm-verity with its signed root hash: every block is checked
+#   as it is read, so what was checked is what is used (no check-then-read),
+#   and a changed block is an I/O error, never data. No module file is read,
+#   nothing is globbed; any other layer-like file in the image directory is
+#   a sign of tampering and refuses the boot.
+# - A refusal is said on the console, recorded in GRUB's environment block
+#   (cairn_bad: GRUB then boots another image), and the machine reboots —
+#   and so does every `panic` of live-boot and initramfs-tools (which would
+#   otherwise open a root shell on the console).
+# - The medium stays mounted in the running system: without setuid, device
+#   nodes, execution or symlinks (nosuid,nodev,noexec,nosymfollow).
+
+# Upper-case NAME=value kernel arguments reach the initramfs as environment
+# variables, and live-boot takes these as its settings: none of those that
+# move the root, the layers or the overlay elsewhere is kept (cairn_parse
+# refuses such arguments, too).
+unset MODULETORAMFILE MODULETORAM PLAIN_ROOT PERSISTENCE PERSISTENCE_MEDIA \
+	PERSISTENCE_METHOD NFS_COW NOPERSISTENCE FROMISO FINDISO LIVE_MEDIA \
+	LIVE_MEDIA_OFFSET LIVE_MEDIA_PATH LIVE_MEDIA_TIMEOUT EXPOSED_ROOT \
+	SKIP_UNION_MOUNTS FETCH HTTPFS FTPFS NETBOOT ISCSI_PORTAL ROOT TODISK \
+	TORAM UNIONTYPE DM_VERITY_ROOT_HASH
 
 cairn_say ()
 {
@@ -16,99 +41,343 @@ cairn_say ()
 	echo "cairn: ${*}" > /dev/kmsg 2>/dev/null
 }
 
-cairn_refuse ()
+# Sets NAME=VALUE in a 1024-byte GRUB environment block, in place (GRUB's
+# save_env rewrites the same blocks).
+cairn_env_set ()
 {
-	cairn_say "REFUSING TO BOOT ${LIVE_MEDIA_PATH}: ${*}"
+	_cairn_env="${1}"
+	[ -f "${_cairn_env}" ] && [ ! -L "${_cairn_env}" ] || return 1
+	[ "$(wc -c < "${_cairn_env}")" -eq 1024 ] || return 1
+	{
+		echo "# GRUB Environment Block"
+		grep -v '^#' "${_cairn_env}" | grep -v "^${2}=" | grep -v '^$'
+		echo "${2}=${3}"
+	} > /tmp/cairn-env
+	_cairn_size="$(wc -c < /tmp/cairn-env)"
+	[ "${_cairn_size}" -le 1024 ] || return 1
+	head -c "$((1024 - _cairn_size))" /dev/zero | tr '\0' '#' >> /tmp/cairn-env
+	dd if=/tmp/cairn-env of="${_cairn_env}" bs=1024 count=1 conv=notrunc 2>/dev/null
+	sync
+}
+
+# The kernel command line (a function: the tests give another).
+cairn_cmdline ()
+{
+	cat /proc/cmdline
+}
+
+# Reboots, and never returns: a refusal must not fall through into a boot.
+cairn_reboot ()
+{
 	sleep 5
 	reboot -f
 	echo b > /proc/sysrq-trigger
-}
-
-cairn_verify ()
-{
-	_cairn_dir="${1}/${LIVE_MEDIA_PATH}"
-	_cairn_specs=""
-	for _cairn_p in $(cat /proc/cmdline)
+	while :
 	do
-		case "${_cairn_p}" in
-			cairn.sha256=*)
-				_cairn_specs="$(echo "${_cairn_p#cairn.sha256=}" | tr ',' ' ')"
-				;;
-		esac
-	done
-	if [ -z "${_cairn_specs}" ]
-	then
-		cairn_say "no cairn.sha256= on the command line: squashfs not verified"
-		return 0
-	fi
-	_cairn_sum="sha256sum"
-	if [ -x /bin/cairn-sha256sum ]
-	then
-		_cairn_sum="/bin/cairn-sha256sum"
-	fi
-	for _cairn_s in ${_cairn_specs}
-	do
-		_cairn_file="${_cairn_s%%:*}"
-		_cairn_want="${_cairn_s#*:}"
-		case "${_cairn_file}" in
-			*/*|..*|"")
-				cairn_refuse "bad layer name ${_cairn_file}"
-				;;
-		esac
-		if [ ! -f "${_cairn_dir}/${_cairn_file}" ]
-		then
-			cairn_refuse "${_cairn_file} is missing"
-		fi
-		_cairn_got="$(${_cairn_sum} "${_cairn_dir}/${_cairn_file}" 2>/dev/null)"
-		_cairn_got="${_cairn_got%% *}"
-		if [ "${_cairn_got}" != "${_cairn_want}" ]
-		then
-			cairn_refuse "${_cairn_file}: SHA-256 mismatch (signed ${_cairn_want}, found ${_cairn_got:-unreadable})"
-		fi
-		cairn_say "${_cairn_file}: SHA-256 verified"
+		sleep 3600
 	done
 }
 
-Verify_checksums ()
+cairn_refuse ()
 {
-	# With toram the copy in RAM is checked (copy_live_to below).
-	if [ -z "${TORAM}" ]
+	cairn_say "REFUSING TO BOOT ${CAIRN_WHAT:-this image}: ${*}"
+	# Tell GRUB: this entry is not booted again by default.
+	if [ -n "${CAIRN_ENTRY}" ] && [ -n "${CAIRN_MEDIUM}" ] &&
+		mount -o "remount,rw,${CAIRN_MEDIUM_OPTS}" "${CAIRN_MEDIUM}" 2>/dev/null
 	then
-		cairn_verify "${1}"
+		cairn_env_set "${CAIRN_MEDIUM}/boot/grub/grubenv" cairn_bad "${CAIRN_ENTRY}" &&
+			cairn_say "${CAIRN_ENTRY} marked refused: GRUB boots another image next"
+		mount -o "remount,ro,${CAIRN_MEDIUM_OPTS}" "${CAIRN_MEDIUM}" 2>/dev/null
 	fi
+	cairn_reboot
 }
 
-copy_live_to ()
+# How the medium stays mounted: nothing on it runs, no device node on it
+# opens, no symlink on it is followed.
+CAIRN_MEDIUM_OPTS="nosuid,nodev,noexec,nosymfollow"
+
+# initramfs-tools' and live-boot's last resort is a shell on the console;
+# on a cairn image it is a refusal (and a reboot).
+panic ()
 {
-	_cairn_from="${1}"
-	_cairn_to="${1}_swap"
-	if [ "${2}" != "ram" ]
+	cairn_refuse "the boot could not go on: ${*}"
+}
+
+# A name cairn lets reach a path: letters, digits, . _ + - (not first).
+cairn_name_ok ()
+{
+	case "${1}" in
+		""|[!A-Za-z0-9]*|*[!A-Za-z0-9._+-]*)
+			return 1
+			;;
+	esac
+	return 0
+}
+
+# Reads and checks the kernel command line once: CAIRN_LAYERS (name:hash
+# pairs), CAIRN_IMAGE, CAIRN_BOOT, CAIRN_ENTRY, CAIRN_DIR.
+cairn_parse ()
+{
+	[ -n "${CAIRN_PARSED}" ] && return 0
+	CAIRN_PARSED=1
+	_n_verity=0; _n_image=0; _n_boot=0; _n_entry=0; _n_path=0; _n_findiso=0
+	CAIRN_LAYERS=""; CAIRN_IMAGE=""; CAIRN_BOOT=""; CAIRN_ENTRY=""; CAIRN_DIR=""
+	for _p in $(cairn_cmdline)
+	do
+		case "${_p}" in
+			cairn.verity=*)
+				_n_verity=$((_n_verity + 1)); CAIRN_LAYERS="${_p#cairn.verity=}" ;;
+			cairn.image=*)
+				_n_image=$((_n_image + 1)); CAIRN_IMAGE="${_p#cairn.image=}" ;;
+			cairn.boot=*)
+				_n_boot=$((_n_boot + 1)); CAIRN_BOOT="${_p#cairn.boot=}" ;;
+			cairn.entry=*)
+				_n_entry=$((_n_entry + 1)); CAIRN_ENTRY="${_p#cairn.entry=}" ;;
+			cairn.poweroff)
+				;;
+			cairn.*)
+				cairn_refuse "unknown argument ${_p}" ;;
+			live-media-path=*)
+				_n_path=$((_n_path + 1)); CAIRN_DIR="${_p#live-media-path=}" ;;
+			findiso=*)
+				_n_findiso=$((_n_findiso + 1)) ;;
+			module=*|toram=*|todisk=*|fetch=*|httpfs=*|ftpfs=*|netboot=*|nfsroot=*|nfsopts=*|nfsoverlay=*|iscsi=*|\
+			live-media=*|bootfrom=*|live-media-offset=*|fromiso=*|isofrom=*|plainroot|root=*|exposedroot|skipunion|\
+			persistence|persistence-*|dm-verity-*|swap)
+				cairn_refuse "argument ${_p} is not allowed: a cairn image mounts only its signed layers from its boot partition" ;;
+			init=*|rdinit=*|break|break=*|systemd.debug_shell*|systemd.debug-shell*)
+				cairn_refuse "argument ${_p} is not allowed: it would run something other than the image's init, or a shell" ;;
+			BOOT_IMAGE=*)
+				;;
+			[A-Z_]*=*)
+				case "${_p%%=*}" in
+					*[!A-Z0-9_]*) ;;
+					*) cairn_refuse "argument ${_p} is not allowed: it would become an environment variable of the initramfs" ;;
+				esac
+				;;
+		esac
+	done
+	CAIRN_WHAT="${CAIRN_DIR:-this image}"
+	for _a in "verity:${_n_verity}" "image:${_n_image}" "boot:${_n_boot}" "live-media-path:${_n_path}"
+	do
+		case "${_a}" in
+			*:1) ;;
+			*:0) cairn_refuse "no ${_a%:*} argument on the command line" ;;
+			*) cairn_refuse "the ${_a%:*} argument appears ${_a##*:} times" ;;
+		esac
+	done
+	[ "${_n_entry}" -le 1 ] || cairn_refuse "cairn.entry= appears ${_n_entry} times"
+	[ "${_n_findiso}" -le 1 ] || cairn_refuse "findiso= appears ${_n_findiso} times"
+	case "${CAIRN_DIR}" in
+		/live) ;;
+		/images/*/*)
+			_p="${CAIRN_DIR#/images/}"
+			cairn_name_ok "${_p%%/*}" && cairn_name_ok "${_p#*/}" ||
+				cairn_refuse "bad image directory ${CAIRN_DIR}" ;;
+		*) cairn_refuse "bad image directory ${CAIRN_DIR}" ;;
+	esac
+	case "${CAIRN_BOOT}" in
+		""|*[!0-9A-Fa-f-]*) cairn_refuse "bad boot partition UUID ${CAIRN_BOOT}" ;;
+	esac
+	case "${CAIRN_ENTRY}" in
+		*[!A-Za-z0-9._+/\>-]*) cairn_refuse "bad menu entry ${CAIRN_ENTRY}" ;;
+	esac
+	case "${CAIRN_IMAGE}" in
+		*/*) cairn_name_ok "${CAIRN_IMAGE%%/*}" && cairn_name_ok "${CAIRN_IMAGE#*/}" ||
+			cairn_refuse "bad image name ${CAIRN_IMAGE}" ;;
+		*) cairn_refuse "bad image name ${CAIRN_IMAGE}" ;;
+	esac
+	[ -n "${CAIRN_LAYERS}" ] || cairn_refuse "cairn.verity= names no layer"
+	for _s in $(echo "${CAIRN_LAYERS}" | tr ',' ' ')
+	do
+		_name="${_s%%:*}"
+		_hash="${_s#*:}"
+		cairn_name_ok "${_name}" || cairn_refuse "bad layer name ${_name}"
+		case "${_name}" in
+			*.squashfs) ;;
+			*) cairn_refuse "layer ${_name} is not a squashfs" ;;
+		esac
+		case "${_hash}" in
+			*[!0-9a-f]*) cairn_refuse "bad root hash for ${_name}" ;;
+		esac
+		[ "${#_hash}" -eq 64 ] || cairn_refuse "bad root hash for ${_name}"
+	done
+	CAIRN_WHAT="${CAIRN_IMAGE} (${CAIRN_DIR})"
+}
+
+# live-boot asks with growing $1 (seconds waited): the medium is the one
+# device whose file system has the UUID GRUB booted from.
+find_livefs ()
+{
+	cairn_parse
+	# Every device the kernel found at boot has its node before we count.
+	if [ -z "${CAIRN_SETTLED}" ]
 	then
-		cairn_refuse "todisk is not supported by cairn images"
+		udevadm settle --timeout=30 2>/dev/null
+		CAIRN_SETTLED=1
 	fi
-	_cairn_src="${_cairn_from}/${LIVE_MEDIA_PATH}"
-	_cairn_kb="$(du -sk "${_cairn_src}" | cut -f1)"
-	_cairn_free="$(awk '/^MemAvailable:/{print $2}' /proc/meminfo)"
-	if [ "${_cairn_free}" -lt "$((_cairn_kb + 65536))" ]
+	_devs="$(blkid -c /dev/null -o device -t "UUID=${CAIRN_BOOT}" 2>/dev/null)"
+	_count="$(echo "${_devs}" | grep -c .)"
+	if [ "${_count}" -eq 0 ]
 	then
-		cairn_say "not enough memory for toram (${_cairn_kb} KiB image, ${_cairn_free} KiB available): reading from the disk"
-		cairn_verify "${_cairn_from}"
+		[ "${1:-0}" -ge 59 ] && cairn_refuse "no partition with UUID ${CAIRN_BOOT} (the boot partition GRUB checked)"
 		return 1
 	fi
-	cairn_say "copying ${LIVE_MEDIA_PATH} to RAM (${_cairn_kb} KiB)"
-	mkdir -p "${_cairn_to}"
-	mount -t tmpfs -o "size=$((_cairn_kb + 16384))k" tmpfs "${_cairn_to}"
-	mkdir -p "${_cairn_to}/${LIVE_MEDIA_PATH}"
-	for _cairn_f in "${_cairn_src}"/*.squashfs "${_cairn_src}"/*.module
+	if [ "${_count}" -gt 1 ]
+	then
+		cairn_refuse "${_count} devices carry the boot partition's UUID ${CAIRN_BOOT} ($(echo ${_devs})): one is a copy"
+	fi
+	if check_dev "null" "${_devs}" "skip_uuid_check"
+	then
+		return 0
+	fi
+	[ "${1:-0}" -ge 59 ] && cairn_refuse "the partition with UUID ${CAIRN_BOOT} holds no image at ${LIVE_MEDIA_PATH}"
+	return 1
+}
+
+# Called by live-boot with the medium it mounted: where a refusal is
+# recorded (the boot partition, which holds the ISO file with findiso=).
+Verify_checksums ()
+{
+	CAIRN_MEDIUM="${1}"
+	[ -n "${FINDISO}" ] && CAIRN_MEDIUM=/run/live/findiso
+	cairn_parse
+	for _m in "${1}" /run/live/findiso
 	do
-		if [ -f "${_cairn_f}" ] && ! cp "${_cairn_f}" "${_cairn_to}/${LIVE_MEDIA_PATH}/"
+		if grep -q " ${_m} " /proc/mounts
 		then
-			cairn_refuse "copying ${_cairn_f} to RAM failed"
+			mount -o "remount,ro,${CAIRN_MEDIUM_OPTS}" "${_m}" ||
+				cairn_refuse "cannot remount ${_m} ${CAIRN_MEDIUM_OPTS}"
 		fi
 	done
-	umount "${_cairn_from}"
-	mount -r -o move "${_cairn_to}" "${_cairn_from}"
-	rmdir "${_cairn_to}"
-	cairn_verify "${_cairn_from}"
+}
+
+# The signed layers and their hash trees, in order: "name name.verity ...".
+cairn_layer_files ()
+{
+	for _s in $(echo "${CAIRN_LAYERS}" | tr ',' ' ')
+	do
+		echo "${_s%%:*} ${_s%%:*}.verity"
+	done
+}
+
+# Refuses an image directory holding a layer-like file or a directory that
+# is not one of the signed layers: live-boot would have stacked it.
+cairn_check_dir ()
+{
+	_wanted=" $(cairn_layer_files | tr '\n' ' ') "
+	_extra=""
+	for _f in "${1}"/* "${1}"/.[!.]*
+	do
+		[ -e "${_f}" ] || [ -L "${_f}" ] || continue
+		_b="${_f##*/}"
+		if [ -d "${_f}" ] || [ -L "${_f}" ]
+		then
+			_extra="${_extra} ${_b}"
+			continue
+		fi
+		case "${_b}" in
+			*.squashfs|*.verity|*.module|*.ext2|*.ext3|*.ext4|*.xfs|*.jffs2|*.btrfs|*.dir)
+				case "${_wanted}" in
+					*" ${_b} "*) ;;
+					*) _extra="${_extra} ${_b}" ;;
+				esac
+				;;
+		esac
+	done
+	[ -z "${_extra}" ] || cairn_refuse "files no signature covers in the image directory:${_extra}"
+}
+
+# toram: only this image's signed layers and their hash trees go to RAM
+# (live-boot would copy the whole medium: every image on the disk); they
+# are then mounted from there, checked by dm-verity like on the disk.
+copy_live_to ()
+{
+	_from="${1}"
+	_to="${1}_swap"
+	[ "${2}" = "ram" ] || cairn_refuse "todisk is not supported by cairn images"
+	cairn_parse
+	_src="${_from}/${LIVE_MEDIA_PATH}"
+	cairn_check_dir "${_src}"
+	_kb=0
+	for _f in $(cairn_layer_files)
+	do
+		[ -f "${_src}/${_f}" ] || cairn_refuse "${_f} is missing"
+		_kb=$((_kb + $(du -k "${_src}/${_f}" | cut -f1)))
+	done
+	_free="$(awk '/^MemAvailable:/{print $2}' /proc/meminfo)"
+	if [ "${_free}" -lt "$((_kb + 65536))" ]
+	then
+		cairn_say "not enough memory for toram (${_kb} KiB of layers, ${_free} KiB available): reading from the disk"
+		return 1
+	fi
+	cairn_say "copying ${CAIRN_IMAGE}'s layers to RAM (${_kb} KiB)"
+	mkdir -p "${_to}"
+	mount -t tmpfs -o "size=$((_kb + 16384))k" tmpfs "${_to}"
+	mkdir -p "${_to}/${LIVE_MEDIA_PATH}"
+	for _f in $(cairn_layer_files)
+	do
+		cp "${_src}/${_f}" "${_to}/${LIVE_MEDIA_PATH}/" || cairn_refuse "copying ${_f} to RAM failed"
+	done
+	umount "${_from}"
+	mount -r -o move "${_to}" "${_from}"
+	mount -o "remount,ro,${CAIRN_MEDIUM_OPTS}" "${_from}"
+	rmdir "${_to}"
+	# The boot partition stays reachable for a refusal's mark only when it
+	# holds the ISO file (findiso); after an in-RAM copy of its image it is
+	# gone.
+	[ -n "${FINDISO}" ] || CAIRN_MEDIUM=""
 	return 0
+}
+
+# Mounts exactly the signed layers through dm-verity, then lets live-boot
+# stack them (a module list cairn writes in RAM, naming the mounted
+# directories: live-boot takes a directory as it is).
+mount_images_in_directory ()
+{
+	cairn_parse
+	_dir="${1}/${LIVE_MEDIA_PATH}"
+	cairn_check_dir "${_dir}"
+	modprobe -q loop 2>/dev/null
+	modprobe -q dm-verity 2>/dev/null
+	command -v veritysetup > /dev/null || cairn_refuse "veritysetup is missing from the initramfs"
+	mkdir -p /run/live/rootfs /run/cairn/stack
+	: > /run/cairn/stack/cairn.module
+	_i=0
+	for _s in $(echo "${CAIRN_LAYERS}" | tr ',' ' ')
+	do
+		_name="${_s%%:*}"
+		_root="${_s#*:}"
+		[ -f "${_dir}/${_name}" ] || cairn_refuse "${_name} is missing"
+		[ -f "${_dir}/${_name}.verity" ] || cairn_refuse "${_name}.verity is missing"
+		_data="$(losetup -f --show -r "${_dir}/${_name}" 2>/tmp/cairn-loop)" ||
+			cairn_refuse "${_name}: no loop device ($(tail -n 1 /tmp/cairn-loop))"
+		_tree="$(losetup -f --show -r "${_dir}/${_name}.verity" 2>/tmp/cairn-loop)" ||
+			cairn_refuse "${_name}.verity: no loop device ($(tail -n 1 /tmp/cairn-loop))"
+		# (DM_DISABLE_UDEV: the initramfs has no device-mapper udev rules;
+		# libdevmapper makes the node itself instead of waiting for udev.)
+		if ! DM_DISABLE_UDEV=1 veritysetup open "${_data}" "cairn-layer-${_i}" "${_tree}" "${_root}" > /tmp/cairn-verity 2>&1
+		then
+			cairn_refuse "${_name}: its hash tree does not match the signed root hash ($(tail -n 1 /tmp/cairn-verity))"
+		fi
+		# The tree's parameters come from its (unsigned) superblock: only
+		# SHA-256 trees of the format cairn makes are taken.
+		DM_DISABLE_UDEV=1 veritysetup status "cairn-layer-${_i}" > /tmp/cairn-verity 2>&1
+		if ! grep -Eiq '^ *hash (name|algorithm): *sha256$' /tmp/cairn-verity ||
+			! grep -Eiq '^ *hash type: *1$' /tmp/cairn-verity
+		then
+			cairn_refuse "${_name}: its hash tree is not a SHA-256 dm-verity tree of format 1 ($(tr -s ' \n' ' ' < /tmp/cairn-verity | head -c 300))"
+		fi
+		mkdir -p "/run/live/rootfs/${_name}"
+		if ! mount -t squashfs -o ro "/dev/mapper/cairn-layer-${_i}" "/run/live/rootfs/${_name}" 2> /tmp/cairn-mount
+		then
+			cairn_refuse "${_name}: dm-verity refused its blocks: it differs from what was signed ($(tail -n 1 /tmp/cairn-mount))"
+		fi
+		cairn_say "${_name}: mounted through dm-verity (root hash ${_root%${_root#????????????}}… signed)"
+		ln -s "/run/live/rootfs/${_name}" "/run/cairn/stack/${_i}-${_name}"
+		echo "${_i}-${_name}" >> /run/cairn/stack/cairn.module
+		_i=$((_i + 1))
+	done
+	MODULE=cairn
+	setup_unionfs /run/cairn/stack "${2}"
 }

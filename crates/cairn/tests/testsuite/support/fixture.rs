@@ -32,9 +32,11 @@ say "data-boots=$n"
 if [ -e /etc/probe-stamp ]; then say "etc-stamp=present"; else say "etc-stamp=absent"; fi
 say "data=$(awk '$2 == "/data" { print $3 }' /proc/mounts)"
 say "medium=$(awk '$2 == "/run/live/medium" { print $3 }' /proc/mounts)"
+say "medium-opts=$(awk '$2 == "/run/live/medium" { print $4 }' /proc/mounts)"
 say "less=$(command -v less || echo none)"
 if [ -e /etc/issue.net ]; then say "issue.net=present"; else say "issue.net=absent"; fi
 say "layers=$(ls /run/live/rootfs | tr '\n' ' ')"
+say "verity=$(for d in /dev/mapper/cairn-layer-*; do veritysetup status "${d##*/}" | awk '$1 == "status:" { printf "%s ", $2 }'; done)"
 echo $((n + 1)) > "$d/boots"
 sync
 date > /etc/probe-stamp
@@ -155,6 +157,7 @@ fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     fs::write(dir.join("files/motd"), "built by the cairn test suite\n").unwrap();
     fs::write(dir.join("files/probe"), PROBE).unwrap();
     fs::write(dir.join("files/probe.service"), PROBE_UNIT).unwrap();
+    fs::write(dir.join("files/blob"), blob()).unwrap();
     let web = dir.join("webtest.toml");
     fs::write(
         &web,
@@ -163,6 +166,7 @@ fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 [[files]]\nsource = \"files/motd\"\ndest = \"/etc/motd\"\nmode = \"0600\"\n\
 [[files]]\nsource = \"files/probe\"\ndest = \"/usr/local/sbin/cairn-probe\"\nmode = \"0755\"\n\
 [[files]]\nsource = \"files/probe.service\"\ndest = \"/etc/systemd/system/cairn-probe.service\"\n\
+[[files]]\nsource = \"files/blob\"\ndest = \"/usr/share/cairn-test/blob\"\n\
 [[hooks]]\nscript = \"chroot \\\"$1\\\" dpkg-query -W systemd > \\\"$1/etc/hook-ran\\\"\"\n\
 [[hooks]]\nscript = \"ln -s /etc/systemd/system/cairn-probe.service \\\"$1/etc/systemd/system/multi-user.target.wants/\\\"\"\n\
 [[data]]\npath = \"/var/lib/webtest\"\n\
@@ -184,6 +188,20 @@ fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .unwrap();
     (web, db, v2)
+}
+
+/// 1 MiB that no compressor shrinks (so mksquashfs stores it as it is and a
+/// test can find its bytes inside the squashfs), the same every run.
+pub fn blob() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 fn json(out: String) -> serde_json::Value {

@@ -88,6 +88,37 @@ pub fn fails(o: Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs a grub.cfg in grub-emu (a real GRUB, every module built in) with
+/// `disk` as (hd0), in `work`; returns what it printed (carriage returns
+/// gone, escape sequences kept).
+pub fn grub_emu(cfg: &str, work: &Path, disk: &Path) -> String {
+    let emu = work.join("emu");
+    let _ = std::fs::remove_dir_all(&emu);
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg("/usr/lib/grub/x86_64-emu")
+        .arg(&emu)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::write(emu.join("grub.cfg"), cfg).unwrap();
+    std::fs::write(
+        work.join("device.map"),
+        format!("(hd0) {}\n", disk.display()),
+    )
+    .unwrap();
+    let out = Command::new("timeout")
+        .args(["30", "grub-emu", "-d"])
+        .arg(&emu)
+        .arg("-m")
+        .arg(work.join("device.map"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&emu).unwrap();
+    String::from_utf8_lossy(&out.stdout).replace('\r', "")
+}
+
 /// A GnuPG key for signing test repositories.
 pub struct Key {
     pub home: PathBuf,

@@ -84,6 +84,8 @@ pub struct RepoBuilder {
     pub debs: Vec<Deb>,
     pub inrelease: bool,
     pub release_gpg: bool,
+    /// Paths listed in the signed Release besides the real indices (not served).
+    pub extra_listed: Vec<String>,
 }
 
 pub fn now() -> i64 {
@@ -110,6 +112,7 @@ impl RepoBuilder {
             debs,
             inrelease: true,
             release_gpg: true,
+            extra_listed: Vec::new(),
         }
     }
 
@@ -187,6 +190,9 @@ impl RepoBuilder {
                 fs::write(byhash.join(sha256(data)), data).unwrap();
             }
             release.push_str(&format!(" {} {:>8} {}\n", sha256(data), data.len(), path));
+        }
+        for path in &self.extra_listed {
+            release.push_str(&format!(" {} {:>8} {}\n", sha256(b"x"), 1, path));
         }
         fs::write(dists.join("Release"), &release).unwrap();
         if self.inrelease {

@@ -77,6 +77,28 @@ impl Boot {
         );
     }
 
+    /// Asserts that neither port shows `s` (an attacker's code announcing
+    /// itself).
+    #[track_caller]
+    pub fn never_shows(&self, s: &str) {
+        for t in [&self.console, &self.markers] {
+            assert!(!t.contains(s), "{s:?} appeared\n{}", self.why());
+        }
+    }
+
+    /// Asserts that the console shows `s`, however GRUB wrapped it (at 80
+    /// columns, a space turned into a line break): whitespace runs compare
+    /// as one space.
+    #[track_caller]
+    pub fn console_has_wrapped(&self, s: &str) {
+        let flat = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat(&self.console).contains(&flat(s)),
+            "console lacks {s:?}\n{}",
+            self.why()
+        );
+    }
+
     /// Asserts that the marker port shows `s`.
     #[track_caller]
     pub fn markers_have(&self, s: &str) {

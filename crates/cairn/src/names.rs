@@ -1,0 +1,99 @@
+//! The one rule for names that reach a path, a kernel command line or a GRUB
+//! variable: profile, version, layer, mirror, suite and data-label names.
+//! A letter or digit, then letters, digits, `.`, `_`, `+`, `-`: nothing a
+//! shell, GRUB or the kernel splits on, no `/`, no leading `.` or `-`. The
+//! same rule is written in GRUB script (`GRUB_ERE`, the menu's "found now"
+//! loop) and in the initramfs (`cairn_name_ok` in live-verify.sh); a test
+//! holds the three to the same answers.
+
+use anyhow::{Result, bail};
+
+/// Whether `s` is a name cairn lets reach a path or a command line.
+pub fn is_safe(s: &str) -> bool {
+    let mut b = s.bytes();
+    match b.next() {
+        Some(c) if c.is_ascii_alphanumeric() => {}
+        _ => return false,
+    }
+    b.all(|c| c.is_ascii_alphanumeric() || b"._+-".contains(&c))
+}
+
+/// The rule as a POSIX extended regular expression (one name).
+pub const GRUB_ERE: &str = "[A-Za-z0-9][A-Za-z0-9._+-]*";
+
+/// `Err` naming `what` when `s` breaks the rule.
+pub fn check(what: &str, s: &str) -> Result<()> {
+    if !is_safe(s) {
+        bail!(
+            "{what} {s:?}: use a letter or digit, then letters, digits, `.`, `_`, `+`, `-` \
+             (names reach paths and kernel command lines)"
+        );
+    }
+    Ok(())
+}
+
+/// Names every implementation of the rule is held to (here, in the
+/// initramfs script, and GRUB's in grub-emu): name, allowed.
+pub const EXAMPLES: &[(&str, bool)] = &[
+    ("web", true),
+    ("20261130T060127Z", true),
+    ("20261130T060127Z-2", true),
+    ("web_1.2+b3", true),
+    ("", false),
+    (".hidden", false),
+    ("-x", false),
+    ("..", false),
+    ("a/b", false),
+    ("a b", false),
+    ("x cairn.verity= live-media-path=evil", false),
+    ("a\tb", false),
+    ("a\"b", false),
+    ("a;b", false),
+    ("a$b", false),
+    ("a>b", false),
+    ("é", false),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rule() {
+        for (s, ok) in EXAMPLES {
+            assert_eq!(is_safe(s), *ok, "{s:?}");
+        }
+        assert!(
+            check("profile", "a b")
+                .unwrap_err()
+                .to_string()
+                .contains("profile \"a b\"")
+        );
+    }
+
+    /// The initramfs's copy of the rule (`cairn_name_ok`) gives the same
+    /// answers, run by the shell the initramfs uses where it is installed.
+    #[test]
+    fn the_initramfs_rule_agrees() {
+        let script = include_str!("build/assets/live-verify.sh");
+        for shell in ["sh", "busybox"] {
+            if crate::cmd::which(shell).is_none() {
+                continue;
+            }
+            for (s, ok) in EXAMPLES {
+                let mut c = std::process::Command::new(shell);
+                if shell == "busybox" {
+                    c.arg("sh");
+                }
+                let st = c
+                    .arg("-c")
+                    .arg(format!("{script}\ncairn_name_ok \"$1\""))
+                    .arg("sh")
+                    .arg(s)
+                    .status()
+                    .unwrap();
+                assert_eq!(st.success(), *ok, "{shell}: {s:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! What a mirror's upstream sends, as cairn parses it: Release files (dates
+//! included), Packages indices, deb822 paragraphs, relations, apt sources,
+//! versions. Nothing may panic; dates and versions keep their laws.
+#![no_main]
+
+use std::cmp::Ordering;
+
+use cairn_debian::{date, deb822, packages, relation, release, sources, version};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let _ = release::Release::parse(&text);
+    let _ = packages::parse_packages(&text);
+    let _ = packages::read_packages(std::io::Cursor::new(data), |_| {});
+    for p in deb822::paragraphs(&text).flatten() {
+        for f in ["Depends", "Pre-Depends", "Provides", "Date", "Valid-Until"] {
+            if let Some(v) = p.get(f) {
+                let _ = relation::parse_relations(v);
+                if let Ok(t) = date::parse_release_date(v) {
+                    // What parses formats back to the same instant.
+                    assert_eq!(date::parse_release_date(&date::format_release_date(t)).ok(), Some(t));
+                }
+            }
+        }
+    }
+    let _ = sources::parse_deb822_sources(&text);
+    let _ = sources::parse_one_line_sources(&text);
+    let _ = date::parse_release_date(&text);
+    // Versions: a total order.
+    let (a, b) = text.split_once('\n').unwrap_or((&text, ""));
+    assert_eq!(version::compare_versions(a, a), Ordering::Equal);
+    assert_eq!(
+        version::compare_versions(a, b),
+        version::compare_versions(b, a).reverse()
+    );
+});
