@@ -1,11 +1,15 @@
 //! The one way cairn runs another program: logged argv, null stdin unless
 //! asked, captured output, and errors that hold the shell-pasteable command,
-//! its exit status and the tail of its stderr.
+//! its exit status and the tail of its stderr. A command can also be given
+//! a time limit, be tied to cairn's life (killed when cairn dies, however it
+//! dies), and be started to run alongside cairn (`spawn`: qemu).
 
 use std::ffi::{OsStr, OsString};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -15,14 +19,102 @@ pub struct Tool {
     pub package: &'static str,
 }
 
-pub const GPGV: Tool = Tool {
-    program: "gpgv",
-    package: "gpgv",
-};
-pub const GPG: Tool = Tool {
-    program: "gpg",
-    package: "gpg",
-};
+/// Every program cairn drives, with its Debian package: one table, so a
+/// missing tool is named with what to install, the same everywhere.
+pub mod tool {
+    use super::Tool;
+
+    /// signing key, image signatures
+    pub const GPG: Tool = Tool {
+        program: "gpg",
+        package: "gpg",
+    };
+    /// every signature check
+    pub const GPGV: Tool = Tool {
+        program: "gpgv",
+        package: "gpgv",
+    };
+    /// root trees (default bootstrap)
+    pub const MMDEBSTRAP: Tool = Tool {
+        program: "mmdebstrap",
+        package: "mmdebstrap",
+    };
+    /// root trees (bootstrap = "debootstrap")
+    pub const DEBOOTSTRAP: Tool = Tool {
+        program: "debootstrap",
+        package: "debootstrap",
+    };
+    /// layers
+    pub const MKSQUASHFS: Tool = Tool {
+        program: "mksquashfs",
+        package: "squashfs-tools",
+    };
+    /// reading layers
+    pub const UNSQUASHFS: Tool = Tool {
+        program: "unsquashfs",
+        package: "squashfs-tools",
+    };
+    /// dm-verity trees
+    pub const VERITYSETUP: Tool = Tool {
+        program: "veritysetup",
+        package: "cryptsetup-bin",
+    };
+    /// cairn's GRUB
+    pub const GRUB_MKIMAGE: Tool = Tool {
+        program: "grub-mkimage",
+        package: "grub-common",
+    };
+    /// ISOs
+    pub const GRUB_MKRESCUE: Tool = Tool {
+        program: "grub-mkrescue",
+        package: "grub-common",
+    };
+    /// ISOs
+    pub const XORRISO: Tool = Tool {
+        program: "xorriso",
+        package: "xorriso",
+    };
+    /// ISOs (EFI image)
+    pub const MFORMAT: Tool = Tool {
+        program: "mformat",
+        package: "mtools",
+    };
+    /// Secure Boot signing
+    pub const SBSIGN: Tool = Tool {
+        program: "sbsign",
+        package: "sbsigntool",
+    };
+    /// disk partition tables
+    pub const SFDISK: Tool = Tool {
+        program: "sfdisk",
+        package: "fdisk",
+    };
+    /// boot and data partitions
+    pub const MKFS_EXT4: Tool = Tool {
+        program: "mkfs.ext4",
+        package: "e2fsprogs",
+    };
+    /// EFI system partitions
+    pub const MKFS_FAT: Tool = Tool {
+        program: "mkfs.fat",
+        package: "dosfstools",
+    };
+    /// EFI system partitions
+    pub const MCOPY: Tool = Tool {
+        program: "mcopy",
+        package: "mtools",
+    };
+    /// Secure Boot certificates (PEM to DER)
+    pub const OPENSSL: Tool = Tool {
+        program: "openssl",
+        package: "openssl",
+    };
+    /// vm run
+    pub const QEMU: Tool = Tool {
+        program: "qemu-system-x86_64",
+        package: "qemu-system-x86",
+    };
+}
 
 /// Finds `program` on PATH.
 pub fn which(program: &str) -> Option<std::path::PathBuf> {
@@ -30,7 +122,7 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| {
+            fs_err::metadata(p).is_ok_and(|m| {
                 m.is_file()
                     && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
             })
@@ -58,12 +150,54 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
+/// A started program. Dropped before it has ended, it is killed and
+/// reaped: no child outlives the code that started it.
+pub struct Running {
+    child: Child,
+    display: String,
+    writer: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    err_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The exit status if it has ended.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        self.child
+            .try_wait()
+            .with_context(|| format!("waiting for {}", self.display))
+    }
+
+    /// What it has written to stderr so far (all of it once it has ended).
+    pub fn stderr(&mut self) -> String {
+        if let Ok(Some(_)) = self.child.try_wait()
+            && let Some(h) = self.err_reader.take()
+        {
+            let _ = h.join();
+        }
+        let v = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&v).into_owned()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// A command line to run.
 pub struct Cmd {
     argv: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     envs: Vec<(OsString, OsString)>,
     dir: Option<std::path::PathBuf>,
+    timeout: Option<Duration>,
+    tied: bool,
 }
 
 impl Cmd {
@@ -73,7 +207,24 @@ impl Cmd {
             stdin: None,
             envs: Vec::new(),
             dir: None,
+            timeout: None,
+            tied: false,
         }
+    }
+
+    /// Kills the program (and fails) when it runs longer than `limit`.
+    pub fn timeout(mut self, limit: Duration) -> Cmd {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Ties the program's life to cairn's: the kernel kills it when the
+    /// thread that started it ends (a killed cairn, a panic), so no child
+    /// outlives cairn. Start tied programs from the thread that waits for
+    /// them.
+    pub fn tied(mut self) -> Cmd {
+        self.tied = true;
+        self
     }
 
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Cmd {
@@ -112,41 +263,141 @@ impl Cmd {
             .join(" ")
     }
 
-    /// Runs to completion and returns whatever the exit status was.
-    pub fn output_any_status(&self) -> Result<Output> {
-        tracing::debug!("running {}", self.display());
-        let mut c = Command::new(&self.argv[0]);
-        c.args(&self.argv[1..])
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+    fn command(&self) -> Command {
+        // Tied: setpriv (util-linux, Essential) sets the parent-death
+        // signal and execs the program, which keeps it across exec.
+        let tie: &[&str] = if self.tied {
+            &["setpriv", "--pdeathsig", "KILL", "--"]
+        } else {
+            &[]
+        };
+        let mut argv = tie
+            .iter()
+            .map(OsStr::new)
+            .chain(self.argv.iter().map(|a| a.as_os_str()));
+        let mut c = Command::new(argv.next().unwrap_or_default());
+        c.args(argv).stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         for (k, v) in &self.envs {
             c.env(k, v);
         }
         if let Some(d) = &self.dir {
             c.current_dir(d);
         }
-        let mut child = c
+        c
+    }
+
+    fn start(&self, stdout: Stdio) -> Result<Running> {
+        tracing::debug!("running {}", self.display());
+        let mut child = self
+            .command()
+            .stdout(stdout)
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", self.display()))?;
+        if self.tied {
+            // The tie holds once setpriv has set it and exec'd the program:
+            // wait for that (the child is neither cairn nor setpriv any
+            // more), so the starter may end right after this.
+            let exe = format!("/proc/{}/exe", child.id());
+            let me = std::fs::read_link("/proc/self/exe").ok();
+            let t0 = Instant::now();
+            while std::fs::read_link(&exe)
+                .is_ok_and(|e| Some(&e) == me.as_ref() || e.ends_with("setpriv"))
+                && matches!(child.try_wait(), Ok(None))
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         let writer = match (self.stdin.clone(), child.stdin.take()) {
             (Some(data), Some(mut pipe)) => Some(std::thread::spawn(move || pipe.write_all(&data))),
             _ => None,
         };
-        let out = child
-            .wait_with_output()
-            .with_context(|| format!("waiting for {}", self.display()))?;
-        if let Some(w) = writer {
+        let stdout = child.stdout.take().map(|mut o| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = o.read_to_end(&mut v);
+                v
+            })
+        });
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let err_reader = child.stderr.take().map(|mut e| {
+            let buf = stderr.clone();
+            std::thread::spawn(move || {
+                let mut b = [0u8; 8192];
+                while let Ok(n) = e.read(&mut b) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut v) = buf.lock() {
+                        v.extend_from_slice(&b[..n]);
+                    }
+                }
+            })
+        });
+        Ok(Running {
+            child,
+            display: self.display(),
+            writer,
+            stdout,
+            stderr,
+            err_reader,
+        })
+    }
+
+    /// Starts the program to run alongside cairn: stdin and stdout are
+    /// null, stderr is kept for `Running::stderr`. Dropping the handle
+    /// kills and reaps it.
+    pub fn spawn(&self) -> Result<Running> {
+        self.start(Stdio::null())
+    }
+
+    /// Runs to completion and returns whatever the exit status was; past
+    /// the time limit the program is killed and that is an error.
+    pub fn output_any_status(&self) -> Result<Output> {
+        let mut r = self.start(Stdio::piped())?;
+        let t0 = Instant::now();
+        let status = match self.timeout {
+            None => r
+                .child
+                .wait()
+                .with_context(|| format!("waiting for {}", self.display()))?,
+            Some(limit) => loop {
+                if let Some(st) = r.try_wait()? {
+                    break st;
+                }
+                if t0.elapsed() > limit {
+                    let _ = r.child.kill();
+                    let _ = r.child.wait();
+                    bail!(
+                        "{} did not finish in {:.1}s and was stopped",
+                        self.display(),
+                        limit.as_secs_f64()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            },
+        };
+        if let Some(w) = r.writer.take() {
             let _ = w.join();
         }
+        let stdout = r
+            .stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if let Some(h) = r.err_reader.take() {
+            let _ = h.join();
+        }
+        let stderr = std::mem::take(&mut *r.stderr.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(Output {
-            status: out.status,
-            stdout: out.stdout,
-            stderr: out.stderr,
+            status,
+            stdout,
+            stderr,
         })
     }
 
@@ -220,5 +471,76 @@ mod tests {
             err,
             "cairn-no-such-tool not found: apt-get install cairn-pkg"
         );
+    }
+
+    #[test]
+    fn a_program_past_its_time_limit_is_stopped_and_named() {
+        let t0 = Instant::now();
+        let err = Cmd::new("sleep")
+            .arg("30")
+            .timeout(Duration::from_millis(300))
+            .run()
+            .unwrap_err()
+            .to_string();
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        assert!(
+            err.contains("sleep 30 did not finish in 0.3s and was stopped"),
+            "{err}"
+        );
+        // Within the limit: the output, whole.
+        let out = Cmd::new("sh")
+            .args(["-c", "head -c 300000 /dev/zero; echo done >&2"])
+            .timeout(Duration::from_secs(20))
+            .run()
+            .unwrap();
+        assert_eq!(out.stdout.len(), 300000);
+        assert_eq!(out.stderr, b"done\n");
+    }
+
+    /// A spawned program dies with the handle; a tied one dies with the
+    /// thread that started it, even when that thread never drops it.
+    #[test]
+    fn started_programs_do_not_outlive_their_starter() {
+        let alive = |pid: u32| {
+            Path::new(&format!("/proc/{pid}")).exists() && {
+                // A zombie is gone for our purpose.
+                fs_err::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "))
+            }
+        };
+        let mut r = Cmd::new("sleep").arg("30").spawn().unwrap();
+        let pid = r.child.id();
+        assert!(r.try_wait().unwrap().is_none());
+        drop(r);
+        assert!(!alive(pid));
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = Cmd::new("sleep").arg("30").tied().spawn().unwrap();
+            tx.send(r.child.id()).unwrap();
+            std::mem::forget(r);
+        })
+        .join()
+        .unwrap();
+        let pid = rx.recv().unwrap();
+        let t0 = Instant::now();
+        while alive(pid) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !alive(pid),
+            "a tied child outlived the thread that started it: {:?}",
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        );
+
+        let mut e = Cmd::new("sh")
+            .args(["-c", "echo why >&2; exit 4"])
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while e.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(e.stderr(), "why\n");
     }
 }

@@ -157,7 +157,7 @@ impl Lock {
             .with_context(|| format!("opening lock {}", path.display()))?;
         match f.try_lock() {
             Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
+            Err(std::fs::TryLockError::WouldBlock) => {
                 let holder = fs::read_to_string(path).unwrap_or_default();
                 let holder = if holder.trim().is_empty() {
                     "?".to_string()
@@ -173,7 +173,7 @@ impl Lock {
                 f.lock()
                     .with_context(|| format!("locking {}", path.display()))?;
             }
-            Err(fs::TryLockError::Error(e)) => {
+            Err(std::fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }
         }
@@ -205,7 +205,7 @@ pub fn euid() -> Option<u32> {
 pub fn own_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     if fs::symlink_metadata(dir).is_err() {
-        fs::DirBuilder::new()
+        std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(dir)
@@ -356,7 +356,7 @@ mod tests {
         own_dir(&fresh).unwrap();
         let open = d.path().join("open");
         fs::create_dir(&open).unwrap();
-        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
         assert!(
             own_dir(&open)
                 .unwrap_err()

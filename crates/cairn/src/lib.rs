@@ -6,10 +6,10 @@
 //! `fsutil` (atomic files), `parallel`, `progress`.
 
 pub mod boot;
-pub mod build;
 pub mod cli;
 pub mod cmd;
 pub mod fsutil;
+pub mod host;
 pub mod image;
 pub mod live;
 pub mod mirror;
@@ -17,7 +17,9 @@ pub mod names;
 pub mod parallel;
 pub mod profile;
 pub mod progress;
+pub mod rootfs;
 pub mod trust;
+pub mod upgrade;
 pub mod vm;
 
 /// Seconds since the Unix epoch, now.

@@ -75,7 +75,7 @@ mod tests {
     /// answers, run by the shell the initramfs uses where it is installed.
     #[test]
     fn the_initramfs_rule_agrees() {
-        let script = include_str!("build/assets/live-verify.sh");
+        let script = include_str!("rootfs/assets/live-verify.sh");
         for shell in ["sh", "busybox"] {
             if crate::cmd::which(shell).is_none() {
                 continue;

@@ -140,6 +140,33 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Stage lines of a long command, each with the seconds since it started
+/// (`[  12.3s] packing …`) on stderr; nothing when quiet.
+pub struct Steps {
+    t0: Instant,
+    quiet: bool,
+}
+
+impl Steps {
+    pub fn start(quiet: bool) -> Steps {
+        Steps {
+            t0: Instant::now(),
+            quiet,
+        }
+    }
+
+    pub fn say(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("[{:>6.1}s] {msg}", self.seconds());
+        }
+    }
+
+    /// Seconds since the start.
+    pub fn seconds(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -57,13 +57,13 @@ pub fn update(vars: &mut Vec<(String, String)>, set: &[(&str, &str)]) {
 /// Writes `vars` to the block at `path`: in place when it exists (GRUB's
 /// save_env writes the blocks the file has), else a new file.
 pub fn save(path: &std::path::Path, vars: &[(String, String)]) -> Result<()> {
+    use fs_err::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let data = render(vars)?;
     // The block lives on a partition others can write: never through a
     // symlink, only a regular file of the block's size.
     let open = |create: bool| {
-        std::fs::OpenOptions::new()
+        fs_err::OpenOptions::new()
             .write(true)
             .create_new(create)
             .custom_flags(libc::O_NOFOLLOW)
@@ -103,24 +103,24 @@ mod tests {
     fn save_writes_only_a_real_block() {
         let d = tempfile::tempdir().unwrap();
         let victim = d.path().join("victim");
-        std::fs::write(&victim, vec![b'k'; SIZE]).unwrap();
+        fs_err::write(&victim, vec![b'k'; SIZE]).unwrap();
         let env = d.path().join("grubenv");
         std::os::unix::fs::symlink(&victim, &env).unwrap();
         let vars = vec![("cairn_good".to_string(), "x".to_string())];
         assert!(save(&env, &vars).is_err());
-        assert_eq!(std::fs::read(&victim).unwrap(), vec![b'k'; SIZE]);
-        std::fs::remove_file(&env).unwrap();
-        std::fs::write(&env, b"short").unwrap();
+        assert_eq!(fs_err::read(&victim).unwrap(), vec![b'k'; SIZE]);
+        fs_err::remove_file(&env).unwrap();
+        fs_err::write(&env, b"short").unwrap();
         assert!(
             save(&env, &vars)
                 .unwrap_err()
                 .to_string()
                 .contains("not a 1024-byte")
         );
-        std::fs::remove_file(&env).unwrap();
+        fs_err::remove_file(&env).unwrap();
         save(&env, &vars).unwrap();
         save(&env, &vars).unwrap();
-        assert_eq!(parse(&std::fs::read(&env).unwrap()).unwrap(), vars);
+        assert_eq!(parse(&fs_err::read(&env).unwrap()).unwrap(), vars);
     }
 
     #[test]

@@ -7,22 +7,15 @@
 //! guessing a root device from its own directory, which fails on disk images
 //! (measured: BOOT-FACTS.md).
 
-use std::fs;
+use fs_err as fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd::{Cmd, Tool, require};
+use crate::cmd::tool::{GRUB_MKIMAGE, SBSIGN};
+use crate::cmd::{Cmd, require};
 
-pub const GRUB_MKIMAGE: Tool = Tool {
-    program: "grub-mkimage",
-    package: "grub-common",
-};
-pub const SBSIGN: Tool = Tool {
-    program: "sbsign",
-    package: "sbsigntool",
-};
 pub const BIOS_DIR: &str = "/usr/lib/grub/i386-pc";
 pub const EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
 
@@ -345,7 +338,7 @@ pub fn build_images(
     }
     if let Some(sb) = shim {
         let cer = work.join("cairn-mok.cer");
-        fs::write(&cer, super::efivars::cert_der(&sb.cert)?)?;
+        fs::write(&cer, crate::trust::cert::der(&sb.cert)?)?;
         efi_files.push((PathBuf::from(SHIM), "BOOTX64.EFI"));
         efi_files.push((efi, "grubx64.efi"));
         efi_files.push((PathBuf::from(MOK_MANAGER), "mmx64.efi"));

@@ -3,7 +3,6 @@
 //! the environment block that counts boot attempts, and boot disks.
 
 pub mod disk;
-pub mod efivars;
 pub mod env;
 pub mod grub;
 pub mod menu;

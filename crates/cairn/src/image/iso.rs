@@ -1,25 +1,13 @@
 //! A hybrid ISO (BIOS and UEFI, CD or USB stick) made by grub-mkrescue, with
 //! live-boot's layout: `/live/vmlinuz`, `/live/initrd.img`, `/live/filesystem.squashfs`.
 
-use std::fs;
+use fs_err as fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::cmd::{Cmd, Tool, require};
-
-pub const GRUB_MKRESCUE: Tool = Tool {
-    program: "grub-mkrescue",
-    package: "grub-common",
-};
-pub const XORRISO: Tool = Tool {
-    program: "xorriso",
-    package: "xorriso",
-};
-pub const MFORMAT: Tool = Tool {
-    program: "mformat",
-    package: "mtools",
-};
+use crate::cmd::tool::{GRUB_MKRESCUE, MFORMAT, XORRISO};
+use crate::cmd::{Cmd, require};
 
 /// The GRUB platforms grub-mkrescue needs for a hybrid image.
 pub fn require_tools() -> Result<()> {

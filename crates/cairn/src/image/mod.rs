@@ -1,35 +1,41 @@
 //! Images in the store: `images/<profile>/<version>/` with kernel and initrd
-//! beside the squashfs (GRUB never looks inside it), a manifest, SHA256SUMS
-//! and SHA512SUMS, detached signatures; listing and verification.
+//! beside the squashfs layers (GRUB never looks inside them), a manifest,
+//! SHA256SUMS and SHA512SUMS, detached signatures; listing, resolving, diff
+//! and retention. Sealing (`seal`) and checking (`verify`) have rooms of
+//! their own.
 
 pub mod iso;
+pub mod seal;
 pub mod squashfs;
+pub mod verify;
 pub mod verity;
 
+use fs_err as fs;
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256, Sha512};
 
-use crate::parallel;
-use crate::trust::hash::hex;
-use crate::trust::keys::{SigningKey, sign_file, verify_file};
+pub use seal::{
+    boot_args, boot_cfg, boot_cfg_args, prepare_boot, refused_kernel_arg, seal, seal_sums,
+};
+pub use verify::{VerifyImage, verify, verify_with};
 
 pub const MANIFEST: &str = "manifest.json";
+
 pub const SQUASHFS: &str = "filesystem.squashfs";
+
 /// The image's own GRUB snippet: its title and kernel arguments (with the
 /// SHA-256 of every squashfs layer), signed; cairn's menu sources it.
 pub const BOOT_CFG: &str = "boot.cfg";
+
 /// SHA-256 of the files GRUB loads (kernel, initrd, boot.cfg), signed: GRUB
 /// checks them with `sha256sum -c` without touching the squashfs.
 pub const BOOT_SUMS: &str = "BOOTSUMS";
 
 /// Files GRUB opens under `check_signatures=enforce`: each gets a `.sig`.
-const GRUB_SIGNED: [&str; 6] = [
+pub(crate) const GRUB_SIGNED: [&str; 6] = [
     "SHA256SUMS",
     "SHA512SUMS",
     BOOT_SUMS,
@@ -89,209 +95,6 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let p = dir.join(MANIFEST);
     let data = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
     serde_json::from_slice(&data).with_context(|| format!("parsing {}", p.display()))
-}
-
-/// The kernel arguments of an image, `live-media-path` aside (the boot
-/// medium decides it): live-boot, the manifest's command line, the image's
-/// name, and each layer (lowest first) with the root hash of its dm-verity
-/// tree, which this writes beside it: the initramfs mounts exactly these
-/// layers, in this order, each through dm-verity (see
-/// `build::customize::live_verify`).
-pub fn boot_args(dir: &Path, m: &Manifest) -> Result<String> {
-    let mut args = vec!["boot=live".to_string()];
-    for a in &m.kernel_cmdline {
-        if let Some(why) = refused_kernel_arg(a) {
-            bail!("kernel argument {a:?}: {why}");
-        }
-        args.push(a.clone());
-    }
-    args.push(format!("cairn.image={}/{}", m.profile, m.version));
-    for l in &m.layers {
-        if !crate::names::is_safe(l) || !l.ends_with(".squashfs") {
-            bail!("layer {l:?}: not a squashfs with a plain name");
-        }
-    }
-    let roots = parallel::map(&m.layers, parallel::cpus(), |l| {
-        verity::format(&dir.join(l))
-    });
-    let mut specs = Vec::new();
-    for (l, h) in m.layers.iter().zip(roots) {
-        specs.push(format!("{l}:{}", h?));
-    }
-    args.push(format!("cairn.verity={}", specs.join(",")));
-    Ok(args.join(" "))
-}
-
-/// Why the initramfs would refuse a kernel argument of a profile (it takes
-/// layers or an overlay from elsewhere, or is cairn's own), if it would. The
-/// same list is in live-verify.sh (`cairn_parse`).
-pub fn refused_kernel_arg(a: &str) -> Option<&'static str> {
-    const TAKES_ANOTHER_ROOT: &[&str] = &[
-        "module=",
-        "toram=",
-        "todisk=",
-        "fetch=",
-        "httpfs=",
-        "ftpfs=",
-        "netboot=",
-        "nfsroot=",
-        "nfsopts=",
-        "nfsoverlay=",
-        "iscsi=",
-        "live-media=",
-        "bootfrom=",
-        "live-media-offset=",
-        "live-media-path=",
-        "fromiso=",
-        "isofrom=",
-        "findiso=",
-        "root=",
-        "persistence-",
-        "dm-verity-",
-    ];
-    if a.is_empty() || a.contains(char::is_whitespace) || a.contains('"') {
-        return Some("empty, or holds a space or a quote");
-    }
-    if a.starts_with("cairn.") && a != "cairn.poweroff" {
-        return Some("cairn.* arguments are cairn's own");
-    }
-    if [
-        "plainroot",
-        "exposedroot",
-        "skipunion",
-        "persistence",
-        "swap",
-    ]
-    .contains(&a)
-        || TAKES_ANOTHER_ROOT.iter().any(|p| a.starts_with(p))
-    {
-        return Some(
-            "the initramfs refuses it: a cairn image mounts only its signed layers from its boot partition",
-        );
-    }
-    // What would run something other than the image's own init, or open a
-    // shell, before or instead of it.
-    const OTHER_INIT: &[&str] = &[
-        "init=",
-        "rdinit=",
-        "break=",
-        "systemd.debug_shell",
-        "systemd.debug-shell",
-    ];
-    if a == "break" || OTHER_INIT.iter().any(|p| a.starts_with(p)) {
-        return Some(
-            "the initramfs refuses it: it would run something other than the image's init, or a shell",
-        );
-    }
-    // NAME=value the kernel hands to the initramfs as an environment
-    // variable, which live-boot reads as its own settings.
-    if let Some((k, _)) = a.split_once('=')
-        && !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return Some(
-            "the initramfs refuses it: an upper-case NAME= argument becomes an environment variable of the initramfs",
-        );
-    }
-    None
-}
-
-/// The image's signed GRUB snippet (`boot.cfg`).
-pub fn boot_cfg(m: &Manifest, args: &str) -> String {
-    format!(
-        "# cairn image {p} {v}: read by cairn's GRUB menu, signed (boot.cfg.sig)\n\
-         set cairn_title=\"{p} {v}\"\n\
-         set cairn_args=\"{args}\"\n",
-        p = m.profile,
-        v = m.version
-    )
-}
-
-/// The kernel arguments a `boot.cfg` sets (`cairn reboot --kexec` reads
-/// them as the menu does, by sourcing it).
-pub fn boot_cfg_args(cfg: &str) -> Option<String> {
-    cfg.lines()
-        .find_map(|l| l.strip_prefix("set cairn_args=\"")?.strip_suffix('"'))
-        .filter(|a| !a.is_empty())
-        .map(String::from)
-}
-
-/// Makes what GRUB and the initramfs check before an image boots: the
-/// layers' dm-verity trees, `boot.cfg` (kernel arguments with their root
-/// hashes) and `BOOTSUMS` from the manifest, and the detached signatures of
-/// kernel, initrd, boot.cfg and BOOTSUMS. Returns the kernel arguments.
-/// (An ISO made after this carries them all.)
-pub fn prepare_boot(dir: &Path, m: &Manifest, key: &SigningKey) -> Result<String> {
-    let args = boot_args(dir, m)?;
-    fs::write(dir.join(BOOT_CFG), boot_cfg(m, &args))?;
-    let mut sums = String::new();
-    for n in ["vmlinuz", "initrd.img", BOOT_CFG] {
-        let (_, h) = crate::trust::hash::sha256_file(&dir.join(n))?;
-        sums.push_str(&format!("{h}  {n}\n"));
-    }
-    fs::write(dir.join(BOOT_SUMS), sums)?;
-    for n in ["vmlinuz", "initrd.img", BOOT_CFG, BOOT_SUMS] {
-        sign_file(key, &dir.join(n))?;
-    }
-    Ok(args)
-}
-
-/// Seals an image: `prepare_boot` (when it has a kernel), then `seal_sums`.
-pub fn seal(dir: &Path, key: &SigningKey) -> Result<()> {
-    if dir.join("vmlinuz").exists() {
-        prepare_boot(dir, &read_manifest(dir)?, key)?;
-    }
-    seal_sums(dir, key)
-}
-
-/// SHA256SUMS and SHA512SUMS over every file of `dir` (coreutils format,
-/// `sha256sum -c` reads it), and detached signatures of what GRUB opens
-/// (under check_signatures=enforce it wants a .sig per file).
-pub fn seal_sums(dir: &Path, key: &SigningKey) -> Result<()> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with("SHA") && !n.ends_with(".sig"))
-        .collect();
-    names.sort();
-    let sums = parallel::map(&names, parallel::cpus(), |n| hash_both(&dir.join(n)));
-    let (mut s256, mut s512) = (String::new(), String::new());
-    for (n, r) in names.iter().zip(sums) {
-        let (a, b) = r?;
-        s256.push_str(&format!("{a}  {n}\n"));
-        s512.push_str(&format!("{b}  {n}\n"));
-    }
-    fs::write(dir.join("SHA256SUMS"), s256)?;
-    fs::write(dir.join("SHA512SUMS"), s512)?;
-    // ISO files too: cairn's menu verifies one before it goes on a disk.
-    let isos = names
-        .iter()
-        .filter(|n| n.ends_with(".iso"))
-        .map(String::as_str);
-    for n in ["SHA256SUMS", "SHA512SUMS"].into_iter().chain(isos) {
-        sign_file(key, &dir.join(n))?;
-    }
-    Ok(())
-}
-
-fn hash_both(p: &Path) -> Result<(String, String)> {
-    let mut f = fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    let (mut a, mut b) = (Sha256::new(), Sha512::new());
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", p.display()))?;
-        if n == 0 {
-            break;
-        }
-        a.update(&buf[..n]);
-        b.update(&buf[..n]);
-    }
-    Ok((hex(&a.finalize()), hex(&b.finalize())))
 }
 
 /// An image found in the store.
@@ -356,6 +159,11 @@ pub fn resolve(store: &Path, spec: &str) -> Result<PathBuf> {
     // A path only when written as one: a bare name is always the store's
     // (a `web/` in the directory root happens to run cairn from — /tmp,
     // say — must not be signed or upgraded as the store's `web`).
+    if spec.trim().is_empty() {
+        bail!(
+            "an empty image name names no image: give PROFILE, PROFILE/VERSION or a path (./DIR)"
+        );
+    }
     let p = Path::new(spec);
     if spec.starts_with('/') || spec.starts_with("./") || spec.starts_with("../") {
         if p.join(MANIFEST).is_file() {
@@ -377,114 +185,6 @@ pub fn resolve(store: &Path, spec: &str) -> Result<PathBuf> {
                 images_dir(store).display()
             )
         })
-}
-
-/// The outcome of `cairn image verify`.
-#[derive(Debug, Serialize)]
-pub struct VerifyImage {
-    pub path: PathBuf,
-    pub ok: bool,
-    pub signed_by: Option<String>,
-    pub checked: Vec<String>,
-    pub problems: Vec<String>,
-}
-
-/// Checks the signatures and every hash of an image against a public key.
-pub fn verify(dir: &Path, public_key: &Path) -> Result<VerifyImage> {
-    verify_with(dir, public_key, false)
-}
-
-/// As `verify`; with `iso_optional`, an ISO listed in the sums may be absent
-/// (boot disks carry images without their ISO).
-pub fn verify_with(dir: &Path, public_key: &Path, iso_optional: bool) -> Result<VerifyImage> {
-    let work = tempfile::Builder::new()
-        .prefix("cairn-verify-")
-        .tempdir()
-        .context("a private temporary directory")?;
-    let work = work.path();
-    let mut r = VerifyImage {
-        path: dir.to_path_buf(),
-        ok: false,
-        signed_by: None,
-        checked: Vec::new(),
-        problems: Vec::new(),
-    };
-    let mut lists = Vec::new();
-    for sums in ["SHA256SUMS", "SHA512SUMS"] {
-        match verify_file(public_key, &dir.join(sums), work) {
-            Ok(fpr) => {
-                r.signed_by = Some(fpr);
-                lists.push(sums);
-            }
-            Err(e) => r.problems.push(format!("{sums}: signature: {e:#}")),
-        }
-    }
-    for n in GRUB_SIGNED.iter().skip(2) {
-        if !dir.join(n).exists() && (*n == BOOT_CFG || *n == BOOT_SUMS) {
-            r.problems
-                .push(format!("{n}: missing (re-seal with `cairn image sign`)"));
-            continue;
-        }
-        if let Err(e) = verify_file(public_key, &dir.join(n), work) {
-            r.problems.push(format!("{n}: signature: {e:#}"));
-        }
-    }
-    let mut expected: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
-    for sums in &lists {
-        let text = fs::read_to_string(dir.join(sums))?;
-        for line in text.lines() {
-            let Some((h, n)) = line.split_once("  ") else {
-                r.problems.push(format!("{sums}: unreadable line {line:?}"));
-                continue;
-            };
-            if n.contains('/') {
-                r.problems
-                    .push(format!("{sums}: path {n:?} outside the image"));
-                continue;
-            }
-            let e = expected.entry(n.to_string()).or_default();
-            if *sums == "SHA256SUMS" {
-                e.0 = Some(h.into())
-            } else {
-                e.1 = Some(h.into())
-            }
-        }
-    }
-    if iso_optional {
-        expected.retain(|n, _| !n.ends_with(".iso") || dir.join(n).exists());
-    }
-    let names: Vec<String> = expected.keys().cloned().collect();
-    let hashes = parallel::map(&names, parallel::cpus(), |n| hash_both(&dir.join(n)));
-    for (n, h) in names.iter().zip(hashes) {
-        let (want256, want512) = &expected[n];
-        match h {
-            Err(e) => r.problems.push(format!("{n}: {e:#}")),
-            Ok((a, b)) => {
-                if want256.as_ref().is_some_and(|w| *w != a) {
-                    r.problems.push(format!(
-                        "{n}: SHA256 mismatch (expected {}, got {a})",
-                        want256.as_deref().unwrap_or("")
-                    ));
-                } else if want512.as_ref().is_some_and(|w| *w != b) {
-                    r.problems.push(format!("{n}: SHA512 mismatch"));
-                } else {
-                    r.checked.push(n.clone());
-                }
-            }
-        }
-    }
-    for e in fs::read_dir(dir)?.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if !expected.contains_key(&n) && !n.starts_with("SHA") && !n.ends_with(".sig") {
-            r.problems
-                .push(format!("{n}: not listed in the signed sums"));
-        }
-    }
-    if lists.is_empty() && r.problems.is_empty() {
-        bail!("nothing to verify in {}", dir.display());
-    }
-    r.ok = r.problems.is_empty();
-    Ok(r)
 }
 
 /// What changed between two images' package lists.
@@ -563,35 +263,30 @@ pub fn booted_image() -> Option<String> {
     })
 }
 
+/// A manifest for unit tests: version `v`, packages `pk` (name, version).
 #[cfg(test)]
-mod diff_tests {
+pub(crate) fn test_manifest(v: &str, pk: &[(&str, &str)]) -> Manifest {
+    let mut m: Manifest = serde_json::from_str(&format!(
+        r#"{{"schema-version":1,"profile":"p","profile-hash":"h","profile-commit":null,"version":"{v}","suite":"s","architecture":"amd64","host-type":"virtual","kernel":"k","kernel-cmdline":[],"compression":"zstd","level":null,"bootable":true,"parent":null,"layers":["filesystem.squashfs"],"packages":[],"files":{{}},"data":[],"built-at":0,"build-seconds":0.0,"signed-by":null,"cairn-version":"0"}}"#
+    ))
+    .unwrap();
+    m.packages = pk
+        .iter()
+        .map(|(n, v)| PackageVersion {
+            name: n.to_string(),
+            version: v.to_string(),
+            architecture: "amd64".into(),
+        })
+        .collect();
+    m
+}
+
+#[cfg(test)]
+mod tests {
     use super::*;
 
-    #[test]
-    fn boot_cfg_args_read_back() {
-        let m = m("20261126T000000Z", &[]);
-        let cfg = boot_cfg(&m, "boot=live module=p cairn.sha256=a:b");
-        assert_eq!(
-            boot_cfg_args(&cfg).as_deref(),
-            Some("boot=live module=p cairn.sha256=a:b")
-        );
-        assert_eq!(boot_cfg_args("set cairn_args=\"\"\n"), None);
-    }
-
     fn m(v: &str, pk: &[(&str, &str)]) -> Manifest {
-        let mut m: Manifest = serde_json::from_str(&format!(
-            r#"{{"schema-version":1,"profile":"p","profile-hash":"h","profile-commit":null,"version":"{v}","suite":"s","architecture":"amd64","host-type":"virtual","kernel":"k","kernel-cmdline":[],"compression":"zstd","level":null,"bootable":true,"parent":null,"layers":["filesystem.squashfs"],"packages":[],"files":{{}},"data":[],"built-at":0,"build-seconds":0.0,"signed-by":null,"cairn-version":"0"}}"#
-        ))
-        .unwrap();
-        m.packages = pk
-            .iter()
-            .map(|(n, v)| PackageVersion {
-                name: n.to_string(),
-                version: v.to_string(),
-                architecture: "amd64".into(),
-            })
-            .collect();
-        m
+        test_manifest(v, pk)
     }
 
     #[test]

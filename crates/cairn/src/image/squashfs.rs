@@ -4,17 +4,9 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::cmd::{Cmd, Tool, require};
+use crate::cmd::tool::{MKSQUASHFS, UNSQUASHFS};
+use crate::cmd::{Cmd, require};
 use crate::profile::Compression;
-
-pub const MKSQUASHFS: Tool = Tool {
-    program: "mksquashfs",
-    package: "squashfs-tools",
-};
-pub const UNSQUASHFS: Tool = Tool {
-    program: "unsquashfs",
-    package: "squashfs-tools",
-};
 
 /// mksquashfs arguments for a compressor and optional level.
 pub fn compressor_args(c: Compression, level: Option<u32>) -> Vec<String> {

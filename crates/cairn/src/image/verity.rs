@@ -8,17 +8,13 @@
 //! Reproducible: the salt is the layer's SHA-256 and the superblock's UUID is
 //! made from it, so the same layer always gets the same tree and root hash.
 
-use std::fs;
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd::{Cmd, Tool, require};
-
-pub const VERITYSETUP: Tool = Tool {
-    program: "veritysetup",
-    package: "cryptsetup-bin",
-};
+use crate::cmd::tool::VERITYSETUP;
+use crate::cmd::{Cmd, require};
 
 /// dm-verity's data and hash block size, and squashfs's padding.
 pub const BLOCK: u64 = 4096;

@@ -9,6 +9,8 @@ use anyhow::{Context, Result, bail};
 use cairn_debian::sources::{SourceEntry, parse_deb822_sources, parse_one_line_sources};
 use serde::{Deserialize, Serialize};
 
+use super::url::RepoUrl;
+
 /// The packages the default selection is the closure of: what a bootable
 /// cairn live image needs.
 pub const DEFAULT_PACKAGES: &[&str] = &[
@@ -25,7 +27,7 @@ pub const DEFAULT_PACKAGES: &[&str] = &[
 pub struct RepoSpec {
     /// Local name: the directory under `<store>/mirror/`.
     pub name: String,
-    pub url: String,
+    pub url: RepoUrl,
     pub suites: Vec<String>,
     pub components: Vec<String>,
     pub architectures: Vec<String>,
@@ -134,10 +136,103 @@ struct UnvalidatedRepo {
 
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// What `cairn mirror sync` was asked for, before any default applies.
+pub struct SyncRequest<'a> {
+    /// A mirror configuration file: its repositories and selection.
+    pub config: Option<&'a Path>,
+    /// Else one repository by URL; else the host's apt sources.
+    pub url: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub suites: &'a [String],
+    /// Empty: the default (main; the host's for its sources).
+    pub components: &'a [String],
+    pub architectures: &'a [String],
+    pub keyring: &'a [PathBuf],
+    /// Mirror what these profiles install (with `packages`), as a closure.
+    pub profiles: &'a [crate::profile::Profile],
+    pub packages: &'a [String],
+    pub priorities: &'a [String],
+    pub full: bool,
+    pub no_closure: bool,
+    pub recommends: bool,
+    pub all_versions: bool,
+}
+
+/// The repositories and selection a sync request means: a file, one URL,
+/// or the host's apt sources; the selection from profiles, packages,
+/// priorities or everything (`full`), else the default set. Checked.
+pub fn resolve(r: &SyncRequest) -> Result<MirrorConfig> {
+    let or = |given: &[String], default: Vec<String>| {
+        if given.is_empty() {
+            default
+        } else {
+            given.to_vec()
+        }
+    };
+    let mut cfg = if let Some(path) = r.config {
+        load_config(path)?
+    } else if let Some(url) = r.url {
+        let url = RepoUrl::parse(url).context("--url")?;
+        MirrorConfig {
+            repos: vec![RepoSpec {
+                name: r.name.map_or_else(|| name_from_url(&url), String::from),
+                url,
+                suites: r.suites.to_vec(),
+                components: or(r.components, vec!["main".into()]),
+                architectures: or(r.architectures, vec![crate::host::debian_arch().into()]),
+                keyring: r.keyring.to_vec(),
+                translations: vec!["en".into()],
+            }],
+            selection: Selection::default_packages(),
+        }
+    } else {
+        let mut repos = host_repos(Path::new("/")).context("reading the host's apt sources")?;
+        for repo in &mut repos {
+            repo.components = or(r.components, std::mem::take(&mut repo.components));
+            repo.architectures = or(r.architectures, std::mem::take(&mut repo.architectures));
+        }
+        MirrorConfig {
+            repos,
+            selection: Selection::default_packages(),
+        }
+    };
+    if !r.profiles.is_empty() {
+        let mut packages: Vec<String> = r.packages.to_vec();
+        for prof in r.profiles {
+            for pk in prof.all_packages(prof.resolved_host_type()) {
+                if !packages.contains(&pk) {
+                    packages.push(pk);
+                }
+            }
+        }
+        cfg.selection = Selection {
+            packages,
+            closure: true,
+            ..Default::default()
+        };
+    } else if r.full || !r.packages.is_empty() || !r.priorities.is_empty() {
+        cfg.selection = Selection {
+            full: r.full,
+            packages: r.packages.to_vec(),
+            priorities: r.priorities.to_vec(),
+            closure: true,
+            ..Default::default()
+        };
+    }
+    // The closure flags apply to whichever selection was chosen above.
+    if r.no_closure || r.full {
+        cfg.selection.closure = false;
+    }
+    cfg.selection.recommends |= r.recommends;
+    cfg.selection.all_versions |= r.all_versions;
+    validate_selection(&cfg.selection)?;
+    Ok(cfg)
+}
+
 /// Loads and validates a mirror config file.
 pub fn load_config(path: &Path) -> Result<MirrorConfig> {
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        fs_err::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_config(&text).with_context(|| format!("in {}", path.display()))
 }
 
@@ -154,10 +249,11 @@ pub fn parse_config(text: &str) -> Result<MirrorConfig> {
     }
     let mut repos = Vec::new();
     for (i, r) in raw.repository.into_iter().enumerate() {
-        let name = r.name.unwrap_or_else(|| name_from_url(&r.url));
+        let url = RepoUrl::parse(&r.url).with_context(|| format!("repository #{}", i + 1))?;
+        let name = r.name.unwrap_or_else(|| name_from_url(&url));
         let spec = RepoSpec {
             name,
-            url: r.url,
+            url,
             suites: r.suites,
             components: if r.components.is_empty() {
                 vec!["main".into()]
@@ -165,7 +261,7 @@ pub fn parse_config(text: &str) -> Result<MirrorConfig> {
                 r.components
             },
             architectures: if r.architectures.is_empty() {
-                vec![host_arch().into()]
+                vec![crate::host::debian_arch().into()]
             } else {
                 r.architectures
             },
@@ -205,15 +301,6 @@ pub fn validate_selection(s: &Selection) -> Result<()> {
 /// from (a config file, flags, the host's apt sources).
 pub fn validate_repo(r: &RepoSpec) -> Result<()> {
     crate::names::check("mirror name", &r.name)?;
-    if !(r.url.starts_with("http://")
-        || r.url.starts_with("https://")
-        || r.url.starts_with("file:/"))
-    {
-        bail!(
-            "url {:?}: only http://, https:// and file:// are supported",
-            r.url
-        );
-    }
     if r.suites.is_empty() {
         bail!("no suites");
     }
@@ -238,25 +325,12 @@ pub fn validate_repo(r: &RepoSpec) -> Result<()> {
     Ok(())
 }
 
-/// The Debian architecture of this machine.
-pub fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "i386",
-        "arm" => "armhf",
-        "powerpc64" => "ppc64el",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
-    }
-}
-
 /// `http://host/debian-security/` → `debian-security`.
-pub fn name_from_url(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+pub fn name_from_url(url: &RepoUrl) -> String {
+    let s = url.to_string();
+    let rest = s.split_once("://").map_or(s.as_str(), |(_, r)| r);
     let mut parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
-    if url.starts_with("file:") {
+    if !url.is_http() {
         return parts.pop().unwrap_or("local").to_string();
     }
     let host = parts.first().copied().unwrap_or("mirror");
@@ -275,8 +349,8 @@ pub fn host_repos(root: &Path) -> Result<Vec<RepoSpec>> {
     let mut entries: Vec<(PathBuf, SourceEntry)> = Vec::new();
     let list = etc.join("sources.list");
     if list.exists() {
-        let text = std::fs::read_to_string(&list)
-            .with_context(|| format!("reading {}", list.display()))?;
+        let text =
+            fs_err::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
         for e in
             parse_one_line_sources(&text).with_context(|| format!("parsing {}", list.display()))?
         {
@@ -285,7 +359,7 @@ pub fn host_repos(root: &Path) -> Result<Vec<RepoSpec>> {
     }
     let dir = etc.join("sources.list.d");
     if dir.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        let mut files: Vec<PathBuf> = fs_err::read_dir(&dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
@@ -296,7 +370,7 @@ pub fn host_repos(root: &Path) -> Result<Vec<RepoSpec>> {
                 continue;
             }
             let text =
-                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                fs_err::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
             let parsed = if ext == "sources" {
                 parse_deb822_sources(&text)
             } else {
@@ -313,7 +387,7 @@ pub fn host_repos(root: &Path) -> Result<Vec<RepoSpec>> {
         if legacy.exists() {
             v.push(legacy);
         }
-        if let Ok(rd) = std::fs::read_dir(etc.join("trusted.gpg.d")) {
+        if let Ok(rd) = fs_err::read_dir(etc.join("trusted.gpg.d")) {
             let mut ks: Vec<PathBuf> = rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("gpg" | "asc")))
@@ -323,7 +397,7 @@ pub fn host_repos(root: &Path) -> Result<Vec<RepoSpec>> {
         }
         v
     };
-    let mut by_url: BTreeMap<String, RepoSpec> = BTreeMap::new();
+    let mut by_url: BTreeMap<RepoUrl, RepoSpec> = BTreeMap::new();
     for (file, e) in entries {
         if !e.enabled || !e.types.iter().any(|t| t == "deb") {
             continue;
@@ -344,14 +418,15 @@ pub fn host_repos(root: &Path) -> Result<Vec<RepoSpec>> {
             None => default_keyrings(),
         };
         for uri in &e.uris {
-            let url = uri.trim_end_matches('/').to_string();
+            let url =
+                RepoUrl::parse(uri).with_context(|| format!("{}:{}", file.display(), e.line))?;
             let spec = by_url.entry(url.clone()).or_insert_with(|| RepoSpec {
                 name: name_from_url(&url),
                 url: url.clone(),
                 suites: Vec::new(),
                 components: Vec::new(),
                 architectures: if e.architectures.is_empty() {
-                    vec![host_arch().into()]
+                    vec![crate::host::debian_arch().into()]
                 } else {
                     e.architectures.clone()
                 },
@@ -394,13 +469,22 @@ mod tests {
 
     #[test]
     fn names_from_urls() {
-        assert_eq!(name_from_url("http://m.invalid/debian"), "debian");
         assert_eq!(
-            name_from_url("http://m.invalid/debian-security/"),
+            name_from_url(&RepoUrl::parse("http://m.invalid/debian").unwrap()),
+            "debian"
+        );
+        assert_eq!(
+            name_from_url(&RepoUrl::parse("http://m.invalid/debian-security/").unwrap()),
             "debian-security"
         );
-        assert_eq!(name_from_url("http://127.0.0.1:8080"), "127.0.0.1:8080");
-        assert_eq!(name_from_url("file:///srv/repo"), "repo");
+        assert_eq!(
+            name_from_url(&RepoUrl::parse("http://127.0.0.1:8080").unwrap()),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(
+            name_from_url(&RepoUrl::parse("file:///srv/repo").unwrap()),
+            "repo"
+        );
     }
 
     #[test]
@@ -428,20 +512,20 @@ mod tests {
     fn host_sources_grouped_by_url() {
         let d = tempfile::tempdir().unwrap();
         let etc = d.path().join("etc/apt/sources.list.d");
-        std::fs::create_dir_all(&etc).unwrap();
-        std::fs::write(
+        fs_err::create_dir_all(&etc).unwrap();
+        fs_err::write(
             etc.join("debian.sources"),
             "Types: deb\nURIs: http://m.invalid/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /k.gpg\n\n\
 Types: deb\nURIs: http://m.invalid/debian-security\nSuites: bookworm-security\nComponents: main\nSigned-By: /k.gpg\n\n\
 Types: deb-src\nURIs: http://m.invalid/debian\nSuites: bookworm\nComponents: main\n",
         )
         .unwrap();
-        std::fs::write(
+        fs_err::write(
             d.path().join("etc/apt/sources.list"),
             "deb [signed-by=/k2.gpg] http://m.invalid/debian/ bookworm contrib\n",
         )
         .unwrap();
-        std::fs::write(etc.join("off.list.disabled"), "garbage\n").unwrap();
+        fs_err::write(etc.join("off.list.disabled"), "garbage\n").unwrap();
         let repos = host_repos(d.path()).unwrap();
         assert_eq!(repos.len(), 2);
         assert_eq!(repos[0].name, "debian");

@@ -2,6 +2,7 @@
 //! or local `file://` trees) and a download that verifies size and SHA-256
 //! while it streams, resumes partial files and retries with backoff.
 
+use super::url::RepoUrl;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -184,16 +185,11 @@ impl Transport for FileTransport {
 }
 
 /// The transport for a repository URL.
-pub fn transport_for(url: &str, connections: usize) -> anyhow::Result<Arc<dyn Transport>> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(Arc::new(HttpTransport::new(connections)))
-    } else if url.starts_with("file:/") {
-        Ok(Arc::new(FileTransport))
-    } else {
-        anyhow::bail!(
-            "unsupported URL scheme in {url:?}: cairn mirrors http://, https:// and file:// sources"
-        )
-    }
+pub fn transport_for(url: &RepoUrl, connections: usize) -> anyhow::Result<Arc<dyn Transport>> {
+    Ok(match url {
+        RepoUrl::Http(_) => Arc::new(HttpTransport::new(connections)),
+        RepoUrl::File(_) => Arc::new(FileTransport),
+    })
 }
 
 /// What a file must be.
@@ -208,6 +204,36 @@ pub struct Expect {
 pub struct RetryPolicy {
     pub attempts: u32,
     pub first_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Runs `once` until it succeeds, fails for good (not retryable, or
+    /// `again` says no: it sees every failure first), or the attempts run
+    /// out, waiting between attempts with a doubling backoff of at most
+    /// 5 s. Returns the value and the attempts it took.
+    pub fn run<T>(
+        &self,
+        url: &str,
+        mut once: impl FnMut() -> Result<T, FetchError>,
+        mut again: impl FnMut(&FetchError) -> bool,
+    ) -> Result<(T, u32), FetchError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match once() {
+                Ok(v) => return Ok((v, attempt)),
+                Err(e) => {
+                    if !again(&e) || !e.retryable() || attempt >= self.attempts {
+                        return Err(e);
+                    }
+                    let backoff = (self.first_backoff * 2u32.pow(attempt.min(5) - 1))
+                        .min(Duration::from_secs(5));
+                    tracing::debug!("retrying {url} in {backoff:?}: {e}");
+                    std::thread::sleep(backoff);
+                }
+            }
+        }
+    }
 }
 
 impl Default for RetryPolicy {
@@ -247,32 +273,22 @@ pub fn fetch_verified(
     let started = std::time::Instant::now();
     let mut received = 0u64;
     let mut mismatches = 0;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match fetch_once(t, url, partial, expect, counter, &mut received) {
-            Ok(()) => break,
-            Err(e) => {
-                if matches!(
-                    e,
-                    FetchError::HashMismatch { .. } | FetchError::SizeMismatch { .. }
-                ) {
-                    let _ = fs::remove_file(partial);
-                    mismatches += 1;
-                    // Wrong bytes twice from scratch: the source is wrong, not the line.
-                    if mismatches >= 2 {
-                        return Err(e);
-                    }
-                }
-                if !e.retryable() || attempt >= retry.attempts {
-                    return Err(e);
-                }
-                let backoff = retry.first_backoff * 2u32.pow(attempt.min(5) - 1);
-                tracing::debug!("retrying {url} in {backoff:?}: {e}");
-                std::thread::sleep(backoff.min(Duration::from_secs(5)));
+    let ((), attempts) = retry.run(
+        url,
+        || fetch_once(t, url, partial, expect, counter, &mut received),
+        |e| {
+            if matches!(
+                e,
+                FetchError::HashMismatch { .. } | FetchError::SizeMismatch { .. }
+            ) {
+                let _ = fs::remove_file(partial);
+                mismatches += 1;
+                // Wrong bytes twice from scratch: the source is wrong, not the line.
+                return mismatches < 2;
             }
-        }
-    }
+            true
+        },
+    )?;
     let local = |e: std::io::Error, p: &Path| FetchError::Local {
         path: p.display().to_string(),
         msg: e.to_string(),
@@ -282,7 +298,7 @@ pub fn fetch_verified(
     }
     fs::rename(partial, dest).map_err(|e| local(e, dest))?;
     tracing::debug!(
-        "fetched {url}: {received} bytes in {:.2}s, {attempt} attempt(s)",
+        "fetched {url}: {received} bytes in {:.2}s, {attempts} attempt(s)",
         started.elapsed().as_secs_f64()
     );
     Ok(received)
@@ -393,10 +409,8 @@ pub fn fetch_small(
     limit: u64,
     retry: &RetryPolicy,
 ) -> Result<Vec<u8>, FetchError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let r = t.get(url, 0).and_then(|body| {
+    let once = || {
+        t.get(url, 0).and_then(|body| {
             let mut data = Vec::new();
             body.reader
                 .take(limit + 1)
@@ -413,24 +427,17 @@ pub fn fetch_small(
                 });
             }
             Ok(data)
-        });
-        match r {
-            Ok(d) => return Ok(d),
-            Err(e)
-                if e.retryable()
-                    && attempt < retry.attempts
-                    && !matches!(e, FetchError::SizeMismatch { .. }) =>
-            {
-                std::thread::sleep(retry.first_backoff * 2u32.pow(attempt.min(5) - 1));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+        })
+    };
+    // Larger than the limit is what the server serves, not a bad line.
+    retry
+        .run(url, once, |e| !matches!(e, FetchError::SizeMismatch { .. }))
+        .map(|(d, _)| d)
 }
 
 /// Joins a repository URL and a relative path.
-pub fn join_url(base: &str, rel: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), rel)
+pub fn join_url(base: &RepoUrl, rel: &str) -> String {
+    base.join(rel)
 }
 
 /// Path of the partial download for a file with this hash.

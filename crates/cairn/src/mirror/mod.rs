@@ -7,4 +7,5 @@ pub mod fetch;
 pub mod release;
 pub mod state;
 pub mod sync;
+pub mod url;
 pub mod verify;

@@ -67,7 +67,7 @@ const RELEASE_LIMIT: u64 = 64 << 20;
 /// verifier output.
 pub fn fetch_release(
     t: &dyn Transport,
-    url: &str,
+    url: &super::url::RepoUrl,
     suite: &str,
     keyring: &Keyring,
     tmp: &Path,
@@ -116,6 +116,39 @@ pub fn fetch_release(
         files,
         sha256: sha256_hex(&all),
     })
+}
+
+/// The Release of a published suite directory, from verified bytes only —
+/// the one reader of a published Release (sync's replay check and by-hash
+/// links, verify): InRelease as apt prefers it, else Release + Release.gpg,
+/// each checked against the keyring now. `None` when the directory holds
+/// neither; an error when what it holds does not verify.
+pub fn read_published(
+    dir: &Path,
+    keyring: &Keyring,
+    tmp: &Path,
+) -> Result<Option<(Release, Vec<String>)>> {
+    let shown = |n: &str| dir.join(n).display().to_string();
+    let v = match fs_err::read(dir.join("InRelease")) {
+        Ok(data) => verify_cleartext(&data, keyring, tmp)
+            .with_context(|| format!("verifying {}", shown("InRelease")))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let data = match fs_err::read(dir.join("Release")) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", shown("Release"))),
+            };
+            let sig = fs_err::read(dir.join("Release.gpg"))
+                .with_context(|| format!("reading {}", shown("Release.gpg")))?;
+            verify_detached(&data, &sig, keyring, tmp)
+                .with_context(|| format!("verifying {}", shown("Release")))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", shown("InRelease"))),
+    };
+    let text = String::from_utf8(v.text).context("signed text is not UTF-8")?;
+    let rel = Release::parse(&text)
+        .with_context(|| format!("parsing the Release in {}", dir.display()))?;
+    Ok(Some((rel, v.signers)))
 }
 
 /// apt's date and identity rules. `published` is the Date of the Release

@@ -9,8 +9,8 @@
 //!     lock  state.json  partial/<sha256>  tmp/
 //! ```
 
+use fs_err as fs;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -130,7 +130,7 @@ impl MirrorState {
 }
 
 /// Modification time of a file in nanoseconds, for the "already verified" check.
-pub fn mtime_ns(meta: &fs::Metadata) -> i128 {
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
     use std::os::unix::fs::MetadataExt;
     meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
 }
@@ -165,4 +165,41 @@ pub fn apt_source_lines(
             )
         })
         .collect()
+}
+
+/// Names of the mirrors in a store that cairn manages.
+pub fn list_mirrors(store: &Path) -> Result<Vec<String>> {
+    let dir = store.join("mirror");
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(name) = n.strip_prefix('.').and_then(|n| n.strip_suffix(".work"))
+                && e.path().join("state.json").exists()
+            {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Calls `f` with every file below `dir` (none when `dir` does not exist).
+pub fn walk_files(dir: &Path, f: &mut dyn FnMut(&Path)) -> Result<()> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for e in rd {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            walk_files(&e.path(), f)?;
+        } else {
+            f(&e.path());
+        }
+    }
+    Ok(())
 }

@@ -2,8 +2,8 @@
 //! dates, every index, every pool file (in parallel on all cores) — reports
 //! what is missing, corrupt or unexpected, and with `--repair` refetches it.
 
+use fs_err as fs;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,12 +15,13 @@ use serde::Serialize;
 use super::fetch::{
     Counter, Expect, FetchError, RetryPolicy, fetch_verified, join_url, partial_path, transport_for,
 };
+use super::state::walk_files;
 use super::state::{MirrorPaths, MirrorState, lock_mirror, mtime_ns};
-use super::sync::{decompress_verified, walk_files};
+use super::sync::decompress_verified;
 use crate::parallel;
 use crate::progress::{Mode, Progress};
 use crate::trust::hash::sha256_file;
-use crate::trust::openpgp::{Keyring, verify_cleartext, verify_detached};
+use crate::trust::openpgp::Keyring;
 
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
@@ -67,24 +68,6 @@ pub struct VerifyReport {
     pub pending: usize,
     /// What `--repair` fixed.
     pub repaired: Vec<String>,
-}
-
-/// Names of the mirrors in a store that cairn manages.
-pub fn list_mirrors(store: &Path) -> Result<Vec<String>> {
-    let dir = store.join("mirror");
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(&dir) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(name) = n.strip_prefix('.').and_then(|n| n.strip_suffix(".work"))
-                && e.path().join("state.json").exists()
-            {
-                out.push(name.to_string());
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 pub fn verify(name: &str, opts: &VerifyOptions) -> Result<VerifyReport> {
@@ -337,16 +320,8 @@ fn read_verified_release(
     keyring: &Keyring,
     tmp: &Path,
 ) -> Result<(Release, Vec<String>)> {
-    let v = if let Ok(data) = fs::read(dir.join("InRelease")) {
-        verify_cleartext(&data, keyring, tmp)?
-    } else {
-        let data =
-            fs::read(dir.join("Release")).context("neither InRelease nor Release is present")?;
-        let sig = fs::read(dir.join("Release.gpg")).context("Release.gpg is missing")?;
-        verify_detached(&data, &sig, keyring, tmp)?
-    };
-    let text = String::from_utf8(v.text).context("signed text is not UTF-8")?;
-    Ok((Release::parse(&text)?, v.signers))
+    super::release::read_published(dir, keyring, tmp)?
+        .context("neither InRelease nor Release is present")
 }
 
 /// A file to put back: where it goes, what it must be, where to get it.

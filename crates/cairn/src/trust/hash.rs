@@ -1,7 +1,7 @@
 //! SHA-256 (CPU-accelerated by sha2 where the CPU has SHA instructions) and
 //! hex helpers.
 
-use std::fs::File;
+use fs_err::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -22,10 +22,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-/// Size and SHA-256 of a file, read in large blocks.
-pub fn sha256_file(path: &Path) -> Result<(u64, String)> {
+/// Feeds the bytes of the file at `path` to `each`, in large blocks;
+/// returns how many there were.
+pub fn for_each_block(path: &Path, mut each: impl FnMut(&[u8])) -> Result<u64> {
     let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {
@@ -33,11 +33,17 @@ pub fn sha256_file(path: &Path) -> Result<(u64, String)> {
             .read(&mut buf)
             .with_context(|| format!("reading {}", path.display()))?;
         if r == 0 {
-            break;
+            return Ok(n);
         }
         n += r as u64;
-        h.update(&buf[..r]);
+        each(&buf[..r]);
     }
+}
+
+/// Size and SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> Result<(u64, String)> {
+    let mut h = Sha256::new();
+    let n = for_each_block(path, |b| h.update(b))?;
     Ok((n, hex(&h.finalize())))
 }
 
@@ -53,7 +59,7 @@ mod tests {
         );
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
-        std::fs::write(&p, b"abc").unwrap();
+        fs_err::write(&p, b"abc").unwrap();
         assert_eq!(sha256_file(&p).unwrap(), (3, sha256_hex(b"abc")));
     }
 }

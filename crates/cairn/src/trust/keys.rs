@@ -4,14 +4,15 @@
 //! measured with a real GRUB). Generated into the store, or an existing key
 //! of the user's GnuPG.
 
-use std::fs;
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::openpgp::{Keyring, verify_detached};
-use crate::cmd::{Cmd, GPG, require};
+use crate::cmd::tool::GPG;
+use crate::cmd::{Cmd, require};
 use crate::fsutil::write_atomic;
 
 /// Which key signs images, recorded in `<store>/keys/signing.json`.
@@ -58,7 +59,7 @@ fn short_home(home: &Path) -> PathBuf {
         use std::os::unix::fs::DirBuilderExt;
         let real = home.canonicalize()?;
         let dir = Path::new("/run/cairn/gnupg");
-        fs::DirBuilder::new()
+        std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
@@ -283,6 +284,6 @@ pub fn verify_file(public_key: &Path, file: &Path, work: &Path) -> Result<String
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+    fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {mode:o} {}", p.display()))
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::cmd::{Cmd, GPG, GPGV, require};
+use crate::cmd::tool::{GPG, GPGV};
+use crate::cmd::{Cmd, require};
 
 /// Why a signature was refused. Callers match on the kind.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,7 +46,7 @@ impl Keyring {
         let mut out = Vec::new();
         for (i, f) in self.files.iter().enumerate() {
             let data =
-                std::fs::read(f).with_context(|| format!("reading keyring {}", f.display()))?;
+                fs_err::read(f).with_context(|| format!("reading keyring {}", f.display()))?;
             if data.starts_with(b"-----BEGIN PGP") {
                 require(&[&GPG])?;
                 let bin = Cmd::new(GPG.program)
@@ -83,7 +84,7 @@ pub fn verify_cleartext(data: &[u8], keyring: &Keyring, work: &Path) -> Result<V
         &[&PathBuf::from("--output"), &output, &input],
     )?;
     let signers = apply_policy(&status)?;
-    let text = std::fs::read(&output)
+    let text = fs_err::read(&output)
         .with_context(|| format!("reading gpgv output {}", output.display()))?;
     Ok(Verified { text, signers })
 }
@@ -110,7 +111,7 @@ pub fn verify_detached(
 /// made exclusively, removed on drop): no other user's file or symlink can
 /// be in the way of what gpgv reads and writes.
 fn private_dir(work: &Path) -> Result<tempfile::TempDir> {
-    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    fs_err::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     tempfile::Builder::new()
         .prefix(".gpgv-")
         .tempdir_in(work)
@@ -121,7 +122,7 @@ fn private_dir(work: &Path) -> Result<tempfile::TempDir> {
 fn write_new(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf> {
     use std::io::Write;
     let p = dir.join(name);
-    std::fs::OpenOptions::new()
+    fs_err::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&p)
@@ -165,7 +166,12 @@ fn run_gpgv(keyring: &Keyring, work: &Path, args: &[&PathBuf]) -> Result<String>
     }
     // gpgv's exit code mixes policies (an unknown second key makes it fail);
     // apt ignores it and judges the status lines, and so do we.
-    let cmd = cmd.args(args).env("LC_ALL", "C");
+    let cmd = cmd
+        .args(args)
+        .env("LC_ALL", "C")
+        .timeout(std::time::Duration::from_secs(300));
+    // A signature check is quick; one that hangs is stopped, and that is
+    // a refusal like any other failure.
     let out = cmd.output_any_status()?;
     let status = String::from_utf8_lossy(&out.stdout).into_owned();
     if !status.contains("[GNUPG:]") {

@@ -126,7 +126,8 @@ impl Partition {
 }
 
 fn tools() -> bool {
-    !need_tools(&["grub-emu", "gpg", "gpgv", "mkfs.ext4", "veritysetup"])
+    !crate::support::need_amd64("grub-emu with cairn's x86 module set")
+        && !need_tools(&["grub-emu", "gpg", "gpgv", "mkfs.ext4", "veritysetup"])
 }
 
 /// The untouched partition boots its default image with the arguments the

@@ -341,7 +341,7 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
     let check = |img: &Path, k: &Path| {
         let work = d.path().join("work");
         let _ = fs::remove_dir_all(&work);
-        cairn::live::check_boot_files(img, k, &work).map_err(|e| format!("{e:#}"))
+        cairn::image::verify::check_boot_files(img, k, &work).map_err(|e| format!("{e:#}"))
     };
 
     let good = make("good");
@@ -534,4 +534,25 @@ fn a_bare_name_is_the_stores_image_never_a_directory_here() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A store path that is not UTF-8 is refused with the reason, not a panic.
+#[test]
+fn a_store_path_that_is_not_utf8_is_refused_with_the_reason() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join(std::ffi::OsStr::from_bytes(b"st\xffore"));
+    for args in [
+        &["image", "list"][..],
+        &["key", "show"][..],
+        &["upgrade", "default"][..],
+    ] {
+        let out = cairn(&store, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("is not UTF-8") && err.contains("--store"),
+            "{err}"
+        );
+    }
 }

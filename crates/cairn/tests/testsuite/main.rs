@@ -4,6 +4,7 @@
 
 mod boot;
 mod build;
+mod cli;
 mod grub;
 mod image;
 mod mirror;

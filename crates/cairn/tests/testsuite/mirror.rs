@@ -413,6 +413,75 @@ fn pool_paths_outside_pool_are_refused() {
     }
 }
 
+/// The published Release is read from verified bytes only: an InRelease
+/// changed behind cairn's back (listing a file someone planted in the
+/// published tree) lends no by-hash link to the next generation.
+#[test]
+fn a_published_release_changed_behind_cairns_back_is_not_trusted() {
+    let Some(mut f) = Fixture::new(vec![deb("good", "1")]) else {
+        return;
+    };
+    ok(f.sync(&["--full"]));
+    let (dists, _) = f.published();
+    let suite = f.mirror().join(&dists).join("stable");
+    let planted = b"planted by someone without the archive key\n";
+    let hash = sha256(planted);
+    fs::write(suite.join("main/planted"), planted).unwrap();
+    let inrelease = fs::read_to_string(suite.join("InRelease")).unwrap();
+    let doctored = inrelease.replacen(
+        "SHA256:\n",
+        &format!("SHA256:\n {hash} {:>8} main/planted\n", planted.len()),
+        1,
+    );
+    assert_ne!(doctored, inrelease);
+    fs::write(suite.join("InRelease"), doctored).unwrap();
+    // The archive moves on: a new generation is published.
+    f.rebuild(|r| r.debs.push(deb("more", "1")));
+    ok(f.sync(&["--full"]));
+    let (dists, _) = f.published();
+    let linked = f
+        .mirror()
+        .join(dists)
+        .join("stable/main/by-hash/SHA256")
+        .join(&hash);
+    assert!(
+        !linked.exists(),
+        "an unverified Release lent a by-hash link"
+    );
+}
+
+/// A local repository by a `file:` URL, in each of its spellings, mirrors
+/// the same (`file:/path` was accepted, then read as a 404).
+#[test]
+fn file_urls_in_every_spelling_mirror_a_local_tree() {
+    let Some(f) = Fixture::new(vec![deb("good", "1")]) else {
+        return;
+    };
+    let root = f.repo.root.display().to_string();
+    for (i, url) in [
+        format!("file:{root}"),
+        format!("file://{root}"),
+        format!("file://localhost{root}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let store = f.store.with_file_name(format!("store-file-{i}"));
+        let mut a = f.args(&["--full"]);
+        let at = a.iter().position(|x| x == "--url").unwrap();
+        a[at + 1] = url.clone();
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        ok(cairn(&store, &refs));
+        assert!(
+            store
+                .join("mirror/test")
+                .join(deb("good", "1").pool_path())
+                .is_file(),
+            "{url}"
+        );
+    }
+}
+
 /// Names given on the command line and paths a signed Release lists reach
 /// the store only when they stay inside it.
 #[test]

@@ -354,3 +354,39 @@ fn prune_keeps_the_newest_and_deltas_still_verify() {
     )));
     assert_eq!(v["ok"], true, "{v}");
 }
+
+/// An upgrade is built from the profile as it is now: a changed
+/// `kernel-cmdline` and compression reach the new image (its manifest and
+/// its signed boot arguments), not the parent's.
+#[test]
+fn an_upgrade_takes_the_profiles_kernel_arguments_and_compression() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let w = f.work("an_upgrade_takes_the_profiles_kernel_arguments_and_compression");
+    let store = f.store_copy(w.path());
+    let p = f.webtest.with_file_name("webtest3.toml");
+    fs::write(
+        &p,
+        "schema-version = 1\nname = \"webtest\"\nextends = \"webtest.toml\"\nkernel-cmdline = [\"loglevel=4\"]\n\
+[image]\ncompression = \"gzip\"\n",
+    )
+    .unwrap();
+    let r = json(ok(cairn(
+        &store,
+        &["upgrade", p.to_str().unwrap(), "--json"],
+    )));
+    let img = PathBuf::from(r["path"].as_str().unwrap());
+    let m = fixture::manifest(&img);
+    assert!(
+        m["kernel-cmdline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "loglevel=4"),
+        "{m}"
+    );
+    assert_eq!(m["compression"], "gzip", "{m}");
+    let cfg = fs::read_to_string(img.join("boot.cfg")).unwrap();
+    assert!(cfg.contains(" loglevel=4 "), "{cfg}");
+}

@@ -84,6 +84,9 @@ fn root() -> PathBuf {
 /// Whether this machine can run the build and VM tier; says why not (a
 /// failure under CI=true).
 pub fn runnable() -> bool {
+    if crate::support::need_amd64("the build-and-boot tier (amd64 images in x86 VMs)") {
+        return false;
+    }
     if !is_root() {
         skip("needs root (mmdebstrap, mksquashfs of a root tree, loop mounts)");
         return false;
@@ -212,7 +215,7 @@ fn make() -> Fixture {
     let _heavy = crate::support::heavy();
     let root = root();
     if root.exists() {
-        cairn::build::unmount_below(&root).expect("a previous run left mounts below vm-tier");
+        cairn::rootfs::unmount_below(&root).expect("a previous run left mounts below vm-tier");
         fs::remove_dir_all(&root).expect("removing the previous run's vm-tier");
     }
     fs::create_dir_all(&root).unwrap();
@@ -260,7 +263,7 @@ impl Fixture {
     pub fn work(&self, name: &str) -> Work {
         let d = self.root.join("work").join(name);
         if d.exists() {
-            cairn::build::unmount_below(&d).unwrap();
+            cairn::rootfs::unmount_below(&d).unwrap();
             fs::remove_dir_all(&d).unwrap();
         }
         fs::create_dir_all(&d).unwrap();
@@ -321,7 +324,7 @@ impl Work {
 
 impl Drop for Work {
     fn drop(&mut self) {
-        if !std::thread::panicking() && cairn::build::unmount_below(&self.0).is_ok() {
+        if !std::thread::panicking() && cairn::rootfs::unmount_below(&self.0).is_ok() {
             let _ = fs::remove_dir_all(&self.0);
         }
     }

@@ -31,6 +31,19 @@ pub fn have(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Skips unless this host is amd64: `what` assumes it (x86 GRUB platforms,
+/// qemu-system-x86_64, OVMF, amd64 kernels in the images).
+pub fn need_amd64(what: &str) -> bool {
+    if std::env::consts::ARCH == "x86_64" {
+        false
+    } else {
+        skip(&format!(
+            "{what} assumes an amd64 host; this one is {}",
+            std::env::consts::ARCH
+        ))
+    }
+}
+
 /// Skips unless every program is installed.
 pub fn need_tools(programs: &[&str]) -> bool {
     let missing: Vec<&str> = programs.iter().copied().filter(|p| !have(p)).collect();

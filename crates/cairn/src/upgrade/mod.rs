@@ -8,23 +8,24 @@
 //! (*full*, flattened). Chains are flattened automatically past a depth or
 //! when their deltas outgrow a share of the base.
 
-use std::fs;
+use fs_err as fs;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::customize::{self, inside};
-use super::debootstrap::{ChrootMounts, apt, apt_sources, chroot, mount_at};
-use super::{
-    WorkDir, find_kernel, host_name, installed_packages, lock_profile, mirror_sources,
-    next_version, preflight_mirror, seal_and_publish,
-};
+use crate::cmd::tool::MKSQUASHFS;
 use crate::cmd::{Cmd, require};
 use crate::image::{self, Manifest, SQUASHFS, squashfs};
 use crate::parallel;
 use crate::profile::{HostType, Profile};
+use crate::rootfs::customize::{self, inside};
+use crate::rootfs::debootstrap::{ChrootMounts, apt, apt_sources, chroot, mount_at};
+use crate::rootfs::{
+    WorkDir, find_kernel, host_name, installed_packages, lock_profile, mirror_sources,
+    next_version, preflight_mirror, seal_and_publish,
+};
 use crate::trust::keys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -83,21 +84,30 @@ fn simulated_upgrades(out: &str) -> Vec<String> {
         .collect()
 }
 
+/// A path for an overlayfs mount option: its bytes, unless they hold one of
+/// the option separators (`,` `:` `\\`), which overlayfs would split on.
+fn overlay_path(p: &Path) -> Result<&OsStr> {
+    use std::os::unix::ffi::OsStrExt;
+    if p.as_os_str().as_bytes().iter().any(|b| b",:\\".contains(b)) {
+        bail!(
+            "{}: a work path with `,`, `:` or `\\` cannot be an overlayfs layer; choose another --store",
+            p.display()
+        );
+    }
+    Ok(p.as_os_str())
+}
+
 pub fn upgrade(
     profile: &Profile,
     profile_arg: &str,
     opts: &UpgradeOptions,
 ) -> Result<UpgradeReport> {
-    let t0 = Instant::now();
-    let say = |m: &str| {
-        if !opts.quiet {
-            eprintln!("[{:>6.1}s] {m}", t0.elapsed().as_secs_f64());
-        }
-    };
+    let steps = crate::progress::Steps::start(opts.quiet);
+    let say = |m: &str| steps.say(m);
     if !crate::fsutil::is_root() {
         bail!("cairn upgrade needs root (loop and overlay mounts, apt in a chroot)");
     }
-    require(&[&squashfs::MKSQUASHFS])?;
+    require(&[&MKSQUASHFS])?;
     let key = keys::load(&opts.store)?;
     let parent_dir = image::resolve(&opts.store, &profile.name).with_context(|| {
         format!(
@@ -130,7 +140,7 @@ pub fn upgrade(
     let started = crate::unix_now();
     let version = next_version(&pdir, started, Some(&parent.version));
     let work = WorkDir(pdir.join(format!(".upgrade-{version}")));
-    let _ = super::unmount_below(&work.0);
+    let _ = crate::rootfs::unmount_below(&work.0);
     let _ = fs::remove_dir_all(&work.0);
     fs::create_dir_all(&work.0)?;
     let root = work.0.join("root");
@@ -144,36 +154,40 @@ pub fn upgrade(
     let mut lowers = Vec::new();
     for (i, l) in parent.layers.iter().enumerate() {
         let m = work.0.join(format!("lower{i}"));
+        let layer = parent_dir.join(l);
         mount_at(
             &[
-                "-t",
-                "squashfs",
-                "-o",
-                "loop,ro",
-                parent_dir.join(l).to_str().unwrap(),
+                OsStr::new("-t"),
+                OsStr::new("squashfs"),
+                OsStr::new("-o"),
+                OsStr::new("loop,ro"),
+                layer.as_os_str(),
             ],
             &m,
         )
         .with_context(|| format!("mounting layer {l}"))?;
         lowers.push(m);
     }
-    let lowerdir: Vec<String> = lowers
-        .iter()
-        .rev()
-        .map(|p| p.display().to_string())
-        .collect();
+    // overlayfs options: the paths as they are (any bytes but its separators).
+    let mut opt = OsString::from("lowerdir=");
+    for (i, p) in lowers.iter().rev().enumerate() {
+        if i > 0 {
+            opt.push(":");
+        }
+        opt.push(overlay_path(p)?);
+    }
+    opt.push(",upperdir=");
+    opt.push(overlay_path(&upper)?);
+    opt.push(",workdir=");
+    opt.push(overlay_path(&ovl)?);
+    opt.push(",redirect_dir=off,metacopy=off,index=off");
     mount_at(
         &[
-            "-t",
-            "overlay",
-            "overlay",
-            "-o",
-            &format!(
-                "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
-                lowerdir.join(":"),
-                upper.display(),
-                ovl.display()
-            ),
+            OsStr::new("-t"),
+            OsStr::new("overlay"),
+            OsStr::new("overlay"),
+            OsStr::new("-o"),
+            &opt,
         ],
         &root,
     )
@@ -232,7 +246,7 @@ pub fn upgrade(
             new_layer_bytes: 0,
             image_bytes: 0,
             compacted_because: None,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds: steps.seconds(),
         });
     }
     say(&format!(
@@ -272,7 +286,7 @@ pub fn upgrade(
                 .with_context(|| format!("copying {} to {}", f.source.display(), f.dest))?;
             fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(f.mode))?;
         }
-        for (p, h) in super::write_hooks(profile, &work.0)?
+        for (p, h) in crate::rootfs::write_hooks(profile, &work.0)?
             .iter()
             .zip(&profile.hooks)
         {
@@ -298,7 +312,7 @@ pub fn upgrade(
     customize::boot_marker(&root, &profile.name, &version)?;
     customize::cairn_tools(&root, profile, &key.public_key)?;
     let packages = installed_packages(&root)?;
-    super::refuse_medium_readers(&packages)?;
+    crate::rootfs::refuse_medium_readers(&packages)?;
     let (kernel, vmlinuz, initrd) = find_kernel(&root)?;
     let out = work.0.join("out");
     fs::create_dir_all(&out)?;
@@ -372,7 +386,7 @@ pub fn upgrade(
         v.push(name.clone());
         (v, name)
     };
-    super::unmount_below(&work.0)?;
+    crate::rootfs::unmount_below(&work.0)?;
     let mut manifest = Manifest {
         version: version.clone(),
         profile_hash: profile.hash()?,
@@ -390,6 +404,13 @@ pub fn upgrade(
         build_seconds: 0.0,
         signed_by: Some(key.fingerprint.clone()),
         cairn_version: env!("CARGO_PKG_VERSION").into(),
+        // What the profile says now, not what the parent was built with.
+        suite: profile.suite.clone(),
+        architecture: profile.architecture.clone(),
+        kernel_cmdline: crate::rootfs::kernel_cmdline(profile),
+        compression: compression.name().into(),
+        level,
+        bootable: compression.bootable(),
         ..parent.clone()
     };
     let new_layer_bytes = fs::metadata(out.join(&new_layer))?.len();
@@ -398,7 +419,7 @@ pub fn upgrade(
         .map(|l| fs::metadata(out.join(l)).map_or(0, |m| m.len()))
         .sum();
     image::prepare_boot(&out, &manifest, &key)?;
-    let dest = seal_and_publish(&out, &pdir, &mut manifest, &key, t0)?;
+    let dest = seal_and_publish(&out, &pdir, &mut manifest, &key, &steps)?;
     drop(work);
     say(&format!(
         "image {} {version} ({}) -> {}",
@@ -419,7 +440,7 @@ pub fn upgrade(
         new_layer_bytes,
         image_bytes,
         compacted_because: if full { compaction } else { None },
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: steps.seconds(),
     })
 }
 

@@ -228,27 +228,6 @@ pub fn enrol_mok(fd: &[u8], der: &[u8]) -> Result<Vec<u8>> {
     )
 }
 
-/// A certificate file (PEM or DER) as DER.
-pub fn cert_der(path: &std::path::Path) -> Result<Vec<u8>> {
-    use anyhow::Context;
-    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if !raw.starts_with(b"-----BEGIN") {
-        return Ok(raw);
-    }
-    crate::cmd::require(&[&OPENSSL])?;
-    let out = crate::cmd::Cmd::new(OPENSSL.program)
-        .args(["x509", "-outform", "DER", "-in"])
-        .arg(path)
-        .run()
-        .with_context(|| format!("reading the certificate {}", path.display()))?;
-    Ok(out.stdout)
-}
-
-pub const OPENSSL: crate::cmd::Tool = crate::cmd::Tool {
-    program: "openssl",
-    package: "openssl",
-};
-
 #[cfg(test)]
 mod tests {
     use super::*;

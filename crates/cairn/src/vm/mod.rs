@@ -3,21 +3,19 @@
 //! for markers, a timeout, never a hang. TCG unless KVM is asked for (nested
 //! KVM is broken on many CI hosts: OVMF dies, SeaBIOS crawls).
 
+pub mod efivars;
+
+use fs_err as fs;
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::cmd::{Cmd, Tool, require};
+use crate::cmd::tool::{MKFS_EXT4, QEMU};
+use crate::cmd::{Cmd, require};
 
-pub const QEMU: Tool = Tool {
-    program: "qemu-system-x86_64",
-    package: "qemu-system-x86",
-};
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// Secure Boot: OVMF that enforces it (needs SMM, so q35), and Debian's
@@ -88,7 +86,7 @@ pub struct VmSpec {
 /// A read-only ext4 disk image of `dir` labelled `label` (how a VM gets the
 /// mirror: no network, no shared-folder driver needed in the guest kernel).
 pub fn dir_disk(dir: &Path, out: &Path, label: &str) -> Result<()> {
-    require(&[&crate::boot::disk::MKFS_EXT4])?;
+    require(&[&MKFS_EXT4])?;
     let out_s = Cmd::new("du")
         .args(["-sk", "--apparent-size"])
         .arg(dir)
@@ -101,7 +99,7 @@ pub fn dir_disk(dir: &Path, out: &Path, label: &str) -> Result<()> {
     let bytes = (kb * 1024) * 11 / 10 + (64 << 20);
     let _ = fs::remove_file(out);
     fs::File::create(out)?.set_len(bytes)?;
-    Cmd::new(crate::boot::disk::MKFS_EXT4.program)
+    Cmd::new(MKFS_EXT4.program)
         .args(["-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d"])
         .arg(dir)
         .arg(out)
@@ -141,14 +139,19 @@ pub struct VmResult {
     pub kvm_fallback: Option<String>,
 }
 
-struct Guard(Child);
+/// qemu's arguments, gathered before it is started.
+#[derive(Default)]
+struct Argv(Vec<std::ffi::OsString>);
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+impl Argv {
+    fn arg(&mut self, a: impl AsRef<std::ffi::OsStr>) -> &mut Argv {
+        self.0.push(a.as_ref().to_owned());
+        self
+    }
+
+    fn args<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(&mut self, a: I) -> &mut Argv {
+        self.0.extend(a.into_iter().map(|s| s.as_ref().to_owned()));
+        self
     }
 }
 
@@ -237,15 +240,7 @@ fn run_once(
     let markers = spec.log_dir.join("marker.log");
     let _ = fs::remove_file(&console);
     let _ = fs::remove_file(&markers);
-    // Tied to cairn's life: setpriv (util-linux) sets the parent-death
-    // signal and execs qemu, so a killed cairn leaves no VM running.
-    let mut cmd = if crate::cmd::which("setpriv").is_some() {
-        let mut c = Command::new("setpriv");
-        c.args(["--pdeathsig", "KILL", "--", QEMU.program]);
-        c
-    } else {
-        Command::new(QEMU.program)
-    };
+    let mut cmd = Argv::default();
     // i440fx ("pc"): its IDE CD-ROM is one every Debian kernel flavour
     // drives. Secure Boot needs SMM, which OVMF gets on q35 only.
     let secure = spec.secure_boot;
@@ -315,10 +310,10 @@ fn run_once(
         let template = fs::read(vars_src).with_context(|| format!("reading {vars_src}"))?;
         let store = match (secure, &spec.secure_boot_keys) {
             (true, SecureBootKeys::Own(c)) => {
-                crate::boot::efivars::enrol_own_key(&template, &crate::boot::efivars::cert_der(c)?)?
+                efivars::enrol_own_key(&template, &crate::trust::cert::der(c)?)?
             }
             (true, SecureBootKeys::Mok(c)) => {
-                crate::boot::efivars::enrol_mok(&template, &crate::boot::efivars::cert_der(c)?)?
+                efivars::enrol_mok(&template, &crate::trust::cert::der(c)?)?
             }
             _ => template,
         };
@@ -334,12 +329,11 @@ fn run_once(
     if let Some(s) = &spec.smbios_serial {
         cmd.arg("-smbios").arg(format!("type=1,serial={s}"));
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    tracing::info!("starting {:?}", cmd);
+    // Tied to cairn's life: a killed cairn leaves no VM running.
+    let qemu = crate::cmd::Cmd::new(QEMU.program).args(&cmd.0).tied();
+    tracing::info!("starting {}", qemu.display());
     let t0 = Instant::now();
-    let mut child = Guard(cmd.spawn().context("starting qemu")?);
+    let mut child = qemu.spawn()?;
     let mut marker_line = None;
     let mut seconds_to_marker = None;
     let mut exited = false;
@@ -365,13 +359,10 @@ fn run_once(
             fs::metadata(&console).map_or(0, |m| m.len()) == 0
                 && fs::metadata(&markers).map_or(0, |m| m.len()) == 0
         };
-        if let Some(status) = child.0.try_wait()? {
+        if let Some(status) = child.try_wait()? {
             exited = true;
             if !status.success() {
-                let mut err = String::new();
-                if let Some(mut e) = child.0.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
+                let err = child.stderr();
                 if probe.is_some() && silent() {
                     return Ok(Err(format!(
                         "qemu failed under KVM ({status}): {}",

@@ -2,7 +2,7 @@
 //! access, data paths on data partitions, the boot marker unit, cleanup.
 //! Plain file operations on the tree: no chroot, nothing mounted.
 
-use std::fs;
+use fs_err as fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
@@ -34,7 +34,7 @@ fn write(root: &Path, abs: &str, data: impl AsRef<[u8]>, mode: u32) -> Result<()
         fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     fs::write(&p, data).with_context(|| format!("writing {}", p.display()))?;
-    fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+    fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
@@ -75,7 +75,7 @@ pub fn root_access(root: &Path, p: &Profile) -> Result<()> {
     if !p.root.ssh_keys.is_empty() {
         let dir = inside(root, "/root/.ssh")?;
         fs::create_dir_all(&dir)?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         write(
             root,
             "/root/.ssh/authorized_keys",
@@ -693,7 +693,7 @@ case \"$*\" in
 ",
         )
         .unwrap();
-        fs::set_permissions(bin.join("blkid"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(bin.join("blkid"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let sys = p.join("sys/class/block");
         for (disk, part) in [
             ("vda", "vda3"),

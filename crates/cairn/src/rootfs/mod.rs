@@ -6,10 +6,9 @@
 
 pub mod customize;
 pub mod debootstrap;
-pub mod upgrade;
 
+use fs_err as fs;
 use std::collections::BTreeSet;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -17,20 +16,17 @@ use anyhow::{Context, Result, bail};
 use cairn_debian::{Package, compare_versions, read_packages};
 use serde::Serialize;
 
-use crate::cmd::{Cmd, GPG, Tool, require, shell_quote};
+use crate::cmd::tool::{DEBOOTSTRAP, GPG, MKSQUASHFS, MMDEBSTRAP};
+use crate::cmd::{Cmd, require, shell_quote};
 use crate::image::{self, Manifest, PackageVersion, SQUASHFS, squashfs};
 use crate::mirror::closure::select;
 use crate::mirror::config::Selection;
+use crate::mirror::state::list_mirrors;
 use crate::mirror::state::{MirrorPaths, MirrorState, apt_source_lines};
-use crate::mirror::verify::list_mirrors;
 use crate::parallel;
 use crate::profile::{Bootstrap, Compression, HostType, Profile};
 use crate::trust::keys;
 
-pub const MMDEBSTRAP: Tool = Tool {
-    program: "mmdebstrap",
-    package: "mmdebstrap",
-};
 const AUTOMOUNT_HOOK: &str = "/usr/share/mmdebstrap/hooks/file-mirror-automount";
 
 #[derive(Debug, Clone)]
@@ -189,7 +185,7 @@ pub(crate) fn seal_and_publish(
     pdir: &Path,
     manifest: &mut Manifest,
     key: &keys::SigningKey,
-    t0: Instant,
+    steps: &crate::progress::Steps,
 ) -> Result<PathBuf> {
     for e in fs::read_dir(out)?.flatten() {
         manifest.files.insert(
@@ -197,7 +193,7 @@ pub(crate) fn seal_and_publish(
             e.metadata()?.len(),
         );
     }
-    manifest.build_seconds = t0.elapsed().as_secs_f64();
+    manifest.build_seconds = steps.seconds();
     fs::write(
         out.join(image::MANIFEST),
         serde_json::to_vec_pretty(manifest)?,
@@ -277,21 +273,17 @@ impl Drop for WorkDir {
 
 /// Builds `profile` into the store.
 pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Result<BuildReport> {
-    let t0 = Instant::now();
-    let say = |msg: &str| {
-        if !opts.quiet {
-            eprintln!("[{:>6.1}s] {msg}", t0.elapsed().as_secs_f64());
-        }
-    };
+    let steps = crate::progress::Steps::start(opts.quiet);
+    let say = |m: &str| steps.say(m);
     // Everything that can fail early does, before any work.
     if !crate::fsutil::is_root() {
         bail!("cairn build needs root (mmdebstrap --mode=root, hooks that chroot)");
     }
     let boot_tool = match profile.bootstrap {
         Bootstrap::Mmdebstrap => &MMDEBSTRAP,
-        Bootstrap::Debootstrap => &debootstrap::DEBOOTSTRAP,
+        Bootstrap::Debootstrap => &DEBOOTSTRAP,
     };
-    require(&[boot_tool, &squashfs::MKSQUASHFS, &GPG])?;
+    require(&[boot_tool, &MKSQUASHFS, &GPG])?;
     let compression = opts.compression.unwrap_or(profile.image.compression);
     let level = if opts.compression.is_some() {
         opts.level
@@ -419,16 +411,8 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     stage("squashfs", t);
 
     // 4. Manifest, verity trees, boot arguments, ISO, sums and signatures.
-    // panic=10: a kernel panic, or initramfs-tools giving up before cairn's
-    // initramfs part is in charge, reboots (boot counting goes on) instead
-    // of waiting, or opening a shell on the console.
     let t = Instant::now();
-    let mut cmdline = vec![
-        "console=tty0".to_string(),
-        "console=ttyS0,115200n8".to_string(),
-        "panic=10".to_string(),
-    ];
-    cmdline.extend(profile.kernel_cmdline.iter().cloned());
+    let cmdline = kernel_cmdline(profile);
     let mut manifest = Manifest {
         schema_version: 1,
         profile: profile.name.clone(),
@@ -473,7 +457,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         )?;
     }
     // 5. Sealed, then into the store, whole or not at all.
-    let dest = seal_and_publish(&out, &pdir, &mut manifest, &key, t0)?;
+    let dest = seal_and_publish(&out, &pdir, &mut manifest, &key, &steps)?;
     stage("seal", t);
     drop(work);
     say(&format!(
@@ -492,7 +476,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         files: manifest.files,
         signed_by: key.fingerprint,
         stages,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: steps.seconds(),
     })
 }
 
@@ -508,6 +492,20 @@ pub(crate) fn refuse_medium_readers(installed: &[PackageVersion]) -> Result<()> 
         );
     }
     Ok(())
+}
+
+/// An image's kernel command line (before the boot arguments cairn adds):
+/// the consoles, `panic=10` — a kernel panic, or initramfs-tools giving up
+/// before cairn's initramfs part is in charge, reboots (boot counting goes
+/// on) instead of waiting or opening a shell — then the profile's own.
+pub(crate) fn kernel_cmdline(profile: &Profile) -> Vec<String> {
+    let mut v = vec![
+        "console=tty0".to_string(),
+        "console=ttyS0,115200n8".to_string(),
+        "panic=10".to_string(),
+    ];
+    v.extend(profile.kernel_cmdline.iter().cloned());
+    v
 }
 
 pub(crate) fn host_name(h: HostType) -> &'static str {

@@ -4,21 +4,17 @@
 //! /dev and the local mirrors mounted, apt brings in the other suites
 //! (-updates, -security) and the profile's files and hooks are applied.
 
-use std::fs;
+use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
 use super::customize::{inside, inside_link};
 use super::unmount_below;
-use crate::cmd::{Cmd, Tool, require};
+use crate::cmd::tool::DEBOOTSTRAP;
+use crate::cmd::{Cmd, require};
 use crate::mirror::state::{MirrorPaths, MirrorState};
 use crate::profile::Profile;
-
-pub const DEBOOTSTRAP: Tool = Tool {
-    program: "debootstrap",
-    package: "debootstrap",
-};
 
 /// Mounts made for the chroot phase; all undone on drop, deepest first.
 pub(crate) struct ChrootMounts(PathBuf);
@@ -77,7 +73,7 @@ pub(crate) fn apt_sources(
 }
 
 /// `mount ARGS TARGET`, the target made first.
-pub(crate) fn mount_at(args: &[&str], target: &Path) -> Result<()> {
+pub(crate) fn mount_at<S: AsRef<std::ffi::OsStr>>(args: &[S], target: &Path) -> Result<()> {
     fs::create_dir_all(target)?;
     Cmd::new("mount").args(args).arg(target).run().map(|_| ())
 }

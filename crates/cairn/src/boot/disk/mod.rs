@@ -1,0 +1,494 @@
+//! Boot disks. GPT: a BIOS boot partition (GRUB's core.img), an EFI system
+//! partition (GRUB for UEFI), the boot partition (ext4 labelled
+//! `cairn-boot`: grub.cfg, the environment block, `images/<profile>/<version>/`,
+//! `isos/`) and a data partition (ext4, label `data` by default) for the
+//! profiles' data paths. A disk file is made without loop devices or mounts
+//! (mkfs and mtools write at partition offsets), appears under its name only
+//! when complete, and can go to a USB stick with `dd`; a block device works
+//! the same, after a confirmation. Changing a disk later (images added, menu
+//! written again) mounts its boot partition.
+
+mod config;
+mod device;
+mod layout;
+mod mount;
+mod scan;
+
+use fs_err as fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::grub;
+use super::menu::{self, MenuImage, MenuOptions};
+use crate::cmd::tool::{MCOPY, MKFS_EXT4, MKFS_FAT, SFDISK};
+use crate::cmd::{Cmd, require};
+use crate::image;
+use crate::trust::keys;
+
+pub use config::{DiskConfig, MAX_TIMEOUT, MAX_TRIES};
+pub use layout::{Layout, Part, find_boot_partition, fs_uuid, plan};
+pub use mount::MountedBoot;
+
+use device::confirm_device;
+pub use device::is_block_device;
+use layout::{ESP_MIB, MIB, find_partition, sfdisk_script};
+use scan::{check_image, iso_problem, refresh, scan, signed_sums, write_menu};
+
+pub const BOOT_LABEL: &str = "cairn-boot";
+
+#[derive(Debug, Clone)]
+pub struct DiskOptions {
+    pub images: Vec<PathBuf>,
+    pub isos: Vec<PathBuf>,
+    pub menu: MenuOptions,
+    /// Bytes for the data partition (0: none).
+    pub data_size: u64,
+    pub data_label: String,
+    /// Secure Boot: GRUB signed with the user's db or MOK key (and shim).
+    pub secure_boot: Option<grub::SecureBoot>,
+    /// A block device may be overwritten.
+    pub yes: bool,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiskReport {
+    pub path: PathBuf,
+    pub layout: Layout,
+    pub images: Vec<String>,
+    pub isos: Vec<String>,
+    pub menu: menu::Menu,
+    pub secure_boot: bool,
+    pub seconds: f64,
+}
+
+pub fn require_tools() -> Result<()> {
+    require(&[&SFDISK, &MKFS_EXT4, &MKFS_FAT, &MCOPY])?;
+    grub::require_tools()
+}
+
+fn new_uuid() -> Result<String> {
+    Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")?
+        .trim()
+        .to_string())
+}
+
+/// Copies (hard links when it can) an image directory into `dest`, without
+/// its ISO: the disk boots the image itself.
+fn stage_image(src: &Path, dest: &Path) -> Result<u64> {
+    fs::create_dir_all(dest)?;
+    let mut bytes = 0;
+    for e in fs::read_dir(src)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".iso") || n.ends_with(".iso.sig") || !e.file_type()?.is_file() {
+            continue;
+        }
+        let to = dest.join(&n);
+        bytes += e.metadata()?.len();
+        fs::hard_link(e.path(), &to)
+            .or_else(|_| fs::copy(e.path(), &to).map(|_| ()))
+            .with_context(|| format!("copying {}", e.path().display()))?;
+    }
+    Ok(bytes)
+}
+
+fn human(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / MIB as f64)
+}
+
+/// Makes a boot disk at `target` (a file, created or replaced; or a block
+/// device) holding `opts.images`.
+pub fn create(
+    store: &Path,
+    target: &Path,
+    size: Option<u64>,
+    opts: &DiskOptions,
+) -> Result<DiskReport> {
+    let steps = crate::progress::Steps::start(opts.quiet);
+    let say = |m: &str| steps.say(m);
+    require_tools()?;
+    let key = keys::load(store)?;
+    if opts.images.is_empty() {
+        bail!("no images for the disk: name at least one (`cairn image list`)");
+    }
+    for i in &opts.images {
+        check_image(i, &key)?;
+    }
+    for iso in &opts.isos {
+        if let Some(p) = iso_problem(iso, &key) {
+            bail!(
+                "{}: only ISOs signed with key {} can go on this disk (its signature {}: {p})",
+                iso.display(),
+                key.fingerprint,
+                iso.with_extension("iso.sig").display()
+            );
+        }
+    }
+    let device = is_block_device(target)?;
+
+    // The boot partition's tree, staged next to the images (hard links).
+    let staging = store.join(format!(".disk-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(staging.clone());
+    let _ = fs::remove_dir_all(&staging);
+    let mut content = 0u64;
+    let mut names = Vec::new();
+    for i in &opts.images {
+        let m = image::read_manifest(i)?;
+        content += stage_image(i, &staging.join("images").join(&m.profile).join(&m.version))?;
+        names.push(format!("{}/{}", m.profile, m.version));
+    }
+    let mut iso_names = Vec::new();
+    for iso in &opts.isos {
+        let n = iso.file_name().context("ISO without a file name")?;
+        fs::create_dir_all(staging.join("isos"))?;
+        for (src, dst) in [
+            (iso.to_path_buf(), staging.join("isos").join(n)),
+            (
+                iso.with_extension("iso.sig"),
+                staging.join("isos").join(n).with_extension("iso.sig"),
+            ),
+        ] {
+            content += fs::metadata(&src)?.len();
+            fs::hard_link(&src, &dst)
+                .or_else(|_| fs::copy(&src, &dst).map(|_| ()))
+                .with_context(|| format!("copying {}", src.display()))?;
+        }
+        iso_names.push(n.to_string_lossy().into_owned());
+    }
+    // ext4 overhead, GRUB's files, room for one more image of this size.
+    let boot_needed = content + content / 8 + 48 * MIB;
+    let fixed = (2 + ESP_MIB) * MIB + opts.data_size + 2 * MIB;
+    let bytes = if device {
+        let dev_size = confirm_device(target, opts.yes)?;
+        if size.is_some() {
+            bail!(
+                "--size applies to disk files; {} has its own size",
+                target.display()
+            );
+        }
+        dev_size
+    } else {
+        size.unwrap_or_else(|| (fixed + boot_needed + content).div_ceil(64 * MIB) * 64 * MIB)
+    };
+    let layout = plan(bytes, opts.data_size)?;
+    if layout.boot.bytes() < boot_needed {
+        bail!(
+            "the images need a boot partition of {} at least; with {} of disk it gets {}: use --size {}M or more",
+            human(boot_needed),
+            human(bytes),
+            human(layout.boot.bytes()),
+            (fixed + boot_needed).div_ceil(MIB)
+        );
+    }
+
+    let boot_uuid = new_uuid()?;
+    let menu_opts = opts.menu.clone();
+    let scanned = scan(&staging, &key)?;
+    let m = write_menu(&staging, &key, &menu_opts, None, scanned)?;
+    let cfg = DiskConfig {
+        menu: menu_opts,
+        data_label: (opts.data_size > 0).then(|| opts.data_label.clone()),
+        default_entry: m.default.clone(),
+        signed_by: key.fingerprint.clone(),
+        boot_uuid: boot_uuid.clone(),
+    };
+    fs::write(staging.join(config::PATH), serde_json::to_vec_pretty(&cfg)?)?;
+    say(&format!(
+        "GRUB for BIOS and UEFI with key {} built in",
+        key.fingerprint
+    ));
+    // Beside the staging tree, not in it (it becomes the partition).
+    let gwork = staging.with_extension("grub");
+    let _c2 = RemoveOnDrop(gwork.clone());
+    let g = grub::build_images(
+        &gwork,
+        &key.public_key,
+        &boot_uuid,
+        opts.secure_boot.as_ref(),
+    )?;
+
+    // The disk itself: a hidden sibling for files, renamed when complete.
+    let out = if device {
+        target.to_path_buf()
+    } else {
+        let (f, tmp) = crate::fsutil::new_sibling(target)?;
+        f.set_len(bytes)
+            .with_context(|| format!("sizing {}", tmp.display()))?;
+        tmp
+    };
+    let _c4 = (!device).then(|| RemoveOnDrop(out.clone()));
+    say(&format!("GPT on {} ({})", target.display(), human(bytes)));
+    let mut sf = Cmd::new(SFDISK.program).arg("--quiet").arg("--wipe=always");
+    if !device {
+        sf = sf.arg("--no-reread").arg("--no-tell-kernel");
+    }
+    sf.arg(&out)
+        .stdin_bytes(sfdisk_script(&layout, &opts.data_label).into_bytes())
+        .run()
+        .context("writing the partition table")?;
+
+    say(&format!(
+        "boot partition: ext4 {BOOT_LABEL}, {} of {} images{}",
+        human(content),
+        names.len(),
+        if iso_names.is_empty() {
+            String::new()
+        } else {
+            format!(" and {} ISO(s)", iso_names.len())
+        }
+    ));
+    Cmd::new(MKFS_EXT4.program)
+        .args(["-q", "-F", "-L", BOOT_LABEL, "-U", &boot_uuid, "-d"])
+        .arg(&staging)
+        .arg("-E")
+        .arg(format!("offset={}", layout.boot.offset()))
+        .arg(&out)
+        .arg(format!("{}k", layout.boot.bytes() / 1024))
+        .run()
+        .context("making the boot partition")?;
+
+    say("EFI system partition");
+    Cmd::new(MKFS_FAT.program)
+        .args(["-F", "16", "-n", "CAIRN-ESP", "--offset"])
+        .arg(layout.esp.start.to_string())
+        .arg(&out)
+        .arg((layout.esp.bytes() / 1024).to_string())
+        .run()
+        .context("making the EFI system partition")?;
+    say("GRUB onto the EFI system partition, BIOS boot code");
+    install_loaders(&out, &layout.bios, &layout.esp, &g)?;
+    if let Some(d) = &layout.data {
+        say(&format!(
+            "data partition: ext4 {}, {}",
+            opts.data_label,
+            human(d.bytes())
+        ));
+        Cmd::new(MKFS_EXT4.program)
+            .args(["-q", "-F", "-L", &opts.data_label, "-E"])
+            .arg(format!("offset={}", d.offset()))
+            .arg(&out)
+            .arg(format!("{}k", d.bytes() / 1024))
+            .run()
+            .context("making the data partition")?;
+    }
+    fs::File::open(&out)?.sync_all()?;
+    if !device {
+        fs::rename(&out, target)
+            .with_context(|| format!("moving the disk to {}", target.display()))?;
+        std::mem::forget(_c4);
+        if let Some(d) = target.parent() {
+            let _ = crate::fsutil::sync_dir(if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            });
+        }
+    }
+    say(&format!(
+        "{}: {} menu entries, default {}",
+        target.display(),
+        m.entries.len(),
+        m.default
+    ));
+    Ok(DiskReport {
+        path: target.to_path_buf(),
+        layout,
+        images: names,
+        isos: iso_names,
+        menu: m,
+        secure_boot: opts.secure_boot.is_some(),
+        seconds: steps.seconds(),
+    })
+}
+
+/// GRUB's EFI binary onto the ESP (mtools, at its offset) and the BIOS boot
+/// code into the MBR and the BIOS boot partition.
+fn install_loaders(disk: &Path, bios: &Part, esp: &Part, g: &grub::GrubImages) -> Result<()> {
+    let img = format!("{}@@{}", disk.display(), esp.offset());
+    Cmd::new("mmd")
+        .args(["-D", "s", "-i", &img, "::/EFI", "::/EFI/BOOT"])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output_any_status()?;
+    for (file, name) in &g.efi_files {
+        Cmd::new(MCOPY.program)
+            .args(["-o", "-i", &img])
+            .arg(file)
+            .arg(format!("::/EFI/BOOT/{name}"))
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .run()
+            .with_context(|| format!("copying {name} onto the EFI system partition"))?;
+    }
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(disk)?;
+    grub::bios_install(&mut f, bios.start, bios.sectors, &g.bios_core)
+}
+
+/// `cairn boot install`: GRUB built again (the store's current key, Secure
+/// Boot signing if asked) and written onto an existing cairn disk, its menu
+/// signed again. Refused when an image on the disk does not verify with the
+/// key: GRUB would never boot it.
+pub fn install(
+    store: &Path,
+    disk: &Path,
+    secure_boot: Option<&grub::SecureBoot>,
+) -> Result<menu::Menu> {
+    require_tools()?;
+    let key = keys::load(store)?;
+    let bios = find_partition(disk, "BIOS boot")?;
+    let esp = find_partition(disk, "EFI system")?;
+    let boot = find_boot_partition(disk)?;
+    // Built into GRUB: read from the file system itself, never from a file
+    // on the partition (anyone who can write it could put GRUB commands in).
+    let boot_uuid = fs_uuid(disk, &boot)?;
+    let mnt = MountedBoot::mount(disk, store)?;
+    let work = store.join(format!(".grub-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(work.clone());
+    let mut grub = None;
+    let m = refresh(&key, &mnt.dir, |cfg, scanned| {
+        if cfg.boot_uuid != boot_uuid {
+            tracing::warn!(
+                "boot/cairn.json says the boot partition is {}, its file system says {boot_uuid}: using the file system's",
+                cfg.boot_uuid
+            );
+            cfg.boot_uuid = boot_uuid.clone();
+        }
+        // GRUB gets the key: everything on the disk must verify with it first.
+        if !scanned.left_out.is_empty() {
+            bail!(
+                "these do not verify with key {} (remove them, or re-seal the store's copy with `cairn image sign` and `cairn disk add` it again):\n  {}",
+                key.fingerprint,
+                scanned
+                    .left_out
+                    .iter()
+                    .map(|l| format!("{}: {}", l.path, l.problem))
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            );
+        }
+        grub = Some(grub::build_images(
+            &work,
+            &key.public_key,
+            &boot_uuid,
+            secure_boot,
+        )?);
+        Ok(())
+    })?;
+    let g = grub.context("GRUB was not built")?;
+    drop(mnt);
+    install_loaders(disk, &bios, &esp, &g)?;
+    Ok(m)
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if self.0.is_dir() {
+            let _ = fs::remove_dir_all(&self.0);
+        } else {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// Copies images onto an existing disk (verified first) and writes its menu
+/// again. Returns the new menu.
+pub fn add_images(
+    store: &Path,
+    disk: &Path,
+    images: &[PathBuf],
+    quiet: bool,
+) -> Result<menu::Menu> {
+    let key = keys::load(store)?;
+    for i in images {
+        check_image(i, &key)?;
+    }
+    let mnt = MountedBoot::mount(disk, store)?;
+    for i in images {
+        let m = image::read_manifest(i)?;
+        let dest = mnt.dir.join("images").join(&m.profile).join(&m.version);
+        if dest.exists() {
+            bail!("{}/{} is on the disk already", m.profile, m.version);
+        }
+        let tmp = dest.with_file_name(format!(".{}.new", m.version));
+        let _ = fs::remove_dir_all(&tmp);
+        // Layers the disk already has (the parent's, same name and signed
+        // hash) are hard-linked; the rest is copied.
+        fs::create_dir_all(&tmp)?;
+        let mine = signed_sums(i);
+        let on_disk: Vec<(PathBuf, std::collections::BTreeMap<String, String>)> = m
+            .parent
+            .iter()
+            .map(|p| mnt.dir.join("images").join(p))
+            .filter(|d| d.is_dir())
+            .map(|d| {
+                let s = signed_sums(&d);
+                (d, s)
+            })
+            .collect();
+        for e in fs::read_dir(i)?.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.ends_with(".iso") || n.ends_with(".iso.sig") {
+                continue;
+            }
+            let same = (n.ends_with(".squashfs") || n.ends_with(".squashfs.verity")).then(|| {
+                on_disk
+                    .iter()
+                    .find(|(_, sums)| mine.get(&n).is_some_and(|h| sums.get(&n) == Some(h)))
+            });
+            if let Some(Some((d, _))) = same
+                && fs::hard_link(d.join(&n), tmp.join(&n)).is_ok()
+            {
+                continue;
+            }
+            fs::copy(e.path(), tmp.join(&n))
+                .with_context(|| format!("copying {} (is the disk full?)", e.path().display()))?;
+        }
+        fs::rename(&tmp, &dest)?;
+        if !quiet {
+            eprintln!("added {}/{}", m.profile, m.version);
+        }
+    }
+    refresh(&key, &mnt.dir, |_, _| Ok(()))
+}
+
+/// `cairn boot menu --disk`: the menu written again (after images were copied
+/// by hand, removed, or the options changed).
+pub fn menu_on_disk(
+    store: &Path,
+    disk: &Path,
+    default_profile: Option<String>,
+    tries: Option<u32>,
+    timeout: Option<u32>,
+) -> Result<menu::Menu> {
+    let key = keys::load(store)?;
+    let mnt = MountedBoot::mount(disk, store)?;
+    refresh(&key, &mnt.dir, |cfg, _| {
+        if default_profile.is_some() {
+            cfg.menu.default_profile = default_profile;
+        }
+        if let Some(t) = tries {
+            cfg.menu.tries = t;
+        }
+        if let Some(t) = timeout {
+            cfg.menu.timeout = t;
+        }
+        // Checked now, before a menu is signed with them.
+        cfg.check()
+    })
+}
+
+/// The menu the store's images would get (what `cairn boot menu` prints).
+pub fn menu_for_store(store: &Path, opts: &MenuOptions) -> Result<menu::Menu> {
+    let images: Vec<MenuImage> = image::list(store)?
+        .into_iter()
+        .filter(|e| e.path.join(image::BOOT_CFG).exists())
+        .map(|e| MenuImage {
+            dir: format!("/images/{}/{}", e.profile, e.version),
+            profile: e.profile,
+            version: e.version,
+        })
+        .collect();
+    menu::render(&images, &[], opts)
+}

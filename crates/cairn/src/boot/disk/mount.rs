@@ -1,0 +1,51 @@
+//! A boot partition mounted for a change (images added, the menu written
+//! again): its content is not trusted, so nothing on it is followed,
+//! executed or opened as a device.
+
+use fs_err as fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::layout::find_boot_partition;
+use crate::cmd::Cmd;
+
+/// The boot partition mounted read-write for the life of the value.
+pub struct MountedBoot {
+    pub dir: PathBuf,
+}
+
+impl MountedBoot {
+    pub fn mount(disk: &Path, store: &Path) -> Result<MountedBoot> {
+        let p = find_boot_partition(disk)?;
+        let dir = store.join(format!(".mnt-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        Cmd::new("mount")
+            .arg("-o")
+            // What is on the partition is not trusted: no symlink on it is
+            // followed (a link to the build host's /etc would be written
+            // through), no device node or setuid file is honoured.
+            .arg(format!(
+                "loop,offset={},sizelimit={},nosymfollow,nodev,nosuid,noexec",
+                p.offset(),
+                p.bytes()
+            ))
+            .arg(disk)
+            .arg(&dir)
+            .run()
+            .with_context(|| {
+                format!(
+                    "mounting the boot partition of {} (needs root)",
+                    disk.display()
+                )
+            })?;
+        Ok(MountedBoot { dir })
+    }
+}
+
+impl Drop for MountedBoot {
+    fn drop(&mut self) {
+        let _ = Cmd::new("umount").arg(&self.dir).run();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}

@@ -1,0 +1,217 @@
+//! The menu of a boot partition, written from what it holds: each image and
+//! ISO checked against the key (what fails is left out, named), grub.cfg
+//! rendered and signed in a private directory, the environment block kept.
+
+use fs_err as fs;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use super::config::DiskConfig;
+use crate::boot::env;
+use crate::boot::menu::{self, LeftOut, MenuImage, MenuIso, MenuOptions};
+use crate::image;
+use crate::trust::keys::{self, SigningKey, sign_file};
+
+/// Checks an image (or an ISO beside its image) against the signing key
+/// before it goes on a disk.
+pub(super) fn check_image(dir: &Path, key: &SigningKey) -> Result<()> {
+    let p = image_problems(dir, key, false);
+    if !p.is_empty() {
+        bail!(
+            "{} does not verify, it would not boot:\n  {}",
+            dir.display(),
+            p.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Why an image directory would not boot with this key (its signatures and
+/// every hash; `iso_optional`: as on a disk, without its ISO); empty if it would.
+pub(super) fn image_problems(dir: &Path, key: &SigningKey, iso_optional: bool) -> Vec<String> {
+    match image::verify_with(dir, &key.public_key, iso_optional) {
+        Ok(r) if r.ok => Vec::new(),
+        Ok(r) => r.problems,
+        Err(e) => vec![format!("{e:#}")],
+    }
+}
+
+/// Why an ISO file's signature does not verify with this key, if it does not.
+pub(super) fn iso_problem(iso: &Path, key: &SigningKey) -> Option<String> {
+    let work = match tempfile::Builder::new().prefix("cairn-iso-").tempdir() {
+        Ok(w) => w,
+        Err(e) => return Some(format!("a private temporary directory: {e}")),
+    };
+    keys::verify_file(&key.public_key, iso, work.path())
+        .err()
+        .map(|e| format!("{e:#}"))
+}
+
+/// What a boot partition holds, checked against the signing key: images
+/// (`images/P/V` with a boot.cfg) and ISOs (`isos/*.iso`) that pass go into
+/// the menu; the rest are left out, with why (copied by hand, damaged, or
+/// signed by another key: GRUB would refuse them anyway).
+pub(super) struct Scanned {
+    pub(super) images: Vec<MenuImage>,
+    pub(super) isos: Vec<MenuIso>,
+    pub(super) left_out: Vec<LeftOut>,
+}
+
+pub(super) fn scan(root: &Path, key: &SigningKey) -> Result<Scanned> {
+    let mut s = Scanned {
+        images: Vec::new(),
+        isos: Vec::new(),
+        left_out: Vec::new(),
+    };
+    if let Ok(rd) = fs::read_dir(root.join("images")) {
+        for p in rd.flatten() {
+            for v in fs::read_dir(p.path())?.flatten() {
+                let (pn, vn) = (
+                    p.file_name().to_string_lossy().into_owned(),
+                    v.file_name().to_string_lossy().into_owned(),
+                );
+                if vn.starts_with('.') || !v.path().join(image::BOOT_CFG).exists() {
+                    continue;
+                }
+                let dir = format!("/images/{pn}/{vn}");
+                if !crate::names::is_safe(&pn) || !crate::names::is_safe(&vn) {
+                    s.left_out.push(LeftOut {
+                        path: dir,
+                        problem: "its name has characters a kernel command line cannot carry"
+                            .into(),
+                    });
+                    continue;
+                }
+                let problems = image_problems(&v.path(), key, true);
+                if problems.is_empty() {
+                    s.images.push(MenuImage {
+                        dir,
+                        profile: pn,
+                        version: vn,
+                    });
+                } else {
+                    s.left_out.push(LeftOut {
+                        path: dir,
+                        problem: problems.join("; "),
+                    });
+                }
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir(root.join("isos")) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !n.ends_with(".iso") {
+                continue;
+            }
+            let path = format!("/isos/{n}");
+            if !crate::names::is_safe(n.trim_end_matches(".iso")) {
+                s.left_out.push(LeftOut {
+                    path,
+                    problem: "its name has characters a menu entry cannot carry".into(),
+                });
+                continue;
+            }
+            match iso_problem(&e.path(), key) {
+                None => s.isos.push(MenuIso { path }),
+                Some(p) => s.left_out.push(LeftOut {
+                    path,
+                    problem: format!("signature: {p}"),
+                }),
+            }
+        }
+    }
+    s.isos.sort_by(|a, b| a.path.cmp(&b.path));
+    s.left_out.sort_by(|a, b| a.path.cmp(&b.path));
+    for l in &s.left_out {
+        tracing::warn!("left out of the menu: {}: {}", l.path, l.problem);
+    }
+    Ok(s)
+}
+
+/// Writes grub.cfg (+ .sig) and guard.sig for the boot tree at `root`, and
+/// updates the environment block: a new default entry starts a trial.
+pub(super) fn write_menu(
+    root: &Path,
+    key: &SigningKey,
+    opts: &MenuOptions,
+    previous_default: Option<&str>,
+    scanned: Scanned,
+) -> Result<menu::Menu> {
+    let mut m = menu::render(&scanned.images, &scanned.isos, opts)?;
+    m.left_out = scanned.left_out;
+    let gdir = root.join("boot/grub");
+    fs::create_dir_all(&gdir)?;
+    // Signed in a private directory, from the bytes cairn wrote — never
+    // from bytes read back from the partition (a device may answer other
+    // bytes than it was given) — then copied on.
+    let private = tempfile::Builder::new()
+        .prefix("cairn-menu-")
+        .tempdir()
+        .context("a private temporary directory")?;
+    // A signature that must not verify grub.cfg (the menu checks this).
+    let guard = private.path().join("guard");
+    fs::write(&guard, "cairn: this signature is for no other file\n")?;
+    let guard_sig = sign_file(key, &guard)?;
+    let cfg = private.path().join("grub.cfg");
+    fs::write(&cfg, &m.cfg)?;
+    let cfg_sig = sign_file(key, &cfg)?;
+    for (from, name) in [
+        (&guard_sig, "guard.sig"),
+        (&cfg_sig, "grub.cfg.sig"),
+        (&cfg, "grub.cfg"),
+    ] {
+        let tmp = gdir.join(format!(".{name}.new"));
+        let _ = fs::remove_file(&tmp);
+        fs::copy(from, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, gdir.join(name))?;
+    }
+    // The environment block, rewritten in place when it exists.
+    let envp = gdir.join("grubenv");
+    let mut vars = match fs::read(&envp) {
+        Ok(d) => env::parse(&d).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    // The menu was written from what verifies now: an earlier refusal by
+    // the initramfs no longer holds.
+    env::update(&mut vars, &[("cairn_bad", "")]);
+    if previous_default != Some(m.default.as_str()) {
+        let left = opts.tries.max(1).to_string();
+        env::update(
+            &mut vars,
+            &[("cairn_trial", m.default.as_str()), ("cairn_left", &left)],
+        );
+    }
+    env::save(&envp, &vars)?;
+    Ok(m)
+}
+
+/// File name → SHA-256 from an image's SHA256SUMS (empty if unreadable).
+pub(super) fn signed_sums(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    fs::read_to_string(dir.join("SHA256SUMS"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(h, n)| (n.to_string(), h.to_string()))
+        .collect()
+}
+
+/// Writes the menu of a mounted boot partition again from what is on it
+/// and records it in the disk's cairn.json. `before_signing` sees what
+/// the scan found and may change the record or refuse, before anything is
+/// written.
+pub(super) fn refresh(
+    key: &SigningKey,
+    root: &Path,
+    before_signing: impl FnOnce(&mut DiskConfig, &Scanned) -> Result<()>,
+) -> Result<menu::Menu> {
+    DiskConfig::update(root, |cfg| {
+        let scanned = scan(root, key)?;
+        before_signing(cfg, &scanned)?;
+        let m = write_menu(root, key, &cfg.menu, Some(&cfg.default_entry), scanned)?;
+        cfg.default_entry = m.default.clone();
+        cfg.signed_by = key.fingerprint.clone();
+        Ok(m)
+    })
+}

@@ -1,0 +1,145 @@
+//! `cairn build` and `cairn upgrade`.
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{Cli, show};
+use crate::profile::{Compression, HostType, load_arg as load_profile};
+use crate::progress::human_bytes;
+use crate::rootfs::{self, BuildOptions};
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// A profile file, or `default`.
+    #[arg(default_value = "default")]
+    pub profile: String,
+    /// Also make a hybrid ISO (BIOS + UEFI, CD or USB stick).
+    #[arg(long, overrides_with = "no_iso")]
+    pub iso: bool,
+    /// No ISO, whatever the profile says.
+    #[arg(long)]
+    pub no_iso: bool,
+    /// squashfs compressor, overriding the profile's.
+    #[arg(long, value_enum)]
+    pub compression: Option<Compression>,
+    /// Compression level (gzip, lzo: 1-9; zstd: 1-22).
+    #[arg(long)]
+    pub level: Option<u32>,
+    /// Override the profile's host type (and `auto` detection).
+    #[arg(long, value_parser = ["physical", "virtual"])]
+    pub host_type: Option<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UpgradeArgs {
+    /// A profile file, or `default`.
+    #[arg(default_value = "default")]
+    pub profile: String,
+    /// auto: a delta unless the chain needs compacting; delta; full.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub layer: crate::upgrade::LayerMode,
+    /// Flatten when the new image would have more layers than this.
+    #[arg(long, default_value_t = 4)]
+    pub max_depth: usize,
+    /// Flatten when the deltas together pass this share of the base layer.
+    #[arg(long, default_value_t = 0.5)]
+    pub max_delta_share: f64,
+    /// Make an image even when nothing changed.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
+    let prof = load_profile(&a.profile)?;
+    let opts = crate::upgrade::UpgradeOptions {
+        store: cli.store.clone(),
+        mode: a.layer,
+        max_depth: a.max_depth.max(1),
+        max_delta_share: a.max_delta_share,
+        force: a.force,
+        host_type: None,
+        quiet: cli.quiet || a.json,
+    };
+    let r = crate::upgrade::upgrade(&prof, &a.profile, &opts)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if let Some(v) = &r.version {
+        println!(
+            "{} {v}: {} layer ({}), {} layer(s), image {}; {} upgraded, {} added, {} removed; {:.1}s",
+            r.profile,
+            r.layer.as_deref().unwrap_or(""),
+            human_bytes(r.new_layer_bytes),
+            r.layers.len(),
+            human_bytes(r.image_bytes),
+            r.upgraded.len(),
+            r.added.len(),
+            r.removed.len(),
+            r.seconds
+        );
+        if let Some(c) = &r.compacted_because {
+            println!("flattened: {c}");
+        }
+    } else {
+        println!(
+            "{}: nothing to upgrade from {} (use --force for a new image anyway)",
+            r.profile, r.parent
+        );
+    }
+    Ok(0)
+}
+
+pub(super) fn run_build(cli: &Cli, a: &BuildArgs) -> Result<i32> {
+    let prof = load_profile(&a.profile)?;
+    let opts = BuildOptions {
+        store: cli.store.clone(),
+        iso: if a.iso {
+            Some(true)
+        } else if a.no_iso {
+            Some(false)
+        } else {
+            None
+        },
+        compression: a.compression,
+        level: a.level,
+        host_type: a.host_type.as_deref().map(|h| {
+            if h == "virtual" {
+                HostType::Virtual
+            } else {
+                HostType::Physical
+            }
+        }),
+        epoch: std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        quiet: cli.quiet,
+    };
+    let r = rootfs::build(&prof, &a.profile, &opts)?;
+    show(a.json, &r, |r| {
+        println!(
+            "{} {} ({} host, kernel {}, {} packages, {})",
+            r.profile, r.version, r.host_type, r.kernel, r.packages, r.compression
+        );
+        for (f, size) in &r.files {
+            println!("  {f:<28} {}", human_bytes(*size));
+        }
+        let stages: Vec<String> = r
+            .stages
+            .iter()
+            .map(|s| format!("{} {:.1}s", s.name, s.seconds))
+            .collect();
+        println!(
+            "built in {:.1}s ({}), signed by {} -> {}",
+            r.seconds,
+            stages.join(", "),
+            r.signed_by,
+            r.path.display()
+        );
+        Ok(())
+    })?;
+    Ok(0)
+}

@@ -1,0 +1,112 @@
+//! `cairn apply-live` and `cairn reboot` (on a running cairn system).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{Cli, show};
+
+#[derive(Args, Debug)]
+pub struct LiveTarget {
+    /// PROFILE/VERSION or a VERSION of the running profile [default: its newest image].
+    pub image: Option<String>,
+    /// Public key to verify with (default: /etc/cairn/signing.pub).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Check and show, change nothing (reboot --kexec: load, then unload).
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyLiveArgs {
+    #[command(flatten)]
+    pub target: LiveTarget,
+}
+
+#[derive(Args, Debug)]
+pub struct RebootArgs {
+    #[command(flatten)]
+    pub target: LiveTarget,
+    /// Switch kernels with kexec (falls back to a normal reboot).
+    #[arg(long)]
+    pub kexec: bool,
+    /// Boot the in-RAM (toram) entry.
+    #[arg(long)]
+    pub ram: bool,
+}
+
+pub(super) fn run_apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
+    let a = &a.target;
+    let r = crate::live::apply_live(&crate::live::ApplyOptions {
+        store: &cli.store,
+        image: a.image.as_deref(),
+        key: a.key.as_deref(),
+        dry_run: a.dry_run,
+    })?;
+    show(a.json, &r, |r| {
+        println!(
+            "{} → {}{}: {} package change(s)",
+            r.from,
+            r.to,
+            if r.dry_run { " (dry run)" } else { "" },
+            r.changes.len()
+        );
+        for c in &r.changes {
+            match (&c.from, &c.to) {
+                (None, Some(t)) => println!("  + {} {t}", c.package),
+                (Some(f), None) => println!("  - {} {f}", c.package),
+                (Some(f), Some(t)) => println!("  ~ {} {f} → {t}", c.package),
+                _ => {}
+            }
+        }
+        for d in &r.deferred {
+            println!("next boot: {d}");
+        }
+        for d in &r.differs {
+            println!("differs from the image: {d}");
+        }
+        if !r.dry_run {
+            println!(
+                "applied in {:.1}s; recorded in {}",
+                r.seconds,
+                crate::live::APPLIED_LOG
+            );
+        }
+        Ok(())
+    })?;
+    Ok(if r.differs.is_empty() { 0 } else { 1 })
+}
+
+pub(super) fn run_reboot(cli: &Cli, args: &RebootArgs) -> Result<i32> {
+    let a = &args.target;
+    let r = crate::live::reboot(&crate::live::RebootOptions {
+        store: &cli.store,
+        image: a.image.as_deref(),
+        kexec: args.kexec,
+        ram: args.ram,
+        key: a.key.as_deref(),
+        dry_run: a.dry_run,
+    })?;
+    show(a.json, &r, |r| {
+        println!(
+            "{} {} (entry {}){}",
+            if a.dry_run { "would boot" } else { "booting" },
+            r.image,
+            r.entry,
+            if r.method == "kexec" {
+                " with kexec"
+            } else {
+                " through the firmware"
+            }
+        );
+        if let Some(c) = &r.command_line {
+            println!("command line: {c}");
+        }
+        Ok(())
+    })?;
+    Ok(0)
+}

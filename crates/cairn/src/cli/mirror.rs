@@ -1,0 +1,345 @@
+//! `cairn mirror sync|verify|sources`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use super::{Cli, show};
+use crate::mirror::config::{MirrorConfig, SyncRequest, resolve};
+use crate::mirror::state::list_mirrors;
+use crate::mirror::state::{MirrorPaths, MirrorState, apt_source_lines};
+use crate::mirror::sync::{SyncOptions, SyncReport, sync};
+use crate::mirror::verify::{VerifyOptions, VerifyReport, verify};
+use crate::parallel;
+use crate::profile::load_arg as load_profile;
+use crate::progress::Mode;
+use crate::progress::human_bytes;
+
+#[derive(Subcommand, Debug)]
+pub enum MirrorCommand {
+    /// Fetch, verify and publish mirrors.
+    ///
+    /// Sources: the host's apt configuration by default (/etc/apt/sources.list
+    /// and sources.list.d, with their Signed-By keyrings), a mirror config file
+    /// (--config), or one repository given by --url.
+    ///
+    /// Selection: by default the dependency closure of systemd-sysv, live-boot
+    /// and linux-image-amd64 (what a cairn live image needs), plus every
+    /// Essential and required package. --full mirrors everything.
+    ///
+    /// Everything is verified before it is published: the Release signature by
+    /// apt's rules (InRelease, or Release + Release.gpg), its dates, every index
+    /// against Release and every pool file against its index, while it streams.
+    /// Pool files are published first, then `dists` is switched atomically: a
+    /// client sees the old or the new mirror, never a mix. A killed sync leaves
+    /// the published mirror as it was; re-running resumes.
+    Sync(Box<SyncArgs>),
+    /// Re-check published mirrors: Release signature and dates, every index,
+    /// every pool file (in parallel on all cores). Exits non-zero on any problem.
+    Verify(VerifyArgs),
+    /// Print apt source lines (one-line format, with signed-by) for the
+    /// published mirrors, ready for /etc/apt/sources.list.d/ or mmdebstrap.
+    Sources(SourcesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SourcesArgs {
+    /// Mirror name(s) [default: every mirror in the store].
+    pub names: Vec<String>,
+    /// URL under which a web server serves `<store>/mirror/` [default: file:// paths].
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Print a JSON array of {name, lines}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// A mirror config file (TOML, schema-version = 1; see docs/mirror.md).
+    #[arg(long, conflicts_with_all = ["url", "suite", "component", "arch", "keyring", "name"])]
+    pub config: Option<PathBuf>,
+    /// Mirror this repository instead of the host's apt sources.
+    #[arg(long, requires_all = ["suite", "keyring"])]
+    pub url: Option<String>,
+    /// Suite(s) of --url (repeatable).
+    #[arg(long)]
+    pub suite: Vec<String>,
+    /// Component(s) (repeatable) [default: main, or the apt sources' own].
+    #[arg(long)]
+    pub component: Vec<String>,
+    /// Architecture(s) (repeatable) [default: this machine's].
+    #[arg(long)]
+    pub arch: Vec<String>,
+    /// Keyring file(s) that may sign --url's Release files (repeatable).
+    #[arg(long)]
+    pub keyring: Vec<PathBuf>,
+    /// Local name of --url's mirror [default: last part of the URL path].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Mirror every package, not a selection.
+    #[arg(long, conflicts_with_all = ["package", "priority"])]
+    pub full: bool,
+    /// Package(s) to mirror, `name` or `name=version` (repeatable; comma lists allowed).
+    #[arg(long, short = 'p', value_delimiter = ',')]
+    pub package: Vec<String>,
+    /// Mirror every package of this priority (repeatable: required, important, …).
+    #[arg(long, value_delimiter = ',')]
+    pub priority: Vec<String>,
+    /// Only the named packages: no dependency closure, no Essential/required set.
+    #[arg(long)]
+    pub no_closure: bool,
+    /// Follow Recommends in the dependency closure.
+    #[arg(long)]
+    pub recommends: bool,
+    /// Keep every version of the selected packages from every mirrored
+    /// suite, not only the newest (for tools that read one suite alone).
+    #[arg(long)]
+    pub all_versions: bool,
+    /// Concurrent downloads over keep-alive connections.
+    #[arg(long, short = 'j', default_value_t = 20)]
+    pub jobs: usize,
+    /// Keep pool files that are no longer selected.
+    #[arg(long)]
+    pub keep_obsolete: bool,
+    /// Wait for another sync of the same mirror instead of refusing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Accept a Release `Date` up to this many seconds in the future (clock skew).
+    #[arg(long, default_value_t = 10)]
+    pub max_future: i64,
+    /// Mirror exactly what this profile needs (file, or `default`): the
+    /// closure of its packages for its host type.
+    /// (Repeatable: the union of several profiles, plus any --package.)
+    #[arg(long, conflicts_with_all = ["full", "priority"])]
+    pub profile: Vec<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Mirror name(s) [default: every mirror in the store].
+    pub names: Vec<String>,
+    /// Refetch missing and corrupt files from the source, verified against the
+    /// published signed indices, and remove unexpected pool files.
+    #[arg(long)]
+    pub repair: bool,
+    /// Files hashed at once [default: number of CPUs].
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+    /// Wait for a running sync instead of refusing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the reports as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn run_sync(cli: &Cli, a: &SyncArgs, mode: Mode) -> Result<i32> {
+    let cfg = sync_config(a)?;
+    let mut opts = SyncOptions::new(cli.store.clone());
+    opts.jobs = a.jobs.max(1);
+    opts.keep_obsolete = a.keep_obsolete;
+    opts.wait = a.wait;
+    opts.progress = mode;
+    opts.max_future = a.max_future;
+    if !cli.quiet && !a.json {
+        for r in &cfg.repos {
+            eprintln!(
+                "mirror {}: {} {} [{}] {}",
+                r.name,
+                r.url,
+                r.suites.join(" "),
+                r.components.join(" "),
+                r.architectures.join(" ")
+            );
+        }
+        eprintln!("selection: {}", cfg.selection.describe());
+    }
+    let report = sync(&cfg, &opts)?;
+    show(a.json, &report, |report| {
+        print_sync(report);
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+pub(super) fn run_verify(cli: &Cli, a: &VerifyArgs, mode: Mode) -> Result<i32> {
+    let names = if a.names.is_empty() {
+        list_mirrors(&cli.store)?
+    } else {
+        a.names.clone()
+    };
+    for n in &names {
+        crate::names::check("mirror name", n)?;
+    }
+    if names.is_empty() {
+        anyhow::bail!(
+            "no mirrors in {}: run `cairn mirror sync` first",
+            cli.store.join("mirror").display()
+        );
+    }
+    let opts = VerifyOptions {
+        store: cli.store.clone(),
+        jobs: a.jobs.unwrap_or_else(parallel::cpus).max(1),
+        repair: a.repair,
+        wait: a.wait,
+        progress: mode,
+        max_future: 10,
+    };
+    let mut reports = Vec::new();
+    for n in &names {
+        reports.push(verify(n, &opts).with_context(|| format!("verifying mirror {n}"))?);
+    }
+    let ok = reports.iter().all(|r| r.ok);
+    show(a.json, &reports, |reports| {
+        for r in reports {
+            print_verify(r);
+        }
+        Ok(())
+    })?;
+    Ok(if ok { 0 } else { 1 })
+}
+
+pub(super) fn print_sources(store: &std::path::Path, a: &SourcesArgs) -> Result<i32> {
+    let names = if a.names.is_empty() {
+        list_mirrors(store)?
+    } else {
+        a.names.clone()
+    };
+    let mut all = Vec::new();
+    for n in &names {
+        let paths = MirrorPaths::new(store, n);
+        let state = MirrorState::load(&paths)?
+            .with_context(|| format!("mirror {n} has not been synced into {}", store.display()))?;
+        all.push(serde_json::json!({"name": n, "lines": apt_source_lines(&paths, &state, a.base_url.as_deref())}));
+    }
+    show(a.json, &all, |all| {
+        for m in all {
+            for l in m["lines"].as_array().into_iter().flatten() {
+                println!("{}", l.as_str().unwrap_or_default());
+            }
+        }
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+/// The command line as a request; `mirror::config::resolve` owns the policy.
+fn sync_config(a: &SyncArgs) -> Result<MirrorConfig> {
+    let profiles = a
+        .profile
+        .iter()
+        .map(|p| load_profile(p))
+        .collect::<Result<Vec<_>>>()?;
+    resolve(&SyncRequest {
+        config: a.config.as_deref(),
+        url: a.url.as_deref(),
+        name: a.name.as_deref(),
+        suites: &a.suite,
+        components: &a.component,
+        architectures: &a.arch,
+        keyring: &a.keyring,
+        profiles: &profiles,
+        packages: &a.package,
+        priorities: &a.priority,
+        full: a.full,
+        no_closure: a.no_closure,
+        recommends: a.recommends,
+        all_versions: a.all_versions,
+    })
+}
+
+fn print_sync(r: &SyncReport) {
+    if r.up_to_date {
+        println!(
+            "up to date: nothing changed upstream or in the selection ({:.1}s)",
+            r.seconds
+        );
+    }
+    for repo in &r.repos {
+        for s in &repo.suites {
+            println!(
+                "  {}/{}: {} signed by {} (Date {}{}), {} indices ({} fetched)",
+                repo.name,
+                s.suite,
+                s.signature,
+                s.signed_by.join(", "),
+                s.date.as_deref().unwrap_or("?"),
+                s.valid_until
+                    .as_deref()
+                    .map(|v| format!(", valid until {v}"))
+                    .unwrap_or_default(),
+                s.indices,
+                s.indices_fetched
+            );
+        }
+        println!(
+            "{}: {} pool files ({}), {} fetched ({}), {} re-hashed, {} obsolete removed -> {}",
+            repo.name,
+            repo.pool_files,
+            human_bytes(repo.pool_bytes),
+            repo.fetched_files,
+            human_bytes(repo.fetched_bytes),
+            repo.hashed_files,
+            repo.removed_obsolete,
+            repo.path.display()
+        );
+    }
+    if !r.unsatisfied.is_empty() {
+        println!(
+            "warning: {} dependencies are not satisfied by the mirrored suites:",
+            r.unsatisfied.len()
+        );
+        for u in r.unsatisfied.iter().take(20) {
+            println!("  {u}");
+        }
+    }
+    println!(
+        "{} packages ({}); fetched {} in {:.1}s",
+        r.packages,
+        r.selection,
+        human_bytes(r.fetched_bytes),
+        r.seconds
+    );
+}
+
+fn print_verify(r: &VerifyReport) {
+    for s in &r.suites {
+        println!(
+            "  {}/{}: signed by {} (Date {})",
+            r.name,
+            s.suite,
+            s.signed_by.join(", "),
+            s.date.as_deref().unwrap_or("?")
+        );
+    }
+    for p in &r.release_problems {
+        println!("  RELEASE {}: {}", p.path, p.detail);
+    }
+    for m in &r.missing {
+        println!("  MISSING {m}");
+    }
+    for c in &r.corrupt {
+        println!("  CORRUPT {}: {}", c.path, c.detail);
+    }
+    for u in &r.unexpected {
+        println!("  UNEXPECTED {u}");
+    }
+    for f in &r.repaired {
+        println!("  REPAIRED {f}");
+    }
+    println!(
+        "{}: {} — {} indices, {} pool files, {} hashed in {:.1}s ({}/s)",
+        r.name,
+        if r.ok { "OK" } else { "PROBLEMS" },
+        r.indices_checked,
+        r.pool_checked,
+        human_bytes(r.bytes_hashed),
+        r.seconds,
+        human_bytes((r.bytes_hashed as f64 / r.seconds.max(0.001)) as u64)
+    );
+}

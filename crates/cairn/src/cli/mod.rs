@@ -1,0 +1,164 @@
+//! The command line: `cairn` and its subcommands. One module per area —
+//! its arguments (clap), one run function per command, its printers — over
+//! the library; policy lives in the library modules, not here.
+
+mod build;
+mod disk;
+mod image;
+mod live;
+mod mirror;
+mod vm;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::progress::Mode;
+
+pub use build::{BuildArgs, UpgradeArgs};
+pub use disk::{BootCommand, DiskCommand, MenuArgs, SecureBootArgs, parse_size};
+pub use image::{ImageCommand, KeyCommand};
+pub use live::{ApplyLiveArgs, LiveTarget, RebootArgs};
+pub use mirror::{MirrorCommand, SourcesArgs, SyncArgs, VerifyArgs};
+pub use vm::VmCommand;
+
+/// cairn keeps Debian machines as signed, layered live images. It starts with
+/// a local, verified mirror of the Debian repositories the images are built from.
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Where mirrors and images live.
+    #[arg(long, global = true, env = "CAIRN_STORE", default_value = "/srv/cairn")]
+    pub store: PathBuf,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress output.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Local copies of Debian repositories, verified before they are published.
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
+    /// Build an image from a profile, from the local mirror only.
+    ///
+    /// PROFILE is a profile file (TOML, see docs/profiles.md) or `default`, the
+    /// built-in profile (this host's suite, host type detected, a live system
+    /// with systemd). The image lands in <store>/images/<profile>/<version>/:
+    /// filesystem.squashfs, vmlinuz and initrd.img beside it, manifest.json,
+    /// SHA256SUMS and SHA512SUMS with detached signatures, and with --iso a
+    /// hybrid BIOS+UEFI ISO. A failed or killed build leaves no partial image.
+    Build(BuildArgs),
+    /// Make the next image of a profile from its latest one (a delta layer, or flattened).
+    ///
+    /// A delta layer holds the changes only, deletions included, on top of
+    /// the latest image's layers; a full image is one flattened squashfs. Upgrades packages from the
+    /// local mirror and applies what changed in the profile (packages added
+    /// or removed, files, hooks). Chains deeper than --max-depth layers, or
+    /// whose deltas pass --max-delta-share of the base, are flattened. When
+    /// nothing changed, no image is made (unless --force).
+    Upgrade(UpgradeArgs),
+    /// The key that signs images (OpenPGP RSA, so GRUB can check it).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Images in the store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Boot disks: GPT with cairn's GRUB (BIOS and UEFI), images, data.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+    /// cairn's verifying GRUB menu.
+    #[command(subcommand)]
+    Boot(BootCommand),
+    /// Virtual machines for trying images.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// On a running cairn system: bring the running packages to a newer image's, now.
+    ///
+    /// The image (default: the newest of the running profile, on the boot
+    /// disk or in the store) is verified with the key the running image
+    /// carries, then apt installs exactly its package versions from the local
+    /// mirror (<store>/mirror) and removes what it dropped, in the RAM overlay:
+    /// new versions run at once, the image itself boots next time. A kernel
+    /// change is refused (it needs a boot: `cairn reboot --kexec`). What was
+    /// applied is recorded in /var/lib/cairn/applied-live.json.
+    ApplyLive(ApplyLiveArgs),
+    /// On a running cairn system: reboot into an image of the boot disk.
+    ///
+    /// IMAGE is PROFILE/VERSION or a VERSION of the running profile (default:
+    /// its newest image). With --kexec, the image is checked as cairn's GRUB
+    /// menu checks it (signatures, BOOTSUMS), its checked kernel and initrd
+    /// are loaded with the menu entry's command line and systemd switches to
+    /// them: no firmware, no boot loader. When kexec cannot be used, a normal
+    /// reboot, with GRUB's next_entry set to the image.
+    Reboot(RebootArgs),
+}
+
+/// The image a command on the running system acts on, and how.
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<i32> {
+    // apt source lines, overlayfs options and GRUB name the store's paths as
+    // text: a store whose path is not UTF-8 is refused here, not half-used.
+    if cli.store.to_str().is_none() {
+        anyhow::bail!(
+            "the store path {} is not UTF-8: apt sources and mount options name it as text; choose another --store",
+            cli.store.display()
+        );
+    }
+    let mode = if cli.quiet { Mode::Quiet } else { Mode::Auto };
+    match &cli.command {
+        Command::Mirror(MirrorCommand::Sync(a)) => mirror::run_sync(cli, a, mode),
+        Command::Mirror(MirrorCommand::Verify(a)) => mirror::run_verify(cli, a, mode),
+        Command::Mirror(MirrorCommand::Sources(a)) => mirror::print_sources(&cli.store, a),
+        Command::Build(a) => build::run_build(cli, a),
+        Command::Upgrade(a) => build::run_upgrade(cli, a),
+        Command::ApplyLive(a) => live::run_apply_live(cli, a),
+        Command::Reboot(a) => live::run_reboot(cli, a),
+        Command::Key(c) => image::run_key(cli, c),
+        Command::Image(c) => image::run_image(cli, c),
+        Command::Disk(c) => disk::run_disk(cli, c),
+        Command::Boot(c) => disk::run_boot(cli, c),
+        Command::Vm(c) => vm::run_vm(c),
+    }
+}
+
+/// Prints `r` as JSON for scripts (`--json`), else as `human` writes it.
+fn show<T: serde::Serialize>(
+    json: bool,
+    r: &T,
+    human: impl FnOnce(&T) -> Result<()>,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        Ok(())
+    } else {
+        human(r)
+    }
+}

@@ -1,0 +1,175 @@
+//! `cairn vm run`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::show;
+
+#[derive(Subcommand, Debug)]
+pub enum VmCommand {
+    /// Boot a disk image or ISO in qemu (KVM when it works here, TCG
+    /// otherwise), serial console to a log file, until the VM powers off, a
+    /// marker line appears, or the timeout.
+    Run {
+        /// A raw disk image, or an ISO.
+        media: PathBuf,
+        #[arg(long, value_enum, default_value = "bios")]
+        firmware: crate::vm::Firmware,
+        /// auto: KVM if /dev/kvm works and the guest shows output within 20 s,
+        /// else TCG (nested KVM often fails or crawls).
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: crate::vm::Accel,
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+        /// Seconds before the VM is stopped.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Wait for a console line starting with this (e.g. CAIRN-BOOTED).
+        #[arg(long)]
+        marker: Option<String>,
+        /// Ask a cairn image to power off once booted (via SMBIOS serial).
+        #[arg(long)]
+        poweroff: bool,
+        /// Boot this menu entry of a cairn disk (its id, e.g. `web-20261126T015228Z`
+        /// or `rollback>web-…`; see `cairn boot menu --json`), via SMBIOS serial.
+        #[arg(long)]
+        entry: Option<String>,
+        /// Let the VM reboot (boot counting); by default a reboot ends the run.
+        #[arg(long)]
+        reboots: bool,
+        /// UEFI with Secure Boot enforced. The firmware trusts Debian's OVMF
+        /// test key ("snakeoil", /usr/share/ovmf/PkKek-1-snakeoil.*) unless
+        /// --own-cert or --mok-cert says otherwise.
+        #[arg(long)]
+        secure_boot: bool,
+        /// Secure Boot: this certificate (PEM or DER) alone enrolled as PK,
+        /// KEK and db — a machine that trusts only your key.
+        #[arg(long, requires = "secure_boot", conflicts_with = "mok_cert")]
+        own_cert: Option<PathBuf>,
+        /// Secure Boot: Microsoft's keys enrolled (as on most machines) and
+        /// this certificate in shim's MOK list — for disks made with --shim.
+        #[arg(long, requires = "secure_boot")]
+        mok_cert: Option<PathBuf>,
+        /// Directory for console.log and marker.log.
+        #[arg(long, default_value = "/var/tmp/cairn-vm")]
+        log_dir: PathBuf,
+        /// Attach a read-only disk made of this directory (ext4, label
+        /// `cairn-store`): e.g. a store holding `mirror/`, for `cairn
+        /// apply-live` in the guest (`mount LABEL=cairn-store /srv/cairn`).
+        #[arg(long)]
+        attach_dir: Option<PathBuf>,
+        /// Attach this raw disk image read-only too (repeatable): a second
+        /// medium beside the boot disk, as a USB stick would be.
+        #[arg(long)]
+        attach: Vec<PathBuf>,
+        /// Time when a console line starting with this first appears
+        /// (repeatable; `events` in --json).
+        #[arg(long)]
+        event: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(super) fn run_vm(c: &VmCommand) -> Result<i32> {
+    let VmCommand::Run {
+        media,
+        firmware,
+        accel,
+        memory,
+        timeout,
+        marker,
+        poweroff,
+        entry,
+        reboots,
+        secure_boot,
+        own_cert,
+        mok_cert,
+        log_dir,
+        attach_dir,
+        attach: disks,
+        event,
+        json,
+    } = c;
+    let mut attach = disks.clone();
+    if let Some(d) = attach_dir {
+        crate::fsutil::own_dir(log_dir)?;
+        let disk = log_dir.join("attached.img");
+        crate::vm::dir_disk(d, &disk, "cairn-store")?;
+        attach.push(disk);
+    }
+    let spec = crate::vm::VmSpec {
+        media: media.clone(),
+        firmware: if *secure_boot {
+            crate::vm::Firmware::Uefi
+        } else {
+            *firmware
+        },
+        accel: *accel,
+        memory_mb: *memory,
+        timeout: std::time::Duration::from_secs(*timeout),
+        smbios_serial: match (poweroff, entry) {
+            (true, Some(e)) => Some(format!("cairn-test-poweroff:{e}")),
+            (true, None) => Some("cairn-test-poweroff".to_string()),
+            (false, Some(e)) => Some(format!("cairn-entry:{e}")),
+            (false, None) => None,
+        },
+        reboots: *reboots,
+        secure_boot: *secure_boot,
+        secure_boot_keys: match (own_cert, mok_cert) {
+            (Some(c), _) => crate::vm::SecureBootKeys::Own(c.clone()),
+            (None, Some(c)) => crate::vm::SecureBootKeys::Mok(c.clone()),
+            (None, None) => crate::vm::SecureBootKeys::Snakeoil,
+        },
+        log_dir: log_dir.clone(),
+        marker: marker.clone(),
+        attach,
+        events: event.clone(),
+    };
+    let r = crate::vm::run(&spec)?;
+    show(*json, &r, |r| {
+        if let Some(why) = &r.kvm_fallback {
+            println!("KVM not usable here ({why}): ran under TCG");
+        }
+        match (&r.marker_line, r.seconds_to_marker) {
+            (Some(l), Some(t)) => println!("{l}  ({t:.1}s after start)"),
+            _ if marker.is_some() => println!("no marker line seen"),
+            _ => {}
+        }
+        println!(
+            "{} {:?}/{:?}: {} after {:.1}s; console log {}",
+            media.display(),
+            r.firmware,
+            r.accel,
+            if r.timed_out {
+                "timed out"
+            } else if r.exited {
+                "powered off"
+            } else {
+                "stopped at the marker"
+            },
+            r.seconds,
+            r.console_log.display()
+        );
+        Ok(())
+    })?;
+    if let (Some(m), None) = (marker, &r.marker_line) {
+        // What a slow or stuck boot was doing: the last lines.
+        eprintln!(
+            "cairn: {}: no line starting with {m:?} after {:.1}s ({}); last console lines ({}):\n{}",
+            media.display(),
+            r.seconds,
+            if r.timed_out {
+                format!("timeout {timeout}s")
+            } else {
+                "the VM stopped".to_string()
+            },
+            r.console_log.display(),
+            crate::vm::last_lines(&r.console_log, 25)
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}

@@ -1,0 +1,254 @@
+//! Checking images: `cairn image verify` (signatures and every hash), and
+//! what a running system checks before it boots one (`cairn reboot
+//! --kexec`): the manifest from its signed sums, the boot files as cairn's
+//! GRUB menu checks them.
+
+use fs_err as fs;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use sha2::{Digest, Sha256, Sha512};
+
+use super::{BOOT_CFG, BOOT_SUMS, GRUB_SIGNED, Manifest};
+use crate::parallel;
+use crate::trust::hash::hex;
+use crate::trust::keys::verify_file;
+
+/// The outcome of `cairn image verify`.
+#[derive(Debug, Serialize)]
+pub struct VerifyImage {
+    pub path: PathBuf,
+    pub ok: bool,
+    pub signed_by: Option<String>,
+    pub checked: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// Checks the signatures and every hash of an image against a public key.
+pub fn verify(dir: &Path, public_key: &Path) -> Result<VerifyImage> {
+    verify_with(dir, public_key, false)
+}
+
+/// As `verify`; with `iso_optional`, an ISO listed in the sums may be absent
+/// (boot disks carry images without their ISO).
+pub fn verify_with(dir: &Path, public_key: &Path, iso_optional: bool) -> Result<VerifyImage> {
+    let work = tempfile::Builder::new()
+        .prefix("cairn-verify-")
+        .tempdir()
+        .context("a private temporary directory")?;
+    let work = work.path();
+    let mut r = VerifyImage {
+        path: dir.to_path_buf(),
+        ok: false,
+        signed_by: None,
+        checked: Vec::new(),
+        problems: Vec::new(),
+    };
+    let mut lists = Vec::new();
+    for sums in ["SHA256SUMS", "SHA512SUMS"] {
+        match verify_file(public_key, &dir.join(sums), work) {
+            Ok(fpr) => {
+                r.signed_by = Some(fpr);
+                lists.push(sums);
+            }
+            Err(e) => r.problems.push(format!("{sums}: signature: {e:#}")),
+        }
+    }
+    for n in GRUB_SIGNED.iter().skip(2) {
+        if !dir.join(n).exists() && (*n == BOOT_CFG || *n == BOOT_SUMS) {
+            r.problems
+                .push(format!("{n}: missing (re-seal with `cairn image sign`)"));
+            continue;
+        }
+        if let Err(e) = verify_file(public_key, &dir.join(n), work) {
+            r.problems.push(format!("{n}: signature: {e:#}"));
+        }
+    }
+    let mut expected: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+    for sums in &lists {
+        let text = fs::read_to_string(dir.join(sums))?;
+        for line in text.lines() {
+            let Some((h, n)) = line.split_once("  ") else {
+                r.problems.push(format!("{sums}: unreadable line {line:?}"));
+                continue;
+            };
+            if n.contains('/') {
+                r.problems
+                    .push(format!("{sums}: path {n:?} outside the image"));
+                continue;
+            }
+            let e = expected.entry(n.to_string()).or_default();
+            if *sums == "SHA256SUMS" {
+                e.0 = Some(h.into())
+            } else {
+                e.1 = Some(h.into())
+            }
+        }
+    }
+    if iso_optional {
+        expected.retain(|n, _| !n.ends_with(".iso") || dir.join(n).exists());
+    }
+    let names: Vec<String> = expected.keys().cloned().collect();
+    let hashes = parallel::map(&names, parallel::cpus(), |n| hash_both(&dir.join(n)));
+    for (n, h) in names.iter().zip(hashes) {
+        let (want256, want512) = &expected[n];
+        match h {
+            Err(e) => r.problems.push(format!("{n}: {e:#}")),
+            Ok((a, b)) => {
+                if want256.as_ref().is_some_and(|w| *w != a) {
+                    r.problems.push(format!(
+                        "{n}: SHA256 mismatch (expected {}, got {a})",
+                        want256.as_deref().unwrap_or("")
+                    ));
+                } else if want512.as_ref().is_some_and(|w| *w != b) {
+                    r.problems.push(format!("{n}: SHA512 mismatch"));
+                } else {
+                    r.checked.push(n.clone());
+                }
+            }
+        }
+    }
+    for e in fs::read_dir(dir)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if !expected.contains_key(&n) && !n.starts_with("SHA") && !n.ends_with(".sig") {
+            r.problems
+                .push(format!("{n}: not listed in the signed sums"));
+        }
+    }
+    if lists.is_empty() && r.problems.is_empty() {
+        bail!("nothing to verify in {}", dir.display());
+    }
+    r.ok = r.problems.is_empty();
+    Ok(r)
+}
+
+pub(crate) fn hash_both(p: &Path) -> Result<(String, String)> {
+    let (mut a, mut b) = (Sha256::new(), Sha512::new());
+    crate::trust::hash::for_each_block(p, |d| {
+        a.update(d);
+        b.update(d);
+    })?;
+    Ok((hex(&a.finalize()), hex(&b.finalize())))
+}
+
+/// The manifest of the image in `dir`, read once and trusted only if its
+/// bytes are the ones the image's signed SHA256SUMS lists.
+pub fn signed_manifest(dir: &Path, key: &Path, work: &Path) -> Result<Manifest> {
+    fs::create_dir_all(work)?;
+    let sums = fs::read(dir.join("SHA256SUMS"))
+        .with_context(|| format!("{}: SHA256SUMS missing", dir.display()))?;
+    let sig = fs::read(dir.join("SHA256SUMS.sig"))
+        .with_context(|| format!("{}: SHA256SUMS.sig missing", dir.display()))?;
+    // The copies are checked and read: what was checked is what is used.
+    fs::write(work.join("SHA256SUMS"), &sums)?;
+    fs::write(work.join("SHA256SUMS.sig"), &sig)?;
+    verify_file(key, &work.join("SHA256SUMS"), work)
+        .with_context(|| format!("{}: SHA256SUMS: signature missing or bad", dir.display()))?;
+    let want = String::from_utf8_lossy(&sums)
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix(&format!("  {}", super::MANIFEST))
+                .map(String::from)
+        })
+        .with_context(|| format!("{}: SHA256SUMS does not list the manifest", dir.display()))?;
+    let data = fs::read(dir.join(super::MANIFEST))
+        .with_context(|| format!("{}: manifest missing", dir.display()))?;
+    if crate::trust::hash::sha256_hex(&data) != want {
+        bail!(
+            "{}: the manifest differs from the signed SHA256SUMS",
+            dir.display()
+        );
+    }
+    serde_json::from_slice(&data)
+        .with_context(|| format!("{}: reading the manifest", dir.display()))
+}
+
+/// What cairn's menu entry would boot, checked the way the menu checks it,
+/// in copies under `work` (what is loaded is what was checked).
+#[derive(Debug, Serialize)]
+pub struct CheckedBoot {
+    pub image: PathBuf,
+    pub signed_by: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// boot.cfg's arguments (boot=live, module, console, cairn.sha256=…).
+    pub args: String,
+}
+
+pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBoot> {
+    fs::create_dir_all(work)?;
+    let names = ["SHA256SUMS", BOOT_SUMS, BOOT_CFG, "vmlinuz", "initrd.img"];
+    for n in names {
+        for f in [n.to_string(), format!("{n}.sig")] {
+            fs::copy(dir.join(&f), work.join(&f))
+                .with_context(|| format!("{}: {f} missing", dir.display()))?;
+        }
+    }
+    let gpg_work = work.join(".gpg");
+    fs::create_dir_all(&gpg_work)?;
+    let mut signed_by = String::new();
+    for n in names {
+        signed_by = verify_file(key, &work.join(n), &gpg_work).with_context(|| {
+            format!("REFUSING {}: {n}: signature missing or bad", dir.display())
+        })?;
+    }
+    // BOOTSUMS is this image's: the image's signed SHA256SUMS lists it (a
+    // BOOTSUMS of another signed image, with that image's kernel, would
+    // pass its own signature).
+    let all = fs::read_to_string(work.join("SHA256SUMS"))?;
+    let want = all
+        .lines()
+        .find_map(|l| l.strip_suffix(&format!("  {BOOT_SUMS}")))
+        .with_context(|| {
+            format!(
+                "REFUSING {}: SHA256SUMS does not list {BOOT_SUMS}",
+                dir.display()
+            )
+        })?;
+    if crate::trust::hash::sha256_file(&work.join(BOOT_SUMS))?.1 != want {
+        bail!(
+            "REFUSING {}: {BOOT_SUMS} is not the one the image's SHA256SUMS lists",
+            dir.display()
+        );
+    }
+    let sums = fs::read_to_string(work.join(BOOT_SUMS))?;
+    let mut listed = 0;
+    for line in sums.lines() {
+        let (h, n) = line
+            .split_once("  ")
+            .with_context(|| format!("{BOOT_SUMS}: unreadable line {line:?}"))?;
+        if !["vmlinuz", "initrd.img", BOOT_CFG].contains(&n) {
+            bail!("{BOOT_SUMS} lists {n:?}");
+        }
+        let (_, got) = crate::trust::hash::sha256_file(&work.join(n))?;
+        if got != h {
+            bail!(
+                "REFUSING {}: {n} differs from the signed {BOOT_SUMS}",
+                dir.display()
+            );
+        }
+        listed += 1;
+    }
+    if listed != 3 {
+        bail!(
+            "REFUSING {}: {BOOT_SUMS} does not list kernel, initrd and boot.cfg",
+            dir.display()
+        );
+    }
+    let cfg = fs::read_to_string(work.join(BOOT_CFG))?;
+    let args = super::boot_cfg_args(&cfg).with_context(|| {
+        format!(
+            "REFUSING {}: boot.cfg gives no kernel arguments",
+            dir.display()
+        )
+    })?;
+    Ok(CheckedBoot {
+        image: dir.to_path_buf(),
+        signed_by,
+        kernel: work.join("vmlinuz"),
+        initrd: work.join("initrd.img"),
+        args,
+    })
+}

@@ -1,0 +1,233 @@
+//! `cairn reboot [--kexec]`: into a chosen image of the boot disk, checked as
+//! cairn's menu checks it, loaded from checked copies in RAM.
+
+use fs_err as fs;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::{BootMedium, RUN_DIR, boot_uuid, booted, find_image, public_key};
+use crate::boot::{env, menu};
+use crate::cmd::{Cmd, which};
+use crate::image::verify::{CheckedBoot, check_boot_files};
+use crate::trust::keys::verify_file;
+
+/// The selector of the menu entry that boots `rel` (`/images/P/V` on the
+/// medium), in RAM or not, read from the menu on the medium — once its
+/// signature is checked (an unsigned grub.cfg says nothing).
+pub fn menu_selector(medium: &Path, rel: &str, ram: bool, key: &Path) -> Result<Option<String>> {
+    let scratch = tempfile::Builder::new()
+        .prefix("cairn-menu-")
+        .tempdir()
+        .context("a private temporary directory")?;
+    let work = scratch.path();
+    let grub = medium.join("boot/grub");
+    for f in ["grub.cfg", "grub.cfg.sig"] {
+        fs::copy(grub.join(f), work.join(f))
+            .with_context(|| format!("{}: {f} missing", grub.display()))?;
+    }
+    verify_file(key, &work.join("grub.cfg"), work)
+        .with_context(|| format!("{}: grub.cfg: signature missing or bad", grub.display()))?;
+    let cfg = fs::read_to_string(work.join("grub.cfg"))?;
+    Ok(selector_in(&cfg, rel, ram))
+}
+
+/// The selector a (checked) menu gives the entry that boots `rel`.
+fn selector_in(cfg: &str, rel: &str, ram: bool) -> Option<String> {
+    // The call with an empty selector, less its closing quote.
+    let call = menu::boot_call(rel, ram, "");
+    let needle = &call[..call.len() - 1];
+    cfg.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix(needle)?;
+        rest.split('"').next().map(String::from)
+    })
+}
+
+/// The kernel command line the menu entry gives: boot.cfg's arguments, the
+/// image's directory on the medium, the boot partition, `toram` for the
+/// in-RAM entry, the entry that booted (for boot counting).
+pub fn command_line(args: &str, rel: &str, uuid: &str, ram: bool, selector: &str) -> String {
+    format!(
+        "{args} live-media-path={rel} cairn.boot={uuid}{} cairn.entry={selector}",
+        if ram { " toram" } else { "" }
+    )
+}
+
+#[derive(Debug, Serialize)]
+pub struct RebootPlan {
+    pub image: String,
+    pub entry: String,
+    pub method: String,
+    pub command_line: Option<String>,
+    pub signed_by: Option<String>,
+    /// Why kexec was not used, when it was asked for.
+    pub kexec_fallback: Option<String>,
+}
+
+pub struct RebootOptions<'a> {
+    pub store: &'a Path,
+    pub image: Option<&'a str>,
+    pub kexec: bool,
+    pub ram: bool,
+    pub key: Option<&'a Path>,
+    /// Check and load, but do not reboot.
+    pub dry_run: bool,
+}
+
+/// `cairn reboot [--kexec] [IMAGE]`.
+pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
+    let (profile, _) = booted()?;
+    let key = public_key(o.key, o.store)?;
+    let uuid = boot_uuid()?;
+    let medium = BootMedium::find()?;
+    let (dir, _) = find_image(&[&medium.root], o.image, &profile, &key)?;
+    let rel = format!(
+        "/{}",
+        dir.strip_prefix(&medium.root)
+            .with_context(|| format!(
+                "{} is not on the boot disk: `cairn disk add` it first",
+                dir.display()
+            ))?
+            .display()
+    );
+    let (p, v) = rel
+        .trim_start_matches("/images/")
+        .split_once('/')
+        .context("an image directory is images/PROFILE/VERSION")?;
+    // Both reach the kernel command line (live-media-path=, cairn.entry=),
+    // also when the image was named by its path.
+    crate::names::check("profile directory", p)?;
+    crate::names::check("version directory", v)?;
+    // Not in the written menu: an image copied onto the disk by hand, which
+    // the menu's "found now" loop offers.
+    let entry = menu_selector(&medium.root, &rel, o.ram, &key)?
+        .unwrap_or_else(|| menu::found_selector(&rel, o.ram));
+    let mut plan = RebootPlan {
+        image: format!("{p}/{v}"),
+        entry: entry.clone(),
+        method: "reboot".into(),
+        command_line: None,
+        signed_by: None,
+        kexec_fallback: None,
+    };
+    if o.kexec {
+        // A refused image is an error: no reboot. Only loading may fall back.
+        let work = Path::new(RUN_DIR).join("kexec");
+        let _ = fs::remove_dir_all(&work);
+        let checked = check_boot_files(&dir, &key, &work)?;
+        let cmdline = command_line(&checked.args, &rel, &uuid, o.ram, &entry);
+        match kexec_load(&checked, &cmdline) {
+            Ok(()) => {
+                plan.method = "kexec".into();
+                plan.command_line = Some(cmdline);
+                plan.signed_by = Some(checked.signed_by);
+            }
+            Err(e) => {
+                tracing::warn!("kexec unavailable, rebooting through the firmware: {e:#}");
+                eprintln!("cairn: kexec unavailable ({e:#}): a normal reboot instead");
+                plan.kexec_fallback = Some(format!("{e:#}"));
+            }
+        }
+    }
+    if plan.method == "reboot" {
+        // GRUB's one-shot next_entry picks the image on the next boot.
+        let envp = medium.root.join("boot/grub/grubenv");
+        if envp.is_file() && !o.dry_run {
+            medium.writable(|| {
+                let mut vars = env::parse(&fs::read(&envp)?)?;
+                env::update(&mut vars, &[("next_entry", &entry)]);
+                env::save(&envp, &vars)
+            })?;
+        }
+    }
+    drop(medium);
+    if o.dry_run {
+        if plan.method == "kexec" {
+            let _ = Cmd::new("kexec").arg("-u").run();
+        }
+        return Ok(plan);
+    }
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    match (plan.method.as_str(), systemd) {
+        ("kexec", true) => Cmd::new("systemctl").args(["--no-block", "kexec"]).run()?,
+        ("kexec", false) => Cmd::new("kexec").arg("-e").run()?,
+        (_, true) => Cmd::new("systemctl").args(["--no-block", "reboot"]).run()?,
+        _ => Cmd::new("reboot").run()?,
+    };
+    Ok(plan)
+}
+
+/// Loads the checked copies with kexec_file_load (what a kernel locked
+/// down under Secure Boot accepts, signed kernels only), else kexec_load.
+fn kexec_load(c: &CheckedBoot, cmdline: &str) -> Result<()> {
+    if which("kexec").is_none() {
+        bail!("kexec not found (apt-get install kexec-tools, or `cairn = true` in the profile)");
+    }
+    if !Path::new("/sys/kernel/kexec_loaded").exists() {
+        bail!("this kernel has no kexec support");
+    }
+    let load = |file_load: bool| {
+        let mut k = Cmd::new("kexec");
+        if file_load {
+            k = k.arg("-s");
+        }
+        k.arg("-l")
+            .arg(&c.kernel)
+            .arg(format!("--initrd={}", c.initrd.display()))
+            .arg(format!("--command-line={cmdline}"))
+            .run()
+    };
+    if let Err(e) = load(true) {
+        // Locked down (Secure Boot), kexec_load is refused outright, and
+        // kexec_file_load takes only kernels signed by a key this kernel
+        // trusts: its own, the firmware's db, shim's MOK list and certificate.
+        let lockdown = fs::read_to_string("/sys/kernel/security/lockdown").unwrap_or_default();
+        if lockdown.contains("[integrity]") || lockdown.contains("[confidentiality]") {
+            return Err(e).context(
+                "this kernel is locked down (Secure Boot) and refused the image's kernel: it \
+                 loads only kernels signed by a key it trusts (Debian's kernels are trusted \
+                 behind shim — disks made with --shim — not with only your own key in db)",
+            );
+        }
+        tracing::info!("kexec_file_load refused ({e:#}), trying kexec_load");
+        load(false).context("loading the kernel with kexec")?;
+    }
+    if fs::read_to_string("/sys/kernel/kexec_loaded").is_ok_and(|s| s.trim() != "1") {
+        bail!("kexec reported success but no kernel is loaded");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_menu_entry_and_its_command_line() {
+        let cfg = format!(
+            "menuentry x {{\n    {}\n}}\nmenuentry y {{\n    {}\n}}\n",
+            menu::boot_call("/images/web/2", false, "web-2"),
+            menu::boot_call("/images/web/1", true, "rollback>web-1-ram")
+        );
+        assert_eq!(
+            selector_in(&cfg, "/images/web/2", false).as_deref(),
+            Some("web-2")
+        );
+        assert_eq!(
+            selector_in(&cfg, "/images/web/1", true).as_deref(),
+            Some("rollback>web-1-ram")
+        );
+        assert_eq!(selector_in(&cfg, "/images/web/1", false), None);
+        assert_eq!(
+            command_line(
+                "boot=live quiet",
+                "/images/web/1",
+                "1234-abcd",
+                true,
+                "rollback>web-1-ram"
+            ),
+            "boot=live quiet live-media-path=/images/web/1 cairn.boot=1234-abcd toram cairn.entry=rollback>web-1-ram"
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! Step 3 of a sync: the indices a client needs, fetched (or reused from
+//! the published generation) into the new generation and checked against
+//! the verified Release; the Packages files parsed.
+
+use fs_err as fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cairn_debian::date::format_release_date;
+use cairn_debian::{Package, read_packages};
+use sha2::{Digest, Sha256};
+
+use super::{Repo, SuiteReport, SyncOptions};
+use crate::mirror::config::RepoSpec;
+use crate::mirror::fetch::{Counter, Expect, FetchError, fetch_verified, join_url, partial_path};
+use crate::mirror::release::SuiteRelease;
+use crate::parallel;
+use crate::trust::hash::{hex, sha256_file};
+
+/// Every packages of every suite of every repository, and which repository
+/// each came from.
+pub(super) struct Indices {
+    pub reports: Vec<Vec<SuiteReport>>,
+    pub packages: Vec<Package>,
+    pub origin: Vec<usize>,
+}
+
+/// The indices of every suite of `repos` into `<generation>.tmp`.
+pub(super) fn fetch_all(
+    repos: &[Repo],
+    generation: &str,
+    opts: &SyncOptions,
+    counter: &Counter,
+) -> Result<Indices> {
+    let mut out = Indices {
+        reports: Vec::new(),
+        packages: Vec::new(),
+        origin: Vec::new(),
+    };
+    for (ri, repo) in repos.iter().enumerate() {
+        let gen_tmp = repo.paths.generations().join(format!("{generation}.tmp"));
+        fs::create_dir_all(&gen_tmp).with_context(|| format!("creating {}", gen_tmp.display()))?;
+        let mut reports = Vec::new();
+        for rel in &repo.releases {
+            let (n, fetched, pkgs) = fetch_indices(repo, rel, &gen_tmp, opts, counter)
+                .with_context(|| format!("mirror {}: indices of {}", repo.spec.name, rel.suite))?;
+            for p in pkgs {
+                out.packages.push(p);
+                out.origin.push(ri);
+            }
+            reports.push(SuiteReport {
+                suite: rel.suite.clone(),
+                date: rel.release.date.map(format_release_date),
+                valid_until: rel.release.valid_until.map(format_release_date),
+                signature: rel.signature_file(),
+                signed_by: rel.signers.clone(),
+                indices: n,
+                indices_fetched: fetched,
+            });
+        }
+        out.reports.push(reports);
+    }
+    Ok(out)
+}
+
+const COMPRESSIONS: &[&str] = &[".xz", ".gz", ".bz2", ".lzma", ".zst", ".lz4"];
+
+fn strip_compression(p: &str) -> (&str, Option<&str>) {
+    for c in COMPRESSIONS {
+        if let Some(b) = p.strip_suffix(c) {
+            return (b, Some(c));
+        }
+    }
+    (p, None)
+}
+
+/// The Release entries of a suite that a client of this mirror needs.
+fn wanted_indices(spec: &RepoSpec, rel: &SuiteRelease) -> Result<Vec<String>> {
+    let r = &rel.release;
+    for c in &spec.components {
+        if !r.components.is_empty()
+            && !r
+                .components
+                .iter()
+                .any(|x| x == c || x.rsplit('/').next() == Some(c))
+        {
+            bail!(
+                "component {c} is not in suite {} (it has: {})",
+                rel.suite,
+                r.components.join(" ")
+            );
+        }
+    }
+    for a in &spec.architectures {
+        if !r.architectures.is_empty() && !r.architectures.contains(a) {
+            bail!(
+                "architecture {a} is not in suite {} (it has: {})",
+                rel.suite,
+                r.architectures.join(" ")
+            );
+        }
+    }
+    let mut archs = spec.architectures.clone();
+    if r.architectures.iter().any(|a| a == "all")
+        && !r.no_support_arch_all
+        && !archs.iter().any(|a| a == "all")
+    {
+        archs.push("all".into());
+    }
+    let mut out = Vec::new();
+    for path in r.files.keys() {
+        let Some((comp, rest)) = path.split_once('/') else {
+            continue;
+        };
+        if !spec.components.iter().any(|c| c == comp) {
+            continue;
+        }
+        let keep = if let Some(f) = archs
+            .iter()
+            .find_map(|a| rest.strip_prefix(&format!("binary-{a}/")))
+        {
+            !f.contains('/')
+        } else if let Some(f) = rest.strip_prefix("i18n/Translation-") {
+            let lang = strip_compression(f).0;
+            spec.translations.iter().any(|l| l == lang)
+        } else {
+            false
+        };
+        // A signed Release is trusted, but a path still never leaves its suite.
+        if keep
+            && path
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+        {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Fetches (or reuses from the published generation) every wanted index of a
+/// suite into `gen_tmp/<suite>/`, verified against Release. Returns the count,
+/// the count downloaded, and the parsed packages of the selected architectures.
+fn fetch_indices(
+    repo: &Repo,
+    rel: &SuiteRelease,
+    gen_tmp: &Path,
+    opts: &SyncOptions,
+    counter: &Counter,
+) -> Result<(usize, usize, Vec<Package>)> {
+    let wanted = wanted_indices(repo.spec, rel)?;
+    let suite_dir = gen_tmp.join(&rel.suite);
+    let current = repo.paths.current_generation().map(|g| g.join(&rel.suite));
+    // Compressed and plain files that can be fetched directly; plain files
+    // whose compressed sibling we fetch are made by decompressing it.
+    let mut direct = Vec::new();
+    let mut derived = Vec::new();
+    for p in &wanted {
+        let (base, comp) = strip_compression(p);
+        let has_sibling = wanted.iter().any(|q| {
+            let (b, c) = strip_compression(q);
+            b == base && matches!(c, Some(".xz" | ".gz"))
+        });
+        if comp.is_none() && has_sibling {
+            derived.push(p.clone());
+        } else {
+            direct.push(p.clone());
+        }
+    }
+    // What Release says a file is; None when the published copy is still
+    // right and was linked into the new generation.
+    let needed = |p: &str| -> Result<Option<(Expect, PathBuf)>> {
+        let f = &rel.release.files[p];
+        let expect = Expect {
+            size: f.size,
+            sha256: f.sha256.clone(),
+        };
+        let dest = suite_dir.join(p);
+        match &current {
+            Some(cur) if reuse(&cur.join(p), &dest, &expect)? => Ok(None),
+            _ => Ok(Some((expect, dest))),
+        }
+    };
+    let results = parallel::map(&direct, opts.jobs, |p| -> Result<bool> {
+        let Some((expect, dest)) = needed(p)? else {
+            return Ok(false);
+        };
+        let f = &rel.release.files[p];
+        let mut urls = Vec::new();
+        if rel.release.acquire_by_hash {
+            let dir = Path::new(p)
+                .parent()
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            urls.push(join_url(
+                &repo.spec.url,
+                &format!("dists/{}/{dir}/by-hash/SHA256/{}", rel.suite, f.sha256),
+            ));
+        }
+        urls.push(join_url(
+            &repo.spec.url,
+            &format!("dists/{}/{p}", rel.suite),
+        ));
+        let partial = partial_path(&repo.paths.work, &f.sha256);
+        let mut last = None;
+        for url in &urls {
+            match fetch_verified(
+                repo.transport.as_ref(),
+                url,
+                &partial,
+                &dest,
+                &expect,
+                &opts.retry,
+                counter,
+            ) {
+                Ok(_) => return Ok(true),
+                Err(e @ FetchError::NotFound { .. }) => last = Some(e),
+                Err(e) => return Err(e).with_context(|| format!("fetching {p}")),
+            }
+        }
+        Err(last.expect("at least one URL")).with_context(|| format!("fetching {p}"))
+    });
+    let mut fetched = 0;
+    let mut missing_compressed = Vec::new();
+    for (p, r) in direct.iter().zip(results) {
+        match r {
+            Ok(true) => fetched += 1,
+            Ok(false) => {}
+            Err(e) if strip_compression(p).1.is_some() && is_not_found(&e) => {
+                missing_compressed.push(p.clone())
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for p in &missing_compressed {
+        tracing::warn!(
+            "{} lists {p} but the server has no such file; apt will use another compression",
+            rel.suite
+        );
+    }
+    let dres = parallel::map(
+        &derived,
+        opts.jobs.min(parallel::cpus()),
+        |p| -> Result<()> {
+            let Some((expect, dest)) = needed(p)? else {
+                return Ok(());
+            };
+            let src = [".xz", ".gz"]
+                .iter()
+                .map(|c| format!("{p}{c}"))
+                .find(|c| suite_dir.join(c).exists());
+            let Some(src) = src else {
+                bail!("{p}: no compressed copy of it could be fetched")
+            };
+            decompress_verified(&suite_dir.join(&src), &dest, &expect)
+                .with_context(|| format!("decompressing {src}"))
+        },
+    );
+    for r in dres {
+        r?;
+    }
+    // Parse the Packages of the selected architectures.
+    let mut pkgs = Vec::new();
+    for p in &wanted {
+        if !p.ends_with("/Packages") || !p.contains("/binary-") {
+            continue;
+        }
+        let path = suite_dir.join(p);
+        let file = fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+        read_packages(std::io::BufReader::with_capacity(1 << 20, file), |pk| {
+            pkgs.push(pk)
+        })
+        .with_context(|| format!("parsing {}/{p}", rel.suite))?;
+    }
+    Ok((wanted.len() - missing_compressed.len(), fetched, pkgs))
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<FetchError>(),
+            Some(FetchError::NotFound { .. })
+        )
+    })
+}
+
+/// Hard-links a published file into the new generation when it still has the
+/// expected size and hash.
+fn reuse(published: &Path, dest: &Path, expect: &Expect) -> Result<bool> {
+    match fs::metadata(published) {
+        Ok(m) if m.len() == expect.size => {}
+        _ => return Ok(false),
+    }
+    let (_, sha) = sha256_file(published)?;
+    if sha != expect.sha256 {
+        return Ok(false);
+    }
+    if let Some(d) = dest.parent() {
+        fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    fs::hard_link(published, dest)
+        .with_context(|| format!("linking {} to {}", published.display(), dest.display()))?;
+    Ok(true)
+}
+
+/// Decompresses `src` (xz or gzip) into `dest`, checking size and SHA-256 of
+/// the output against what Release says.
+pub(crate) fn decompress_verified(src: &Path, dest: &Path, expect: &Expect) -> Result<()> {
+    let f = fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let mut reader: Box<dyn Read> = match src.extension().and_then(|e| e.to_str()) {
+        Some("xz") => Box::new(liblzma::read::XzDecoder::new_multi_decoder(
+            std::io::BufReader::new(f),
+        )),
+        Some("gz") => Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            f,
+        ))),
+        other => bail!("cannot decompress {other:?}"),
+    };
+    let tmp = dest.with_extension("tmp-decompress");
+    let mut out = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let r = reader
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", src.display()))?;
+        if r == 0 {
+            break;
+        }
+        n += r as u64;
+        if n > expect.size {
+            bail!(
+                "decompressed data is larger than the {} bytes Release lists",
+                expect.size
+            );
+        }
+        h.update(&buf[..r]);
+        out.write_all(&buf[..r])
+            .with_context(|| format!("writing {}", tmp.display()))?;
+    }
+    let got = hex(&h.finalize());
+    if n != expect.size || got != expect.sha256 {
+        let _ = fs::remove_file(&tmp);
+        bail!(
+            "decompressed {} does not match Release: {n} bytes, sha256 {got}",
+            dest.display()
+        );
+    }
+    out.sync_all()?;
+    fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))?;
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! A merged profile checked, field by field, before any work starts; every
+//! error names the field and what was wrong with it.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use super::raw::Unvalidated;
+use super::{
+    Bootstrap, Compression, DataPath, FileSpec, Hook, HostType, ImageSpec, Profile, RootAccess,
+};
+
+/// Top-level directories a data partition label may not shadow.
+const SYSTEM_DIRS: &[&str] = &[
+    "bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "root", "run", "sbin",
+    "sys", "tmp", "usr", "var",
+];
+
+pub(super) fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) -> Result<Profile> {
+    let simple = crate::names::is_safe;
+    if !simple(&name) {
+        bail!("name {name:?}: use letters, digits, `-`, `_`, `.`, `+`");
+    }
+    let suite = raw
+        .suite
+        .context("no `suite` (e.g. suite = \"bookworm\")")?;
+    if !simple(&suite) {
+        bail!("suite {suite:?} is not a suite name");
+    }
+    for p in &raw.packages {
+        let n = p.split_once('=').map_or(p.as_str(), |x| x.0);
+        if !n
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+            || n.is_empty()
+        {
+            bail!("package {p:?} is not a Debian package name");
+        }
+    }
+    let hostname = raw.hostname.unwrap_or_else(|| "cairn".into());
+    if hostname.is_empty()
+        || hostname.len() > 63
+        || !hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        bail!("hostname {hostname:?}: letters, digits and `-`, at most 63");
+    }
+    let root = raw.root.unwrap_or_default();
+    if let Some(h) = &root.password_hash
+        && !(h.starts_with('$') && h.matches('$').count() >= 3)
+    {
+        bail!(
+            "root.password-hash must be a crypt(3) hash such as `mkpasswd -m sha-512` prints, not a password"
+        );
+    }
+    let mut files = Vec::new();
+    for f in raw.files {
+        if !f.dest.starts_with('/') || f.dest.split('/').any(|c| c == "..") {
+            bail!(
+                "file dest {:?} must be an absolute path without `..`",
+                f.dest
+            );
+        }
+        if !f.source.exists() {
+            bail!("file source {} does not exist", f.source.display());
+        }
+        let mode = match &f.mode {
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .with_context(|| format!("file {}: mode {m:?} is not octal", f.dest))?,
+            None => 0o644,
+        };
+        files.push(FileSpec {
+            source: f.source,
+            dest: f.dest,
+            mode,
+        });
+    }
+    let mut hooks = Vec::new();
+    for (i, h) in raw.hooks.into_iter().enumerate() {
+        let (name, script) = match (h.run, h.script) {
+            (Some(r), None) => {
+                let s =
+                    fs_err::read_to_string(&r).with_context(|| format!("hook {}", r.display()))?;
+                (
+                    r.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    s,
+                )
+            }
+            (None, Some(s)) => (format!("inline-{}", i + 1), s),
+            _ => bail!(
+                "hook #{}: give exactly one of `run` (a script file) or `script` (inline)",
+                i + 1
+            ),
+        };
+        hooks.push(Hook { name, script });
+    }
+    let mut data = Vec::new();
+    let mut seen = BTreeSet::new();
+    for d in raw.data {
+        if !d.path.starts_with('/')
+            || d.path == "/"
+            || d.path.split('/').any(|c| c == ".." || c == ".")
+        {
+            bail!(
+                "data path {:?} must be an absolute path (not /) without `.` or `..`",
+                d.path
+            );
+        }
+        if !simple(&d.partition) || SYSTEM_DIRS.contains(&d.partition.as_str()) {
+            bail!(
+                "data partition label {:?}: a simple name that is not a system directory",
+                d.partition
+            );
+        }
+        let dir = d
+            .dir
+            .unwrap_or_else(|| d.path.trim_start_matches('/').replace('/', "-"));
+        if !simple(&dir) {
+            bail!("data dir {dir:?} must be a simple name");
+        }
+        if !seen.insert(d.path.clone()) {
+            bail!("data path {} is listed twice", d.path);
+        }
+        data.push(DataPath {
+            path: d.path.trim_end_matches('/').to_string(),
+            partition: d.partition,
+            dir,
+        });
+    }
+    let img = raw.image.unwrap_or_default();
+    let compression = img.compression.unwrap_or(Compression::Zstd);
+    let level = match (img.level, compression.levels()) {
+        (None, _) => None,
+        (Some(l), Some(r)) if r.contains(&l) => Some(l),
+        (Some(l), Some(r)) => bail!(
+            "image.level {l} is out of range for {} ({}..={})",
+            compression.name(),
+            r.start(),
+            r.end()
+        ),
+        (Some(_), None) => bail!(
+            "image.level: {} has no compression level in mksquashfs",
+            compression.name()
+        ),
+    };
+    let variant = raw.variant.unwrap_or_else(|| "minbase".into());
+    if ![
+        "extract",
+        "custom",
+        "essential",
+        "apt",
+        "required",
+        "minbase",
+        "buildd",
+        "important",
+        "debootstrap",
+        "standard",
+    ]
+    .contains(&variant.as_str())
+    {
+        bail!("variant {variant:?} is not an mmdebstrap variant");
+    }
+    for a in &raw.kernel_cmdline {
+        if a.contains(char::is_whitespace) || a.is_empty() {
+            bail!("kernel-cmdline entries are single words: {a:?}");
+        }
+        if let Some(why) = crate::image::refused_kernel_arg(a) {
+            bail!("kernel-cmdline entry {a:?}: {why}");
+        }
+    }
+    Ok(Profile {
+        name,
+        path,
+        suite,
+        architecture: raw
+            .architecture
+            .unwrap_or_else(|| crate::host::debian_arch().into()),
+        variant,
+        bootstrap: raw.bootstrap.unwrap_or(Bootstrap::Mmdebstrap),
+        host_type: raw.host_type.unwrap_or(HostType::Auto),
+        packages: raw.packages,
+        builder: raw.builder.unwrap_or(false),
+        cairn: raw.cairn.unwrap_or(false) || raw.builder.unwrap_or(false),
+        hostname,
+        root: RootAccess {
+            password_hash: root.password_hash,
+            ssh_keys: root.ssh_keys,
+        },
+        kernel_cmdline: raw.kernel_cmdline,
+        files,
+        hooks,
+        data,
+        image: ImageSpec {
+            compression,
+            level,
+            iso: img.iso.unwrap_or(false),
+        },
+    })
+}
