@@ -108,17 +108,6 @@ pub fn dir_disk(dir: &Path, out: &Path, label: &str) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn escape_sequences_are_not_text() {
-        assert_eq!(
-            super::strip_ansi("\x1b[H\x1b[J\x1b[1;1Hcairn: REFUSING\x1b[0m x"),
-            "cairn: REFUSING x"
-        );
-    }
-}
-
 #[derive(Debug, Serialize)]
 pub struct VmResult {
     pub firmware: Firmware,
@@ -190,11 +179,22 @@ pub fn last_lines(log: &Path, n: usize) -> String {
 /// Lines starting with `marker` in either log (GRUB and firmware noise may
 /// precede it on the same port, so only whole lines count; terminal escape
 /// sequences are not text).
-fn find_marker(logs: &[&Path], marker: &str) -> Option<String> {
+/// The first line of the logs that starts with `marker`. Only whole lines
+/// count while the guest still writes (a serial port delivers a line in
+/// pieces: half a line is not the line); `finished` counts a last line
+/// without its end too.
+fn find_marker(logs: &[&Path], marker: &str, finished: bool) -> Option<String> {
     for l in logs {
-        let data = fs::read(l).ok()?;
+        let Ok(data) = fs::read(l) else {
+            continue;
+        };
         let text = strip_ansi(&String::from_utf8_lossy(&data));
-        if let Some(line) = text.split(['\n', '\r']).find(|x| x.starts_with(marker)) {
+        let whole = match text.rfind(['\n', '\r']) {
+            _ if finished => &text[..],
+            Some(end) => &text[..end],
+            None => "",
+        };
+        if let Some(line) = whole.split(['\n', '\r']).find(|x| x.starts_with(marker)) {
             return Some(line.trim().to_string());
         }
     }
@@ -341,13 +341,13 @@ fn run_once(
     let mut events = BTreeMap::new();
     loop {
         for e in &spec.events {
-            if !events.contains_key(e) && find_marker(&[&markers, &console], e).is_some() {
+            if !events.contains_key(e) && find_marker(&[&markers, &console], e, false).is_some() {
                 events.insert(e.clone(), t0.elapsed().as_secs_f64());
             }
         }
         if marker_line.is_none()
             && let Some(m) = &spec.marker
-            && let Some(line) = find_marker(&[&markers, &console], m)
+            && let Some(line) = find_marker(&[&markers, &console], m, false)
         {
             marker_line = Some(line);
             seconds_to_marker = Some(t0.elapsed().as_secs_f64());
@@ -391,7 +391,7 @@ fn run_once(
     if marker_line.is_none()
         && let Some(m) = &spec.marker
     {
-        marker_line = find_marker(&[&markers, &console], m);
+        marker_line = find_marker(&[&markers, &console], m, true);
     }
     drop(child);
     Ok(Ok(VmResult {
@@ -407,4 +407,42 @@ fn run_once(
         events,
         kvm_fallback: None,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_are_not_text() {
+        assert_eq!(
+            strip_ansi("\x1b[H\x1b[J\x1b[1;1Hcairn: REFUSING\x1b[0m x"),
+            "cairn: REFUSING x"
+        );
+    }
+
+    /// Half a line on a serial port is not the line; a missing log does
+    /// not hide the next one.
+    #[test]
+    fn markers_are_whole_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        fs::write(&a, "boot\nCAIRN-BOOTED pro").unwrap();
+        assert_eq!(find_marker(&[&a], "CAIRN-BOOTED", false), None);
+        assert_eq!(
+            find_marker(&[&a], "CAIRN-BOOTED", true).as_deref(),
+            Some("CAIRN-BOOTED pro")
+        );
+        fs::write(&a, "boot\nCAIRN-BOOTED profile=p version=1\r\n").unwrap();
+        assert_eq!(
+            find_marker(&[&a], "CAIRN-BOOTED", false).as_deref(),
+            Some("CAIRN-BOOTED profile=p version=1")
+        );
+        fs::write(&b, "CAIRN-BOOTED x\n").unwrap();
+        let missing = d.path().join("missing");
+        assert_eq!(
+            find_marker(&[&missing, &b], "CAIRN-BOOTED", false).as_deref(),
+            Some("CAIRN-BOOTED x")
+        );
+    }
 }
