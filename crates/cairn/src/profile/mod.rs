@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+mod fleet;
 mod packages;
 mod raw;
 mod validate;
 
+pub use fleet::{Fleet, Health, Policy, RawFleet, in_window, parse_window};
 pub use packages::BUILDER_PACKAGES;
 
 use crate::cmd::Cmd;
@@ -155,6 +157,10 @@ pub struct Profile {
     pub hooks: Vec<Hook>,
     pub data: Vec<DataPath>,
     pub image: ImageSpec,
+    /// Its machines pull newer images by themselves (`[fleet]`).
+    pub fleet: Option<Fleet>,
+    /// What marks a boot of its images good (`[health]`).
+    pub health: Option<Health>,
 }
 
 /// Loads a profile file, following `extends` (relative to the file).

@@ -27,6 +27,10 @@ impl Profile {
         if self.cairn {
             v.push("kexec-tools".into());
         }
+        if self.fleet.is_some() {
+            // Names in fleet.urls resolve (networkd configures the address).
+            v.push("systemd-resolved".into());
+        }
         if self.bootstrap == Bootstrap::Debootstrap {
             // debootstrap always installs it on merged-/usr suites.
             v.push("usr-is-merged".into());

@@ -35,6 +35,8 @@ pub(super) struct Unvalidated {
     #[serde(default)]
     pub(super) data: Vec<UnvalidatedData>,
     pub(super) image: Option<UnvalidatedImage>,
+    pub(super) fleet: Option<super::fleet::RawFleet>,
+    pub(super) health: Option<super::fleet::RawHealth>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -184,5 +186,13 @@ fn merge(parent: Unvalidated, child: Unvalidated) -> Unvalidated {
         hooks: parent.hooks.into_iter().chain(child.hooks).collect(),
         data: parent.data.into_iter().chain(child.data).collect(),
         image,
+        fleet: match (parent.fleet, child.fleet) {
+            (Some(p), Some(c)) => Some(p.under(c)),
+            (p, c) => c.or(p),
+        },
+        health: match (parent.health, child.health) {
+            (Some(p), Some(c)) => Some(p.under(c)),
+            (p, c) => c.or(p),
+        },
     }
 }

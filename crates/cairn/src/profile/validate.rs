@@ -172,6 +172,9 @@ pub(super) fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) ->
             bail!("kernel-cmdline entry {a:?}: {why}");
         }
     }
+    let cairn = raw.cairn.unwrap_or(false) || raw.builder.unwrap_or(false);
+    let fleet = raw.fleet.map(|f| f.validate(cairn)).transpose()?;
+    let health = raw.health.map(|h| h.validate()).transpose()?;
     Ok(Profile {
         name,
         path,
@@ -184,7 +187,7 @@ pub(super) fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) ->
         host_type: raw.host_type.unwrap_or(HostType::Auto),
         packages: raw.packages,
         builder: raw.builder.unwrap_or(false),
-        cairn: raw.cairn.unwrap_or(false) || raw.builder.unwrap_or(false),
+        cairn,
         hostname,
         root: RootAccess {
             password_hash: root.password_hash,
@@ -199,5 +202,7 @@ pub(super) fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) ->
             level,
             iso: img.iso.unwrap_or(false),
         },
+        fleet,
+        health,
     })
 }
