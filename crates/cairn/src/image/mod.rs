@@ -116,15 +116,18 @@ pub fn list(store: &Path) -> Result<Vec<ImageEntry>> {
     let Ok(profiles) = fs::read_dir(images_dir(store)) else {
         return Ok(out);
     };
+    // Directories only (a profile's directory also holds its published
+    // index), and no dot names (staging).
+    let is_dir = |e: &fs::DirEntry| e.file_type().is_ok_and(|t| t.is_dir());
     let mut profiles: Vec<_> = profiles
         .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && is_dir(e))
         .collect();
     profiles.sort_by_key(|e| e.file_name());
     for p in profiles {
         let mut versions: Vec<_> = fs::read_dir(p.path())?
             .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && is_dir(e))
             .collect();
         versions.sort_by_key(|e| std::cmp::Reverse(e.file_name()));
         for v in versions {

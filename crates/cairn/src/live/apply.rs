@@ -97,11 +97,22 @@ pub struct ApplyReport {
     pub dry_run: bool,
 }
 
+/// Where apt takes the packages from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AptFrom {
+    /// The store's mirror (a local path: the build host, an attached disk).
+    Store,
+    /// The running image's own apt sources: on a fleet machine, the
+    /// published mirror over HTTP, with the keyrings the image carries.
+    System,
+}
+
 pub struct ApplyOptions<'a> {
     pub store: &'a Path,
     pub image: Option<&'a str>,
     pub key: Option<&'a Path>,
     pub dry_run: bool,
+    pub apt: AptFrom,
 }
 
 /// `cairn apply-live [IMAGE]`.
@@ -185,7 +196,7 @@ pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
         report.seconds = t0.elapsed().as_secs_f64();
         return Ok(report);
     }
-    apt_apply(o.store, &target, &report.changes)?;
+    apt_apply(o.store, o.apt, &target, &report.changes)?;
     let after = installed_now()?;
     report.differs = plan_changes(&after, &of_manifest(&target))
         .iter()
@@ -204,34 +215,21 @@ pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
 }
 
 /// apt-get against the local mirror only (its own source list, lists and
-/// caches under /run/cairn), one transaction: exact versions in, removed
-/// packages purged.
-fn apt_apply(store: &Path, target: &Manifest, changes: &[Change]) -> Result<()> {
-    let mirrors = crate::rootfs::mirror_sources(store, &target.suite)?;
-    // The store reached this machine on a disk or a share that others may
-    // write: its mirror state is no authority on keys. Each keyring apt is
-    // to trust must be a file of this (signed) image, under the system's
-    // keyring directories; the mirror's names follow the name rule.
-    for (paths, state, _) in &mirrors {
-        crate::mirror::config::validate_repo(&state.repo)
-            .with_context(|| format!("mirror {}", paths.name))?;
-        for k in &state.repo.keyring {
-            trusted_keyring(k).with_context(|| format!("mirror {}", paths.name))?;
-        }
-    }
+/// caches under /run/cairn), or the image's own sources (`AptFrom::System`),
+/// one transaction: exact versions in, removed packages purged.
+fn apt_apply(store: &Path, from: AptFrom, target: &Manifest, changes: &[Change]) -> Result<()> {
     let base = Path::new(RUN_DIR).join("apt");
     let _ = fs::remove_dir_all(&base);
     for d in ["parts", "lists/partial", "cache/archives/partial"] {
         fs::create_dir_all(base.join(d))?;
     }
-    let lines: Vec<String> = mirrors.iter().flat_map(|(_, _, l)| l.clone()).collect();
-    fs::write(base.join("sources.list"), lines.join("\n") + "\n")?;
-    let dirs = [
-        ("Dir::Etc::SourceList", base.join("sources.list")),
-        ("Dir::Etc::SourceParts", base.join("parts")),
+    let mut dirs = vec![
         ("Dir::State::Lists", base.join("lists")),
         ("Dir::Cache", base.join("cache")),
     ];
+    if from == AptFrom::Store {
+        dirs.extend(store_sources(store, target, &base)?);
+    }
     let opts: Vec<String> = dirs
         .iter()
         .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={}", v.display())])
@@ -255,6 +253,32 @@ fn apt_apply(store: &Path, target: &Manifest, changes: &[Change]) -> Result<()> 
     apt(&args)?;
     let _ = fs::remove_dir_all(&base);
     Ok(())
+}
+
+/// A source list of the store's mirrors under `base`, as apt options.
+fn store_sources(
+    store: &Path,
+    target: &Manifest,
+    base: &Path,
+) -> Result<Vec<(&'static str, PathBuf)>> {
+    let mirrors = crate::rootfs::mirror_sources(store, &target.suite)?;
+    // The store reached this machine on a disk or a share that others may
+    // write: its mirror state is no authority on keys. Each keyring apt is
+    // to trust must be a file of this (signed) image, under the system's
+    // keyring directories; the mirror's names follow the name rule.
+    for (paths, state, _) in &mirrors {
+        crate::mirror::config::validate_repo(&state.repo)
+            .with_context(|| format!("mirror {}", paths.name))?;
+        for k in &state.repo.keyring {
+            trusted_keyring(k).with_context(|| format!("mirror {}", paths.name))?;
+        }
+    }
+    let lines: Vec<String> = mirrors.iter().flat_map(|(_, _, l)| l.clone()).collect();
+    fs::write(base.join("sources.list"), lines.join("\n") + "\n")?;
+    Ok(vec![
+        ("Dir::Etc::SourceList", base.join("sources.list")),
+        ("Dir::Etc::SourceParts", base.join("parts")),
+    ])
 }
 
 /// A keyring the running image itself holds in a system keyring directory

@@ -71,7 +71,7 @@ impl BootMedium {
     }
 
     /// Runs `f` with the medium writable (for the GRUB environment block).
-    pub(super) fn writable<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub fn writable<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         Cmd::new("mount")
             .args(["-o", &format!("remount,rw,{MEDIUM_OPTS}")])
             .arg(&self.root)

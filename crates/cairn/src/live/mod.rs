@@ -25,7 +25,7 @@ use crate::image::{self, Manifest};
 use crate::rootfs::customize::KEY_IN_IMAGE;
 
 pub use apply::{
-    APPLIED_LOG, ApplyOptions, ApplyReport, Change, apply_live, needs_boot, plan_changes,
+    APPLIED_LOG, ApplyOptions, ApplyReport, AptFrom, Change, apply_live, needs_boot, plan_changes,
 };
 pub use medium::{BootMedium, boot_uuid};
 pub use reboot::{RebootOptions, RebootPlan, command_line, menu_selector, reboot};

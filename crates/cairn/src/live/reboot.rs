@@ -119,6 +119,16 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         let cmdline = command_line(&checked.args, &rel, &uuid, o.ram, &entry);
         match kexec_load(&checked, &cmdline) {
             Ok(()) => {
+                // GRUB counts a boot of the entry on trial as it loads it;
+                // kexec passes GRUB by, so the try is counted here.
+                let envp = medium.root.join("boot/grub/grubenv");
+                if envp.is_file() && !o.dry_run {
+                    let counted = medium.writable(|| count_try(&envp, &entry));
+                    if let Err(e) = counted {
+                        let _ = Cmd::new("kexec").arg("-u").run();
+                        return Err(e);
+                    }
+                }
                 plan.method = "kexec".into();
                 plan.command_line = Some(cmdline);
                 plan.signed_by = Some(checked.signed_by);
@@ -156,6 +166,31 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         _ => Cmd::new("reboot").run()?,
     };
     Ok(plan)
+}
+
+/// Counts one boot of `entry` when it is on trial and not yet good, as
+/// GRUB's menu does; refuses when it has no tries left (GRUB would not
+/// boot it either).
+fn count_try(envp: &Path, entry: &str) -> Result<()> {
+    let mut vars = env::parse(&fs::read(envp)?)?;
+    let get = |k: &str| {
+        vars.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    if get("cairn_trial") != entry || get("cairn_good") == entry {
+        return Ok(());
+    }
+    let left: u32 = get("cairn_left").parse().unwrap_or(0);
+    if left == 0 {
+        bail!(
+            "{entry} is on trial with no boot tries left: GRUB boots the last good image instead"
+        );
+    }
+    let l = (left - 1).to_string();
+    env::update(&mut vars, &[("cairn_left", &l)]);
+    env::save(envp, &vars)
 }
 
 /// Loads the checked copies with kexec_file_load (what a kernel locked
@@ -202,6 +237,38 @@ fn kexec_load(c: &CheckedBoot, cmdline: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kexec_counts_a_try_of_the_trial() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("grubenv");
+        let set = |vars: &[(&str, &str)]| {
+            let mut v = Vec::new();
+            env::update(&mut v, vars);
+            env::save(&p, &v).unwrap();
+        };
+        let left = || {
+            env::parse(&fs::read(&p).unwrap())
+                .unwrap()
+                .into_iter()
+                .find(|(k, _)| k == "cairn_left")
+                .map(|(_, v)| v)
+        };
+        set(&[("cairn_trial", "found>/images/w/2"), ("cairn_left", "2")]);
+        count_try(&p, "found>/images/w/2").unwrap();
+        assert_eq!(left().as_deref(), Some("1"));
+        // Another entry, or a trial that passed: nothing counted.
+        count_try(&p, "w-1").unwrap();
+        assert_eq!(left().as_deref(), Some("1"));
+        count_try(&p, "found>/images/w/2").unwrap();
+        assert!(count_try(&p, "found>/images/w/2").is_err(), "no tries left");
+        set(&[
+            ("cairn_trial", "w-2"),
+            ("cairn_left", "0"),
+            ("cairn_good", "w-2"),
+        ]);
+        count_try(&p, "w-2").unwrap();
+    }
 
     #[test]
     fn the_menu_entry_and_its_command_line() {

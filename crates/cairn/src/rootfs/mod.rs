@@ -381,6 +381,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     customize::data_paths(&rootfs, &profile.data)?;
     customize::boot_marker(&rootfs, &profile.name, &version)?;
     customize::cairn_tools(&rootfs, profile, &key.public_key)?;
+    customize::fleet(&rootfs, profile, &mirrors)?;
     let installed = installed_packages(&rootfs)?;
     refuse_medium_readers(&installed)?;
     let (kernel, vmlinuz, initrd) = find_kernel(&rootfs)?;

@@ -311,6 +311,7 @@ pub fn upgrade(
     drop(mounts);
     customize::boot_marker(&root, &profile.name, &version)?;
     customize::cairn_tools(&root, profile, &key.public_key)?;
+    customize::fleet(&root, profile, &mirrors)?;
     let packages = installed_packages(&root)?;
     crate::rootfs::refuse_medium_readers(&packages)?;
     let (kernel, vmlinuz, initrd) = find_kernel(&root)?;

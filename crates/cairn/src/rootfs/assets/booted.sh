@@ -1,9 +1,13 @@
 #!/bin/sh
 # cairn: runs once the system is up (after multi-user.target).
-# 1. Marks the boot good for cairn's GRUB boot counting: the menu entry that
-#    booted us (cairn.entry= on the command line) becomes cairn_good in the
-#    GRUB environment block of the boot disk, and a trial of this entry ends
-#    (as does a refusal of it, cairn_bad, that the initramfs recorded).
+# 1. Runs the profile's health check (/etc/cairn/health), when it has one.
+#    When it passes (or there is none), marks the boot good for cairn's GRUB
+#    boot counting: the menu entry that booted us (cairn.entry= on the
+#    command line) becomes cairn_good in the GRUB environment block of the
+#    boot disk, and a trial of this entry has passed: it stays the default
+#    (a refusal of it, cairn_bad, that the initramfs recorded, is cleared).
+#    When it fails, the boot is not marked good, and a boot on trial
+#    reboots: boot counting then tries it again or falls back.
 # 2. Says which image is running (console, second serial port, kernel log).
 # 3. Powers off when a test asks for it (cairn.poweroff on the command line,
 #    or DMI serial cairn-test-poweroff).
@@ -19,18 +23,17 @@ for p in $(cat /proc/cmdline); do
 done
 
 # Rewrites the 1024-byte environment block in place (same blocks, as GRUB's
-# save_env expects): cairn_good=$entry, cairn_trial cleared when it is $entry.
+# save_env expects): cairn_good=$entry (a trial of $entry stays: passed).
 mark_good() {
     env="$1/boot/grub/grubenv"
     [ -f "$env" ] || return 0
     [ -L "$env" ] && { echo "cairn: $env is a symlink: not written" >&2; return 1; }
     [ "$(wc -c < "$env")" -eq 1024 ] || { echo "cairn: $env is not a 1024-byte GRUB environment block" >&2; return 1; }
-    trial="$(sed -n 's/^cairn_trial=//p' "$env")"
     bad="$(sed -n 's/^cairn_bad=//p' "$env")"
     tmp="$(mktemp)"
     {
         echo "# GRUB Environment Block"
-        grep -v '^#' "$env" | grep -v '^cairn_good=' | { if [ "$trial" = "$entry" ]; then grep -v '^cairn_trial='; else cat; fi; } |
+        grep -v '^#' "$env" | grep -v '^cairn_good=' |
             { if [ "$bad" = "$entry" ]; then grep -v '^cairn_bad='; else cat; fi; } | grep -v '^$'
         echo "cairn_good=$entry"
     } > "$tmp"
@@ -56,25 +59,68 @@ mark_good_at() {
     mount -o "remount,rw,$opts" "$1" && { mark_good "$1"; mount -o "remount,ro,$opts" "$1"; }
 }
 
+# The boot partition's root: live-boot's medium; the partition of an ISO
+# file (findiso=); after toram the one device with the UUID GRUB booted
+# from (cairn.boot=), mounted here read-only; or none.
+root=""
+mounted=""
 if [ -n "$entry" ]; then
     medium=/run/live/medium
     fstype="$(awk -v m="$medium" '$2 == m { print $3 }' /proc/mounts)"
     if [ -n "$fstype" ] && [ "$fstype" != tmpfs ] && [ "$fstype" != iso9660 ]; then
-        # live-boot's medium: the boot partition itself.
-        mark_good_at "$medium"
+        root="$medium"
     elif awk '$2 == "/run/live/findiso" { f = 1 } END { exit !f }' /proc/mounts; then
-        # An ISO file on the boot partition (findiso=): its partition.
-        mark_good_at /run/live/findiso
+        root=/run/live/findiso
     else
-        # toram: the medium is in RAM; the boot partition is the one device
-        # with the UUID GRUB booted from (cairn.boot=), or none is written.
         dev="$(blkid -c /dev/null -o device -t "UUID=$uuid" 2>/dev/null)"
         if [ -n "$uuid" ] && [ "$(echo "$dev" | grep -c .)" -eq 1 ]; then
-            mnt="$(mktemp -d)"
-            mount -o "$opts" "$dev" "$mnt" && { mark_good "$mnt"; umount "$mnt"; }
-            rmdir "$mnt"
+            mkdir -p /run/cairn/boot
+            mount -o "ro,$opts" "$dev" /run/cairn/boot && { root=/run/cairn/boot; mounted=1; }
         fi
     fi
+fi
+getenv() {
+    [ -n "$root" ] && [ -f "$root/boot/grub/grubenv" ] && sed -n "s/^$1=//p" "$root/boot/grub/grubenv"
+}
+
+say() {
+    echo "$1" > /dev/kmsg 2>/dev/null
+    for t in /dev/ttyS1 /dev/ttyS0; do
+        [ -c "$t" ] && echo "$1" > "$t" 2>/dev/null
+    done
+}
+
+# The profile's health check decides whether this boot is good.
+mkdir -p /run/cairn
+health=passed
+if [ -x /etc/cairn/health ]; then
+    CAIRN_HEALTH_TIMEOUT=120
+    [ -f /etc/cairn/health.env ] && . /etc/cairn/health.env
+    timeout "$CAIRN_HEALTH_TIMEOUT" /etc/cairn/health > /run/cairn/health.log 2>&1
+    rc=$?
+    if [ "$rc" -eq 124 ]; then
+        health="failed: no answer in ${CAIRN_HEALTH_TIMEOUT}s"
+    elif [ "$rc" -ne 0 ]; then
+        health="failed: exit status $rc"
+    fi
+fi
+echo "$health" > /run/cairn/health
+if [ "$health" != passed ]; then
+    say "CAIRN-UNHEALTHY profile=$CAIRN_PROFILE version=$CAIRN_VERSION entry=$entry: $health"
+    tail -n 5 /run/cairn/health.log 2>/dev/null | sed 's/^/cairn: health: /' > /dev/kmsg 2>/dev/null
+    # On trial and never good: boot counting decides (another try, or the
+    # last good image). Otherwise the machine stays up and says so.
+    if [ -n "$entry" ] && [ "$(getenv cairn_trial)" = "$entry" ] && [ "$(getenv cairn_good)" != "$entry" ]; then
+        say "cairn: $entry is on trial and failed its health check: rebooting"
+        [ -n "$mounted" ] && umount /run/cairn/boot
+        systemctl --no-block reboot
+    fi
+    exit 1
+fi
+
+if [ -n "$root" ]; then
+    mark_good_at "$root"
+    [ -n "$mounted" ] && umount /run/cairn/boot
 fi
 
 # Units that failed on the way here, named before the marker (a test run
@@ -85,11 +131,7 @@ if [ -n "$failed" ]; then
     [ -c /dev/ttyS1 ] && echo "cairn: failed units: $failed" > /dev/ttyS1 2>/dev/null
 fi
 
-msg="CAIRN-BOOTED profile=$CAIRN_PROFILE version=$CAIRN_VERSION"
-echo "$msg" > /dev/kmsg 2>/dev/null
-for t in /dev/ttyS1 /dev/ttyS0; do
-    [ -c "$t" ] && echo "$msg" > "$t" 2>/dev/null
-done
+say "CAIRN-BOOTED profile=$CAIRN_PROFILE version=$CAIRN_VERSION"
 if grep -qw cairn.poweroff /proc/cmdline || [ "$(cut -d: -f1 /sys/class/dmi/id/product_serial 2>/dev/null)" = cairn-test-poweroff ]; then
     systemctl --no-block poweroff
 fi
