@@ -50,6 +50,7 @@ pub struct UpgradeArgs {
     /// Make an image even when nothing changed.
     #[arg(long)]
     pub force: bool,
+    /// Print the result as JSON on stdout (for scripts).
     #[arg(long)]
     pub json: bool,
 }

@@ -70,6 +70,7 @@ pub enum DiskCommand {
         /// Erase a block device without asking.
         #[arg(long)]
         yes: bool,
+        /// Print the result as JSON on stdout (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -80,6 +81,7 @@ pub enum DiskCommand {
         /// `profile`, `profile/version`, or a directory.
         #[arg(required = true)]
         images: Vec<String>,
+        /// Print the result as JSON on stdout (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -129,6 +131,7 @@ pub enum BootCommand {
         disk: PathBuf,
         #[command(flatten)]
         secure_boot: SecureBootArgs,
+        /// Print the result as JSON on stdout (for scripts).
         #[arg(long)]
         json: bool,
     },

@@ -35,6 +35,7 @@ pub enum KeyCommand {
     },
     /// Show the configured signing key.
     Show {
+        /// Print the result as JSON on stdout (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -44,6 +45,7 @@ pub enum KeyCommand {
 pub enum ImageCommand {
     /// List images per profile, newest first.
     List {
+        /// Print the result as JSON on stdout (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -54,6 +56,7 @@ pub enum ImageCommand {
         /// Public key to check against [default: the store's signing key].
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Print the result as JSON on stdout (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -62,6 +65,7 @@ pub enum ImageCommand {
         /// `PROFILE`, `PROFILE/VERSION` or a directory.
         a: String,
         b: String,
+        /// Print the result as JSON on stdout (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -74,6 +78,7 @@ pub enum ImageCommand {
         /// Only say what would go.
         #[arg(long)]
         dry_run: bool,
+        /// Print the result as JSON on stdout (for scripts).
         #[arg(long)]
         json: bool,
     },

@@ -17,6 +17,7 @@ pub struct LiveTarget {
     /// Check and show, change nothing (reboot --kexec: load, then unload).
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result as JSON on stdout (for scripts).
     #[arg(long)]
     pub json: bool,
 }
@@ -25,6 +26,11 @@ pub struct LiveTarget {
 pub struct ApplyLiveArgs {
     #[command(flatten)]
     pub target: LiveTarget,
+    /// Take the packages from this system's own apt sources (a fleet
+    /// machine's: the published mirror over HTTP) instead of the store's
+    /// mirror.
+    #[arg(long)]
+    pub system_sources: bool,
 }
 
 #[derive(Args, Debug)]
@@ -39,13 +45,18 @@ pub struct RebootArgs {
     pub ram: bool,
 }
 
-pub(super) fn run_apply_live(cli: &Cli, a: &ApplyLiveArgs) -> Result<i32> {
-    let a = &a.target;
+pub(super) fn run_apply_live(cli: &Cli, args: &ApplyLiveArgs) -> Result<i32> {
+    let a = &args.target;
     let r = crate::live::apply_live(&crate::live::ApplyOptions {
         store: &cli.store,
         image: a.image.as_deref(),
         key: a.key.as_deref(),
         dry_run: a.dry_run,
+        apt: if args.system_sources {
+            crate::live::AptFrom::System
+        } else {
+            crate::live::AptFrom::Store
+        },
     })?;
     show(a.json, &r, |r| {
         println!(

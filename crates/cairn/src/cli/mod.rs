@@ -4,6 +4,7 @@
 
 mod build;
 mod disk;
+mod fleet;
 mod image;
 mod live;
 mod mirror;
@@ -18,6 +19,7 @@ use crate::progress::Mode;
 
 pub use build::{BuildArgs, UpgradeArgs};
 pub use disk::{BootCommand, DiskCommand, MenuArgs, SecureBootArgs, parse_size};
+pub use fleet::{CycleArgs, PublishArgs, PullArgs, StatusArgs, parse_duration};
 pub use image::{ImageCommand, KeyCommand};
 pub use live::{ApplyLiveArgs, LiveTarget, RebootArgs};
 pub use mirror::{MirrorCommand, SourcesArgs, SyncArgs, VerifyArgs};
@@ -98,6 +100,35 @@ pub enum Command {
     /// them: no firmware, no boot loader. When kexec cannot be used, a normal
     /// reboot, with GRUB's next_entry set to the image.
     Reboot(RebootArgs),
+    /// On the build host: write each profile's signed index for machines to pull.
+    ///
+    /// <store>/images/<profile>/index.json (+ .sig, by the store's key):
+    /// every bootable image with its files' sizes and SHA-256, a serial
+    /// that grows with each publication and an expiry. Serve the store's
+    /// images/ and mirror/ read-only with a web server (docs/fleet.md has
+    /// an nginx configuration); machines refuse an index older than one
+    /// they saw, an expired one, or one signed by another key.
+    Publish(PublishArgs),
+    /// On a machine: fetch the newest image of its profile onto the boot disk.
+    ///
+    /// The profile's signed index is taken from the first base URL that
+    /// serves a valid one (fleet.urls in the image, or --url); only the
+    /// files the boot disk lacks are fetched (a delta shares its parent's
+    /// layers), each verified while it streams, resumable, staged and
+    /// renamed into place. The image becomes the default on trial (boot
+    /// counting: if it never boots well, GRUB goes back to the last good
+    /// image); then the policy acts: stage, reboot, kexec, or kexec inside
+    /// a maintenance window. No key is needed on the machine.
+    Pull(PullArgs),
+    /// On a machine: the booted image, what boots next and why, the images on the boot disk.
+    Status(StatusArgs),
+    /// On the build host: sync the mirror, upgrade the profiles, publish their indices.
+    ///
+    /// What the cairn-cycle timer runs, unattended: the [cycle] section of
+    /// /etc/cairn/cairn.toml names the profiles (a profile without an image
+    /// yet is built); each index is published again, so machines never see
+    /// it expire while the build host is up.
+    Cycle(CycleArgs),
 }
 
 /// The image a command on the running system acts on, and how.
@@ -146,6 +177,10 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Disk(c) => disk::run_disk(cli, c),
         Command::Boot(c) => disk::run_boot(cli, c),
         Command::Vm(c) => vm::run_vm(c),
+        Command::Publish(a) => fleet::run_publish(cli, a),
+        Command::Pull(a) => fleet::run_pull(cli, a),
+        Command::Status(a) => fleet::run_status(cli, a),
+        Command::Cycle(a) => fleet::run_cycle(cli, a),
     }
 }
 

@@ -68,6 +68,11 @@ pub enum VmCommand {
         /// (repeatable; `events` in --json).
         #[arg(long)]
         event: Vec<String>,
+        /// A network card on qemu's user network: the guest reaches the
+        /// host's 127.0.0.1 at 10.0.2.2 (a store served there, say).
+        #[arg(long)]
+        net: bool,
+        /// Print the result as JSON on stdout (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -91,6 +96,7 @@ pub(super) fn run_vm(c: &VmCommand) -> Result<i32> {
         attach_dir,
         attach: disks,
         event,
+        net,
         json,
     } = c;
     let mut attach = disks.clone();
@@ -127,6 +133,7 @@ pub(super) fn run_vm(c: &VmCommand) -> Result<i32> {
         marker: marker.clone(),
         attach,
         events: event.clone(),
+        net: *net,
     };
     let r = crate::vm::run(&spec)?;
     show(*json, &r, |r| {

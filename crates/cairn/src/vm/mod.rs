@@ -81,6 +81,9 @@ pub struct VmSpec {
     pub attach: Vec<PathBuf>,
     /// Line prefixes whose first appearance is timed (`events` in the result).
     pub events: Vec<String>,
+    /// A network card on qemu's user network: the guest gets an address by
+    /// DHCP and reaches the host's 127.0.0.1 at 10.0.2.2.
+    pub net: bool,
 }
 
 /// A read-only ext4 disk image of `dir` labelled `label` (how a VM gets the
@@ -328,6 +331,15 @@ fn run_once(
     }
     if let Some(s) = &spec.smbios_serial {
         cmd.arg("-smbios").arg(format!("type=1,serial={s}"));
+    }
+    if spec.net {
+        // No option ROM: the firmware boots the disk, not the network.
+        cmd.args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]);
     }
     // Tied to cairn's life: a killed cairn leaves no VM running.
     let qemu = crate::cmd::Cmd::new(QEMU.program).args(&cmd.0).tied();

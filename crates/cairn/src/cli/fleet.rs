@@ -1,0 +1,379 @@
+//! `cairn publish` (build host), `cairn pull` and `cairn status` (machines).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::{Cli, show};
+use crate::fleet::index::{PublishOptions, publish};
+use crate::fleet::{PullRequest, Target};
+use crate::progress::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// Profiles whose index to write [default: every profile in the store].
+    pub profiles: Vec<String>,
+    /// How long machines accept the index (e.g. 7d, 12h, 3600s). Publish
+    /// again before it runs out (the cairn-cycle timer does).
+    #[arg(long, default_value = "7d")]
+    pub valid_for: String,
+    /// VERSION=PERCENT: only that share of machines takes VERSION (chosen
+    /// stably by machine id); kept by later publications until changed.
+    #[arg(long = "rollout", value_name = "VERSION=PERCENT")]
+    pub rollout: Vec<String>,
+    /// Print an nginx server block that serves this store (images/ and
+    /// mirror/, read-only, nothing else) on ADDRESS:PORT; publish nothing.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub nginx_config: Option<String>,
+    /// Print the result as JSON on stdout (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Base URL of the published store (repeat: tried in order)
+    /// [default: the image's fleet.urls].
+    #[arg(long = "url")]
+    pub urls: Vec<String>,
+    /// Profile to pull [default: the running image's].
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Pull onto a boot partition's tree at DIR instead of this machine's.
+    #[arg(long, conflicts_with = "disk")]
+    pub boot_dir: Option<PathBuf>,
+    /// Pull onto the boot partition of a cairn disk (image file or device).
+    #[arg(long)]
+    pub disk: Option<PathBuf>,
+    /// Public key images must be signed by [default: /etc/cairn/signing.pub].
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// This machine's id for staged rollouts [default: its boot partition's UUID].
+    #[arg(long)]
+    pub machine_id: Option<String>,
+    /// What to do once the image is staged (stage, reboot, kexec, window)
+    /// [default: the profile's fleet.policy].
+    #[arg(long, value_parser = parse_policy)]
+    pub policy: Option<crate::profile::Policy>,
+    /// Concurrent downloads.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Check the index and say what would be fetched; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON on stdout (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CycleArgs {
+    /// The build host's configuration: its [cycle] section lists the
+    /// profiles (profiles = [...], valid-for, sync, mirror-config).
+    #[arg(long, default_value = "/etc/cairn/cairn.toml")]
+    pub config: PathBuf,
+    /// Print the result as JSON on stdout (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The boot partition's tree at DIR instead of this machine's.
+    #[arg(long, conflicts_with = "disk")]
+    pub boot_dir: Option<PathBuf>,
+    /// The boot partition of a cairn disk (image file or device).
+    #[arg(long)]
+    pub disk: Option<PathBuf>,
+    /// Public key images must be signed by [default: /etc/cairn/signing.pub].
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Print the result as JSON on stdout (for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_policy(s: &str) -> Result<crate::profile::Policy, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s}: stage, reboot, kexec, window or apply-live"))
+}
+
+pub use crate::fleet::parse_duration;
+
+pub(super) fn run_publish(cli: &Cli, a: &PublishArgs) -> Result<i32> {
+    if let Some(listen) = &a.nginx_config {
+        let store = std::path::absolute(&cli.store)?;
+        print!("{}", crate::fleet::serve::nginx_server(&store, listen)?);
+        return Ok(0);
+    }
+    let key = crate::trust::keys::load(&cli.store)?;
+    let mut rollout: BTreeMap<String, u8> = BTreeMap::new();
+    for r in &a.rollout {
+        let (v, p) = r
+            .split_once('=')
+            .with_context(|| format!("--rollout {r}: VERSION=PERCENT"))?;
+        let p: u8 = p
+            .trim_end_matches('%')
+            .parse()
+            .ok()
+            .filter(|p| *p <= 100)
+            .with_context(|| format!("--rollout {r}: a percentage 0 to 100"))?;
+        rollout.insert(v.to_string(), p);
+    }
+    let mut profiles = a.profiles.clone();
+    if profiles.is_empty() {
+        profiles = crate::image::list(&cli.store)?
+            .into_iter()
+            .map(|e| e.profile)
+            .collect();
+        profiles.dedup();
+        if profiles.is_empty() {
+            bail!("no images in {} to publish", cli.store.display());
+        }
+    }
+    let o = PublishOptions {
+        valid_for: parse_duration(&a.valid_for)?,
+        rollout,
+        now: crate::unix_now(),
+    };
+    let mut all = Vec::new();
+    for p in &profiles {
+        all.push(publish(&cli.store, &key, p, &o).with_context(|| format!("publishing {p}"))?);
+    }
+    show(a.json, &all, |all| {
+        for i in all {
+            println!(
+                "{}: serial {}, {} version(s), newest {}, valid until {}",
+                i.profile,
+                i.serial,
+                i.versions.len(),
+                i.versions
+                    .first()
+                    .map_or("-".into(), |v| format!("{} ({}%)", v.version, v.rollout)),
+                cairn_debian::date::format_release_date(i.expires)
+            );
+        }
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+pub(super) fn run_pull(cli: &Cli, a: &PullArgs) -> Result<i32> {
+    let target = match (&a.boot_dir, &a.disk) {
+        (Some(d), _) => Target::Dir(d.clone()),
+        (None, Some(d)) => Target::Disk {
+            disk: d.clone(),
+            store: cli.store.clone(),
+        },
+        (None, None) => Target::Running,
+    };
+    let mut r = crate::fleet::run_pull(&PullRequest {
+        target,
+        urls: a.urls.clone(),
+        profile: a.profile.clone(),
+        key: a.key.clone(),
+        machine_id: a.machine_id.clone(),
+        policy: a.policy,
+        jobs: a.jobs,
+        dry_run: a.dry_run,
+    })?;
+    // What the pull did is said before the policy acts (a switch ends
+    // this system).
+    if !a.json {
+        print_pull(&r.report)?;
+    }
+    crate::fleet::act(&mut r)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if let Some(a) = &r.action {
+        println!(
+            "  policy {}: {}{}",
+            a.policy,
+            a.did,
+            a.detail
+                .as_deref()
+                .map_or(String::new(), |d| format!(" — {d}"))
+        );
+    }
+    Ok(0)
+}
+
+fn print_pull(p: &crate::fleet::pull::PullReport) -> Result<()> {
+    for u in &p.passed_over {
+        println!("passed over {u}");
+    }
+    println!(
+        "{}: index serial {} from {}: {}",
+        p.profile,
+        p.serial,
+        p.url.as_deref().unwrap_or("-"),
+        serde_json::to_value(p.outcome)?.as_str().unwrap_or("")
+    );
+    if let Some(v) = &p.version {
+        println!(
+            "  {v}: {} file(s) fetched ({}), {} reused from the disk ({})",
+            p.files_fetched,
+            human_bytes(p.bytes_fetched),
+            p.files_reused,
+            human_bytes(p.bytes_reused)
+        );
+    }
+    if let Some(e) = &p.entry {
+        println!(
+            "  default on trial: {e}{}",
+            p.tries.map_or(String::new(), |t| format!(" ({t} tries)"))
+        );
+    }
+    for d in &p.removed {
+        println!("  removed {d}");
+    }
+    Ok(())
+}
+
+pub(super) fn run_cycle(cli: &Cli, a: &CycleArgs) -> Result<i32> {
+    let c = crate::fleet::cycle::load(&a.config)?;
+    let r = crate::fleet::cycle::cycle(&cli.store, &c, cli.quiet || a.json)?;
+    show(a.json, &r, |r| {
+        if let Some(s) = &r.synced {
+            println!(
+                "mirror: {} package(s), {} fetched{}",
+                s.packages,
+                human_bytes(s.fetched_bytes),
+                if s.up_to_date { " (up to date)" } else { "" }
+            );
+        }
+        for i in &r.images {
+            println!(
+                "{}: {} {}",
+                i.profile,
+                i.action,
+                i.version.as_deref().unwrap_or("-")
+            );
+        }
+        for i in &r.published {
+            println!(
+                "{}: published serial {}, valid until {}",
+                i.profile,
+                i.serial,
+                cairn_debian::date::format_release_date(i.expires)
+            );
+        }
+        println!("cycle done in {:.0}s", r.seconds);
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
+    let key = crate::fleet::machine::machine_key(a.key.as_deref());
+    let mut mounted = None;
+    let mut medium = None;
+    let (root, cmdline) = match (&a.boot_dir, &a.disk) {
+        (Some(d), _) => (Some(d.clone()), None),
+        (None, Some(d)) => {
+            let m = crate::boot::disk::MountedBoot::mount(d, &cli.store)?;
+            let r = m.dir.clone();
+            mounted = Some(m);
+            (Some(r), None)
+        }
+        (None, None) => {
+            let cmdline =
+                std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+            if !cmdline.contains("cairn.image=") {
+                bail!(
+                    "not a running cairn image (no cairn.image= on the kernel command line): give --boot-dir or --disk"
+                );
+            }
+            medium = crate::live::BootMedium::find().ok();
+            (medium.as_ref().map(|m| m.root.clone()), Some(cmdline))
+        }
+    };
+    let s = crate::fleet::status::status(root.as_deref(), cmdline.as_deref(), &key)?;
+    drop(medium);
+    drop(mounted);
+    show(a.json, &s, |s| {
+        if let Some(b) = &s.booted {
+            println!(
+                "booted:     {} from {} (entry {})",
+                b.image,
+                b.from,
+                b.entry.as_deref().unwrap_or("?")
+            );
+        }
+        if let Some(h) = &s.health {
+            println!("health:     {h}");
+        }
+        println!(
+            "next boot:  {}",
+            s.next_boot
+                .as_deref()
+                .unwrap_or("the signed menu's default")
+        );
+        if let Some(t) = &s.on_trial {
+            if s.trial_passed {
+                println!("trial:      {t} (passed)");
+            } else {
+                println!(
+                    "trial:      {t} ({} tries left)",
+                    s.tries_left.map_or("?".into(), |n| n.to_string())
+                );
+            }
+        }
+        if let Some(g) = &s.last_good {
+            println!("last good:  {g}");
+        }
+        if let Some(r) = &s.refused {
+            println!("refused:    {r} (at its last boot)");
+        }
+        println!("images on the boot disk:");
+        for i in &s.images {
+            let mut marks = Vec::new();
+            for (on, m) in [
+                (i.booted, "booted"),
+                (i.on_trial, "on trial"),
+                (i.last_good, "last good"),
+                (!i.signed, "NOT SIGNED"),
+            ] {
+                if on {
+                    marks.push(m);
+                }
+            }
+            println!("  {}/{}  {}", i.profile, i.version, marks.join(", "));
+        }
+        if let Some(p) = &s.last_pull {
+            println!(
+                "last pull:  {} {}: {} ({} fetched)",
+                cairn_debian::date::format_release_date(p.at),
+                p.version.as_deref().or(p.newest.as_deref()).unwrap_or("-"),
+                serde_json::to_value(p.outcome)?.as_str().unwrap_or(""),
+                human_bytes(p.bytes_fetched)
+            );
+        }
+        if let Some(a) = &s.last_apply_live {
+            println!(
+                "last apply-live: {} → {}",
+                a["from"].as_str().unwrap_or("?"),
+                a["to"].as_str().unwrap_or("?")
+            );
+        }
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7d").unwrap(), 7 * 86400);
+        assert_eq!(parse_duration("30min").unwrap(), 1800);
+        assert_eq!(parse_duration("3600").unwrap(), 3600);
+        for bad in ["", "d", "7 d", "-1h", "99999999999999999999d", "5y"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! `cairn cycle`: the build host's unattended round (its timer runs it):
+//! sync the mirror for the profiles it serves, upgrade each profile (build
+//! it the first time), publish their indices, so machines always find a
+//! fresh, signed index.
+
+use fs_err as fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::index::{Index, PublishOptions, publish};
+
+/// `[cycle]` of /etc/cairn/cairn.toml on the build host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CycleConfig {
+    /// Profile files to keep up to date and publish.
+    pub profiles: Vec<PathBuf>,
+    /// How long each published index is valid (publish more often).
+    #[serde(default = "week")]
+    pub valid_for: String,
+    /// Sync the mirror first (from the host's apt sources, or
+    /// `mirror-config`), for the closure of the profiles.
+    #[serde(default = "yes")]
+    pub sync: bool,
+    pub mirror_config: Option<PathBuf>,
+    /// Keep every version in the mirror (profiles with bootstrap = debootstrap).
+    #[serde(default)]
+    pub all_versions: bool,
+}
+
+fn week() -> String {
+    "7d".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CairnToml {
+    cycle: Option<CycleConfig>,
+}
+
+/// The `[cycle]` section of `path`.
+pub fn load(path: &Path) -> Result<CycleConfig> {
+    let text = fs::read_to_string(path)?;
+    let t: CairnToml =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let c = t
+        .cycle
+        .with_context(|| format!("{}: no [cycle] section (profiles = [...])", path.display()))?;
+    if c.profiles.is_empty() {
+        bail!(
+            "{}: [cycle] profiles is empty: nothing to do",
+            path.display()
+        );
+    }
+    super::parse_duration(&c.valid_for).context("[cycle] valid-for")?;
+    Ok(c)
+}
+
+#[derive(Debug, Serialize)]
+pub struct CycleImage {
+    pub profile: String,
+    /// `built`, `upgraded` or `unchanged`.
+    pub action: String,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CycleReport {
+    pub synced: Option<crate::mirror::sync::SyncReport>,
+    pub images: Vec<CycleImage>,
+    pub published: Vec<Index>,
+    pub seconds: f64,
+}
+
+/// One round for the store `store`.
+pub fn cycle(store: &Path, c: &CycleConfig, quiet: bool) -> Result<CycleReport> {
+    let t0 = Instant::now();
+    let steps = crate::progress::Steps::start(quiet);
+    let profiles = c
+        .profiles
+        .iter()
+        .map(|p| crate::profile::load(p))
+        .collect::<Result<Vec<_>>>()?;
+    let synced = if c.sync {
+        steps.say("mirror sync");
+        let cfg = crate::mirror::config::resolve(&crate::mirror::config::SyncRequest {
+            config: c.mirror_config.as_deref(),
+            url: None,
+            name: None,
+            suites: &[],
+            components: &[],
+            architectures: &[],
+            keyring: &[],
+            profiles: &profiles,
+            packages: &[],
+            priorities: &[],
+            full: false,
+            no_closure: false,
+            recommends: false,
+            all_versions: c.all_versions,
+        })?;
+        let mut o = crate::mirror::sync::SyncOptions::new(store.to_path_buf());
+        o.progress = crate::progress::Mode::Quiet;
+        Some(crate::mirror::sync::sync(&cfg, &o).context("mirror sync")?)
+    } else {
+        None
+    };
+    let mut images = Vec::new();
+    for (p, path) in profiles.iter().zip(&c.profiles) {
+        let arg = path.to_string_lossy();
+        let has_image = crate::image::list(store)?
+            .iter()
+            .any(|e| e.profile == p.name);
+        if has_image {
+            steps.say(&format!("upgrade {}", p.name));
+            let r = crate::upgrade::upgrade(
+                p,
+                &arg,
+                &crate::upgrade::UpgradeOptions {
+                    store: store.to_path_buf(),
+                    mode: crate::upgrade::LayerMode::Auto,
+                    max_depth: 4,
+                    max_delta_share: 0.5,
+                    force: false,
+                    host_type: None,
+                    quiet: true,
+                },
+            )
+            .with_context(|| format!("upgrading {}", p.name))?;
+            images.push(CycleImage {
+                profile: p.name.clone(),
+                action: if r.version.is_some() {
+                    "upgraded"
+                } else {
+                    "unchanged"
+                }
+                .into(),
+                version: r.version.or(Some(r.parent)),
+            });
+        } else {
+            steps.say(&format!("build {}", p.name));
+            let r = crate::rootfs::build(
+                p,
+                &arg,
+                &crate::rootfs::BuildOptions {
+                    store: store.to_path_buf(),
+                    iso: None,
+                    compression: None,
+                    level: None,
+                    host_type: None,
+                    epoch: None,
+                    quiet: true,
+                },
+            )
+            .with_context(|| format!("building {}", p.name))?;
+            images.push(CycleImage {
+                profile: p.name.clone(),
+                action: "built".into(),
+                version: Some(r.version),
+            });
+        }
+    }
+    let key = crate::trust::keys::load(store)?;
+    let o = PublishOptions {
+        valid_for: super::parse_duration(&c.valid_for)?,
+        rollout: Default::default(),
+        now: crate::unix_now(),
+    };
+    let mut published = Vec::new();
+    for p in &profiles {
+        steps.say(&format!("publish {}", p.name));
+        published.push(publish(store, &key, &p.name, &o)?);
+    }
+    Ok(CycleReport {
+        synced,
+        images,
+        published,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

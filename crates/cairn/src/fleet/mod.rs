@@ -1,0 +1,254 @@
+//! Delivery: one build host, many machines. The build host publishes a
+//! signed index per profile beside its images (`index`); a web server
+//! serves the store read-only; each machine pulls what its boot disk lacks,
+//! stages it as the default on trial, and acts by its profile's policy
+//! (`pull`); `status` says where a machine stands.
+
+pub mod cycle;
+pub mod index;
+pub mod machine;
+pub mod pull;
+pub mod serve;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::mirror::fetch::RetryPolicy;
+use crate::mirror::url::RepoUrl;
+use pull::{BootRoot, Outcome, PullOptions, PullReport};
+
+/// `7d`, `12h`, `30min`, `3600s` or `3600` as seconds.
+pub fn parse_duration(s: &str) -> Result<i64> {
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (n, unit) = s.split_at(digits);
+    let n: i64 = n
+        .parse()
+        .with_context(|| format!("{s:?}: a number and a unit (7d, 12h, 30min, 3600s)"))?;
+    let mul = match unit {
+        "" | "s" => 1,
+        "min" | "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => bail!("{s:?}: a number and a unit (7d, 12h, 30min, 3600s)"),
+    };
+    n.checked_mul(mul)
+        .with_context(|| format!("{s:?} is too long"))
+}
+
+/// Which boot partition a pull writes.
+pub enum Target {
+    /// The running machine's (live-boot's medium, remounted read-write
+    /// while cairn writes): the policy acts afterwards.
+    Running,
+    /// A directory holding a boot partition's tree (mounted elsewhere).
+    Dir(PathBuf),
+    /// The boot partition of a cairn disk image or device, mounted here.
+    Disk { disk: PathBuf, store: PathBuf },
+}
+
+/// `cairn pull` as asked on the command line; unset values come from the
+/// machine's settings.
+pub struct PullRequest {
+    pub target: Target,
+    pub urls: Vec<String>,
+    pub profile: Option<String>,
+    pub key: Option<PathBuf>,
+    pub machine_id: Option<String>,
+    pub policy: Option<crate::profile::Policy>,
+    pub jobs: usize,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PullResult {
+    #[serde(flatten)]
+    pub report: PullReport,
+    /// What the policy did (a running machine only).
+    pub action: Option<machine::Action>,
+    /// What the policy is to act on (`act` does it).
+    #[serde(skip)]
+    pub pending: Option<Pending>,
+}
+
+/// A staged image the policy acts on.
+#[derive(Debug)]
+pub struct Pending {
+    pub fleet: crate::profile::Fleet,
+    /// `PROFILE/VERSION`.
+    pub image: String,
+    pub key: PathBuf,
+}
+
+/// Acts on a pull's result by the machine's policy (stage, reboot, kexec,
+/// window). Call it once what the pull did has been said: a switch ends
+/// this system.
+pub fn act(r: &mut PullResult) -> Result<()> {
+    let Some(p) = r.pending.take() else {
+        return Ok(());
+    };
+    let policy = p.fleet.policy.name();
+    r.action = Some(machine::act(&p.fleet, &p.image, None, |how| {
+        if how == machine::Switch::ApplyLive {
+            eprintln!(
+                "cairn: policy {policy}: applying {}'s packages live",
+                p.image
+            );
+            let a = crate::live::apply_live(&crate::live::ApplyOptions {
+                store: Path::new("/nonexistent"),
+                image: Some(&p.image),
+                key: Some(&p.key),
+                dry_run: false,
+                apt: crate::live::AptFrom::System,
+            })?;
+            return Ok(format!(
+                "{} package change(s) applied in {:.0}s; {} boots at the next reboot (on trial){}",
+                a.changes.len(),
+                a.seconds,
+                p.image,
+                if a.differs.is_empty() {
+                    String::new()
+                } else {
+                    format!("; differs from the image: {}", a.differs.join(", "))
+                }
+            ));
+        }
+        let kexec = how == machine::Switch::Kexec;
+        eprintln!(
+            "cairn: policy {policy}: switching to {}{}",
+            p.image,
+            if kexec { " with kexec" } else { " (reboot)" }
+        );
+        let plan = crate::live::reboot(&crate::live::RebootOptions {
+            store: Path::new("/nonexistent"),
+            image: Some(&p.image),
+            kexec,
+            ram: false,
+            key: Some(&p.key),
+            dry_run: false,
+        })?;
+        Ok(format!(
+            "{} into {} ({})",
+            plan.method, plan.image, plan.entry
+        ))
+    })?);
+    Ok(())
+}
+
+/// Runs a pull: the settings, the boot partition, the pull, the policy.
+pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
+    let running = matches!(r.target, Target::Running);
+    let settings = if running || r.urls.is_empty() || r.profile.is_none() {
+        Some(machine::settings(
+            Path::new(machine::FLEET_FILE),
+            Path::new(machine::CONFIG_FILE),
+        )?)
+    } else {
+        None
+    };
+    let profile = match (&r.profile, &settings) {
+        (Some(p), _) => p.clone(),
+        (None, Some(s)) => s.profile.clone(),
+        (None, None) => bail!("--profile: which profile to pull"),
+    };
+    let urls: Vec<String> = if !r.urls.is_empty() {
+        r.urls.clone()
+    } else {
+        settings
+            .as_ref()
+            .map(|s| s.fleet.urls.clone())
+            .unwrap_or_default()
+    };
+    let urls = urls
+        .iter()
+        .map(|u| RepoUrl::parse(u).with_context(|| format!("URL {u}")))
+        .collect::<Result<Vec<_>>>()?;
+    let keep = settings.as_ref().map_or(3, |s| s.fleet.keep);
+    let key = machine::machine_key(r.key.as_deref());
+    let mut medium = None;
+    let mut mounted = None;
+    let (root, booted_dir, running_version, default_id) = match &r.target {
+        Target::Running => {
+            let (p, v) = crate::live::booted()?;
+            medium = Some(crate::live::BootMedium::find()?);
+            let root = medium.as_ref().map(|m| m.root.clone()).unwrap_or_default();
+            let running = (p == profile).then(|| v.clone());
+            (
+                root,
+                Some(format!("/images/{p}/{v}")),
+                running,
+                machine::machine_id().ok(),
+            )
+        }
+        Target::Dir(d) => (d.clone(), None, None, None),
+        Target::Disk { disk, store } => {
+            let part = crate::boot::disk::find_boot_partition(disk)?;
+            let uuid = crate::boot::disk::fs_uuid(disk, &part)?;
+            let m = crate::boot::disk::MountedBoot::mount(disk, store)?;
+            let root = m.dir.clone();
+            mounted = Some(m);
+            (root, None, None, Some(uuid))
+        }
+    };
+    let machine_id = match (&r.machine_id, default_id) {
+        (Some(m), _) => m.clone(),
+        (None, Some(d)) => d,
+        (None, None) => bail!("--machine-id: this machine's id for staged rollouts"),
+    };
+    if machine_id.is_empty() {
+        bail!("--machine-id: an empty id");
+    }
+    let b = BootRoot {
+        root,
+        writable: medium.as_ref(),
+        booted_dir,
+    };
+    let o = PullOptions {
+        profile: profile.clone(),
+        urls,
+        key: key.clone(),
+        machine_id,
+        running: running_version,
+        keep,
+        jobs: r.jobs,
+        retry: RetryPolicy::default(),
+        now: crate::unix_now(),
+        dry_run: r.dry_run,
+    };
+    let report = pull::pull(&b, &o)?;
+    drop(mounted);
+    let mut result = PullResult {
+        report,
+        action: None,
+        pending: None,
+    };
+    if !running || r.dry_run {
+        return Ok(result);
+    }
+    let (Some(s), Some(version)) = (&settings, result.report.version.clone()) else {
+        return Ok(result);
+    };
+    if !matches!(
+        result.report.outcome,
+        Outcome::Staged | Outcome::AlreadyThere
+    ) {
+        return Ok(result);
+    }
+    let mut fleet = s.fleet.clone();
+    if let Some(p) = r.policy {
+        fleet.policy = p;
+        if p == crate::profile::Policy::Window && fleet.window.is_none() {
+            bail!("--policy window: the machine's settings name no window");
+        }
+    }
+    drop(medium);
+    result.pending = Some(Pending {
+        fleet,
+        image: format!("{profile}/{version}"),
+        key,
+    });
+    Ok(result)
+}
