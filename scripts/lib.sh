@@ -81,13 +81,25 @@ apt_install() {
             return 1
         fi
     fi
+    # Services the packages bring (nginx's, say) are not started on this
+    # host: the tests start their own, on 127.0.0.1. Through invoke-rc.d's
+    # policy hook, only when the host has none of its own.
+    local policy=/usr/sbin/policy-rc.d own_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# cairn scripts/lib.sh: no service starts while it installs\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        own_policy=1
+    fi
+    local rc=0
     if [ ${#missing[@]} -gt 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get "${opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get "${opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" >&2 || rc=$?
     fi
-    if [ ${#bpo[@]} -gt 0 ]; then
+    if [ $rc -eq 0 ] && [ ${#bpo[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get "${opts[@]}" install -y -qq --no-install-recommends \
-            -t "$code-backports" "${bpo[@]}" >&2
+            -t "$code-backports" "${bpo[@]}" >&2 || rc=$?
     fi
+    [ -n "$own_policy" ] && rm -f "$policy"
+    return $rc
 }
 
 # The packages apt would remove to install the arguments (simulated).

@@ -5,6 +5,8 @@
 mod boot;
 mod build;
 mod cli;
+mod fleet;
+mod fleet_vm;
 mod grub;
 mod image;
 mod mirror;

@@ -52,11 +52,16 @@ say "done"
 pub const PROBE_UNIT: &str = "[Unit]\nDescription=cairn test probe\nRequiresMountsFor=/data\nBefore=cairn-booted.service\n\n\
 [Service]\nType=oneshot\nTimeoutStartSec=infinity\nExecStart=/usr/local/sbin/cairn-probe\n\n[Install]\nWantedBy=multi-user.target\n";
 
+/// Where a fleet proof serves its store (127.0.0.1 on the host, 10.0.2.2 in
+/// a VM on qemu's user network): `webtest`'s fleet.urls names it.
+pub const FLEET_PORT: u16 = 18931;
+
 /// The shared store and its images.
 pub struct Fixture {
     pub root: PathBuf,
     pub store: PathBuf,
-    /// The `webtest` profile (physical host type, probe, data path, cairn).
+    /// The `webtest` profile (physical host type, probe, data path, cairn,
+    /// fleet settings pointing at FLEET_PORT, a health check).
     pub webtest: PathBuf,
     /// The same system bootstrapped by debootstrap.
     pub dbtest: PathBuf,
@@ -173,8 +178,11 @@ fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 [[hooks]]\nscript = \"chroot \\\"$1\\\" dpkg-query -W systemd > \\\"$1/etc/hook-ran\\\"\"\n\
 [[hooks]]\nscript = \"ln -s /etc/systemd/system/cairn-probe.service \\\"$1/etc/systemd/system/multi-user.target.wants/\\\"\"\n\
 [[data]]\npath = \"/var/lib/webtest\"\n\
-[image]\ncompression = \"lz4\"\n"
-            .replace("SUITE", &host_suite()),
+[image]\ncompression = \"lz4\"\n\
+[fleet]\nurls = [\"http://10.0.2.2:PORT/\"]\npolicy = \"kexec\"\nfirst = \"5s\"\ninterval = \"1h\"\ndelay = \"1s\"\n\
+[health]\ncommand = \"test -e /etc/hook-ran\"\ntimeout = 30\n"
+            .replace("SUITE", &host_suite())
+            .replace("PORT", &FLEET_PORT.to_string()),
     )
     .unwrap();
     let db = dir.join("dbtest.toml");

@@ -4,6 +4,7 @@
 
 pub mod apt;
 pub mod fixture;
+pub mod nginx;
 pub mod repo;
 pub mod server;
 pub mod vm;

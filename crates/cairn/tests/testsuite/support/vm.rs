@@ -130,11 +130,22 @@ pub fn boot(
         media.to_str().unwrap(),
         "--firmware",
         firmware,
-        "--poweroff",
         "--json",
         "--log-dir",
         log.to_str().unwrap(),
     ];
+    // `--stay-up` (the test's, not cairn's): the image does not power off
+    // after its marker (a machine that goes on to pull and switch).
+    let stay_up = extra.contains(&"--stay-up");
+    let extra: Vec<&str> = extra
+        .iter()
+        .copied()
+        .filter(|a| *a != "--stay-up")
+        .collect();
+    let extra = extra.as_slice();
+    if !stay_up {
+        args.push("--poweroff");
+    }
     if !extra.contains(&"--marker") {
         args.extend(["--marker", "CAIRN-BOOTED"]);
     }

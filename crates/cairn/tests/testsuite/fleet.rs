@@ -1,0 +1,651 @@
+//! Delivery: `cairn publish` writes a signed index, Debian's nginx serves
+//! the store on 127.0.0.1, `cairn pull` takes what a boot partition lacks.
+//! Here on a boot partition's tree (no VM); in `fleet_vm` machines do it
+//! by themselves.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use cairn::trust::keys;
+
+use crate::support::nginx::Nginx;
+use crate::support::{cairn, need_tools, ok, text};
+
+pub const V0: &str = "20261130T000001Z";
+pub const V1: &str = "20261201T000001Z";
+pub const V2: &str = "20261202T000001Z";
+
+/// `n` bytes no compressor shrinks, the same for the same seed.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A sealed image of profile `web` made of made-up files: enough for
+/// signatures, hashes and dm-verity trees, nothing that boots.
+fn fake_image(
+    store: &Path,
+    key: &keys::SigningKey,
+    version: &str,
+    parent: Option<&str>,
+    layers: &[(&str, &[u8])],
+) -> PathBuf {
+    let dir = store.join("images/web").join(version);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("vmlinuz"), format!("kernel of {version}\n")).unwrap();
+    fs::write(dir.join("initrd.img"), format!("initrd of {version}\n")).unwrap();
+    for (n, b) in layers {
+        fs::write(dir.join(n), b).unwrap();
+    }
+    let names: Vec<String> = layers.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+    let parent = parent.map_or("null".to_string(), |p| format!("\"{p}\""));
+    fs::write(
+        dir.join("manifest.json"),
+        format!(
+            r#"{{"schema-version":1,"profile":"web","profile-hash":"h","profile-commit":null,"version":"{version}","suite":"s","architecture":"amd64","host-type":"virtual","kernel":"k","kernel-cmdline":["quiet"],"compression":"zstd","level":null,"bootable":true,"parent":{parent},"layers":[{}],"packages":[],"files":{{}},"data":[],"built-at":0,"build-seconds":0.0,"signed-by":null,"cairn-version":"0"}}"#,
+            names.join(",")
+        ),
+    )
+    .unwrap();
+    cairn::image::seal(&dir, key).unwrap();
+    dir
+}
+
+struct Setup {
+    d: tempfile::TempDir,
+    store: PathBuf,
+    key: keys::SigningKey,
+    base: Vec<u8>,
+    layer2: Vec<u8>,
+}
+
+impl Setup {
+    /// A store with `web` V1 (one layer) and V2 (V1's layer and a delta of
+    /// `delta` bytes), published.
+    fn new(delta: usize) -> Option<Setup> {
+        if need_tools(&["gpg", "gpgv", "veritysetup", "nginx"]) {
+            return None;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("store");
+        ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
+        let key = keys::load(&store).unwrap();
+        let base = noise(1, 2 << 20);
+        let layer2 = noise(2, delta);
+        fake_image(&store, &key, V1, None, &[("filesystem.squashfs", &base)]);
+        fake_image(
+            &store,
+            &key,
+            V2,
+            Some(V1),
+            &[
+                ("filesystem.squashfs", &base),
+                ("layer-2.squashfs", &layer2),
+            ],
+        );
+        ok(cairn(&store, &["publish", "web"]));
+        Some(Setup {
+            d,
+            store,
+            key,
+            base,
+            layer2,
+        })
+    }
+
+    /// A boot partition's tree holding V1, booted fine (cairn_good), with
+    /// `tries` boot tries for a new default.
+    fn boot_dir(&self, name: &str) -> PathBuf {
+        let b = self.d.path().join(name);
+        fs::create_dir_all(b.join("images/web")).unwrap();
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(self.store.join("images/web").join(V1))
+            .arg(b.join("images/web"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        fs::create_dir_all(b.join("boot/grub")).unwrap();
+        let mut vars = Vec::new();
+        cairn::boot::env::update(
+            &mut vars,
+            &[("cairn_good", &format!("found>/images/web/{V1}"))],
+        );
+        cairn::boot::env::save(&b.join("boot/grub/grubenv"), &vars).unwrap();
+        fs::write(b.join("boot/cairn.json"), r#"{"menu":{"tries":2}}"#).unwrap();
+        b
+    }
+
+    fn pull(&self, boot: &Path, urls: &[&str], more: &[&str]) -> Output {
+        let pubkey = self.key.public_key.to_str().unwrap().to_string();
+        let mut a = vec![
+            "pull",
+            "--boot-dir",
+            boot.to_str().unwrap(),
+            "--profile",
+            "web",
+            "--key",
+            &pubkey,
+            "--json",
+        ];
+        for u in urls {
+            a.push("--url");
+            a.push(u);
+        }
+        a.extend(more);
+        cairn(&self.store, &a)
+    }
+}
+
+fn json(o: Output) -> serde_json::Value {
+    let out = ok(o);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn env_of(boot: &Path) -> String {
+    String::from_utf8_lossy(&fs::read(boot.join("boot/grub/grubenv")).unwrap())
+        .trim_end_matches('#')
+        .to_string()
+}
+
+/// Every file below `dir` but cairn's own state: path → bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.strip_prefix(dir).unwrap().starts_with("cairn") {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p.clone(), fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A delta is a small download: the layer it shares with the image on the
+/// disk is checked by hash and linked, never fetched; the new image is the
+/// default on trial with the disk's tries; a second pull fetches nothing.
+#[test]
+fn a_machine_pulls_only_what_its_disk_lacks() {
+    let Some(s) = Setup::new(256 << 10) else {
+        return;
+    };
+    let nginx = Nginx::start(&s.store, 0, "");
+    let boot = s.boot_dir("boot");
+    let url = nginx.url();
+    let r = json(s.pull(&boot, &[&url], &["--machine-id", "m1"]));
+    assert_eq!(r["outcome"], "staged", "{r}");
+    assert_eq!(r["version"], V2, "{r}");
+    assert_eq!(r["entry"], format!("found>/images/web/{V2}"), "{r}");
+    assert!(
+        r["bytes-reused"].as_u64().unwrap() >= s.base.len() as u64,
+        "{r}"
+    );
+    let hits = nginx.hits();
+    assert!(
+        hits.iter().all(|h| h.method == "GET" && h.status == 200),
+        "{hits:?}"
+    );
+    let got: Vec<&str> = hits
+        .iter()
+        .filter(|h| h.path.starts_with(&format!("/images/web/{V2}/")))
+        .map(|h| h.path.rsplit('/').next().unwrap())
+        .collect();
+    assert!(got.contains(&"layer-2.squashfs"), "{got:?}");
+    assert!(
+        !got.iter().any(|n| n.starts_with("filesystem.squashfs")),
+        "the shared layer (or its hash tree) went over the wire: {got:?}"
+    );
+    let over_wire: u64 = hits
+        .iter()
+        .filter(|h| h.path.starts_with(&format!("/images/web/{V2}/")))
+        .map(|h| h.bytes)
+        .sum();
+    assert_eq!(over_wire, r["bytes-fetched"].as_u64().unwrap(), "{hits:?}");
+    assert!(
+        over_wire < s.layer2.len() as u64 + (64 << 10),
+        "{over_wire} bytes for a {}-byte delta",
+        s.layer2.len()
+    );
+    use std::os::unix::fs::MetadataExt;
+    let ino = |v: &str| {
+        fs::metadata(boot.join("images/web").join(v).join("filesystem.squashfs"))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(ino(V1), ino(V2), "the shared layer is one file on the disk");
+    let env = env_of(&boot);
+    assert!(
+        env.contains(&format!("cairn_trial=found>/images/web/{V2}\n"))
+            && env.contains("cairn_left=2\n")
+            && env.contains(&format!("cairn_good=found>/images/web/{V1}\n")),
+        "{env}"
+    );
+    // What `cairn status` says of that disk.
+    let pubkey = s.key.public_key.to_str().unwrap();
+    let st = json(cairn(
+        &s.store,
+        &[
+            "status",
+            "--boot-dir",
+            boot.to_str().unwrap(),
+            "--key",
+            pubkey,
+            "--json",
+        ],
+    ));
+    assert_eq!(st["schema-version"], 1, "{st}");
+    assert_eq!(st["next-boot"], format!("found>/images/web/{V2}"), "{st}");
+    assert_eq!(st["tries-left"], 2, "{st}");
+    assert_eq!(st["last-pull"]["outcome"], "staged", "{st}");
+    let imgs = st["images"].as_array().unwrap();
+    assert_eq!(imgs.len(), 2, "{st}");
+    assert!(imgs.iter().all(|i| i["signed"] == true), "{st}");
+    assert!(
+        imgs.iter()
+            .any(|i| i["version"] == V2 && i["on-trial"] == true),
+        "{st}"
+    );
+    // Again: the index only.
+    nginx.clear();
+    let r = json(s.pull(&boot, &[&url], &["--machine-id", "m1"]));
+    assert_eq!(r["outcome"], "already-there", "{r}");
+    assert!(
+        nginx.hits().iter().all(|h| h.path.contains("index.json")),
+        "{:?}",
+        nginx.hits()
+    );
+    // --dry-run on another disk: the plan, nothing written.
+    let other = s.boot_dir("other");
+    let before = snapshot(&other);
+    let r = json(s.pull(&other, &[&url], &["--machine-id", "m1", "--dry-run"]));
+    assert_eq!(r["outcome"], "planned", "{r}");
+    let planned = r["bytes-fetched"].as_u64().unwrap();
+    assert!(
+        planned >= s.layer2.len() as u64 && planned < s.layer2.len() as u64 + (64 << 10),
+        "{r}"
+    );
+    assert_eq!(before, snapshot(&other));
+    assert!(!other.join("cairn").exists());
+}
+
+/// What a hostile network or a stale mirror serves is refused, and the
+/// boot disk is exactly as it was: an index signed by another key, one
+/// past its expiry, one older than one already seen (replay), a layer the
+/// server cuts short.
+#[test]
+fn refusals_leave_the_boot_disk_as_it_was() {
+    let Some(s) = Setup::new(256 << 10) else {
+        return;
+    };
+    let boot = s.boot_dir("boot");
+    let before = snapshot(&boot);
+    let now = cairn::unix_now();
+    let publish = |store: &Path, key: &keys::SigningKey, now: i64, valid: i64, roll: u8| {
+        cairn::fleet::index::publish(
+            store,
+            key,
+            "web",
+            &cairn::fleet::index::PublishOptions {
+                valid_for: valid,
+                rollout: [(V2.to_string(), roll)].into(),
+                now,
+            },
+        )
+        .unwrap()
+    };
+    let refused = |store: &Path, what: &str| {
+        let nginx = Nginx::start(store, 0, "");
+        let o = s.pull(&boot, &[&nginx.url()], &["--machine-id", "m1"]);
+        assert!(!o.status.success(), "{what}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(before, snapshot(&boot), "{what} changed the boot disk");
+        err
+    };
+
+    // Another key.
+    let other = s.d.path().join("other");
+    ok(cairn(&other, &["key", "generate", "--bits", "2048"]));
+    let other_key = keys::load(&other).unwrap();
+    let st = std::process::Command::new("cp")
+        .args(["-al"])
+        .arg(s.store.join("images"))
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::remove_file(other.join("images/web/index.json")).unwrap();
+    publish(&other, &other_key, now, 86400, 100);
+    let err = refused(&other, "another key");
+    assert!(
+        err.contains("signature missing, bad, or by another key"),
+        "{err}"
+    );
+
+    // Expired: published ten days ago, valid for one.
+    publish(&s.store, &s.key, now - 10 * 86400, 86400, 100);
+    let err = refused(&s.store, "an expired index");
+    assert!(err.contains("expired"), "{err}");
+
+    // Replay: an index is seen (V2 held back, nothing fetched), then an
+    // older one is served again.
+    publish(&s.store, &s.key, now, 86400, 100);
+    let old = fs::read(s.store.join("images/web/index.json")).unwrap();
+    let old_sig = fs::read(s.store.join("images/web/index.json.sig")).unwrap();
+    publish(&s.store, &s.key, now + 1, 86400, 0);
+    {
+        let nginx = Nginx::start(&s.store, 0, "");
+        let r = json(s.pull(&boot, &[&nginx.url()], &["--machine-id", "m1"]));
+        assert_eq!(r["outcome"], "held-back", "{r}");
+        assert_eq!(before, snapshot(&boot));
+    }
+    fs::write(s.store.join("images/web/index.json"), &old).unwrap();
+    fs::write(s.store.join("images/web/index.json.sig"), &old_sig).unwrap();
+    let err = refused(&s.store, "a replayed index");
+    assert!(err.contains("refusing a replayed index"), "{err}");
+
+    // A layer cut short by the server: it is fetched (resumed, retried) and
+    // never matches the signed index. (Published later than all of the
+    // above: the old index put back is the floor of its serial.)
+    publish(&s.store, &s.key, now + 10, 86400, 100);
+    let layer = s.store.join(format!("images/web/{V2}/layer-2.squashfs"));
+    fs::remove_file(&layer).unwrap();
+    fs::write(&layer, &s.layer2[..s.layer2.len() / 2]).unwrap();
+    let err = refused(&s.store, "a cut layer");
+    assert!(
+        err.contains("could not be fetched and verified") && err.contains("layer-2.squashfs"),
+        "{err}"
+    );
+    assert!(!boot.join("images/web").join(V2).exists());
+}
+
+/// A pull killed with SIGKILL mid-layer leaves the disk as it was (the
+/// image is staged in a dot directory GRUB's menu never lists, the GRUB
+/// environment untouched); the next pull resumes where it stopped.
+#[test]
+fn a_killed_pull_leaves_the_disk_bootable_and_the_next_resumes() {
+    let Some(s) = Setup::new(6 << 20) else {
+        return;
+    };
+    let nginx = Nginx::start(&s.store, 0, "limit_rate 1m;");
+    let boot = s.boot_dir("boot");
+    let before = snapshot(&boot);
+    let sha = cairn::trust::hash::sha256_hex(&s.layer2);
+    let partial = boot.join("cairn/partial").join(&sha);
+    let pubkey = s.key.public_key.to_str().unwrap().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--quiet", "pull", "--boot-dir"])
+        .arg(&boot)
+        .args(["--profile", "web", "--key", &pubkey, "--machine-id", "m1"])
+        .args(["--url", &nginx.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while fs::metadata(&partial).map_or(0, |m| m.len()) < (2 << 20) {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the layer never started to arrive"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the pull ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let had = fs::metadata(&partial).unwrap().len();
+    assert_eq!(
+        before,
+        snapshot(&boot),
+        "a killed pull changed more than cairn/"
+    );
+    assert!(!boot.join("images/web").join(V2).exists());
+    nginx.clear();
+    let r = json(s.pull(&boot, &[&nginx.url()], &["--machine-id", "m1"]));
+    assert_eq!(r["outcome"], "staged", "{r}");
+    let layer_hits: Vec<_> = nginx
+        .hits()
+        .into_iter()
+        .filter(|h| h.path.ends_with("/layer-2.squashfs"))
+        .collect();
+    assert_eq!(layer_hits.len(), 1, "{layer_hits:?}");
+    assert_eq!(layer_hits[0].status, 206, "{layer_hits:?}");
+    assert!(
+        layer_hits[0].range.starts_with("bytes=")
+            && layer_hits[0].bytes <= s.layer2.len() as u64 - had,
+        "resumed from {had}: {layer_hits:?}"
+    );
+    assert!(
+        boot.join("images/web")
+            .join(V2)
+            .join("layer-2.squashfs")
+            .is_file()
+    );
+    assert!(!boot.join(format!("images/web/.pull-{V2}")).exists());
+}
+
+/// The index of the first base URL that serves a valid one is taken (a
+/// dead or stale mirror is passed over, and said so); a staged rollout
+/// holds most machines back at first and takes a stable share of them.
+#[test]
+fn failover_between_urls_and_staged_rollouts() {
+    let Some(s) = Setup::new(64 << 10) else {
+        return;
+    };
+    let nginx = Nginx::start(&s.store, 0, "");
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://127.0.0.1:{}/", l.local_addr().unwrap().port())
+    };
+    ok(cairn(
+        &s.store,
+        &["publish", "web", "--rollout", &format!("{V2}=0")],
+    ));
+    let boot = s.boot_dir("boot");
+    let r = json(s.pull(&boot, &[&dead, &nginx.url()], &["--machine-id", "m1"]));
+    assert_eq!(r["outcome"], "held-back", "{r}");
+    assert_eq!(r["newest"], V2, "{r}");
+    assert_eq!(r["url"], nginx.url().trim_end_matches('/'), "{r}");
+    assert!(
+        r["passed-over"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(dead.trim_end_matches('/')),
+        "{r}"
+    );
+    ok(cairn(
+        &s.store,
+        &["publish", "web", "--rollout", &format!("{V2}=50")],
+    ));
+    let takes = |id: &str| {
+        let r = json(s.pull(&boot, &[&nginx.url()], &["--machine-id", id, "--dry-run"]));
+        r["outcome"] == "planned"
+    };
+    let ids: Vec<String> = (0..24).map(|i| format!("machine-{i}")).collect();
+    let taken: Vec<bool> = ids.iter().map(|i| takes(i)).collect();
+    let n = taken.iter().filter(|t| **t).count();
+    assert!((4..=20).contains(&n), "{n} of 24 at 50%");
+    // Stable: the same machines again.
+    assert_eq!(taken, ids.iter().map(|i| takes(i)).collect::<Vec<_>>());
+    ok(cairn(
+        &s.store,
+        &["publish", "web", "--rollout", &format!("{V2}=100")],
+    ));
+    let r = json(s.pull(&boot, &[&nginx.url()], &["--machine-id", "m1"]));
+    assert_eq!(r["outcome"], "staged", "{r}");
+    // nginx serves the published parts only: never the keys, never a dot path.
+    for p in [
+        "keys/signing.pub",
+        "images/web/.pull-x/manifest.json",
+        "keys/",
+    ] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+        use std::io::{Read, Write};
+        write!(conn, "GET /{p} HTTP/1.0\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 404"), "/{p}: {resp}");
+    }
+}
+
+/// On a small boot partition (a 6 MiB tmpfs), room is made by removing
+/// the profile's oldest image — never the one that booted fine; when even
+/// that is not enough, nothing is removed.
+#[test]
+fn room_is_made_from_old_images_never_the_good_one() {
+    if !crate::support::is_root() {
+        crate::support::skip("needs root (a small tmpfs as the boot partition)");
+        return;
+    }
+    let Some(s) = Setup::new(1536 << 10) else {
+        return;
+    };
+    let nginx = Nginx::start(&s.store, 0, "");
+    let boot = s.d.path().join("small");
+    fs::create_dir_all(&boot).unwrap();
+    let st = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=6m",
+            "cairn-test",
+            boot.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(boot.clone());
+    // V0 (an older image, 2 MiB of its own), V1 (booted fine).
+    let v0 = fake_image(
+        &s.d.path().join("old"),
+        &s.key,
+        V0,
+        None,
+        &[("filesystem.squashfs", &noise(9, 2 << 20))],
+    );
+    let tree = s.boot_dir("tree");
+    for (from, to) in [
+        (tree.join("images"), boot.clone()),
+        (tree.join("boot"), boot.clone()),
+        (v0, boot.join("images/web")),
+    ] {
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let r = json(s.pull(&boot, &[&nginx.url()], &["--machine-id", "m1"]));
+    assert_eq!(r["outcome"], "staged", "{r}");
+    assert_eq!(
+        r["removed"],
+        serde_json::json!([format!("/images/web/{V0}")]),
+        "{r}"
+    );
+    assert!(
+        boot.join("images/web")
+            .join(V1)
+            .join("filesystem.squashfs")
+            .is_file()
+    );
+    // A newer image too large for the disk even without V1's trial: refused,
+    // nothing removed.
+    let v3 = "20261203T000001Z";
+    fake_image(
+        &s.store,
+        &s.key,
+        v3,
+        None,
+        &[("filesystem.squashfs", &noise(3, 5 << 20))],
+    );
+    ok(cairn(&s.store, &["publish", "web"]));
+    let before = snapshot(&boot);
+    let o = s.pull(&boot, &[&nginx.url()], &["--machine-id", "m1"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("nothing was removed"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(before, snapshot(&boot));
+}
+
+/// The build host's units (dist/systemd) are units systemd accepts, and
+/// the command they run is one cairn takes: with the test's binary in
+/// ExecStart, `systemd-analyze verify` passes, and the command refuses a
+/// configuration without [cycle] by naming it (not "nothing to do").
+#[test]
+fn the_build_hosts_cycle_units_are_valid_and_their_command_is_real() {
+    if need_tools(&["systemd-analyze"]) {
+        return;
+    }
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/systemd");
+    let d = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_cairn");
+    let mut exec = None;
+    for u in ["cairn-cycle.service", "cairn-cycle.timer"] {
+        let t = fs::read_to_string(top.join(u)).unwrap();
+        if let Some(l) = t.lines().find(|l| l.starts_with("ExecStart=")) {
+            exec = Some(l["ExecStart=".len()..].to_string());
+        }
+        fs::write(
+            d.path().join(u),
+            t.replace(
+                "ExecStart=/usr/local/bin/cairn",
+                &format!("ExecStart={bin}"),
+            )
+            .replace("ConditionPathExists=/etc/cairn/cairn.toml\n", ""),
+        )
+        .unwrap();
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(d.path().join("cairn-cycle.timer"))
+        .arg(d.path().join("cairn-cycle.service"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exec = exec.expect("cairn-cycle.service has an ExecStart");
+    let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
+    assert_eq!(args, ["cycle", "--config", "/etc/cairn/cairn.toml"]);
+    // The same arguments, on a configuration without [cycle]: refused,
+    // naming the file.
+    let conf = d.path().join("cairn.toml");
+    fs::write(&conf, "[other]\n").unwrap();
+    let o = cairn(d.path(), &["cycle", "--config", conf.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("cairn.toml: no [cycle] section"), "{e}");
+    fs::write(&conf, "[cycle]\nprofiles = []\n").unwrap();
+    let o = cairn(d.path(), &["cycle", "--config", conf.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("profiles is empty"));
+}

@@ -1,0 +1,333 @@
+//! Delivery, proven in VMs: a machine on qemu's user network pulls from
+//! nginx on the host's 127.0.0.1 (10.0.2.2 in the guest) by its own timer,
+//! switches with kexec, and its health check decides; a version whose
+//! health check fails is tried the disk's number of times, then the
+//! machine is back on the last good image by itself. Each proof is a test
+//! of its own (`cargo test --test testsuite fleet_vm::NAME`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::fixture::{self, FLEET_PORT, marker_of, version_of};
+use crate::support::nginx::{Nginx, free_port};
+use crate::support::vm::boot;
+use crate::support::{cairn, ok};
+
+fn json(out: String) -> serde_json::Value {
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// A copy of `store` in `work` (images and mirror hard-linked, keys copied).
+fn store_copy(store: &Path, work: &Path) -> PathBuf {
+    let to = work.join("store");
+    fs::create_dir_all(&to).unwrap();
+    for (what, how) in [("images", "-al"), ("mirror", "-al"), ("keys", "-a")] {
+        let st = Command::new("cp")
+            .arg(how)
+            .arg(store.join(what))
+            .arg(&to)
+            .status()
+            .unwrap();
+        assert!(st.success(), "copying the store's {what}");
+    }
+    to
+}
+
+/// A disk holding only `img`, `tries` boots for a new default.
+fn disk_of(store: &Path, disk: &Path, img: &Path, tries: &str) {
+    ok(cairn(
+        store,
+        &[
+            "disk",
+            "create",
+            disk.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--data-size",
+            "32M",
+            "--timeout",
+            "1",
+            "--tries",
+            tries,
+        ],
+    ));
+}
+
+fn grubenv(disk: &Path, mnt: &Path) -> String {
+    let m = cairn::boot::disk::MountedBoot::mount(disk, mnt).unwrap();
+    String::from_utf8_lossy(&fs::read(m.dir.join("boot/grub/grubenv")).unwrap())
+        .trim_end_matches('#')
+        .to_string()
+}
+
+/// A machine booted from a disk holding v1 pulls by itself (its timer,
+/// nothing typed): the signed index from nginx, only the delta's files
+/// (the layer it shares with v1 never crosses the wire, by nginx's own
+/// log), v2 staged as the default on trial, then kexec into v2 (the try
+/// counted), whose health check passes and marks it good.
+#[test]
+fn a_machine_pulls_the_delta_by_itself_and_kexecs_into_it() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let u = f.upgraded();
+    let w = f.work("a_machine_pulls_the_delta_by_itself_and_kexecs_into_it");
+    let store = store_copy(&u.store, w.path());
+    ok(cairn(&store, &["publish", "webtest"]));
+    let (v1, v2) = (version_of(&u.parent), version_of(&u.delta));
+    let nginx = Nginx::start(&store, FLEET_PORT, "");
+    let disk = w.path().join("disk.img");
+    disk_of(&store, &disk, &store.join("images/webtest").join(&v1), "3");
+    let want = marker_of(&u.delta);
+    let r = boot(
+        &store,
+        &disk,
+        "bios",
+        None,
+        &[
+            "--net",
+            "--stay-up",
+            "--marker",
+            &want,
+            "--event",
+            &marker_of(&u.parent),
+        ],
+        "fleet-pull",
+        900,
+    );
+    r.reached(&want);
+    // v1 came up first, then pulled: what its pull service said.
+    r.console_has("webtest: index serial");
+    r.console_has(&format!("  {v2}: "));
+    r.console_has(&format!(
+        "cairn: policy kexec: switching to webtest/{v2} with kexec"
+    ));
+    let hits = nginx.hits();
+    let of_v2: Vec<_> = hits
+        .iter()
+        .filter(|h| h.path.starts_with(&format!("/images/webtest/{v2}/")))
+        .collect();
+    assert!(
+        of_v2
+            .iter()
+            .any(|h| h.path.ends_with("/layer-2.squashfs") && h.status == 200),
+        "{hits:?}"
+    );
+    assert!(
+        !of_v2
+            .iter()
+            .any(|h| h.path.contains("/filesystem.squashfs")),
+        "v1's layer crossed the wire: {hits:?}"
+    );
+    let sent: u64 = of_v2.iter().map(|h| h.bytes).sum();
+    let delta: u64 = u.report["new_layer_bytes"].as_u64().unwrap();
+    let full: u64 = fs::read_dir(&u.delta)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".iso"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    eprintln!("pulled {sent} bytes for v2 (delta layer {delta}, whole image {full})");
+    assert!(sent < full / 2, "{sent} of {full} bytes");
+    let env = grubenv(&disk, &w.path().join("mnt"));
+    let entry = format!("found>/images/webtest/{v2}");
+    assert!(
+        env.contains(&format!("cairn_good={entry}\n"))
+            && env.contains(&format!("cairn_trial={entry}\n"))
+            && env.contains("cairn_left=2\n"),
+        "{env}"
+    );
+}
+
+/// v3's health check fails. Pulled onto a disk whose v2 booted fine, v3 is
+/// the default on trial; each of its boots fails the check and reboots;
+/// after the disk's two tries GRUB boots v2 again, by itself. A new pull
+/// does not try v3 again.
+#[test]
+fn a_failing_health_check_rolls_the_machine_back_by_itself() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let u = f.upgraded();
+    let w = f.work("a_failing_health_check_rolls_the_machine_back_by_itself");
+    let store = store_copy(&u.store, w.path());
+    let p3 = w.path().join("webtest3.toml");
+    fs::write(
+        &p3,
+        format!(
+            "schema-version = 1\nname = \"webtest\"\nextends = \"{}\"\n\
+             [health]\ncommand = \"echo broken on purpose; exit 3\"\ntimeout = 20\n",
+            f.webtest2.display()
+        ),
+    )
+    .unwrap();
+    let r3 = json(ok(cairn(
+        &store,
+        &["upgrade", p3.to_str().unwrap(), "--force", "--json"],
+    )));
+    let v3_dir = PathBuf::from(r3["path"].as_str().unwrap());
+    let (v2, v3) = (version_of(&u.delta), version_of(&v3_dir));
+    ok(cairn(&store, &["publish", "webtest"]));
+    let nginx = Nginx::start(&store, 0, "");
+    let disk = w.path().join("disk.img");
+    disk_of(&store, &disk, &store.join("images/webtest").join(&v2), "2");
+    let v2_entry = format!("webtest-{v2}");
+    {
+        // v2 booted fine before (as `boot_counting…` proves it would).
+        let m = cairn::boot::disk::MountedBoot::mount(&disk, &w.path().join("mnt")).unwrap();
+        let envp = m.dir.join("boot/grub/grubenv");
+        let mut vars = cairn::boot::env::parse(&fs::read(&envp).unwrap()).unwrap();
+        cairn::boot::env::update(
+            &mut vars,
+            &[
+                ("cairn_good", &v2_entry),
+                ("cairn_trial", &v2_entry),
+                ("cairn_left", "1"),
+            ],
+        );
+        cairn::boot::env::save(&envp, &vars).unwrap();
+    }
+    let key = cairn::trust::keys::load(&store).unwrap().public_key;
+    let pull = |expect: &str| {
+        let r = json(ok(cairn(
+            &store,
+            &[
+                "pull",
+                "--disk",
+                disk.to_str().unwrap(),
+                "--url",
+                &nginx.url(),
+                "--profile",
+                "webtest",
+                "--key",
+                key.to_str().unwrap(),
+                "--json",
+            ],
+        )));
+        assert_eq!(r["outcome"], expect, "{r}");
+        r
+    };
+    let r = pull("staged");
+    assert_eq!(r["entry"], format!("found>/images/webtest/{v3}"), "{r}");
+    assert_eq!(r["tries"], 2, "{r}");
+    let want = marker_of(&u.delta);
+    let bad = format!("CAIRN-UNHEALTHY profile=webtest version={v3}");
+    let b = boot(
+        &store,
+        &disk,
+        "bios",
+        None,
+        &["--reboots", "--marker", &want, "--event", &bad],
+        "fleet-rollback",
+        1200,
+    );
+    b.reached(&want);
+    assert_eq!(
+        b.markers.matches(&bad).count(),
+        2,
+        "v3 should be tried twice\n{}",
+        b.why()
+    );
+    b.console_has("never reported a good boot; falling back to");
+    let env = grubenv(&disk, &w.path().join("mnt"));
+    assert!(
+        env.contains(&format!("cairn_good={v2_entry}\n"))
+            && env.contains(&format!("cairn_trial=found>/images/webtest/{v3}\n"))
+            && env.contains("cairn_left=0\n"),
+        "{env}"
+    );
+    // The machine does not try v3 again; it waits for a newer version.
+    pull("gave-up");
+}
+
+/// The apply-live policy, over HTTP: a machine running v1 (policy
+/// apply-live, fleet URL on a port of this test's) pulls v2 by its timer,
+/// stages it on trial, then installs v2's new package (`less`) into the
+/// running system with apt from the published mirror — the image's own apt
+/// sources, through nginx, not the build host's paths. No reboot.
+#[test]
+fn the_apply_live_policy_installs_the_new_packages_from_the_published_mirror() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let u = f.upgraded();
+    let w = f.work("the_apply_live_policy_installs_the_new_packages_from_the_published_mirror");
+    let store = store_copy(&u.store, w.path());
+    let port = free_port();
+    let fleet = format!(
+        "[fleet]\nurls = [\"http://10.0.2.2:{port}/\"]\npolicy = \"apply-live\"\n\
+         first = \"5s\"\ninterval = \"1h\"\ndelay = \"1s\"\n"
+    );
+    // v1: webtest's packages; v2: webtest2's (one more, `less`).
+    let mut dirs = Vec::new();
+    for (name, base) in [("al1", &f.webtest), ("al2", &f.webtest2)] {
+        let p = w.path().join(format!("{name}.toml"));
+        fs::write(
+            &p,
+            format!(
+                "schema-version = 1\nname = \"webtest\"\nextends = \"{}\"\n{fleet}",
+                base.display()
+            ),
+        )
+        .unwrap();
+        let r = json(ok(cairn(
+            &store,
+            &["upgrade", p.to_str().unwrap(), "--force", "--json"],
+        )));
+        dirs.push(PathBuf::from(r["path"].as_str().unwrap()));
+    }
+    let (v1, v2) = (version_of(&dirs[0]), version_of(&dirs[1]));
+    ok(cairn(&store, &["publish", "webtest"]));
+    let nginx = Nginx::start(&store, port, "");
+    let disk = w.path().join("disk.img");
+    disk_of(&store, &disk, &dirs[0], "3");
+    let want = "  policy apply-live: apply-live";
+    let r = boot(
+        &store,
+        &disk,
+        "bios",
+        None,
+        &[
+            "--net",
+            "--stay-up",
+            "--marker",
+            want,
+            "--event",
+            &marker_of(&dirs[0]),
+        ],
+        "fleet-apply-live",
+        900,
+    );
+    // The marker is the whole line, trimmed.
+    assert!(
+        r.marker
+            .as_deref()
+            .is_some_and(|m| m.starts_with(want.trim())),
+        "{}",
+        r.why()
+    );
+    r.console_has(&format!("  {v2}: "));
+    r.console_has(&format!(
+        "cairn: policy apply-live: applying webtest/{v2}'s packages live"
+    ));
+    r.console_has("1 package change(s) applied");
+    assert!(!r.console.contains("differs from the image"), "{}", r.why());
+    let hits = nginx.hits();
+    let got = |pat: &str| {
+        hits.iter()
+            .any(|h| h.path.starts_with("/mirror/") && h.path.contains(pat) && h.status == 200)
+    };
+    assert!(got("/InRelease") || got("/Release.gpg"), "{hits:?}");
+    assert!(
+        got("/less_"),
+        "less did not come from the published mirror: {hits:?}"
+    );
+    // The image stays staged on trial: it boots at the next reboot.
+    let env = grubenv(&disk, &w.path().join("mnt"));
+    assert!(
+        env.contains(&format!("cairn_trial=found>/images/webtest/{v2}\n")),
+        "{env}"
+    );
+    assert_ne!(v1, v2);
+}
