@@ -253,8 +253,20 @@ pub fn check(
         }
         for (name, f) in &v.files {
             crate::names::check("file name", name)?;
-            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("{}/{name}: not a SHA-256", v.version);
+            if f.sha256.len() != 64
+                || !f
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                bail!("{}/{name}: not a SHA-256 in lower-case hex", v.version);
+            }
+            if f.size > MAX_FILE {
+                bail!(
+                    "{}/{name}: {} bytes is more than a boot partition holds",
+                    v.version,
+                    f.size
+                );
             }
         }
         for must in [MANIFEST, "SHA256SUMS", "SHA256SUMS.sig", image::BOOT_CFG] {
@@ -270,6 +282,9 @@ pub fn check(
     };
     Ok((index, remember))
 }
+
+/// No file of an image is larger (a signed index saying otherwise is wrong).
+pub const MAX_FILE: u64 = 1 << 40;
 
 /// Whether machine `id` takes `version` of `profile` at `percent`: a stable
 /// hash of the three, so a machine's place in a rollout does not change

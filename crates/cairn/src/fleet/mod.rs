@@ -176,21 +176,26 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
             medium = Some(crate::live::BootMedium::find()?);
             let root = medium.as_ref().map(|m| m.root.clone()).unwrap_or_default();
             let running = (p == profile).then(|| v.clone());
-            (
-                root,
-                Some(format!("/images/{p}/{v}")),
-                running,
-                machine::machine_id().ok(),
-            )
+            // The directory booted from (live-media-path=) and the one its
+            // name says: neither is removed to make room.
+            let mut booted = vec![format!("/images/{p}/{v}")];
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            booted.extend(
+                cmdline
+                    .split_whitespace()
+                    .filter_map(|a| a.strip_prefix("live-media-path="))
+                    .map(|d| d.trim_end_matches('/').to_string()),
+            );
+            (root, booted, running, machine::machine_id().ok())
         }
-        Target::Dir(d) => (d.clone(), None, None, None),
+        Target::Dir(d) => (d.clone(), Vec::new(), None, None),
         Target::Disk { disk, store } => {
             let part = crate::boot::disk::find_boot_partition(disk)?;
             let uuid = crate::boot::disk::fs_uuid(disk, &part)?;
             let m = crate::boot::disk::MountedBoot::mount(disk, store)?;
             let root = m.dir.clone();
             mounted = Some(m);
-            (root, None, None, Some(uuid))
+            (root, Vec::new(), None, Some(uuid))
         }
     };
     let machine_id = match (&r.machine_id, default_id) {

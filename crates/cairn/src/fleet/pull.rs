@@ -37,7 +37,7 @@ pub struct BootRoot<'a> {
     pub root: PathBuf,
     pub writable: Option<&'a crate::live::BootMedium>,
     /// The image this machine runs from it (`/images/P/V`), never removed.
-    pub booted_dir: Option<String>,
+    pub booted_dir: Vec<String>,
 }
 
 impl BootRoot<'_> {
@@ -162,6 +162,70 @@ impl PullState {
 /// Refuses a symlink where cairn writes on the boot partition (a running
 /// system mounts it nosymfollow; a directory given with --boot-dir is
 /// checked here).
+/// A regular file (a symbolic link, a FIFO or a device is not).
+fn regular(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
+}
+
+/// A small regular file's bytes, at most `cap` of them.
+fn read_small(p: &Path, cap: u64) -> Option<Vec<u8>> {
+    let m = std::fs::symlink_metadata(p).ok()?;
+    if !m.is_file() || m.len() > cap {
+        return None;
+    }
+    fs::read(p).ok()
+}
+
+/// Holds the boot partition's root directory locked (flock) while one
+/// cairn writes it: two pulls, or a pull and the boot's good mark
+/// (cairn-booted takes the same lock), never interleave.
+pub struct RootLock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock_root(root: &Path) -> Result<RootLock> {
+    lock_root_within(root, std::time::Duration::from_secs(60))
+}
+
+fn lock_root_within(root: &Path, wait: std::time::Duration) -> Result<RootLock> {
+    let f = std::fs::File::open(root)
+        .with_context(|| format!("opening {} to lock it", root.display()))?;
+    let t0 = Instant::now();
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(RootLock(f)),
+            Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < wait => {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{}: another cairn has been writing this boot partition for {}s (a pull?): try again later",
+                root.display(),
+                wait.as_secs()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", root.display()));
+            }
+        }
+    }
+}
+
+/// Removes what a pull left in `dir` that `keep` does not name (files of
+/// an earlier target that never completed): space on the partition is not
+/// lost to pulls that failed.
+fn clear_stale(dir: &Path, keep: &BTreeSet<&str>) -> Result<()> {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if keep.contains(name.to_string_lossy().as_ref()) {
+            continue;
+        }
+        let p = e.path();
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            fs::remove_dir_all(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
 fn no_link(p: &Path) -> Result<()> {
     if fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
         bail!(
@@ -241,7 +305,9 @@ fn known_files(root: &Path) -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
     for (p, v) in images_on(root) {
         let dir = root.join("images").join(&p).join(&v);
-        let Ok(sums) = fs::read_to_string(dir.join("SHA256SUMS")) else {
+        let Some(sums) =
+            read_small(&dir.join("SHA256SUMS"), 1 << 20).and_then(|b| String::from_utf8(b).ok())
+        else {
             continue;
         };
         for l in sums.lines().take(10_000) {
@@ -308,8 +374,7 @@ fn protected(root: &Path, vars: &[(String, String)]) -> BTreeSet<String> {
 
 /// Boot tries for a new default: the disk's own setting (bounded), else 3.
 fn tries_of(root: &Path) -> u32 {
-    fs::read(root.join("boot/cairn.json"))
-        .ok()
+    read_small(&root.join("boot/cairn.json"), 1 << 16)
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["menu"]["tries"].as_u64())
         .filter(|t| (1..=u64::from(crate::boot::disk::MAX_TRIES)).contains(t))
@@ -328,6 +393,7 @@ pub fn pull(b: &BootRoot, o: &PullOptions) -> Result<PullReport> {
             root.display()
         );
     }
+    let _lock = lock_root(root)?;
     let scratch = tempfile::Builder::new()
         .prefix("cairn-pull-")
         .tempdir()
@@ -428,18 +494,23 @@ pub fn pull(b: &BootRoot, o: &PullOptions) -> Result<PullReport> {
     let mut fetch = Vec::new();
     for (name, f) in &target.files {
         let done = fetched_dir.join(&f.sha256);
-        if done.is_file() && sha256_file(&done).is_ok_and(|(n, h)| n == f.size && h == f.sha256) {
+        if regular(&done) && sha256_file(&done).is_ok_and(|(n, h)| n == f.size && h == f.sha256) {
             have.push((name.clone(), f.clone()));
             continue;
         }
         match known.get(&f.sha256) {
-            Some(p) if sha256_file(p).is_ok_and(|(n, h)| n == f.size && h == f.sha256) => {
+            Some(p)
+                if regular(p)
+                    && sha256_file(p).is_ok_and(|(n, h)| n == f.size && h == f.sha256) =>
+            {
                 reuse.push((name.clone(), p.clone(), f.size))
             }
             _ => fetch.push((name.clone(), f.clone())),
         }
     }
-    let need: u64 = fetch.iter().map(|(_, f)| f.size).sum();
+    let need: u64 = fetch
+        .iter()
+        .fold(0u64, |a, (_, f)| a.saturating_add(f.size));
     report.files_reused = reuse.len();
     report.bytes_reused = reuse.iter().map(|r| r.2).sum();
     if o.dry_run {
@@ -450,25 +521,44 @@ pub fn pull(b: &BootRoot, o: &PullOptions) -> Result<PullReport> {
     }
 
     b.rw(|| {
+        let partial_dir = root.join(STATE_DIR);
         for d in [
             root.join("images"),
             profile_dir.clone(),
             staging.clone(),
             root.join(STATE_DIR),
             fetched_dir.clone(),
+            partial_dir.join("partial"),
         ] {
             no_link(&d)?;
+        }
+        // What earlier pulls of other versions left half-done goes first.
+        let wanted: BTreeSet<&str> = target.files.values().map(|f| f.sha256.as_str()).collect();
+        clear_stale(&fetched_dir, &wanted)?;
+        clear_stale(&partial_dir.join("partial"), &wanted)?;
+        for e in std::fs::read_dir(&profile_dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let n = e.file_name();
+            if n.to_string_lossy().starts_with(".pull-") && p != staging {
+                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                    fs::remove_dir_all(&p)?;
+                } else {
+                    fs::remove_file(&p)?;
+                }
+            }
         }
         // The index is taken: remember it before anything can fail.
         state.save(root)?;
         let vars = env::parse(&fs::read(&envp)?)?;
         let mut keep: BTreeSet<String> = protected(root, &vars);
         keep.extend(b.booted_dir.clone());
-        make_room(root, &o.profile, need, &keep, &mut report)?;
+        let has_good = vars
+            .iter()
+            .any(|(k, v)| k == "cairn_good" && !v.is_empty());
+        make_room(root, &o.profile, need, &keep, has_good, &mut report)?;
 
         fs::create_dir_all(&fetched_dir)?;
         let counter = Counter::default();
-        let partial_dir = root.join(STATE_DIR);
         let results = crate::parallel::map(&fetch, o.jobs.max(1), |(name, f)| {
             fetch_file(o, &url, &target.version, name, f, &partial_dir, &fetched_dir, &counter)
         });
@@ -639,13 +729,21 @@ fn make_room(
     profile: &str,
     need: u64,
     keep: &BTreeSet<String>,
+    has_good: bool,
     r: &mut PullReport,
 ) -> Result<()> {
     // Room for the files and a little for the file system's own use.
-    let want = need + need / 50 + (1 << 20);
+    let want = need.saturating_add(need / 50).saturating_add(1 << 20);
     let mut free = free_bytes(root)?;
     if free >= want {
         return Ok(());
+    }
+    if !has_good {
+        bail!(
+            "the boot partition has {} free, the image needs {}, and no image on it has booted well yet (no cairn_good): nothing is removed to make room",
+            crate::progress::human_bytes(free),
+            crate::progress::human_bytes(want)
+        );
     }
     let mut old: Vec<String> = images_on(root)
         .into_iter()
@@ -730,4 +828,38 @@ fn finish(
         state.save(&b.root)?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_writer_at_a_time_and_planted_files_are_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let held = lock_root(d.path()).unwrap();
+        let e = lock_root_within(d.path(), std::time::Duration::ZERO)
+            .err()
+            .expect("a second lock while the first is held");
+        assert!(format!("{e:#}").contains("another cairn"), "{e:#}");
+        drop(held);
+        lock_root_within(d.path(), std::time::Duration::ZERO).unwrap();
+        // A FIFO or a link where cairn.json should be: not read (a FIFO
+        // would hang the pull); the default tries instead.
+        fs::create_dir_all(d.path().join("boot")).unwrap();
+        let cj = d.path().join("boot/cairn.json");
+        let st = std::process::Command::new("mkfifo")
+            .arg(&cj)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(tries_of(d.path()), 3);
+        fs::remove_file(&cj).unwrap();
+        fs::write(d.path().join("real.json"), r#"{"menu":{"tries":5}}"#).unwrap();
+        std::os::unix::fs::symlink(d.path().join("real.json"), &cj).unwrap();
+        assert_eq!(tries_of(d.path()), 3);
+        fs::remove_file(&cj).unwrap();
+        fs::write(&cj, r#"{"menu":{"tries":5}}"#).unwrap();
+        assert_eq!(tries_of(d.path()), 5);
+    }
 }

@@ -6,6 +6,7 @@ use super::url::RepoUrl;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -320,8 +321,13 @@ fn fetch_once(
         fs::create_dir_all(dir).map_err(local)?;
     }
     let mut hasher = Sha256::new();
-    let mut have = match fs::metadata(partial) {
-        Ok(m) if m.len() < expect.size => m.len(),
+    // A partial file is cairn's own regular file, or it is started again
+    // (a symbolic link is removed, never followed).
+    let mut have = match fs::symlink_metadata(partial) {
+        Ok(m) if m.is_file() && m.len() < expect.size => m.len(),
+        Ok(m) if m.is_dir() => {
+            return Err(local(std::io::Error::other("a directory in the way")));
+        }
         Ok(_) => {
             fs::remove_file(partial).map_err(local)?;
             0
@@ -330,7 +336,11 @@ fn fetch_once(
     };
     if have > 0 {
         // Re-hash what is already there so the final hash covers every byte.
-        let mut f = File::open(partial).map_err(local)?;
+        let mut f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(partial)
+            .map_err(local)?;
         let mut buf = vec![0u8; 1 << 18];
         let mut left = have;
         while left > 0 {
@@ -348,15 +358,25 @@ fn fetch_once(
     let mut file = if body.partial {
         OpenOptions::new()
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(partial)
             .map_err(local)?
     } else {
         // The server ignored the range (or there was none): start over.
         hasher = Sha256::new();
         have = 0;
-        File::create(partial).map_err(local)?
+        let _ = fs::remove_file(partial);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(partial)
+            .map_err(local)?
     };
-    let mut reader = body.reader;
+    let mut reader = Deadline {
+        inner: body.reader,
+        until: deadline_for(expect.size.saturating_sub(have)),
+    };
     let mut buf = vec![0u8; 1 << 18];
     loop {
         let n = match reader.read(&mut buf) {
@@ -402,6 +422,36 @@ fn fetch_once(
     Ok(())
 }
 
+/// The slowest transfer a download accepts: a server that trickles bytes
+/// (one every minute keeps a connection alive) fails, then is retried,
+/// instead of holding a fetch — or a machine's pull — forever.
+pub const MIN_RATE: u64 = 16 * 1024;
+/// Time every request gets besides its bytes at `MIN_RATE`.
+pub const GRACE: Duration = Duration::from_secs(120);
+
+/// A reader that fails once its deadline has passed.
+struct Deadline<R> {
+    inner: R,
+    until: Instant,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() > self.until {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("slower than {} KiB/s: given up", MIN_RATE / 1024),
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// The deadline for `bytes` more bytes from now.
+fn deadline_for(bytes: u64) -> Instant {
+    Instant::now() + GRACE + Duration::from_secs(bytes / MIN_RATE)
+}
+
 /// Fetches a small file of unknown size (InRelease) into memory, with retries.
 pub fn fetch_small(
     t: &dyn Transport,
@@ -412,13 +462,16 @@ pub fn fetch_small(
     let once = || {
         t.get(url, 0).and_then(|body| {
             let mut data = Vec::new();
-            body.reader
-                .take(limit + 1)
-                .read_to_end(&mut data)
-                .map_err(|e| FetchError::Transport {
-                    url: url.into(),
-                    msg: e.to_string(),
-                })?;
+            Deadline {
+                inner: body.reader,
+                until: deadline_for(limit),
+            }
+            .take(limit + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| FetchError::Transport {
+                url: url.into(),
+                msg: e.to_string(),
+            })?;
             if data.len() as u64 > limit {
                 return Err(FetchError::SizeMismatch {
                     url: url.into(),
@@ -443,4 +496,32 @@ pub fn join_url(base: &RepoUrl, rel: &str) -> String {
 /// Path of the partial download for a file with this hash.
 pub fn partial_path(work: &Path, sha256: &str) -> PathBuf {
     work.join("partial").join(sha256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that trickles bytes: the read fails once the deadline is
+    /// passed, however alive the connection is.
+    #[test]
+    fn a_trickle_meets_its_deadline() {
+        struct Trickle;
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(20));
+                buf[0] = b'x';
+                Ok(1)
+            }
+        }
+        let mut r = Deadline {
+            inner: Trickle,
+            until: Instant::now() + Duration::from_millis(100),
+        };
+        let mut out = Vec::new();
+        let e = r.read_to_end(&mut out).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(out.len() < 10, "{}", out.len());
+        assert!(deadline_for(MIN_RATE * 10) > Instant::now() + GRACE);
+    }
 }

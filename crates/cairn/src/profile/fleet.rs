@@ -182,6 +182,15 @@ impl RawFleet {
             if !ok || crate::mirror::url::RepoUrl::parse(u).is_err() {
                 bail!("fleet.urls: {u:?} is not an http:// or https:// URL");
             }
+            // Written into every image (world-readable, and served with it).
+            let authority = u.split_once("://").map_or("", |(_, r)| {
+                r.split(['/', '?', '#']).next().unwrap_or_default()
+            });
+            if authority.contains('@') {
+                bail!(
+                    "fleet.urls: {u:?} carries credentials: images are public files; serve the store without them"
+                );
+            }
         }
         let policy = self.policy.unwrap_or(Policy::Stage);
         match (&self.window, policy) {
@@ -272,6 +281,8 @@ mod tests {
             ..Default::default()
         };
         let f = raw(&["http://build/cairn/"]).validate(true).unwrap();
+        // An @ in the path is not a credential.
+        raw(&["http://build/~ops/@v1/"]).validate(true).unwrap();
         assert_eq!((f.policy, f.keep), (Policy::Stage, 3));
         assert!(raw(&["http://build/"]).validate(false).is_err());
         for bad in [
@@ -279,6 +290,8 @@ mod tests {
             "http://a b/",
             "ftp://x/",
             "http://x/$(reboot)",
+            "http://admin:secret@build/",
+            "https://token@build:8443/cairn/",
         ] {
             assert!(raw(&[bad]).validate(true).is_err(), "{bad}");
         }

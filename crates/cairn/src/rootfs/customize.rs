@@ -403,10 +403,14 @@ pub fn fleet(
         PULL_SERVICE,
         format!(
             "[Unit]\nDescription=cairn: pull a newer image of this machine's profile\n\
-             Documentation=man:cairn(1)\nAfter=cairn-booted.service\n\
+             # Expiry and serial checks read the clock: after it is set, if\n\
+             # the machine syncs it.\n\
+             After=cairn-booted.service time-sync.target\n\
              # Machines without a wired interface have nowhere to pull from.\n\
              ConditionPathExistsGlob=/sys/class/net/e*\n\n\
              [Service]\nType=oneshot\n\
+             # Never forever (a server trickling bytes): the next run resumes.\n\
+             TimeoutStartSec=4h\n\
              ExecStartPre=-/lib/systemd/systemd-networkd-wait-online --any --timeout=60\n\
              ExecStart={} pull\nStandardOutput=journal+console\nStandardError=journal+console\n",
             CAIRN_IN_IMAGE

@@ -572,9 +572,34 @@ fn room_is_made_from_old_images_never_the_good_one() {
             .join("filesystem.squashfs")
             .is_file()
     );
+    // No image on the disk has booted well (cairn_good cleared): room is
+    // never made, whatever would fit.
+    let v3 = "20261203T000001Z";
+    let envp = boot.join("boot/grub/grubenv");
+    let good_env = fs::read(&envp).unwrap();
+    let mut vars = cairn::boot::env::parse(&good_env).unwrap();
+    cairn::boot::env::update(&mut vars, &[("cairn_good", "")]);
+    cairn::boot::env::save(&envp, &vars).unwrap();
+    fake_image(
+        &s.store,
+        &s.key,
+        v3,
+        None,
+        &[("filesystem.squashfs", &noise(4, 3 << 20))],
+    );
+    ok(cairn(&s.store, &["publish", "web"]));
+    let before = snapshot(&boot);
+    let o = s.pull(&boot, &[&nginx.url()], &["--machine-id", "m1"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no image on it has booted well yet"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(before, snapshot(&boot));
+    fs::write(&envp, &good_env).unwrap();
     // A newer image too large for the disk even without V1's trial: refused,
     // nothing removed.
-    let v3 = "20261203T000001Z";
     fake_image(
         &s.store,
         &s.key,
@@ -592,6 +617,58 @@ fn room_is_made_from_old_images_never_the_good_one() {
         text(&o)
     );
     assert_eq!(before, snapshot(&boot));
+}
+
+/// What someone with the boot partition plants for a pull (a tree pulled
+/// with --boot-dir is not mounted nosymfollow): a symlinked partial
+/// directory is refused, a symlinked partial file is replaced, never
+/// written through; leftovers of other versions' pulls are removed.
+#[test]
+fn planted_links_and_leftovers_on_the_boot_disk_are_never_followed() {
+    let Some(s) = Setup::new(256 << 10) else {
+        return;
+    };
+    let nginx = Nginx::start(&s.store, 0, "");
+    let boot = s.boot_dir("boot");
+    let victim_dir = s.d.path().join("victim");
+    fs::create_dir_all(&victim_dir).unwrap();
+    let victim = victim_dir.join("victim.txt");
+    fs::write(&victim, "untouched\n").unwrap();
+    let layer_sha = cairn::trust::hash::sha256_hex(&s.layer2);
+    std::os::unix::fs::symlink(&victim, victim_dir.join(&layer_sha)).unwrap();
+    fs::create_dir_all(boot.join("cairn")).unwrap();
+    std::os::unix::fs::symlink(&victim_dir, boot.join("cairn/partial")).unwrap();
+    let o = s.pull(&boot, &[&nginx.url()], &["--machine-id", "m1"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is a symbolic link"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched\n");
+    assert!(!boot.join("images/web").join(V2).exists());
+    // A real partial directory holding a link named like the layer, and
+    // leftovers of an older pull: the link is replaced, the rest removed.
+    fs::remove_file(boot.join("cairn/partial")).unwrap();
+    fs::create_dir_all(boot.join("cairn/partial")).unwrap();
+    std::os::unix::fs::symlink(&victim, boot.join("cairn/partial").join(&layer_sha)).unwrap();
+    let junk = "ab".repeat(32);
+    fs::create_dir_all(boot.join("cairn/fetched")).unwrap();
+    fs::write(boot.join("cairn/fetched").join(&junk), vec![7u8; 100_000]).unwrap();
+    fs::write(boot.join("cairn/partial").join(&junk), vec![7u8; 100_000]).unwrap();
+    let stale = boot.join("images/web/.pull-20250101T000000Z");
+    fs::create_dir_all(&stale).unwrap();
+    fs::write(stale.join("filesystem.squashfs"), vec![7u8; 100_000]).unwrap();
+    let r = json(s.pull(&boot, &[&nginx.url()], &["--machine-id", "m1"]));
+    assert_eq!(r["outcome"], "staged", "{r}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "untouched\n");
+    assert_eq!(
+        fs::read(boot.join("images/web").join(V2).join("layer-2.squashfs")).unwrap(),
+        s.layer2
+    );
+    assert!(!boot.join("cairn/fetched").join(&junk).exists());
+    assert!(!boot.join("cairn/partial").join(&junk).exists());
+    assert!(!stale.exists());
 }
 
 /// The build host's units (dist/systemd) are units systemd accepts, and

@@ -55,8 +55,13 @@ mark_good() {
 # (Nothing on the partition runs, opens as a device, or is followed as a
 # symlink: the flags the initramfs mounted it with, kept.)
 opts=nosuid,nodev,noexec,nosymfollow
+# One writer at a time: cairn pull and cairn reboot lock the partition's
+# root directory (flock) as this does.
 mark_good_at() {
+    exec 9< "$1"
+    flock -w 120 9 || echo "cairn: $1 stayed locked for 2 minutes: marking anyway" >&2
     mount -o "remount,rw,$opts" "$1" && { mark_good "$1"; mount -o "remount,ro,$opts" "$1"; }
+    exec 9<&-
 }
 
 # The boot partition's root: live-boot's medium; the partition of an ISO
