@@ -29,7 +29,10 @@ impl Profile {
         }
         if self.fleet.is_some() {
             // Names in fleet.urls resolve (networkd configures the address).
+            // dbus by name: systemd-resolved needs a system bus through a
+            // virtual package, which debootstrap cannot resolve.
             v.push("systemd-resolved".into());
+            v.push("dbus".into());
         }
         if self.bootstrap == Bootstrap::Debootstrap {
             // debootstrap always installs it on merged-/usr suites.
