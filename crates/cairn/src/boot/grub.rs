@@ -126,6 +126,85 @@ pub fn early_cfg(boot_uuid: &str) -> Result<String> {
     ))
 }
 
+/// Where a network-booted GRUB finds everything: the web server
+/// (`HOST[:PORT]`, a host name or IPv4 address), from which `/netboot/`
+/// holds the signed menu and `/images/` the images.
+pub fn check_server(host_port: &str) -> Result<()> {
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (host_port, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !host.starts_with(['.', '-']);
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok_and(|n| n > 0));
+    if !host_ok || !port_ok {
+        bail!("{host_port:?}: a web server is HOST or HOST:PORT (a name or an IPv4 address)");
+    }
+    Ok(())
+}
+
+/// The configuration built into a network-booted GRUB: as a disk's, but
+/// the root is the web server (`(http,HOST:PORT)`) and the signed menu is
+/// its `/netboot/grub.cfg`. GRUB's network is configured from the answer
+/// the firmware's PXE got.
+pub fn early_cfg_net(host_port: &str) -> Result<String> {
+    check_server(host_port)?;
+    Ok(format!(
+        "serial --unit=0 --speed=115200\nterminal_input console serial\nterminal_output console serial\n\
+         set superusers=cairn\nexport superusers\n\
+         set root=(http,{host_port})\n\
+         set prefix=($root)/netboot\n\
+         echo \"cairn: checking the signature of $prefix/grub.cfg\"\n\
+         verify_detached $prefix/grub.cfg $prefix/grub.cfg.sig\n"
+    ))
+}
+
+/// Network modules, besides `MODULES` (the PXE or EFI network driver is
+/// the platform's).
+const NET_MODULES: &[&str] = &["net", "http", "tftp"];
+
+/// A GRUB that boots from the network: BIOS PXE (`i386-pc-pxe`, served as
+/// `core.0`) or UEFI (`x86_64-efi` with the EFI network driver), the key
+/// built in, the early configuration pointing at `host_port`.
+pub fn mkimage_net(
+    platform: Platform,
+    out: &Path,
+    public_key: &Path,
+    host_port: &str,
+) -> Result<()> {
+    require_tools()?;
+    let cfg = out.with_extension("early.cfg");
+    fs::write(&cfg, early_cfg_net(host_port)?)?;
+    let (format, driver) = match platform {
+        Platform::Bios => ("i386-pc-pxe", "pxe"),
+        Platform::Efi => ("x86_64-efi", "efinet"),
+    };
+    let mut cmd = Cmd::new(GRUB_MKIMAGE.program)
+        .arg("-O")
+        .arg(format)
+        .arg("-d")
+        .arg(platform.dir())
+        .arg("-o")
+        .arg(out)
+        .args(["-p", "/netboot", "-c"])
+        .arg(&cfg)
+        .arg("--pubkey")
+        .arg(public_key)
+        .arg(driver);
+    if platform == Platform::Efi {
+        cmd = cmd.arg("--disable-shim-lock").arg("efi_gop");
+    }
+    let r = cmd.args(MODULES).args(NET_MODULES).run();
+    let _ = fs::remove_file(&cfg);
+    r.with_context(|| format!("grub-mkimage for {format}"))?;
+    Ok(())
+}
+
 /// Debian's shim (signed by Microsoft's UEFI CA: most machines boot it) and
 /// its MOK manager (`mokutil --import` is confirmed there).
 pub const SHIM: &str = "/usr/lib/shim/shimx64.efi.signed";
@@ -406,10 +485,26 @@ mod tests {
             &MenuOptions::default(),
         )
         .unwrap();
+        let net = crate::boot::menu::render_net(
+            &[MenuImage {
+                profile: "a".into(),
+                version: "2".into(),
+                dir: "/images/a/2".into(),
+            }],
+            &crate::boot::menu::NetMenuOptions {
+                timeout: 5,
+                default_profile: None,
+                server: "http://10.0.2.2:8080".into(),
+                machines: vec![("52:54:00:12:34:56".into(), "a".into())],
+            },
+        )
+        .unwrap();
         let script = format!(
-            "{}\n{}",
+            "{}\n{}\n{}\n{}",
             early_cfg("c83e030b-d47e-482d-89cb-dbfb68698c10").unwrap(),
-            m.cfg
+            m.cfg,
+            early_cfg_net("10.0.2.2:8080").unwrap(),
+            net.cfg
         );
         let mut used = std::collections::BTreeSet::new();
         for line in script.lines() {

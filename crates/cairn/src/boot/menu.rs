@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 /// An image on the boot partition.
@@ -81,8 +81,8 @@ fn safe(s: &str) -> bool {
 }
 
 /// The script before the entries: console, lock, the self-check of
-/// signature checking, the functions every entry uses.
-const PRELUDE: &str = r#"set pager=0
+/// signature checking (every menu, disk or network).
+const HEAD: &str = r#"set pager=0
 serial --unit=0 --speed=115200
 terminal_input console serial
 terminal_output console serial
@@ -104,7 +104,10 @@ if verify_detached "$prefix/grub.cfg" "$prefix/guard.sig"; then
     halt
 fi
 echo "cairn: signature checks work (a wrong signature was refused)"
+"#;
 
+/// A disk's menu: the boot partition's UUID for the initramfs.
+const DISK_UUID: &str = r#"
 # The partition this file was checked on: the initramfs mounts images from
 # it and from nothing else (cairn.boot=).
 set cairn_uuid=""
@@ -115,7 +118,11 @@ if regexp '^[0-9A-Fa-f-]+$' "$cairn_uuid"; then true; else
     halt
 fi
 export cairn_uuid
+"#;
 
+/// The checks every entry makes before it loads anything, and the
+/// fallback loop (`cairn_load` differs between disk and network).
+const CHECK: &str = r#"
 function cairn_fail {
     echo "cairn: REFUSING TO BOOT $1: $2"
     sleep 5
@@ -172,10 +179,13 @@ function cairn_boot {
             fi
         fi
     done
-    echo "cairn: no image on this disk passed its checks"
+    echo "cairn: no image passed its checks"
     sleep 10
 }
+"#;
 
+/// Loading from a disk (with boot counting) or from an ISO file on it.
+const DISK_LOAD: &str = r#"
 function cairn_load {
     cairn_count "$3"
     set cairn_ram=""
@@ -217,6 +227,18 @@ function cairn_iso {
     linux (cairn_loop)/live/vmlinuz $cairn_args live-media-path=/live "findiso=$1" "cairn.boot=$cairn_uuid" $cairn_ram "cairn.entry=$3"
     initrd (cairn_loop)/live/initrd.img
 }
+"#;
+
+/// A machine (a VM) can pick an entry through its SMBIOS serial (qemu
+/// -smbios type=1,serial=cairn-entry:ID): only signed entries can be
+/// chosen. A one-shot next_entry (`cairn reboot`) still wins.
+const SMBIOS_PICK: &str = r#"
+smbios --type 1 --get-string 7 --set cairn_smbios
+set cairn_pick=""
+regexp --set=1:cairn_pick '^cairn-[a-z-]+:(.+)$' "$cairn_smbios"
+if [ -n "$cairn_pick" ]; then
+    if [ -z "$cairn_next" ]; then set default="$cairn_pick"; fi
+fi
 "#;
 
 /// An entry the initramfs refused at its last boot (it wrote `cairn_bad`)
@@ -370,7 +392,9 @@ pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Res
          # Do not edit: `cairn boot menu --disk DISK` writes it again.",
         env!("CARGO_PKG_VERSION")
     )?;
-    cfg.push_str(PRELUDE);
+    for part in [HEAD, DISK_UUID, CHECK, DISK_LOAD] {
+        cfg.push_str(part);
+    }
     writeln!(
         cfg,
         "\nset timeout={}\nset timeout_style=menu",
@@ -391,19 +415,7 @@ pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Res
         opts.tries,
         fallback.first().map(String::as_str),
     ));
-    cfg.push_str(
-        r#"
-# A VM can pick an entry through its SMBIOS serial (qemu -smbios
-# type=1,serial=cairn-entry:ID): only signed entries can be chosen. A
-# one-shot next_entry (`cairn reboot`) still wins.
-smbios --type 1 --get-string 7 --set cairn_smbios
-set cairn_pick=""
-regexp --set=1:cairn_pick '^cairn-[a-z-]+:(.+)$' "$cairn_smbios"
-if [ -n "$cairn_pick" ]; then
-    if [ -z "$cairn_next" ]; then set default="$cairn_pick"; fi
-fi
-"#,
-    );
+    cfg.push_str(SMBIOS_PICK);
     writeln!(
         cfg,
         "{}",
@@ -460,6 +472,153 @@ fi
         entries,
         left_out: Vec::new(),
     })
+}
+
+/// Loading over the network: GRUB read everything from the web server
+/// ($root is `(http,HOST:PORT)`); the initramfs fetches the signed layers
+/// from the same server (`cairn.fetch=`), into RAM.
+const NET_LOAD: &str = r#"
+function cairn_load {
+    echo "cairn: $cairn_title verified, booting over the network (in RAM)"
+    linux "$1/vmlinuz" $cairn_args "live-media-path=$1" "cairn.fetch=$cairn_server" "cairn.entry=$3"
+    initrd "$1/initrd.img"
+}
+"#;
+
+/// What a network menu is for: the web server its files come from, and
+/// which profile a machine boots by its MAC address.
+#[derive(Debug, Clone)]
+pub struct NetMenuOptions {
+    pub timeout: u32,
+    pub default_profile: Option<String>,
+    /// `http://HOST[:PORT]` (checked by the caller: no path, no quotes).
+    pub server: String,
+    /// (MAC address in lower case, profile).
+    pub machines: Vec<(String, String)>,
+}
+
+/// The network menu: each profile's newest image (older ones under
+/// rollback), every entry in RAM (the layers are fetched into it), checked
+/// exactly as a disk's entries are; a machine's MAC address or SMBIOS
+/// serial may pick its entry among the signed ones. No boot counting: a
+/// web server keeps no per-machine state (a refused image falls back
+/// within the same boot).
+pub fn render_net(images: &[MenuImage], opts: &NetMenuOptions) -> Result<Menu> {
+    let mut m = render(
+        images,
+        &[],
+        &MenuOptions {
+            timeout: opts.timeout,
+            tries: 1,
+            default_profile: opts.default_profile.clone(),
+        },
+    )?;
+    // The same entries, in RAM only, with the disk menu's ids.
+    m.entries.retain(|e| e.in_ram);
+    let entry_of = |profile: &str| {
+        m.entries
+            .iter()
+            .find(|e| {
+                !e.id.starts_with("rollback>") && e.dir.starts_with(&format!("/images/{profile}/"))
+            })
+            .map(|e| e.id.clone())
+    };
+    let default = m
+        .entries
+        .first()
+        .map(|e| e.id.clone())
+        .context("no images to put in the menu")?;
+    // When an entry's image fails its checks: the default profile's older
+    // images, then the other profiles' newest (all in RAM).
+    let first_profile = m.entries[0]
+        .dir
+        .split('/')
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
+    let fallback: Vec<&MenuEntry> = m
+        .entries
+        .iter()
+        .filter(|e| {
+            e.id != default
+                && e.id.starts_with("rollback>")
+                && e.dir.starts_with(&format!("/images/{first_profile}/"))
+        })
+        .chain(
+            m.entries
+                .iter()
+                .filter(|e| e.id != default && !e.id.starts_with("rollback>")),
+        )
+        .collect();
+    let mut cfg = String::new();
+    writeln!(
+        cfg,
+        "# cairn network boot menu, generated by cairn {}; signed (grub.cfg.sig).\n\
+         # Do not edit: `cairn netboot` writes it again.",
+        env!("CARGO_PKG_VERSION")
+    )?;
+    for part in [HEAD, CHECK, NET_LOAD] {
+        cfg.push_str(part);
+    }
+    writeln!(
+        cfg,
+        "\nset cairn_server=\"{}\"\nexport cairn_server\nset timeout={}\nset timeout_style=menu\nset default=\"{default}\"",
+        opts.server, opts.timeout
+    )?;
+    writeln!(
+        cfg,
+        "set cairn_fallbacks=\"{}\"\nexport cairn_fallbacks\nset cairn_next=\"\"",
+        fallback
+            .iter()
+            .map(|e| format!("{}={}", e.dir, e.id))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )?;
+    for (mac, profile) in &opts.machines {
+        let ok = mac.len() == 17
+            && mac.split(':').all(|b| {
+                b.len() == 2
+                    && b.bytes()
+                        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            });
+        if !ok {
+            bail!("{mac}: a MAC address is six lower-case hex pairs, a:b:c:d:e:f");
+        }
+        let id =
+            entry_of(profile).with_context(|| format!("{mac}: no image of profile {profile}"))?;
+        writeln!(
+            cfg,
+            "if [ \"$net_default_mac\" = \"{mac}\" ]; then set default=\"{id}\"; fi"
+        )?;
+    }
+    cfg.push_str(SMBIOS_PICK);
+    // Every entry of the disk menu's shape, in RAM.
+    let mut top = String::new();
+    let mut rollback = String::new();
+    for e in &m.entries {
+        let (buf, indent) = if e.id.starts_with("rollback>") {
+            (&mut rollback, "    ")
+        } else {
+            (&mut top, "")
+        };
+        let id = e.id.trim_start_matches("rollback>");
+        writeln!(
+            buf,
+            "{indent}menuentry \"{}\" --unrestricted --id \"{id}\" {{\n{indent}    {}\n{indent}}}",
+            e.title.replace(" (in RAM)", " (network, in RAM)"),
+            boot_call(&e.dir, true, &e.id)
+        )?;
+    }
+    cfg.push_str(&top);
+    if !rollback.is_empty() {
+        cfg.push_str("submenu \"Older images (rollback)\" --unrestricted --id rollback {\n");
+        cfg.push_str(&rollback);
+        cfg.push_str("}\n");
+    }
+    m.fallback = fallback.iter().map(|e| e.id.clone()).collect();
+    m.default = default;
+    m.cfg = cfg;
+    Ok(m)
 }
 
 /// The environment block decides: a one-shot `next_entry` first; then an
@@ -649,5 +808,52 @@ mod tests {
             assert!(m.cfg.contains(call), "{call}");
             assert_eq!(found_selector("/images/p/v", ram), selector);
         }
+    }
+
+    /// The network menu: in RAM only, the server and MAC choices in the
+    /// signed text, no grubenv (a web server keeps no state), fallbacks
+    /// within the boot; a bad MAC or an unknown profile refused.
+    #[test]
+    fn network_menu_entries_fallbacks_and_machines() {
+        let opts = |machines: Vec<(String, String)>| NetMenuOptions {
+            timeout: 3,
+            default_profile: Some("a".into()),
+            server: "http://10.0.2.2:8080".into(),
+            machines,
+        };
+        let imgs = [img("a", "2"), img("a", "1"), img("b", "5")];
+        let m = render_net(&imgs, &opts(vec![("52:54:00:12:34:56".into(), "b".into())])).unwrap();
+        assert_eq!(m.default, "a-2-ram");
+        assert_eq!(m.fallback, ["rollback>a-1-ram", "b-5-ram"]);
+        assert!(m.entries.iter().all(|e| e.in_ram));
+        assert!(m.cfg.contains("set cairn_server=\"http://10.0.2.2:8080\""));
+        assert!(m.cfg.contains("\"cairn.fetch=$cairn_server\""));
+        assert!(m.cfg.contains(
+            "if [ \"$net_default_mac\" = \"52:54:00:12:34:56\" ]; then set default=\"b-5-ram\"; fi"
+        ));
+        assert!(
+            m.cfg
+                .contains("cairn_boot \"/images/a/1\" ram \"rollback>a-1-ram\"")
+        );
+        for never in [
+            "load_env",
+            "save_env",
+            "probe",
+            "cairn.boot=",
+            "/images/*/*",
+        ] {
+            assert!(!m.cfg.contains(never), "{never} in a network menu");
+        }
+        for bad in [
+            "52:54:00:12:34",
+            "52:54:00:12:34:5G",
+            "52:54:00:12:34:56\"; reboot",
+        ] {
+            assert!(
+                render_net(&imgs, &opts(vec![(bad.into(), "a".into())])).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(render_net(&imgs, &opts(vec![("52:54:00:12:34:56".into(), "c".into())])).is_err());
     }
 }

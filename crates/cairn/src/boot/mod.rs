@@ -6,3 +6,4 @@ pub mod disk;
 pub mod env;
 pub mod grub;
 pub mod menu;
+pub mod netboot;

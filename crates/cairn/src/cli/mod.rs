@@ -8,6 +8,7 @@ mod fleet;
 mod image;
 mod live;
 mod mirror;
+mod netboot;
 mod vm;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub use fleet::{CycleArgs, PublishArgs, PullArgs, StatusArgs, parse_duration};
 pub use image::{ImageCommand, KeyCommand};
 pub use live::{ApplyLiveArgs, LiveTarget, RebootArgs};
 pub use mirror::{MirrorCommand, SourcesArgs, SyncArgs, VerifyArgs};
+pub use netboot::NetbootArgs;
 pub use vm::VmCommand;
 
 /// cairn keeps Debian machines as signed, layered live images. It starts with
@@ -129,6 +131,16 @@ pub enum Command {
     /// yet is built); each index is published again, so machines never see
     /// it expire while the build host is up.
     Cycle(CycleArgs),
+    /// On the build host: what machines without a boot disk boot from, over the network.
+    ///
+    /// Writes <store>/netboot/: cairn's GRUB for BIOS PXE (core.0) and UEFI
+    /// (grubx64.efi), the store's key built in and signatures enforced, and
+    /// the signed menu of the store's images (newest first, rollback, in
+    /// RAM). A DHCP/TFTP server (dnsmasq) hands out the GRUB files; the web
+    /// server that serves the store (`cairn publish --nginx-config`) serves
+    /// the rest; every file is checked as from a disk, and the initramfs
+    /// fetches the signed layers into RAM and checks every block.
+    Netboot(NetbootArgs),
 }
 
 /// The image a command on the running system acts on, and how.
@@ -181,6 +193,7 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Pull(a) => fleet::run_pull(cli, a),
         Command::Status(a) => fleet::run_status(cli, a),
         Command::Cycle(a) => fleet::run_cycle(cli, a),
+        Command::Netboot(a) => netboot::run_netboot(cli, a),
     }
 }
 

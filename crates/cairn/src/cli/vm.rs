@@ -13,8 +13,9 @@ pub enum VmCommand {
     /// otherwise), serial console to a log file, until the VM powers off, a
     /// marker line appears, or the timeout.
     Run {
-        /// A raw disk image, or an ISO.
-        media: PathBuf,
+        /// A raw disk image, or an ISO (none with --netboot).
+        #[arg(required_unless_present = "netboot")]
+        media: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "bios")]
         firmware: crate::vm::Firmware,
         /// auto: KVM if /dev/kvm works and the guest shows output within 20 s,
@@ -72,6 +73,12 @@ pub enum VmCommand {
         /// host's 127.0.0.1 at 10.0.2.2 (a store served there, say).
         #[arg(long)]
         net: bool,
+        /// Boot from the network: qemu's user network answers DHCP and
+        /// serves DIR over TFTP (core.0 for BIOS, grubx64.efi for UEFI — the
+        /// store's netboot/ from `cairn netboot`); the guest reaches the
+        /// host's 127.0.0.1 at 10.0.2.2.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["media", "net"])]
+        netboot: Option<PathBuf>,
         /// Print the result as JSON on stdout (for scripts).
         #[arg(long)]
         json: bool,
@@ -97,6 +104,7 @@ pub(super) fn run_vm(c: &VmCommand) -> Result<i32> {
         attach: disks,
         event,
         net,
+        netboot,
         json,
     } = c;
     let mut attach = disks.clone();
@@ -134,8 +142,14 @@ pub(super) fn run_vm(c: &VmCommand) -> Result<i32> {
         attach,
         events: event.clone(),
         net: *net,
+        netboot: netboot.clone(),
     };
     let r = crate::vm::run(&spec)?;
+    let what = match (media, netboot) {
+        (Some(m), _) => m.display().to_string(),
+        (None, Some(d)) => format!("network boot from {}", d.display()),
+        (None, None) => String::new(),
+    };
     show(*json, &r, |r| {
         if let Some(why) = &r.kvm_fallback {
             println!("KVM not usable here ({why}): ran under TCG");
@@ -147,7 +161,7 @@ pub(super) fn run_vm(c: &VmCommand) -> Result<i32> {
         }
         println!(
             "{} {:?}/{:?}: {} after {:.1}s; console log {}",
-            media.display(),
+            what,
             r.firmware,
             r.accel,
             if r.timed_out {
@@ -166,7 +180,7 @@ pub(super) fn run_vm(c: &VmCommand) -> Result<i32> {
         // What a slow or stuck boot was doing: the last lines.
         eprintln!(
             "cairn: {}: no line starting with {m:?} after {:.1}s ({}); last console lines ({}):\n{}",
-            media.display(),
+            what,
             r.seconds,
             if r.timed_out {
                 format!("timeout {timeout}s")

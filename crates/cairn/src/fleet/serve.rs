@@ -6,7 +6,8 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 /// An nginx `server` block that serves `store` on `listen` (`ADDRESS:PORT`):
-/// `images/` (indices briefly cached, images a day) and `mirror/`; never
+/// `images/` (indices briefly cached, images a day), `mirror/` and
+/// `netboot/` (what `cairn netboot` writes); never
 /// the store's keys, never a dot path (a mirror's `.NAME.work` state, a
 /// sync's `.dists` staging is reached only through `dists`).
 pub fn nginx_server(store: &Path, listen: &str) -> Result<String> {
@@ -45,6 +46,10 @@ pub fn nginx_server(store: &Path, listen: &str) -> Result<String> {
         add_header Cache-Control "max-age=86400";
     }}
     location /mirror/ {{ }}
+    # What network-booted machines load (cairn netboot): GRUB, the menu.
+    location /netboot/ {{
+        add_header Cache-Control "max-age=60";
+    }}
     location / {{ return 404; }}
 }}
 "#

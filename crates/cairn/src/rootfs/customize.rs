@@ -683,6 +683,66 @@ mod tests {
         )
     }
 
+    /// A network boot names its server (cairn.fetch=) instead of a boot
+    /// partition, once, well formed, and never both.
+    #[test]
+    fn the_initramfs_takes_a_network_boot_only_well_formed() {
+        let net = good_line()
+            .replace("cairn.boot=1234-abcd", "cairn.fetch=http://10.0.2.2:8080")
+            .replace(" toram", "");
+        let (refused, out) = initramfs(&net, "cairn_parse; echo \"OK $CAIRN_FETCH $CAIRN_DIR\"");
+        assert!(!refused, "{out}");
+        assert!(
+            out.contains("OK http://10.0.2.2:8080 /images/web/1"),
+            "{out}"
+        );
+        let cases: Vec<(String, &str)> = vec![
+            (
+                format!("{net} cairn.boot=1234-abcd"),
+                "both cairn.boot= and cairn.fetch=",
+            ),
+            (
+                format!("{net} cairn.fetch=http://evil"),
+                "the fetch argument appears 2 times",
+            ),
+            (
+                format!("{net} findiso=/x.iso"),
+                "both findiso= and cairn.fetch=",
+            ),
+            (
+                net.replace("http://10.0.2.2:8080", "https://10.0.2.2"),
+                "bad server",
+            ),
+            (
+                net.replace("http://10.0.2.2:8080", "http://10.0.2.2/x"),
+                "bad server",
+            ),
+            (
+                net.replace("http://10.0.2.2:8080", "http://a:1:2"),
+                "bad server",
+            ),
+            (
+                net.replace("http://10.0.2.2:8080", "http://$(reboot)"),
+                "bad server",
+            ),
+            (net.replace("http://10.0.2.2:8080", "http://"), "bad server"),
+            (
+                net.replace("http://10.0.2.2:8080", "http://x:"),
+                "bad server",
+            ),
+            (
+                net.replace("live-media-path=/images/web/1", "live-media-path=/live"),
+                "for a network boot",
+            ),
+            (format!("{net} fetch=http://10.0.2.2/x"), "is not allowed"),
+        ];
+        for (line, why) in cases {
+            let (refused, out) = initramfs(&line, "cairn_parse; echo PARSED");
+            assert!(refused, "not refused: {line}\n{out}");
+            assert!(out.contains(why), "{line}: wanted {why:?} in\n{out}");
+        }
+    }
+
     /// Every cairn argument exactly once and well formed; nothing that would
     /// take layers from elsewhere: else the boot is refused, with the reason.
     #[test]

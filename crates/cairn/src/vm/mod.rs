@@ -58,8 +58,8 @@ pub enum Accel {
 
 #[derive(Debug, Clone)]
 pub struct VmSpec {
-    /// A disk image (raw) or an ISO (by extension).
-    pub media: PathBuf,
+    /// A disk image (raw) or an ISO (by extension); none for a network boot.
+    pub media: Option<PathBuf>,
     pub firmware: Firmware,
     pub accel: Accel,
     pub memory_mb: u32,
@@ -84,6 +84,9 @@ pub struct VmSpec {
     /// A network card on qemu's user network: the guest gets an address by
     /// DHCP and reaches the host's 127.0.0.1 at 10.0.2.2.
     pub net: bool,
+    /// Boot from the network: this directory served by qemu's TFTP, the
+    /// firmware's file in it (core.0 or grubx64.efi) as the boot file.
+    pub netboot: Option<PathBuf>,
 }
 
 /// A read-only ext4 disk image of `dir` labelled `label` (how a VM gets the
@@ -279,17 +282,18 @@ fn run_once(
     .arg("-serial")
     .arg(format!("file:{}", markers.display()))
     .args(["-device", "VGA"]);
-    let iso = spec.media.extension().is_some_and(|e| e == "iso");
-    if iso {
-        cmd.arg("-drive").arg(format!(
-            "file={},media=cdrom,if=ide,readonly=on",
-            spec.media.display()
-        ));
-    } else {
-        cmd.arg("-drive").arg(format!(
-            "file={},format=raw,if=virtio",
-            spec.media.display()
-        ));
+    match &spec.media {
+        Some(m) if m.extension().is_some_and(|e| e == "iso") => {
+            cmd.arg("-drive").arg(format!(
+                "file={},media=cdrom,if=ide,readonly=on",
+                m.display()
+            ));
+        }
+        Some(m) => {
+            cmd.arg("-drive")
+                .arg(format!("file={},format=raw,if=virtio", m.display()));
+        }
+        None => {}
     }
     for a in &spec.attach {
         cmd.arg("-drive").arg(format!(
@@ -331,6 +335,33 @@ fn run_once(
     }
     if let Some(s) = &spec.smbios_serial {
         cmd.arg("-smbios").arg(format!("type=1,serial={s}"));
+    }
+    if let Some(dir) = &spec.netboot {
+        let file = match spec.firmware {
+            Firmware::Bios => crate::boot::netboot::BIOS_FILE,
+            Firmware::Uefi => crate::boot::netboot::EFI_FILE,
+        };
+        if !dir.join(file).is_file() {
+            bail!(
+                "{}: no {file} to boot from the network (`cairn netboot` writes it)",
+                dir.display()
+            );
+        }
+        let d = dir
+            .to_str()
+            .filter(|d| !d.contains(','))
+            .with_context(|| format!("{}: a TFTP directory without commas", dir.display()))?;
+        // qemu's built-in DHCP and TFTP (a DHCP broadcast never leaves its
+        // user network: dnsmasq cannot answer it, see docs/netboot.md); the
+        // NIC's own boot ROM (iPXE) starts it.
+        cmd.args([
+            "-netdev",
+            &format!("user,id=n0,tftp={d},bootfile={file}"),
+            "-device",
+            "virtio-net-pci,netdev=n0",
+            "-boot",
+            "order=n",
+        ]);
     }
     if spec.net {
         // No option ROM: the firmware boots the disk, not the network.

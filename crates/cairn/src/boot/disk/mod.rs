@@ -12,7 +12,7 @@ mod config;
 mod device;
 mod layout;
 mod mount;
-mod scan;
+pub(crate) mod scan;
 
 use fs_err as fs;
 use std::path::{Path, PathBuf};

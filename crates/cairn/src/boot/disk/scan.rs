@@ -29,7 +29,7 @@ pub(super) fn check_image(dir: &Path, key: &SigningKey) -> Result<()> {
 
 /// Why an image directory would not boot with this key (its signatures and
 /// every hash; `iso_optional`: as on a disk, without its ISO); empty if it would.
-pub(super) fn image_problems(dir: &Path, key: &SigningKey, iso_optional: bool) -> Vec<String> {
+pub(crate) fn image_problems(dir: &Path, key: &SigningKey, iso_optional: bool) -> Vec<String> {
     match image::verify_with(dir, &key.public_key, iso_optional) {
         Ok(r) if r.ok => Vec::new(),
         Ok(r) => r.problems,
@@ -142,31 +142,7 @@ pub(super) fn write_menu(
     let mut m = menu::render(&scanned.images, &scanned.isos, opts)?;
     m.left_out = scanned.left_out;
     let gdir = root.join("boot/grub");
-    fs::create_dir_all(&gdir)?;
-    // Signed in a private directory, from the bytes cairn wrote — never
-    // from bytes read back from the partition (a device may answer other
-    // bytes than it was given) — then copied on.
-    let private = tempfile::Builder::new()
-        .prefix("cairn-menu-")
-        .tempdir()
-        .context("a private temporary directory")?;
-    // A signature that must not verify grub.cfg (the menu checks this).
-    let guard = private.path().join("guard");
-    fs::write(&guard, "cairn: this signature is for no other file\n")?;
-    let guard_sig = sign_file(key, &guard)?;
-    let cfg = private.path().join("grub.cfg");
-    fs::write(&cfg, &m.cfg)?;
-    let cfg_sig = sign_file(key, &cfg)?;
-    for (from, name) in [
-        (&guard_sig, "guard.sig"),
-        (&cfg_sig, "grub.cfg.sig"),
-        (&cfg, "grub.cfg"),
-    ] {
-        let tmp = gdir.join(format!(".{name}.new"));
-        let _ = fs::remove_file(&tmp);
-        fs::copy(from, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, gdir.join(name))?;
-    }
+    write_signed_cfg(&gdir, key, &m.cfg)?;
     // The environment block, rewritten in place when it exists.
     let envp = gdir.join("grubenv");
     let mut vars = match fs::read(&envp) {
@@ -214,4 +190,36 @@ pub(super) fn refresh(
         cfg.signed_by = key.fingerprint.clone();
         Ok(m)
     })
+}
+
+/// Writes `cfg_text` as `gdir`/grub.cfg with its signature, and guard.sig
+/// (a signature of something else, which the menu checks is refused), each
+/// renamed into place.
+pub(crate) fn write_signed_cfg(gdir: &Path, key: &SigningKey, cfg_text: &str) -> Result<()> {
+    fs::create_dir_all(gdir)?;
+    // Signed in a private directory, from the bytes cairn wrote — never
+    // from bytes read back from the partition (a device may answer other
+    // bytes than it was given) — then copied on.
+    let private = tempfile::Builder::new()
+        .prefix("cairn-menu-")
+        .tempdir()
+        .context("a private temporary directory")?;
+    // A signature that must not verify grub.cfg (the menu checks this).
+    let guard = private.path().join("guard");
+    fs::write(&guard, "cairn: this signature is for no other file\n")?;
+    let guard_sig = sign_file(key, &guard)?;
+    let cfg = private.path().join("grub.cfg");
+    fs::write(&cfg, cfg_text)?;
+    let cfg_sig = sign_file(key, &cfg)?;
+    for (from, name) in [
+        (&guard_sig, "guard.sig"),
+        (&cfg_sig, "grub.cfg.sig"),
+        (&cfg, "grub.cfg"),
+    ] {
+        let tmp = gdir.join(format!(".{name}.new"));
+        let _ = fs::remove_file(&tmp);
+        fs::copy(from, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, gdir.join(name))?;
+    }
+    Ok(())
 }

@@ -12,6 +12,9 @@
 #   else are refused.
 # - The medium is the partition with that UUID, and only it: none, or more
 #   than one device carrying it, is a refusal.
+# - Or, on a network boot (cairn.fetch=), the layers come from the web
+#   server GRUB loaded everything from, into RAM, and every block is
+#   checked against its signed root hash before anything is mounted.
 # - Exactly the layers named in cairn.verity= are mounted, in that order,
 #   each through dm-verity with its signed root hash: every block is checked
 #   as it is read, so what was checked is what is used (no check-then-read),
@@ -120,8 +123,8 @@ cairn_parse ()
 {
 	[ -n "${CAIRN_PARSED}" ] && return 0
 	CAIRN_PARSED=1
-	_n_verity=0; _n_image=0; _n_boot=0; _n_entry=0; _n_path=0; _n_findiso=0
-	CAIRN_LAYERS=""; CAIRN_IMAGE=""; CAIRN_BOOT=""; CAIRN_ENTRY=""; CAIRN_DIR=""
+	_n_verity=0; _n_image=0; _n_boot=0; _n_entry=0; _n_path=0; _n_findiso=0; _n_fetch=0
+	CAIRN_LAYERS=""; CAIRN_IMAGE=""; CAIRN_BOOT=""; CAIRN_ENTRY=""; CAIRN_DIR=""; CAIRN_FETCH=""
 	for _p in $(cairn_cmdline)
 	do
 		case "${_p}" in
@@ -133,6 +136,8 @@ cairn_parse ()
 				_n_boot=$((_n_boot + 1)); CAIRN_BOOT="${_p#cairn.boot=}" ;;
 			cairn.entry=*)
 				_n_entry=$((_n_entry + 1)); CAIRN_ENTRY="${_p#cairn.entry=}" ;;
+			cairn.fetch=*)
+				_n_fetch=$((_n_fetch + 1)); CAIRN_FETCH="${_p#cairn.fetch=}" ;;
 			cairn.poweroff)
 				;;
 			cairn.*)
@@ -158,7 +163,16 @@ cairn_parse ()
 		esac
 	done
 	CAIRN_WHAT="${CAIRN_DIR:-this image}"
-	for _a in "verity:${_n_verity}" "image:${_n_image}" "boot:${_n_boot}" "live-media-path:${_n_path}"
+	# From a boot partition (cairn.boot=) or over the network (cairn.fetch=,
+	# the web server GRUB loaded everything from): one of them, once.
+	_from="boot:${_n_boot}"
+	if [ "${_n_fetch}" -gt 0 ]
+	then
+		[ "${_n_boot}" -eq 0 ] || cairn_refuse "both cairn.boot= and cairn.fetch= on the command line"
+		[ "${_n_findiso}" -eq 0 ] || cairn_refuse "both findiso= and cairn.fetch= on the command line"
+		_from="fetch:${_n_fetch}"
+	fi
+	for _a in "verity:${_n_verity}" "image:${_n_image}" "${_from}" "live-media-path:${_n_path}"
 	do
 		case "${_a}" in
 			*:1) ;;
@@ -176,9 +190,23 @@ cairn_parse ()
 				cairn_refuse "bad image directory ${CAIRN_DIR}" ;;
 		*) cairn_refuse "bad image directory ${CAIRN_DIR}" ;;
 	esac
-	case "${CAIRN_BOOT}" in
-		""|*[!0-9A-Fa-f-]*) cairn_refuse "bad boot partition UUID ${CAIRN_BOOT}" ;;
-	esac
+	if [ -n "${CAIRN_FETCH}" ]
+	then
+		# http://HOST[:PORT]: a name or an address, a port, nothing else.
+		_hp="${CAIRN_FETCH#http://}"
+		case "${_hp}" in
+			"${CAIRN_FETCH}"|""|[!A-Za-z0-9]*|*[!A-Za-z0-9.:-]*|*:*:*|*:)
+				cairn_refuse "bad server ${CAIRN_FETCH} (http://HOST[:PORT])" ;;
+		esac
+		case "${CAIRN_DIR}" in
+			/images/*/*) ;;
+			*) cairn_refuse "bad image directory ${CAIRN_DIR} for a network boot" ;;
+		esac
+	else
+		case "${CAIRN_BOOT}" in
+			""|*[!0-9A-Fa-f-]*) cairn_refuse "bad boot partition UUID ${CAIRN_BOOT}" ;;
+		esac
+	fi
 	case "${CAIRN_ENTRY}" in
 		*[!A-Za-z0-9._+/\>-]*) cairn_refuse "bad menu entry ${CAIRN_ENTRY}" ;;
 	esac
@@ -205,11 +233,52 @@ cairn_parse ()
 	CAIRN_WHAT="${CAIRN_IMAGE} (${CAIRN_DIR})"
 }
 
+# A network boot: the network as live-boot brings it up for its own fetch=
+# (DHCP on every interface), the signed layers and their hash trees fetched
+# from the server GRUB loaded everything from into RAM (a tmpfs as the
+# medium), and every block of every layer checked against its signed root
+# hash before anything is mounted: a changed byte is named here. (Then
+# mounted through dm-verity as from a disk.) Prints the medium's path.
+cairn_net_fetch ()
+{
+	do_netsetup > /dev/console 2>&1
+	_mnt=/run/live/medium
+	mkdir -p "${_mnt}"
+	grep -q " ${_mnt} " /proc/mounts ||
+		mount -t tmpfs -o "size=90%,mode=0755" tmpfs "${_mnt}" ||
+		cairn_refuse "no file system in RAM for the layers"
+	_dir="${_mnt}${CAIRN_DIR}"
+	mkdir -p "${_dir}"
+	for _f in $(cairn_layer_files)
+	do
+		rm -f "${_dir}/${_f}"
+		cairn_say "fetching ${CAIRN_FETCH}${CAIRN_DIR}/${_f}"
+		wget -q -O "${_dir}/${_f}" "${CAIRN_FETCH}${CAIRN_DIR}/${_f}" 2> /tmp/cairn-wget ||
+			cairn_refuse "${_f}: could not be fetched from ${CAIRN_FETCH} ($(tail -n 1 /tmp/cairn-wget))"
+	done
+	command -v veritysetup > /dev/null || cairn_refuse "veritysetup is missing from the initramfs"
+	for _s in $(echo "${CAIRN_LAYERS}" | tr ',' ' ')
+	do
+		_name="${_s%%:*}"
+		_root="${_s#*:}"
+		veritysetup verify "${_dir}/${_name}" "${_dir}/${_name}.verity" "${_root}" > /tmp/cairn-verity 2>&1 ||
+			cairn_refuse "${_name}: fetched, but it differs from what was signed ($(tail -n 1 /tmp/cairn-verity))"
+		cairn_say "${_name}: fetched; every block matches its signed root hash"
+	done
+	echo "${_mnt}"
+}
+
 # live-boot asks with growing $1 (seconds waited): the medium is the one
-# device whose file system has the UUID GRUB booted from.
+# device whose file system has the UUID GRUB booted from — or, on a network
+# boot, the layers fetched into RAM.
 find_livefs ()
 {
 	cairn_parse
+	if [ -n "${CAIRN_FETCH}" ]
+	then
+		cairn_net_fetch
+		return 0
+	fi
 	# Every device the kernel found at boot has its node before we count.
 	if [ -z "${CAIRN_SETTLED}" ]
 	then
@@ -242,6 +311,8 @@ Verify_checksums ()
 	CAIRN_MEDIUM="${1}"
 	[ -n "${FINDISO}" ] && CAIRN_MEDIUM=/run/live/findiso
 	cairn_parse
+	# Over the network there is no boot partition to record a refusal on.
+	[ -n "${CAIRN_FETCH}" ] && CAIRN_MEDIUM=""
 	for _m in "${1}" /run/live/findiso
 	do
 		if grep -q " ${_m} " /proc/mounts
