@@ -10,6 +10,7 @@ mod fleet_vm;
 mod grub;
 mod image;
 mod mirror;
+mod netboot;
 mod real_archive;
 mod support;
 mod upgrade;

@@ -124,16 +124,18 @@ pub fn boot(
 ) -> Boot {
     let log = store.join(format!("vm-{name}"));
     let timeout = secs(base_timeout);
-    let mut args = vec![
-        "vm",
-        "run",
-        media.to_str().unwrap(),
+    // No media (an empty path): a network boot (`--netboot` in `extra`).
+    let mut args = vec!["vm", "run"];
+    if !media.as_os_str().is_empty() {
+        args.push(media.to_str().unwrap());
+    }
+    args.extend([
         "--firmware",
         firmware,
         "--json",
         "--log-dir",
         log.to_str().unwrap(),
-    ];
+    ]);
     // `--stay-up` (the test's, not cairn's): the image does not power off
     // after its marker (a machine that goes on to pull and switch).
     let stay_up = extra.contains(&"--stay-up");
