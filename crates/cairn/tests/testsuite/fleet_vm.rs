@@ -68,10 +68,12 @@ fn grubenv(disk: &Path, mnt: &Path) -> String {
 /// counted), whose health check passes and marks it good.
 #[test]
 fn a_machine_pulls_the_delta_by_itself_and_kexecs_into_it() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some(f) = fixture::get() else {
         return;
     };
+    // (upgraded() takes the heavy lock itself while it makes the delta.)
     let u = f.upgraded();
+    let _heavy = crate::support::heavy();
     let w = f.work("a_machine_pulls_the_delta_by_itself_and_kexecs_into_it");
     let store = store_copy(&u.store, w.path());
     ok(cairn(&store, &["publish", "webtest"]));
@@ -146,10 +148,12 @@ fn a_machine_pulls_the_delta_by_itself_and_kexecs_into_it() {
 /// does not try v3 again.
 #[test]
 fn a_failing_health_check_rolls_the_machine_back_by_itself() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some(f) = fixture::get() else {
         return;
     };
+    // (upgraded() takes the heavy lock itself while it makes the delta.)
     let u = f.upgraded();
+    let _heavy = crate::support::heavy();
     let w = f.work("a_failing_health_check_rolls_the_machine_back_by_itself");
     let store = store_copy(&u.store, w.path());
     let p3 = w.path().join("webtest3.toml");
@@ -248,10 +252,12 @@ fn a_failing_health_check_rolls_the_machine_back_by_itself() {
 /// sources, through nginx, not the build host's paths. No reboot.
 #[test]
 fn the_apply_live_policy_installs_the_new_packages_from_the_published_mirror() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some(f) = fixture::get() else {
         return;
     };
+    // (upgraded() takes the heavy lock itself while it makes the delta.)
     let u = f.upgraded();
+    let _heavy = crate::support::heavy();
     let w = f.work("the_apply_live_policy_installs_the_new_packages_from_the_published_mirror");
     let store = store_copy(&u.store, w.path());
     let port = free_port();
