@@ -238,18 +238,37 @@ pub fn boot_marker(root: &Path, profile: &str, version: &str) -> Result<()> {
 /// brings coreutils' sha256sum. Must be in the tree before the initramfs is
 /// generated.
 pub fn live_verify(root: &Path) -> Result<()> {
-    write(
-        root,
+    for (path, text, mode) in INITRAMFS_FILES {
+        write(root, path, text, *mode)?;
+    }
+    Ok(())
+}
+
+/// cairn's files in the initramfs: the checks, and the hook that puts
+/// them (and veritysetup) in.
+const INITRAMFS_FILES: &[(&str, &str, u32)] = &[
+    (
         "/usr/lib/live/boot/9995-cairn.sh",
         include_str!("assets/live-verify.sh"),
         0o644,
-    )?;
-    write(
-        root,
+    ),
+    (
         "/etc/initramfs-tools/hooks/cairn",
         include_str!("assets/initramfs-hook.sh"),
         0o755,
-    )
+    ),
+];
+
+/// Whether the tree's initramfs files differ from this cairn's (an image
+/// made by another version).
+pub fn live_verify_differs(root: &Path) -> Result<bool> {
+    for (path, text, _) in INITRAMFS_FILES {
+        let p = inside(root, path)?;
+        if fs::read(&p).map_or(true, |b| b != text.as_bytes()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Where an image with `cairn = true` carries cairn.
@@ -681,6 +700,22 @@ mod tests {
              cairn.verity=filesystem.squashfs:{H},layer-2.squashfs:{H} \
              live-media-path=/images/web/1 cairn.boot=1234-abcd cairn.entry=rollback>web-1-ram toram"
         )
+    }
+
+    /// An upgrade brings this cairn's initramfs checks into an image made
+    /// by another cairn: a tree without them, or with other ones, differs;
+    /// once written, it does not.
+    #[test]
+    fn initramfs_files_of_another_cairn_are_noticed() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(live_verify_differs(d.path()).unwrap());
+        live_verify(d.path()).unwrap();
+        assert!(!live_verify_differs(d.path()).unwrap());
+        let p = d.path().join("usr/lib/live/boot/9995-cairn.sh");
+        let mut old = fs::read(&p).unwrap();
+        old.extend_from_slice(b"# an older cairn\n");
+        fs::write(&p, old).unwrap();
+        assert!(live_verify_differs(d.path()).unwrap());
     }
 
     /// A network boot names its server (cairn.fetch=) instead of a boot

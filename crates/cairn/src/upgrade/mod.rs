@@ -306,6 +306,14 @@ pub fn upgrade(
         customize::hostname(&root, &profile.hostname)?;
         customize::root_access(&root, profile)?;
     }
+    // cairn's initramfs scripts as this cairn has them: an image made by an
+    // older cairn gets the new checks (a fix in the initramfs, network
+    // boot) with its next upgrade, not only with a full build.
+    if customize::live_verify_differs(&root)? {
+        say("cairn's initramfs scripts changed: update-initramfs");
+        customize::live_verify(&root)?;
+        chroot(&root, &["update-initramfs", "-u", "-k", "all"])?;
+    }
     chroot(&root, &["apt-get", "clean"])?;
     fs::remove_file(&list)?;
     drop(mounts);
