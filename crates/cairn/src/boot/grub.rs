@@ -152,11 +152,12 @@ pub fn check_server(host_port: &str) -> Result<()> {
 /// the root is the web server (`(http,HOST:PORT)`) and the signed menu is
 /// its `/netboot/grub.cfg`. GRUB's network is configured from the answer
 /// the firmware's PXE got.
-pub fn early_cfg_net(host_port: &str) -> Result<String> {
+pub fn early_cfg_net(host_port: &str, generation: u64) -> Result<String> {
     check_server(host_port)?;
     Ok(format!(
         "serial --unit=0 --speed=115200\nterminal_input console serial\nterminal_output console serial\n\
          set superusers=cairn\nexport superusers\n\
+         set cairn_min_generation={generation}\nexport cairn_min_generation\n\
          set root=(http,{host_port})\n\
          set prefix=($root)/netboot\n\
          echo \"cairn: checking the signature of $prefix/grub.cfg\"\n\
@@ -176,10 +177,11 @@ pub fn mkimage_net(
     out: &Path,
     public_key: &Path,
     host_port: &str,
+    generation: u64,
 ) -> Result<()> {
     require_tools()?;
     let cfg = out.with_extension("early.cfg");
-    fs::write(&cfg, early_cfg_net(host_port)?)?;
+    fs::write(&cfg, early_cfg_net(host_port, generation)?)?;
     let (format, driver) = match platform {
         Platform::Bios => ("i386-pc-pxe", "pxe"),
         Platform::Efi => ("x86_64-efi", "efinet"),
@@ -496,6 +498,7 @@ mod tests {
                 default_profile: None,
                 server: "http://10.0.2.2:8080".into(),
                 machines: vec![("52:54:00:12:34:56".into(), "a".into())],
+                generation: 1,
             },
         )
         .unwrap();
@@ -503,7 +506,7 @@ mod tests {
             "{}\n{}\n{}\n{}",
             early_cfg("c83e030b-d47e-482d-89cb-dbfb68698c10").unwrap(),
             m.cfg,
-            early_cfg_net("10.0.2.2:8080").unwrap(),
+            early_cfg_net("10.0.2.2:8080", 1).unwrap(),
             net.cfg
         );
         let mut used = std::collections::BTreeSet::new();

@@ -495,6 +495,10 @@ pub struct NetMenuOptions {
     pub server: String,
     /// (MAC address in lower case, profile).
     pub machines: Vec<(String, String)>,
+    /// The run of `cairn netboot` that made this menu and the GRUB beside
+    /// it: GRUB refuses a menu older than itself (a server replaying an
+    /// earlier signed menu: another default, an old MAC map).
+    pub generation: u64,
 }
 
 /// The network menu: each profile's newest image (older ones under
@@ -557,7 +561,17 @@ pub fn render_net(images: &[MenuImage], opts: &NetMenuOptions) -> Result<Menu> {
          # Do not edit: `cairn netboot` writes it again.",
         env!("CARGO_PKG_VERSION")
     )?;
-    for part in [HEAD, CHECK, NET_LOAD] {
+    cfg.push_str(HEAD);
+    writeln!(
+        cfg,
+        "\n# Not older than the GRUB that loaded it (same `cairn netboot` run).\n\
+         set cairn_generation={g}\n\
+         if [ \"$cairn_generation\" -lt \"$cairn_min_generation\" ]; then\n    \
+         echo \"cairn: a replayed menu (generation {g} < $cairn_min_generation): not booted\"\n    \
+         sleep 30\n    halt\nfi",
+        g = opts.generation
+    )?;
+    for part in [CHECK, NET_LOAD] {
         cfg.push_str(part);
     }
     writeln!(
@@ -820,6 +834,7 @@ mod tests {
             default_profile: Some("a".into()),
             server: "http://10.0.2.2:8080".into(),
             machines,
+            generation: 7,
         };
         let imgs = [img("a", "2"), img("a", "1"), img("b", "5")];
         let m = render_net(&imgs, &opts(vec![("52:54:00:12:34:56".into(), "b".into())])).unwrap();
@@ -827,6 +842,11 @@ mod tests {
         assert_eq!(m.fallback, ["rollback>a-1-ram", "b-5-ram"]);
         assert!(m.entries.iter().all(|e| e.in_ram));
         assert!(m.cfg.contains("set cairn_server=\"http://10.0.2.2:8080\""));
+        assert!(m.cfg.contains("set cairn_generation=7\n"));
+        assert!(
+            m.cfg
+                .contains("if [ \"$cairn_generation\" -lt \"$cairn_min_generation\" ]; then")
+        );
         assert!(m.cfg.contains("\"cairn.fetch=$cairn_server\""));
         assert!(m.cfg.contains(
             "if [ \"$net_default_mac\" = \"52:54:00:12:34:56\" ]; then set default=\"b-5-ram\"; fi"

@@ -43,6 +43,7 @@ pub struct NetbootReport {
     pub bios: PathBuf,
     pub efi: PathBuf,
     pub default: String,
+    pub generation: u64,
     pub fallback: Vec<String>,
     pub entries: Vec<menu::MenuEntry>,
     pub left_out: Vec<LeftOut>,
@@ -64,6 +65,18 @@ pub fn server_of(url: &str) -> Result<String> {
     }
     grub::check_server(host_port)?;
     Ok(host_port.to_string())
+}
+
+/// The generation of the menu in `<store>/netboot/`, 0 without one.
+fn previous_generation(store: &Path) -> u64 {
+    fs::read_to_string(store.join(NETBOOT_DIR).join("grub.cfg"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("set cairn_generation="))
+                .and_then(|g| g.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Writes `<store>/netboot/` for `o`.
@@ -112,6 +125,9 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
     if images.is_empty() {
         bail!("no bootable, verified image in {}", store.display());
     }
+    // GRUB and the menu of one run carry its generation: GRUB refuses an
+    // older menu. Never below an earlier run's (a clock set back).
+    let generation = (crate::unix_now().max(0) as u64).max(previous_generation(store) + 1);
     let m = menu::render_net(
         &images,
         &NetMenuOptions {
@@ -119,6 +135,7 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
             default_profile: o.default_profile.clone(),
             server: format!("http://{server}"),
             machines: o.machines.clone(),
+            generation,
         },
     )?;
     // Made beside, then swapped in: a server never serves half a netboot
@@ -137,8 +154,15 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
         &new.join(BIOS_FILE),
         &key.public_key,
         &server,
+        generation,
     )?;
-    grub::mkimage_net(Platform::Efi, &new.join(EFI_FILE), &key.public_key, &server)?;
+    grub::mkimage_net(
+        Platform::Efi,
+        &new.join(EFI_FILE),
+        &key.public_key,
+        &server,
+        generation,
+    )?;
     write_signed_cfg(&new, &key, &m.cfg)?;
     if fs::symlink_metadata(&out).is_ok() {
         fs::rename(&out, &old)?;
@@ -154,6 +178,7 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
         dir: out,
         server,
         default: m.default,
+        generation,
         fallback: m.fallback,
         entries: m.entries,
         left_out,

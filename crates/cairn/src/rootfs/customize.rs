@@ -769,6 +769,14 @@ mod tests {
                 net.replace("live-media-path=/images/web/1", "live-media-path=/live"),
                 "for a network boot",
             ),
+            // Another signed image's directory than its boot.cfg's.
+            (
+                net.replace(
+                    "live-media-path=/images/web/1",
+                    "live-media-path=/images/web/2",
+                ),
+                "is not that of the signed image web/1",
+            ),
             (format!("{net} fetch=http://10.0.2.2/x"), "is not allowed"),
         ];
         for (line, why) in cases {

@@ -316,3 +316,42 @@ fn dnsmasq_serves_the_grub_files_with_the_printed_configuration() {
         "dnsmasq served a file outside its root"
     );
 }
+
+/// A server replaying an earlier signed menu (another default, an older
+/// MAC map): GRUB, made by the later `cairn netboot` run, refuses a menu
+/// older than itself, before any entry.
+#[test]
+fn a_replayed_older_menu_is_refused_by_grub() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let w = f.work("a_replayed_older_menu_is_refused_by_grub");
+    let store = store_with(&f.store, w.path(), &[&f.web_img]);
+    let port = free_port();
+    let first = netboot(&store, port);
+    let dir = store.join("netboot");
+    let old_cfg = fs::read(dir.join("grub.cfg")).unwrap();
+    let old_sig = fs::read(dir.join("grub.cfg.sig")).unwrap();
+    let second = netboot(&store, port);
+    assert!(
+        second["generation"].as_u64() > first["generation"].as_u64(),
+        "{first} {second}"
+    );
+    fs::write(dir.join("grub.cfg"), old_cfg).unwrap();
+    fs::write(dir.join("grub.cfg.sig"), old_sig).unwrap();
+    let _nginx = Nginx::start(&store, port, "");
+    let b = net_boot(
+        &store,
+        "bios",
+        "cairn: a replayed menu",
+        "net-replayed-menu",
+    );
+    assert!(
+        b.marker
+            .as_deref()
+            .is_some_and(|m| m.ends_with("): not booted")),
+        "{}",
+        b.why()
+    );
+    assert!(!b.console.contains("verified, booting"), "{}", b.why());
+}

@@ -215,6 +215,13 @@ cairn_parse ()
 			cairn_refuse "bad image name ${CAIRN_IMAGE}" ;;
 		*) cairn_refuse "bad image name ${CAIRN_IMAGE}" ;;
 	esac
+	# The directory is the signed image's own (an ISO's is /live): a
+	# boot.cfg signed for one image never runs with another's files.
+	case "${CAIRN_DIR}" in
+		/live) ;;
+		*) [ "${CAIRN_DIR}" = "/images/${CAIRN_IMAGE}" ] ||
+			cairn_refuse "the directory ${CAIRN_DIR} is not that of the signed image ${CAIRN_IMAGE}" ;;
+	esac
 	[ -n "${CAIRN_LAYERS}" ] || cairn_refuse "cairn.verity= names no layer"
 	for _s in $(echo "${CAIRN_LAYERS}" | tr ',' ' ')
 	do
@@ -253,7 +260,7 @@ cairn_net_fetch ()
 	do
 		rm -f "${_dir}/${_f}"
 		cairn_say "fetching ${CAIRN_FETCH}${CAIRN_DIR}/${_f}"
-		wget -q -O "${_dir}/${_f}" "${CAIRN_FETCH}${CAIRN_DIR}/${_f}" 2> /tmp/cairn-wget ||
+		wget -q -T 30 -O "${_dir}/${_f}" "${CAIRN_FETCH}${CAIRN_DIR}/${_f}" 2> /tmp/cairn-wget ||
 			cairn_refuse "${_f}: could not be fetched from ${CAIRN_FETCH} ($(tail -n 1 /tmp/cairn-wget))"
 	done
 	command -v veritysetup > /dev/null || cairn_refuse "veritysetup is missing from the initramfs"
