@@ -45,7 +45,7 @@ pub fn parse_release_date(s: &str) -> Result<i64, ParseError> {
     }
     let offset = match parts.get(4).copied() {
         None | Some("UTC" | "GMT" | "Z" | "UT") => 0,
-        Some(z) if (z.starts_with('+') || z.starts_with('-')) && z.len() == 5 => {
+        Some(z) if (z.starts_with('+') || z.starts_with('-')) && z.len() == 5 && z.is_ascii() => {
             let (oh, om) = (num(&z[1..3], 2)?, num(&z[3..5], 2)?);
             if oh > 23 || om > 59 {
                 return Err(bad());
@@ -159,6 +159,8 @@ mod tests {
     /// Dates that do not exist are refused, not wrapped into others.
     #[test]
     fn impossible_dates_are_refused() {
+        // Five bytes, not five characters (found by the fuzzer).
+        assert!(parse_release_date("Fri, 11 Jul 2025 10:16 -m\u{FFFD}").is_err());
         for d in [
             "Tue, 31 Feb 2026 10:00:00 UTC",
             "Sat, 29 Feb 2025 10:00:00 UTC",
