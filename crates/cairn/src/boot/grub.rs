@@ -178,6 +178,7 @@ pub fn mkimage_net(
     public_key: &Path,
     host_port: &str,
     generation: u64,
+    sbat: Option<&Path>,
 ) -> Result<()> {
     require_tools()?;
     let cfg = out.with_extension("early.cfg");
@@ -200,6 +201,9 @@ pub fn mkimage_net(
         .arg(driver);
     if platform == Platform::Efi {
         cmd = cmd.arg("--disable-shim-lock").arg("efi_gop");
+    }
+    if let Some(f) = sbat {
+        cmd = cmd.arg("--sbat").arg(f);
     }
     let r = cmd.args(MODULES).args(NET_MODULES).run();
     let _ = fs::remove_file(&cfg);
@@ -262,7 +266,7 @@ pub fn pe_section(pe: &[u8], name: &str) -> Result<Vec<u8>> {
 }
 
 /// Debian's GRUB SBAT lines (see DEBIAN_SIGNED_GRUB).
-fn sbat_csv() -> Result<Vec<u8>> {
+pub(crate) fn sbat_csv() -> Result<Vec<u8>> {
     let pe = fs::read(DEBIAN_SIGNED_GRUB).with_context(|| {
         format!("reading {DEBIAN_SIGNED_GRUB} for GRUB's SBAT metadata (apt-get install grub-efi-amd64-signed)")
     })?;

@@ -22,6 +22,17 @@ use crate::trust::keys;
 pub const NETBOOT_DIR: &str = "netboot";
 pub const BIOS_FILE: &str = "core.0";
 pub const EFI_FILE: &str = "grubx64.efi";
+/// With Secure Boot through shim: the UEFI boot file.
+pub const SHIM_FILE: &str = "shimx64.efi";
+
+/// The file a UEFI machine boots from `dir` (shim when it is there).
+pub fn efi_boot_file(dir: &Path) -> &'static str {
+    if dir.join(SHIM_FILE).is_file() {
+        SHIM_FILE
+    } else {
+        EFI_FILE
+    }
+}
 
 pub struct NetbootOptions {
     /// `http://HOST[:PORT]/`: where machines reach the store's web server.
@@ -32,6 +43,9 @@ pub struct NetbootOptions {
     /// (MAC, profile): that machine boots that profile by default.
     pub machines: Vec<(String, String)>,
     pub timeout: u32,
+    /// Sign the UEFI GRUB for Secure Boot (with the user's db key, or
+    /// for Debian's shim and the MOK list).
+    pub secure_boot: Option<grub::SecureBoot>,
 }
 
 #[derive(Debug, Serialize)]
@@ -155,14 +169,43 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
         &key.public_key,
         &server,
         generation,
+        None,
     )?;
+    let shim = o.secure_boot.as_ref().filter(|sb| sb.shim);
+    let sbat = new.join("sbat.csv");
+    if shim.is_some() {
+        for f in [grub::SHIM, grub::MOK_MANAGER] {
+            if !Path::new(f).is_file() {
+                bail!("{f} not found: apt-get install shim-signed");
+            }
+        }
+        fs::write(&sbat, grub::sbat_csv()?)?;
+    }
+    let efi = new.join(EFI_FILE);
     grub::mkimage_net(
         Platform::Efi,
-        &new.join(EFI_FILE),
+        &efi,
         &key.public_key,
         &server,
         generation,
+        shim.map(|_| sbat.as_path()),
     )?;
+    let _ = fs::remove_file(&sbat);
+    if let Some(sb) = &o.secure_boot {
+        grub::sbsign(&efi, &sb.key, &sb.cert)?;
+    }
+    if shim.is_some() {
+        // Shim is the UEFI boot file; it loads grubx64.efi from the same
+        // TFTP directory and trusts it through the MOK list.
+        fs::copy(grub::SHIM, new.join(SHIM_FILE))?;
+        fs::copy(grub::MOK_MANAGER, new.join("mmx64.efi"))?;
+        if let Some(sb) = &o.secure_boot {
+            fs::write(
+                new.join("cairn-mok.cer"),
+                crate::trust::cert::der(&sb.cert)?,
+            )?;
+        }
+    }
     write_signed_cfg(&new, &key, &m.cfg)?;
     if fs::symlink_metadata(&out).is_ok() {
         fs::rename(&out, &old)?;
@@ -174,7 +217,7 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
     Ok(NetbootReport {
         schema_version: 1,
         bios: out.join(BIOS_FILE),
-        efi: out.join(EFI_FILE),
+        efi: out.join(efi_boot_file(&out)),
         dir: out,
         server,
         default: m.default,
@@ -220,7 +263,8 @@ pub fn dnsmasq_config(tftp_root: &Path, network: &str) -> Result<String> {
          # UEFI x86-64 (client architectures 7 and 9)\n\
          dhcp-match=set:efi64,option:client-arch,7\n\
          dhcp-match=set:efi64,option:client-arch,9\n\
-         pxe-service=tag:efi64,X86-64_EFI,\"cairn (UEFI)\",{EFI_FILE}\n"
+         pxe-service=tag:efi64,X86-64_EFI,\"cairn (UEFI)\",{efi}\n",
+        efi = efi_boot_file(tftp_root)
     ))
 }
 

@@ -106,7 +106,7 @@ pub struct SecureBootArgs {
 }
 
 impl SecureBootArgs {
-    fn get(&self) -> Option<crate::boot::grub::SecureBoot> {
+    pub(super) fn get(&self) -> Option<crate::boot::grub::SecureBoot> {
         let (key, cert) = self
             .secure_boot_key
             .clone()

@@ -29,6 +29,8 @@ pub struct NetbootArgs {
     /// Seconds the menu waits
     #[arg(long, default_value_t = 5)]
     pub timeout: u32,
+    #[command(flatten)]
+    pub secure_boot: super::SecureBootArgs,
     /// Print the result as JSON on stdout (for scripts).
     #[arg(long)]
     pub json: bool,
@@ -57,14 +59,16 @@ pub(super) fn run_netboot(cli: &Cli, a: &NetbootArgs) -> Result<i32> {
             default_profile: a.default.clone(),
             machines,
             timeout: a.timeout,
+            secure_boot: a.secure_boot.get(),
         },
     )?;
     show(a.json, &r, |r| {
         println!(
-            "{}: GRUB for BIOS PXE ({}) and UEFI ({}), the signed menu; files from http://{}/",
+            "{}: GRUB for BIOS PXE ({}) and UEFI ({}), the signed menu (generation {}); files from http://{}/",
             r.dir.display(),
             crate::boot::netboot::BIOS_FILE,
-            crate::boot::netboot::EFI_FILE,
+            r.efi.file_name().unwrap_or_default().to_string_lossy(),
+            r.generation,
             r.server
         );
         for e in &r.entries {

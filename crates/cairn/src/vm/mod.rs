@@ -339,7 +339,7 @@ fn run_once(
     if let Some(dir) = &spec.netboot {
         let file = match spec.firmware {
             Firmware::Bios => crate::boot::netboot::BIOS_FILE,
-            Firmware::Uefi => crate::boot::netboot::EFI_FILE,
+            Firmware::Uefi => crate::boot::netboot::efi_boot_file(dir),
         };
         if !dir.join(file).is_file() {
             bail!(

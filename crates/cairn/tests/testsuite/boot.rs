@@ -649,7 +649,7 @@ fn boot_counting_falls_back_to_the_last_good_image() {
 }
 
 /// A certificate and key made here, as a sysadmin's own db/MOK key would be.
-fn cert(work: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn cert(work: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (key, crt) = (
         work.join(format!("{name}.key")),
         work.join(format!("{name}.crt")),
