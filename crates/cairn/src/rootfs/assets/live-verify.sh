@@ -260,7 +260,8 @@ cairn_net_fetch ()
 	do
 		rm -f "${_dir}/${_f}"
 		cairn_say "fetching ${CAIRN_FETCH}${CAIRN_DIR}/${_f}"
-		wget -q -T 30 -O "${_dir}/${_f}" "${CAIRN_FETCH}${CAIRN_DIR}/${_f}" 2> /tmp/cairn-wget ||
+		# (busybox's wget crashes with -T: a whole-file limit instead.)
+		timeout 1800 wget -q -O "${_dir}/${_f}" "${CAIRN_FETCH}${CAIRN_DIR}/${_f}" 2> /tmp/cairn-wget ||
 			cairn_refuse "${_f}: could not be fetched from ${CAIRN_FETCH} ($(tail -n 1 /tmp/cairn-wget))"
 	done
 	command -v veritysetup > /dev/null || cairn_refuse "veritysetup is missing from the initramfs"
