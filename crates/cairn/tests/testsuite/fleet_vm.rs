@@ -268,14 +268,41 @@ fn the_apply_live_policy_installs_the_new_packages_from_the_published_mirror() {
         "[fleet]\nurls = [\"http://10.0.2.2:{port}/\"]\npolicy = \"apply-live\"\n\
          first = \"5s\"\ninterval = \"1h\"\ndelay = \"1s\"\n"
     );
+    // v1 also reports, once apply-live has recorded what it did (a path
+    // unit on its record), the version of `less` now installed and the
+    // record, on the second serial port.
+    let files = w.path().join("files");
+    fs::create_dir_all(&files).unwrap();
+    fs::write(
+        files.join("applied"),
+        "#!/bin/sh\nfor i in $(seq 30); do grep -q '\"to\"' /var/lib/cairn/applied-live.json && break; sleep 1; done\n\
+         v=$(dpkg-query -W -f='${Version}' less 2>/dev/null || echo none)\n\
+         echo \"PROBE less=${v:-none}\" > /dev/ttyS1\n\
+         echo \"APPLIED-LIVE $(tr -d '\\n' < /var/lib/cairn/applied-live.json | grep -o '\"to\": *\"[^\"]*\"' | tail -n 1)\" > /dev/ttyS1\n",
+    )
+    .unwrap();
+    fs::write(
+        files.join("applied.path"),
+        "[Unit]\nDescription=test: apply-live recorded\n[Path]\nPathExists=/var/lib/cairn/applied-live.json\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    fs::write(
+        files.join("applied.service"),
+        "[Unit]\nDescription=test: report apply-live\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/cairn-test-applied\n",
+    )
+    .unwrap();
+    let report = "[[files]]\nsource = \"files/applied\"\ndest = \"/usr/local/sbin/cairn-test-applied\"\nmode = \"0755\"\n\
+         [[files]]\nsource = \"files/applied.path\"\ndest = \"/etc/systemd/system/cairn-test-applied.path\"\n\
+         [[files]]\nsource = \"files/applied.service\"\ndest = \"/etc/systemd/system/cairn-test-applied.service\"\n\
+         [[hooks]]\nscript = \"ln -s /etc/systemd/system/cairn-test-applied.path \\\"$1/etc/systemd/system/multi-user.target.wants/\\\"\"\n";
     // v1: webtest's packages; v2: webtest2's (one more, `less`).
     let mut dirs = Vec::new();
-    for (name, base) in [("al1", &f.webtest), ("al2", &f.webtest2)] {
+    for (name, base, more) in [("al1", &f.webtest, report), ("al2", &f.webtest2, "")] {
         let p = w.path().join(format!("{name}.toml"));
         fs::write(
             &p,
             format!(
-                "schema-version = 1\nname = \"webtest\"\nextends = \"{}\"\n{fleet}",
+                "schema-version = 1\nname = \"webtest\"\nextends = \"{}\"\n{more}{fleet}",
                 base.display()
             ),
         )
@@ -291,7 +318,7 @@ fn the_apply_live_policy_installs_the_new_packages_from_the_published_mirror() {
     let nginx = Nginx::start(&store, port, "");
     let disk = w.path().join("disk.img");
     disk_of(&store, &disk, &dirs[0], "3");
-    let want = "  policy apply-live: apply-live";
+    let want = "APPLIED-LIVE";
     let r = boot(
         &store,
         &disk,
@@ -308,14 +335,16 @@ fn the_apply_live_policy_installs_the_new_packages_from_the_published_mirror() {
         "fleet-apply-live",
         900,
     );
-    // The marker is the whole line, trimmed.
+    // What apply-live recorded, and `less` installed in the running system.
     assert!(
         r.marker
             .as_deref()
-            .is_some_and(|m| m.starts_with(want.trim())),
+            .is_some_and(|m| m.contains(&format!("\"webtest/{v2}\""))),
         "{}",
         r.why()
     );
+    r.markers_have("PROBE less=");
+    assert!(!r.markers.contains("PROBE less=none"), "{}", r.why());
     r.console_has(&format!("  {v2}: "));
     r.console_has(&format!(
         "cairn: policy apply-live: applying webtest/{v2}'s packages live"
