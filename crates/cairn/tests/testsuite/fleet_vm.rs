@@ -106,8 +106,17 @@ fn a_machine_pulls_the_delta_by_itself_and_kexecs_into_it() {
         "cairn: policy kexec: switching to webtest/{v2} with kexec"
     ));
     let hits = nginx.hits();
-    // The delta's own layer (named after its version).
-    let new_layer = format!("/{}", u.report["layer"].as_str().unwrap());
+    // The delta's own layer (named after its version): the report's last.
+    let new_layer = format!(
+        "/{}",
+        u.report["layers"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+    );
     let of_v2: Vec<_> = hits
         .iter()
         .filter(|h| h.path.starts_with(&format!("/images/webtest/{v2}/")))
@@ -343,8 +352,18 @@ fn the_apply_live_policy_installs_the_new_packages_from_the_published_mirror() {
         "{}",
         r.why()
     );
-    r.markers_have("PROBE less=");
-    assert!(!r.markers.contains("PROBE less=none"), "{}", r.why());
+    // The boot's probe saw no `less`; after apply-live, the report has it.
+    let less: Vec<&str> = r
+        .markers
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("PROBE less="))
+        .collect();
+    assert_eq!(less.first(), Some(&"none"), "{}", r.why());
+    assert!(
+        less.len() == 2 && less[1] != "none",
+        "less was not installed live: {less:?}\n{}",
+        r.why()
+    );
     r.console_has(&format!("  {v2}: "));
     r.console_has(&format!(
         "cairn: policy apply-live: applying webtest/{v2}'s packages live"

@@ -230,7 +230,13 @@ fn the_next_boot_takes_what_the_server_offers_now() {
     b2.reached(&want2);
     b2.console_has(&format!(
         "{}: fetched; every block matches its signed root hash",
-        u.report["layer"].as_str().unwrap()
+        u.report["layers"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap()
     ));
     fs::remove_dir_all(store.join("images/webtest").join(&v2)).unwrap();
     let r = netboot(&store, port);
@@ -409,4 +415,46 @@ fn a_secure_boot_machine_netboots_grub_signed_with_your_key() {
     b.reached(&want);
     b.console_has("secureboot: Secure boot enabled");
     b.console_has("filesystem.squashfs: fetched; every block matches its signed root hash");
+}
+
+/// A machine picked by its MAC address in the signed menu: qemu's first
+/// NIC (52:54:00:12:34:56) is mapped to `default`, every other machine
+/// boots `webtest`; this one boots `default`, with no per-machine signing.
+#[test]
+fn a_machine_boots_the_profile_its_mac_address_is_given() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let w = f.work("a_machine_boots_the_profile_its_mac_address_is_given");
+    let store = store_with(&f.store, w.path(), &[&f.web_img, &f.default_img]);
+    let port = free_port();
+    let out = ok(cairn(
+        &store,
+        &[
+            "netboot",
+            "--url",
+            &format!("http://10.0.2.2:{port}/"),
+            "--timeout",
+            "1",
+            "--default",
+            "webtest",
+            "--machine",
+            "52:54:00:12:34:56=default",
+            "--json",
+        ],
+    ));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        r["default"],
+        format!("webtest-{}-ram", version_of(&f.web_img)),
+        "{r}"
+    );
+    let _nginx = Nginx::start(&store, port, "");
+    let want = marker_of(&f.default_img);
+    let b = net_boot(&store, "bios", &want, "net-by-mac");
+    b.reached(&want);
+    b.console_has(&format!(
+        "cairn: default {} verified, booting over the network",
+        version_of(&f.default_img)
+    ));
 }
