@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::index::{self, INDEX_LIMIT, Index, IndexVersion, Seen};
 use crate::boot::{env, menu};
+use crate::live::medium::lock_root;
 use crate::mirror::fetch::{
     Counter, Expect, RetryPolicy, fetch_small, fetch_verified, partial_path, transport_for,
 };
@@ -174,37 +175,6 @@ fn read_small(p: &Path, cap: u64) -> Option<Vec<u8>> {
         return None;
     }
     fs::read(p).ok()
-}
-
-/// Holds the boot partition's root directory locked (flock) while one
-/// cairn writes it: two pulls, or a pull and the boot's good mark
-/// (cairn-booted takes the same lock), never interleave.
-pub struct RootLock(#[allow(dead_code)] std::fs::File);
-
-pub fn lock_root(root: &Path) -> Result<RootLock> {
-    lock_root_within(root, std::time::Duration::from_secs(60))
-}
-
-fn lock_root_within(root: &Path, wait: std::time::Duration) -> Result<RootLock> {
-    let f = std::fs::File::open(root)
-        .with_context(|| format!("opening {} to lock it", root.display()))?;
-    let t0 = Instant::now();
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(RootLock(f)),
-            Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < wait => {
-                std::thread::sleep(std::time::Duration::from_millis(250));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "{}: another cairn has been writing this boot partition for {}s (a pull?): try again later",
-                root.display(),
-                wait.as_secs()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", root.display()));
-            }
-        }
-    }
 }
 
 /// Removes what a pull left in `dir` that `keep` does not name (files of
@@ -833,6 +803,7 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::live::medium::lock_root_within;
 
     #[test]
     fn one_writer_at_a_time_and_planted_files_are_not_read() {

@@ -11,7 +11,7 @@
 //!   used, a normal reboot with GRUB's `next_entry` set to the image.
 
 mod apply;
-mod medium;
+pub(crate) mod medium;
 mod reboot;
 
 use std::path::{Path, PathBuf};

@@ -123,7 +123,7 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
                 // kexec passes GRUB by, so the try is counted here.
                 let envp = medium.root.join("boot/grub/grubenv");
                 if envp.is_file() && !o.dry_run {
-                    let counted = crate::fleet::pull::lock_root(&medium.root)
+                    let counted = super::medium::lock_root(&medium.root)
                         .and_then(|_lock| medium.writable(|| count_try(&envp, &entry)));
                     if let Err(e) = counted {
                         let _ = Cmd::new("kexec").arg("-u").run();

@@ -315,9 +315,14 @@ fn dnsmasq_serves_the_grub_files_with_the_printed_configuration() {
             "{file}"
         );
     }
-    // Nothing but netboot/ is reachable: not the key, not an image.
+    // Nothing but netboot/ is reachable: not the key, not an image
+    // (--path-as-is: curl would otherwise drop the `..` itself).
     let out = Command::new("curl")
-        .args(["-sf", "tftp://127.0.0.1/../keys/signing.json"])
+        .args([
+            "-sf",
+            "--path-as-is",
+            "tftp://127.0.0.1/../keys/signing.json",
+        ])
         .output()
         .unwrap();
     assert!(

@@ -281,18 +281,7 @@ impl Fixture {
     /// A copy of the shared store in `work` (images and mirror hard-linked,
     /// keys copied): a proof's own images, upgrades and prunes stay there.
     pub fn store_copy(&self, work: &Path) -> PathBuf {
-        let to = work.join("store");
-        fs::create_dir_all(&to).unwrap();
-        for (what, how) in [("images", "-al"), ("mirror", "-al"), ("keys", "-a")] {
-            let st = Command::new("cp")
-                .arg(how)
-                .arg(self.store.join(what))
-                .arg(&to)
-                .status()
-                .unwrap();
-            assert!(st.success(), "copying the store's {what}");
-        }
-        to
+        copy_store(&self.store, work)
     }
 
     /// The delta of `webtest2` on `web_img`, made once.
@@ -372,4 +361,21 @@ pub fn manifest(img: &Path) -> serde_json::Value {
 pub fn begin() -> Option<(&'static Fixture, std::sync::MutexGuard<'static, ()>)> {
     let f = get()?;
     Some((f, crate::support::heavy()))
+}
+
+/// A copy of `store` in `work/store`: images and mirror hard-linked, keys
+/// copied.
+pub fn copy_store(store: &Path, work: &Path) -> PathBuf {
+    let to = work.join("store");
+    fs::create_dir_all(&to).unwrap();
+    for (what, how) in [("images", "-al"), ("mirror", "-al"), ("keys", "-a")] {
+        let st = Command::new("cp")
+            .arg(how)
+            .arg(store.join(what))
+            .arg(&to)
+            .status()
+            .unwrap();
+        assert!(st.success(), "copying the store's {what}");
+    }
+    to
 }
