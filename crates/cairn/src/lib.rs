@@ -8,6 +8,7 @@
 pub mod boot;
 pub mod cli;
 pub mod cmd;
+pub mod config;
 pub mod fleet;
 pub mod fsutil;
 pub mod host;

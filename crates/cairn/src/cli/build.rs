@@ -10,7 +10,8 @@ use crate::rootfs::{self, BuildOptions};
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
-    /// A profile file, or `default`.
+    /// A profile file, a name in build.profile-dir (`web`: <dir>/web.toml),
+    /// or `default` (built in).
     #[arg(default_value = "default")]
     pub profile: String,
     /// Also make a hybrid ISO (BIOS + UEFI, CD or USB stick).
@@ -23,40 +24,37 @@ pub struct BuildArgs {
     #[arg(long, value_enum)]
     pub compression: Option<Compression>,
     /// Compression level (gzip, lzo: 1-9; zstd: 1-22).
-    #[arg(long)]
+    #[arg(long, value_name = "LEVEL")]
     pub level: Option<u32>,
     /// Override the profile's host type (and `auto` detection).
     #[arg(long, value_parser = ["physical", "virtual"])]
     pub host_type: Option<String>,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct UpgradeArgs {
-    /// A profile file, or `default`.
+    /// A profile file, a name in build.profile-dir (`web`: <dir>/web.toml),
+    /// or `default` (built in).
     #[arg(default_value = "default")]
     pub profile: String,
     /// auto: a delta unless the chain needs compacting; delta; full.
     #[arg(long, value_enum, default_value = "auto")]
     pub layer: crate::upgrade::LayerMode,
-    /// Flatten when the new image would have more layers than this.
-    #[arg(long, default_value_t = 4)]
+    /// Flatten when the new image would have more layers than this (a count).
+    #[arg(long, default_value_t = 4, value_name = "LAYERS")]
     pub max_depth: usize,
-    /// Flatten when the deltas together pass this share of the base layer.
-    #[arg(long, default_value_t = 0.5)]
+    /// Flatten when the deltas together pass this share of the base layer
+    /// (a fraction: 0.5 is half its bytes).
+    #[arg(long, default_value_t = 0.5, value_name = "FRACTION")]
     pub max_delta_share: f64,
     /// Make an image even when nothing changed.
     #[arg(long)]
     pub force: bool,
-    /// Print the result as JSON on stdout (for scripts).
-    #[arg(long)]
-    pub json: bool,
 }
 
 pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
-    let prof = load_profile(&a.profile)?;
+    let arg = cli.config.profile_arg(&a.profile);
+    let prof = load_profile(&arg)?;
     let opts = crate::upgrade::UpgradeOptions {
         store: cli.store.clone(),
         mode: a.layer,
@@ -64,11 +62,14 @@ pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
         max_delta_share: a.max_delta_share,
         force: a.force,
         host_type: None,
-        quiet: cli.quiet || a.json,
+        quiet: cli.quiet(),
     };
-    let r = crate::upgrade::upgrade(&prof, &a.profile, &opts)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    let r = crate::upgrade::upgrade(&prof, &arg, &opts)?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&super::envelope("upgrade", &r)?)?
+        );
     } else if let Some(v) = &r.version {
         println!(
             "{} {v}: {} layer ({}), {} layer(s), image {}; {} upgraded, {} added, {} removed; {:.1}s",
@@ -95,7 +96,8 @@ pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
 }
 
 pub(super) fn run_build(cli: &Cli, a: &BuildArgs) -> Result<i32> {
-    let prof = load_profile(&a.profile)?;
+    let arg = cli.config.profile_arg(&a.profile);
+    let prof = load_profile(&arg)?;
     let opts = BuildOptions {
         store: cli.store.clone(),
         iso: if a.iso {
@@ -117,10 +119,10 @@ pub(super) fn run_build(cli: &Cli, a: &BuildArgs) -> Result<i32> {
         epoch: std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|v| v.parse().ok()),
-        quiet: cli.quiet,
+        quiet: cli.quiet(),
     };
-    let r = rootfs::build(&prof, &a.profile, &opts)?;
-    show(a.json, &r, |r| {
+    let r = rootfs::build(&prof, &arg, &opts)?;
+    show(cli, "build", &r, |r| {
         println!(
             "{} {} ({} host, kernel {}, {} packages, {})",
             r.profile, r.version, r.host_type, r.kernel, r.packages, r.compression

@@ -11,25 +11,32 @@ use crate::progress::human_bytes;
 
 #[derive(Args, Debug, Clone)]
 pub struct MenuArgs {
-    /// Profile whose newest image boots by default (else the newest image's).
-    #[arg(long = "default")]
+    /// Profile whose newest image boots by default [default: boot.default-profile,
+    /// or the newest image's].
+    #[arg(long = "default", value_name = "PROFILE")]
     pub default_profile: Option<String>,
     /// Boots a new default image gets, without reporting a good boot, before
-    /// GRUB falls back to the last image that did.
-    #[arg(long)]
+    /// GRUB falls back to the last image that did (a count) [default:
+    /// boot.tries, or 3].
+    #[arg(long, value_name = "N")]
     pub tries: Option<u32>,
-    /// Seconds the menu waits.
-    #[arg(long)]
+    /// Seconds the menu waits [default: boot.timeout, or 5].
+    #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<u32>,
 }
 
 impl MenuArgs {
-    fn options(&self) -> crate::boot::menu::MenuOptions {
+    /// The flags, then the configuration's [boot], then the defaults.
+    fn options(&self, c: &crate::config::Config) -> crate::boot::menu::MenuOptions {
         let d = crate::boot::menu::MenuOptions::default();
+        let b = &c.settings.boot;
         crate::boot::menu::MenuOptions {
-            timeout: self.timeout.unwrap_or(d.timeout),
-            tries: self.tries.unwrap_or(d.tries),
-            default_profile: self.default_profile.clone(),
+            timeout: self.timeout.or(b.timeout).unwrap_or(d.timeout),
+            tries: self.tries.or(b.tries).unwrap_or(d.tries),
+            default_profile: self
+                .default_profile
+                .clone()
+                .or_else(|| b.default_profile.clone()),
         }
     }
 }
@@ -45,23 +52,27 @@ pub enum DiskCommand {
     /// TARGET is a file (created, or replaced when complete; `dd` it to a USB
     /// stick) or a block device (erased after you type its name, or --yes).
     Create {
+        /// The disk: a file (created or replaced) or a block device.
+        #[arg(value_name = "DISK")]
         target: PathBuf,
         /// Images to put on it: `profile` (newest), `profile/version`, or a
         /// directory. Repeat for more; the older ones of a profile become
         /// rollback entries.
-        #[arg(long = "image", required = true)]
+        #[arg(long = "image", required = true, value_name = "IMAGE")]
         images: Vec<String>,
-        /// Also a cairn ISO (signed: `<image>/<profile>.iso`), booted by loopback.
-        #[arg(long = "iso")]
+        /// Also a cairn ISO (signed: `<image>/<profile>.iso`), booted by
+        /// loopback (a file; repeatable).
+        #[arg(long = "iso", value_name = "FILE")]
         isos: Vec<PathBuf>,
-        /// Disk file size (e.g. 4G, 1500M); default: room for the images twice.
-        #[arg(long, value_parser = parse_size)]
+        /// Disk file size in bytes, or with K, M, G, T (powers of 1024: 4G,
+        /// 1500M) [default: room for the images twice].
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         size: Option<u64>,
-        /// Size of the data partition; 0 for none.
-        #[arg(long, value_parser = parse_size, default_value = "256M")]
+        /// Size of the data partition (bytes, or with K, M, G, T); 0 for none.
+        #[arg(long, value_parser = parse_size, default_value = "256M", value_name = "SIZE")]
         data_size: u64,
         /// File system label of the data partition (profiles' `label`).
-        #[arg(long, default_value = "data")]
+        #[arg(long, default_value = "data", value_name = "LABEL")]
         data_label: String,
         #[command(flatten)]
         menu: MenuArgs,
@@ -70,30 +81,32 @@ pub enum DiskCommand {
         /// Erase a block device without asking.
         #[arg(long)]
         yes: bool,
-        /// Print the result as JSON on stdout (for scripts).
+        /// Check the images, the key and the target and say what the disk
+        /// would hold; write nothing.
         #[arg(long)]
-        json: bool,
+        dry_run: bool,
     },
     /// Copy more images onto a cairn disk (verified first) and write its menu
     /// again; a new default image starts a trial (boot counting).
     Add {
+        /// The cairn disk: an image file or a block device.
         disk: PathBuf,
         /// `profile`, `profile/version`, or a directory.
-        #[arg(required = true)]
+        #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
-        /// Print the result as JSON on stdout (for scripts).
+        /// Check the images and the disk and say what would be added; write nothing.
         #[arg(long)]
-        json: bool,
+        dry_run: bool,
     },
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct SecureBootArgs {
-    /// Secure Boot: sign GRUB's EFI binary with this db/MOK private key (PEM)…
-    #[arg(long, requires = "secure_boot_cert")]
+    /// Secure Boot: sign GRUB's EFI binary with this db/MOK private key (a PEM file)…
+    #[arg(long, requires = "secure_boot_cert", value_name = "FILE")]
     secure_boot_key: Option<PathBuf>,
-    /// …and this certificate (PEM).
-    #[arg(long, requires = "secure_boot_key")]
+    /// …and this certificate (a PEM file).
+    #[arg(long, requires = "secure_boot_key", value_name = "FILE")]
     secure_boot_cert: Option<PathBuf>,
     /// Secure Boot through Debian's shim, which Microsoft's UEFI CA signed
     /// (it boots where only Microsoft's keys are enrolled, as on most
@@ -127,25 +140,26 @@ pub enum BootCommand {
     /// `cairn image sign`), optionally signed for Secure Boot; the menu is
     /// signed again. Refused if an image on the disk does not verify.
     Install {
-        #[arg(long)]
+        /// The cairn disk: an image file or a block device.
         disk: PathBuf,
         #[command(flatten)]
         secure_boot: SecureBootArgs,
-        /// Print the result as JSON on stdout (for scripts).
+        /// Check the disk and what is on it; build and write nothing.
         #[arg(long)]
-        json: bool,
+        dry_run: bool,
     },
     /// Write the signed menu of a cairn disk again from the images on it
     /// (after copying or removing some by hand, or to change the default);
-    /// without --disk, print the menu the store's images would get.
+    /// without DISK, print the menu the store's images would get.
     Menu {
-        #[arg(long)]
+        /// The cairn disk: an image file or a block device [default: none,
+        /// print the store's menu].
         disk: Option<PathBuf>,
         #[command(flatten)]
         menu: MenuArgs,
-        /// Print the entries as JSON (without --disk: the grub.cfg text otherwise).
+        /// Say what the menu would be; write nothing.
         #[arg(long)]
-        json: bool,
+        dry_run: bool,
     },
 }
 
@@ -166,6 +180,13 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         return Err(format!("{s:?}: negative size"));
     }
     Ok((n * mult as f64) as u64)
+}
+
+fn print_plan(p: &crate::boot::disk::DiskPlan) {
+    for a in &p.add {
+        println!("{} {a}", if p.dry_run { "would add" } else { "added" });
+    }
+    print_menu(&p.menu);
 }
 
 fn print_menu(m: &crate::boot::menu::Menu) {
@@ -193,27 +214,34 @@ pub(super) fn run_disk(cli: &Cli, c: &DiskCommand) -> Result<i32> {
             menu,
             secure_boot,
             yes,
-            json,
+            dry_run,
         } => {
+            // Where the disk goes is checked first: named as given, before
+            // any image is looked up or GRUB built.
+            if !crate::boot::disk::is_block_device(target)? {
+                crate::boot::disk::check_disk_file_target(target)?;
+            }
             let dirs = images
                 .iter()
                 .map(|s| image::resolve(&cli.store, s))
                 .collect::<Result<Vec<_>>>()?;
-            let yes = *yes || confirm_erase(target)?;
+            let yes = *yes || (!*dry_run && confirm_erase(target)?);
             let opts = crate::boot::disk::DiskOptions {
                 images: dirs,
                 isos: isos.clone(),
-                menu: menu.options(),
+                menu: menu.options(&cli.config),
                 data_size: *data_size,
                 data_label: data_label.clone(),
                 secure_boot: secure_boot.get(),
                 yes,
-                quiet: cli.quiet || *json,
+                quiet: cli.quiet(),
+                dry_run: *dry_run,
             };
             let r = crate::boot::disk::create(&cli.store, target, *size, &opts)?;
-            show(*json, &r, |r| {
+            show(cli, "disk", &r, |r| {
                 println!(
-                    "{}: {} with {} ({}), {:.1}s",
+                    "{}{}: {} with {} ({}), {:.1}s",
+                    if r.dry_run { "would write " } else { "" },
                     r.path.display(),
                     human_bytes(r.layout.bytes),
                     r.images.join(", "),
@@ -229,14 +257,18 @@ pub(super) fn run_disk(cli: &Cli, c: &DiskCommand) -> Result<i32> {
             })?;
             Ok(0)
         }
-        DiskCommand::Add { disk, images, json } => {
+        DiskCommand::Add {
+            disk,
+            images,
+            dry_run,
+        } => {
             let dirs = images
                 .iter()
                 .map(|s| image::resolve(&cli.store, s))
                 .collect::<Result<Vec<_>>>()?;
-            let m = crate::boot::disk::add_images(&cli.store, disk, &dirs, cli.quiet || *json)?;
-            show(*json, &m, |m| {
-                print_menu(m);
+            let p = crate::boot::disk::add_images(&cli.store, disk, &dirs, cli.quiet(), *dry_run)?;
+            show(cli, "disk", &p, |p| {
+                print_plan(p);
                 Ok(())
             })?;
             Ok(0)
@@ -249,18 +281,35 @@ pub(super) fn run_boot(cli: &Cli, c: &BootCommand) -> Result<i32> {
         BootCommand::Install {
             disk,
             secure_boot,
-            json,
+            dry_run,
         } => {
             let sb = secure_boot.get();
-            let m = crate::boot::disk::install(&cli.store, disk, sb.as_ref())?;
-            show(*json, &m, |m| {
+            let m = crate::boot::disk::install(&cli.store, disk, sb.as_ref(), *dry_run)?;
+            let p = crate::boot::disk::DiskPlan {
+                dry_run: *dry_run,
+                disk: disk.clone(),
+                add: Vec::new(),
+                menu: m,
+            };
+            show(cli, "disk", &p, |p| {
+                let m = &p.menu;
                 println!(
-                    "{}: GRUB installed (BIOS + UEFI{}), menu signed again",
+                    "{}: GRUB {} (BIOS + UEFI{}), menu {}",
                     disk.display(),
+                    if p.dry_run {
+                        "would be installed"
+                    } else {
+                        "installed"
+                    },
                     match &sb {
                         Some(s) if s.shim => ", signed for Secure Boot, behind shim",
                         Some(_) => ", signed for Secure Boot",
                         None => "",
+                    },
+                    if p.dry_run {
+                        "would be signed again"
+                    } else {
+                        "signed again"
                     }
                 );
                 print_menu(m);
@@ -268,7 +317,11 @@ pub(super) fn run_boot(cli: &Cli, c: &BootCommand) -> Result<i32> {
             })?;
             Ok(0)
         }
-        BootCommand::Menu { disk, menu, json } => {
+        BootCommand::Menu {
+            disk,
+            menu,
+            dry_run,
+        } => {
             let m = match disk {
                 Some(d) => crate::boot::disk::menu_on_disk(
                     &cli.store,
@@ -276,11 +329,21 @@ pub(super) fn run_boot(cli: &Cli, c: &BootCommand) -> Result<i32> {
                     menu.default_profile.clone(),
                     menu.tries,
                     menu.timeout,
+                    *dry_run,
                 )?,
-                None => crate::boot::disk::menu_for_store(&cli.store, &menu.options())?,
+                None => crate::boot::disk::menu_for_store(&cli.store, &menu.options(&cli.config))?,
             };
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&m)?);
+            if cli.json {
+                let p = crate::boot::disk::DiskPlan {
+                    dry_run: *dry_run || disk.is_none(),
+                    disk: disk.clone().unwrap_or_default(),
+                    add: Vec::new(),
+                    menu: m,
+                };
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&super::envelope("disk", &p)?)?
+                );
             } else if disk.is_none() {
                 print!("{}", m.cfg);
             } else {

@@ -15,9 +15,10 @@ use crate::progress::human_bytes;
 pub struct PublishArgs {
     /// Profiles whose index to write [default: every profile in the store].
     pub profiles: Vec<String>,
-    /// How long machines accept the index (e.g. 7d, 12h, 3600s). Publish
-    /// again before it runs out (the cairn-cycle timer does).
-    #[arg(long, default_value = "7d")]
+    /// How long machines accept the index: a number with s, m, h or d
+    /// (7d, 12h, 3600s). Publish again before it runs out (the
+    /// cairn-cycle timer does).
+    #[arg(long, default_value = "7d", value_name = "DURATION")]
     pub valid_for: String,
     /// VERSION=PERCENT: only that share of machines takes VERSION (chosen
     /// stably by machine id); kept by later publications until changed.
@@ -27,72 +28,62 @@ pub struct PublishArgs {
     /// mirror/, read-only, nothing else) on ADDRESS:PORT; publish nothing.
     #[arg(long, value_name = "ADDRESS:PORT")]
     pub nginx_config: Option<String>,
-    /// Print the result as JSON on stdout (for scripts).
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
     /// Base URL of the published store (repeat: tried in order)
     /// [default: the image's fleet.urls].
-    #[arg(long = "url")]
+    #[arg(long = "url", value_name = "URL")]
     pub urls: Vec<String>,
     /// Profile to pull [default: the running image's].
-    #[arg(long)]
+    #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
-    /// Pull onto a boot partition's tree at DIR instead of this machine's.
-    #[arg(long, conflicts_with = "disk")]
-    pub boot_dir: Option<PathBuf>,
-    /// Pull onto the boot partition of a cairn disk (image file or device).
-    #[arg(long)]
+    /// Pull onto the boot partition of this cairn disk (an image file or
+    /// a block device) [default: this machine's boot medium].
     pub disk: Option<PathBuf>,
-    /// Public key images must be signed by [default: /etc/cairn/signing.pub].
-    #[arg(long)]
+    /// Pull onto a boot partition's tree at DIR instead of this machine's.
+    #[arg(long, conflicts_with = "disk", value_name = "DIR")]
+    pub boot_dir: Option<PathBuf>,
+    /// Public key images must be signed by (a file) [default: key.public,
+    /// or /etc/cairn/signing.pub].
+    #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// This machine's id for staged rollouts [default: its boot partition's UUID].
-    #[arg(long)]
+    #[arg(long, value_name = "ID")]
     pub machine_id: Option<String>,
-    /// What to do once the image is staged (stage, reboot, kexec, window)
-    /// [default: the profile's fleet.policy].
-    #[arg(long, value_parser = parse_policy)]
+    /// What to do once the image is staged (stage, reboot, kexec, window,
+    /// apply-live) [default: fleet.policy, of the configuration or the image].
+    #[arg(long, value_parser = parse_policy, value_name = "POLICY")]
     pub policy: Option<crate::profile::Policy>,
-    /// Concurrent downloads.
-    #[arg(long, default_value_t = 4)]
+    /// Concurrent downloads (a count).
+    #[arg(long, default_value_t = 4, value_name = "N")]
     pub jobs: usize,
     /// Check the index and say what would be fetched; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the result as JSON on stdout (for scripts).
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct CycleArgs {
-    /// The build host's configuration: its [cycle] section lists the
-    /// profiles (profiles = [...], valid-for, sync, mirror-config).
-    #[arg(long, default_value = "/etc/cairn/cairn.toml")]
-    pub config: PathBuf,
-    /// Print the result as JSON on stdout (for scripts).
-    #[arg(long)]
-    pub json: bool,
+    /// Read [cycle] from this file (and its .d drop-ins) instead of the
+    /// host's configuration (profiles = [...], valid-for, sync, mirror-config).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The boot partition's tree at DIR instead of this machine's.
-    #[arg(long, conflicts_with = "disk")]
-    pub boot_dir: Option<PathBuf>,
-    /// The boot partition of a cairn disk (image file or device).
-    #[arg(long)]
+    /// The boot partition of this cairn disk (an image file or a block
+    /// device) [default: this machine's boot medium].
     pub disk: Option<PathBuf>,
-    /// Public key images must be signed by [default: /etc/cairn/signing.pub].
-    #[arg(long)]
+    /// The boot partition's tree at DIR instead of this machine's.
+    #[arg(long, conflicts_with = "disk", value_name = "DIR")]
+    pub boot_dir: Option<PathBuf>,
+    /// Public key images must be signed by (a file) [default: key.public,
+    /// or /etc/cairn/signing.pub].
+    #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// Print the result as JSON on stdout (for scripts).
-    #[arg(long)]
-    pub json: bool,
 }
 
 fn parse_policy(s: &str) -> Result<crate::profile::Policy, String> {
@@ -142,7 +133,7 @@ pub(super) fn run_publish(cli: &Cli, a: &PublishArgs) -> Result<i32> {
     for p in &profiles {
         all.push(publish(&cli.store, &key, p, &o).with_context(|| format!("publishing {p}"))?);
     }
-    show(a.json, &all, |all| {
+    show(cli, "indices", &all, |all| {
         for i in all {
             println!(
                 "{}: serial {}, {} version(s), newest {}, valid until {}",
@@ -173,7 +164,10 @@ pub(super) fn run_pull(cli: &Cli, a: &PullArgs) -> Result<i32> {
         target,
         urls: a.urls.clone(),
         profile: a.profile.clone(),
-        key: a.key.clone(),
+        key: a
+            .key
+            .clone()
+            .or_else(|| cli.config.settings.key.public.clone()),
         machine_id: a.machine_id.clone(),
         policy: a.policy,
         jobs: a.jobs,
@@ -181,12 +175,15 @@ pub(super) fn run_pull(cli: &Cli, a: &PullArgs) -> Result<i32> {
     })?;
     // What the pull did is said before the policy acts (a switch ends
     // this system).
-    if !a.json {
+    if !cli.json {
         print_pull(&r.report)?;
     }
     crate::fleet::act(&mut r)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&super::envelope("pull", &r)?)?
+        );
     } else if let Some(a) = &r.action {
         println!(
             "  policy {}: {}{}",
@@ -233,9 +230,12 @@ fn print_pull(p: &crate::fleet::pull::PullReport) -> Result<()> {
 }
 
 pub(super) fn run_cycle(cli: &Cli, a: &CycleArgs) -> Result<i32> {
-    let c = crate::fleet::cycle::load(&a.config)?;
-    let r = crate::fleet::cycle::cycle(&cli.store, &c, cli.quiet || a.json)?;
-    show(a.json, &r, |r| {
+    let c = match &a.config {
+        Some(f) => crate::fleet::cycle::load(&crate::config::Config::load(f)?)?,
+        None => crate::fleet::cycle::load(&cli.config)?,
+    };
+    let r = crate::fleet::cycle::cycle(&cli.store, &c, cli.quiet())?;
+    show(cli, "cycle", &r, |r| {
         if let Some(s) = &r.synced {
             println!(
                 "mirror: {} package(s), {} fetched{}",
@@ -267,7 +267,11 @@ pub(super) fn run_cycle(cli: &Cli, a: &CycleArgs) -> Result<i32> {
 }
 
 pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
-    let key = crate::fleet::machine::machine_key(a.key.as_deref());
+    let key = crate::fleet::machine::machine_key(
+        a.key
+            .as_deref()
+            .or(cli.config.settings.key.public.as_deref()),
+    );
     let mut mounted = None;
     let mut medium = None;
     let (root, cmdline) = match (&a.boot_dir, &a.disk) {
@@ -293,7 +297,7 @@ pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
     let s = crate::fleet::status::status(root.as_deref(), cmdline.as_deref(), &key)?;
     drop(medium);
     drop(mounted);
-    show(a.json, &s, |s| {
+    show(cli, "status", &s, |s| {
         if let Some(b) = &s.booted {
             println!(
                 "booted:     {} from {} (entry {})",

@@ -15,11 +15,11 @@ pub enum KeyCommand {
     /// Generate an RSA signing key into <store>/keys (0700) and export its
     /// public part in the binary form GRUB embeds (<store>/keys/signing.pub).
     Generate {
-        /// User ID of the key.
-        #[arg(long, default_value = "cairn image signing")]
+        /// User ID of the key (a name, shown by gpg).
+        #[arg(long, default_value = "cairn image signing", value_name = "TEXT")]
         user_id: String,
-        /// RSA key size.
-        #[arg(long, default_value_t = 4096)]
+        /// RSA key size in bits (GRUB checks RSA; 2048 to 4096).
+        #[arg(long, default_value_t = 4096, value_name = "BITS")]
         bits: u32,
         /// Replace the configured key.
         #[arg(long)]
@@ -29,58 +29,48 @@ pub enum KeyCommand {
     Use {
         /// Key ID or fingerprint.
         key: String,
-        /// GnuPG home holding the secret key.
-        #[arg(long, env = "GNUPGHOME", default_value = "/root/.gnupg")]
+        /// GnuPG home holding the secret key (a directory).
+        #[arg(
+            long,
+            env = "GNUPGHOME",
+            default_value = "/root/.gnupg",
+            value_name = "DIR"
+        )]
         gnupg_home: PathBuf,
     },
     /// Show the configured signing key.
-    Show {
-        /// Print the result as JSON on stdout (for scripts).
-        #[arg(long)]
-        json: bool,
-    },
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
     /// List images per profile, newest first.
-    List {
-        /// Print the result as JSON on stdout (for scripts).
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Check an image's signatures and every hash; names any file that differs.
     Verify {
         /// An image directory, `PROFILE` (its newest image) or `PROFILE/VERSION`.
         image: String,
-        /// Public key to check against [default: the store's signing key].
-        #[arg(long)]
+        /// Public key to check against (a file) [default: the store's signing key].
+        #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
-        /// Print the result as JSON on stdout (for scripts).
-        #[arg(long)]
-        json: bool,
     },
     /// Packages added, removed and changed from image A to image B.
     Diff {
-        /// `PROFILE`, `PROFILE/VERSION` or a directory.
+        /// The older image: `PROFILE` (its newest), `PROFILE/VERSION` or a directory.
         a: String,
+        /// The newer image, in the same forms.
         b: String,
-        /// Print the result as JSON on stdout (for scripts).
-        #[arg(long)]
-        json: bool,
     },
     /// Remove all but the newest N images of each profile (never the image
     /// this system booted from). Each image directory holds all its layers
     /// (hard links), so removing an older image never breaks a kept one.
     Prune {
-        #[arg(long)]
-        keep: usize,
-        /// Only say what would go.
+        /// How many images of each profile to keep (a count, at least 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        keep: u64,
+        /// Only say what would go; remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Print the result as JSON on stdout (for scripts).
-        #[arg(long)]
-        json: bool,
     },
     /// Seal an image again with the store's key: boot.cfg and BOOTSUMS from
     /// its manifest (e.g. after editing `kernel-cmdline` in manifest.json),
@@ -92,18 +82,16 @@ pub enum ImageCommand {
 }
 
 pub(super) fn run_key(cli: &Cli, c: &KeyCommand) -> Result<i32> {
-    let (key, json) = match c {
+    let key = match c {
         KeyCommand::Generate {
             user_id,
             bits,
             force,
-        } => (keys::generate(&cli.store, user_id, *bits, *force)?, false),
-        KeyCommand::Use { key, gnupg_home } => {
-            (keys::use_existing(&cli.store, gnupg_home, key)?, false)
-        }
-        KeyCommand::Show { json } => (keys::load(&cli.store)?, *json),
+        } => keys::generate(&cli.store, user_id, *bits, *force)?,
+        KeyCommand::Use { key, gnupg_home } => keys::use_existing(&cli.store, gnupg_home, key)?,
+        KeyCommand::Show => keys::load(&cli.store)?,
     };
-    show(json, &key, |key| {
+    show(cli, "key", &key, |key| {
         println!(
             "{} {}{} {:?}",
             key.fingerprint, key.algorithm, key.bits, key.user_id
@@ -118,9 +106,9 @@ pub(super) fn run_key(cli: &Cli, c: &KeyCommand) -> Result<i32> {
 
 pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
     match c {
-        ImageCommand::List { json } => {
+        ImageCommand::List => {
             let all = image::list(&cli.store)?;
-            show(*json, &all, |all| {
+            show(cli, "images", &all, |all| {
                 for e in all {
                     println!(
                         "{:<16} {:<20} {:>10} {:<5} {:>4} packages{}{}",
@@ -140,18 +128,14 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
             })?;
             Ok(0)
         }
-        ImageCommand::Verify {
-            image: spec,
-            key,
-            json,
-        } => {
+        ImageCommand::Verify { image: spec, key } => {
             let dir = image::resolve(&cli.store, spec)?;
             let public = match key {
                 Some(k) => k.clone(),
                 None => keys::load(&cli.store)?.public_key,
             };
             let r = image::verify(&dir, &public)?;
-            show(*json, &r, |r| {
+            show(cli, "verify", &r, |r| {
                 for p in &r.problems {
                     println!("  BAD {p}");
                 }
@@ -167,13 +151,17 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
                 );
                 Ok(())
             })?;
-            Ok(if r.ok { 0 } else { 1 })
+            Ok(if r.ok {
+                super::exit::SUCCESS
+            } else {
+                super::exit::VERIFICATION
+            })
         }
-        ImageCommand::Diff { a, b, json } => {
+        ImageCommand::Diff { a, b } => {
             let ma = image::read_manifest(&image::resolve(&cli.store, a)?)?;
             let mb = image::read_manifest(&image::resolve(&cli.store, b)?)?;
             let d = image::diff(&ma, &mb);
-            show(*json, &d, |d| {
+            show(cli, "diff", &d, |d| {
                 println!("{} -> {}", d.from, d.to);
                 for p in &d.added {
                     println!("  + {} {}", p.name, p.version);
@@ -194,14 +182,22 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
             })?;
             Ok(0)
         }
-        ImageCommand::Prune {
-            keep,
-            dry_run,
-            json,
-        } => {
+        ImageCommand::Prune { keep, dry_run } => {
             let booted = image::booted_image();
-            let gone = image::prune(&cli.store, *keep, booted.as_deref(), *dry_run)?;
-            show(*json, &gone, |gone| {
+            let keep = usize::try_from(*keep)?;
+            let gone = image::prune(&cli.store, keep, booted.as_deref(), *dry_run)?;
+            #[derive(serde::Serialize)]
+            #[serde(rename_all = "kebab-case")]
+            struct Pruned<'a> {
+                dry_run: bool,
+                removed: &'a [PathBuf],
+            }
+            let out = Pruned {
+                dry_run: *dry_run,
+                removed: &gone,
+            };
+            show(cli, "removed", &out, |out| {
+                let gone = out.removed;
                 for g in gone {
                     println!(
                         "{} {}",
@@ -222,7 +218,24 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
             let dir = image::resolve(&cli.store, spec)?;
             let key = keys::load(&cli.store)?;
             image::seal(&dir, &key)?;
-            println!("{}: sealed, signed by {}", dir.display(), key.fingerprint);
+            #[derive(serde::Serialize)]
+            #[serde(rename_all = "kebab-case")]
+            struct Sealed<'a> {
+                path: &'a std::path::Path,
+                signed_by: &'a str,
+            }
+            let out = Sealed {
+                path: &dir,
+                signed_by: &key.fingerprint,
+            };
+            show(cli, "sign", &out, |out| {
+                println!(
+                    "{}: sealed, signed by {}",
+                    out.path.display(),
+                    out.signed_by
+                );
+                Ok(())
+            })?;
             Ok(0)
         }
     }

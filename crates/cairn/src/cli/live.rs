@@ -11,15 +11,13 @@ use super::{Cli, show};
 pub struct LiveTarget {
     /// PROFILE/VERSION or a VERSION of the running profile [default: its newest image].
     pub image: Option<String>,
-    /// Public key to verify with (default: /etc/cairn/signing.pub).
-    #[arg(long)]
+    /// Public key to verify with (a file) [default: key.public, or
+    /// /etc/cairn/signing.pub].
+    #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// Check and show, change nothing (reboot --kexec: load, then unload).
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the result as JSON on stdout (for scripts).
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -47,10 +45,14 @@ pub struct RebootArgs {
 
 pub(super) fn run_apply_live(cli: &Cli, args: &ApplyLiveArgs) -> Result<i32> {
     let a = &args.target;
+    let key = a
+        .key
+        .clone()
+        .or_else(|| cli.config.settings.key.public.clone());
     let r = crate::live::apply_live(&crate::live::ApplyOptions {
         store: &cli.store,
         image: a.image.as_deref(),
-        key: a.key.as_deref(),
+        key: key.as_deref(),
         dry_run: a.dry_run,
         apt: if args.system_sources {
             crate::live::AptFrom::System
@@ -58,7 +60,7 @@ pub(super) fn run_apply_live(cli: &Cli, args: &ApplyLiveArgs) -> Result<i32> {
             crate::live::AptFrom::Store
         },
     })?;
-    show(a.json, &r, |r| {
+    show(cli, "result", &r, |r| {
         println!(
             "{} → {}{}: {} package change(s)",
             r.from,
@@ -94,15 +96,19 @@ pub(super) fn run_apply_live(cli: &Cli, args: &ApplyLiveArgs) -> Result<i32> {
 
 pub(super) fn run_reboot(cli: &Cli, args: &RebootArgs) -> Result<i32> {
     let a = &args.target;
+    let key = a
+        .key
+        .clone()
+        .or_else(|| cli.config.settings.key.public.clone());
     let r = crate::live::reboot(&crate::live::RebootOptions {
         store: &cli.store,
         image: a.image.as_deref(),
         kexec: args.kexec,
         ram: args.ram,
-        key: a.key.as_deref(),
+        key: key.as_deref(),
         dry_run: a.dry_run,
     })?;
-    show(a.json, &r, |r| {
+    show(cli, "result", &r, |r| {
         println!(
             "{} {} (entry {}){}",
             if a.dry_run { "would boot" } else { "booting" },

@@ -50,9 +50,6 @@ pub struct SourcesArgs {
     /// URL under which a web server serves `<store>/mirror/` [default: file:// paths].
     #[arg(long)]
     pub base_url: Option<String>,
-    /// Print a JSON array of {name, lines}.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -97,9 +94,9 @@ pub struct SyncArgs {
     /// suite, not only the newest (for tools that read one suite alone).
     #[arg(long)]
     pub all_versions: bool,
-    /// Concurrent downloads over keep-alive connections.
-    #[arg(long, short = 'j', default_value_t = 20)]
-    pub jobs: usize,
+    /// Concurrent downloads over keep-alive connections [default: mirror.jobs, or 20].
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
     /// Keep pool files that are no longer selected.
     #[arg(long)]
     pub keep_obsolete: bool,
@@ -107,16 +104,13 @@ pub struct SyncArgs {
     #[arg(long)]
     pub wait: bool,
     /// Accept a Release `Date` up to this many seconds in the future (clock skew).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub max_future: i64,
     /// Mirror exactly what this profile needs (file, or `default`): the
     /// closure of its packages for its host type.
     /// (Repeatable: the union of several profiles, plus any --package.)
     #[arg(long, conflicts_with_all = ["full", "priority"])]
     pub profile: Vec<String>,
-    /// Print the summary as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -133,20 +127,24 @@ pub struct VerifyArgs {
     /// Wait for a running sync instead of refusing.
     #[arg(long)]
     pub wait: bool,
-    /// Print the reports as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
+/// Concurrent downloads of `mirror sync` when nothing says otherwise.
+pub const DEFAULT_JOBS: usize = 20;
+
 pub(super) fn run_sync(cli: &Cli, a: &SyncArgs, mode: Mode) -> Result<i32> {
-    let cfg = sync_config(a)?;
+    let cfg = sync_config(cli, a)?;
     let mut opts = SyncOptions::new(cli.store.clone());
-    opts.jobs = a.jobs.max(1);
+    opts.jobs = a
+        .jobs
+        .or(cli.config.settings.mirror.jobs)
+        .unwrap_or(DEFAULT_JOBS)
+        .max(1);
     opts.keep_obsolete = a.keep_obsolete;
     opts.wait = a.wait;
     opts.progress = mode;
     opts.max_future = a.max_future;
-    if !cli.quiet && !a.json {
+    if !cli.quiet() {
         for r in &cfg.repos {
             eprintln!(
                 "mirror {}: {} {} [{}] {}",
@@ -160,7 +158,7 @@ pub(super) fn run_sync(cli: &Cli, a: &SyncArgs, mode: Mode) -> Result<i32> {
         eprintln!("selection: {}", cfg.selection.describe());
     }
     let report = sync(&cfg, &opts)?;
-    show(a.json, &report, |report| {
+    show(cli, "sync", &report, |report| {
         print_sync(report);
         Ok(())
     })?;
@@ -195,16 +193,21 @@ pub(super) fn run_verify(cli: &Cli, a: &VerifyArgs, mode: Mode) -> Result<i32> {
         reports.push(verify(n, &opts).with_context(|| format!("verifying mirror {n}"))?);
     }
     let ok = reports.iter().all(|r| r.ok);
-    show(a.json, &reports, |reports| {
+    show(cli, "mirrors", &reports, |reports| {
         for r in reports {
             print_verify(r);
         }
         Ok(())
     })?;
-    Ok(if ok { 0 } else { 1 })
+    Ok(if ok {
+        super::exit::SUCCESS
+    } else {
+        super::exit::VERIFICATION
+    })
 }
 
-pub(super) fn print_sources(store: &std::path::Path, a: &SourcesArgs) -> Result<i32> {
+pub(super) fn print_sources(cli: &Cli, a: &SourcesArgs) -> Result<i32> {
+    let store = cli.store.as_path();
     let names = if a.names.is_empty() {
         list_mirrors(store)?
     } else {
@@ -217,7 +220,7 @@ pub(super) fn print_sources(store: &std::path::Path, a: &SourcesArgs) -> Result<
             .with_context(|| format!("mirror {n} has not been synced into {}", store.display()))?;
         all.push(serde_json::json!({"name": n, "lines": apt_source_lines(&paths, &state, a.base_url.as_deref())}));
     }
-    show(a.json, &all, |all| {
+    show(cli, "mirrors", &all, |all| {
         for m in all {
             for l in m["lines"].as_array().into_iter().flatten() {
                 println!("{}", l.as_str().unwrap_or_default());
@@ -229,14 +232,35 @@ pub(super) fn print_sources(store: &std::path::Path, a: &SourcesArgs) -> Result<
 }
 
 /// The command line as a request; `mirror::config::resolve` owns the policy.
-fn sync_config(a: &SyncArgs) -> Result<MirrorConfig> {
-    let profiles = a
-        .profile
+/// Without sources or a selection on the command line, the configuration's
+/// (`mirror.config`, `mirror.profiles`); without those, the host's apt
+/// sources and the closure of the `default` profile, which is what
+/// `cairn build` with no profile needs.
+fn sync_config(cli: &Cli, a: &SyncArgs) -> Result<MirrorConfig> {
+    let m = &cli.config.settings.mirror;
+    let sources_given = a.config.is_some() || a.url.is_some();
+    let config = if sources_given {
+        a.config.clone()
+    } else {
+        m.config.clone()
+    };
+    let selection_given = !a.profile.is_empty()
+        || !a.package.is_empty()
+        || !a.priority.is_empty()
+        || a.full
+        || a.no_closure;
+    // A mirror config file carries its own selection.
+    let profile_args = if selection_given || config.is_some() || a.url.is_some() {
+        a.profile.clone()
+    } else {
+        m.profiles.clone().unwrap_or_else(|| vec!["default".into()])
+    };
+    let profiles = profile_args
         .iter()
-        .map(|p| load_profile(p))
+        .map(|p| load_profile(&cli.config.profile_arg(p)))
         .collect::<Result<Vec<_>>>()?;
     resolve(&SyncRequest {
-        config: a.config.as_deref(),
+        config: config.as_deref(),
         url: a.url.as_deref(),
         name: a.name.as_deref(),
         suites: &a.suite,

@@ -3,6 +3,7 @@
 //! the library; policy lives in the library modules, not here.
 
 mod build;
+mod config;
 mod disk;
 mod fleet;
 mod image;
@@ -19,6 +20,7 @@ use clap::{Parser, Subcommand};
 use crate::progress::Mode;
 
 pub use build::{BuildArgs, UpgradeArgs};
+pub use config::ConfigCommand;
 pub use disk::{BootCommand, DiskCommand, MenuArgs, SecureBootArgs, parse_size};
 pub use fleet::{CycleArgs, PublishArgs, PullArgs, StatusArgs, parse_duration};
 pub use image::{ImageCommand, KeyCommand};
@@ -30,20 +32,70 @@ pub use vm::VmCommand;
 /// cairn keeps Debian machines as signed, layered live images. It starts with
 /// a local, verified mirror of the Debian repositories the images are built from.
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "cairn",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Settings come from flags, then the environment (CAIRN_STORE), then \
+/etc/cairn/cairn.toml and /etc/cairn/cairn.toml.d/*.toml (CAIRN_CONFIG names another file), \
+then built-in defaults: `cairn config show`. Exit codes: 0 success, 1 failure, 2 usage, \
+3 verification failed (a signature, hash or trust check refused the data)."
+)]
 pub struct Cli {
-    /// Where mirrors and images live.
-    #[arg(long, global = true, env = "CAIRN_STORE", default_value = "/srv/cairn")]
-    pub store: PathBuf,
-    /// More log output (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// Where mirrors and images live (a directory) [default: /srv/cairn].
+    #[arg(
+        long = "store",
+        id = "store",
+        global = true,
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
+    pub store_flag: Option<PathBuf>,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet", help_heading = "Global options")]
     pub verbose: u8,
-    /// No progress output.
-    #[arg(short, long, global = true)]
+    /// Nothing on stderr but errors: no progress, no notes.
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
+    /// Print the result as one JSON document on stdout, errors too (for
+    /// scripts; the shapes are in docs/cli.md, each with `schema-version`).
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
+    /// The store, once flags, environment and files are weighed.
+    #[arg(skip)]
+    pub store: PathBuf,
+    /// The host's configuration files, merged.
+    #[arg(skip)]
+    pub config: crate::config::Config,
 }
+
+impl Cli {
+    /// No progress or notes on stderr: `--quiet`, or `--json` (stdout is
+    /// for the document; stderr keeps errors only).
+    pub fn quiet(&self) -> bool {
+        self.quiet || self.json
+    }
+}
+
+/// The exit codes, documented in `--help` and docs/cli.md.
+pub mod exit {
+    /// It worked.
+    pub const SUCCESS: i32 = 0;
+    /// It did not: an operational error (missing file, full disk, a tool that failed).
+    pub const FAILURE: i32 = 1;
+    /// The command line was wrong.
+    pub const USAGE: i32 = 2;
+    /// A signature, hash or trust check refused the data: tampering,
+    /// corruption, or an untrusted key.
+    pub const VERIFICATION: i32 = 3;
+}
+
+/// The version of every JSON document's shape (`schema-version`).
+pub const JSON_SCHEMA_VERSION: u32 = 1;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -141,13 +193,50 @@ pub enum Command {
     /// the rest; every file is checked as from a disk, and the initramfs
     /// fetches the signed layers into RAM and checks every block.
     Netboot(NetbootArgs),
+    /// The host's configuration: /etc/cairn/cairn.toml and its drop-ins.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-/// The image a command on the running system acts on, and how.
+/// Whether colour may be used on stderr: a terminal, and `NO_COLOR` unset
+/// (or empty), as no-color.org says.
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Under --json a usage error is a JSON document too: whether it was
+    // asked for is read before parsing (up to a `--`).
+    let json = args
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json");
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    if !colour() {
+        cmd = cmd.color(clap::ColorChoice::Never);
+    }
+    let mut cli = match cmd
+        .try_get_matches_from(&args)
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) || !json {
+                let _ = e.print();
+                return e.exit_code();
+            }
+            let text = e.render().to_string();
+            print_json_error(&text, Vec::new(), "usage", exit::USAGE);
+            return exit::USAGE;
+        }
+    };
     let level = match cli.verbose {
+        0 if cli.quiet => tracing::Level::ERROR,
         0 => tracing::Level::WARN,
         1 => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
@@ -156,14 +245,57 @@ pub fn main() -> i32 {
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(colour())
         .init();
-    match run(&cli) {
+    let result = settle(&mut cli).and_then(|()| run(&cli));
+    match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            1
+            let (kind, code) = if crate::trust::is_verification_failure(&e) {
+                ("verification-failed", exit::VERIFICATION)
+            } else {
+                ("failure", exit::FAILURE)
+            };
+            if cli.json {
+                let causes = e.chain().skip(1).map(|c| c.to_string()).collect();
+                print_json_error(&e.to_string(), causes, kind, code);
+            }
+            eprintln!(
+                "error: {e:#}{}",
+                if code == exit::VERIFICATION {
+                    " [verification failed]"
+                } else {
+                    ""
+                }
+            );
+            code
         }
     }
+}
+
+/// `{"schema-version": 1, "error": {...}}` on stdout.
+fn print_json_error(message: &str, causes: Vec<String>, kind: &str, code: i32) {
+    let doc = serde_json::json!({
+        "schema-version": JSON_SCHEMA_VERSION,
+        "error": {
+            "kind": kind,
+            "exit-code": code,
+            "message": message.trim_end(),
+            "causes": causes,
+        }
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
+    );
+}
+
+/// The configuration files, then the store (flag > environment > files >
+/// default).
+fn settle(cli: &mut Cli) -> Result<()> {
+    cli.config = crate::config::Config::load_default()?;
+    cli.store = cli.config.store(cli.store_flag.as_deref())?.0;
+    Ok(())
 }
 
 fn run(cli: &Cli) -> Result<i32> {
@@ -175,11 +307,11 @@ fn run(cli: &Cli) -> Result<i32> {
             cli.store.display()
         );
     }
-    let mode = if cli.quiet { Mode::Quiet } else { Mode::Auto };
+    let mode = if cli.quiet() { Mode::Quiet } else { Mode::Auto };
     match &cli.command {
         Command::Mirror(MirrorCommand::Sync(a)) => mirror::run_sync(cli, a, mode),
         Command::Mirror(MirrorCommand::Verify(a)) => mirror::run_verify(cli, a, mode),
-        Command::Mirror(MirrorCommand::Sources(a)) => mirror::print_sources(&cli.store, a),
+        Command::Mirror(MirrorCommand::Sources(a)) => mirror::print_sources(cli, a),
         Command::Build(a) => build::run_build(cli, a),
         Command::Upgrade(a) => build::run_upgrade(cli, a),
         Command::ApplyLive(a) => live::run_apply_live(cli, a),
@@ -188,25 +320,41 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Image(c) => image::run_image(cli, c),
         Command::Disk(c) => disk::run_disk(cli, c),
         Command::Boot(c) => disk::run_boot(cli, c),
-        Command::Vm(c) => vm::run_vm(c),
+        Command::Vm(c) => vm::run_vm(cli, c),
         Command::Publish(a) => fleet::run_publish(cli, a),
         Command::Pull(a) => fleet::run_pull(cli, a),
         Command::Status(a) => fleet::run_status(cli, a),
         Command::Cycle(a) => fleet::run_cycle(cli, a),
         Command::Netboot(a) => netboot::run_netboot(cli, a),
+        Command::Config(c) => config::run_config(cli, c),
     }
 }
 
-/// Prints `r` as JSON for scripts (`--json`), else as `human` writes it.
+/// Prints `r` for scripts (`--json`: one document with `schema-version`;
+/// a list goes under the key `what`), else as `human` writes it.
 fn show<T: serde::Serialize>(
-    json: bool,
+    cli: &Cli,
+    what: &str,
     r: &T,
     human: impl FnOnce(&T) -> Result<()>,
 ) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&envelope(what, r)?)?);
         Ok(())
     } else {
         human(r)
     }
+}
+
+/// `r` as a JSON object that starts with `schema-version`.
+fn envelope<T: serde::Serialize>(what: &str, r: &T) -> Result<serde_json::Value> {
+    let mut doc = serde_json::Map::new();
+    doc.insert("schema-version".into(), JSON_SCHEMA_VERSION.into());
+    match serde_json::to_value(r)? {
+        serde_json::Value::Object(m) => doc.extend(m),
+        v => {
+            doc.insert(what.into(), v);
+        }
+    }
+    Ok(serde_json::Value::Object(doc))
 }

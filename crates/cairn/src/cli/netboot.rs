@@ -10,30 +10,28 @@ pub struct NetbootArgs {
     /// Where machines reach the store's web server: http://HOST[:PORT]/,
     /// the store at its root (GRUB speaks plain HTTP: everything it loads
     /// is checked by signature)
-    #[arg(long, required_unless_present = "dnsmasq_config")]
+    #[arg(long, required_unless_present = "dnsmasq_config", value_name = "URL")]
     pub url: Option<String>,
     /// Profiles in the menu (repeat) [default: every profile with an image]
-    #[arg(long = "profile")]
+    #[arg(long = "profile", value_name = "PROFILE")]
     pub profiles: Vec<String>,
     /// Print a dnsmasq configuration (proxy DHCP on this IPv4 network,
     /// e.g. 192.168.1.0, and TFTP of <store>/netboot) and write nothing
     #[arg(long, value_name = "NETWORK")]
     pub dnsmasq_config: Option<String>,
-    /// Profile booted by default [default: the newest image's]
-    #[arg(long)]
+    /// Profile booted by default [default: boot.default-profile, or the
+    /// newest image's]
+    #[arg(long, value_name = "PROFILE")]
     pub default: Option<String>,
     /// MAC=PROFILE: the machine with that MAC address boots that profile
     /// by default (repeat; the choice is in the signed menu)
     #[arg(long = "machine", value_name = "MAC=PROFILE")]
     pub machines: Vec<String>,
-    /// Seconds the menu waits
-    #[arg(long, default_value_t = 5)]
-    pub timeout: u32,
+    /// Seconds the menu waits [default: boot.timeout, or 5]
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u32>,
     #[command(flatten)]
     pub secure_boot: super::SecureBootArgs,
-    /// Print the result as JSON on stdout (for scripts).
-    #[arg(long)]
-    pub json: bool,
 }
 
 pub(super) fn run_netboot(cli: &Cli, a: &NetbootArgs) -> Result<i32> {
@@ -56,13 +54,19 @@ pub(super) fn run_netboot(cli: &Cli, a: &NetbootArgs) -> Result<i32> {
         &crate::boot::netboot::NetbootOptions {
             url: a.url.clone().unwrap_or_default(),
             profiles: a.profiles.clone(),
-            default_profile: a.default.clone(),
+            default_profile: a
+                .default
+                .clone()
+                .or_else(|| cli.config.settings.boot.default_profile.clone()),
             machines,
-            timeout: a.timeout,
+            timeout: a
+                .timeout
+                .or(cli.config.settings.boot.timeout)
+                .unwrap_or(crate::boot::menu::MenuOptions::default().timeout),
             secure_boot: a.secure_boot.get(),
         },
     )?;
-    show(a.json, &r, |r| {
+    show(cli, "netboot", &r, |r| {
         println!(
             "{}: GRUB for BIOS PXE ({}) and UEFI ({}), the signed menu (generation {}); files from http://{}/",
             r.dir.display(),

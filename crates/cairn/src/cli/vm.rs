@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 
+use std::os::unix::fs::FileTypeExt;
+
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::show;
+use super::{Cli, show};
 
 #[derive(Subcommand, Debug)]
 pub enum VmCommand {
@@ -13,29 +15,31 @@ pub enum VmCommand {
     /// otherwise), serial console to a log file, until the VM powers off, a
     /// marker line appears, or the timeout.
     Run {
-        /// A raw disk image, or an ISO (none with --netboot).
-        #[arg(required_unless_present = "netboot")]
+        /// The disk: a raw disk image file, or an ISO (none with --netboot).
+        #[arg(required_unless_present = "netboot", value_name = "DISK")]
         media: Option<PathBuf>,
+        /// The machine's firmware.
         #[arg(long, value_enum, default_value = "bios")]
         firmware: crate::vm::Firmware,
         /// auto: KVM if /dev/kvm works and the guest shows output within 20 s,
         /// else TCG (nested KVM often fails or crawls).
         #[arg(long, value_enum, default_value = "auto")]
         accel: crate::vm::Accel,
-        #[arg(long, default_value_t = 2048)]
+        /// The machine's memory in MiB.
+        #[arg(long, default_value_t = 2048, value_name = "MIB")]
         memory: u32,
         /// Seconds before the VM is stopped.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
         timeout: u64,
         /// Wait for a console line starting with this (e.g. CAIRN-BOOTED).
-        #[arg(long)]
+        #[arg(long, value_name = "TEXT")]
         marker: Option<String>,
         /// Ask a cairn image to power off once booted (via SMBIOS serial).
         #[arg(long)]
         poweroff: bool,
         /// Boot this menu entry of a cairn disk (its id, e.g. `web-20261126T015228Z`
         /// or `rollback>web-…`; see `cairn boot menu --json`), via SMBIOS serial.
-        #[arg(long)]
+        #[arg(long, value_name = "ID")]
         entry: Option<String>,
         /// Let the VM reboot (boot counting); by default a reboot ends the run.
         #[arg(long)]
@@ -47,27 +51,32 @@ pub enum VmCommand {
         secure_boot: bool,
         /// Secure Boot: this certificate (PEM or DER) alone enrolled as PK,
         /// KEK and db — a machine that trusts only your key.
-        #[arg(long, requires = "secure_boot", conflicts_with = "mok_cert")]
+        #[arg(
+            long,
+            requires = "secure_boot",
+            conflicts_with = "mok_cert",
+            value_name = "FILE"
+        )]
         own_cert: Option<PathBuf>,
         /// Secure Boot: Microsoft's keys enrolled (as on most machines) and
         /// this certificate in shim's MOK list — for disks made with --shim.
-        #[arg(long, requires = "secure_boot")]
+        #[arg(long, requires = "secure_boot", value_name = "FILE")]
         mok_cert: Option<PathBuf>,
         /// Directory for console.log and marker.log.
-        #[arg(long, default_value = "/var/tmp/cairn-vm")]
+        #[arg(long, default_value = "/var/tmp/cairn-vm", value_name = "DIR")]
         log_dir: PathBuf,
         /// Attach a read-only disk made of this directory (ext4, label
         /// `cairn-store`): e.g. a store holding `mirror/`, for `cairn
         /// apply-live` in the guest (`mount LABEL=cairn-store /srv/cairn`).
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         attach_dir: Option<PathBuf>,
         /// Attach this raw disk image read-only too (repeatable): a second
         /// medium beside the boot disk, as a USB stick would be.
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         attach: Vec<PathBuf>,
         /// Time when a console line starting with this first appears
         /// (repeatable; `events` in --json).
-        #[arg(long)]
+        #[arg(long, value_name = "TEXT")]
         event: Vec<String>,
         /// A network card on qemu's user network: the guest reaches the
         /// host's 127.0.0.1 at 10.0.2.2 (a store served there, say).
@@ -79,13 +88,10 @@ pub enum VmCommand {
         /// host's 127.0.0.1 at 10.0.2.2.
         #[arg(long, value_name = "DIR", conflicts_with_all = ["media", "net"])]
         netboot: Option<PathBuf>,
-        /// Print the result as JSON on stdout (for scripts).
-        #[arg(long)]
-        json: bool,
     },
 }
 
-pub(super) fn run_vm(c: &VmCommand) -> Result<i32> {
+pub(super) fn run_vm(cli: &Cli, c: &VmCommand) -> Result<i32> {
     let VmCommand::Run {
         media,
         firmware,
@@ -105,8 +111,30 @@ pub(super) fn run_vm(c: &VmCommand) -> Result<i32> {
         event,
         net,
         netboot,
-        json,
     } = c;
+    // What the user named is checked before qemu starts, and named as given.
+    for (what, p) in media
+        .iter()
+        .map(|m| ("the disk", m))
+        .chain(disks.iter().map(|d| ("--attach", d)))
+        .chain(own_cert.iter().map(|c| ("--own-cert", c)))
+        .chain(mok_cert.iter().map(|c| ("--mok-cert", c)))
+    {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_file() || m.file_type().is_block_device() => {}
+            Ok(_) => anyhow::bail!("{what} {}: not a file", p.display()),
+            Err(e) => anyhow::bail!("{what} {}: {e}", p.display()),
+        }
+    }
+    for (what, p) in attach_dir
+        .iter()
+        .map(|d| ("--attach-dir", d))
+        .chain(netboot.iter().map(|d| ("--netboot", d)))
+    {
+        if !p.is_dir() {
+            anyhow::bail!("{what} {}: no such directory", p.display());
+        }
+    }
     let mut attach = disks.clone();
     if let Some(d) = attach_dir {
         crate::fsutil::own_dir(log_dir)?;
@@ -150,7 +178,7 @@ pub(super) fn run_vm(c: &VmCommand) -> Result<i32> {
         (None, Some(d)) => format!("network boot from {}", d.display()),
         (None, None) => String::new(),
     };
-    show(*json, &r, |r| {
+    show(cli, "vm", &r, |r| {
         if let Some(why) = &r.kvm_fallback {
             println!("KVM not usable here ({why}): ran under TCG");
         }

@@ -3,7 +3,6 @@
 //! it the first time), publish their indices, so machines always find a
 //! fresh, signed index.
 
-use fs_err as fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -39,24 +38,30 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct CairnToml {
-    cycle: Option<CycleConfig>,
-}
-
-/// The `[cycle]` section of `path`.
-pub fn load(path: &Path) -> Result<CycleConfig> {
-    let text = fs::read_to_string(path)?;
-    let t: CairnToml =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let c = t
-        .cycle
-        .with_context(|| format!("{}: no [cycle] section (profiles = [...])", path.display()))?;
+/// The `[cycle]` section of the host's configuration (its files merged).
+pub fn load(config: &crate::config::Config) -> Result<CycleConfig> {
+    let files = config
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let t = config.section("cycle").with_context(|| {
+        format!(
+            "no [cycle] section (profiles = [...]) in {}",
+            if files.is_empty() {
+                "the configuration (no file exists)".to_string()
+            } else {
+                files.clone()
+            }
+        )
+    })?;
+    let c: CycleConfig = t
+        .clone()
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("[cycle] of {files}: {e}"))?;
     if c.profiles.is_empty() {
-        bail!(
-            "{}: [cycle] profiles is empty: nothing to do",
-            path.display()
-        );
+        bail!("[cycle] profiles is empty in {files}: nothing to do");
     }
     super::parse_duration(&c.valid_for).context("[cycle] valid-for")?;
     Ok(c)

@@ -12,8 +12,6 @@ use crate::profile::{Fleet, Policy, RawFleet, in_window, parse_window};
 
 /// The profile's `[fleet]`, as the image carries it.
 pub const FLEET_FILE: &str = "/etc/cairn/fleet.toml";
-/// The administrator's overrides (`[fleet]` keys) on the machine.
-pub const CONFIG_FILE: &str = "/etc/cairn/cairn.toml";
 
 /// What `FLEET_FILE` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,14 +21,8 @@ pub struct FleetFile {
     pub fleet: Fleet,
 }
 
-/// What `CONFIG_FILE` may say (other sections are other tools').
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct Overrides {
-    fleet: Option<RawFleet>,
-}
-
-/// This machine's profile and settings: the image's, then the overrides,
+/// This machine's profile and settings: the image's, then the `[fleet]`
+/// overrides of the host's configuration (`config_file` and its drop-ins),
 /// checked again as a profile's are.
 pub fn settings(fleet_file: &Path, config_file: &Path) -> Result<FleetFile> {
     let text = fs::read_to_string(fleet_file).with_context(|| {
@@ -40,19 +32,23 @@ pub fn settings(fleet_file: &Path, config_file: &Path) -> Result<FleetFile> {
     let mut f: FleetFile =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", fleet_file.display()))?;
     crate::names::check("profile", &f.profile)?;
-    match fs::read_to_string(config_file) {
-        Ok(t) => {
-            let o: Overrides = toml::from_str(&t)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config_file.display()))?;
-            if let Some(over) = o.fleet {
-                f.fleet = RawFleet::from(f.fleet)
-                    .under(over)
-                    .validate(true)
-                    .with_context(|| format!("{} [fleet]", config_file.display()))?;
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).context("reading the machine's configuration"),
+    let config =
+        crate::config::Config::load(config_file).context("reading the machine's configuration")?;
+    if let Some(over) = config.settings.fleet {
+        f.fleet = RawFleet::from(f.fleet)
+            .under(over)
+            .validate(true)
+            .with_context(|| {
+                format!(
+                    "[fleet] of {}",
+                    config
+                        .files
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
     }
     Ok(f)
 }
@@ -225,15 +221,23 @@ mod tests {
         fs::write(&ff, toml::to_string(&file).unwrap()).unwrap();
         let s = settings(&ff, &cf).unwrap();
         assert_eq!(s.fleet.policy, Policy::Stage);
-        fs::write(&cf, "[fleet]\npolicy = \"kexec\"\nkeep = 4\n").unwrap();
+        fs::write(
+            &cf,
+            "schema-version = 1\n[fleet]\npolicy = \"kexec\"\nkeep = 4\n",
+        )
+        .unwrap();
         let s = settings(&ff, &cf).unwrap();
         assert_eq!((s.fleet.policy, s.fleet.keep), (Policy::Kexec, 4));
-        fs::write(&cf, "[fleet]\npolicy = \"window\"\n").unwrap();
+        fs::write(&cf, "schema-version = 1\n[fleet]\npolicy = \"window\"\n").unwrap();
         assert!(
             settings(&ff, &cf).is_err(),
             "a window policy without a window"
         );
-        fs::write(&cf, "[fleet]\nurls = [\"http://x/$(id)\"]\n").unwrap();
+        fs::write(
+            &cf,
+            "schema-version = 1\n[fleet]\nurls = [\"http://x/$(id)\"]\n",
+        )
+        .unwrap();
         assert!(settings(&ff, &cf).is_err());
     }
 }

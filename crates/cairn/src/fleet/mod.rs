@@ -144,7 +144,8 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
     let settings = if running || r.urls.is_empty() || r.profile.is_none() {
         Some(machine::settings(
             Path::new(machine::FLEET_FILE),
-            Path::new(machine::CONFIG_FILE),
+            &std::env::var_os(crate::config::CONFIG_ENV)
+                .map_or_else(|| PathBuf::from(crate::config::MAIN), PathBuf::from),
         )?)
     } else {
         None

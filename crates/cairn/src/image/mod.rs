@@ -172,7 +172,16 @@ pub fn resolve(store: &Path, spec: &str) -> Result<PathBuf> {
         if p.join(MANIFEST).is_file() {
             return Ok(p.to_path_buf());
         }
-        bail!("{spec} is not an image directory (no {MANIFEST})");
+        match fs::metadata(p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("{spec}: no such directory")
+            }
+            Err(e) => bail!("{spec}: {e}"),
+            Ok(m) if !m.is_dir() => bail!("{spec}: not a directory (an image is a directory)"),
+            Ok(_) => bail!(
+                "{spec} is a directory without {MANIFEST}: not a cairn image (`cairn build` makes them; `cairn image list` shows the store's)"
+            ),
+        }
     }
     let all = list(store)?;
     let (profile, version) = match spec.split_once('/') {

@@ -677,7 +677,6 @@ fn sb_disk(f: &Fixture, work: &Path, key: &Path, crt: &Path, shim: bool) -> Path
     let mut a = vec![
         "boot",
         "install",
-        "--disk",
         d.to_str().unwrap(),
         "--secure-boot-key",
         key.to_str().unwrap(),

@@ -14,6 +14,8 @@ fn cairn_raw(args: &[&str]) -> Output {
         .args(args)
         .env("COLUMNS", "100")
         .env_remove("CAIRN_STORE")
+        .env("CAIRN_CONFIG", crate::support::NO_CONFIG)
+        .env_remove("NO_COLOR")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()
@@ -107,4 +109,260 @@ fn json_and_refusals_on_an_empty_store_are_the_reviewed_ones() {
         let o = cairn_raw(&a);
         insta::assert_snapshot!(name, stable(&o, &store));
     }
+}
+
+/// Every argument and flag of every command says what it is (its unit
+/// where it has one), and no usage line shows a global flag as required.
+#[test]
+fn every_argument_has_help_and_usage_lines_show_no_global_flag() {
+    use clap::CommandFactory;
+    fn walk(c: &mut clap::Command, path: &str, bad: &mut Vec<String>) {
+        let usage = c.render_usage().to_string();
+        for g in ["--store", "--json", "--quiet", "--verbose"] {
+            if usage.contains(g) {
+                bad.push(format!("{path}: usage shows {g}: {usage}"));
+            }
+        }
+        for a in c.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            if help.trim().is_empty() {
+                bad.push(format!("{path}: {id} has no help"));
+            }
+            let name = id.to_ascii_lowercase();
+            let timed = ["timeout", "seconds", "max_future"]
+                .iter()
+                .any(|t| name.contains(t));
+            if timed && !help.to_lowercase().contains("second") {
+                bad.push(format!(
+                    "{path}: {id} does not say its unit (seconds): {help}"
+                ));
+            }
+            if (name.ends_with("size") || name == "memory")
+                && !["byte", "MiB", "K, M, G"].iter().any(|u| help.contains(u))
+            {
+                bad.push(format!("{path}: {id} does not say its unit: {help}"));
+            }
+        }
+        let names: Vec<String> = c
+            .get_subcommands()
+            .map(|s| s.get_name().to_string())
+            .collect();
+        for n in names {
+            let s = c.find_subcommand_mut(&n).unwrap();
+            walk(s, &format!("{path} {n}"), bad);
+        }
+    }
+    let mut c = cairn::cli::Cli::command();
+    c.build();
+    let mut bad = Vec::new();
+    walk(&mut c, "cairn", &mut bad);
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// `-q -v` together is a usage error; `--quiet` leaves stderr empty on
+/// success.
+#[test]
+fn quiet_and_verbose_together_are_refused_and_quiet_is_quiet() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().to_str().unwrap();
+    let o = cairn_raw(&["--store", s, "-q", "-v", "image", "list"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot be used with"),
+        "{}",
+        text(&o)
+    );
+    let o = cairn_raw(&["--store", s, "-q", "config", "show"]);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
+}
+
+/// No colour codes when stderr is not a terminal, nor on a terminal with
+/// NO_COLOR set; on a terminal without it clap colours its errors (so the
+/// test can fail).
+#[test]
+fn no_colour_off_a_terminal_or_with_no_color() {
+    let o = cairn_raw(&["--no-such-flag"]);
+    assert!(
+        !o.stderr.is_empty() && !o.stderr.contains(&0x1b),
+        "{}",
+        text(&o)
+    );
+    if !crate::support::have("script") {
+        crate::support::skip("script (bsdutils) is not installed: the terminal half is untested");
+        return;
+    }
+    let on_tty = |no_color: bool| {
+        let mut c = Command::new("script");
+        c.args(["-qec"])
+            .arg(format!("{} --no-such-flag", env!("CARGO_BIN_EXE_cairn")))
+            .arg("/dev/null")
+            .env("CAIRN_CONFIG", crate::support::NO_CONFIG)
+            .env("TERM", "xterm")
+            .stdin(Stdio::null());
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        c.output().unwrap().stdout
+    };
+    let coloured = on_tty(false);
+    assert!(
+        coloured.contains(&0x1b),
+        "a terminal without NO_COLOR: {}",
+        String::from_utf8_lossy(&coloured)
+    );
+    let plain = on_tty(true);
+    assert!(
+        !plain.is_empty() && !plain.contains(&0x1b),
+        "NO_COLOR: {}",
+        String::from_utf8_lossy(&plain)
+    );
+}
+
+/// Refusals that come before any work name what the user wrote and what
+/// to do: a disk file in a missing directory (no GRUB is built first), a
+/// VM of a missing file (qemu never starts), a directory that is no image.
+#[test]
+fn errors_before_work_name_the_users_path() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let s = store.to_str().unwrap();
+    let missing = d.path().join("no-such-dir/disk.img");
+    let o = cairn_raw(&[
+        "--store",
+        s,
+        "disk",
+        "create",
+        missing.to_str().unwrap(),
+        "--image",
+        "web",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        e.contains(&format!(
+            "{}: no such directory",
+            d.path().join("no-such-dir").display()
+        )) && e.contains("create it first"),
+        "{e}"
+    );
+    let logs = d.path().join("vm-logs");
+    let o = cairn_raw(&[
+        "vm",
+        "run",
+        d.path().join("nope.img").to_str().unwrap(),
+        "--log-dir",
+        logs.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(e.contains("nope.img") && e.contains("No such file"), "{e}");
+    assert!(
+        !logs.exists(),
+        "qemu's log directory was made: qemu was about to start"
+    );
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = cairn_raw(&["--store", s, "image", "verify", empty.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("is a directory without manifest.json: not a cairn image"),
+        "{e}"
+    );
+    let o = cairn_raw(&[
+        "--store",
+        s,
+        "image",
+        "verify",
+        d.path().join("gone").to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("gone: no such directory"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// The configuration: files and drop-ins by name order, then the
+/// environment, then flags; `config show` says where each value came from,
+/// as text and as JSON (snapshotted shape).
+#[test]
+fn config_show_says_where_each_value_came_from() {
+    let d = tempfile::tempdir().unwrap();
+    let main = d.path().join("cairn.toml");
+    let write = |p: &Path, t: &str| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, t).unwrap();
+    };
+    write(
+        &main,
+        "schema-version = 1\nstore = \"/srv/from-file\"\n[boot]\ntimeout = 3\ntries = 2\n[mirror]\njobs = 7\n",
+    );
+    write(
+        &d.path().join("cairn.toml.d/50-site.toml"),
+        "schema-version = 1\n[boot]\ntimeout = 9\n[cycle]\nprofiles = [\"/etc/cairn/profiles/web.toml\"]\n",
+    );
+    let run = |env_store: Option<&str>, args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.args(args)
+            .env("CAIRN_CONFIG", &main)
+            .env_remove("CAIRN_STORE")
+            .stdin(Stdio::null());
+        if let Some(s) = env_store {
+            c.env("CAIRN_STORE", s);
+        }
+        c.output().unwrap()
+    };
+    let o = run(None, &["config", "show"]);
+    let t = String::from_utf8_lossy(&o.stdout).replace(d.path().to_str().unwrap(), "[DIR]");
+    assert!(o.status.success(), "{}", text(&o));
+    insta::assert_snapshot!("config-show", t);
+    let o = run(Some("/srv/from-env"), &["config", "show", "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let store = &j["settings"][0];
+    assert_eq!(
+        (
+            store["key"].as_str(),
+            store["value"].as_str(),
+            store["from"].as_str()
+        ),
+        (Some("store"), Some("/srv/from-env"), Some("env"))
+    );
+    let o = run(
+        Some("/srv/from-env"),
+        &["--store", "/srv/from-flag", "config", "show", "--json"],
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["settings"][0]["value"], "/srv/from-flag", "{j}");
+    assert_eq!(j["settings"][0]["from"], "flag", "{j}");
+    let o = run(None, &["config", "show", "--json"]);
+    let t = String::from_utf8_lossy(&o.stdout).replace(d.path().to_str().unwrap(), "[DIR]");
+    insta::assert_snapshot!("config-show-json", t);
+    // A typo is refused, named with its file and line; so is a file others may write.
+    write(
+        &d.path().join("cairn.toml.d/60-typo.toml"),
+        "schema-version = 1\n[boot]\ntimout = 4\n",
+    );
+    let o = run(None, &["config", "show"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("60-typo.toml") && e.contains("line 3") && e.contains("timout"),
+        "{e}"
+    );
+    std::fs::remove_file(d.path().join("cairn.toml.d/60-typo.toml")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let o = run(None, &["config", "show"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("writable by group or others"),
+        "{}",
+        text(&o)
+    );
 }

@@ -716,12 +716,20 @@ fn the_build_hosts_cycle_units_are_valid_and_their_command_is_real() {
     // The same arguments, on a configuration without [cycle]: refused,
     // naming the file.
     let conf = d.path().join("cairn.toml");
-    fs::write(&conf, "[other]\n").unwrap();
+    fs::write(&conf, "schema-version = 1\nstore = \"/srv/x\"\n").unwrap();
     let o = cairn(d.path(), &["cycle", "--config", conf.to_str().unwrap()]);
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("cairn.toml: no [cycle] section"), "{e}");
-    fs::write(&conf, "[cycle]\nprofiles = []\n").unwrap();
+    assert!(
+        e.contains("no [cycle] section") && e.contains("cairn.toml"),
+        "{e}"
+    );
+    // An unknown section is refused, named with its line.
+    fs::write(&conf, "schema-version = 1\n[other]\n").unwrap();
+    let o = cairn(d.path(), &["cycle", "--config", conf.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("other") && e.contains("line 2"), "{e}");
+    fs::write(&conf, "schema-version = 1\n[cycle]\nprofiles = []\n").unwrap();
     let o = cairn(d.path(), &["cycle", "--config", conf.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("profiles is empty"));

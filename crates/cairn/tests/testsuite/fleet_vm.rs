@@ -192,7 +192,6 @@ fn a_failing_health_check_rolls_the_machine_back_by_itself() {
             &store,
             &[
                 "pull",
-                "--disk",
                 disk.to_str().unwrap(),
                 "--url",
                 &nginx.url(),

@@ -556,3 +556,101 @@ fn a_store_path_that_is_not_utf8_is_refused_with_the_reason() {
         );
     }
 }
+
+/// Exit codes tell tampering from an operational error: a changed image is
+/// 3 (`image verify`, and a disk refusing it before anything is written),
+/// a missing one 1, a wrong command line 2; under --json each is a JSON
+/// document on stdout with the same code. `--dry-run` writes no disk.
+#[test]
+fn tampering_exits_3_an_operational_error_1_a_usage_error_2() {
+    if need_tools(&[
+        "gpg",
+        "gpgv",
+        "veritysetup",
+        "sfdisk",
+        "mkfs.ext4",
+        "mkfs.fat",
+        "mcopy",
+    ]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (store, key, _) = two_keys(d.path());
+    let img = tiny_image(&d.path().join("img"), &key);
+    let i = img.to_str().unwrap();
+    ok(cairn(&store, &["image", "verify", i]));
+    // A dry run checks everything and writes nothing.
+    let disk = d.path().join("disk.img");
+    let plan: serde_json::Value = serde_json::from_str(&ok(cairn(
+        &store,
+        &[
+            "disk",
+            "create",
+            disk.to_str().unwrap(),
+            "--image",
+            i,
+            "--dry-run",
+            "--json",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(plan["schema-version"], 1, "{plan}");
+    assert_eq!(plan["dry-run"], true, "{plan}");
+    assert_eq!(plan["images"][0], "web/2", "{plan}");
+    assert!(!disk.exists(), "a dry run wrote {}", disk.display());
+    let leftovers: Vec<_> = fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains("disk"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let mut sq = fs::read(img.join("filesystem.squashfs")).unwrap();
+    sq[100] ^= 1;
+    fs::write(img.join("filesystem.squashfs"), sq).unwrap();
+    let o = cairn(&store, &["image", "verify", i]);
+    assert_eq!(o.status.code(), Some(3), "{}", crate::support::text(&o));
+    let o = cairn(&store, &["image", "verify", i, "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", crate::support::text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (r["schema-version"].clone(), r["ok"].clone()),
+        (1.into(), false.into()),
+        "{r}"
+    );
+    // A disk refuses the image before writing anything: also 3, as JSON.
+    let o = cairn(
+        &store,
+        &[
+            "disk",
+            "create",
+            disk.to_str().unwrap(),
+            "--image",
+            i,
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", crate::support::text(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["error"]["kind"], "verification-failed", "{e}");
+    assert_eq!(e["error"]["exit-code"], 3, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not verify"),
+        "{e}"
+    );
+    assert!(!disk.exists());
+    // Operational: no such image.
+    let o = cairn(&store, &["image", "verify", "nosuch", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", crate::support::text(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["error"]["kind"], "failure", "{e}");
+    // Usage.
+    let o = cairn(&store, &["image", "verify", "--json", "--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(2), "{}", crate::support::text(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["error"]["kind"], "usage", "{e}");
+}

@@ -188,8 +188,8 @@ fn full_sync_is_verified_apt_accepts_it_and_a_noop_rerun_is_free() {
 
     // verify: all good.
     let v: serde_json::Value = serde_json::from_str(&ok(f.verify(&["--json"]))).unwrap();
-    assert_eq!(v[0]["ok"], true);
-    assert_eq!(v[0]["pool_checked"], 8);
+    assert_eq!(v["mirrors"][0]["ok"], true);
+    assert_eq!(v["mirrors"][0]["pool_checked"], 8);
 
     // A no-op re-run asks only for InRelease and publishes nothing new.
     let before = f.published();
@@ -613,7 +613,7 @@ fn a_killed_sync_leaves_the_old_mirror_and_a_rerun_completes_it() {
     // Clients still see the complete old mirror.
     assert_eq!(f.published(), before);
     let v: serde_json::Value = serde_json::from_str(&ok(f.verify(&["--json"]))).unwrap();
-    assert_eq!(v[0]["ok"], true, "{v}");
+    assert_eq!(v["mirrors"][0]["ok"], true, "{v}");
     // A re-run resumes the partial file and publishes the new state.
     f.server.clear_faults();
     f.server.clear_log();
@@ -683,7 +683,11 @@ fn verify_finds_missing_corrupt_and_unexpected_files_and_repairs_them() {
 
     let out = ok(f.verify(&["--repair", "--json"]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v[0]["ok"], true, "{out}");
-    assert_eq!(v[0]["repaired"].as_array().unwrap().len(), 4, "{out}");
+    assert_eq!(v["mirrors"][0]["ok"], true, "{out}");
+    assert_eq!(
+        v["mirrors"][0]["repaired"].as_array().unwrap().len(),
+        4,
+        "{out}"
+    );
     ok(f.verify(&[]));
 }

@@ -21,7 +21,7 @@ fn host_archive_closure_installs_with_mmdebstrap() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     // Default sources: the host's apt configuration; default selection: the
-    // closure of systemd-sysv live-boot linux-image-amd64.
+    // closure of the `default` profile (what `cairn build` needs first).
     let out = cairn(&store, &["mirror", "sync", "--json"]);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

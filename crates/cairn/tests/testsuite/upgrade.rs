@@ -188,7 +188,7 @@ fn boot_menu_takes_copied_images_in_and_leaves_broken_copies_out() {
     }
     let menu = json(ok(cairn(
         &u.store,
-        &["boot", "menu", "--disk", disk.to_str().unwrap(), "--json"],
+        &["boot", "menu", disk.to_str().unwrap(), "--json"],
     )));
     assert_eq!(menu["default"], format!("webtest-{iv}").as_str(), "{menu}");
     assert_eq!(
@@ -337,18 +337,20 @@ fn prune_keeps_the_newest_and_deltas_still_verify() {
             .unwrap();
         assert!(st.success());
     }
-    let gone: Vec<String> = serde_json::from_str(&ok(cairn(
+    let pruned = json(ok(cairn(
         &store,
         &["image", "prune", "--keep", "1", "--json"],
-    )))
-    .unwrap();
+    )));
+    assert_eq!(pruned["schema-version"], 1, "{pruned}");
+    assert_eq!(pruned["dry-run"], false, "{pruned}");
+    let gone: Vec<String> = serde_json::from_value(pruned["removed"].clone()).unwrap();
     assert_eq!(gone.len(), 1, "{gone:?}");
     assert!(
         gone[0].ends_with(&format!("webtest/{}", version_of(&u.parent))),
         "{gone:?}"
     );
     let list = json(ok(cairn(&store, &["image", "list", "--json"])));
-    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list["images"].as_array().unwrap().len(), 2, "{list}");
     let delta = store.join("images/webtest").join(version_of(&u.delta));
     let v = json(ok(cairn(
         &store,

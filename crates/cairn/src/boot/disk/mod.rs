@@ -51,10 +51,15 @@ pub struct DiskOptions {
     /// A block device may be overwritten.
     pub yes: bool,
     pub quiet: bool,
+    /// Check everything and say what would be written; write nothing.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct DiskReport {
+    /// Nothing was written (`--dry-run`).
+    pub dry_run: bool,
     pub path: PathBuf,
     pub layout: Layout,
     pub images: Vec<String>,
@@ -108,6 +113,10 @@ pub fn create(
 ) -> Result<DiskReport> {
     let steps = crate::progress::Steps::start(opts.quiet);
     let say = |m: &str| steps.say(m);
+    let device = is_block_device(target)?;
+    if !device {
+        check_disk_file_target(target)?;
+    }
     require_tools()?;
     let key = keys::load(store)?;
     if opts.images.is_empty() {
@@ -126,7 +135,6 @@ pub fn create(
             );
         }
     }
-    let device = is_block_device(target)?;
 
     // The boot partition's tree, staged next to the images (hard links).
     let staging = store.join(format!(".disk-{}", std::process::id()));
@@ -161,7 +169,7 @@ pub fn create(
     let boot_needed = content + content / 8 + 48 * MIB;
     let fixed = (2 + ESP_MIB) * MIB + opts.data_size + 2 * MIB;
     let bytes = if device {
-        let dev_size = confirm_device(target, opts.yes)?;
+        let dev_size = confirm_device(target, opts.yes || opts.dry_run)?;
         if size.is_some() {
             bail!(
                 "--size applies to disk files; {} has its own size",
@@ -195,6 +203,18 @@ pub fn create(
         boot_uuid: boot_uuid.clone(),
     };
     fs::write(staging.join(config::PATH), serde_json::to_vec_pretty(&cfg)?)?;
+    if opts.dry_run {
+        return Ok(DiskReport {
+            dry_run: true,
+            path: target.to_path_buf(),
+            layout,
+            images: names,
+            isos: iso_names,
+            menu: m,
+            secure_boot: opts.secure_boot.is_some(),
+            seconds: steps.seconds(),
+        });
+    }
     say(&format!(
         "GRUB for BIOS and UEFI with key {} built in",
         key.fingerprint
@@ -300,7 +320,56 @@ pub fn create(
         menu: m,
         secure_boot: opts.secure_boot.is_some(),
         seconds: steps.seconds(),
+        dry_run: false,
     })
+}
+
+/// A disk file's place, checked before any work: its directory exists and
+/// it is not a directory itself — named as the user wrote it, not as a
+/// temporary file minutes later.
+pub fn check_disk_file_target(target: &Path) -> Result<()> {
+    if target.as_os_str().is_empty() {
+        bail!("the disk to write is an empty path: name a file or a block device");
+    }
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match fs::metadata(parent) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!(
+            "{}: not a directory, so the disk file {} cannot be made there",
+            parent.display(),
+            target.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{}: no such directory (for the disk file {}): create it first, or name another place",
+            parent.display(),
+            target.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("looking at {}", parent.display())),
+    }
+    if target.is_dir() {
+        bail!(
+            "{} is a directory: name the disk file to write (e.g. {}/disk.img)",
+            target.display(),
+            target.display()
+        );
+    }
+    Ok(())
+}
+
+/// What `disk add`, `boot install` and `boot menu` would do (`--dry-run`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DiskPlan {
+    pub dry_run: bool,
+    pub disk: PathBuf,
+    /// Images that would be copied onto the disk.
+    pub add: Vec<String>,
+    /// The menu as written (or as it would be).
+    #[serde(flatten)]
+    pub menu: menu::Menu,
 }
 
 /// GRUB's EFI binary onto the ESP (mtools, at its offset) and the BIOS boot
@@ -332,12 +401,17 @@ pub fn install(
     store: &Path,
     disk: &Path,
     secure_boot: Option<&grub::SecureBoot>,
+    dry_run: bool,
 ) -> Result<menu::Menu> {
     require_tools()?;
     let key = keys::load(store)?;
     let bios = find_partition(disk, "BIOS boot")?;
     let esp = find_partition(disk, "EFI system")?;
     let boot = find_boot_partition(disk)?;
+    if dry_run {
+        let mnt = MountedBoot::mount_ro(disk, store)?;
+        return scan::preview(&key, &mnt.dir, |_, scanned| refuse_left_out(&key, scanned));
+    }
     // Built into GRUB: read from the file system itself, never from a file
     // on the partition (anyone who can write it could put GRUB commands in).
     let boot_uuid = fs_uuid(disk, &boot)?;
@@ -353,19 +427,7 @@ pub fn install(
             );
             cfg.boot_uuid = boot_uuid.clone();
         }
-        // GRUB gets the key: everything on the disk must verify with it first.
-        if !scanned.left_out.is_empty() {
-            bail!(
-                "these do not verify with key {} (remove them, or re-seal the store's copy with `cairn image sign` and `cairn disk add` it again):\n  {}",
-                key.fingerprint,
-                scanned
-                    .left_out
-                    .iter()
-                    .map(|l| format!("{}: {}", l.path, l.problem))
-                    .collect::<Vec<_>>()
-                    .join("\n  ")
-            );
-        }
+        refuse_left_out(&key, scanned)?;
         grub = Some(grub::build_images(
             &work,
             &key.public_key,
@@ -378,6 +440,24 @@ pub fn install(
     drop(mnt);
     install_loaders(disk, &bios, &esp, &g)?;
     Ok(m)
+}
+
+/// GRUB gets the key: everything on the disk must verify with it first.
+fn refuse_left_out(key: &keys::SigningKey, scanned: &scan::Scanned) -> Result<()> {
+    if scanned.left_out.is_empty() {
+        return Ok(());
+    }
+    Err(crate::trust::VerificationFailed(format!(
+        "these do not verify with key {} (remove them, or re-seal the store's copy with `cairn image sign` and `cairn disk add` it again):\n  {}",
+        key.fingerprint,
+        scanned
+            .left_out
+            .iter()
+            .map(|l| format!("{}: {}", l.path, l.problem))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    ))
+    .into())
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -399,17 +479,27 @@ pub fn add_images(
     disk: &Path,
     images: &[PathBuf],
     quiet: bool,
-) -> Result<menu::Menu> {
+    dry_run: bool,
+) -> Result<DiskPlan> {
     let key = keys::load(store)?;
     for i in images {
         check_image(i, &key)?;
     }
-    let mnt = MountedBoot::mount(disk, store)?;
+    let mnt = if dry_run {
+        MountedBoot::mount_ro(disk, store)?
+    } else {
+        MountedBoot::mount(disk, store)?
+    };
+    let mut add = Vec::new();
     for i in images {
         let m = image::read_manifest(i)?;
         let dest = mnt.dir.join("images").join(&m.profile).join(&m.version);
         if dest.exists() {
             bail!("{}/{} is on the disk already", m.profile, m.version);
+        }
+        add.push(format!("{}/{}", m.profile, m.version));
+        if dry_run {
+            continue;
         }
         let tmp = dest.with_file_name(format!(".{}.new", m.version));
         let _ = fs::remove_dir_all(&tmp);
@@ -450,7 +540,17 @@ pub fn add_images(
             eprintln!("added {}/{}", m.profile, m.version);
         }
     }
-    refresh(&key, &mnt.dir, |_, _| Ok(()))
+    let menu = if dry_run {
+        scan::preview(&key, &mnt.dir, |_, _| Ok(()))?
+    } else {
+        refresh(&key, &mnt.dir, |_, _| Ok(()))?
+    };
+    Ok(DiskPlan {
+        dry_run,
+        disk: disk.to_path_buf(),
+        add,
+        menu,
+    })
 }
 
 /// `cairn boot menu --disk`: the menu written again (after images were copied
@@ -461,10 +561,15 @@ pub fn menu_on_disk(
     default_profile: Option<String>,
     tries: Option<u32>,
     timeout: Option<u32>,
+    dry_run: bool,
 ) -> Result<menu::Menu> {
     let key = keys::load(store)?;
-    let mnt = MountedBoot::mount(disk, store)?;
-    refresh(&key, &mnt.dir, |cfg, _| {
+    let mnt = if dry_run {
+        MountedBoot::mount_ro(disk, store)?
+    } else {
+        MountedBoot::mount(disk, store)?
+    };
+    let change = |cfg: &mut config::DiskConfig, _: &scan::Scanned| {
         if default_profile.is_some() {
             cfg.menu.default_profile = default_profile;
         }
@@ -476,7 +581,12 @@ pub fn menu_on_disk(
         }
         // Checked now, before a menu is signed with them.
         cfg.check()
-    })
+    };
+    if dry_run {
+        scan::preview(&key, &mnt.dir, change)
+    } else {
+        refresh(&key, &mnt.dir, change)
+    }
 }
 
 /// The menu the store's images would get (what `cairn boot menu` prints).

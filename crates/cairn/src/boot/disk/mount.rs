@@ -17,6 +17,15 @@ pub struct MountedBoot {
 
 impl MountedBoot {
     pub fn mount(disk: &Path, store: &Path) -> Result<MountedBoot> {
+        MountedBoot::mount_with(disk, store, false)
+    }
+
+    /// Read-only (`--dry-run`: the partition is looked at, not changed).
+    pub fn mount_ro(disk: &Path, store: &Path) -> Result<MountedBoot> {
+        MountedBoot::mount_with(disk, store, true)
+    }
+
+    fn mount_with(disk: &Path, store: &Path, ro: bool) -> Result<MountedBoot> {
         let p = find_boot_partition(disk)?;
         let dir = store.join(format!(".mnt-{}", std::process::id()));
         fs::create_dir_all(&dir)?;
@@ -26,7 +35,8 @@ impl MountedBoot {
             // followed (a link to the build host's /etc would be written
             // through), no device node or setuid file is honoured.
             .arg(format!(
-                "loop,offset={},sizelimit={},nosymfollow,nodev,nosuid,noexec",
+                "{}loop,offset={},sizelimit={},nosymfollow,nodev,nosuid,noexec",
+                if ro { "ro," } else { "" },
                 p.offset(),
                 p.bytes()
             ))

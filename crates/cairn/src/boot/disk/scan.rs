@@ -5,7 +5,7 @@
 use fs_err as fs;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::config::DiskConfig;
 use crate::boot::env;
@@ -18,11 +18,12 @@ use crate::trust::keys::{self, SigningKey, sign_file};
 pub(super) fn check_image(dir: &Path, key: &SigningKey) -> Result<()> {
     let p = image_problems(dir, key, false);
     if !p.is_empty() {
-        bail!(
+        return Err(crate::trust::VerificationFailed(format!(
             "{} does not verify, it would not boot:\n  {}",
             dir.display(),
             p.join("\n  ")
-        );
+        ))
+        .into());
     }
     Ok(())
 }
@@ -190,6 +191,20 @@ pub(super) fn refresh(
         cfg.signed_by = key.fingerprint.clone();
         Ok(m)
     })
+}
+
+/// The menu `refresh` would write, written nowhere (`--dry-run`).
+pub(super) fn preview(
+    key: &SigningKey,
+    root: &Path,
+    before_signing: impl FnOnce(&mut DiskConfig, &Scanned) -> Result<()>,
+) -> Result<menu::Menu> {
+    let mut cfg = DiskConfig::read(root)?;
+    let scanned = scan(root, key)?;
+    before_signing(&mut cfg, &scanned)?;
+    let mut m = menu::render(&scanned.images, &scanned.isos, &cfg.menu)?;
+    m.left_out = scanned.left_out;
+    Ok(m)
 }
 
 /// Writes `cfg_text` as `gdir`/grub.cfg with its signature, and guard.sig

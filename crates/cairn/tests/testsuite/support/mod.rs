@@ -63,6 +63,9 @@ pub fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// A configuration file that does not exist: tests read no host configuration.
+pub const NO_CONFIG: &str = "/nonexistent/cairn-test/cairn.toml";
+
 /// Runs the cairn binary.
 pub fn cairn(store: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
@@ -70,6 +73,8 @@ pub fn cairn(store: &Path, args: &[&str]) -> Output {
         .arg(store)
         .arg("--quiet")
         .args(args)
+        // The host's /etc/cairn/cairn.toml is not the test's.
+        .env("CAIRN_CONFIG", NO_CONFIG)
         .stdin(Stdio::null())
         .output()
         .expect("running cairn")
