@@ -139,7 +139,10 @@ install_all() {
     ensure_rust
 }
 
+# Cargo's own progress shows (a bar on a terminal, a line per crate
+# otherwise): a first build takes minutes.
 cairn_build_release() {
-    (cd "$CAIRN_TOP" && cargo build --release --locked -q 2>&1 >&2) || (cd "$CAIRN_TOP" && cargo build --release)
+    echo "== building cairn (release)" >&2
+    (cd "$CAIRN_TOP" && cargo build --release --locked >&2)
     CAIRN_BIN="$CAIRN_TOP/target/release/cairn"
 }

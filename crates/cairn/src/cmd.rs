@@ -159,6 +159,28 @@ pub struct Running {
     stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     err_reader: Option<std::thread::JoinHandle<()>>,
+    /// The last line either stream wrote (progress bars end lines with \r).
+    last: Arc<Mutex<String>>,
+}
+
+/// Keeps the last non-empty line of what a program writes.
+fn note_last(last: &Mutex<String>, pending: &mut Vec<u8>, chunk: &[u8]) {
+    pending.extend_from_slice(chunk);
+    if let Some(end) = pending.iter().rposition(|b| *b == b'\n' || *b == b'\r') {
+        let text = String::from_utf8_lossy(&pending[..end]);
+        if let Some(l) = text
+            .split(['\n', '\r'])
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            && let Ok(mut g) = last.lock()
+        {
+            *g = l.chars().take(160).collect();
+        }
+        pending.drain(..=end);
+    }
+    if pending.len() > 4096 {
+        pending.clear();
+    }
 }
 
 impl Running {
@@ -198,6 +220,7 @@ pub struct Cmd {
     dir: Option<std::path::PathBuf>,
     timeout: Option<Duration>,
     tied: bool,
+    progress: Option<String>,
 }
 
 impl Cmd {
@@ -209,7 +232,17 @@ impl Cmd {
             dir: None,
             timeout: None,
             tied: false,
+            progress: None,
         }
+    }
+
+    /// Long work: while it runs, its last output line is shown on a
+    /// terminal (updated every second) and written as a plain line every
+    /// 10 s otherwise (the journal, cron, a pipe), prefixed with `label`
+    /// and the time so far; nothing when cairn is quiet.
+    pub fn progress(mut self, label: &str) -> Cmd {
+        self.progress = Some(label.to_string());
+        self
     }
 
     /// Kills the program (and fails) when it runs longer than `limit`.
@@ -317,18 +350,30 @@ impl Cmd {
             (Some(data), Some(mut pipe)) => Some(std::thread::spawn(move || pipe.write_all(&data))),
             _ => None,
         };
+        let last = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().map(|mut o| {
+            let last = last.clone();
             std::thread::spawn(move || {
                 let mut v = Vec::new();
-                let _ = o.read_to_end(&mut v);
+                let mut pending = Vec::new();
+                let mut b = [0u8; 8192];
+                while let Ok(n) = o.read(&mut b) {
+                    if n == 0 {
+                        break;
+                    }
+                    v.extend_from_slice(&b[..n]);
+                    note_last(&last, &mut pending, &b[..n]);
+                }
                 v
             })
         });
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let err_reader = child.stderr.take().map(|mut e| {
             let buf = stderr.clone();
+            let last = last.clone();
             std::thread::spawn(move || {
                 let mut b = [0u8; 8192];
+                let mut pending = Vec::new();
                 while let Ok(n) = e.read(&mut b) {
                     if n == 0 {
                         break;
@@ -336,6 +381,7 @@ impl Cmd {
                     if let Ok(mut v) = buf.lock() {
                         v.extend_from_slice(&b[..n]);
                     }
+                    note_last(&last, &mut pending, &b[..n]);
                 }
             })
         });
@@ -346,6 +392,7 @@ impl Cmd {
             stdout,
             stderr,
             err_reader,
+            last,
         })
     }
 
@@ -361,16 +408,27 @@ impl Cmd {
     pub fn output_any_status(&self) -> Result<Output> {
         let mut r = self.start(Stdio::piped())?;
         let t0 = Instant::now();
-        let status = match self.timeout {
-            None => r
+        let shown = self
+            .progress
+            .as_deref()
+            .filter(|_| !crate::progress::quiet())
+            .map(crate::progress::Heartbeat::new);
+        let status = match (self.timeout, &shown) {
+            (None, None) => r
                 .child
                 .wait()
                 .with_context(|| format!("waiting for {}", self.display()))?,
-            Some(limit) => loop {
+            (limit, _) => loop {
                 if let Some(st) = r.try_wait()? {
                     break st;
                 }
-                if t0.elapsed() > limit {
+                if let Some(h) = &shown {
+                    let l = r.last.lock().map(|g| g.clone()).unwrap_or_default();
+                    h.tick(&l);
+                }
+                if let Some(limit) = limit
+                    && t0.elapsed() > limit
+                {
                     let _ = r.child.kill();
                     let _ = r.child.wait();
                     bail!(
@@ -382,6 +440,9 @@ impl Cmd {
                 std::thread::sleep(Duration::from_millis(50));
             },
         };
+        if let Some(h) = shown {
+            h.done();
+        }
         if let Some(w) = r.writer.take() {
             let _ = w.join();
         }
@@ -445,6 +506,26 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_line_is_what_a_progress_bar_or_a_log_wrote_last() {
+        let last = std::sync::Mutex::new(String::new());
+        let mut pending = Vec::new();
+        super::note_last(&last, &mut pending, b"I: downloading\nI: extr");
+        assert_eq!(*last.lock().unwrap(), "I: downloading");
+        super::note_last(&last, &mut pending, b"acting\n");
+        assert_eq!(*last.lock().unwrap(), "I: extracting");
+        super::note_last(&last, &mut pending, b"\r[=>   ] 1/9 11%\r[==>  ] 2/9 22%\r");
+        assert_eq!(*last.lock().unwrap(), "[==>  ] 2/9 22%");
+        // A long program with output: the lines come while it runs.
+        let out = Cmd::new("sh")
+            .args(["-c", "echo one; echo two >&2"])
+            .progress("sh")
+            .run()
+            .unwrap();
+        assert_eq!(out.stdout, b"one\n");
+        assert_eq!(out.stderr, b"two\n");
+    }
 
     #[test]
     fn failure_names_command_status_and_stderr() {

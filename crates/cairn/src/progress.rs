@@ -124,6 +124,100 @@ impl Drop for Progress {
     }
 }
 
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Says, once for the process, that nothing but errors goes to stderr
+/// (`--quiet`, `--json`).
+pub fn set_quiet(q: bool) {
+    QUIET.store(q, Ordering::Relaxed);
+}
+
+/// Whether the process is quiet (see [`set_quiet`]).
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// A long program's progress: on a terminal one line, rewritten every
+/// second with its last output; otherwise a plain line every 10 s, so
+/// that a journal or a log never stays silent for minutes.
+pub struct Heartbeat {
+    label: String,
+    t0: Instant,
+    tty: bool,
+    next: std::cell::Cell<Instant>,
+    drawn: std::cell::Cell<bool>,
+}
+
+impl Heartbeat {
+    pub fn new(label: &str) -> Heartbeat {
+        let tty = std::io::stderr().is_terminal();
+        let t0 = Instant::now();
+        Heartbeat {
+            label: label.to_string(),
+            t0,
+            tty,
+            next: std::cell::Cell::new(t0 + Duration::from_secs(if tty { 1 } else { 10 })),
+            drawn: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Shows `last` (the program's last line) when it is time.
+    pub fn tick(&self, last: &str) {
+        if let Some(line) = self.line_at(Instant::now(), last) {
+            if self.tty {
+                eprint!("\r\x1b[2K{line}");
+                self.drawn.set(true);
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    /// The line to show at `now`, if it is time for one.
+    fn line_at(&self, now: Instant, last: &str) -> Option<String> {
+        if now < self.next.get() {
+            return None;
+        }
+        let secs = now.duration_since(self.t0).as_secs();
+        if self.tty {
+            self.next.set(now + Duration::from_secs(1));
+            Some(
+                format!("{} [{secs}s] {last}", self.label)
+                    .chars()
+                    .take(terminal_width().saturating_sub(1))
+                    .collect(),
+            )
+        } else {
+            self.next.set(now + Duration::from_secs(10));
+            Some(format!(
+                "{}: still running after {secs}s{}",
+                self.label,
+                if last.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {last}")
+                }
+            ))
+        }
+    }
+
+    /// Clears the terminal line.
+    pub fn done(self) {
+        if self.drawn.get() {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+/// The terminal's width (COLUMNS, else 80).
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .filter(|w: &usize| *w >= 20)
+        .unwrap_or(80)
+}
+
 /// `1.5 MiB`-style sizes.
 pub fn human_bytes(n: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -169,6 +263,21 @@ impl Steps {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn off_a_terminal_a_line_every_ten_seconds_with_the_last_output() {
+        let mut h = super::Heartbeat::new("mksquashfs");
+        h.tty = false;
+        h.next.set(h.t0 + super::Duration::from_secs(10));
+        let at = |s| h.t0 + super::Duration::from_secs(s);
+        assert_eq!(h.line_at(at(3), "[==>  ] 10/100 10%"), None);
+        assert_eq!(
+            h.line_at(at(10), "[==>  ] 10/100 10%").as_deref(),
+            Some("mksquashfs: still running after 10s: [==>  ] 10/100 10%")
+        );
+        assert_eq!(h.line_at(at(15), "x"), None);
+        assert!(h.line_at(at(20), "").unwrap().ends_with("after 20s"));
+    }
+
     #[test]
     fn human() {
         assert_eq!(super::human_bytes(10), "10 B");

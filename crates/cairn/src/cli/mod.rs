@@ -247,6 +247,7 @@ pub fn main() -> i32 {
         .with_target(false)
         .with_ansi(colour())
         .init();
+    crate::progress::set_quiet(cli.quiet());
     let result = settle(&mut cli).and_then(|()| run(&cli));
     match result {
         Ok(code) => code,

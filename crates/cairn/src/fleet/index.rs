@@ -193,7 +193,15 @@ pub struct Seen {
 
 /// Checks fetched index bytes: the signature by `key` over exactly these
 /// bytes, the profile, the dates, and that it is not older than `seen`.
+/// A refusal of the signature, the profile, the dates or the serial is a
+/// failed verification (`trust::VerificationFailed`): exit code 3.
 /// Returns the index and what to remember of it.
+macro_rules! refuse {
+    ($($t:tt)*) => {
+        return Err(crate::trust::VerificationFailed(format!($($t)*)).into())
+    };
+}
+
 pub fn check(
     data: &[u8],
     sig: &[u8],
@@ -207,25 +215,25 @@ pub fn check(
         .context("index.json: signature missing, bad, or by another key")?;
     let index: Index = serde_json::from_slice(data).context("index.json: not a cairn index")?;
     if index.schema_version != 1 {
-        bail!(
+        refuse!(
             "index.json: schema-version {} (this cairn reads 1)",
             index.schema_version
         );
     }
     if index.profile != profile {
-        bail!(
+        refuse!(
             "index.json is the index of {}, not of {profile}",
             index.profile
         );
     }
     if now >= index.expires {
-        bail!(
+        refuse!(
             "index.json expired at {} (now {now}): refusing a stale index (is the build host publishing?)",
             index.expires
         );
     }
     if index.generated_at > now + FUTURE_SKEW {
-        bail!(
+        refuse!(
             "index.json is dated {}, more than a day ahead of this machine's clock ({now})",
             index.generated_at
         );
@@ -233,14 +241,14 @@ pub fn check(
     let sha256 = sha256_hex(data);
     if let Some(s) = seen {
         if index.serial < s.serial {
-            bail!(
+            refuse!(
                 "index.json has serial {}, older than serial {} already seen: refusing a replayed index",
                 index.serial,
                 s.serial
             );
         }
         if index.serial == s.serial && sha256 != s.sha256 {
-            bail!(
+            refuse!(
                 "index.json has serial {} with other contents than the one seen: refusing it",
                 index.serial
             );

@@ -214,6 +214,7 @@ fn fetch_index(
     work: &Path,
 ) -> Result<(Index, Seen, RepoUrl, Vec<String>)> {
     let mut passed = Vec::new();
+    let mut all_refused = true;
     let rel = index::index_rel(&o.profile);
     for url in &o.urls {
         let attempt = || -> Result<(Index, Seen)> {
@@ -231,6 +232,7 @@ fn fetch_index(
             Ok((i, s)) => return Ok((i, s, url.clone(), passed)),
             Err(e) => {
                 tracing::warn!("{url}: {e:#}");
+                all_refused &= crate::trust::is_verification_failure(&e);
                 passed.push(format!("{url}: {e:#}"));
             }
         }
@@ -238,11 +240,17 @@ fn fetch_index(
     if o.urls.is_empty() {
         bail!("no URL to pull from (fleet.urls in the profile, or --url)");
     }
-    bail!(
+    let msg = format!(
         "no usable index of {} at any URL; nothing was changed:\n  {}",
         o.profile,
         passed.join("\n  ")
-    )
+    );
+    // Every server answered, and every answer was refused: tampering or a
+    // replay, not an outage (exit code 3).
+    if all_refused {
+        return Err(crate::trust::VerificationFailed(msg).into());
+    }
+    bail!("{msg}")
 }
 
 /// The image directories on the partition (`/images/P/V`, names that pass

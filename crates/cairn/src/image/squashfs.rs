@@ -42,19 +42,15 @@ pub fn pack(
     let mut cmd = Cmd::new(MKSQUASHFS.program)
         .arg(tree)
         .arg(out)
-        .args([
-            "-noappend",
-            "-no-progress",
-            "-quiet",
-            "-xattrs",
-            "-processors",
-        ])
+        // Its progress bar (to stdout, with -quiet nothing else) is what
+        // cairn shows while it packs.
+        .args(["-noappend", "-progress", "-quiet", "-xattrs", "-processors"])
         .arg(processors.max(1).to_string())
         .args(compressor_args(c, level));
     if let Some(e) = epoch {
         cmd = cmd.env("SOURCE_DATE_EPOCH", e.to_string());
     }
-    cmd.run()?;
+    cmd.progress("mksquashfs").run()?;
     Ok(())
 }
 

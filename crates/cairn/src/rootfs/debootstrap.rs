@@ -101,6 +101,7 @@ pub(crate) fn apt(root: &Path, args: &[&str]) -> Result<String> {
     let out = cmd
         .args(&a)
         .env("DEBIAN_FRONTEND", "noninteractive")
+        .progress(&format!("apt-get {}", args.first().copied().unwrap_or("")))
         .run()
         .with_context(|| format!("apt-get {} in {}", args.join(" "), root.display()))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -112,6 +113,7 @@ pub(crate) fn chroot(root: &Path, args: &[&str]) -> Result<()> {
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .env("LC_ALL", "C.UTF-8")
+        .progress(args.first().copied().unwrap_or("chroot"))
         .run()
         .map(|_| ())
 }
@@ -166,6 +168,7 @@ pub fn bootstrap(
         .arg(rootfs)
         .arg(format!("file://{}", paths.root.display()))
         .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .progress("debootstrap")
         .run()
         .context("bootstrapping with debootstrap")?;
     // Then apt in the chroot, with every local mirror of the suite family.

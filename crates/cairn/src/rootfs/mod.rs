@@ -581,6 +581,7 @@ fn bootstrap(
     cmd.arg(&profile.suite)
         .arg(rootfs)
         .args(sources)
+        .progress("mmdebstrap")
         .run()
         .context("bootstrapping with mmdebstrap")?;
     Ok(())

@@ -300,6 +300,7 @@ pub fn upgrade(
                 .arg(&root)
                 .env("MMDEBSTRAP_MODE", "root")
                 .env("MMDEBSTRAP_HOOK", "customize")
+                .progress(&format!("hook {}", h.name))
                 .run()
                 .with_context(|| format!("hook {}", h.name))?;
         }

@@ -315,6 +315,10 @@ fn refusals_leave_the_boot_disk_as_it_was() {
         assert!(!o.status.success(), "{what}: {}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert_eq!(before, snapshot(&boot), "{what} changed the boot disk");
+        // Tampering, not an outage: the exit code says so.
+        if what != "a cut layer" {
+            assert_eq!(o.status.code(), Some(3), "{what}: {err}");
+        }
         err
     };
 
