@@ -169,7 +169,9 @@ impl Lock {
                         "{what} is locked by another cairn (pid {holder}): wait for it to finish{hint}"
                     );
                 }
-                eprintln!("waiting for the lock on {what} (held by pid {holder})");
+                if !crate::progress::quiet() {
+                    eprintln!("waiting for the lock on {what} (held by pid {holder})");
+                }
                 f.lock()
                     .with_context(|| format!("locking {}", path.display()))?;
             }

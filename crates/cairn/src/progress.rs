@@ -137,6 +137,13 @@ pub fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
 
+/// A note on stderr for a person (what cairn is about to do); nothing when quiet.
+pub fn note(msg: &str) {
+    if !quiet() {
+        eprintln!("{msg}");
+    }
+}
+
 /// A long program's progress: on a terminal one line, rewritten every
 /// second with its last output; otherwise a plain line every 10 s, so
 /// that a journal or a log never stays silent for minutes.

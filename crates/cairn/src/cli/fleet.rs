@@ -96,7 +96,8 @@ pub use crate::fleet::parse_duration;
 pub(super) fn run_publish(cli: &Cli, a: &PublishArgs) -> Result<i32> {
     if let Some(listen) = &a.nginx_config {
         let store = std::path::absolute(&cli.store)?;
-        print!("{}", crate::fleet::serve::nginx_server(&store, listen)?);
+        let text = crate::fleet::serve::nginx_server(&store, listen)?;
+        super::print_text(cli, "nginx-config", &text)?;
         return Ok(0);
     }
     let key = crate::trust::keys::load(&cli.store)?;

@@ -347,6 +347,15 @@ fn show<T: serde::Serialize>(
     }
 }
 
+/// A generated text (a server's configuration) as is, or under --json as
+/// `{"schema-version": 1, what: text}`.
+fn print_text(cli: &Cli, what: &str, text: &str) -> Result<()> {
+    show(cli, what, &text, |t| {
+        print!("{t}");
+        Ok(())
+    })
+}
+
 /// `r` as a JSON object that starts with `schema-version`.
 fn envelope<T: serde::Serialize>(what: &str, r: &T) -> Result<serde_json::Value> {
     let mut doc = serde_json::Map::new();

@@ -37,7 +37,8 @@ pub struct NetbootArgs {
 pub(super) fn run_netboot(cli: &Cli, a: &NetbootArgs) -> Result<i32> {
     if let Some(net) = &a.dnsmasq_config {
         let root = std::path::absolute(&cli.store)?.join(crate::boot::netboot::NETBOOT_DIR);
-        print!("{}", crate::boot::netboot::dnsmasq_config(&root, net)?);
+        let text = crate::boot::netboot::dnsmasq_config(&root, net)?;
+        super::print_text(cli, "dnsmasq-config", &text)?;
         return Ok(0);
     }
     let machines = a

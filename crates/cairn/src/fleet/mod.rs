@@ -93,10 +93,10 @@ pub fn act(r: &mut PullResult) -> Result<()> {
     let policy = p.fleet.policy.name();
     r.action = Some(machine::act(&p.fleet, &p.image, None, |how| {
         if how == machine::Switch::ApplyLive {
-            eprintln!(
+            crate::progress::note(&format!(
                 "cairn: policy {policy}: applying {}'s packages live",
                 p.image
-            );
+            ));
             let a = crate::live::apply_live(&crate::live::ApplyOptions {
                 store: Path::new("/nonexistent"),
                 image: Some(&p.image),
@@ -117,11 +117,11 @@ pub fn act(r: &mut PullResult) -> Result<()> {
             ));
         }
         let kexec = how == machine::Switch::Kexec;
-        eprintln!(
+        crate::progress::note(&format!(
             "cairn: policy {policy}: switching to {}{}",
             p.image,
             if kexec { " with kexec" } else { " (reboot)" }
-        );
+        ));
         let plan = crate::live::reboot(&crate::live::RebootOptions {
             store: Path::new("/nonexistent"),
             image: Some(&p.image),

@@ -136,7 +136,6 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
             }
             Err(e) => {
                 tracing::warn!("kexec unavailable, rebooting through the firmware: {e:#}");
-                eprintln!("cairn: kexec unavailable ({e:#}): a normal reboot instead");
                 plan.kexec_fallback = Some(format!("{e:#}"));
             }
         }

@@ -306,8 +306,8 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         }
     }
     if !compression.bootable() {
-        eprintln!(
-            "warning: lzma (legacy LZMA) squashfs cannot be mounted by Debian's kernel: this image will not boot; use xz"
+        tracing::warn!(
+            "lzma (legacy LZMA) squashfs cannot be mounted by Debian's kernel: this image will not boot; use xz"
         );
     }
     let key = keys::load(&opts.store)?;

@@ -537,7 +537,7 @@ pub fn add_images(
         }
         fs::rename(&tmp, &dest)?;
         if !quiet {
-            eprintln!("added {}/{}", m.profile, m.version);
+            crate::progress::note(&format!("added {}/{}", m.profile, m.version));
         }
     }
     let menu = if dry_run {
