@@ -277,46 +277,6 @@ fn sync_config(cli: &Cli, a: &SyncArgs) -> Result<MirrorConfig> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    /// The first run: `cairn mirror sync` with nothing else mirrors what
-    /// `cairn build` (the default profile) installs.
-    #[test]
-    fn the_default_sync_covers_the_default_build() {
-        if crate::mirror::config::host_repos(std::path::Path::new("/")).is_err() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true: this host has no apt sources to read"
-            );
-            eprintln!("SKIPPED: this host has no apt sources to read");
-            return;
-        }
-        let cli = super::Cli::try_parse_from(["cairn", "mirror", "sync"]).unwrap();
-        let super::super::Command::Mirror(super::MirrorCommand::Sync(a)) = &cli.command else {
-            panic!("not a sync");
-        };
-        let cfg = super::sync_config(&cli, a).unwrap();
-        let p = crate::profile::load_arg("default").unwrap();
-        let mut want = p.all_packages(p.resolved_host_type());
-        want.sort();
-        let mut got = cfg.selection.packages.clone();
-        got.sort();
-        assert_eq!(got, want);
-        assert!(cfg.selection.closure);
-        // A selection on the command line wins.
-        let cli = super::Cli::try_parse_from(["cairn", "mirror", "sync", "-p", "hello"]).unwrap();
-        let super::super::Command::Mirror(super::MirrorCommand::Sync(a)) = &cli.command else {
-            panic!("not a sync");
-        };
-        assert_eq!(
-            super::sync_config(&cli, a).unwrap().selection.packages,
-            ["hello"]
-        );
-    }
-}
-
 fn print_sync(r: &SyncReport) {
     if r.up_to_date {
         println!(
@@ -406,4 +366,44 @@ fn print_verify(r: &VerifyReport) {
         r.seconds,
         human_bytes((r.bytes_hashed as f64 / r.seconds.max(0.001)) as u64)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// The first run: `cairn mirror sync` with nothing else mirrors what
+    /// `cairn build` (the default profile) installs.
+    #[test]
+    fn the_default_sync_covers_the_default_build() {
+        if crate::mirror::config::host_repos(std::path::Path::new("/")).is_err() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: this host has no apt sources to read"
+            );
+            eprintln!("SKIPPED: this host has no apt sources to read");
+            return;
+        }
+        let cli = super::Cli::try_parse_from(["cairn", "mirror", "sync"]).unwrap();
+        let super::super::Command::Mirror(super::MirrorCommand::Sync(a)) = &cli.command else {
+            panic!("not a sync");
+        };
+        let cfg = super::sync_config(&cli, a).unwrap();
+        let p = crate::profile::load_arg("default").unwrap();
+        let mut want = p.all_packages(p.resolved_host_type());
+        want.sort();
+        let mut got = cfg.selection.packages.clone();
+        got.sort();
+        assert_eq!(got, want);
+        assert!(cfg.selection.closure);
+        // A selection on the command line wins.
+        let cli = super::Cli::try_parse_from(["cairn", "mirror", "sync", "-p", "hello"]).unwrap();
+        let super::super::Command::Mirror(super::MirrorCommand::Sync(a)) = &cli.command else {
+            panic!("not a sync");
+        };
+        assert_eq!(
+            super::sync_config(&cli, a).unwrap().selection.packages,
+            ["hello"]
+        );
+    }
 }
