@@ -161,12 +161,16 @@ impl Config {
     pub fn load(main: &Path) -> Result<Config> {
         let mut files = Vec::new();
         if exists(main)? {
+            if let Some(dir) = main.parent().filter(|d| !d.as_os_str().is_empty()) {
+                check_dir(dir)?;
+            }
             files.push(main.to_path_buf());
         }
         let mut dropins = PathBuf::from(main).into_os_string();
         dropins.push(".d");
         let dropins = PathBuf::from(dropins);
         if exists(&dropins)? {
+            check_dir(&dropins)?;
             let mut names = Vec::new();
             for e in fs::read_dir(&dropins)? {
                 let e = e?;
@@ -365,6 +369,31 @@ fn read_checked(f: &Path) -> Result<String> {
     Ok(fs::read_to_string(f)?)
 }
 
+/// A directory configuration is read from: whoever may add, rename or
+/// replace files in it configures cairn, so it must be root's (or this
+/// user's) and not writable by group or others.
+fn check_dir(d: &Path) -> Result<()> {
+    let m = fs::metadata(d)?;
+    if !m.is_dir() {
+        bail!("{}: not a directory", d.display());
+    }
+    if m.uid() != 0 && Some(m.uid()) != crate::fsutil::euid() {
+        bail!(
+            "{}: owned by uid {}, not root: whoever owns it configures cairn; chown root it",
+            d.display(),
+            m.uid()
+        );
+    }
+    if m.mode() & 0o022 != 0 {
+        bail!(
+            "{}: writable by group or others (mode {:o}): files could be put there; chmod go-w it",
+            d.display(),
+            m.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
 /// The line (1-based) where `key` is set in `section` (or at the top).
 fn line_of(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
     let mut current: Option<String> = None;
@@ -478,6 +507,25 @@ mod tests {
         fs::set_permissions(&main, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = format!("{:#}", Config::load(&main).unwrap_err());
         assert!(e.contains("writable by group or others"), "{e}");
+    }
+
+    #[test]
+    fn a_drop_in_directory_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("cairn.toml");
+        write(&main, "schema-version = 1\n");
+        let dropins = d.path().join("cairn.toml.d");
+        fs::create_dir(&dropins).unwrap();
+        fs::set_permissions(&dropins, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = format!("{:#}", Config::load(&main).unwrap_err());
+        assert!(e.contains("cairn.toml.d") && e.contains("writable"), "{e}");
+        fs::set_permissions(&dropins, std::fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o757)).unwrap();
+        let e = format!("{:#}", Config::load(&main).unwrap_err());
+        assert!(e.contains("writable"), "{e}");
+        fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Config::load(&main).unwrap();
     }
 
     #[test]
