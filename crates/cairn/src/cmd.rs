@@ -174,7 +174,10 @@ fn note_last(last: &Mutex<String>, pending: &mut Vec<u8>, chunk: &[u8]) {
             .rfind(|l| !l.is_empty())
             && let Ok(mut g) = last.lock()
         {
-            *g = l.chars().take(160).collect();
+            // Echoed to a terminal: what a program prints (a package's
+            // maintainer script, a mirror's file names) must not reach it
+            // as escape sequences.
+            *g = l.chars().filter(|c| !c.is_control()).take(160).collect();
         }
         pending.drain(..=end);
     }
@@ -517,6 +520,8 @@ mod tests {
         assert_eq!(*last.lock().unwrap(), "I: extracting");
         super::note_last(&last, &mut pending, b"\r[=>   ] 1/9 11%\r[==>  ] 2/9 22%\r");
         assert_eq!(*last.lock().unwrap(), "[==>  ] 2/9 22%");
+        super::note_last(&last, &mut pending, b"\x1b]0;owned\x07\x1b[2Jpwn\n");
+        assert_eq!(*last.lock().unwrap(), "]0;owned[2Jpwn");
         // A long program with output: the lines come while it runs.
         let out = Cmd::new("sh")
             .args(["-c", "echo one; echo two >&2"])
