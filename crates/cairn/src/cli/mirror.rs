@@ -213,8 +213,15 @@ pub(super) fn print_sources(cli: &Cli, a: &SourcesArgs) -> Result<i32> {
     } else {
         a.names.clone()
     };
+    if names.is_empty() {
+        anyhow::bail!(
+            "no mirrors in {}: run `cairn mirror sync` first",
+            store.join("mirror").display()
+        );
+    }
     let mut all = Vec::new();
     for n in &names {
+        crate::names::check("mirror name", n)?;
         let paths = MirrorPaths::new(store, n);
         let state = MirrorState::load(&paths)?
             .with_context(|| format!("mirror {n} has not been synced into {}", store.display()))?;

@@ -232,6 +232,7 @@ pub fn main() -> i32 {
             }
             let text = e.render().to_string();
             print_json_error(&text, Vec::new(), "usage", exit::USAGE);
+            let _ = e.print();
             return exit::USAGE;
         }
     };

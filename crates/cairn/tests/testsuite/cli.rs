@@ -103,6 +103,18 @@ fn json_and_refusals_on_an_empty_store_are_the_reviewed_ones() {
         ),
         ("empty-image-name", &["image", "verify", ""][..]),
         ("name-with-slash", &["image", "verify", "../etc"][..]),
+        // Every JSON document is an object with its schema-version; errors too.
+        ("error-json", &["image", "verify", "nosuch", "--json"][..]),
+        ("usage-error-json", &["image", "frobnicate", "--json"][..]),
+        (
+            "prune-dry-run-json",
+            &["image", "prune", "--keep", "1", "--dry-run", "--json"][..],
+        ),
+        ("mirror-sources-json", &["mirror", "sources", "--json"][..]),
+        (
+            "nginx-config-json",
+            &["publish", "--nginx-config", "127.0.0.1:8080", "--json"][..],
+        ),
     ] {
         let mut a = vec!["--store", s, "--quiet"];
         a.extend(args);
