@@ -160,10 +160,18 @@ impl Config {
     /// Reads `main` and `<main>.d/*.toml`.
     pub fn load(main: &Path) -> Result<Config> {
         let mut files = Vec::new();
+        // The directory of the main file is checked whether or not the
+        // file exists: whoever could write it could remove the file, or
+        // the drop-ins, and cairn would run on its defaults.
+        let dir = main
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if exists(dir)? {
+            check_dir(dir)?;
+            check_ancestors(dir)?;
+        }
         if exists(main)? {
-            if let Some(dir) = main.parent().filter(|d| !d.as_os_str().is_empty()) {
-                check_dir(dir)?;
-            }
             files.push(main.to_path_buf());
         }
         let mut dropins = PathBuf::from(main).into_os_string();
@@ -295,15 +303,17 @@ impl Config {
         }
     }
 
-    /// A bare profile name (`web`) as `<build.profile-dir>/web.toml` when
-    /// that file exists; paths and `default` as given.
-    pub fn profile_arg(&self, arg: &str) -> String {
-        if arg == "default" || arg.contains('/') || arg.ends_with(".toml") || arg.is_empty() {
-            return arg.to_string();
+    /// A profile as the command line names it: `default` (built in), a path
+    /// (with a `/` or ending in `.toml`: `./web.toml`, `/srv/p/web.toml`),
+    /// or a bare name, which is only ever `<build.profile-dir>/NAME.toml` —
+    /// never a file of the current directory (a `web` someone left in /tmp
+    /// must not become the signed `web` image). The profile directory is
+    /// checked like the configuration's.
+    pub fn profile_arg(&self, arg: &str) -> Result<String> {
+        if arg == "default" || arg.contains('/') || arg.ends_with(".toml") {
+            return Ok(arg.to_string());
         }
-        if Path::new(arg).exists() {
-            return arg.to_string();
-        }
+        crate::names::check("profile name", arg)?;
         let dir = self
             .settings
             .build
@@ -311,11 +321,17 @@ impl Config {
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_PROFILE_DIR));
         let p = dir.join(format!("{arg}.toml"));
-        if p.is_file() {
-            p.to_string_lossy().into_owned()
-        } else {
-            arg.to_string()
+        if !p.is_file() {
+            bail!(
+                "no profile {arg:?}: {} does not exist (a profile file is named as a path: ./{arg}.toml; `default` is built in)",
+                p.display()
+            );
         }
+        check_dir(&dir)?;
+        check_ancestors(&dir)?;
+        // The file itself: root's, not writable by others.
+        read_checked(&p)?;
+        Ok(p.to_string_lossy().into_owned())
     }
 }
 
@@ -339,9 +355,18 @@ fn exists(p: &Path) -> Result<bool> {
 
 /// A configuration file's text, if root (or this user) owns it and nobody
 /// else may write it: whoever can write it chooses the store, the key and
-/// the URLs cairn trusts.
-fn read_checked(f: &Path) -> Result<String> {
-    let m = fs::metadata(f)?;
+/// the URLs cairn trusts. The checks are made on the file as opened (a
+/// path swapped between a check and the read is not read), without
+/// blocking on a FIFO.
+pub(crate) fn read_checked(f: &Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(f)
+        .with_context(|| format!("opening {}", f.display()))?;
+    let m = file.metadata()?;
     if !m.is_file() {
         bail!("{}: not a regular file", f.display());
     }
@@ -360,13 +385,45 @@ fn read_checked(f: &Path) -> Result<String> {
         );
     }
     const MAX: u64 = 1 << 20;
-    if m.len() > MAX {
+    let mut text = String::new();
+    file.take(MAX + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {}", f.display()))?;
+    if text.len() as u64 > MAX {
         bail!(
             "{}: larger than 1 MiB: not a configuration file",
             f.display()
         );
     }
-    Ok(fs::read_to_string(f)?)
+    Ok(text)
+}
+
+/// Every directory above `d` (to /): root's or this user's, and writable
+/// by group or others only with the sticky bit (as /tmp): no one else
+/// can rename what cairn reads out of the way.
+fn check_ancestors(d: &Path) -> Result<()> {
+    let abs = std::path::absolute(d)?;
+    for a in abs.ancestors().skip(1) {
+        let m = match fs::metadata(a) {
+            Ok(m) => m,
+            Err(e) => return Err(e).with_context(|| format!("looking at {}", a.display())),
+        };
+        if m.uid() != 0 && Some(m.uid()) != crate::fsutil::euid() {
+            bail!(
+                "{}: owned by uid {}: whoever owns it can replace the configuration below it",
+                a.display(),
+                m.uid()
+            );
+        }
+        if m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 {
+            bail!(
+                "{}: writable by group or others without the sticky bit (mode {:o}): the configuration below it could be replaced",
+                a.display(),
+                m.mode() & 0o7777
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A directory configuration is read from: whoever may add, rename or
@@ -538,6 +595,40 @@ mod tests {
         );
         let e = format!("{:#}", Config::load(&main).unwrap_err());
         assert!(e.contains("cairn.toml") && e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn a_bare_profile_name_is_only_ever_the_profile_directorys() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("cairn.toml");
+        let dir = d.path().join("profiles");
+        write(
+            &main,
+            &format!(
+                "schema-version = 1\n[build]\nprofile-dir = \"{}\"\n",
+                dir.display()
+            ),
+        );
+        write(&dir.join("web.toml"), "schema-version = 1\n");
+        let c = Config::load(&main).unwrap();
+        assert_eq!(
+            c.profile_arg("web").unwrap(),
+            dir.join("web.toml").to_string_lossy()
+        );
+        // Not there: an error naming where it was looked for (never a
+        // file of that name in the current directory).
+        let e = format!("{:#}", c.profile_arg("db").unwrap_err());
+        assert!(
+            e.contains(&dir.join("db.toml").display().to_string()),
+            "{e}"
+        );
+        assert!(c.profile_arg("..").is_err());
+        assert_eq!(c.profile_arg("./db").unwrap(), "./db");
+        assert_eq!(c.profile_arg("default").unwrap(), "default");
+        // A profile directory others may write is refused.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(c.profile_arg("web").is_err());
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub struct UpgradeArgs {
 }
 
 pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
-    let arg = cli.config.profile_arg(&a.profile);
+    let arg = cli.config.profile_arg(&a.profile)?;
     let prof = load_profile(&arg)?;
     let opts = crate::upgrade::UpgradeOptions {
         store: cli.store.clone(),
@@ -96,7 +96,7 @@ pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
 }
 
 pub(super) fn run_build(cli: &Cli, a: &BuildArgs) -> Result<i32> {
-    let arg = cli.config.profile_arg(&a.profile);
+    let arg = cli.config.profile_arg(&a.profile)?;
     let prof = load_profile(&arg)?;
     let opts = BuildOptions {
         store: cli.store.clone(),

@@ -278,7 +278,7 @@ pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
     let (root, cmdline) = match (&a.boot_dir, &a.disk) {
         (Some(d), _) => (Some(d.clone()), None),
         (None, Some(d)) => {
-            let m = crate::boot::disk::MountedBoot::mount(d, &cli.store)?;
+            let m = crate::boot::disk::MountedBoot::mount_ro(d, &cli.store)?;
             let r = m.dir.clone();
             mounted = Some(m);
             (Some(r), None)
@@ -298,9 +298,16 @@ pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
     let s = crate::fleet::status::status(root.as_deref(), cmdline.as_deref(), &key)?;
     drop(medium);
     drop(mounted);
+    // grubenv and the pull state are the boot partition's: anyone who can
+    // write it chose those strings.
+    macro_rules! out {
+        ($($t:tt)*) => {
+            println!("{}", super::printable(&format!($($t)*)))
+        };
+    }
     show(cli, "status", &s, |s| {
         if let Some(b) = &s.booted {
-            println!(
+            out!(
                 "booted:     {} from {} (entry {})",
                 b.image,
                 b.from,
@@ -308,9 +315,9 @@ pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
             );
         }
         if let Some(h) = &s.health {
-            println!("health:     {h}");
+            out!("health:     {h}");
         }
-        println!(
+        out!(
             "next boot:  {}",
             s.next_boot
                 .as_deref()
@@ -318,21 +325,21 @@ pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
         );
         if let Some(t) = &s.on_trial {
             if s.trial_passed {
-                println!("trial:      {t} (passed)");
+                out!("trial:      {t} (passed)");
             } else {
-                println!(
+                out!(
                     "trial:      {t} ({} tries left)",
                     s.tries_left.map_or("?".into(), |n| n.to_string())
                 );
             }
         }
         if let Some(g) = &s.last_good {
-            println!("last good:  {g}");
+            out!("last good:  {g}");
         }
         if let Some(r) = &s.refused {
-            println!("refused:    {r} (at its last boot)");
+            out!("refused:    {r} (at its last boot)");
         }
-        println!("images on the boot disk:");
+        out!("images on the boot disk:");
         for i in &s.images {
             let mut marks = Vec::new();
             for (on, m) in [
@@ -345,10 +352,10 @@ pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
                     marks.push(m);
                 }
             }
-            println!("  {}/{}  {}", i.profile, i.version, marks.join(", "));
+            out!("  {}/{}  {}", i.profile, i.version, marks.join(", "));
         }
         if let Some(p) = &s.last_pull {
-            println!(
+            out!(
                 "last pull:  {} {}: {} ({} fetched)",
                 cairn_debian::date::format_release_date(p.at),
                 p.version.as_deref().or(p.newest.as_deref()).unwrap_or("-"),
@@ -357,7 +364,7 @@ pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
             );
         }
         if let Some(a) = &s.last_apply_live {
-            println!(
+            out!(
                 "last apply-live: {} → {}",
                 a["from"].as_str().unwrap_or("?"),
                 a["to"].as_str().unwrap_or("?")

@@ -264,7 +264,7 @@ fn sync_config(cli: &Cli, a: &SyncArgs) -> Result<MirrorConfig> {
     };
     let profiles = profile_args
         .iter()
-        .map(|p| load_profile(&cli.config.profile_arg(p)))
+        .map(|p| load_profile(&cli.config.profile_arg(p)?))
         .collect::<Result<Vec<_>>>()?;
     resolve(&SyncRequest {
         config: config.as_deref(),

@@ -214,7 +214,7 @@ pub fn main() -> i32 {
         .iter()
         .skip(1)
         .take_while(|a| *a != "--")
-        .any(|a| a == "--json");
+        .any(|a| a == "--json" || a.to_string_lossy().starts_with("--json="));
     let mut cmd = <Cli as clap::CommandFactory>::command();
     if !colour() {
         cmd = cmd.color(clap::ColorChoice::Never);
@@ -226,9 +226,23 @@ pub fn main() -> i32 {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) || !json {
+            if !json {
                 let _ = e.print();
                 return e.exit_code();
+            }
+            // Under --json, help and the version are documents too.
+            let what = match e.kind() {
+                ErrorKind::DisplayHelp => Some("help"),
+                ErrorKind::DisplayVersion => Some("version"),
+                _ => None,
+            };
+            if let Some(what) = what {
+                let doc = serde_json::json!({
+                    "schema-version": JSON_SCHEMA_VERSION,
+                    what: e.render().to_string().trim_end(),
+                });
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                return exit::SUCCESS;
             }
             let text = e.render().to_string();
             print_json_error(&text, Vec::new(), "usage", exit::USAGE);
@@ -262,8 +276,11 @@ pub fn main() -> i32 {
                 let causes = e.chain().skip(1).map(|c| c.to_string()).collect();
                 print_json_error(&e.to_string(), causes, kind, code);
             }
+            // The message quotes programs' output, files and names from
+            // untrusted media: no control character reaches the terminal.
             eprintln!(
-                "error: {e:#}{}",
+                "error: {}{}",
+                printable(&format!("{e:#}")),
                 if code == exit::VERIFICATION {
                     " [verification failed]"
                 } else {
@@ -273,6 +290,19 @@ pub fn main() -> i32 {
             code
         }
     }
+}
+
+/// `s` with every control character but newline and tab escaped (`\u{1b}`).
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `{"schema-version": 1, "error": {...}}` on stdout.

@@ -63,6 +63,15 @@ pub fn load(config: &crate::config::Config) -> Result<CycleConfig> {
     if c.profiles.is_empty() {
         bail!("[cycle] profiles is empty in {files}: nothing to do");
     }
+    // Read by a timer whose working directory is nobody's choice.
+    for p in c.profiles.iter().chain(c.mirror_config.iter()) {
+        if !p.is_absolute() {
+            bail!(
+                "[cycle] of {files}: {} is a relative path: write it from / (the timer's working directory is not this file's)",
+                p.display()
+            );
+        }
+    }
     super::parse_duration(&c.valid_for).context("[cycle] valid-for")?;
     Ok(c)
 }

@@ -214,7 +214,7 @@ fn fetch_index(
     work: &Path,
 ) -> Result<(Index, Seen, RepoUrl, Vec<String>)> {
     let mut passed = Vec::new();
-    let mut all_refused = true;
+    let mut any_refused = false;
     let rel = index::index_rel(&o.profile);
     for url in &o.urls {
         let attempt = || -> Result<(Index, Seen)> {
@@ -232,7 +232,7 @@ fn fetch_index(
             Ok((i, s)) => return Ok((i, s, url.clone(), passed)),
             Err(e) => {
                 tracing::warn!("{url}: {e:#}");
-                all_refused &= crate::trust::is_verification_failure(&e);
+                any_refused |= crate::trust::is_verification_failure(&e);
                 passed.push(format!("{url}: {e:#}"));
             }
         }
@@ -245,9 +245,9 @@ fn fetch_index(
         o.profile,
         passed.join("\n  ")
     );
-    // Every server answered, and every answer was refused: tampering or a
-    // replay, not an outage (exit code 3).
-    if all_refused {
+    // A server answered with an index that was refused: tampering or a
+    // replay (exit code 3), even when another server was also down.
+    if any_refused {
         return Err(crate::trust::VerificationFailed(msg).into());
     }
     bail!("{msg}")
@@ -541,23 +541,33 @@ pub fn pull(b: &BootRoot, o: &PullOptions) -> Result<PullReport> {
             fetch_file(o, &url, &target.version, name, f, &partial_dir, &fetched_dir, &counter)
         });
         let mut failed = Vec::new();
+        let mut refused = false;
         for ((name, f), r) in fetch.iter().zip(results) {
             match r {
                 Ok(_) => {
                     report.files_fetched += 1;
                     report.bytes_fetched += f.size;
                 }
-                Err(e) => failed.push(format!("{name}: {e:#}")),
+                Err(e) => {
+                    refused |= crate::trust::is_verification_failure(&e);
+                    failed.push(format!("{name}: {e:#}"))
+                }
             }
         }
         if !failed.is_empty() {
-            bail!(
+            let msg = format!(
                 "{}/{}: {} file(s) could not be fetched and verified; the boot disk's images and menu are unchanged (a new pull resumes):\n  {}",
                 o.profile,
                 target.version,
                 failed.len(),
                 failed.join("\n  ")
             );
+            // A file that came whole and differs from the signed index is
+            // refused data (exit code 3), not an outage.
+            if refused {
+                return Err(crate::trust::VerificationFailed(msg).into());
+            }
+            bail!("{msg}");
         }
         // Everything is here: the image is put together beside the others.
         if staging.exists() {

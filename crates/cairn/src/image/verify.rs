@@ -156,10 +156,11 @@ pub fn signed_manifest(dir: &Path, key: &Path, work: &Path) -> Result<Manifest> 
     let data = fs::read(dir.join(super::MANIFEST))
         .with_context(|| format!("{}: manifest missing", dir.display()))?;
     if crate::trust::hash::sha256_hex(&data) != want {
-        bail!(
+        return Err(crate::trust::VerificationFailed(format!(
             "{}: the manifest differs from the signed SHA256SUMS",
             dir.display()
-        );
+        ))
+        .into());
     }
     serde_json::from_slice(&data)
         .with_context(|| format!("{}: reading the manifest", dir.display()))
@@ -177,6 +178,13 @@ pub struct CheckedBoot {
     pub args: String,
 }
 
+/// A refusal of signed data: a failed verification (exit code 3).
+macro_rules! refuse {
+    ($($t:tt)*) => {
+        return Err(crate::trust::VerificationFailed(format!($($t)*)).into())
+    };
+}
+
 pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBoot> {
     fs::create_dir_all(work)?;
     let names = ["SHA256SUMS", BOOT_SUMS, BOOT_CFG, "vmlinuz", "initrd.img"];
@@ -190,9 +198,13 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
     fs::create_dir_all(&gpg_work)?;
     let mut signed_by = String::new();
     for n in names {
-        signed_by = verify_file(key, &work.join(n), &gpg_work).with_context(|| {
-            format!("REFUSING {}: {n}: signature missing or bad", dir.display())
-        })?;
+        signed_by = match verify_file(key, &work.join(n), &gpg_work) {
+            Ok(s) => s,
+            Err(e) => refuse!(
+                "REFUSING {}: {n}: signature missing or bad: {e:#}",
+                dir.display()
+            ),
+        };
     }
     // BOOTSUMS is this image's: the image's signed SHA256SUMS lists it (a
     // BOOTSUMS of another signed image, with that image's kernel, would
@@ -208,7 +220,7 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
             )
         })?;
     if crate::trust::hash::sha256_file(&work.join(BOOT_SUMS))?.1 != want {
-        bail!(
+        refuse!(
             "REFUSING {}: {BOOT_SUMS} is not the one the image's SHA256SUMS lists",
             dir.display()
         );
@@ -220,11 +232,11 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
             .split_once("  ")
             .with_context(|| format!("{BOOT_SUMS}: unreadable line {line:?}"))?;
         if !["vmlinuz", "initrd.img", BOOT_CFG].contains(&n) {
-            bail!("{BOOT_SUMS} lists {n:?}");
+            refuse!("{BOOT_SUMS} lists {n:?}");
         }
         let (_, got) = crate::trust::hash::sha256_file(&work.join(n))?;
         if got != h {
-            bail!(
+            refuse!(
                 "REFUSING {}: {n} differs from the signed {BOOT_SUMS}",
                 dir.display()
             );
@@ -232,7 +244,7 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
         listed += 1;
     }
     if listed != 3 {
-        bail!(
+        refuse!(
             "REFUSING {}: {BOOT_SUMS} does not list kernel, initrd and boot.cfg",
             dir.display()
         );

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cairn_debian::Release;
 use cairn_debian::date::format_release_date;
 
@@ -89,9 +89,10 @@ pub fn fetch_release(
             let sig = match fetch_small(t, &gpg_url, 1 << 20, retry) {
                 Ok(s) => s,
                 Err(FetchError::NotFound { .. }) => {
-                    bail!(
+                    return Err(crate::trust::VerificationFailed(format!(
                         "{base} is not signed: neither InRelease nor Release.gpg exists (apt refuses unsigned repositories)"
-                    )
+                    ))
+                    .into())
                 }
                 Err(e) => return Err(e).with_context(|| format!("fetching {gpg_url}")),
             };

@@ -343,11 +343,12 @@ fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> R
             .iter()
             .map(|p| format!("{}: {}", p.path, p.detail))
             .collect();
-        bail!(
+        return Err(crate::trust::VerificationFailed(format!(
             "the published Release of mirror {} does not verify ({}): run `cairn mirror sync` to publish a fresh one",
             paths.name,
             what.join("; ")
-        );
+        ))
+        .into());
     }
     fs::create_dir_all(paths.tmp())?;
     let mut state = MirrorState::load(paths)?.context("state vanished")?;

@@ -378,3 +378,44 @@ fn config_show_says_where_each_value_came_from() {
         text(&o)
     );
 }
+
+/// Under --json even help and the version are JSON documents; a message
+/// that quotes hostile bytes (a profile's text here) reaches the terminal
+/// with its control characters escaped.
+#[test]
+fn json_help_and_escaped_error_messages() {
+    let o = cairn_raw(&["image", "list", "--help", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["schema-version"], 1);
+    assert!(
+        j["help"]
+            .as_str()
+            .unwrap()
+            .contains("Usage: cairn image list"),
+        "{j}"
+    );
+    let o = cairn_raw(&["--version", "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(j["version"].as_str().unwrap().starts_with("cairn "), "{j}");
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("esc.toml");
+    std::fs::write(&p, "bogus = 1 # \x1b]0;PWNED\x07\x1b[2J\n").unwrap();
+    let o = cairn_raw(&[
+        "--store",
+        d.path().to_str().unwrap(),
+        "build",
+        p.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        !o.stderr.contains(&0x1b) && !o.stderr.contains(&0x07),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\\u{1b}]0;PWNED"),
+        "{}",
+        text(&o)
+    );
+}

@@ -273,7 +273,13 @@ fn bad_unknown_and_missing_signatures_leave_the_mirror_unchanged() {
         r.inrelease = false;
         r.release_gpg = false;
     });
-    let err = fails(f.sync(&["--full"]));
+    let o = f.sync(&["--full"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "an unsigned repository is refused data"
+    );
+    let err = fails(o);
     assert!(
         err.contains("is not signed: neither InRelease nor Release.gpg exists"),
         "{err}"
@@ -371,7 +377,13 @@ fn wrong_bytes_in_an_index_or_a_pool_file_are_named() {
 
     // A pool file with the right size and wrong bytes.
     f.server.fault("newpkg_1_amd64.deb", Fault::Corrupt);
-    let err = fails(f.sync(&["--full"]));
+    let o = f.sync(&["--full"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "a pool file that differs is refused data"
+    );
+    let err = fails(o);
     assert!(
         err.contains("pool/main/n/newpkg/newpkg_1_amd64.deb") && err.contains("SHA256 mismatch"),
         "{err}"
@@ -387,7 +399,13 @@ fn wrong_bytes_in_an_index_or_a_pool_file_are_named() {
 
     // 404 on a pool file.
     f.server.fault("newpkg_1_amd64.deb", Fault::NotFound);
-    let err = fails(f.sync(&["--full"]));
+    let o = f.sync(&["--full"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a 404 is an outage, not tampering"
+    );
+    let err = fails(o);
     assert!(err.contains("newpkg_1_amd64.deb: not found (404)"), "{err}");
     assert_eq!(f.published(), before);
 }

@@ -15,6 +15,7 @@ mod mount;
 pub(crate) mod scan;
 
 use fs_err as fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -127,12 +128,13 @@ pub fn create(
     }
     for iso in &opts.isos {
         if let Some(p) = iso_problem(iso, &key) {
-            bail!(
+            return Err(crate::trust::VerificationFailed(format!(
                 "{}: only ISOs signed with key {} can go on this disk (its signature {}: {p})",
                 iso.display(),
                 key.fingerprint,
                 iso.with_extension("iso.sig").display()
-            );
+            ))
+            .into());
         }
     }
 
@@ -336,6 +338,14 @@ pub fn check_disk_file_target(target: &Path) -> Result<()> {
         _ => Path::new("."),
     };
     match fs::metadata(parent) {
+        // The disk file is handed by name to sfdisk, mkfs and mcopy for
+        // minutes: in a directory others may write (without the sticky
+        // bit), it could be swapped for a link to a block device.
+        Ok(m) if m.is_dir() && m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 => bail!(
+            "{}: writable by group or others without the sticky bit (mode {:o}): the disk file could be swapped while it is written; choose another directory",
+            parent.display(),
+            m.mode() & 0o7777
+        ),
         Ok(m) if m.is_dir() => {}
         Ok(_) => bail!(
             "{}: not a directory, so the disk file {} cannot be made there",

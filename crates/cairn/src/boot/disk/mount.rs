@@ -5,7 +5,7 @@
 use fs_err as fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::layout::find_boot_partition;
 use crate::cmd::Cmd;
@@ -26,6 +26,17 @@ impl MountedBoot {
     }
 
     fn mount_with(disk: &Path, store: &Path, ro: bool) -> Result<MountedBoot> {
+        // A second, loop mount of a mounted file system's blocks corrupts it.
+        if super::is_block_device(disk)?
+            && let Some(why) = super::device::device_in_use(
+                disk,
+                Path::new("/proc/self/mountinfo"),
+                Path::new("/proc/swaps"),
+                Path::new("/sys"),
+            )?
+        {
+            bail!("{} is in use: {why}; nothing was done", disk.display());
+        }
         let p = find_boot_partition(disk)?;
         let dir = store.join(format!(".mnt-{}", std::process::id()));
         fs::create_dir_all(&dir)?;
@@ -36,7 +47,8 @@ impl MountedBoot {
             // through), no device node or setuid file is honoured.
             .arg(format!(
                 "{}loop,offset={},sizelimit={},nosymfollow,nodev,nosuid,noexec",
-                if ro { "ro," } else { "" },
+                // Read-only: not even a journal replay.
+                if ro { "ro,noload," } else { "" },
                 p.offset(),
                 p.bytes()
             ))

@@ -16,8 +16,12 @@ use crate::trust::keys::{self, SigningKey, sign_file};
 /// Checks an image (or an ISO beside its image) against the signing key
 /// before it goes on a disk.
 pub(super) fn check_image(dir: &Path, key: &SigningKey) -> Result<()> {
-    let p = image_problems(dir, key, false);
-    if !p.is_empty() {
+    // An error reading it (missing, unreadable) is an operational one; a
+    // report of problems is the data refused.
+    let r = image::verify_with(dir, &key.public_key, false)
+        .with_context(|| format!("checking {}", dir.display()))?;
+    let p = r.problems;
+    if !r.ok {
         return Err(crate::trust::VerificationFailed(format!(
             "{} does not verify, it would not boot:\n  {}",
             dir.display(),

@@ -343,10 +343,11 @@ pub(crate) fn decompress_verified(src: &Path, dest: &Path, expect: &Expect) -> R
     let got = hex(&h.finalize());
     if n != expect.size || got != expect.sha256 {
         let _ = fs::remove_file(&tmp);
-        bail!(
+        return Err(crate::trust::VerificationFailed(format!(
             "decompressed {} does not match Release: {n} bytes, sha256 {got}",
             dest.display()
-        );
+        ))
+        .into());
     }
     out.sync_all()?;
     fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))?;

@@ -101,6 +101,7 @@ pub(super) fn fetch(
     });
     progress.finish();
     let mut failures = Vec::new();
+    let mut refused = false;
     let mut pool = Pool {
         entries: vec![BTreeMap::new(); repos.len()],
         fetched: vec![(0usize, 0u64, 0usize); repos.len()],
@@ -118,16 +119,23 @@ pub(super) fn fetch(
                 }
                 pool.entries[*ri].insert(path.clone(), entry);
             }
-            Err(e) => failures.push(format!("{path}: {e:#}")),
+            Err(e) => {
+                refused |= crate::trust::is_verification_failure(&e);
+                failures.push(format!("{path}: {e:#}"))
+            }
         }
     }
     if !failures.is_empty() {
         let n = failures.len();
         failures.truncate(10);
-        bail!(
+        let msg = format!(
             "{n} pool file(s) could not be fetched and verified; the published mirror is unchanged (a re-run resumes):\n  {}",
             failures.join("\n  ")
         );
+        if refused {
+            return Err(crate::trust::VerificationFailed(msg).into());
+        }
+        bail!("{msg}");
     }
     Ok(pool)
 }
