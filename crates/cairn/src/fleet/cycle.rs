@@ -184,3 +184,38 @@ pub fn cycle(store: &Path, c: &CycleConfig, quiet: bool) -> Result<CycleReport> 
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packaged /etc/cairn/cairn.toml (dist/cairn.toml): as shipped,
+    /// every setting commented out (it parses, and names no [cycle]); with
+    /// its settings uncommented, a valid [cycle] with the defaults it
+    /// documents — so the file cannot drift from what `cycle` reads.
+    #[test]
+    fn the_packaged_config_documents_the_cycle_section() {
+        let text = include_str!("../../../../dist/cairn.toml");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cairn.toml");
+        fs::write(&p, text).unwrap();
+        let e = load(&p).unwrap_err();
+        assert!(e.to_string().contains("no [cycle] section"), "{e:#}");
+        let settings: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with('[')
+                    || l.split_once(" = ")
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&p, &settings).unwrap();
+        let c = load(&p).unwrap_or_else(|e| panic!("{e:#}\n{settings}"));
+        assert_eq!(c.valid_for, week());
+        assert_eq!((c.sync, c.all_versions), (yes(), false));
+        assert_eq!(c.profiles.len(), 1);
+        assert!(settings.contains("store = \"/srv/cairn\"\n"), "{settings}");
+    }
+}
