@@ -166,7 +166,7 @@ fn killed_build_leaves_nothing_and_host_types_differ() {
     let w = f.work("killed_build_leaves_nothing_and_host_types_differ");
     let store = f.store_copy(w.path());
     let profile = f.webtest.to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let mut child = crate::support::cairn_command()
         .arg("--store")
         .arg(&store)
         .args(["--quiet", "build", profile])
