@@ -412,17 +412,26 @@ pub fn cairn_differs(root: &Path, p: &Profile, package: Option<&CairnPackage>) -
     }
 }
 
-/// The tree's installed cairn: (version, its md5sums file).
+/// The tree's installed cairn: (version, its md5sums file), asked of
+/// dpkg-query with the tree's database.
 fn installed_cairn(root: &Path) -> Result<Option<(String, Vec<u8>)>> {
-    let admin = inside(root, "/var/lib/dpkg")?;
-    let out = crate::cmd::Cmd::new("dpkg-query")
-        .arg(format!("--admindir={}", admin.display()))
-        .args(["-W", "-f", "${db:Status-Abbrev}\t${Version}", "cairn"])
-        .output_any_status()?;
+    let admin = format!("--admindir={}", inside(root, "/var/lib/dpkg")?.display());
+    let query = |args: &[&str]| {
+        crate::cmd::Cmd::new("dpkg-query")
+            .arg(&admin)
+            .args(args)
+            .output_any_status()
+    };
+    let out = query(&["-W", "-f", "${db:Status-Abbrev}\t${Version}", "cairn"])?;
     let text = String::from_utf8_lossy(&out.stdout);
     match text.split_once('\t') {
         Some((status, version)) if out.status.success() && status.starts_with("ii") => {
-            let sums = fs::read(admin.join("info/cairn.md5sums")).unwrap_or_default();
+            let sums = query(&["--control-show", "cairn", "md5sums"])?;
+            let sums = if sums.status.success() {
+                sums.stdout
+            } else {
+                Vec::new()
+            };
             Ok(Some((version.to_string(), sums)))
         }
         _ => Ok(None),
