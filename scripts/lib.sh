@@ -146,3 +146,10 @@ cairn_build_release() {
     (cd "$CAIRN_TOP" && cargo build --release --locked >&2)
     CAIRN_BIN="$CAIRN_TOP/target/release/cairn"
 }
+
+# cairn's Debian package (scripts/package, release), named by CAIRN_PACKAGE:
+# what images of `cairn = true` profiles install.
+cairn_package_for_images() {
+    CAIRN_PACKAGE=$("$CAIRN_TOP/scripts/package" | tail -n 1)
+    export CAIRN_PACKAGE
+}

@@ -109,6 +109,11 @@ pub mod tool {
         program: "openssl",
         package: "openssl",
     };
+    /// the cairn package images carry (its fields, read before a build)
+    pub const DPKG_DEB: Tool = Tool {
+        program: "dpkg-deb",
+        package: "dpkg",
+    };
     /// vm run
     pub const QEMU: Tool = Tool {
         program: "qemu-system-x86_64",

@@ -25,7 +25,9 @@ pub use disk::{BootCommand, DiskCommand, MenuArgs, SecureBootArgs, parse_size};
 pub use fleet::{CycleArgs, PublishArgs, PullArgs, StatusArgs, parse_duration};
 pub use image::{ImageCommand, KeyCommand};
 pub use live::{ApplyLiveArgs, LiveTarget, RebootArgs};
-pub use mirror::{MirrorCommand, SourcesArgs, SyncArgs, VerifyArgs};
+pub use mirror::{
+    DEFAULT_JOBS as DEFAULT_MIRROR_JOBS, MirrorCommand, SourcesArgs, SyncArgs, VerifyArgs,
+};
 pub use netboot::NetbootArgs;
 pub use vm::VmCommand;
 

@@ -198,3 +198,65 @@ pub fn cycle(store: &Path, c: &CycleConfig, quiet: bool) -> Result<CycleReport> 
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fs_err as fs;
+
+    /// The packaged /etc/cairn/cairn.toml (dist/cairn.toml): as shipped,
+    /// every setting commented out (it sets nothing, and names no
+    /// [cycle]); with its settings uncommented, a valid configuration with
+    /// the defaults it documents — so the file cannot drift from what
+    /// cairn reads.
+    #[test]
+    fn the_packaged_config_documents_the_settings() {
+        let text = include_str!("../../../../dist/cairn.toml");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cairn.toml");
+        fs::write(&p, text).unwrap();
+        let c = crate::config::Config::load(&p).unwrap();
+        assert!(c.settings.store.is_none());
+        let e = load(&c).unwrap_err();
+        assert!(e.to_string().contains("no [cycle] section"), "{e:#}");
+        let settings: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                l.starts_with('[')
+                    || l.split_once(" = ")
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&p, &settings).unwrap();
+        let cf = crate::config::Config::load(&p).unwrap_or_else(|e| panic!("{e:#}\n{settings}"));
+        let c = load(&cf).unwrap_or_else(|e| panic!("{e:#}\n{settings}"));
+        assert_eq!(c.valid_for, week());
+        assert_eq!((c.sync, c.all_versions), (yes(), false));
+        assert_eq!(c.profiles.len(), 1);
+        let s = &cf.settings;
+        assert_eq!(
+            s.store.as_deref(),
+            Some(std::path::Path::new(crate::config::DEFAULT_STORE))
+        );
+        assert_eq!(
+            s.key.public.as_deref(),
+            Some(std::path::Path::new(crate::config::DEFAULT_PUBLIC_KEY))
+        );
+        assert_eq!(
+            s.build.profile_dir.as_deref(),
+            Some(std::path::Path::new(crate::config::DEFAULT_PROFILE_DIR))
+        );
+        let menu = crate::boot::menu::MenuOptions::default();
+        assert_eq!(
+            (s.boot.timeout, s.boot.tries),
+            (Some(menu.timeout), Some(menu.tries))
+        );
+        assert_eq!(s.mirror.jobs, Some(crate::cli::DEFAULT_MIRROR_JOBS));
+        assert_eq!(
+            s.mirror.profiles.as_deref(),
+            Some(&["default".to_string()][..])
+        );
+    }
+}

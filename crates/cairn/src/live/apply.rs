@@ -63,6 +63,22 @@ pub fn plan_changes(now: &Packages, target: &Packages) -> Vec<Change> {
     out
 }
 
+/// The changes without cairn's own package, which no mirror has (the image
+/// installs it from the file cairn was given): a change of it is said,
+/// and comes with the image's next boot.
+fn without_cairn(changes: Vec<Change>) -> (Vec<Change>, Option<String>) {
+    let (own, rest): (Vec<Change>, Vec<Change>) =
+        changes.into_iter().partition(|c| c.package == "cairn");
+    let said = own.first().map(|c| {
+        format!(
+            "cairn {} → {}: its package is not in the mirror; it comes with the image's next boot",
+            c.from.as_deref().unwrap_or("(none)"),
+            c.to.as_deref().unwrap_or("(removed)")
+        )
+    });
+    (rest, said)
+}
+
 /// Changes that cannot run without booting: the kernel.
 pub fn needs_boot(changes: &[Change]) -> Vec<String> {
     changes
@@ -128,11 +144,12 @@ pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
     let (dir, target) = find_image(&roots, o.image, &profile, &key)?;
     let v = image::verify_with(&dir, &key, true)?;
     if !v.ok {
-        bail!(
+        return Err(crate::trust::VerificationFailed(format!(
             "REFUSING {}: it does not verify:\n  {}",
             dir.display(),
             v.problems.join("\n  ")
-        );
+        ))
+        .into());
     }
     if target.profile != profile {
         bail!(
@@ -154,7 +171,7 @@ pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
         );
     }
     let now = installed_now()?;
-    let changes = plan_changes(&now, &of_manifest(&target));
+    let (changes, own) = without_cairn(plan_changes(&now, &of_manifest(&target)));
     let kernel = needs_boot(&changes);
     if !kernel.is_empty() {
         bail!(
@@ -163,7 +180,7 @@ pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
             target.version
         );
     }
-    let mut deferred = Vec::new();
+    let mut deferred: Vec<String> = own.into_iter().collect();
     let running = medium
         .as_ref()
         .and_then(|m| {
@@ -198,7 +215,8 @@ pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
     }
     apt_apply(o.store, o.apt, &target, &report.changes)?;
     let after = installed_now()?;
-    report.differs = plan_changes(&after, &of_manifest(&target))
+    report.differs = without_cairn(plan_changes(&after, &of_manifest(&target)))
+        .0
         .iter()
         .map(|c| {
             format!(
@@ -366,6 +384,25 @@ mod tests {
         assert!(needs_boot(&c).is_empty());
         let k = plan_changes(&now, &pk(&[("linux-image-amd64", "6.1.2")]));
         assert_eq!(needs_boot(&k), ["linux-image-amd64 6.1.1 → 6.1.2"]);
+    }
+
+    /// cairn's own package is in no mirror: apply-live leaves it to the
+    /// next boot, and says so.
+    #[test]
+    fn cairn_itself_waits_for_the_next_boot() {
+        let now = pk(&[("bash", "5.2-1"), ("cairn", "0.1.0")]);
+        let target = pk(&[("bash", "5.2-2"), ("cairn", "0.2.0")]);
+        let (c, said) = without_cairn(plan_changes(&now, &target));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].package, "bash");
+        assert_eq!(
+            said.as_deref(),
+            Some(
+                "cairn 0.1.0 → 0.2.0: its package is not in the mirror; it comes with the image's next boot"
+            )
+        );
+        let same = pk(&[("cairn", "0.1.0")]);
+        assert_eq!(without_cairn(plan_changes(&same, &same)).1, None);
     }
 
     /// apply-live trusts only keyrings of the running image, by a plain

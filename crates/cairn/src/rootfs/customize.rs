@@ -1,6 +1,7 @@
 //! What cairn does to a fresh root tree after the bootstrap: identity, root
-//! access, data paths on data partitions, the boot marker unit, cleanup.
-//! Plain file operations on the tree: no chroot, nothing mounted.
+//! access, data paths on data partitions, the boot marker unit, cairn's own
+//! package, cleanup. Plain file operations on the tree, but for dpkg
+//! installing cairn's package (in a chroot, mounted only while it runs).
 
 use fs_err as fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -271,42 +272,127 @@ pub fn live_verify_differs(root: &Path) -> Result<bool> {
     Ok(false)
 }
 
-/// Where an image with `cairn = true` carries cairn.
-pub const CAIRN_IN_IMAGE: &str = "/usr/local/bin/cairn";
+/// Where an image with `cairn = true` carries cairn: its Debian package's
+/// binary (dpkg knows it).
+pub const CAIRN_IN_IMAGE: &str = "/usr/bin/cairn";
+/// Where images made by cairn before it was packaged carried a loose copy;
+/// removed when the package goes in (it would come first on PATH).
+const LOOSE_CAIRN: &str = "/usr/local/bin/cairn";
 /// The public key that signed the image, for cairn on the running system
 /// (`apply-live`, `reboot --kexec` verify images with it).
 pub const KEY_IN_IMAGE: &str = "/etc/cairn/signing.pub";
+/// The environment variable naming the cairn package for images; it wins
+/// over the store's `packages/` directory.
+pub const PACKAGE_ENV: &str = "CAIRN_PACKAGE";
 
-/// The signing public key, always; with the profile's `cairn = true`, also
-/// this cairn binary (debug sections stripped when objcopy is there) and
-/// kexec-tools told not to load a kernel on every reboot (cairn loads the
-/// one it verified).
-pub fn cairn_tools(root: &Path, p: &Profile, public_key: &Path) -> Result<()> {
+/// The cairn Debian package an image with `cairn = true` gets.
+#[derive(Debug, Clone)]
+pub struct CairnPackage {
+    pub path: std::path::PathBuf,
+    pub version: String,
+}
+
+/// Where the store keeps the cairn package for `architecture`:
+/// `<store>/packages/cairn_<this version>_<architecture>.deb`.
+pub fn package_in_store(store: &Path, architecture: &str) -> std::path::PathBuf {
+    store.join("packages").join(format!(
+        "cairn_{}_{architecture}.deb",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+/// The cairn package for profile `p` (None when it does not ask for
+/// cairn): `$CAIRN_PACKAGE` if set, else the store's. Refused unless it is
+/// the package `cairn` of this very version, for the profile's
+/// architecture — before any work, with how to make one.
+pub fn cairn_package(store: &Path, p: &Profile) -> Result<Option<CairnPackage>> {
+    if !p.cairn {
+        return Ok(None);
+    }
+    let path = match std::env::var_os(PACKAGE_ENV) {
+        Some(v) if !v.is_empty() => std::path::PathBuf::from(v),
+        _ => package_in_store(store, &p.architecture),
+    };
+    check_package(&path, env!("CARGO_PKG_VERSION"), &p.architecture, &p.name).map(Some)
+}
+
+fn check_package(
+    path: &Path,
+    version: &str,
+    architecture: &str,
+    profile: &str,
+) -> Result<CairnPackage> {
+    let how = || {
+        format!(
+            "profile {profile} has `cairn = true`, and its images get cairn {version} from its Debian package: \
+             make it with `./scripts/package` in cairn's source tree, then copy \
+             target/debian/cairn_{version}_{architecture}.deb into <store>/packages/ (or name it with {PACKAGE_ENV}=PATH)"
+        )
+    };
+    if !path.is_file() {
+        bail!("no cairn package at {}: {}", path.display(), how());
+    }
+    crate::cmd::require(&[&crate::cmd::tool::DPKG_DEB])?;
+    let out = crate::cmd::Cmd::new(crate::cmd::tool::DPKG_DEB.program)
+        .arg("--field")
+        .arg(path)
+        .args(["Package", "Version", "Architecture"])
+        .run()
+        .with_context(|| format!("reading the fields of {}", path.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let (pkg, ver, arch) = (field("Package"), field("Version"), field("Architecture"));
+    if pkg != "cairn" || ver != version || (arch != architecture && arch != "all") {
+        bail!(
+            "{} is {pkg} {ver} ({arch}), not cairn {version} ({architecture}): {}",
+            path.display(),
+            how()
+        );
+    }
+    Ok(CairnPackage {
+        path: path.to_path_buf(),
+        version: ver,
+    })
+}
+
+/// The signing public key, always; with the profile's `cairn = true`,
+/// cairn's package installed by dpkg in the tree (when the tree does not
+/// have exactly this package already: an upgrade's delta then carries
+/// nothing for it) and kexec-tools told not to load a kernel on every
+/// reboot (cairn loads the one it verified). A profile that no longer asks
+/// for cairn has the package purged.
+pub fn cairn_tools(
+    root: &Path,
+    p: &Profile,
+    public_key: &Path,
+    package: Option<&CairnPackage>,
+) -> Result<()> {
     let key = fs::read(public_key).with_context(|| format!("reading {}", public_key.display()))?;
     write(root, KEY_IN_IMAGE, &key, 0o644)?;
-    if !p.cairn {
+    let Some(package) = package.filter(|_| p.cairn) else {
+        if installed_cairn(root)?.is_some() {
+            in_chroot(root, &["dpkg", "--purge", "cairn"])?;
+        }
         return Ok(());
+    };
+    if package_differs(root, package)? {
+        let name = format!("/tmp/cairn_{}.deb", package.version);
+        let copy = inside(root, &name)?;
+        fs::create_dir_all(copy.parent().unwrap_or(root))?;
+        fs::copy(&package.path, &copy)
+            .with_context(|| format!("copying {} into the tree", package.path.display()))?;
+        let r = in_chroot(root, &["dpkg", "--install", "--force-confold", &name])
+            .with_context(|| format!("installing {} in the tree", package.path.display()));
+        let _ = fs::remove_file(&copy);
+        r?;
     }
-    let exe = std::env::current_exe().context("finding the cairn binary")?;
-    let scratch = tempfile::Builder::new()
-        .prefix("cairn-strip-")
-        .tempdir()
-        .context("a private temporary directory")?;
-    let tmp = scratch.path().join("cairn");
-    let stripped = crate::cmd::which("objcopy").is_some()
-        && crate::cmd::Cmd::new("objcopy")
-            .arg("--strip-debug")
-            .arg(&exe)
-            .arg(&tmp)
-            .run()
-            .is_ok();
-    let bin = fs::read(if stripped {
-        tmp.as_path()
-    } else {
-        exe.as_path()
-    })
-    .with_context(|| format!("reading {}", exe.display()));
-    write(root, CAIRN_IN_IMAGE, &bin?, 0o755)?;
+    remove_in_tree(root, LOOSE_CAIRN)?;
     write(
         root,
         "/etc/default/kexec",
@@ -314,6 +400,79 @@ pub fn cairn_tools(root: &Path, p: &Profile, public_key: &Path) -> Result<()> {
         0o644,
     )?;
     Ok(())
+}
+
+/// Whether `cairn_tools` would change cairn's package in the tree: install
+/// it (missing, another version, another build), or purge it (the profile
+/// no longer asks for cairn).
+pub fn cairn_differs(root: &Path, p: &Profile, package: Option<&CairnPackage>) -> Result<bool> {
+    match package.filter(|_| p.cairn) {
+        Some(package) => package_differs(root, package),
+        None => Ok(installed_cairn(root)?.is_some()),
+    }
+}
+
+/// The tree's installed cairn: (version, its md5sums file), asked of
+/// dpkg-query with the tree's database.
+fn installed_cairn(root: &Path) -> Result<Option<(String, Vec<u8>)>> {
+    let admin = format!("--admindir={}", inside(root, "/var/lib/dpkg")?.display());
+    let query = |args: &[&str]| {
+        crate::cmd::Cmd::new("dpkg-query")
+            .arg(&admin)
+            .args(args)
+            .output_any_status()
+    };
+    let out = query(&["-W", "-f", "${db:Status-Abbrev}\t${Version}", "cairn"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_once('\t') {
+        Some((status, version)) if out.status.success() && status.starts_with("ii") => {
+            let sums = query(&["--control-show", "cairn", "md5sums"])?;
+            let sums = if sums.status.success() {
+                sums.stdout
+            } else {
+                Vec::new()
+            };
+            Ok(Some((version.to_string(), sums)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Whether the tree lacks exactly this package (another version, other
+/// files: a rebuilt cairn of the same version).
+fn package_differs(root: &Path, package: &CairnPackage) -> Result<bool> {
+    let Some((version, sums)) = installed_cairn(root)? else {
+        return Ok(true);
+    };
+    let out = crate::cmd::Cmd::new(crate::cmd::tool::DPKG_DEB.program)
+        .arg("--info")
+        .arg(&package.path)
+        .arg("md5sums")
+        .run()
+        .with_context(|| format!("reading the md5sums of {}", package.path.display()))?;
+    Ok(version != package.version || out.stdout != sums)
+}
+
+/// Runs dpkg in the tree (chroot, /proc, /sys and /dev mounted) with
+/// services kept from starting: a policy-rc.d that says no, unless the
+/// tree has its own.
+fn in_chroot(root: &Path, args: &[&str]) -> Result<()> {
+    let _mounts = super::debootstrap::ChrootMounts::mount(root, &[])?;
+    let policy = inside(root, "/usr/sbin/policy-rc.d")?;
+    let ours = fs::symlink_metadata(&policy).is_err();
+    if ours {
+        write(
+            root,
+            "/usr/sbin/policy-rc.d",
+            "#!/bin/sh\n# cairn: no service starts while an image is made\nexit 101\n",
+            0o755,
+        )?;
+    }
+    let r = super::debootstrap::chroot(root, args);
+    if ours {
+        let _ = fs::remove_file(&policy);
+    }
+    r
 }
 
 /// The pull timer's unit, and the service it starts.
@@ -1089,5 +1248,78 @@ mod root_tests {
             fs::read_to_string(d.path().join("root/.ssh/authorized_keys")).unwrap(),
             "ssh-ed25519 AAAA test\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod package_tests {
+    use super::*;
+
+    /// A .deb with nothing but its control file.
+    fn deb(dir: &Path, package: &str, version: &str, arch: &str) -> std::path::PathBuf {
+        let tree = dir.join(format!("{package}-{version}-{arch}"));
+        fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+        fs::write(
+            tree.join("DEBIAN/control"),
+            format!(
+                "Package: {package}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: t <t@example.org>\nDescription: test\n"
+            ),
+        )
+        .unwrap();
+        let out = dir.join(format!("{package}_{version}_{arch}.deb"));
+        let st = std::process::Command::new("dpkg-deb")
+            .args(["--root-owner-group", "--build"])
+            .arg(&tree)
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        out
+    }
+
+    /// The package an image gets is cairn of this very version for the
+    /// image's architecture; anything else, or nothing, is refused with
+    /// the path looked at and how to make the right one.
+    #[test]
+    fn only_this_cairns_package_goes_into_an_image() {
+        if crate::cmd::which("dpkg-deb").is_none() {
+            eprintln!("SKIPPED: dpkg-deb is not installed");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let v = env!("CARGO_PKG_VERSION");
+        let missing = package_in_store(d.path(), "amd64");
+        assert_eq!(
+            missing,
+            d.path().join(format!("packages/cairn_{v}_amd64.deb"))
+        );
+        let e = check_package(&missing, v, "amd64", "web").unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(&format!("no cairn package at {}", missing.display()))
+                && e.contains("profile web has `cairn = true`")
+                && e.contains("./scripts/package")
+                && e.contains("<store>/packages/")
+                && e.contains("CAIRN_PACKAGE=PATH"),
+            "{e}"
+        );
+        let good = deb(d.path(), "cairn", v, "amd64");
+        let p = check_package(&good, v, "amd64", "web").unwrap();
+        assert_eq!((p.path, p.version.as_str()), (good, v));
+        for (pkg, ver, arch, said) in [
+            (
+                "cairn",
+                "0.0.1",
+                "amd64",
+                "is cairn 0.0.1 (amd64), not cairn",
+            ),
+            ("cairn", v, "arm64", "(arm64), not cairn"),
+            ("other", v, "amd64", "is other "),
+        ] {
+            let bad = deb(d.path(), pkg, ver, arch);
+            let e = format!("{:#}", check_package(&bad, v, "amd64", "web").unwrap_err());
+            assert!(e.contains(said) && e.contains("./scripts/package"), "{e}");
+        }
     }
 }

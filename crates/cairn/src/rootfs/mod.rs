@@ -284,6 +284,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         Bootstrap::Debootstrap => &DEBOOTSTRAP,
     };
     require(&[boot_tool, &MKSQUASHFS, &GPG])?;
+    let cairn_package = customize::cairn_package(&opts.store, profile)?;
     let compression = opts.compression.unwrap_or(profile.image.compression);
     let level = if opts.compression.is_some() {
         opts.level
@@ -380,7 +381,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     customize::root_access(&rootfs, profile)?;
     customize::data_paths(&rootfs, &profile.data)?;
     customize::boot_marker(&rootfs, &profile.name, &version)?;
-    customize::cairn_tools(&rootfs, profile, &key.public_key)?;
+    customize::cairn_tools(&rootfs, profile, &key.public_key, cairn_package.as_ref())?;
     customize::fleet(&rootfs, profile, &mirrors)?;
     let installed = installed_packages(&rootfs)?;
     refuse_medium_readers(&installed)?;

@@ -109,6 +109,7 @@ pub fn upgrade(
     }
     require(&[&MKSQUASHFS])?;
     let key = keys::load(&opts.store)?;
+    let cairn_package = customize::cairn_package(&opts.store, profile)?;
     let parent_dir = image::resolve(&opts.store, &profile.name).with_context(|| {
         format!(
             "no image of {} to upgrade: `cairn build {profile_arg}` first",
@@ -225,10 +226,14 @@ pub fn upgrade(
     };
     run(&["update"])?;
     let upgraded = simulated_upgrades(&run(&["-s", "dist-upgrade"])?);
+    // cairn's own package is not in the mirror: another cairn (version or
+    // build) than the image's is a change of its own.
+    let cairn_changed = customize::cairn_differs(&root, profile, cairn_package.as_ref())?;
     if upgraded.is_empty()
         && added.is_empty()
         && removed.is_empty()
         && !profile_changed
+        && !cairn_changed
         && !opts.force
     {
         drop(mounts);
@@ -250,12 +255,17 @@ pub fn upgrade(
         });
     }
     say(&format!(
-        "{} upgrade(s), {} to add, {} to remove{}",
+        "{} upgrade(s), {} to add, {} to remove{}{}",
         upgraded.len(),
         added.len(),
         removed.len(),
         if profile_changed {
             ", profile changed"
+        } else {
+            ""
+        },
+        if cairn_changed {
+            ", cairn's package changed"
         } else {
             ""
         }
@@ -319,7 +329,7 @@ pub fn upgrade(
     fs::remove_file(&list)?;
     drop(mounts);
     customize::boot_marker(&root, &profile.name, &version)?;
-    customize::cairn_tools(&root, profile, &key.public_key)?;
+    customize::cairn_tools(&root, profile, &key.public_key, cairn_package.as_ref())?;
     customize::fleet(&root, profile, &mirrors)?;
     let packages = installed_packages(&root)?;
     crate::rootfs::refuse_medium_readers(&packages)?;

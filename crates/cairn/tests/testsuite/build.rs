@@ -84,6 +84,37 @@ fn build_says_what_is_missing_before_any_work() {
         t.elapsed() < Duration::from_secs(60),
         "refused only after work"
     );
+    // A profile with `cairn = true` and no cairn package (none in the
+    // store, no CAIRN_PACKAGE): refused before any work, naming the path
+    // looked at and how to make the package.
+    let t = Instant::now();
+    let o = crate::support::cairn_command()
+        .env_remove(cairn::rootfs::customize::PACKAGE_ENV)
+        .arg("--store")
+        .arg(&f.store)
+        .args(["--quiet", "build", f.webtest.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = fails(o);
+    let wanted = cairn::rootfs::customize::package_in_store(&f.store, "amd64");
+    assert!(
+        err.contains(&format!("no cairn package at {}", wanted.display()))
+            && err.contains("./scripts/package")
+            && err.contains("<store>/packages/"),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "refused only after work"
+    );
+    assert!(
+        !f.store.join("images/webtest").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".build-"))
+    );
 }
 
 /// The default image: every file of an image, it verifies; its ISO boots on
@@ -166,7 +197,7 @@ fn killed_build_leaves_nothing_and_host_types_differ() {
     let w = f.work("killed_build_leaves_nothing_and_host_types_differ");
     let store = f.store_copy(w.path());
     let profile = f.webtest.to_str().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+    let mut child = crate::support::cairn_command()
         .arg("--store")
         .arg(&store)
         .args(["--quiet", "build", profile])
@@ -271,6 +302,38 @@ fn killed_build_leaves_nothing_and_host_types_differ() {
         ls.lines()
             .any(|l| l.contains("/var/lib/webtest -> /data/var-lib-webtest")),
         "no data symlink"
+    );
+    // cairn itself (`cairn = true`): its package, installed by dpkg and
+    // in the manifest's packages; no loose copy, no policy-rc.d left, the
+    // build host's timer not enabled; the pull unit runs the package's cairn.
+    let m = fixture::manifest(&img);
+    assert!(
+        m["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "cairn" && p["version"] == env!("CARGO_PKG_VERSION")),
+        "cairn is not among the image's packages"
+    );
+    let list = squashfs_cat(&img, "var/lib/dpkg/info/cairn.list");
+    assert!(
+        list.lines().any(|l| l == "/usr/bin/cairn")
+            && list
+                .lines()
+                .any(|l| l == "/usr/share/man/man1/cairn-mirror-sync.1.gz"),
+        "{list}"
+    );
+    for gone in [
+        "/usr/local/bin/cairn",
+        "/usr/sbin/policy-rc.d",
+        "timers.target.wants/cairn-cycle.timer",
+        "/tmp/cairn_",
+    ] {
+        assert!(!ls.contains(gone), "{gone} in the image");
+    }
+    assert!(
+        squashfs_cat(&img, "usr/lib/systemd/system/cairn-pull.service")
+            .contains("\nExecStart=/usr/bin/cairn pull\n")
     );
     assert!(
         ls.lines()

@@ -695,11 +695,8 @@ fn the_build_hosts_cycle_units_are_valid_and_their_command_is_real() {
         }
         fs::write(
             d.path().join(u),
-            t.replace(
-                "ExecStart=/usr/local/bin/cairn",
-                &format!("ExecStart={bin}"),
-            )
-            .replace("ConditionPathExists=/etc/cairn/cairn.toml\n", ""),
+            t.replace("ExecStart=/usr/bin/cairn", &format!("ExecStart={bin}"))
+                .replace("ConditionPathExists=/etc/cairn/cairn.toml\n", ""),
         )
         .unwrap();
     }

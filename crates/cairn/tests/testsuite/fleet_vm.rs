@@ -281,7 +281,7 @@ fn the_apply_live_policy_installs_the_new_packages_from_the_published_mirror() {
     .unwrap();
     fs::write(
         files.join("applied.service"),
-        "[Unit]\nDescription=test: report apply-live\n[Service]\nType=oneshot\nExecStart=/usr/local/sbin/cairn-test-applied\n",
+        "[Unit]\nDescription=test: report apply-live\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/sbin/cairn-test-applied\n",
     )
     .unwrap();
     let report = "[[files]]\nsource = \"files/applied\"\ndest = \"/usr/local/sbin/cairn-test-applied\"\nmode = \"0755\"\n\

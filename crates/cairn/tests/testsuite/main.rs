@@ -11,6 +11,7 @@ mod grub;
 mod image;
 mod mirror;
 mod netboot;
+mod package;
 mod real_archive;
 mod support;
 mod upgrade;

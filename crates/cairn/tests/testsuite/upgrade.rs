@@ -394,3 +394,95 @@ fn an_upgrade_takes_the_profiles_kernel_arguments_and_compression() {
     let cfg = fs::read_to_string(img.join("boot.cfg")).unwrap();
     assert!(cfg.contains(" loglevel=4 "), "{cfg}");
 }
+
+/// Another build of cairn's package (same version, other files) is a change
+/// of its own: `upgrade` makes a delta that carries it, installed by dpkg;
+/// once the image has it, the same package is no change.
+#[test]
+fn a_new_cairn_package_goes_into_the_delta() {
+    let Some((f, _heavy)) = fixture::begin() else {
+        return;
+    };
+    let w = f.work("a_new_cairn_package_goes_into_the_delta");
+    let store = f.store_copy(w.path());
+    // The test's package, rebuilt with one file more (and its md5sum).
+    let tree = w.path().join("rebuilt");
+    let st = Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(crate::support::package::deb())
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::write(tree.join("usr/share/doc/cairn/rebuilt"), "another build\n").unwrap();
+    let mut sums = fs::read_to_string(tree.join("DEBIAN/md5sums")).unwrap();
+    let md5 = Command::new("md5sum")
+        .arg(tree.join("usr/share/doc/cairn/rebuilt"))
+        .output()
+        .unwrap();
+    let md5 = String::from_utf8_lossy(&md5.stdout);
+    sums.push_str(&format!(
+        "{}  usr/share/doc/cairn/rebuilt\n",
+        md5.split_whitespace().next().unwrap()
+    ));
+    fs::write(tree.join("DEBIAN/md5sums"), sums).unwrap();
+    let rebuilt = w.path().join("cairn-rebuilt.deb");
+    let st = Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-b"])
+        .arg(&tree)
+        .arg(&rebuilt)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let up = || -> serde_json::Value {
+        json(ok(crate::support::cairn_command()
+            .env(cairn::rootfs::customize::PACKAGE_ENV, &rebuilt)
+            .arg("--store")
+            .arg(&store)
+            .args(["--quiet", "upgrade", f.webtest.to_str().unwrap(), "--json"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()))
+    };
+    let r = up();
+    assert_eq!(r["layer"], "delta", "{r}");
+    let img = PathBuf::from(r["path"].as_str().unwrap());
+    let layer = img.join(
+        r["layers"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap(),
+    );
+    let ls = Command::new("unsquashfs")
+        .arg("-lls")
+        .arg(&layer)
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    for want in [
+        "/usr/share/doc/cairn/rebuilt",
+        "/var/lib/dpkg/info/cairn.md5sums",
+        "/usr/bin/cairn",
+    ] {
+        assert!(
+            ls.lines().any(|l| l.ends_with(want)),
+            "{want} not in the delta:\n{ls}"
+        );
+    }
+    assert!(
+        !ls.contains("policy-rc.d") && !ls.contains("/tmp/cairn_"),
+        "{ls}"
+    );
+    let v = json(ok(cairn(
+        &store,
+        &["image", "verify", img.to_str().unwrap(), "--json"],
+    )));
+    assert_eq!(v["ok"], true, "{v}");
+    // The image has this package now: nothing to upgrade.
+    let again = up();
+    assert!(again["version"].is_null(), "{again}");
+}

@@ -220,6 +220,9 @@ fn json(out: String) -> serde_json::Value {
 }
 
 fn make() -> Fixture {
+    // webtest (and the profiles extending it) have `cairn = true`: their
+    // images install cairn's package, made first.
+    crate::support::package::deb();
     let _heavy = crate::support::heavy();
     let root = root();
     if root.exists() {

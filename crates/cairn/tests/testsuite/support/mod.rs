@@ -5,6 +5,7 @@
 pub mod apt;
 pub mod fixture;
 pub mod nginx;
+pub mod package;
 pub mod repo;
 pub mod server;
 pub mod vm;
@@ -66,9 +67,22 @@ pub fn is_root() -> bool {
 /// A configuration file that does not exist: tests read no host configuration.
 pub const NO_CONFIG: &str = "/nonexistent/cairn-test/cairn.toml";
 
+/// The cairn binary as the tests run it: once this process has made
+/// cairn's package, with CAIRN_PACKAGE naming it (images with
+/// `cairn = true` install it).
+pub fn cairn_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    // The host's /etc/cairn/cairn.toml is not the test's.
+    c.env("CAIRN_CONFIG", NO_CONFIG);
+    if let Some(deb) = package::made() {
+        c.env(cairn::rootfs::customize::PACKAGE_ENV, deb);
+    }
+    c
+}
+
 /// Runs the cairn binary.
 pub fn cairn(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cairn"))
+    cairn_command()
         .arg("--store")
         .arg(store)
         .arg("--quiet")
