@@ -271,7 +271,7 @@ fn the_apply_live_policy_installs_the_new_packages_from_the_published_mirror() {
          echo \"PROBE less=${v:-none}\" > /dev/ttyS1\n\
          for i in $(seq 30); do a=$(journalctl -u cairn-pull.service -o cat | grep -E 'policy apply-live: (apply-live|none) ' | tail -n 1); [ -n \"$a\" ] && break; sleep 1; done\n\
          echo \"PROBE action=$a\" > /dev/ttyS1\n\
-         echo \"APPLIED-LIVE $(tr -d '\\n' < /var/lib/cairn/applied-live.json | grep -o '\"to\": *\"[^\"]*\"' | tail -n 1)\" > /dev/ttyS1\n",
+         echo \"APPLIED-LIVE $(tr -d '\\n' < /var/lib/cairn/applied-live.json | grep -o '\"to\": *\"webtest/[^\"]*\"' | tail -n 1)\" > /dev/ttyS1\n",
     )
     .unwrap();
     fs::write(
