@@ -53,12 +53,17 @@ fn host_archive_closure_installs_with_mmdebstrap() {
         .unwrap()
         .to_string();
     let target = dir.path().join("root.tar");
+    // Everything the default profile installs (its kernel is this host
+    // type's): what `cairn build` with no argument asks of the mirror
+    // that `cairn mirror sync` with no argument made.
+    let p = cairn::profile::load_arg("default").unwrap();
+    let include = p.all_packages(p.resolved_host_type()).join(",");
     let o = Command::new("mmdebstrap")
         .args([
             "--variant=minbase",
             "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount",
         ])
-        .arg("--include=systemd-sysv,live-boot,linux-image-amd64")
+        .arg(format!("--include={include}"))
         .arg(&suite)
         .arg(&target)
         .args(&lines)
