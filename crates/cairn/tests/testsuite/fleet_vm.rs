@@ -89,17 +89,7 @@ fn a_machine_pulls_the_delta_by_itself_and_kexecs_into_it() {
         "cairn: policy kexec: switching to webtest/{v2} with kexec"
     ));
     let hits = nginx.hits();
-    // The delta's own layer (named after its version): the report's last.
-    let new_layer = format!(
-        "/{}",
-        u.report["layers"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .as_str()
-            .unwrap()
-    );
+    let new_layer = format!("/{}", u.delta_layer());
     let of_v2: Vec<_> = hits
         .iter()
         .filter(|h| h.path.starts_with(&format!("/images/webtest/{v2}/")))

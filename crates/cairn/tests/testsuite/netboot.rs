@@ -230,13 +230,7 @@ fn the_next_boot_takes_what_the_server_offers_now() {
     b2.reached(&want2);
     b2.console_has(&format!(
         "{}: fetched; every block matches its signed root hash",
-        u.report["layers"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .as_str()
-            .unwrap()
+        u.delta_layer()
     ));
     fs::remove_dir_all(store.join("images/webtest").join(&v2)).unwrap();
     let r = netboot(&store, port);

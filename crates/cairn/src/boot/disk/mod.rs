@@ -205,17 +205,18 @@ pub fn create(
         boot_uuid: boot_uuid.clone(),
     };
     fs::write(staging.join(config::PATH), serde_json::to_vec_pretty(&cfg)?)?;
+    let report = |m: menu::Menu, layout: Layout| DiskReport {
+        dry_run: opts.dry_run,
+        path: target.to_path_buf(),
+        layout,
+        images: names.clone(),
+        isos: iso_names.clone(),
+        menu: m,
+        secure_boot: opts.secure_boot.is_some(),
+        seconds: steps.seconds(),
+    };
     if opts.dry_run {
-        return Ok(DiskReport {
-            dry_run: true,
-            path: target.to_path_buf(),
-            layout,
-            images: names,
-            isos: iso_names,
-            menu: m,
-            secure_boot: opts.secure_boot.is_some(),
-            seconds: steps.seconds(),
-        });
+        return Ok(report(m, layout));
     }
     say(&format!(
         "GRUB for BIOS and UEFI with key {} built in",
@@ -314,16 +315,7 @@ pub fn create(
         m.entries.len(),
         m.default
     ));
-    Ok(DiskReport {
-        path: target.to_path_buf(),
-        layout,
-        images: names,
-        isos: iso_names,
-        menu: m,
-        secure_boot: opts.secure_boot.is_some(),
-        seconds: steps.seconds(),
-        dry_run: false,
-    })
+    Ok(report(m, layout))
 }
 
 /// A disk file's place, checked before any work: its directory exists and

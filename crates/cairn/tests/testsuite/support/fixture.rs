@@ -82,6 +82,17 @@ pub struct Upgraded {
     pub report: serde_json::Value,
 }
 
+impl Upgraded {
+    /// The delta's own layer (named after its version): the report's last.
+    pub fn delta_layer(&self) -> &str {
+        self.report["layers"]
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(|l| l.as_str())
+            .unwrap_or_else(|| panic!("no layers in the upgrade report: {}", self.report))
+    }
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm-tier")
 }
