@@ -29,6 +29,36 @@ pub struct BuildArgs {
     /// Override the profile's host type (and `auto` detection).
     #[arg(long, value_parser = ["physical", "virtual"])]
     pub host_type: Option<String>,
+    #[command(flatten)]
+    pub inputs: InputArgs,
+}
+
+/// What a build reads, shared by `build` and `upgrade`.
+#[derive(Args, Debug)]
+pub struct InputArgs {
+    /// Build from this mirror snapshot (`cairn mirror snapshot create`)
+    /// instead of the live mirrors: the same snapshot, profile and cairn
+    /// give the same image bytes.
+    #[arg(long, value_name = "NAME")]
+    pub snapshot: Option<String>,
+    /// mksquashfs threads [default: every core]. The image's bytes do not
+    /// depend on it.
+    #[arg(long, value_name = "THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub processors: Option<u32>,
+}
+
+impl InputArgs {
+    /// SOURCE_DATE_EPOCH from the environment, when set: it must be a
+    /// number of seconds, or the build is refused.
+    pub fn epoch() -> Result<Option<i64>> {
+        match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => v.trim().parse().map(Some).map_err(|_| {
+                anyhow::anyhow!("SOURCE_DATE_EPOCH={v:?}: not a number of seconds since 1970")
+            }),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("SOURCE_DATE_EPOCH: {e}")),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -50,6 +80,8 @@ pub struct UpgradeArgs {
     /// Make an image even when nothing changed.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub inputs: InputArgs,
 }
 
 pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
@@ -62,6 +94,9 @@ pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
         max_delta_share: a.max_delta_share,
         force: a.force,
         host_type: None,
+        snapshot: a.inputs.snapshot.clone(),
+        epoch: InputArgs::epoch()?,
+        processors: a.inputs.processors.map(|p| p as usize),
         quiet: cli.quiet(),
     };
     let r = crate::upgrade::upgrade(&prof, &arg, &opts)?;
@@ -116,9 +151,10 @@ pub(super) fn run_build(cli: &Cli, a: &BuildArgs) -> Result<i32> {
                 HostType::Physical
             }
         }),
-        epoch: std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|v| v.parse().ok()),
+        epoch: InputArgs::epoch()?,
+        snapshot: a.inputs.snapshot.clone(),
+        processors: a.inputs.processors.map(|p| p as usize),
+        check_into: None,
         quiet: cli.quiet(),
     };
     let r = rootfs::build(&prof, &arg, &opts)?;

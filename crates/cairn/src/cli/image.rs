@@ -72,6 +72,34 @@ pub enum ImageCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Build an image again from what its manifest records and compare the
+    /// bytes: the squashfs, kernel and initrd must be identical.
+    ///
+    /// The inputs are the profile (checked against the recorded hash), the
+    /// mirror snapshot the image was built from (or the live mirrors, if it
+    /// was built from them and they have not moved on), the epoch, the
+    /// compressor and the host type. On a difference it names the first
+    /// differing file inside the squashfs, with diffoscope's report when
+    /// diffoscope is installed, and exits 3. Nothing is published.
+    Rebuild {
+        /// An image directory, `PROFILE` (its newest image) or `PROFILE/VERSION`.
+        image: String,
+        /// Compare the rebuild with the image (required: a rebuild is only a check).
+        #[arg(long, required = true)]
+        check: bool,
+        /// The profile the image was built from: a file or a name in
+        /// build.profile-dir [default: the image's profile name].
+        #[arg(long, value_name = "PROFILE")]
+        profile: Option<String>,
+        /// Keep the rebuilt files (and the unpacked trees on a difference) in
+        /// this empty directory.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        /// mksquashfs threads [default: every core]; the bytes must not
+        /// depend on it.
+        #[arg(long, value_name = "THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+        processors: Option<u32>,
+    },
     /// Seal an image again with the store's key: boot.cfg and BOOTSUMS from
     /// its manifest (e.g. after editing `kernel-cmdline` in manifest.json),
     /// SHA256SUMS, SHA512SUMS and every signature GRUB needs.
@@ -213,6 +241,81 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
                 Ok(())
             })?;
             Ok(0)
+        }
+        ImageCommand::Rebuild {
+            image: spec,
+            check: _,
+            profile,
+            keep,
+            processors,
+        } => {
+            if !crate::fsutil::is_root() {
+                anyhow::bail!("cairn image rebuild needs root (it builds, as cairn build does)");
+            }
+            let dir = image::resolve(&cli.store, spec)?;
+            let m = image::read_manifest(&dir)?;
+            let arg = cli
+                .config
+                .profile_arg(profile.as_deref().unwrap_or(&m.profile))?;
+            let prof = crate::profile::load_arg(&arg)?;
+            let r = image::rebuild::rebuild(
+                &dir,
+                &prof,
+                &arg,
+                &image::rebuild::RebuildOptions {
+                    store: cli.store.clone(),
+                    keep: keep.clone(),
+                    processors: processors.map(|p| p as usize),
+                    quiet: cli.quiet(),
+                },
+            )?;
+            show(cli, "rebuild", &r, |r| {
+                for c in &r.inputs_changed {
+                    println!("  input changed since the build: {c}");
+                }
+                for f in &r.files {
+                    println!(
+                        "  {:<22} {}",
+                        f.name,
+                        if f.identical {
+                            "identical".to_string()
+                        } else {
+                            format!(
+                                "DIFFERS (image {}…, rebuild {}…)",
+                                &f.image_sha256[..16],
+                                &f.rebuilt_sha256[..16]
+                            )
+                        }
+                    );
+                }
+                if let Some(d) = &r.first_difference {
+                    println!("  first difference: {d}");
+                }
+                if let Some(d) = &r.diffoscope {
+                    println!("diffoscope:\n{d}");
+                }
+                println!(
+                    "{}: {} (epoch {}, {}) in {:.0}s",
+                    r.image,
+                    if r.reproducible {
+                        "reproducible: the rebuild is identical"
+                    } else {
+                        "NOT REPRODUCED"
+                    },
+                    r.epoch,
+                    r.snapshot
+                        .as_deref()
+                        .map(|s| format!("snapshot {s}"))
+                        .unwrap_or_else(|| "live mirrors".into()),
+                    r.seconds
+                );
+                Ok(())
+            })?;
+            Ok(if r.reproducible {
+                super::exit::SUCCESS
+            } else {
+                super::exit::VERIFICATION
+            })
         }
         ImageCommand::Sign { image: spec } => {
             let dir = image::resolve(&cli.store, spec)?;

@@ -41,6 +41,108 @@ pub enum MirrorCommand {
     /// Print apt source lines (one-line format, with signed-by) for the
     /// published mirrors, ready for /etc/apt/sources.list.d/ or mmdebstrap.
     Sources(SourcesArgs),
+    /// Named, immutable generations of the mirrors, to build from
+    /// (`cairn build --snapshot NAME`) and rebuild from (`cairn image rebuild`).
+    ///
+    /// A snapshot holds each mirror's signed indices and every pool file they
+    /// select, as hard links to the live mirror's files: it costs no space,
+    /// and a pool file the live mirror later drops stays as long as a
+    /// snapshot links it. Kept in <store>/snapshots/NAME/.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Capture the mirrors as they are published now under NAME (refused
+    /// when NAME exists: a snapshot never changes).
+    Create {
+        /// The snapshot's name (letters, digits, `.`, `_`, `+`, `-`).
+        name: String,
+        /// Only these mirrors (repeatable) [default: every mirror in the store].
+        #[arg(long = "mirror", value_name = "MIRROR")]
+        mirrors: Vec<String>,
+    },
+    /// List the snapshots: their suites' Release dates and pool sizes.
+    List,
+    /// Delete a snapshot (pool files the live mirror or another snapshot
+    /// links stay). Refused while an image records it as its input.
+    Delete {
+        /// The snapshot's name.
+        name: String,
+        /// Delete it even though images were built from it (they can then no
+        /// longer be rebuilt with `cairn image rebuild --check`).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub(super) fn run_snapshot(cli: &Cli, c: &SnapshotCommand) -> Result<i32> {
+    use crate::mirror::snapshot;
+    match c {
+        SnapshotCommand::Create { name, mirrors } => {
+            if !crate::fsutil::is_root() {
+                anyhow::bail!("cairn mirror snapshot create needs root (the store is root's)");
+            }
+            let s = snapshot::create(&cli.store, name, mirrors)?;
+            show(cli, "snapshot", &s, |s| {
+                print_snapshot(s);
+                Ok(())
+            })?;
+        }
+        SnapshotCommand::List => {
+            let all = snapshot::list(&cli.store)?;
+            show(cli, "snapshots", &all, |all| {
+                if all.is_empty() {
+                    println!(
+                        "no snapshots in {}",
+                        snapshot::snapshots_dir(&cli.store).display()
+                    );
+                }
+                for s in all {
+                    print_snapshot(s);
+                }
+                Ok(())
+            })?;
+        }
+        SnapshotCommand::Delete { name, force } => {
+            let s = snapshot::delete(&cli.store, name, *force)?;
+            #[derive(serde::Serialize)]
+            struct Deleted<'a> {
+                deleted: &'a str,
+            }
+            show(cli, "deleted", &Deleted { deleted: &s.name }, |d| {
+                println!("deleted snapshot {}", d.deleted);
+                Ok(())
+            })?;
+        }
+    }
+    Ok(0)
+}
+
+fn print_snapshot(s: &crate::mirror::snapshot::Snapshot) {
+    println!(
+        "{} (made {}) {}",
+        s.name,
+        cairn_debian::date::format_compact(s.created_at),
+        s.path.display()
+    );
+    for (m, suites) in &s.releases {
+        for (suite, r) in suites {
+            println!(
+                "  {m}/{suite}: Release {} (Date {})",
+                &r.release_sha256[..r.release_sha256.len().min(16)],
+                r.date
+                    .map(cairn_debian::date::format_compact)
+                    .unwrap_or_else(|| "?".into())
+            );
+        }
+        println!(
+            "  {m}: {} pool files ({})",
+            s.pool_files.get(m).copied().unwrap_or(0),
+            human_bytes(s.pool_bytes.get(m).copied().unwrap_or(0))
+        );
+    }
 }
 
 #[derive(Args, Debug)]

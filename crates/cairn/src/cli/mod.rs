@@ -346,6 +346,7 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Mirror(MirrorCommand::Sync(a)) => mirror::run_sync(cli, a, mode),
         Command::Mirror(MirrorCommand::Verify(a)) => mirror::run_verify(cli, a, mode),
         Command::Mirror(MirrorCommand::Sources(a)) => mirror::print_sources(cli, a),
+        Command::Mirror(MirrorCommand::Snapshot(c)) => mirror::run_snapshot(cli, c),
         Command::Build(a) => build::run_build(cli, a),
         Command::Upgrade(a) => build::run_upgrade(cli, a),
         Command::ApplyLive(a) => live::run_apply_live(cli, a),

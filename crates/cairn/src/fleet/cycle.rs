@@ -143,6 +143,9 @@ pub fn cycle(store: &Path, c: &CycleConfig, quiet: bool) -> Result<CycleReport> 
                     max_delta_share: 0.5,
                     force: false,
                     host_type: None,
+                    snapshot: None,
+                    epoch: None,
+                    processors: None,
                     quiet: true,
                 },
             )
@@ -162,15 +165,7 @@ pub fn cycle(store: &Path, c: &CycleConfig, quiet: bool) -> Result<CycleReport> 
             let r = crate::rootfs::build(
                 p,
                 &arg,
-                &crate::rootfs::BuildOptions {
-                    store: store.to_path_buf(),
-                    iso: None,
-                    compression: None,
-                    level: None,
-                    host_type: None,
-                    epoch: None,
-                    quiet: true,
-                },
+                &crate::rootfs::BuildOptions::new(store.to_path_buf()),
             )
             .with_context(|| format!("building {}", p.name))?;
             images.push(CycleImage {

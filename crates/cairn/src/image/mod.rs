@@ -5,6 +5,7 @@
 //! their own.
 
 pub mod iso;
+pub mod rebuild;
 pub mod seal;
 pub mod squashfs;
 pub mod verify;
@@ -85,6 +86,22 @@ pub struct Manifest {
     pub build_seconds: f64,
     pub signed_by: Option<String>,
     pub cairn_version: String,
+    /// The inputs it was built from (absent in images of older cairns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<BuildSource>,
+}
+
+/// What a build read: the mirror snapshot (or the live mirrors), the signed
+/// Release file of every suite, and the time every file was clamped to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct BuildSource {
+    /// The snapshot (`cairn mirror snapshot`); none: the live mirrors.
+    pub snapshot: Option<String>,
+    /// SOURCE_DATE_EPOCH: no file in the image is newer. The newest Release
+    /// `Date` among the inputs unless `--epoch` said otherwise.
+    pub epoch: i64,
+    pub releases: crate::mirror::snapshot::Releases,
 }
 
 pub fn images_dir(store: &Path) -> PathBuf {

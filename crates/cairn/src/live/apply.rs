@@ -254,7 +254,7 @@ fn apt_apply(store: &Path, from: AptFrom, target: &Manifest, changes: &[Change])
         .collect();
     let apt = |args: &[String]| {
         let a: Vec<&str> = opts.iter().chain(args).map(String::as_str).collect();
-        crate::rootfs::debootstrap::apt(Path::new("/"), &a)
+        crate::rootfs::debootstrap::apt(Path::new("/"), None, &a)
     };
     apt(&["update".into()])?;
     let mut args: Vec<String> = vec![

@@ -5,6 +5,7 @@ pub mod closure;
 pub mod config;
 pub mod fetch;
 pub mod release;
+pub mod snapshot;
 pub mod state;
 pub mod sync;
 pub mod url;

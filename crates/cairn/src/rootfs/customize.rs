@@ -206,11 +206,22 @@ fn mount_unit(label: &str) -> String {
 /// console (and the second serial port) which image booted; with
 /// `cairn.poweroff` on the kernel command line, or a DMI serial starting with
 /// `cairn-test-poweroff` (qemu `-smbios type=1,serial=...`), it then powers off.
-pub fn boot_marker(root: &Path, profile: &str, version: &str) -> Result<()> {
+///
+/// Which image this is (`/etc/cairn/image.env`) is not in the tree — the
+/// same inputs must make the same bytes whatever version name the build
+/// gets —: a unit early in every boot writes it to /run from the signed
+/// kernel command line (`cairn.image=`), and /etc/cairn/image.env links there.
+pub fn boot_marker(root: &Path) -> Result<()> {
     write(
         root,
-        "/etc/cairn/image.env",
-        format!("CAIRN_PROFILE={profile}\nCAIRN_VERSION={version}\n"),
+        "/usr/lib/cairn/image-env",
+        include_str!("assets/image-env.sh"),
+        0o755,
+    )?;
+    write(
+        root,
+        "/usr/lib/systemd/system/cairn-image.service",
+        "[Unit]\nDescription=cairn: which image booted (/run/cairn/image.env)\nDefaultDependencies=no\nBefore=sysinit.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/lib/cairn/image-env\n\n[Install]\nWantedBy=sysinit.target\n",
         0o644,
     )?;
     write(
@@ -225,11 +236,27 @@ pub fn boot_marker(root: &Path, profile: &str, version: &str) -> Result<()> {
         "[Unit]\nDescription=cairn: report the booted image\nAfter=multi-user.target\n\n[Service]\nType=oneshot\nExecStart=/usr/lib/cairn/booted\n\n[Install]\nWantedBy=multi-user.target\n",
         0o644,
     )?;
-    let wants = inside(root, "/etc/systemd/system/multi-user.target.wants")?;
-    fs::create_dir_all(&wants)?;
-    let link = wants.join("cairn-booted.service");
-    let _ = fs::remove_file(&link);
-    symlink("/usr/lib/systemd/system/cairn-booted.service", &link)?;
+    for (dir, unit) in [
+        (
+            "/etc/systemd/system/multi-user.target.wants",
+            "cairn-booted.service",
+        ),
+        (
+            "/etc/systemd/system/sysinit.target.wants",
+            "cairn-image.service",
+        ),
+    ] {
+        let wants = inside(root, dir)?;
+        fs::create_dir_all(&wants)?;
+        let link = wants.join(unit);
+        let _ = fs::remove_file(&link);
+        symlink(format!("/usr/lib/systemd/system/{unit}"), &link)?;
+    }
+    // An image of an older cairn had the file itself.
+    let env = inside_link(root, "/etc/cairn/image.env")?;
+    fs::create_dir_all(env.parent().unwrap_or(root))?;
+    let _ = fs::remove_file(&env);
+    symlink("/run/cairn/image.env", &env)?;
     Ok(())
 }
 
@@ -372,12 +399,13 @@ pub fn cairn_tools(
     p: &Profile,
     public_key: &Path,
     package: Option<&CairnPackage>,
+    epoch: i64,
 ) -> Result<()> {
     let key = fs::read(public_key).with_context(|| format!("reading {}", public_key.display()))?;
     write(root, KEY_IN_IMAGE, &key, 0o644)?;
     let Some(package) = package.filter(|_| p.cairn) else {
         if installed_cairn(root)?.is_some() {
-            in_chroot(root, &["dpkg", "--purge", "cairn"])?;
+            in_chroot(root, epoch, &["dpkg", "--purge", "cairn"])?;
         }
         return Ok(());
     };
@@ -387,8 +415,12 @@ pub fn cairn_tools(
         fs::create_dir_all(copy.parent().unwrap_or(root))?;
         fs::copy(&package.path, &copy)
             .with_context(|| format!("copying {} into the tree", package.path.display()))?;
-        let r = in_chroot(root, &["dpkg", "--install", "--force-confold", &name])
-            .with_context(|| format!("installing {} in the tree", package.path.display()));
+        let r = in_chroot(
+            root,
+            epoch,
+            &["dpkg", "--install", "--force-confold", &name],
+        )
+        .with_context(|| format!("installing {} in the tree", package.path.display()));
         let _ = fs::remove_file(&copy);
         r?;
     }
@@ -456,7 +488,7 @@ fn package_differs(root: &Path, package: &CairnPackage) -> Result<bool> {
 /// Runs dpkg in the tree (chroot, /proc, /sys and /dev mounted) with
 /// services kept from starting: a policy-rc.d that says no, unless the
 /// tree has its own.
-fn in_chroot(root: &Path, args: &[&str]) -> Result<()> {
+fn in_chroot(root: &Path, epoch: i64, args: &[&str]) -> Result<()> {
     let _mounts = super::debootstrap::ChrootMounts::mount(root, &[])?;
     let policy = inside(root, "/usr/sbin/policy-rc.d")?;
     let ours = fs::symlink_metadata(&policy).is_err();
@@ -468,7 +500,7 @@ fn in_chroot(root: &Path, args: &[&str]) -> Result<()> {
             0o755,
         )?;
     }
-    let r = super::debootstrap::chroot(root, args);
+    let r = super::debootstrap::chroot(root, epoch, args);
     if ours {
         let _ = fs::remove_file(&policy);
     }
@@ -659,15 +691,45 @@ pub fn fleet(
         }
     }
     write(root, FLEET_SOURCES, text, 0o644)?;
-    // The build host's own paths mean nothing on a machine.
-    let list = inside_link(root, "/etc/apt/sources.list")?;
-    if fs::read_to_string(&list).is_ok_and(|t| t.contains("file:")) {
-        write(
-            root,
-            "/etc/apt/sources.list",
-            "# cairn: see /etc/apt/sources.list.d/cairn.sources\n",
-            0o644,
-        )?;
+    Ok(())
+}
+
+/// Removes the directories made in the tree to mount the build host's
+/// mirrors at their own paths (mmdebstrap's file-mirror-automount hook,
+/// cairn's chroot mounts): each mirror's directory, then its parents while
+/// they are empty and no package owns them (so /srv or /var/lib stay). The
+/// host's store path would otherwise be in every image.
+pub fn remove_mount_points(root: &Path, dirs: &[std::path::PathBuf]) -> Result<()> {
+    let mut owned = std::collections::HashSet::new();
+    let info = inside(root, "/var/lib/dpkg/info")?;
+    for e in fs::read_dir(&info).with_context(|| format!("reading {}", info.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "list") {
+            for l in fs::read_to_string(&p)?.lines() {
+                owned.insert(l.to_string());
+            }
+        }
+    }
+    for d in dirs {
+        let mut cur = d.clone();
+        while cur.parent().is_some() {
+            let text = cur.display().to_string();
+            if owned.contains(&text) {
+                break;
+            }
+            let Ok(t) = inside_link(root, &text) else {
+                break;
+            };
+            match fs::symlink_metadata(&t) {
+                Ok(m) if m.is_dir() => {}
+                _ => break,
+            }
+            // Only an empty directory goes (a mount still there would not be).
+            if std::fs::remove_dir(&t).is_err() {
+                break;
+            }
+            cur = cur.parent().map(Path::to_path_buf).unwrap_or_default();
+        }
     }
     Ok(())
 }
@@ -703,6 +765,17 @@ pub fn clean(root: &Path) -> Result<()> {
         "/etc/ssh/ssh_host_rsa_key",
     ] {
         let _ = fs::remove_file(inside_link(root, f)?);
+    }
+    // The build host's own paths (its store, a snapshot's name) mean
+    // nothing on a machine, and would make the image depend on them.
+    let list = inside_link(root, "/etc/apt/sources.list")?;
+    if fs::read_to_string(&list).is_ok_and(|t| t.contains("file:")) {
+        write(
+            root,
+            "/etc/apt/sources.list",
+            "# cairn: the build's local mirror is not a source on a machine; a fleet profile's\n# machines have /etc/apt/sources.list.d/cairn.sources\n",
+            0o644,
+        )?;
     }
     // An empty machine-id: systemd makes a fresh one at each boot.
     write(root, "/etc/machine-id", "", 0o444)?;

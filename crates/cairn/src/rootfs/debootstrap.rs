@@ -81,7 +81,9 @@ pub(crate) fn mount_at<S: AsRef<std::ffi::OsStr>>(args: &[S], target: &Path) -> 
 /// apt-get in the tree (through chroot; `/` is the running system),
 /// non-interactive, without Recommends (as mmdebstrap: the mirror holds the
 /// closure without them), keeping existing conffiles. Returns its output.
-pub(crate) fn apt(root: &Path, args: &[&str]) -> Result<String> {
+/// `epoch` is SOURCE_DATE_EPOCH for everything it runs (the initramfs,
+/// caches that record times).
+pub(crate) fn apt(root: &Path, epoch: Option<i64>, args: &[&str]) -> Result<String> {
     let mut a = vec![
         "apt-get",
         "-y",
@@ -98,20 +100,24 @@ pub(crate) fn apt(root: &Path, args: &[&str]) -> Result<String> {
     } else {
         Cmd::new("chroot").arg(root)
     };
+    let mut cmd = cmd.args(&a).env("DEBIAN_FRONTEND", "noninteractive");
+    if let Some(e) = epoch {
+        cmd = cmd.env("SOURCE_DATE_EPOCH", e.to_string());
+    }
     let out = cmd
-        .args(&a)
-        .env("DEBIAN_FRONTEND", "noninteractive")
         .progress(&format!("apt-get {}", args.first().copied().unwrap_or("")))
         .run()
         .with_context(|| format!("apt-get {} in {}", args.join(" "), root.display()))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub(crate) fn chroot(root: &Path, args: &[&str]) -> Result<()> {
+/// A command in the tree, with SOURCE_DATE_EPOCH `epoch`.
+pub(crate) fn chroot(root: &Path, epoch: i64, args: &[&str]) -> Result<()> {
     Cmd::new("chroot")
         .arg(root)
         .args(args)
         .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
         .env("LC_ALL", "C.UTF-8")
         .progress(args.first().copied().unwrap_or("chroot"))
         .run()
@@ -121,13 +127,14 @@ pub(crate) fn chroot(root: &Path, args: &[&str]) -> Result<()> {
 pub fn bootstrap(
     profile: &Profile,
     packages: &[String],
-    mirrors: &[(MirrorPaths, MirrorState, Vec<String>)],
+    inputs: &super::Inputs,
     rootfs: &Path,
     work: &Path,
     epoch: i64,
     profile_arg: &str,
 ) -> Result<()> {
     require(&[&DEBOOTSTRAP])?;
+    let mirrors = &inputs.mirrors;
     let (paths, state, _) = mirrors
         .iter()
         .find(|(_, s, _)| s.repo.suites.iter().any(|x| x == &profile.suite))
@@ -176,11 +183,27 @@ pub fn bootstrap(
     let _mounts = ChrootMounts::mount(rootfs, &roots)?;
     let _ = fs::remove_file(inside_link(rootfs, "/etc/apt/sources.list")?);
     let list = apt_sources(rootfs, mirrors)?;
-    apt(rootfs, &["-o", "Acquire::Languages=none", "update"])?;
-    apt(rootfs, &["dist-upgrade"])?;
+    let pinned = inputs.apt_args();
+    let with = |args: &[&'static str]| -> Vec<String> {
+        pinned
+            .iter()
+            .cloned()
+            .chain(args.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let run = |args: &[&'static str]| -> Result<String> {
+        let a = with(args);
+        apt(
+            rootfs,
+            Some(epoch),
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    run(&["-o", "Acquire::Languages=none", "update"])?;
+    run(&["dist-upgrade"])?;
     // cairn's squashfs check in the initramfs, which debootstrap built without it.
     super::customize::live_verify(rootfs)?;
-    chroot(rootfs, &["update-initramfs", "-u", "-k", "all"])?;
+    chroot(rootfs, epoch, &["update-initramfs", "-u", "-k", "all"])?;
     // Profile files, then hooks (tree as $1, run on the host, chroot available).
     for f in &profile.files {
         let dest = inside(rootfs, &f.dest)?;
@@ -206,7 +229,7 @@ pub fn bootstrap(
             .run()
             .with_context(|| format!("hook {}", h.name))?;
     }
-    chroot(rootfs, &["apt-get", "clean"])?;
+    chroot(rootfs, epoch, &["apt-get", "clean"])?;
     fs::remove_file(&list)?;
     Ok(())
 }

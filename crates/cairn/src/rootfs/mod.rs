@@ -36,9 +36,97 @@ pub struct BuildOptions {
     pub compression: Option<Compression>,
     pub level: Option<u32>,
     pub host_type: Option<HostType>,
-    /// SOURCE_DATE_EPOCH for the tree and the squashfs [default: now].
+    /// SOURCE_DATE_EPOCH for the tree and the squashfs [default: the
+    /// newest Release `Date` of the mirrors read, so the same inputs give
+    /// the same bytes whenever they are built].
     pub epoch: Option<i64>,
+    /// Build from this mirror snapshot, not the live mirrors.
+    pub snapshot: Option<String>,
+    /// mksquashfs threads [default: every core]; the bytes do not depend on it.
+    pub processors: Option<usize>,
+    /// `image rebuild`: make the tree and its files (squashfs, kernel,
+    /// initrd) in this directory's `image/`, and stop there: nothing is
+    /// signed or published.
+    pub check_into: Option<PathBuf>,
     pub quiet: bool,
+}
+
+impl BuildOptions {
+    pub fn new(store: PathBuf) -> BuildOptions {
+        BuildOptions {
+            store,
+            iso: None,
+            compression: None,
+            level: None,
+            host_type: None,
+            epoch: None,
+            snapshot: None,
+            processors: None,
+            check_into: None,
+            quiet: true,
+        }
+    }
+}
+
+/// What a build or upgrade reads: the live mirrors or a snapshot's, as apt
+/// sources, and the record of them for the manifest.
+pub struct Inputs {
+    pub mirrors: Vec<(MirrorPaths, MirrorState, Vec<String>)>,
+    pub source: image::BuildSource,
+}
+
+impl Inputs {
+    /// The mirrors serving `suite`, from snapshot `snapshot` or the store's
+    /// live mirrors; the epoch is `epoch`, else the newest Release `Date`
+    /// among them.
+    pub fn read(
+        store: &Path,
+        suite: &str,
+        snapshot: Option<&str>,
+        epoch: Option<i64>,
+    ) -> Result<Inputs> {
+        let base = match snapshot {
+            Some(n) => crate::mirror::snapshot::open(store, n)?.path,
+            None => store.to_path_buf(),
+        };
+        let mirrors = mirror_sources(&base, suite)?;
+        let releases = crate::mirror::snapshot::releases_of(mirrors.iter().map(|m| &m.1));
+        let newest = releases
+            .values()
+            .flat_map(|s| s.values())
+            .filter_map(|r| r.date)
+            .max();
+        let epoch = epoch.or(newest).with_context(|| {
+            format!("the Release files of the mirrors serving {suite} carry no Date: set SOURCE_DATE_EPOCH")
+        })?;
+        Ok(Inputs {
+            mirrors,
+            source: image::BuildSource {
+                snapshot: snapshot.map(String::from),
+                epoch,
+                releases,
+            },
+        })
+    }
+
+    /// apt options the inputs need: a snapshot is a pinned past, whose
+    /// Release files may have passed their `Valid-Until` (their signatures
+    /// and hashes are still checked).
+    pub fn apt_options(&self) -> Vec<(&'static str, &'static str)> {
+        if self.source.snapshot.is_some() {
+            vec![("Acquire::Check-Valid-Until", "false")]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// `apt_options` as `-o KEY=VALUE` arguments.
+    pub fn apt_args(&self) -> Vec<String> {
+        self.apt_options()
+            .into_iter()
+            .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={v}")])
+            .collect()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -58,6 +146,8 @@ pub struct BuildReport {
     pub compression: String,
     pub files: std::collections::BTreeMap<String, u64>,
     pub signed_by: String,
+    /// The snapshot or mirrors' Release files read, and the epoch.
+    pub source: image::BuildSource,
     pub stages: Vec<Stage>,
     pub seconds: f64,
 }
@@ -96,15 +186,14 @@ pub fn mirror_sources(
 /// Checks that the local mirrors hold every package the build will install
 /// (the same closure `cairn mirror sync --profile` mirrors).
 pub fn preflight_mirror(
-    store: &Path,
+    mirrors: &[(MirrorPaths, MirrorState, Vec<String>)],
     profile: &Profile,
     packages: &[String],
     profile_arg: &str,
 ) -> Result<usize> {
-    let mirrors = mirror_sources(store, &profile.suite)?;
     let mut pkgs: Vec<Package> = Vec::new();
     let mut roots: Vec<PathBuf> = Vec::new();
-    for (paths, state, _) in &mirrors {
+    for (paths, state, _) in mirrors {
         let gen_dir = paths.current_generation().context("unpublished mirror")?;
         for suite in &state.repo.suites {
             for comp in &state.repo.components {
@@ -316,30 +405,57 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         .host_type
         .unwrap_or_else(|| profile.resolved_host_type());
     let packages = profile.all_packages(host);
-    let mirrors = mirror_sources(&opts.store, &profile.suite)?;
-    let closure = preflight_mirror(&opts.store, profile, &packages, profile_arg)?;
+    let inputs = Inputs::read(
+        &opts.store,
+        &profile.suite,
+        opts.snapshot.as_deref(),
+        opts.epoch,
+    )?;
+    let mirrors = &inputs.mirrors;
+    let epoch = inputs.source.epoch;
+    let closure = preflight_mirror(mirrors, profile, &packages, profile_arg)?;
     say(&format!(
-        "profile {}: {} host, {} packages requested ({closure} with dependencies), all in the local mirror",
+        "profile {}: {} host, {} packages requested ({closure} with dependencies), all in {}",
         profile.name,
         host_name(host),
-        packages.len()
+        packages.len(),
+        match &opts.snapshot {
+            Some(n) => format!("mirror snapshot {n}"),
+            None => "the local mirror".into(),
+        }
     ));
 
-    let (_lock, pdir) = lock_profile(&opts.store, &profile.name)?;
-    fs::create_dir_all(&pdir)?;
-    for e in fs::read_dir(&pdir)?.flatten() {
-        if e.file_name().to_string_lossy().starts_with(".build-") {
-            unmount_below(&e.path())?;
-            fs::remove_dir_all(e.path())
-                .with_context(|| format!("removing a killed build's {}", e.path().display()))?;
-        }
-    }
+    // The profile's lock and a fresh version, or (a rebuild) the caller's
+    // directory.
     let started = crate::unix_now();
-    let version = next_version(&pdir, started, None);
-    let epoch = opts.epoch.unwrap_or(started);
-    let work = WorkDir(pdir.join(format!(".build-{version}")));
+    let (_lock, pdir, version, work) = match &opts.check_into {
+        Some(dir) => (
+            None,
+            dir.clone(),
+            "rebuild".to_string(),
+            WorkDir(dir.join("work")),
+        ),
+        None => {
+            let (lock, pdir) = lock_profile(&opts.store, &profile.name)?;
+            fs::create_dir_all(&pdir)?;
+            for e in fs::read_dir(&pdir)?.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".build-") {
+                    unmount_below(&e.path())?;
+                    fs::remove_dir_all(e.path()).with_context(|| {
+                        format!("removing a killed build's {}", e.path().display())
+                    })?;
+                }
+            }
+            let version = next_version(&pdir, started, None);
+            let work = WorkDir(pdir.join(format!(".build-{version}")));
+            (Some(lock), pdir, version, work)
+        }
+    };
     let rootfs = work.0.join("rootfs");
-    let out = work.0.join("out");
+    let out = match &opts.check_into {
+        Some(dir) => dir.join("image"),
+        None => work.0.join("out"),
+    };
     fs::create_dir_all(&out)?;
     let mut stages = Vec::new();
     let mut stage = |name: &'static str, t: Instant| {
@@ -359,13 +475,21 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     match profile.bootstrap {
         Bootstrap::Mmdebstrap => {
             let sources: Vec<String> = mirrors.iter().flat_map(|m| m.2.clone()).collect();
-            bootstrap(profile, &packages, &sources, &rootfs, &work.0, epoch)?;
+            bootstrap(
+                profile,
+                &packages,
+                &sources,
+                &inputs.apt_options(),
+                &rootfs,
+                &work.0,
+                epoch,
+            )?;
         }
         Bootstrap::Debootstrap => {
             debootstrap::bootstrap(
                 profile,
                 &packages,
-                &mirrors,
+                &inputs,
                 &rootfs,
                 &work.0,
                 epoch,
@@ -373,6 +497,8 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
             )?;
         }
     }
+    let mirror_dirs: Vec<PathBuf> = mirrors.iter().map(|m| m.0.root.clone()).collect();
+    customize::remove_mount_points(&rootfs, &mirror_dirs)?;
     stage("bootstrap", t);
 
     // 2. cairn's own changes.
@@ -380,9 +506,15 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     customize::hostname(&rootfs, &profile.hostname)?;
     customize::root_access(&rootfs, profile)?;
     customize::data_paths(&rootfs, &profile.data)?;
-    customize::boot_marker(&rootfs, &profile.name, &version)?;
-    customize::cairn_tools(&rootfs, profile, &key.public_key, cairn_package.as_ref())?;
-    customize::fleet(&rootfs, profile, &mirrors)?;
+    customize::boot_marker(&rootfs)?;
+    customize::cairn_tools(
+        &rootfs,
+        profile,
+        &key.public_key,
+        cairn_package.as_ref(),
+        epoch,
+    )?;
+    customize::fleet(&rootfs, profile, mirrors)?;
     let installed = installed_packages(&rootfs)?;
     refuse_medium_readers(&installed)?;
     let (kernel, vmlinuz, initrd) = find_kernel(&rootfs)?;
@@ -405,12 +537,39 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         &out.join(SQUASHFS),
         compression,
         level,
-        parallel::cpus(),
+        opts.processors.unwrap_or_else(parallel::cpus),
         Some(epoch),
     )?;
     unmount_below(&rootfs)?;
     fs::remove_dir_all(&rootfs).ok();
     stage("squashfs", t);
+    if opts.check_into.is_some() {
+        // A rebuild compares these; it signs and publishes nothing.
+        drop(work);
+        let files = fs::read_dir(&out)?
+            .flatten()
+            .map(|e| {
+                Ok((
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata()?.len(),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        return Ok(BuildReport {
+            profile: profile.name.clone(),
+            version,
+            path: out,
+            host_type: host_name(host).into(),
+            kernel,
+            packages: installed.len(),
+            compression: compression.name().into(),
+            files,
+            signed_by: key.fingerprint,
+            source: inputs.source,
+            stages,
+            seconds: steps.seconds(),
+        });
+    }
 
     // 4. Manifest, verity trees, boot arguments, ISO, sums and signatures.
     let t = Instant::now();
@@ -440,6 +599,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         build_seconds: 0.0,
         signed_by: Some(key.fingerprint.clone()),
         cairn_version: env!("CARGO_PKG_VERSION").into(),
+        source: Some(inputs.source.clone()),
     };
     // The boot files (verity trees, boot.cfg, signatures), which the ISO
     // carries too; then the sums over everything.
@@ -477,6 +637,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         compression: compression.name().into(),
         files: manifest.files,
         signed_by: key.fingerprint,
+        source: inputs.source,
         stages,
         seconds: steps.seconds(),
     })
@@ -532,6 +693,7 @@ fn bootstrap(
     profile: &Profile,
     packages: &[String],
     sources: &[String],
+    apt_options: &[(&str, &str)],
     rootfs: &Path,
     work: &Path,
     epoch: i64,
@@ -575,6 +737,11 @@ fn bootstrap(
         .arg(format!("--include={}", packages.join(",")))
         .arg(format!("--hook-dir={AUTOMOUNT_HOOK}"))
         .arg("--aptopt=Acquire::Languages \"none\"")
+        .args(
+            apt_options
+                .iter()
+                .map(|(k, v)| format!("--aptopt={k} \"{v}\"")),
+        )
         .env("SOURCE_DATE_EPOCH", epoch.to_string());
     for h in &hooks {
         cmd = cmd.arg(format!("--customize-hook={h}"));

@@ -23,8 +23,8 @@ use crate::profile::{HostType, Profile};
 use crate::rootfs::customize::{self, inside};
 use crate::rootfs::debootstrap::{ChrootMounts, apt, apt_sources, chroot, mount_at};
 use crate::rootfs::{
-    WorkDir, find_kernel, host_name, installed_packages, lock_profile, mirror_sources,
-    next_version, preflight_mirror, seal_and_publish,
+    WorkDir, find_kernel, host_name, installed_packages, lock_profile, next_version,
+    preflight_mirror, seal_and_publish,
 };
 use crate::trust::keys;
 
@@ -48,6 +48,12 @@ pub struct UpgradeOptions {
     /// Make an image even when nothing changed.
     pub force: bool,
     pub host_type: Option<HostType>,
+    /// Upgrade from this mirror snapshot, not the live mirrors.
+    pub snapshot: Option<String>,
+    /// SOURCE_DATE_EPOCH [default: the newest Release `Date` read].
+    pub epoch: Option<i64>,
+    /// mksquashfs threads [default: every core].
+    pub processors: Option<usize>,
     pub quiet: bool,
 }
 
@@ -134,8 +140,15 @@ pub fn upgrade(
         .cloned()
         .collect();
     let profile_changed = profile.hash()? != parent.profile_hash;
-    let mirrors = mirror_sources(&opts.store, &profile.suite)?;
-    preflight_mirror(&opts.store, profile, &wanted, profile_arg)?;
+    let inputs = crate::rootfs::Inputs::read(
+        &opts.store,
+        &profile.suite,
+        opts.snapshot.as_deref(),
+        opts.epoch,
+    )?;
+    let mirrors = &inputs.mirrors;
+    let epoch = inputs.source.epoch;
+    preflight_mirror(mirrors, profile, &wanted, profile_arg)?;
 
     let (_lock, pdir) = lock_profile(&opts.store, &profile.name)?;
     let started = crate::unix_now();
@@ -203,7 +216,7 @@ pub fn upgrade(
     // apt from the local mirrors, in a chroot.
     let roots: Vec<PathBuf> = mirrors.iter().map(|(p, _, _)| p.root.clone()).collect();
     let mounts = ChrootMounts::mount(&root, &roots)?;
-    let list = apt_sources(&root, &mirrors)?;
+    let list = apt_sources(&root, mirrors)?;
     let only_ours = [
         "-o",
         "Dir::Etc::SourceList=/etc/apt/sources.list.d/cairn-build.list",
@@ -212,17 +225,19 @@ pub fn upgrade(
         "-o",
         "Acquire::Languages=none",
     ];
+    let pinned = inputs.apt_args();
     let with = |args: &[&str]| -> Vec<String> {
         only_ours
             .iter()
-            .chain(args)
             .map(|s| s.to_string())
+            .chain(pinned.iter().cloned())
+            .chain(args.iter().map(|s| s.to_string()))
             .collect()
     };
     let run = |args: &[&str]| -> Result<String> {
         let a = with(args);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        apt(&root, &a)
+        apt(&root, Some(epoch), &a)
     };
     run(&["update"])?;
     let upgraded = simulated_upgrades(&run(&["-s", "dist-upgrade"])?);
@@ -323,14 +338,21 @@ pub fn upgrade(
     if customize::live_verify_differs(&root)? {
         say("cairn's initramfs scripts changed: update-initramfs");
         customize::live_verify(&root)?;
-        chroot(&root, &["update-initramfs", "-u", "-k", "all"])?;
+        chroot(&root, epoch, &["update-initramfs", "-u", "-k", "all"])?;
     }
-    chroot(&root, &["apt-get", "clean"])?;
+    chroot(&root, epoch, &["apt-get", "clean"])?;
     fs::remove_file(&list)?;
     drop(mounts);
-    customize::boot_marker(&root, &profile.name, &version)?;
-    customize::cairn_tools(&root, profile, &key.public_key, cairn_package.as_ref())?;
-    customize::fleet(&root, profile, &mirrors)?;
+    customize::remove_mount_points(&root, &roots)?;
+    customize::boot_marker(&root)?;
+    customize::cairn_tools(
+        &root,
+        profile,
+        &key.public_key,
+        cairn_package.as_ref(),
+        epoch,
+    )?;
+    customize::fleet(&root, profile, mirrors)?;
     let packages = installed_packages(&root)?;
     crate::rootfs::refuse_medium_readers(&packages)?;
     let (kernel, vmlinuz, initrd) = find_kernel(&root)?;
@@ -382,8 +404,8 @@ pub fn upgrade(
             &out.join(SQUASHFS),
             compression,
             level,
-            parallel::cpus(),
-            Some(started),
+            opts.processors.unwrap_or_else(parallel::cpus),
+            Some(epoch),
         )?;
         (vec![SQUASHFS.to_string()], SQUASHFS.to_string())
     } else {
@@ -395,8 +417,8 @@ pub fn upgrade(
             &out.join(&name),
             compression,
             level,
-            parallel::cpus(),
-            Some(started),
+            opts.processors.unwrap_or_else(parallel::cpus),
+            Some(epoch),
         )?;
         for l in &parent.layers {
             fs::hard_link(parent_dir.join(l), out.join(l))
@@ -424,6 +446,7 @@ pub fn upgrade(
         build_seconds: 0.0,
         signed_by: Some(key.fingerprint.clone()),
         cairn_version: env!("CARGO_PKG_VERSION").into(),
+        source: Some(inputs.source.clone()),
         // What the profile says now, not what the parent was built with.
         suite: profile.suite.clone(),
         architecture: profile.architecture.clone(),

@@ -387,4 +387,26 @@ fn debootstrap_builds_the_same_system() {
     );
     let list = json(ok(cairn(&store, &["image", "list", "--json"])));
     assert_eq!(list["images"].as_array().unwrap().len(), 3, "{list}");
+    // Reproducible on this route too: rebuilt three days later by the
+    // clock, with one compressor thread, the same bytes.
+    if !crate::reproducible::need_faketime() {
+        return;
+    }
+    let out = crate::reproducible::cairn_later(
+        &store,
+        &[
+            "image",
+            "rebuild",
+            dbi.to_str().unwrap(),
+            "--check",
+            "--profile",
+            f.dbtest.to_str().unwrap(),
+            "--processors",
+            "1",
+            "--json",
+        ],
+    );
+    let r = json(String::from_utf8_lossy(&out.stdout).into_owned());
+    assert!(out.status.success(), "{r}\n{}", crate::support::text(&out));
+    assert_eq!(r["reproducible"], true, "{r}");
 }

@@ -112,6 +112,18 @@ fn json_and_refusals_on_an_empty_store_are_the_reviewed_ones() {
         ),
         ("mirror-sources-json", &["mirror", "sources", "--json"][..]),
         (
+            "snapshot-list-json",
+            &["mirror", "snapshot", "list", "--json"][..],
+        ),
+        (
+            "snapshot-delete-missing",
+            &["mirror", "snapshot", "delete", "nosuch"][..],
+        ),
+        (
+            "snapshot-bad-name",
+            &["mirror", "snapshot", "delete", "../x"][..],
+        ),
+        (
             "nginx-config-json",
             &["publish", "--nginx-config", "127.0.0.1:8080", "--json"][..],
         ),

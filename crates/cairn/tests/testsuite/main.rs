@@ -13,5 +13,6 @@ mod mirror;
 mod netboot;
 mod package;
 mod real_archive;
+mod reproducible;
 mod support;
 mod upgrade;

@@ -11,7 +11,8 @@
 # 2. Says which image is running (console, second serial port, kernel log).
 # 3. Powers off when a test asks for it (cairn.poweroff on the command line,
 #    or DMI serial cairn-test-poweroff).
-. /etc/cairn/image.env
+[ -r /run/cairn/image.env ] || /usr/lib/cairn/image-env
+. /run/cairn/image.env
 
 entry=""
 uuid=""

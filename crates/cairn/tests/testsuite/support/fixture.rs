@@ -56,6 +56,9 @@ pub const PROBE_UNIT: &str = "[Unit]\nDescription=cairn test probe\nRequiresMoun
 /// a VM on qemu's user network): `webtest`'s fleet.urls names it.
 pub const FLEET_PORT: u16 = 18931;
 
+/// The snapshot of the shared mirror the shared images are built from.
+pub const SNAPSHOT: &str = "fixture";
+
 /// The shared store and its images.
 pub struct Fixture {
     pub root: PathBuf,
@@ -263,10 +266,31 @@ fn make() -> Fixture {
             "--all-versions",
         ],
     ));
-    let d = json(ok(cairn(&store, &["build", "default", "--iso", "--json"])));
+    // The shared images come from a snapshot of that mirror, so proofs can
+    // rebuild them byte for byte (`reproducible::`).
+    ok(cairn(&store, &["mirror", "snapshot", "create", SNAPSHOT]));
+    let d = json(ok(cairn(
+        &store,
+        &[
+            "build",
+            "default",
+            "--iso",
+            "--snapshot",
+            SNAPSHOT,
+            "--json",
+        ],
+    )));
     let w = json(ok(cairn(
         &store,
-        &["build", &p(&webtest), "--host-type", "virtual", "--json"],
+        &[
+            "build",
+            &p(&webtest),
+            "--host-type",
+            "virtual",
+            "--snapshot",
+            SNAPSHOT,
+            "--json",
+        ],
     )));
     eprintln!("shared images made in {:.0}s", t.elapsed().as_secs_f64());
     Fixture {
@@ -382,7 +406,15 @@ pub fn begin() -> Option<(&'static Fixture, std::sync::MutexGuard<'static, ()>)>
 pub fn copy_store(store: &Path, work: &Path) -> PathBuf {
     let to = work.join("store");
     fs::create_dir_all(&to).unwrap();
-    for (what, how) in [("images", "-al"), ("mirror", "-al"), ("keys", "-a")] {
+    for (what, how) in [
+        ("images", "-al"),
+        ("mirror", "-al"),
+        ("snapshots", "-al"),
+        ("keys", "-a"),
+    ] {
+        if !store.join(what).exists() {
+            continue;
+        }
         let st = Command::new("cp")
             .arg(how)
             .arg(store.join(what))

@@ -1,0 +1,313 @@
+//! Mirror snapshots: a named, immutable generation of the store's mirrors —
+//! their signed indices and every pool file those select — that builds can
+//! pin (`cairn build --snapshot NAME`), like aptly's snapshots.
+//!
+//! A snapshot is laid out as a store with only mirrors in it, so a build
+//! reads it exactly as it reads the live mirrors:
+//!
+//! ```text
+//! <store>/snapshots/<name>/snapshot.json          what it holds (below)
+//! <store>/snapshots/<name>/mirror/<m>/dists -> .dists/<generation>
+//! <store>/snapshots/<name>/mirror/<m>/.dists/<generation>/…   hard links
+//! <store>/snapshots/<name>/mirror/<m>/pool/…                  hard links
+//! <store>/snapshots/<name>/mirror/.<m>.work/state.json        the mirror's state then
+//! ```
+//!
+//! Every file is a hard link to the live mirror's: a snapshot costs inodes,
+//! not bytes, and a pool file the live mirror drops (a newer version came)
+//! lives on as long as a snapshot links it. Nothing ever writes into a
+//! snapshot after it is made: it is assembled under a temporary name and
+//! renamed into place whole. apt checks a snapshot as it checks the live
+//! mirror (the archive's signatures, every index and pool hash), so a
+//! changed file is refused at build time; only `Valid-Until` is not held
+//! against it (a pinned past is the point).
+
+use fs_err as fs;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::state::{MirrorPaths, MirrorState, list_mirrors, lock_mirror, mtime_ns};
+
+pub const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// One suite's signed Release file as a build used it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReleaseRecord {
+    /// SHA-256 of the signed Release file (InRelease, or Release).
+    pub release_sha256: String,
+    /// Its `Date`, seconds since the epoch.
+    pub date: Option<i64>,
+}
+
+/// Mirror name → suite → its Release.
+pub type Releases = BTreeMap<String, BTreeMap<String, ReleaseRecord>>;
+
+/// What a snapshot holds (`snapshot.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Snapshot {
+    pub schema_version: u32,
+    pub name: String,
+    pub created_at: i64,
+    pub releases: Releases,
+    /// Mirror name → pool files and bytes linked.
+    pub pool_files: BTreeMap<String, usize>,
+    pub pool_bytes: BTreeMap<String, u64>,
+    /// Where it is (filled in when read).
+    #[serde(skip_deserializing)]
+    pub path: PathBuf,
+}
+
+pub fn snapshots_dir(store: &Path) -> PathBuf {
+    store.join("snapshots")
+}
+
+/// The Release records of a set of mirrors' states (the suites each
+/// state's repository lists).
+pub fn releases_of<'a>(states: impl IntoIterator<Item = &'a MirrorState>) -> Releases {
+    states
+        .into_iter()
+        .map(|s| {
+            (
+                s.repo.name.clone(),
+                s.suites
+                    .iter()
+                    .filter(|(suite, _)| s.repo.suites.contains(suite))
+                    .map(|(suite, st)| {
+                        (
+                            suite.clone(),
+                            ReleaseRecord {
+                                release_sha256: st.release_sha256.clone(),
+                                date: st.date,
+                            },
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The directory of snapshot `name`, checked: a plain name, made by
+/// `create` (its `snapshot.json` is there).
+pub fn open(store: &Path, name: &str) -> Result<Snapshot> {
+    crate::names::check("snapshot name", name)?;
+    let dir = snapshots_dir(store).join(name);
+    let file = dir.join(SNAPSHOT_FILE);
+    let data = match fs::read(&file) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let have = list(store)
+                .map(|v| v.into_iter().map(|s| s.name).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            bail!(
+                "no snapshot {name} in {} (have: {}): make it with `cairn mirror snapshot create {name}`",
+                snapshots_dir(store).display(),
+                if have.is_empty() { "none" } else { &have }
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let mut s: Snapshot =
+        serde_json::from_slice(&data).with_context(|| format!("parsing {}", file.display()))?;
+    if s.name != name {
+        bail!(
+            "{} names snapshot {:?}, not {name:?}: not read",
+            file.display(),
+            s.name
+        );
+    }
+    s.path = dir;
+    Ok(s)
+}
+
+/// Every snapshot, by name. An unreadable one is an error, never skipped.
+pub fn list(store: &Path) -> Result<Vec<Snapshot>> {
+    let dir = snapshots_dir(store);
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut names = Vec::new();
+    for e in rd {
+        let n = e?.file_name().to_string_lossy().into_owned();
+        if !n.starts_with('.') {
+            names.push(n);
+        }
+    }
+    names.sort();
+    names.iter().map(|n| open(store, n)).collect()
+}
+
+/// Makes snapshot `name` of the named mirrors (every mirror when empty),
+/// each as it is published now. Each mirror is locked while it is linked
+/// (a sync cannot switch it half-way); a pool file whose size or time is
+/// not what the last verification saw is refused (run `cairn mirror
+/// verify`), never captured.
+pub fn create(store: &Path, name: &str, mirrors: &[String]) -> Result<Snapshot> {
+    crate::names::check("snapshot name", name)?;
+    let base = snapshots_dir(store);
+    let dest = base.join(name);
+    if fs::symlink_metadata(&dest).is_ok() {
+        bail!(
+            "snapshot {name} exists ({}): snapshots are never changed; delete it first or choose another name",
+            dest.display()
+        );
+    }
+    let names = if mirrors.is_empty() {
+        list_mirrors(store)?
+    } else {
+        mirrors.to_vec()
+    };
+    if names.is_empty() {
+        bail!(
+            "no mirrors in {}: run `cairn mirror sync` first",
+            store.join("mirror").display()
+        );
+    }
+    fs::create_dir_all(&base)?;
+    let tmp = base.join(format!(".{name}.tmp-{}", std::process::id()));
+    if fs::symlink_metadata(&tmp).is_ok() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    struct Cleanup(PathBuf, bool);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if !self.1 {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+    let mut guard = Cleanup(tmp.clone(), false);
+    let mut states = Vec::new();
+    let mut pool_files = BTreeMap::new();
+    let mut pool_bytes = BTreeMap::new();
+    for m in &names {
+        crate::names::check("mirror name", m)?;
+        let paths = MirrorPaths::new(store, m);
+        let _lock = lock_mirror(&paths, false)?;
+        let mut state = MirrorState::load(&paths)?
+            .with_context(|| format!("mirror {m} has not been synced into {}", store.display()))?;
+        let gen_dir = paths
+            .current_generation()
+            .with_context(|| format!("mirror {m} has no published generation"))?;
+        if gen_dir.file_name().and_then(|n| n.to_str()) != Some(state.generation.as_str()) {
+            bail!(
+                "mirror {m}: the published generation ({}) is not the one its state records ({}): run `cairn mirror verify {m}`",
+                gen_dir.display(),
+                state.generation
+            );
+        }
+        let to = MirrorPaths::new(&tmp, m);
+        let gen_to = to.generations().join(&state.generation);
+        link_tree(&gen_dir, &gen_to)?;
+        std::os::unix::fs::symlink(Path::new(".dists").join(&state.generation), to.dists())?;
+        let mut bytes = 0;
+        for (rel, entry) in &state.pool {
+            let rel_path = crate::fsutil::safe_relative(rel, "pool")?;
+            let src = paths.root.join(&rel_path);
+            let meta = fs::symlink_metadata(&src)
+                .with_context(|| format!("mirror {m}: pool file {rel}"))?;
+            if !meta.file_type().is_file()
+                || meta.len() != entry.size
+                || mtime_ns(&meta) != entry.mtime_ns
+            {
+                bail!(
+                    "mirror {m}: {} changed since it was last verified: run `cairn mirror verify {m}` before taking a snapshot",
+                    src.display()
+                );
+            }
+            let t = to.root.join(&rel_path);
+            fs::create_dir_all(t.parent().unwrap_or(&to.root))?;
+            fs::hard_link(&src, &t).with_context(|| {
+                format!(
+                    "linking {} into the snapshot (a snapshot must be on the store's file system)",
+                    src.display()
+                )
+            })?;
+            bytes += entry.size;
+        }
+        pool_files.insert(m.clone(), state.pool.len());
+        pool_bytes.insert(m.clone(), bytes);
+        // The snapshot's own state: what it holds, nothing pending.
+        state.retained.clear();
+        state.pending.clear();
+        fs::create_dir_all(&to.work)?;
+        state.save(&to)?;
+        states.push(state);
+    }
+    let snap = Snapshot {
+        schema_version: 1,
+        name: name.into(),
+        created_at: crate::unix_now(),
+        releases: releases_of(&states),
+        pool_files,
+        pool_bytes,
+        path: dest.clone(),
+    };
+    fs::write(tmp.join(SNAPSHOT_FILE), serde_json::to_vec_pretty(&snap)?)?;
+    crate::fsutil::sync_dir(&tmp)?;
+    fs::rename(&tmp, &dest)?;
+    guard.1 = true;
+    crate::fsutil::sync_dir(&base)?;
+    Ok(snap)
+}
+
+/// Hard-links every file below `from` into `to` (made), refusing anything
+/// but directories and regular files.
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let t = e.file_type()?;
+        let dest = to.join(e.file_name());
+        if t.is_dir() {
+            link_tree(&e.path(), &dest)?;
+        } else if t.is_file() {
+            fs::hard_link(e.path(), &dest)?;
+        } else {
+            bail!(
+                "{}: neither a file nor a directory in a mirror generation: not captured",
+                e.path().display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Images in the store whose manifest says they were built from `name`.
+pub fn images_built_from(store: &Path, name: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in crate::image::list(store)? {
+        let m = crate::image::read_manifest(&e.path)?;
+        if m.source.as_ref().and_then(|s| s.snapshot.as_deref()) == Some(name) {
+            out.push(format!("{}/{}", e.profile, e.version));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes snapshot `name`. Pool files the live mirror (or another
+/// snapshot) still links stay; the others go with it. Refused while images
+/// in the store record it as their input (their `image rebuild --check`
+/// needs it) unless `force`.
+pub fn delete(store: &Path, name: &str, force: bool) -> Result<Snapshot> {
+    let snap = open(store, name)?;
+    let users = images_built_from(store, name)?;
+    if !users.is_empty() && !force {
+        bail!(
+            "snapshot {name} is the recorded input of {} image(s) ({}): `cairn image rebuild --check` needs it; pass --force to delete it anyway",
+            users.len(),
+            users.join(", ")
+        );
+    }
+    let tmp = snapshots_dir(store).join(format!(".{name}.deleted-{}", std::process::id()));
+    fs::rename(&snap.path, &tmp)?;
+    fs::remove_dir_all(&tmp)?;
+    Ok(snap)
+}
