@@ -199,6 +199,24 @@ pub fn euid() -> Option<u32> {
     })
 }
 
+/// Makes `dir` (which must not exist; its parents may) readable by its
+/// owner only: a work tree below it (setuid programs of the packages being
+/// installed, device nodes unpacked from an image) is out of every other
+/// user's reach.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(p) = dir.parent() {
+        fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))?;
+    Ok(())
+}
+
 /// Makes `dir` (and its parents) if needed and checks that it is a real
 /// directory (not a symlink) of this user that no one else may write: files
 /// written into it by name (logs, a variable store qemu opens) cannot be

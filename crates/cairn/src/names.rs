@@ -71,6 +71,69 @@ mod tests {
         );
     }
 
+    /// The image's boot unit (`image-env.sh`, whose output cairn-booted
+    /// reads with the shell) takes a name from the command line exactly
+    /// when the rule does, and nothing else: hostile command lines give
+    /// `unknown`, and reading its file runs nothing.
+    #[test]
+    fn the_image_name_unit_agrees() {
+        let script = include_str!("rootfs/assets/image-env.sh");
+        let d = tempfile::tempdir().unwrap();
+        let run = |cmdline: &str| -> (String, String) {
+            let c = d.path().join("cmdline");
+            std::fs::write(&c, cmdline).unwrap();
+            let st = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .env("CAIRN_TEST_CMDLINE", &c)
+                .env("CAIRN_TEST_RUN", d.path().join("run"))
+                .status()
+                .unwrap();
+            assert!(st.success(), "{cmdline:?}");
+            // Read back as booted.sh does, in a shell, with a canary.
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(". \"$1\"; printf '%s\\n%s' \"$CAIRN_PROFILE\" \"$CAIRN_VERSION\"")
+                .arg("sh")
+                .arg(d.path().join("run/image.env"))
+                .current_dir(d.path())
+                .output()
+                .unwrap();
+            let o = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (p, v) = o.split_once('\n').unwrap();
+            (p.to_string(), v.to_string())
+        };
+        let unknown = ("unknown".to_string(), "unknown".to_string());
+        assert_eq!(
+            run("boot=live cairn.image=web/20261130T060127Z quiet"),
+            ("web".to_string(), "20261130T060127Z".to_string())
+        );
+        for (s, ok) in EXAMPLES {
+            if s.contains(char::is_whitespace) || s.is_empty() {
+                continue; // not one word of a command line
+            }
+            let got = run(&format!("boot=live cairn.image=web/{s}"));
+            if *ok {
+                assert_eq!(got, ("web".to_string(), s.to_string()), "{s:?}");
+            } else {
+                assert_eq!(got, unknown, "{s:?}");
+            }
+        }
+        for bad in [
+            "cairn.image=web/1 cairn.image=evil/2",
+            "cairn.image=web",
+            "cairn.image=web/1/2",
+            "cairn.image=$(touch${IFS}pwned)/1",
+            "cairn.image=`touch${IFS}pwned`/1",
+            "cairn.image=web/1;touch${IFS}pwned",
+            "cairn.image=*/*",
+            "",
+        ] {
+            assert_eq!(run(bad), unknown, "{bad:?}");
+        }
+        assert!(!d.path().join("pwned").exists());
+    }
+
     /// The initramfs's copy of the rule (`cairn_name_ok`) gives the same
     /// answers, run by the shell the initramfs uses where it is installed.
     #[test]

@@ -99,6 +99,10 @@ pub enum ImageCommand {
         /// depend on it.
         #[arg(long, value_name = "THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
         processors: Option<u32>,
+        /// Public key the image must be signed with (a file) [default: the
+        /// store's signing key].
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Seal an image again with the store's key: boot.cfg and BOOTSUMS from
     /// its manifest (e.g. after editing `kernel-cmdline` in manifest.json),
@@ -248,6 +252,7 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
             profile,
             keep,
             processors,
+            key,
         } => {
             if !crate::fsutil::is_root() {
                 anyhow::bail!("cairn image rebuild needs root (it builds, as cairn build does)");
@@ -265,6 +270,10 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
                 &image::rebuild::RebuildOptions {
                     store: cli.store.clone(),
                     keep: keep.clone(),
+                    public_key: match key {
+                        Some(k) => k.clone(),
+                        None => keys::load(&cli.store)?.public_key,
+                    },
                     processors: processors.map(|p| p as usize),
                     quiet: cli.quiet(),
                 },

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::{Manifest, read_manifest};
+use super::{SQUASHFS, read_manifest};
 use crate::cmd::Cmd;
 use crate::cmd::tool::UNSQUASHFS;
 use crate::profile::{Compression, HostType, Profile};
@@ -23,6 +23,8 @@ pub struct RebuildOptions {
     pub store: PathBuf,
     /// Keep the rebuilt files (and unpacked trees, diffoscope's report) here.
     pub keep: Option<PathBuf>,
+    /// The public key the image must be signed with.
+    pub public_key: PathBuf,
     /// mksquashfs threads [default: every core].
     pub processors: Option<usize>,
     pub quiet: bool,
@@ -58,10 +60,16 @@ pub struct RebuildReport {
     pub seconds: f64,
 }
 
-/// The files a rebuild compares: the layer, the kernel, the initrd.
-fn compared(m: &Manifest) -> Vec<String> {
-    vec![m.layers[0].clone(), "vmlinuz".into(), "initrd.img".into()]
-}
+/// The files a rebuild compares: the layer, its dm-verity tree, the kernel,
+/// the initrd and boot.cfg (the kernel arguments: which layers boot, with
+/// which root hashes).
+const COMPARED: [&str; 5] = [
+    SQUASHFS,
+    "filesystem.squashfs.verity",
+    "vmlinuz",
+    "initrd.img",
+    super::BOOT_CFG,
+];
 
 pub fn rebuild(
     dir: &Path,
@@ -70,12 +78,34 @@ pub fn rebuild(
     opts: &RebuildOptions,
 ) -> Result<RebuildReport> {
     let t = std::time::Instant::now();
+    // An image directory of root's that no one else may change (a user's
+    // directory could swap a file between the checks and the reads), its
+    // compared files plain files, never links to elsewhere.
+    crate::fsutil::own_dir(dir)?;
+    for f in COMPARED {
+        let p = dir.join(f);
+        let meta =
+            fs::symlink_metadata(&p).with_context(|| format!("{}: no {f}", dir.display()))?;
+        if !meta.file_type().is_file() {
+            bail!("{}: not a plain file: not read", p.display());
+        }
+    }
+    // Only a signed image is rebuilt: its manifest chooses the inputs.
+    let v = super::verify(dir, &opts.public_key)?;
+    if !v.ok {
+        return Err(anyhow::Error::new(crate::trust::VerificationFailed(format!(
+            "{}: {}",
+            dir.display(),
+            v.problems.join("; ")
+        ))))
+        .context("the image does not verify: a rebuild checks only a signed image (see `cairn image verify`)");
+    }
     let m = read_manifest(dir)?;
     let name = format!("{}/{}", m.profile, m.version);
     let source = m.source.clone().with_context(|| {
         format!("{name}: its manifest records no inputs (made by a cairn before 0.2): it cannot be rebuilt")
     })?;
-    if m.parent.is_some() || m.layers.len() != 1 {
+    if m.parent.is_some() || m.layers != [SQUASHFS] {
         bail!(
             "{name} is an upgrade of {} ({} layers): `image rebuild` rebuilds full builds; check a delta by upgrading its parent again with `cairn upgrade --snapshot`",
             m.parent.as_deref().unwrap_or("another image"),
@@ -103,15 +133,19 @@ pub fn rebuild(
             env!("CARGO_PKG_VERSION")
         );
     }
-    // What the inputs are now, against the record.
-    let now = rootfs::Inputs::read(
-        &opts.store,
-        &m.suite,
-        source.snapshot.as_deref(),
-        Some(source.epoch),
-    )?;
-    let inputs_changed = changed_releases(&source.releases, &now.source.releases);
 
+    // One build, upgrade or rebuild of a profile at a time; a killed
+    // rebuild's directory goes.
+    let (_lock, _) = rootfs::lock_profile(&opts.store, &m.profile)?;
+    let images = super::images_dir(&opts.store);
+    let stale = format!(".rebuild-{}-", m.profile);
+    for e in fs::read_dir(&images)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&stale) {
+            rootfs::unmount_below(&e.path())?;
+            fs::remove_dir_all(e.path())
+                .with_context(|| format!("removing a killed rebuild's {}", e.path().display()))?;
+        }
+    }
     let work_base = match &opts.keep {
         Some(k) => {
             crate::fsutil::own_dir(k)?;
@@ -133,7 +167,7 @@ pub fn rebuild(
                 rootfs::unmount_below(&d)?;
                 fs::remove_dir_all(&d)?;
             }
-            fs::create_dir_all(&d)?;
+            crate::fsutil::private_dir(&d)?;
             d
         }
     };
@@ -153,9 +187,20 @@ pub fn rebuild(
     b.processors = opts.processors;
     b.quiet = opts.quiet;
     let built = rootfs::build(profile, profile_arg, &b)?;
+    let inputs_changed =
+        crate::mirror::snapshot::release_changes(&source.releases, &built.source.releases);
+    // The boot arguments the rebuilt layer gets, with the kernel command
+    // line the profile gives (an edited, re-signed manifest shows here).
+    let mut want = m.clone();
+    want.kernel_cmdline = rootfs::kernel_cmdline(profile);
+    let args = super::seal::boot_args(&built.path, &want)?;
+    fs::write(
+        built.path.join(super::BOOT_CFG),
+        super::seal::boot_cfg(&want, &args),
+    )?;
 
     let mut files = Vec::new();
-    for f in compared(&m) {
+    for f in COMPARED.map(String::from) {
         let (_, a) = crate::trust::hash::sha256_file(&dir.join(&f))
             .with_context(|| format!("{name}: {f}"))?;
         let (_, r) = crate::trust::hash::sha256_file(&built.path.join(&f))
@@ -171,10 +216,14 @@ pub fn rebuild(
     let mut first_difference = None;
     let mut diffoscope = None;
     if !reproducible {
-        let layer = &m.layers[0];
-        if files.iter().any(|f| &f.name == layer && !f.identical) {
-            let a = work_base.join("unpacked-image");
-            let r = work_base.join("unpacked-rebuild");
+        let layer = SQUASHFS;
+        if files.iter().any(|f| f.name == layer && !f.identical) {
+            // Unpacked as root, device nodes and setuid files included: in a
+            // directory no one else may enter.
+            let private = work_base.join("unpacked");
+            crate::fsutil::private_dir(&private)?;
+            let a = private.join("image");
+            let r = private.join("rebuild");
             unpack(&dir.join(layer), &a)?;
             unpack(&built.path.join(layer), &r)?;
             first_difference = first_difference_in(&a, &r)?.map(|d| format!("{layer}: {d}"));
@@ -203,35 +252,6 @@ pub fn rebuild(
 fn parse_compression(name: &str) -> Result<Compression> {
     <Compression as clap::ValueEnum>::from_str(name, false)
         .map_err(|_| anyhow::anyhow!("compressor {name:?} in the manifest is not one cairn knows"))
-}
-
-/// Suites whose Release file is not the one recorded (or is gone, or new).
-fn changed_releases(
-    recorded: &crate::mirror::snapshot::Releases,
-    now: &crate::mirror::snapshot::Releases,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    for (m, suites) in recorded {
-        for (s, r) in suites {
-            match now.get(m).and_then(|x| x.get(s)) {
-                None => out.push(format!("{m}/{s}: gone")),
-                Some(n) if n.release_sha256 != r.release_sha256 => out.push(format!(
-                    "{m}/{s}: Release {} is now {}",
-                    &r.release_sha256[..16.min(r.release_sha256.len())],
-                    &n.release_sha256[..16.min(n.release_sha256.len())]
-                )),
-                Some(_) => {}
-            }
-        }
-    }
-    for (m, suites) in now {
-        for s in suites.keys() {
-            if recorded.get(m).and_then(|x| x.get(s)).is_none() {
-                out.push(format!("{m}/{s}: not in the record"));
-            }
-        }
-    }
-    out
 }
 
 fn unpack(layer: &Path, to: &Path) -> Result<()> {

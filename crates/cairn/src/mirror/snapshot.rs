@@ -92,11 +92,125 @@ pub fn releases_of<'a>(states: impl IntoIterator<Item = &'a MirrorState>) -> Rel
         .collect()
 }
 
+/// The Release records of published mirrors as their files are now: each
+/// suite's signed Release file (InRelease, else Release) hashed. Where the
+/// mirror's state records another hash, an error: the file is not the one
+/// cairn verified.
+pub fn releases_now(mirrors: &[(MirrorPaths, MirrorState)]) -> Result<Releases> {
+    let mut out = Releases::new();
+    for (paths, state) in mirrors {
+        let gen_dir = paths
+            .current_generation()
+            .with_context(|| format!("mirror {} has no published generation", paths.name))?;
+        let recorded = releases_of([state]);
+        let mut suites = BTreeMap::new();
+        for (suite, rec) in recorded.get(&state.repo.name).into_iter().flatten() {
+            let dir = gen_dir.join(suite);
+            let file = ["InRelease", "Release"]
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|p| p.is_file())
+                .with_context(|| format!("{}: no InRelease or Release", dir.display()))?;
+            let (_, hash) = crate::trust::hash::sha256_file(&file)?;
+            if hash != rec.release_sha256 {
+                return Err(anyhow::Error::new(crate::trust::VerificationFailed(format!(
+                    "{}: SHA-256 {hash}, but the mirror verified {}",
+                    file.display(),
+                    rec.release_sha256
+                ))))
+                .context(format!(
+                    "mirror {}: its Release file changed since it was verified: run `cairn mirror verify {}`",
+                    paths.name, paths.name
+                ));
+            }
+            suites.insert(suite.clone(), rec.clone());
+        }
+        out.insert(state.repo.name.clone(), suites);
+    }
+    Ok(out)
+}
+
+/// The differences between two sets of Release records, as lines
+/// (`debian-security/bookworm-security: gone`).
+pub fn release_changes(recorded: &Releases, now: &Releases) -> Vec<String> {
+    let mut out = Vec::new();
+    for (m, suites) in recorded {
+        for (s, r) in suites {
+            match now.get(m).and_then(|x| x.get(s)) {
+                None => out.push(format!("{m}/{s}: gone")),
+                Some(n) if n.release_sha256 != r.release_sha256 => out.push(format!(
+                    "{m}/{s}: Release {} is now {}",
+                    &r.release_sha256[..16.min(r.release_sha256.len())],
+                    &n.release_sha256[..16.min(n.release_sha256.len())]
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    for (m, suites) in now {
+        for s in suites.keys() {
+            if recorded.get(m).and_then(|x| x.get(s)).is_none() {
+                out.push(format!("{m}/{s}: not in the record"));
+            }
+        }
+    }
+    out
+}
+
+/// A snapshot held for reading (a build from it): `delete` waits for no
+/// one and refuses while any is held.
+pub struct InUse(#[allow(dead_code)] std::fs::File);
+
+fn lock_file(store: &Path, name: &str) -> Result<std::fs::File> {
+    let p = snapshots_dir(store).join(format!(".{name}.lock"));
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .map(|f| f.into_parts().0)
+        .with_context(|| format!("opening {}", p.display()))
+}
+
+/// Holds snapshot `name` for reading until dropped (shared: builds from
+/// one snapshot run side by side).
+pub fn hold(store: &Path, name: &str) -> Result<InUse> {
+    let f = lock_file(store, name)?;
+    f.lock_shared()
+        .with_context(|| format!("locking snapshot {name}"))?;
+    Ok(InUse(f))
+}
+
+/// The snapshots directory, made if needed; a symlink or anything but a
+/// directory is refused.
+fn snapshots_base(store: &Path) -> Result<PathBuf> {
+    let base = snapshots_dir(store);
+    match fs::symlink_metadata(&base) {
+        Ok(m) if m.file_type().is_dir() => Ok(base),
+        Ok(_) => bail!(
+            "{} is not a directory (a symlink?): not used",
+            base.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(&base)?;
+            Ok(base)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", base.display())),
+    }
+}
+
 /// The directory of snapshot `name`, checked: a plain name, made by
 /// `create` (its `snapshot.json` is there).
 pub fn open(store: &Path, name: &str) -> Result<Snapshot> {
     crate::names::check("snapshot name", name)?;
-    let dir = snapshots_dir(store).join(name);
+    let dir = snapshots_base(store)?.join(name);
+    if fs::symlink_metadata(&dir).is_ok_and(|m| !m.file_type().is_dir()) {
+        bail!(
+            "{} is not a directory (a symlink?): not read",
+            dir.display()
+        );
+    }
     let file = dir.join(SNAPSHOT_FILE);
     let data = match fs::read(&file) {
         Ok(d) => d,
@@ -151,7 +265,21 @@ pub fn list(store: &Path) -> Result<Vec<Snapshot>> {
 /// verify`), never captured.
 pub fn create(store: &Path, name: &str, mirrors: &[String]) -> Result<Snapshot> {
     crate::names::check("snapshot name", name)?;
-    let base = snapshots_dir(store);
+    let base = snapshots_base(store)?;
+    // What a killed create or delete left (its process is gone).
+    for e in fs::read_dir(&base)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let pid = n
+            .rsplit_once(".tmp-")
+            .or_else(|| n.rsplit_once(".deleted-"))
+            .map(|(_, p)| p);
+        if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok())
+            && n.starts_with('.')
+            && !Path::new("/proc").join(pid).exists()
+        {
+            fs::remove_dir_all(e.path())?;
+        }
+    }
     let dest = base.join(name);
     if fs::symlink_metadata(&dest).is_ok() {
         bail!(
@@ -170,7 +298,6 @@ pub fn create(store: &Path, name: &str, mirrors: &[String]) -> Result<Snapshot> 
             store.join("mirror").display()
         );
     }
-    fs::create_dir_all(&base)?;
     let tmp = base.join(format!(".{name}.tmp-{}", std::process::id()));
     if fs::symlink_metadata(&tmp).is_ok() {
         fs::remove_dir_all(&tmp)?;
@@ -203,6 +330,8 @@ pub fn create(store: &Path, name: &str, mirrors: &[String]) -> Result<Snapshot> 
                 state.generation
             );
         }
+        // The Release files are the ones the mirror verified.
+        releases_now(&[(paths.clone(), state.clone())])?;
         let to = MirrorPaths::new(&tmp, m);
         let gen_to = to.generations().join(&state.generation);
         link_tree(&gen_dir, &gen_to)?;
@@ -298,6 +427,16 @@ pub fn images_built_from(store: &Path, name: &str) -> Result<Vec<String>> {
 /// needs it) unless `force`.
 pub fn delete(store: &Path, name: &str, force: bool) -> Result<Snapshot> {
     let snap = open(store, name)?;
+    let lock = lock_file(store, name)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "snapshot {name} is in use (a build or upgrade reads it): try again when it is done"
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking snapshot {name}"));
+        }
+    }
     let users = images_built_from(store, name)?;
     if !users.is_empty() && !force {
         bail!(
@@ -309,5 +448,6 @@ pub fn delete(store: &Path, name: &str, force: bool) -> Result<Snapshot> {
     let tmp = snapshots_dir(store).join(format!(".{name}.deleted-{}", std::process::id()));
     fs::rename(&snap.path, &tmp)?;
     fs::remove_dir_all(&tmp)?;
+    let _ = fs::remove_file(snapshots_dir(store).join(format!(".{name}.lock")));
     Ok(snap)
 }

@@ -777,6 +777,27 @@ pub fn clean(root: &Path) -> Result<()> {
             0o644,
         )?;
     }
+    // mmdebstrap keeps its --aptopt lines in the tree: a build from a
+    // snapshot must not leave the machines' apt accepting expired Release
+    // files (a replayed, frozen archive).
+    let conf = inside_link(root, "/etc/apt/apt.conf.d/99mmdebstrap")?;
+    if let Ok(text) = fs::read_to_string(&conf) {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("Check-Valid-Until"))
+            .collect();
+        if kept.len() != text.lines().count() {
+            write(
+                root,
+                "/etc/apt/apt.conf.d/99mmdebstrap",
+                kept.join("\n") + "\n",
+                0o644,
+            )?;
+        }
+    }
+    // ldconfig's auxiliary cache records the build's file times and inodes
+    // (and is rebuilt at will).
+    let _ = fs::remove_file(inside_link(root, "/var/cache/ldconfig/aux-cache")?);
     // An empty machine-id: systemd makes a fresh one at each boot.
     write(root, "/etc/machine-id", "", 0o444)?;
     // Logs: keep the directories, drop the files.

@@ -16,19 +16,28 @@ use crate::cmd::{Cmd, require};
 use crate::mirror::state::{MirrorPaths, MirrorState};
 use crate::profile::Profile;
 
-/// Mounts made for the chroot phase; all undone on drop, deepest first.
-pub(crate) struct ChrootMounts(PathBuf);
+/// Mounts made for the chroot phase; all undone on drop, deepest first,
+/// and the directories made for them in the tree removed (the build host's
+/// paths are no part of an image).
+pub(crate) struct ChrootMounts(PathBuf, Vec<PathBuf>);
 
 impl ChrootMounts {
     pub(crate) fn mount(root: &Path, mirrors: &[PathBuf]) -> Result<ChrootMounts> {
-        let guard = ChrootMounts(root.to_path_buf());
+        let mut guard = ChrootMounts(root.to_path_buf(), Vec::new());
         mount_at(&["-t", "proc", "proc"], &root.join("proc"))?;
         mount_at(&["--rbind", "/sys"], &root.join("sys"))?;
         mount_at(&["--rbind", "/dev"], &root.join("dev"))?;
         for dir in mirrors {
             // Read-only, at the same path, so file:// sources work inside.
             let target = inside(root, &dir.display().to_string())?;
+            let mut missing: Vec<PathBuf> = target
+                .ancestors()
+                .take_while(|a| a.starts_with(root) && *a != root)
+                .take_while(|a| fs::symlink_metadata(a).is_err())
+                .map(Path::to_path_buf)
+                .collect();
             fs::create_dir_all(&target)?;
+            guard.1.append(&mut missing);
             Cmd::new("mount")
                 .arg("--bind")
                 .arg(dir)
@@ -47,6 +56,14 @@ impl Drop for ChrootMounts {
     fn drop(&mut self) {
         if let Err(e) = unmount_below(&self.0) {
             tracing::warn!("{e:#}");
+            return;
+        }
+        // Only what this made, only if empty (never through a mount: all are
+        // gone).
+        self.1
+            .sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in &self.1 {
+            let _ = std::fs::remove_dir(d);
         }
     }
 }

@@ -73,24 +73,75 @@ impl BuildOptions {
 pub struct Inputs {
     pub mirrors: Vec<(MirrorPaths, MirrorState, Vec<String>)>,
     pub source: image::BuildSource,
+    /// How the snapshot differs from what it recorded when it was made
+    /// (only with `Strictness::Report`; otherwise such a snapshot is refused).
+    pub snapshot_changes: Vec<String>,
+    _hold: Option<crate::mirror::snapshot::InUse>,
+}
+
+/// What a snapshot that no longer holds what it recorded means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    /// A build: refused.
+    Refuse,
+    /// A rebuild check: reported, and the rebuild goes on with what is there.
+    Report,
 }
 
 impl Inputs {
     /// The mirrors serving `suite`, from snapshot `snapshot` or the store's
     /// live mirrors; the epoch is `epoch`, else the newest Release `Date`
-    /// among them.
+    /// among them. Every Release file is hashed: one that is not what the
+    /// mirror verified is refused.
     pub fn read(
         store: &Path,
         suite: &str,
         snapshot: Option<&str>,
         epoch: Option<i64>,
+        strictness: Strictness,
     ) -> Result<Inputs> {
-        let base = match snapshot {
-            Some(n) => crate::mirror::snapshot::open(store, n)?.path,
-            None => store.to_path_buf(),
+        use crate::mirror::snapshot;
+        let (base, hold, recorded) = match snapshot {
+            Some(n) => {
+                let hold = snapshot::hold(store, n)?;
+                let s = snapshot::open(store, n)?;
+                (s.path, Some(hold), Some(s.releases))
+            }
+            None => (store.to_path_buf(), None, None),
         };
         let mirrors = mirror_sources(&base, suite)?;
-        let releases = crate::mirror::snapshot::releases_of(mirrors.iter().map(|m| &m.1));
+        let pairs: Vec<(MirrorPaths, MirrorState)> = mirrors
+            .iter()
+            .map(|(p, s, _)| (p.clone(), s.clone()))
+            .collect();
+        let releases = snapshot::releases_now(&pairs)?;
+        let mut snapshot_changes = Vec::new();
+        if let (Some(n), Some(recorded)) = (snapshot, recorded) {
+            // The suites this build reads, as the snapshot recorded them.
+            let mut wanted = snapshot::Releases::new();
+            for (m, suites) in recorded {
+                let s: std::collections::BTreeMap<_, _> = suites
+                    .into_iter()
+                    .filter(|(x, _)| {
+                        x == suite
+                            || x.starts_with(&format!("{suite}-"))
+                            || x.starts_with(&format!("{suite}/"))
+                    })
+                    .collect();
+                if !s.is_empty() {
+                    wanted.insert(m, s);
+                }
+            }
+            snapshot_changes = snapshot::release_changes(&wanted, &releases);
+            if !snapshot_changes.is_empty() && strictness == Strictness::Refuse {
+                return Err(anyhow::Error::new(crate::trust::VerificationFailed(
+                    snapshot_changes.join("; "),
+                )))
+                .context(format!(
+                    "snapshot {n} no longer holds what it recorded when it was made: not built from"
+                ));
+            }
+        }
         let newest = releases
             .values()
             .flat_map(|s| s.values())
@@ -106,6 +157,8 @@ impl Inputs {
                 epoch,
                 releases,
             },
+            snapshot_changes,
+            _hold: hold,
         })
     }
 
@@ -410,6 +463,11 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         &profile.suite,
         opts.snapshot.as_deref(),
         opts.epoch,
+        if opts.check_into.is_some() {
+            Strictness::Report
+        } else {
+            Strictness::Refuse
+        },
     )?;
     let mirrors = &inputs.mirrors;
     let epoch = inputs.source.epoch;
@@ -451,6 +509,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
             (Some(lock), pdir, version, work)
         }
     };
+    crate::fsutil::private_dir(&work.0)?;
     let rootfs = work.0.join("rootfs");
     let out = match &opts.check_into {
         Some(dir) => dir.join("image"),

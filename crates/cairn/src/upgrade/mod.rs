@@ -145,6 +145,7 @@ pub fn upgrade(
         &profile.suite,
         opts.snapshot.as_deref(),
         opts.epoch,
+        crate::rootfs::Strictness::Refuse,
     )?;
     let mirrors = &inputs.mirrors;
     let epoch = inputs.source.epoch;
@@ -156,7 +157,7 @@ pub fn upgrade(
     let work = WorkDir(pdir.join(format!(".upgrade-{version}")));
     let _ = crate::rootfs::unmount_below(&work.0);
     let _ = fs::remove_dir_all(&work.0);
-    fs::create_dir_all(&work.0)?;
+    crate::fsutil::private_dir(&work.0)?;
     let root = work.0.join("root");
     let upper = work.0.join("upper");
     let ovl = work.0.join("ovl-work");
@@ -194,7 +195,9 @@ pub fn upgrade(
     opt.push(overlay_path(&upper)?);
     opt.push(",workdir=");
     opt.push(overlay_path(&ovl)?);
-    opt.push(",redirect_dir=off,metacopy=off,index=off");
+    // uuid=off: no random identity (Linux 6.6+ stores one in an xattr
+    // of the upper directory) would make every delta's bytes differ.
+    opt.push(",redirect_dir=off,metacopy=off,index=off,uuid=off");
     mount_at(
         &[
             OsStr::new("-t"),
@@ -343,7 +346,6 @@ pub fn upgrade(
     chroot(&root, epoch, &["apt-get", "clean"])?;
     fs::remove_file(&list)?;
     drop(mounts);
-    customize::remove_mount_points(&root, &roots)?;
     customize::boot_marker(&root)?;
     customize::cairn_tools(
         &root,

@@ -128,6 +128,19 @@ fn snapshots_are_hard_links_that_outlive_the_live_mirror() {
     fs::remove_file(&live).unwrap();
     assert_eq!(fs::read(&snap).unwrap(), bytes);
 
+    // A snapshot a build holds is not deleted under it.
+    let lock = fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(store.join("snapshots/.second.lock"))
+        .unwrap();
+    lock.lock_shared().unwrap();
+    let e = fails(cairn(&store, &["mirror", "snapshot", "delete", "second"]));
+    assert!(e.contains("snapshot second is in use"), "{e}");
+    drop(lock);
+
     // Images record the fixture's snapshot: not deleted without --force.
     let e = fails(cairn(&store, &["mirror", "snapshot", "delete", SNAPSHOT]));
     assert!(
@@ -236,6 +249,19 @@ fn an_image_rebuilds_bit_for_bit_later_elsewhere_after_the_mirror_moved_on() {
         ls.contains("etc/cairn/image.env -> /run/cairn/image.env"),
         "{ls}"
     );
+    // The snapshot build's waiver of Valid-Until stays on the build host:
+    // the machines' apt still refuses an expired (replayed) Release.
+    let conf = Command::new("unsquashfs")
+        .args(["-cat"])
+        .arg(f.default_img.join("filesystem.squashfs"))
+        .arg("etc/apt/apt.conf.d/99mmdebstrap")
+        .output()
+        .unwrap();
+    let conf = String::from_utf8_lossy(&conf.stdout);
+    assert!(
+        conf.contains("Acquire::Languages") && !conf.contains("Valid-Until"),
+        "{conf}"
+    );
 }
 
 /// A snapshot changed after the build (a mirror removed from it): the
@@ -248,9 +274,42 @@ fn rebuild_check_names_the_first_differing_file_when_the_snapshot_changed() {
     };
     let w = f.work("rebuild_check_names_the_first_differing_file_when_the_snapshot_changed");
     let store = f.store_copy(w.path());
+    // Only a signed image is rebuilt: its manifest chooses the inputs. (A
+    // copy of links, the manifest replaced, not written through.)
+    let t = w.path().join("tampered");
+    let st = Command::new("cp")
+        .arg("-al")
+        .arg(&f.default_img)
+        .arg(&t)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut m = fixture::manifest(&t);
+    m["source"]["epoch"] = 0.into();
+    fs::remove_file(t.join("manifest.json")).unwrap();
+    fs::write(t.join("manifest.json"), m.to_string()).unwrap();
+    let out = cairn(
+        &store,
+        &["image", "rebuild", t.to_str().unwrap(), "--check"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not verify"),
+        "{}",
+        text(&out)
+    );
     let snap = store.join("snapshots").join(SNAPSHOT).join("mirror");
     fs::remove_dir_all(snap.join("debian-security")).unwrap();
     fs::remove_dir_all(snap.join(".debian-security.work")).unwrap();
+    // A build refuses a snapshot that no longer holds what it recorded.
+    let out = cairn(&store, &["build", "default", "--snapshot", SNAPSHOT]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no longer holds what it recorded"),
+        "{}",
+        text(&out)
+    );
+    // A rebuild check goes on, and says what changed.
     let out = cairn(
         &store,
         &["image", "rebuild", "default", "--check", "--json"],

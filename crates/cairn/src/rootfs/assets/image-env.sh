@@ -3,12 +3,20 @@
 # (CAIRN_PROFILE, CAIRN_VERSION), read from the signed kernel command line
 # (cairn.image=PROFILE/VERSION). The image does not carry its own name: the
 # same inputs make the same bytes, whatever version name a build gets.
+set -f
+export LC_ALL=C
+# (Other paths only for cairn's tests.)
+cmdline="${CAIRN_TEST_CMDLINE:-/proc/cmdline}"
+run="${CAIRN_TEST_RUN:-/run/cairn}"
 image=""
-for p in $(cat /proc/cmdline); do
+seen=0
+for p in $(cat "$cmdline"); do
     case "$p" in
-        cairn.image=*) image="${p#cairn.image=}" ;;
+        cairn.image=*) image="${p#cairn.image=}"; seen=$((seen + 1)) ;;
     esac
 done
+# Exactly one (the initramfs refuses a repeated one too).
+[ "$seen" -eq 1 ] || image=""
 profile="${image%%/*}"
 version="${image#*/}"
 # Names as cairn makes them, nothing a shell reading the file would run.
@@ -17,6 +25,6 @@ if [ "$profile/$version" != "$image" ] || ! name "$profile" || ! name "$version"
     profile=unknown
     version=unknown
 fi
-mkdir -p /run/cairn
-printf 'CAIRN_PROFILE=%s\nCAIRN_VERSION=%s\n' "$profile" "$version" > /run/cairn/image.env.new
-mv /run/cairn/image.env.new /run/cairn/image.env
+mkdir -p "$run"
+printf 'CAIRN_PROFILE=%s\nCAIRN_VERSION=%s\n' "$profile" "$version" > "$run/image.env.new"
+mv "$run/image.env.new" "$run/image.env"
