@@ -340,8 +340,16 @@ pub fn create(store: &Path, name: &str, mirrors: &[String]) -> Result<Snapshot> 
         for (rel, entry) in &state.pool {
             let rel_path = crate::fsutil::safe_relative(rel, "pool")?;
             let src = paths.root.join(&rel_path);
-            let meta = fs::symlink_metadata(&src)
-                .with_context(|| format!("mirror {m}: pool file {rel}"))?;
+            let meta = match fs::symlink_metadata(&src) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                    "mirror {m}: {} is missing: run `cairn mirror verify --repair {m}` before taking a snapshot",
+                    src.display()
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("mirror {m}: pool file {rel}"));
+                }
+            };
             if !meta.file_type().is_file()
                 || meta.len() != entry.size
                 || mtime_ns(&meta) != entry.mtime_ns

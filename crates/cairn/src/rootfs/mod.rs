@@ -103,6 +103,8 @@ impl Inputs {
         use crate::mirror::snapshot;
         let (base, hold, recorded) = match snapshot {
             Some(n) => {
+                // Checked, held, then read (it was not deleted in between).
+                snapshot::open(store, n)?;
                 let hold = snapshot::hold(store, n)?;
                 let s = snapshot::open(store, n)?;
                 (s.path, Some(hold), Some(s.releases))

@@ -8,10 +8,10 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use crate::support::fixture::{self, SNAPSHOT};
-use crate::support::{NO_CONFIG, cairn, cairn_command, fails, have, ok, skip, text};
+use crate::support::{cairn, cairn_command, fails, have, ok, skip, text};
 
 fn json(out: String) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
@@ -49,14 +49,7 @@ pub(crate) fn cairn_later(store: &Path, args: &[&str]) -> Output {
             None => c.env_remove(k),
         };
     }
-    c.arg("--store")
-        .arg(store)
-        .arg("--quiet")
-        .args(args)
-        .env("CAIRN_CONFIG", NO_CONFIG)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running cairn under faketime")
+    crate::support::cairn_through(c, store, args)
 }
 
 pub(crate) fn need_faketime() -> bool {
@@ -127,6 +120,13 @@ fn snapshots_are_hard_links_that_outlive_the_live_mirror() {
     let bytes = fs::read(&live).unwrap();
     fs::remove_file(&live).unwrap();
     assert_eq!(fs::read(&snap).unwrap(), bytes);
+    // (A snapshot of a mirror that lacks a file it should have is refused.)
+    let e = fails(cairn(&store, &["mirror", "snapshot", "create", "lacking"]));
+    assert!(
+        e.contains(&live.display().to_string()) && e.contains("missing"),
+        "{e}"
+    );
+    fs::hard_link(&snap, &live).unwrap();
 
     // A snapshot a build holds is not deleted under it.
     let lock = fs::File::options()
@@ -169,9 +169,14 @@ fn snapshots_are_hard_links_that_outlive_the_live_mirror() {
     let left: Vec<_> = fs::read_dir(store.join("snapshots"))
         .unwrap()
         .flatten()
-        .map(|e| e.file_name())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
         .collect();
-    assert_eq!(left.len(), 1, "a refused snapshot left {left:?}");
+    assert_eq!(left, [SNAPSHOT], "a refused snapshot left {left:?}");
+    assert!(
+        !store.join("snapshots/.nosuch.lock").exists(),
+        "a build from no snapshot made its lock"
+    );
 }
 
 /// The shared `default` image, rebuilt from its snapshot after the live

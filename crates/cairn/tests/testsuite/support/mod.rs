@@ -82,8 +82,13 @@ pub fn cairn_command() -> Command {
 
 /// Runs the cairn binary.
 pub fn cairn(store: &Path, args: &[&str]) -> Output {
-    cairn_command()
-        .arg("--store")
+    cairn_through(cairn_command(), store, args)
+}
+
+/// Runs `c` (the cairn binary, or a program that runs it) with the store,
+/// quiet, no host configuration and no stdin.
+pub fn cairn_through(mut c: Command, store: &Path, args: &[&str]) -> Output {
+    c.arg("--store")
         .arg(store)
         .arg("--quiet")
         .args(args)
