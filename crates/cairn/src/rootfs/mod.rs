@@ -124,11 +124,7 @@ impl Inputs {
             for (m, suites) in recorded {
                 let s: std::collections::BTreeMap<_, _> = suites
                     .into_iter()
-                    .filter(|(x, _)| {
-                        x == suite
-                            || x.starts_with(&format!("{suite}-"))
-                            || x.starts_with(&format!("{suite}/"))
-                    })
+                    .filter(|(x, _)| in_family(x, suite))
                     .collect();
                 if !s.is_empty() {
                     wanted.insert(m, s);
@@ -207,6 +203,11 @@ pub struct BuildReport {
     pub seconds: f64,
 }
 
+/// Whether `s` is `suite` or one of its siblings (-updates, -security, /updates).
+fn in_family(s: &str, suite: &str) -> bool {
+    s == suite || s.starts_with(&format!("{suite}-")) || s.starts_with(&format!("{suite}/"))
+}
+
 /// `20261125T181500Z`: versions sort by time.
 /// The published mirrors that serve `suite` (and its -updates/-security
 /// siblings), as apt source lines.
@@ -220,9 +221,7 @@ pub fn mirror_sources(
         let Some(mut state) = MirrorState::load(&paths)? else {
             continue;
         };
-        state.repo.suites.retain(|s| {
-            s == suite || s.starts_with(&format!("{suite}-")) || s.starts_with(&format!("{suite}/"))
-        });
+        state.repo.suites.retain(|s| in_family(s, suite));
         if state.repo.suites.is_empty() || paths.current_generation().is_none() {
             continue;
         }
