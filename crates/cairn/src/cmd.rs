@@ -229,6 +229,7 @@ pub struct Cmd {
     timeout: Option<Duration>,
     tied: bool,
     progress: Option<String>,
+    local_time: bool,
 }
 
 impl Cmd {
@@ -241,6 +242,7 @@ impl Cmd {
             timeout: None,
             tied: false,
             progress: None,
+            local_time: false,
         }
     }
 
@@ -265,6 +267,13 @@ impl Cmd {
     /// them.
     pub fn tied(mut self) -> Cmd {
         self.tied = true;
+        self
+    }
+
+    /// The program runs in the machine's own time zone (a maintenance
+    /// window is local time); otherwise every program runs in UTC.
+    pub fn local_time(mut self) -> Cmd {
+        self.local_time = true;
         self
     }
 
@@ -322,6 +331,15 @@ impl Cmd {
         } else {
             Stdio::null()
         });
+        // One language and one time zone whatever the caller's: cairn
+        // reads some programs' output (veritysetup's root hash, sfdisk's
+        // table), and what a build writes must not depend on either.
+        c.env("LC_ALL", "C.UTF-8")
+            .env_remove("LANGUAGE")
+            .env_remove("LOCPATH");
+        if !self.local_time {
+            c.env("TZ", "UTC");
+        }
         for (k, v) in &self.envs {
             c.env(k, v);
         }

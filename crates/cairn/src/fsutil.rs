@@ -1,5 +1,17 @@
 //! File-system helpers that keep half-done work invisible: write to a hidden
-//! sibling, fsync, rename; directory fsync; safe relative paths.
+//! sibling, fsync, rename; directory fsync; safe relative paths; the modes
+//! of what cairn writes.
+//!
+//! Modes are chosen, never inherited: `cairn` sets its umask to 022 before
+//! anything else ([`set_umask`]), so what it and the programs it runs
+//! (mmdebstrap, dpkg's maintainer scripts, mkinitramfs, mksquashfs) create
+//! is what Debian's own tools make under Debian's default umask — whatever
+//! a hardened build host (`umask 077`) has set. What must stay private
+//! (keys, work trees, a disk being made) is made so explicitly
+//! ([`private_dir`], [`PRIVATE_FILE`]); what others must read (the store a
+//! web server serves, a boot partition, an image tree) gets [`PUBLIC_FILE`]
+//! and [`PUBLIC_DIR`] explicitly where a file starts private (temporary
+//! siblings are created 0600).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -7,13 +19,59 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// Writes `data` to `path` atomically (temporary sibling, fsync, rename, fsync dir).
+/// A file everyone may read (what a web server, TFTP server, GRUB or a
+/// service of the system reads).
+pub const PUBLIC_FILE: u32 = 0o644;
+/// A directory everyone may enter and list.
+pub const PUBLIC_DIR: u32 = 0o755;
+/// A file only its owner may read (keys, their configuration).
+pub const PRIVATE_FILE: u32 = 0o600;
+/// The umask cairn runs with, whatever it was started with.
+pub const UMASK: u32 = 0o022;
+
+/// Sets this process's umask to [`UMASK`] (inherited by every program it
+/// runs); returns the one it had.
+pub fn set_umask() -> u32 {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(UMASK)).as_raw_mode()
+}
+
+/// Sets the permission bits of `path` (not following a final symlink's
+/// target is not needed: cairn calls it on files it has just made).
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+/// Makes `dir` and the regular files directly in it everyone's to read
+/// ([`PUBLIC_DIR`], [`PUBLIC_FILE`]), whatever made them: an image, the
+/// netboot directory, what a web server or a TFTP server hands out.
+pub fn make_public(dir: &Path) -> Result<()> {
+    set_mode(dir, PUBLIC_DIR)?;
+    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            set_mode(&e.path(), PUBLIC_FILE)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` to `path` atomically (temporary sibling, fsync, rename,
+/// fsync dir), readable by everyone ([`PUBLIC_FILE`]).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_mode(path, data, PUBLIC_FILE)
+}
+
+/// [`write_atomic`] with the file's mode chosen by the caller.
+pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().context("path has no parent")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (mut f, tmp) = new_sibling(path)?;
     let r = f
         .write_all(data)
+        .and_then(|_| f.set_permissions(fs::Permissions::from_mode(mode)))
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))
         .and_then(|_| {
@@ -29,7 +87,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 /// A new, empty hidden sibling of `path` (`.<name>.<random>`), created
 /// exclusively: never an existing file, never through a symlink someone
-/// placed there (the directory may be anyone's, /tmp say).
+/// placed there (the directory may be anyone's, /tmp say). It is made
+/// 0600: a caller that publishes it sets its mode ([`set_mode`]).
 pub fn new_sibling(path: &Path) -> Result<(File, PathBuf)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -306,6 +365,52 @@ mod tests {
                 std::process::id()
             )
         );
+    }
+
+    /// Under a hardened umask (077, as CIS benchmarks ask) what cairn
+    /// writes for others is still theirs to read: modes are chosen, and
+    /// `set_umask` gives every later file and program Debian's 022. The
+    /// umask is the whole process's: this runs in a child of its own.
+    #[test]
+    fn modes_do_not_depend_on_the_callers_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        const NAME: &str = "fsutil::tests::modes_do_not_depend_on_the_callers_umask";
+        if std::env::var_os("CAIRN_UMASK_CHILD").is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--test-threads=1"])
+                .env("CAIRN_UMASK_CHILD", "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        // Chosen whatever the umask.
+        write_atomic(&d.path().join("pub"), b"x").unwrap();
+        assert_eq!(mode(&d.path().join("pub")), 0o644);
+        write_atomic_mode(&d.path().join("key"), b"x", PRIVATE_FILE).unwrap();
+        assert_eq!(mode(&d.path().join("key")), 0o600);
+        private_dir(&d.path().join("work")).unwrap();
+        assert_eq!(mode(&d.path().join("work")), 0o700);
+        // The umask a hardened host set is what `set_umask` replaces; from
+        // then on files, directories and programs get Debian's defaults.
+        assert_eq!(set_umask(), 0o077);
+        fs::create_dir(d.path().join("dir")).unwrap();
+        fs::write(d.path().join("file"), b"x").unwrap();
+        assert_eq!(mode(&d.path().join("dir")), 0o755);
+        assert_eq!(mode(&d.path().join("file")), 0o644);
+        let out = std::process::Command::new("sh")
+            .args(["-c", "umask"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0022");
     }
 
     #[test]

@@ -207,6 +207,8 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
         }
     }
     write_signed_cfg(&new, &key, &m.cfg)?;
+    // Handed out by a TFTP server and a web server, neither of them root.
+    crate::fsutil::make_public(&new)?;
     if fs::symlink_metadata(&out).is_ok() {
         fs::rename(&out, &old)?;
     }

@@ -2,6 +2,24 @@
 //! its arguments (clap), one run function per command, its printers — over
 //! the library; policy lives in the library modules, not here.
 
+/// `println!` that a closed stdout (`cairn … | head`) does not turn into a
+/// panic: the output ends there, the command goes on and exits as it would.
+macro_rules! outln {
+    () => {
+        $crate::cli::out(format_args!("\n"))
+    };
+    ($($t:tt)*) => {
+        $crate::cli::out(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// `print!` as [`outln!`] is `println!`.
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::cli::out(format_args!($($t)*))
+    };
+}
+
 mod build;
 mod config;
 mod disk;
@@ -209,6 +227,9 @@ pub fn colour() -> bool {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
+    // Modes are chosen, not the caller's (fsutil): a hardened umask must
+    // not make images, indices or a mirror nobody else can read.
+    crate::fsutil::set_umask();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Under --json a usage error is a JSON document too: whether it was
     // asked for is read before parsing (up to a `--`).
@@ -243,7 +264,7 @@ pub fn main() -> i32 {
                     "schema-version": JSON_SCHEMA_VERSION,
                     what: e.render().to_string().trim_end(),
                 });
-                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
                 return exit::SUCCESS;
             }
             let text = e.render().to_string();
@@ -294,6 +315,23 @@ pub fn main() -> i32 {
     }
 }
 
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes to stdout; once the reader has gone (a closed pipe), nothing
+/// more is written and nothing fails: a command's work does not depend on
+/// whether anyone still reads its report.
+pub(crate) fn out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut o = std::io::stdout().lock();
+    if o.write_fmt(args).and_then(|()| o.flush()).is_err() {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
 /// `s` with every control character but newline and tab escaped (`\u{1b}`).
 pub fn printable(s: &str) -> String {
     s.chars()
@@ -318,7 +356,7 @@ fn print_json_error(message: &str, causes: Vec<String>, kind: &str, code: i32) {
             "causes": causes,
         }
     });
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into())
     );
@@ -374,7 +412,7 @@ fn show<T: serde::Serialize>(
     human: impl FnOnce(&T) -> Result<()>,
 ) -> Result<()> {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&envelope(what, r)?)?);
+        outln!("{}", serde_json::to_string_pretty(&envelope(what, r)?)?);
         Ok(())
     } else {
         human(r)
@@ -385,7 +423,7 @@ fn show<T: serde::Serialize>(
 /// `{"schema-version": 1, what: text}`.
 fn print_text(cli: &Cli, what: &str, text: &str) -> Result<()> {
     show(cli, what, &text, |t| {
-        print!("{t}");
+        out!("{t}");
         Ok(())
     })
 }

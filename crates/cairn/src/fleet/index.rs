@@ -125,6 +125,9 @@ pub fn publish(store: &Path, key: &SigningKey, profile: &str, o: &PublishOptions
                 bail!("{}: {must} missing: not published", e.path.display());
             }
         }
+        // What machines fetch is the web server's workers' to read (an
+        // image made by an older cairn had its hash trees 0600).
+        crate::fsutil::make_public(&e.path)?;
         let rollout = o
             .rollout
             .get(&m.version)
@@ -175,6 +178,7 @@ pub fn publish(store: &Path, key: &SigningKey, profile: &str, o: &PublishOptions
     let dir = path.parent().context("index path")?;
     let tmp = dir.join(format!(".{INDEX}.new"));
     fs::write(&tmp, serde_json::to_vec_pretty(&index)?)?;
+    crate::fsutil::set_mode(&tmp, crate::fsutil::PUBLIC_FILE)?;
     let sig = keys::sign_file(key, &tmp)?;
     fs::rename(&tmp, &path)?;
     fs::rename(&sig, dir.join(format!("{INDEX}.sig")))?;

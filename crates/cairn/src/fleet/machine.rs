@@ -55,7 +55,10 @@ pub fn settings(fleet_file: &Path, config_file: &Path) -> Result<FleetFile> {
 
 /// The minute of the day, local time (the machine's time zone).
 fn local_minute() -> Result<u32> {
-    let out = crate::cmd::Cmd::new("date").arg("+%H %M").run()?;
+    let out = crate::cmd::Cmd::new("date")
+        .arg("+%H %M")
+        .local_time()
+        .run()?;
     let t = String::from_utf8_lossy(&out.stdout);
     let mut it = t.split_whitespace().map(|x| x.parse::<u32>());
     match (it.next(), it.next()) {

@@ -195,7 +195,9 @@ pub fn seal_sums(dir: &Path, key: &SigningKey) -> Result<()> {
     for n in ["SHA256SUMS", "SHA512SUMS"].into_iter().chain(isos) {
         sign_file(key, &dir.join(n))?;
     }
-    Ok(())
+    // Served by a web server's unprivileged workers, read by GRUB and
+    // by machines.
+    crate::fsutil::make_public(dir)
 }
 
 #[cfg(test)]

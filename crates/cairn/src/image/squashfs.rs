@@ -39,6 +39,9 @@ pub fn pack(
     if !tree.is_dir() {
         bail!("{} is not a directory", tree.display());
     }
+    // The tree's top is the image's `/` (a delta's, too: the top layer's
+    // root is what the machine sees): 0755, whoever made the directory.
+    crate::fsutil::set_mode(tree, crate::fsutil::PUBLIC_DIR)?;
     let mut cmd = Cmd::new(MKSQUASHFS.program)
         .arg(tree)
         .arg(out)

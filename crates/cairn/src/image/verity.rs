@@ -71,6 +71,9 @@ pub fn format(layer: &Path) -> Result<String> {
     };
     let root = root_hash(&String::from_utf8_lossy(&out.stdout))
         .with_context(|| format!("veritysetup format {}: no root hash", layer.display()))?;
+    // Machines fetch it from the store's web server (a worker that is not
+    // root): as readable as the layer it checks.
+    crate::fsutil::set_mode(&tmp, crate::fsutil::PUBLIC_FILE)?;
     fs::rename(&tmp, &tree).with_context(|| format!("writing {}", tree.display()))?;
     Ok(root)
 }
@@ -116,6 +119,10 @@ mod tests {
         let h2 = format(&l).unwrap();
         assert_eq!(h1, h2);
         assert_eq!(t1, fs::read(tree_of(&l)).unwrap());
+        // Served to machines by a web server's unprivileged workers.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(tree_of(&l)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o644, "{mode:o}");
         let st = std::process::Command::new("veritysetup")
             .arg("verify")
             .arg(&l)

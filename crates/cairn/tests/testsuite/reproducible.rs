@@ -38,18 +38,90 @@ fn recorded_sha256(img: &Path, file: &str) -> String {
         .unwrap_or_else(|| panic!("{file} not in {}/SHA256SUMS", img.display()))
 }
 
-/// cairn under faketime, its clock three days ahead.
-pub(crate) fn cairn_later(store: &Path, args: &[&str]) -> Output {
+/// cairn three days later (faketime) on a build host set up elsewhere by
+/// someone else: `umask 077` (what CIS benchmarks ask), German messages
+/// (a locale compiled for the test), the Chatham Islands' time zone
+/// (UTC+12:45, +13:45 in summer).
+pub(crate) fn cairn_elsewhere(store: &Path, args: &[&str]) -> Output {
     let plain = cairn_command();
-    let mut c = Command::new("faketime");
-    c.args(["-f", "+3d"]).arg(plain.get_program());
+    let mut c = Command::new("sh");
+    c.args(["-c", "umask 077 && exec faketime -f +3d \"$@\"", "sh"])
+        .arg(plain.get_program());
     for (k, v) in plain.get_envs() {
         match v {
             Some(v) => c.env(k, v),
             None => c.env_remove(k),
         };
     }
+    c.env("TZ", "Pacific/Chatham")
+        .env("LOCPATH", german())
+        .env("LANG", "de_DE.UTF-8")
+        .env("LC_ALL", "de_DE.UTF-8")
+        .env("LANGUAGE", "de");
     crate::support::cairn_through(c, store, args)
+}
+
+/// A German UTF-8 locale, compiled once into the test's directory (the
+/// host's own locale settings are left alone).
+fn german() -> PathBuf {
+    static L: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    L.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("locale");
+        if !dir.join("de_DE.UTF-8/LC_MESSAGES").exists() {
+            fs::create_dir_all(&dir).unwrap();
+            let out = Command::new("localedef")
+                .args(["-i", "de_DE", "-f", "UTF-8"])
+                .arg(dir.join("de_DE.UTF-8"))
+                .output()
+                .unwrap();
+            assert!(
+                dir.join("de_DE.UTF-8/LC_MESSAGES").exists(),
+                "localedef de_DE.UTF-8 (apt install locales): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The locale really is German: `date` says so.
+        let out = Command::new("date")
+            .args(["-d", "@0", "+%A"])
+            .env("LOCPATH", &dir)
+            .env("LC_ALL", "de_DE.UTF-8")
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Donnerstag");
+        dir
+    })
+    .clone()
+}
+
+/// The mode and owner column of `unsquashfs -lls` for each of `paths` in
+/// `squashfs` (`drwxr-xr-x root/root`).
+fn modes_in(squashfs: &Path, paths: &[&str]) -> Vec<(String, String)> {
+    let out = Command::new("unsquashfs")
+        .args(["-lls", "-d", ""])
+        .arg(squashfs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "unsquashfs -lls {}",
+        squashfs.display()
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    paths
+        .iter()
+        .map(|p| {
+            let line = listing
+                .lines()
+                .find(|l| {
+                    let at = l.split_whitespace().nth(5).unwrap_or("/");
+                    at == *p
+                })
+                .unwrap_or_else(|| panic!("{p} not in {}", squashfs.display()));
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (p.to_string(), format!("{} {}", f[0], f[1]))
+        })
+        .collect()
 }
 
 pub(crate) fn need_faketime() -> bool {
@@ -182,8 +254,10 @@ fn snapshots_are_hard_links_that_outlive_the_live_mirror() {
 /// The shared `default` image, rebuilt from its snapshot after the live
 /// mirror moved on (a new sync of another selection removed most of the
 /// pool files), three days later by the clock, in another store (another
-/// work directory), with one compressor thread instead of every core:
-/// squashfs, kernel and initrd are the image's bytes.
+/// work directory), with one compressor thread instead of every core, on a
+/// hardened host (umask 077, another locale and time zone; the shared
+/// image was built under umask 022): squashfs, kernel and initrd are the
+/// image's bytes, and what others read is readable.
 #[test]
 fn an_image_rebuilds_bit_for_bit_later_elsewhere_after_the_mirror_moved_on() {
     if !need_faketime() {
@@ -206,15 +280,28 @@ fn an_image_rebuilds_bit_for_bit_later_elsewhere_after_the_mirror_moved_on() {
     assert_eq!(m["source"]["epoch"].as_i64(), dates.iter().copied().max());
 
     // The live mirror moves on: only `less` and the base set.
-    ok(cairn(
+    ok(cairn_elsewhere(
         &store,
         &["mirror", "sync", "--package", "less", "--jobs", "8"],
     ));
     let e = fails(cairn(&store, &["build", "default"]));
     assert!(e.contains("lacks"), "the live mirror did not move on: {e}");
+    // What the hardened host wrote into the store is what a web server's
+    // workers (www-data) and apt's sandbox (_apt) can read.
+    ok(cairn_elsewhere(&store, &["publish", "default"]));
+    let gen_dir = fs::canonicalize(store.join("mirror/debian/dists")).unwrap();
+    for (p, want) in [
+        (gen_dir.clone(), 0o755),
+        (gen_dir.join(fixture::host_suite()).join("InRelease"), 0o644),
+        (store.join("images/default/index.json"), 0o644),
+        (store.join("images/default/index.json.sig"), 0o644),
+    ] {
+        let mode = fs::metadata(&p).unwrap().mode() & 0o7777;
+        assert_eq!(mode, want, "{} is {mode:o}", p.display());
+    }
 
     let keep = w.path().join("rebuilt");
-    let out = cairn_later(
+    let out = cairn_elsewhere(
         &store,
         &[
             "image",
@@ -240,6 +327,24 @@ fn an_image_rebuilds_bit_for_bit_later_elsewhere_after_the_mirror_moved_on() {
             recorded_sha256(&f.default_img, file),
             "{file}"
         );
+    }
+    // Every directory a service of the system walks through is
+    // everyone's (under umask 077 they were drwx------ once).
+    let sq = keep.join("image/filesystem.squashfs");
+    for (p, m) in modes_in(
+        &sq,
+        &[
+            "/",
+            "/etc",
+            "/usr",
+            "/usr/lib",
+            "/usr/lib/cairn",
+            "/usr/lib/live",
+            "/var",
+            "/etc/cairn",
+        ],
+    ) {
+        assert_eq!(m, "drwxr-xr-x root/root", "{p}");
     }
     // The image's name is not in it: /etc/cairn/image.env comes from the
     // kernel command line at boot.
@@ -359,7 +464,9 @@ fn rebuild_check_names_the_first_differing_file_when_the_snapshot_changed() {
 }
 
 /// The same parent, mirror and profile make the same delta layer, three
-/// days later by the clock, in another store, with one compressor thread.
+/// days later by the clock, in another store, with one compressor thread,
+/// on a hardened host (umask 077, another locale and time zone); the
+/// delta's top (the `/` machines see) is everyone's.
 #[test]
 fn an_upgrade_delta_is_made_bit_for_bit_again() {
     if !need_faketime() {
@@ -376,7 +483,7 @@ fn an_upgrade_delta_is_made_bit_for_bit_again() {
         .join("images/webtest")
         .join(u.delta.file_name().unwrap());
     fs::remove_dir_all(&delta_dir).unwrap();
-    let out = cairn_later(
+    let out = cairn_elsewhere(
         &store,
         &[
             "upgrade",
@@ -403,5 +510,8 @@ fn an_upgrade_delta_is_made_bit_for_bit_again() {
             recorded_sha256(&u.delta, file),
             "{file}"
         );
+    }
+    for (p, m) in modes_in(&again.join(layer), &["/"]) {
+        assert_eq!(m, "drwxr-xr-x root/root", "{p} of the delta");
     }
 }
