@@ -81,7 +81,9 @@ pub fn load(store: &Path) -> Result<SigningKey> {
     let data = fs::read(&p).with_context(|| {
         format!("no signing key in {}: run `cairn key generate` (or `cairn key use` for an existing GnuPG key)", keys_dir(store).display())
     })?;
-    serde_json::from_slice(&data).with_context(|| format!("reading {}", p.display()))
+    let key: SigningKey =
+        serde_json::from_slice(&data).with_context(|| format!("reading {}", p.display()))?;
+    Ok(key.resolved(store))
 }
 
 /// Generates an RSA signing key into `<store>/keys/gnupg` (0700).
@@ -242,8 +244,50 @@ fn adopt(store: &Path, home: &Path, fpr: &str) -> Result<SigningKey> {
         bits,
         user_id,
     };
-    write_atomic(&config_path(store), &serde_json::to_vec_pretty(&key)?)?;
+    write_atomic(
+        &config_path(store),
+        &serde_json::to_vec_pretty(&key.recorded(store))?,
+    )?;
     Ok(key)
+}
+
+impl SigningKey {
+    /// As `signing.json` records it: paths inside the store's `keys/`
+    /// relative to it, so a store copied or moved (a backup restored on
+    /// a new build host) signs with its own key home, not the old place's.
+    fn recorded(&self, store: &Path) -> SigningKey {
+        let dir = keys_dir(store);
+        let rel = |p: &Path| {
+            p.strip_prefix(&dir)
+                .map_or_else(|_| p.to_path_buf(), Path::to_path_buf)
+        };
+        SigningKey {
+            gnupg_home: rel(&self.gnupg_home),
+            public_key: rel(&self.public_key),
+            ..self.clone()
+        }
+    }
+
+    /// Read back from `signing.json`: relative paths are the store's
+    /// `keys/`; an absolute one that names another store's `keys/gnupg`
+    /// or `keys/signing.pub` (recorded before paths were relative, the
+    /// store since moved) is this store's own, which `key generate` wrote.
+    fn resolved(mut self, store: &Path) -> SigningKey {
+        let dir = keys_dir(store);
+        let fix = |p: &mut PathBuf, own: &str| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            } else if p.ends_with(Path::new("keys").join(own))
+                && !p.starts_with(&dir)
+                && dir.join(own).exists()
+            {
+                *p = dir.join(own);
+            }
+        };
+        fix(&mut self.gnupg_home, "gnupg");
+        fix(&mut self.public_key, "signing.pub");
+        self
+    }
 }
 
 /// Writes a binary detached signature `<file>.sig` (SHA-512: GRUB checks
@@ -264,6 +308,8 @@ pub fn sign_file(key: &SigningKey, file: &Path) -> Result<PathBuf> {
         .arg(file)
         .run()
         .with_context(|| format!("signing {}", file.display()))?;
+    // A signature is for everyone who checks it (a web server serves it).
+    crate::fsutil::set_mode(&sig, crate::fsutil::PUBLIC_FILE)?;
     Ok(sig)
 }
 
@@ -286,4 +332,48 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {mode:o} {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(home: &Path, public: &Path) -> SigningKey {
+        SigningKey {
+            fingerprint: "F".into(),
+            gnupg_home: home.to_path_buf(),
+            public_key: public.to_path_buf(),
+            algorithm: "RSA".into(),
+            bits: 2048,
+            user_id: "u".into(),
+        }
+    }
+
+    /// A store copied elsewhere signs with its own key home: paths inside
+    /// keys/ are recorded relative; an absolute one recorded by an older
+    /// cairn that names another store's keys/ is read as this store's; a
+    /// key home outside any store (`key use`) stays where it is.
+    #[test]
+    fn a_moved_store_uses_its_own_keys() {
+        let d = tempfile::tempdir().unwrap();
+        let old = d.path().join("old");
+        let new = d.path().join("new");
+        fs::create_dir_all(new.join("keys/gnupg")).unwrap();
+        fs::write(new.join("keys/signing.pub"), b"k").unwrap();
+        let k = key(&old.join("keys/gnupg"), &old.join("keys/signing.pub"));
+        let rec = k.recorded(&old);
+        assert_eq!(rec.gnupg_home, Path::new("gnupg"));
+        assert_eq!(rec.public_key, Path::new("signing.pub"));
+        let moved = rec.clone().resolved(&new);
+        assert_eq!(moved.gnupg_home, new.join("keys/gnupg"));
+        assert_eq!(moved.public_key, new.join("keys/signing.pub"));
+        // Recorded absolute (before): still this store's own.
+        let legacy = k.clone().resolved(&new);
+        assert_eq!(legacy.gnupg_home, new.join("keys/gnupg"));
+        // An external home is the user's: kept.
+        let ext = key(Path::new("/home/u/.gnupg"), &new.join("keys/signing.pub"));
+        let r = ext.recorded(&new).resolved(&new);
+        assert_eq!(r.gnupg_home, Path::new("/home/u/.gnupg"));
+        assert_eq!(r.public_key, new.join("keys/signing.pub"));
+    }
 }
