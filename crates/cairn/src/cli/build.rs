@@ -101,12 +101,12 @@ pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
     };
     let r = crate::upgrade::upgrade(&prof, &arg, &opts)?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&super::envelope("upgrade", &r)?)?
         );
     } else if let Some(v) = &r.version {
-        println!(
+        outln!(
             "{} {v}: {} layer ({}), {} layer(s), image {}; {} upgraded, {} added, {} removed; {:.1}s",
             r.profile,
             r.layer.as_deref().unwrap_or(""),
@@ -119,12 +119,13 @@ pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
             r.seconds
         );
         if let Some(c) = &r.compacted_because {
-            println!("flattened: {c}");
+            outln!("flattened: {c}");
         }
     } else {
-        println!(
+        outln!(
             "{}: nothing to upgrade from {} (use --force for a new image anyway)",
-            r.profile, r.parent
+            r.profile,
+            r.parent
         );
     }
     Ok(0)
@@ -159,19 +160,24 @@ pub(super) fn run_build(cli: &Cli, a: &BuildArgs) -> Result<i32> {
     };
     let r = rootfs::build(&prof, &arg, &opts)?;
     show(cli, "build", &r, |r| {
-        println!(
+        outln!(
             "{} {} ({} host, kernel {}, {} packages, {})",
-            r.profile, r.version, r.host_type, r.kernel, r.packages, r.compression
+            r.profile,
+            r.version,
+            r.host_type,
+            r.kernel,
+            r.packages,
+            r.compression
         );
         for (f, size) in &r.files {
-            println!("  {f:<28} {}", human_bytes(*size));
+            outln!("  {f:<28} {}", human_bytes(*size));
         }
         let stages: Vec<String> = r
             .stages
             .iter()
             .map(|s| format!("{} {:.1}s", s.name, s.seconds))
             .collect();
-        println!(
+        outln!(
             "built in {:.1}s ({}), signed by {} -> {}",
             r.seconds,
             stages.join(", "),

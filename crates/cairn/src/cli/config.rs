@@ -135,10 +135,10 @@ pub(super) fn run_config(cli: &Cli, c: &ConfigCommand) -> Result<i32> {
     };
     show(cli, "settings", &shown, |shown| {
         if shown.files.is_empty() {
-            println!("# no configuration file ({} does not exist)", config_main());
+            outln!("# no configuration file ({} does not exist)", config_main());
         } else {
             for f in &shown.files {
-                println!("# read {}", f.display());
+                outln!("# read {}", f.display());
             }
         }
         for st in &shown.settings {
@@ -147,7 +147,7 @@ pub(super) fn run_config(cli: &Cli, c: &ConfigCommand) -> Result<i32> {
                 v => v.to_string(),
             };
             let means = st.means.map(|m| format!(": {m}")).unwrap_or_default();
-            println!("{} = {v}  # {}{means}", st.key, st.origin);
+            outln!("{} = {v}  # {}{means}", st.key, st.origin);
         }
         Ok(())
     })?;

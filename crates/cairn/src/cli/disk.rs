@@ -184,21 +184,21 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 
 fn print_plan(p: &crate::boot::disk::DiskPlan) {
     for a in &p.add {
-        println!("{} {a}", if p.dry_run { "would add" } else { "added" });
+        outln!("{} {a}", if p.dry_run { "would add" } else { "added" });
     }
     print_menu(&p.menu);
 }
 
 fn print_menu(m: &crate::boot::menu::Menu) {
-    println!("default: {}", m.default);
+    outln!("default: {}", m.default);
     if !m.fallback.is_empty() {
-        println!("fallback: {}", m.fallback.join(" "));
+        outln!("fallback: {}", m.fallback.join(" "));
     }
     for e in &m.entries {
-        println!("  {:<48} {}", e.id, e.title);
+        outln!("  {:<48} {}", e.id, e.title);
     }
     for l in &m.left_out {
-        println!("left out (fails its checks): {}: {}", l.path, l.problem);
+        outln!("left out (fails its checks): {}: {}", l.path, l.problem);
     }
 }
 
@@ -239,7 +239,7 @@ pub(super) fn run_disk(cli: &Cli, c: &DiskCommand) -> Result<i32> {
             };
             let r = crate::boot::disk::create(&cli.store, target, *size, &opts)?;
             show(cli, "disk", &r, |r| {
-                println!(
+                outln!(
                     "{}{}: {} with {} ({}), {:.1}s",
                     if r.dry_run { "would write " } else { "" },
                     r.path.display(),
@@ -293,7 +293,7 @@ pub(super) fn run_boot(cli: &Cli, c: &BootCommand) -> Result<i32> {
             };
             show(cli, "disk", &p, |p| {
                 let m = &p.menu;
-                println!(
+                outln!(
                     "{}: GRUB {} (BIOS + UEFI{}), menu {}",
                     disk.display(),
                     if p.dry_run {
@@ -340,12 +340,12 @@ pub(super) fn run_boot(cli: &Cli, c: &BootCommand) -> Result<i32> {
                     add: Vec::new(),
                     menu: m,
                 };
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&super::envelope("disk", &p)?)?
                 );
             } else if disk.is_none() {
-                print!("{}", m.cfg);
+                out!("{}", m.cfg);
             } else {
                 print_menu(&m);
             }

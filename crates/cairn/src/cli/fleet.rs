@@ -97,6 +97,16 @@ pub(super) fn run_publish(cli: &Cli, a: &PublishArgs) -> Result<i32> {
     if let Some(listen) = &a.nginx_config {
         let store = std::path::absolute(&cli.store)?;
         let text = crate::fleet::serve::nginx_server(&store, listen)?;
+        // Debian's nginx runs its workers as www-data: a directory they
+        // cannot enter is a 403 for every machine. Said, not fixed: the
+        // directories are the admin's.
+        let closed = crate::fleet::serve::closed_to_workers(&store);
+        if !closed.is_empty() {
+            crate::progress::note(&format!(
+                "warning: a web server's workers (www-data on Debian) cannot enter {}: every request would be refused (403); allow others to enter them (chmod o+x) or move the store",
+                closed.join(", ")
+            ));
+        }
         super::print_text(cli, "nginx-config", &text)?;
         return Ok(0);
     }
@@ -136,7 +146,7 @@ pub(super) fn run_publish(cli: &Cli, a: &PublishArgs) -> Result<i32> {
     }
     show(cli, "indices", &all, |all| {
         for i in all {
-            println!(
+            outln!(
                 "{}: serial {}, {} version(s), newest {}, valid until {}",
                 i.profile,
                 i.serial,
@@ -181,12 +191,12 @@ pub(super) fn run_pull(cli: &Cli, a: &PullArgs) -> Result<i32> {
     }
     crate::fleet::act(&mut r)?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&super::envelope("pull", &r)?)?
         );
     } else if let Some(a) = &r.action {
-        println!(
+        outln!(
             "  policy {}: {}{}",
             a.policy,
             a.did,
@@ -200,9 +210,9 @@ pub(super) fn run_pull(cli: &Cli, a: &PullArgs) -> Result<i32> {
 
 fn print_pull(p: &crate::fleet::pull::PullReport) -> Result<()> {
     for u in &p.passed_over {
-        println!("passed over {u}");
+        outln!("passed over {u}");
     }
-    println!(
+    outln!(
         "{}: index serial {} from {}: {}",
         p.profile,
         p.serial,
@@ -210,7 +220,7 @@ fn print_pull(p: &crate::fleet::pull::PullReport) -> Result<()> {
         serde_json::to_value(p.outcome)?.as_str().unwrap_or("")
     );
     if let Some(v) = &p.version {
-        println!(
+        outln!(
             "  {v}: {} file(s) fetched ({}), {} reused from the disk ({})",
             p.files_fetched,
             human_bytes(p.bytes_fetched),
@@ -219,13 +229,13 @@ fn print_pull(p: &crate::fleet::pull::PullReport) -> Result<()> {
         );
     }
     if let Some(e) = &p.entry {
-        println!(
+        outln!(
             "  default on trial: {e}{}",
             p.tries.map_or(String::new(), |t| format!(" ({t} tries)"))
         );
     }
     for d in &p.removed {
-        println!("  removed {d}");
+        outln!("  removed {d}");
     }
     Ok(())
 }
@@ -238,7 +248,7 @@ pub(super) fn run_cycle(cli: &Cli, a: &CycleArgs) -> Result<i32> {
     let r = crate::fleet::cycle::cycle(&cli.store, &c, cli.quiet())?;
     show(cli, "cycle", &r, |r| {
         if let Some(s) = &r.synced {
-            println!(
+            outln!(
                 "mirror: {} package(s), {} fetched{}",
                 s.packages,
                 human_bytes(s.fetched_bytes),
@@ -246,7 +256,7 @@ pub(super) fn run_cycle(cli: &Cli, a: &CycleArgs) -> Result<i32> {
             );
         }
         for i in &r.images {
-            println!(
+            outln!(
                 "{}: {} {}",
                 i.profile,
                 i.action,
@@ -254,14 +264,14 @@ pub(super) fn run_cycle(cli: &Cli, a: &CycleArgs) -> Result<i32> {
             );
         }
         for i in &r.published {
-            println!(
+            outln!(
                 "{}: published serial {}, valid until {}",
                 i.profile,
                 i.serial,
                 cairn_debian::date::format_release_date(i.expires)
             );
         }
-        println!("cycle done in {:.0}s", r.seconds);
+        outln!("cycle done in {:.0}s", r.seconds);
         Ok(())
     })?;
     Ok(0)
@@ -302,7 +312,7 @@ pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
     // write it chose those strings.
     macro_rules! out {
         ($($t:tt)*) => {
-            println!("{}", super::printable(&format!($($t)*)))
+            outln!("{}", super::printable(&format!($($t)*)))
         };
     }
     show(cli, "status", &s, |s| {

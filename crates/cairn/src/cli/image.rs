@@ -124,13 +124,16 @@ pub(super) fn run_key(cli: &Cli, c: &KeyCommand) -> Result<i32> {
         KeyCommand::Show => keys::load(&cli.store)?,
     };
     show(cli, "key", &key, |key| {
-        println!(
+        outln!(
             "{} {}{} {:?}",
-            key.fingerprint, key.algorithm, key.bits, key.user_id
+            key.fingerprint,
+            key.algorithm,
+            key.bits,
+            key.user_id
         );
-        println!("  secret key in {}", key.gnupg_home.display());
-        println!("  public key for GRUB: {}", key.public_key.display());
-        println!("  {}", keys::PROTECTION);
+        outln!("  secret key in {}", key.gnupg_home.display());
+        outln!("  public key for GRUB: {}", key.public_key.display());
+        outln!("  {}", keys::PROTECTION);
         Ok(())
     })?;
     Ok(0)
@@ -142,7 +145,7 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
             let all = image::list(&cli.store)?;
             show(cli, "images", &all, |all| {
                 for e in all {
-                    println!(
+                    outln!(
                         "{:<16} {:<20} {:>10} {:<5} {:>4} packages{}{}",
                         e.profile,
                         e.version,
@@ -169,9 +172,9 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
             let r = image::verify(&dir, &public)?;
             show(cli, "verify", &r, |r| {
                 for p in &r.problems {
-                    println!("  BAD {p}");
+                    outln!("  BAD {p}");
                 }
-                println!(
+                outln!(
                     "{}: {} — {} files checked{}",
                     r.path.display(),
                     if r.ok { "OK" } else { "FAILED" },
@@ -194,17 +197,17 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
             let mb = image::read_manifest(&image::resolve(&cli.store, b)?)?;
             let d = image::diff(&ma, &mb);
             show(cli, "diff", &d, |d| {
-                println!("{} -> {}", d.from, d.to);
+                outln!("{} -> {}", d.from, d.to);
                 for p in &d.added {
-                    println!("  + {} {}", p.name, p.version);
+                    outln!("  + {} {}", p.name, p.version);
                 }
                 for p in &d.removed {
-                    println!("  - {} {}", p.name, p.version);
+                    outln!("  - {} {}", p.name, p.version);
                 }
                 for (n, o, v) in &d.changed {
-                    println!("  ~ {n} {o} -> {v}");
+                    outln!("  ~ {n} {o} -> {v}");
                 }
-                println!(
+                outln!(
                     "{} added, {} removed, {} changed",
                     d.added.len(),
                     d.removed.len(),
@@ -231,13 +234,13 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
             show(cli, "removed", &out, |out| {
                 let gone = out.removed;
                 for g in gone {
-                    println!(
+                    outln!(
                         "{} {}",
                         if *dry_run { "would remove" } else { "removed" },
                         g.display()
                     );
                 }
-                println!(
+                outln!(
                     "{} image(s) {}",
                     gone.len(),
                     if *dry_run { "to remove" } else { "removed" }
@@ -280,10 +283,10 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
             )?;
             show(cli, "rebuild", &r, |r| {
                 for c in &r.inputs_changed {
-                    println!("  input changed since the build: {c}");
+                    outln!("  input changed since the build: {c}");
                 }
                 for f in &r.files {
-                    println!(
+                    outln!(
                         "  {:<22} {}",
                         f.name,
                         if f.identical {
@@ -298,12 +301,12 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
                     );
                 }
                 if let Some(d) = &r.first_difference {
-                    println!("  first difference: {d}");
+                    outln!("  first difference: {d}");
                 }
                 if let Some(d) = &r.diffoscope {
-                    println!("diffoscope:\n{d}");
+                    outln!("diffoscope:\n{d}");
                 }
-                println!(
+                outln!(
                     "{}: {} (epoch {}, {}) in {:.0}s",
                     r.image,
                     if r.reproducible {
@@ -341,7 +344,7 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
                 signed_by: &key.fingerprint,
             };
             show(cli, "sign", &out, |out| {
-                println!(
+                outln!(
                     "{}: sealed, signed by {}",
                     out.path.display(),
                     out.signed_by

@@ -61,7 +61,7 @@ pub(super) fn run_apply_live(cli: &Cli, args: &ApplyLiveArgs) -> Result<i32> {
         },
     })?;
     show(cli, "result", &r, |r| {
-        println!(
+        outln!(
             "{} → {}{}: {} package change(s)",
             r.from,
             r.to,
@@ -70,20 +70,20 @@ pub(super) fn run_apply_live(cli: &Cli, args: &ApplyLiveArgs) -> Result<i32> {
         );
         for c in &r.changes {
             match (&c.from, &c.to) {
-                (None, Some(t)) => println!("  + {} {t}", c.package),
-                (Some(f), None) => println!("  - {} {f}", c.package),
-                (Some(f), Some(t)) => println!("  ~ {} {f} → {t}", c.package),
+                (None, Some(t)) => outln!("  + {} {t}", c.package),
+                (Some(f), None) => outln!("  - {} {f}", c.package),
+                (Some(f), Some(t)) => outln!("  ~ {} {f} → {t}", c.package),
                 _ => {}
             }
         }
         for d in &r.deferred {
-            println!("next boot: {d}");
+            outln!("next boot: {d}");
         }
         for d in &r.differs {
-            println!("differs from the image: {d}");
+            outln!("differs from the image: {d}");
         }
         if !r.dry_run {
-            println!(
+            outln!(
                 "applied in {:.1}s; recorded in {}",
                 r.seconds,
                 crate::live::APPLIED_LOG
@@ -109,7 +109,7 @@ pub(super) fn run_reboot(cli: &Cli, args: &RebootArgs) -> Result<i32> {
         dry_run: a.dry_run,
     })?;
     show(cli, "result", &r, |r| {
-        println!(
+        outln!(
             "{} {} (entry {}){}",
             if a.dry_run { "would boot" } else { "booting" },
             r.image,
@@ -121,7 +121,7 @@ pub(super) fn run_reboot(cli: &Cli, args: &RebootArgs) -> Result<i32> {
             }
         );
         if let Some(c) = &r.command_line {
-            println!("command line: {c}");
+            outln!("command line: {c}");
         }
         Ok(())
     })?;

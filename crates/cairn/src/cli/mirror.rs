@@ -94,7 +94,7 @@ pub(super) fn run_snapshot(cli: &Cli, c: &SnapshotCommand) -> Result<i32> {
             let all = snapshot::list(&cli.store)?;
             show(cli, "snapshots", &all, |all| {
                 if all.is_empty() {
-                    println!(
+                    outln!(
                         "no snapshots in {}",
                         snapshot::snapshots_dir(&cli.store).display()
                     );
@@ -112,7 +112,7 @@ pub(super) fn run_snapshot(cli: &Cli, c: &SnapshotCommand) -> Result<i32> {
                 deleted: &'a str,
             }
             show(cli, "deleted", &Deleted { deleted: &s.name }, |d| {
-                println!("deleted snapshot {}", d.deleted);
+                outln!("deleted snapshot {}", d.deleted);
                 Ok(())
             })?;
         }
@@ -121,7 +121,7 @@ pub(super) fn run_snapshot(cli: &Cli, c: &SnapshotCommand) -> Result<i32> {
 }
 
 fn print_snapshot(s: &crate::mirror::snapshot::Snapshot) {
-    println!(
+    outln!(
         "{} (made {}) {}",
         s.name,
         cairn_debian::date::format_compact(s.created_at),
@@ -129,7 +129,7 @@ fn print_snapshot(s: &crate::mirror::snapshot::Snapshot) {
     );
     for (m, suites) in &s.releases {
         for (suite, r) in suites {
-            println!(
+            outln!(
                 "  {m}/{suite}: Release {} (Date {})",
                 &r.release_sha256[..r.release_sha256.len().min(16)],
                 r.date
@@ -137,7 +137,7 @@ fn print_snapshot(s: &crate::mirror::snapshot::Snapshot) {
                     .unwrap_or_else(|| "?".into())
             );
         }
-        println!(
+        outln!(
             "  {m}: {} pool files ({})",
             s.pool_files.get(m).copied().unwrap_or(0),
             human_bytes(s.pool_bytes.get(m).copied().unwrap_or(0))
@@ -332,7 +332,7 @@ pub(super) fn print_sources(cli: &Cli, a: &SourcesArgs) -> Result<i32> {
     show(cli, "mirrors", &all, |all| {
         for m in all {
             for l in m["lines"].as_array().into_iter().flatten() {
-                println!("{}", l.as_str().unwrap_or_default());
+                outln!("{}", l.as_str().unwrap_or_default());
             }
         }
         Ok(())
@@ -388,14 +388,14 @@ fn sync_config(cli: &Cli, a: &SyncArgs) -> Result<MirrorConfig> {
 
 fn print_sync(r: &SyncReport) {
     if r.up_to_date {
-        println!(
+        outln!(
             "up to date: nothing changed upstream or in the selection ({:.1}s)",
             r.seconds
         );
     }
     for repo in &r.repos {
         for s in &repo.suites {
-            println!(
+            outln!(
                 "  {}/{}: {} signed by {} (Date {}{}), {} indices ({} fetched)",
                 repo.name,
                 s.suite,
@@ -410,7 +410,7 @@ fn print_sync(r: &SyncReport) {
                 s.indices_fetched
             );
         }
-        println!(
+        outln!(
             "{}: {} pool files ({}), {} fetched ({}), {} re-hashed, {} obsolete removed -> {}",
             repo.name,
             repo.pool_files,
@@ -423,15 +423,15 @@ fn print_sync(r: &SyncReport) {
         );
     }
     if !r.unsatisfied.is_empty() {
-        println!(
+        outln!(
             "warning: {} dependencies are not satisfied by the mirrored suites:",
             r.unsatisfied.len()
         );
         for u in r.unsatisfied.iter().take(20) {
-            println!("  {u}");
+            outln!("  {u}");
         }
     }
-    println!(
+    outln!(
         "{} packages ({}); fetched {} in {:.1}s",
         r.packages,
         r.selection,
@@ -442,7 +442,7 @@ fn print_sync(r: &SyncReport) {
 
 fn print_verify(r: &VerifyReport) {
     for s in &r.suites {
-        println!(
+        outln!(
             "  {}/{}: signed by {} (Date {})",
             r.name,
             s.suite,
@@ -451,21 +451,21 @@ fn print_verify(r: &VerifyReport) {
         );
     }
     for p in &r.release_problems {
-        println!("  RELEASE {}: {}", p.path, p.detail);
+        outln!("  RELEASE {}: {}", p.path, p.detail);
     }
     for m in &r.missing {
-        println!("  MISSING {m}");
+        outln!("  MISSING {m}");
     }
     for c in &r.corrupt {
-        println!("  CORRUPT {}: {}", c.path, c.detail);
+        outln!("  CORRUPT {}: {}", c.path, c.detail);
     }
     for u in &r.unexpected {
-        println!("  UNEXPECTED {u}");
+        outln!("  UNEXPECTED {u}");
     }
     for f in &r.repaired {
-        println!("  REPAIRED {f}");
+        outln!("  REPAIRED {f}");
     }
-    println!(
+    outln!(
         "{}: {} — {} indices, {} pool files, {} hashed in {:.1}s ({}/s)",
         r.name,
         if r.ok { "OK" } else { "PROBLEMS" },

@@ -68,7 +68,7 @@ pub(super) fn run_netboot(cli: &Cli, a: &NetbootArgs) -> Result<i32> {
         },
     )?;
     show(cli, "netboot", &r, |r| {
-        println!(
+        outln!(
             "{}: GRUB for BIOS PXE ({}) and UEFI ({}), the signed menu (generation {}); files from http://{}/",
             r.dir.display(),
             crate::boot::netboot::BIOS_FILE,
@@ -77,14 +77,14 @@ pub(super) fn run_netboot(cli: &Cli, a: &NetbootArgs) -> Result<i32> {
             r.server
         );
         for e in &r.entries {
-            println!(
+            outln!(
                 "  {}{}",
                 e.id,
                 if e.id == r.default { "  (default)" } else { "" }
             );
         }
         for l in &r.left_out {
-            println!("  left out {}: {}", l.path, l.problem);
+            outln!("  left out {}: {}", l.path, l.problem);
         }
         Ok(())
     })?;

@@ -180,14 +180,14 @@ pub(super) fn run_vm(cli: &Cli, c: &VmCommand) -> Result<i32> {
     };
     show(cli, "vm", &r, |r| {
         if let Some(why) = &r.kvm_fallback {
-            println!("KVM not usable here ({why}): ran under TCG");
+            outln!("KVM not usable here ({why}): ran under TCG");
         }
         match (&r.marker_line, r.seconds_to_marker) {
-            (Some(l), Some(t)) => println!("{l}  ({t:.1}s after start)"),
-            _ if marker.is_some() => println!("no marker line seen"),
+            (Some(l), Some(t)) => outln!("{l}  ({t:.1}s after start)"),
+            _ if marker.is_some() => outln!("no marker line seen"),
             _ => {}
         }
-        println!(
+        outln!(
             "{} {:?}/{:?}: {} after {:.1}s; console log {}",
             what,
             r.firmware,

@@ -56,6 +56,37 @@ pub fn nginx_server(store: &Path, listen: &str) -> Result<String> {
     ))
 }
 
+/// The directories on the way to what machines fetch from `store` that
+/// a web server's workers (not root: `www-data` on Debian) cannot enter,
+/// with their modes: each one is a 403 for every machine.
+pub fn closed_to_workers(store: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let Ok(canon) = store.canonicalize() else {
+        return out;
+    };
+    let mut dirs: Vec<std::path::PathBuf> = canon.ancestors().map(Path::to_path_buf).collect();
+    dirs.reverse();
+    for d in ["images", "mirror", "netboot"] {
+        let p = canon.join(d);
+        if p.is_dir() {
+            dirs.push(p);
+        }
+    }
+    for d in dirs {
+        if let Ok(m) = std::fs::metadata(&d)
+            && m.permissions().mode() & 0o001 == 0
+        {
+            out.push(format!(
+                "{} (mode {:o})",
+                d.display(),
+                m.permissions().mode() & 0o7777
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +109,41 @@ mod tests {
         for bad in ["", "127.0.0.1:80; include x", "a b"] {
             assert!(nginx_server(Path::new("/srv"), bad).is_err(), "{bad}");
         }
+    }
+
+    /// A store below a private directory is named, with the mode that
+    /// closes it, before an admin meets a 403.
+    #[test]
+    fn a_store_workers_cannot_reach_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let open = d.path().join("open");
+        std::fs::create_dir_all(open.join("store/images")).unwrap();
+        for p in [
+            d.path(),
+            &open,
+            &open.join("store"),
+            &open.join("store/images"),
+        ] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        if !closed_to_workers(d.path()).is_empty() {
+            // The temporary directory's own parents are closed here.
+            return;
+        }
+        assert!(closed_to_workers(&open.join("store")).is_empty());
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(
+            open.join("store/images"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        assert_eq!(
+            closed_to_workers(&open.join("store")),
+            [
+                format!("{} (mode 700)", open.display()),
+                format!("{} (mode 750)", open.join("store/images").display())
+            ]
+        );
     }
 }
