@@ -75,7 +75,8 @@ impl Setup {
         if need_tools(&["gpg", "gpgv", "veritysetup", "nginx"]) {
             return None;
         }
-        let d = tempfile::tempdir().unwrap();
+        // Served by nginx's www-data workers: not a private tempdir.
+        let d = crate::support::served_tempdir();
         let store = d.path().join("store");
         ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
         let key = keys::load(&store).unwrap();

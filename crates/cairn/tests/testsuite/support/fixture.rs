@@ -96,8 +96,17 @@ impl Upgraded {
     }
 }
 
+/// Below the test directory, or wherever nginx's www-data workers can
+/// reach it (`support::served_root`): proofs serve these stores.
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("vm-tier")
+    crate::support::served_root().join("vm-tier")
+}
+
+/// Makes `d` (and its parents) a directory everyone may enter, whatever
+/// the test's umask: nginx's workers walk through it.
+fn open_dir(d: &Path) {
+    fs::create_dir_all(d).unwrap();
+    fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 }
 
 /// Whether this machine can run the build and VM tier; says why not (a
@@ -243,7 +252,7 @@ fn make() -> Fixture {
         cairn::rootfs::unmount_below(&root).expect("a previous run left mounts below vm-tier");
         fs::remove_dir_all(&root).expect("removing the previous run's vm-tier");
     }
-    fs::create_dir_all(&root).unwrap();
+    open_dir(&root);
     let store = root.join("store");
     let (webtest, dbtest, webtest2) = write_profiles(&root);
     let t = std::time::Instant::now();
@@ -312,7 +321,8 @@ impl Fixture {
             cairn::rootfs::unmount_below(&d).unwrap();
             fs::remove_dir_all(&d).unwrap();
         }
-        fs::create_dir_all(&d).unwrap();
+        open_dir(d.parent().unwrap());
+        open_dir(&d);
         Work(d)
     }
 
@@ -328,7 +338,7 @@ impl Fixture {
         U.get_or_init(|| {
             let _heavy = crate::support::heavy();
             let dir = self.root.join("upgraded");
-            fs::create_dir_all(&dir).unwrap();
+            open_dir(&dir);
             let store = self.store_copy(&dir);
             let r = json(ok(cairn(
                 &store,
@@ -405,7 +415,7 @@ pub fn begin() -> Option<(&'static Fixture, std::sync::MutexGuard<'static, ()>)>
 /// copied.
 pub fn copy_store(store: &Path, work: &Path) -> PathBuf {
     let to = work.join("store");
-    fs::create_dir_all(&to).unwrap();
+    open_dir(&to);
     for (what, how) in [
         ("images", "-al"),
         ("mirror", "-al"),

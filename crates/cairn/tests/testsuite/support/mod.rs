@@ -64,6 +64,59 @@ pub fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// Where tests keep what Debian's nginx serves: its workers run as
+/// www-data, as Debian ships it, and reach a store only through
+/// directories everyone may enter. The test directory (under the
+/// checkout) when that holds; otherwise (a checkout in /root, mode 0700)
+/// one of its own in /var/tmp, made 0755 — the host's directories are
+/// never opened up for a test.
+pub fn served_root() -> &'static Path {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| {
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(&tmp).unwrap();
+        if enterable_by_all(&tmp) {
+            return tmp;
+        }
+        let h = cairn::trust::hash::sha256_hex(tmp.as_os_str().as_encoded_bytes());
+        let r = Path::new("/var/tmp/cairn-tests").join(&h[..16]);
+        for d in [r.parent().unwrap(), r.as_path()] {
+            let _ = std::fs::create_dir(d);
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        cairn::fsutil::own_dir(&r).unwrap();
+        eprintln!(
+            "note: {} is not reachable by nginx's www-data workers: served stores live in {}",
+            tmp.display(),
+            r.display()
+        );
+        r
+    })
+}
+
+/// Whether every directory from `/` down to `dir` may be entered by
+/// anyone (others' execute bit).
+pub fn enterable_by_all(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(canon) = dir.canonicalize() else {
+        return false;
+    };
+    canon
+        .ancestors()
+        .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
+/// A temporary directory below [`served_root`], 0755 (a plain
+/// `tempfile::tempdir()` is 0700: no web server worker could enter it).
+pub fn served_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("served-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .tempdir_in(served_root())
+        .unwrap()
+}
+
 /// A configuration file that does not exist: tests read no host configuration.
 pub const NO_CONFIG: &str = "/nonexistent/cairn-test/cairn.toml";
 

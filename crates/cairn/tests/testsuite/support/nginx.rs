@@ -1,5 +1,7 @@
-//! Debian's nginx, started by a test on 127.0.0.1 with the server block
-//! `cairn publish --nginx-config` prints, its access log read back.
+//! Debian's nginx, started by a test on 127.0.0.1 as an admin runs it:
+//! the master as root, the workers as `www-data` (Debian's `user`), the
+//! server block `cairn publish --nginx-config` prints; its access log read
+//! back. A file the workers may not read is a 403 here as in the field.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -61,10 +63,15 @@ impl Nginx {
             1,
         );
         let p = prefix.display();
-        // As root, workers would otherwise drop to nobody, who cannot read
-        // a test's private directories.
+        // Debian's nginx.conf: `user www-data;`. (Not root: nginx runs its
+        // workers as the user that started it.)
         let user = if crate::support::is_root() {
-            "user root;"
+            assert!(
+                crate::support::enterable_by_all(store),
+                "{} is not reachable by nginx's www-data workers: make served stores below support::served_root()",
+                store.display()
+            );
+            "user www-data;"
         } else {
             ""
         };
