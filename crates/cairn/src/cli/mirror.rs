@@ -409,6 +409,9 @@ fn print_sync(r: &SyncReport) {
                 s.indices,
                 s.indices_fetched
             );
+            for l in &s.left_out {
+                outln!("    left out {}: {}", l.path, l.reason);
+            }
         }
         outln!(
             "{}: {} pool files ({}), {} fetched ({}), {} re-hashed, {} obsolete removed -> {}",

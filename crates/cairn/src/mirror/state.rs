@@ -84,6 +84,9 @@ pub struct SuiteState {
     pub signers: Vec<String>,
     /// Index files mirrored, relative to the suite directory.
     pub indices: Vec<String>,
+    /// What the signed Release lists that the mirror does without, and why.
+    #[serde(default)]
+    pub left_out: Vec<crate::mirror::sync::LeftOut>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -410,6 +410,102 @@ fn wrong_bytes_in_an_index_or_a_pool_file_are_named() {
     assert_eq!(f.published(), before);
 }
 
+/// An archive caught in a push, as a real one is four times a day: the
+/// per-architecture Release lags behind the signed InRelease (by-hash has
+/// no copy of it: apt never reads it), the plain Packages.xz is stale while
+/// its by-hash copy is right, and Packages.gz is missing for a moment. The
+/// sync does what apt does — by hash first, asks again after a pause,
+/// leaves out the file no client reads and says so, never publishes a
+/// wrong copy; apt accepts the mirror and verify finds it whole. A wrong
+/// file a client needs is still refused, the published mirror unchanged.
+#[test]
+fn an_archive_in_the_middle_of_a_push_is_mirrored_as_apt_reads_it() {
+    let Some(mut f) = Fixture::new(sample()) else {
+        return;
+    };
+    let bin = f.repo.root.join("dists/stable/main/binary-amd64");
+    let hash_of = |n: &str| sha256(&fs::read(bin.join(n)).unwrap());
+    let (release, xz, gz) = (
+        hash_of("Release"),
+        hash_of("Packages.xz"),
+        hash_of("Packages.gz"),
+    );
+    f.server.fault("binary-amd64/Release", Fault::Corrupt);
+    f.server.fault(&release, Fault::NotFound);
+    f.server.fault("binary-amd64/Packages.xz", Fault::Corrupt);
+    f.server.fault(&gz, Fault::NotFoundFor { times: 2 });
+    f.server.fault("binary-amd64/Packages.gz", Fault::NotFound);
+    let out = ok(f.sync(&["--full", "--json"]));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let left = &r["repos"][0]["suites"][0]["left_out"];
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(left[0]["path"], "dists/stable/main/binary-amd64/Release");
+    let why = left[0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains("not the one the signed Release lists") && why.contains("never read"),
+        "{why}"
+    );
+    // Never a wrong copy: the stale file is not published at all.
+    let m = f.mirror();
+    let pbin = m.join("dists/stable/main/binary-amd64");
+    assert!(!pbin.join("Release").exists());
+    for n in ["Packages.xz", "Packages.gz"] {
+        assert_eq!(
+            fs::read(pbin.join(n)).unwrap(),
+            fs::read(bin.join(n)).unwrap(),
+            "{n}"
+        );
+    }
+    // By hash first: the stale Packages.xz by name was never asked for;
+    // the missing Packages.gz was asked for again until it came.
+    let log: Vec<String> = f.server.log().iter().map(|r| r.path.clone()).collect();
+    assert!(log.iter().any(|p| p.ends_with(&xz)), "{log:?}");
+    assert!(
+        !log.iter().any(|p| p.ends_with("binary-amd64/Packages.xz")),
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter().filter(|p| p.ends_with(&gz)).count(),
+        3,
+        "{log:?}"
+    );
+    if !need_tools(&["apt-get"]) {
+        let dir = tempfile::tempdir().unwrap();
+        let apt = Apt::new(
+            dir.path(),
+            &[format!(
+                "deb [signed-by={}] file://{} stable main",
+                key().keyring.display(),
+                m.display()
+            )],
+        );
+        apt.run(&["update"]);
+        apt.run(&["download", "app"]);
+    }
+    let v: serde_json::Value = serde_json::from_str(&ok(f.verify(&["--json"]))).unwrap();
+    assert_eq!(v["mirrors"][0]["ok"], true, "{v}");
+    // What was left out is said again by a sync that finds nothing new.
+    let r: serde_json::Value = serde_json::from_str(&ok(f.sync(&["--full", "--json"]))).unwrap();
+    assert_eq!(r["up_to_date"], true, "{r}");
+    assert_eq!(
+        r["repos"][0]["suites"][0]["left_out"][0]["path"],
+        "dists/stable/main/binary-amd64/Release"
+    );
+
+    // A file a client needs, wrong in every copy and under every name: the
+    // sync is refused (exit 3), the published mirror unchanged.
+    let before = f.published();
+    f.server.clear_faults();
+    f.rebuild(|r| r.debs.push(deb("newpkg", "1")));
+    for n in ["Packages.xz", "Packages.gz"] {
+        f.server.fault(&hash_of(n), Fault::Corrupt);
+        f.server.fault(&format!("binary-amd64/{n}"), Fault::Corrupt);
+    }
+    let o = f.sync(&["--full"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(f.published(), before);
+}
+
 #[test]
 fn pool_paths_outside_pool_are_refused() {
     for bad in [

@@ -3,6 +3,7 @@
 //! the verified Release; the Packages files parsed.
 
 use fs_err as fs;
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,7 @@ use cairn_debian::date::format_release_date;
 use cairn_debian::{Package, read_packages};
 use sha2::{Digest, Sha256};
 
-use super::{Repo, SuiteReport, SyncOptions};
+use super::{LeftOut, Repo, SuiteReport, SyncOptions};
 use crate::mirror::config::RepoSpec;
 use crate::mirror::fetch::{Counter, Expect, FetchError, fetch_verified, join_url, partial_path};
 use crate::mirror::release::SuiteRelease;
@@ -43,9 +44,9 @@ pub(super) fn fetch_all(
         fs::create_dir_all(&gen_tmp).with_context(|| format!("creating {}", gen_tmp.display()))?;
         let mut reports = Vec::new();
         for rel in &repo.releases {
-            let (n, fetched, pkgs) = fetch_indices(repo, rel, &gen_tmp, opts, counter)
+            let got = fetch_indices(repo, rel, &gen_tmp, opts, counter)
                 .with_context(|| format!("mirror {}: indices of {}", repo.spec.name, rel.suite))?;
-            for p in pkgs {
+            for p in got.packages {
                 out.packages.push(p);
                 out.origin.push(ri);
             }
@@ -55,8 +56,9 @@ pub(super) fn fetch_all(
                 valid_until: rel.release.valid_until.map(format_release_date),
                 signature: rel.signature_file(),
                 signed_by: rel.signers.clone(),
-                indices: n,
-                indices_fetched: fetched,
+                indices: got.count,
+                indices_fetched: got.fetched,
+                left_out: got.left_out,
             });
         }
         out.reports.push(reports);
@@ -140,15 +142,16 @@ fn wanted_indices(spec: &RepoSpec, rel: &SuiteRelease) -> Result<Vec<String>> {
 }
 
 /// Fetches (or reuses from the published generation) every wanted index of a
-/// suite into `gen_tmp/<suite>/`, verified against Release. Returns the count,
-/// the count downloaded, and the parsed packages of the selected architectures.
+/// suite into `gen_tmp/<suite>/`, verified against Release: the count, the
+/// count downloaded, what was left out and why, and the parsed packages of
+/// the selected architectures.
 fn fetch_indices(
     repo: &Repo,
     rel: &SuiteRelease,
     gen_tmp: &Path,
     opts: &SyncOptions,
     counter: &Counter,
-) -> Result<(usize, usize, Vec<Package>)> {
+) -> Result<SuiteIndices> {
     let wanted = wanted_indices(repo.spec, rel)?;
     let suite_dir = gen_tmp.join(&rel.suite);
     let current = repo.paths.current_generation().map(|g| g.join(&rel.suite));
@@ -186,58 +189,47 @@ fn fetch_indices(
         let Some((expect, dest)) = needed(p)? else {
             return Ok(false);
         };
-        let f = &rel.release.files[p];
-        let mut urls = Vec::new();
-        if rel.release.acquire_by_hash {
-            let dir = Path::new(p)
-                .parent()
-                .map(|d| d.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            urls.push(join_url(
-                &repo.spec.url,
-                &format!("dists/{}/{dir}/by-hash/SHA256/{}", rel.suite, f.sha256),
-            ));
-        }
-        urls.push(join_url(
-            &repo.spec.url,
-            &format!("dists/{}/{p}", rel.suite),
-        ));
-        let partial = partial_path(&repo.paths.work, &f.sha256);
-        let mut last = None;
-        for url in &urls {
-            match fetch_verified(
-                repo.transport.as_ref(),
-                url,
-                &partial,
-                &dest,
-                &expect,
-                &opts.retry,
-                counter,
-            ) {
-                Ok(_) => return Ok(true),
-                Err(e @ FetchError::NotFound { .. }) => last = Some(e),
-                Err(e) => return Err(e).with_context(|| format!("fetching {p}")),
-            }
-        }
-        Err(last.expect("at least one URL")).with_context(|| format!("fetching {p}"))
+        fetch_index(repo, rel, p, &expect, &dest, opts, counter)
+            .with_context(|| format!("fetching {p}"))?;
+        Ok(true)
     });
+    // What failed even after the push-in-progress retries: refused when a
+    // client needs it, left out (and said) when no client reads it or
+    // another copy of it serves.
     let mut fetched = 0;
-    let mut missing_compressed = Vec::new();
+    let mut ok: BTreeSet<&str> = BTreeSet::new();
+    let mut failed = Vec::new();
     for (p, r) in direct.iter().zip(results) {
         match r {
-            Ok(true) => fetched += 1,
-            Ok(false) => {}
-            Err(e) if strip_compression(p).1.is_some() && is_not_found(&e) => {
-                missing_compressed.push(p.clone())
+            Ok(true) => {
+                fetched += 1;
+                ok.insert(p.as_str());
             }
-            Err(e) => return Err(e),
+            Ok(false) => {
+                ok.insert(p.as_str());
+            }
+            Err(e) => failed.push((p, e)),
         }
     }
-    for p in &missing_compressed {
-        tracing::warn!(
-            "{} lists {p} but the server has no such file; apt will use another compression",
-            rel.suite
-        );
+    let mut left_out = Vec::new();
+    for (p, e) in failed {
+        match unneeded(p, &ok) {
+            Some(why) => {
+                let what = if is_not_found(&e) {
+                    "not on the server".to_string()
+                } else if crate::trust::is_verification_failure(&e) {
+                    "the server's copy is not the one the signed Release lists".to_string()
+                } else {
+                    format!("{e:#}")
+                };
+                tracing::warn!("{}: {p} left out of the mirror ({what}): {why}", rel.suite);
+                left_out.push(LeftOut {
+                    path: format!("dists/{}/{p}", rel.suite),
+                    reason: format!("{what}; {why}"),
+                });
+            }
+            None => return Err(e),
+        }
     }
     let dres = parallel::map(
         &derived,
@@ -273,7 +265,118 @@ fn fetch_indices(
         })
         .with_context(|| format!("parsing {}/{p}", rel.suite))?;
     }
-    Ok((wanted.len() - missing_compressed.len(), fetched, pkgs))
+    Ok(SuiteIndices {
+        count: wanted.len() - left_out.len(),
+        fetched,
+        packages: pkgs,
+        left_out,
+    })
+}
+
+/// What one suite's indices gave.
+pub(super) struct SuiteIndices {
+    pub count: usize,
+    pub fetched: usize,
+    pub packages: Vec<Package>,
+    pub left_out: Vec<LeftOut>,
+}
+
+/// Why the mirror can do without index `p` of a suite (`ok`: the ones it
+/// has), or `None` when a client needs it. apt and debootstrap read a
+/// binary directory's Packages in one compression of those listed, trying
+/// the next when one fails; neither reads the directory's own `Release`;
+/// apt goes on without translated descriptions.
+fn unneeded(p: &str, ok: &BTreeSet<&str>) -> Option<String> {
+    if p.contains("/binary-") && p.ends_with("/Release") {
+        return Some("apt and debootstrap never read it".into());
+    }
+    if p.contains("/i18n/Translation-") {
+        return Some("apt goes on without these translated descriptions".into());
+    }
+    let (base, comp) = strip_compression(p);
+    if comp.is_some() && base.ends_with("/Packages") {
+        let other = COMPRESSIONS
+            .iter()
+            .map(|c| format!("{base}{c}"))
+            .find(|q| q != p && ok.contains(q.as_str()))?;
+        return Some(format!("apt and debootstrap take {other} instead"));
+    }
+    None
+}
+
+/// How many times an index the signed Release names is asked for before
+/// its absence or wrong bytes count, and the first pause between rounds
+/// (doubled each time): an archive changes under a reader four times a
+/// day and a mirror's copies lag behind its Release for a while.
+const PUSH_ROUNDS: u32 = 4;
+const PUSH_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Fetches index `p` of `rel` into `dest`: by hash first where the Release
+/// says so (what apt does: the copy a hash names never changes), then by
+/// name. A 404 or a copy that is not the signed one (a push in progress, a
+/// lagging mirror) is asked for again, with pauses, before it is an error;
+/// the error of the last round is returned (wrong bytes before a 404).
+fn fetch_index(
+    repo: &Repo,
+    rel: &SuiteRelease,
+    p: &str,
+    expect: &Expect,
+    dest: &Path,
+    opts: &SyncOptions,
+    counter: &Counter,
+) -> std::result::Result<(), FetchError> {
+    let f = &rel.release.files[p];
+    let mut urls = Vec::new();
+    if rel.release.acquire_by_hash {
+        let dir = Path::new(p)
+            .parent()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        urls.push(join_url(
+            &repo.spec.url,
+            &format!("dists/{}/{dir}/by-hash/SHA256/{}", rel.suite, f.sha256),
+        ));
+    }
+    urls.push(join_url(
+        &repo.spec.url,
+        &format!("dists/{}/{p}", rel.suite),
+    ));
+    let partial = partial_path(&repo.paths.work, &f.sha256);
+    let mut pause = PUSH_PAUSE;
+    let mut round = 0;
+    loop {
+        round += 1;
+        let mut wrong = None;
+        let mut absent = None;
+        for url in &urls {
+            match fetch_verified(
+                repo.transport.as_ref(),
+                url,
+                &partial,
+                dest,
+                expect,
+                &opts.retry,
+                counter,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(e @ FetchError::NotFound { .. }) => absent = Some(e),
+                Err(e @ (FetchError::HashMismatch { .. } | FetchError::SizeMismatch { .. })) => {
+                    wrong = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let e = wrong.or(absent).expect("at least one URL");
+        if round >= PUSH_ROUNDS {
+            return Err(e);
+        }
+        tracing::info!(
+            "{}: {p}: {e}; asking again in {pause:?} (an archive being updated)",
+            rel.suite
+        );
+        std::thread::sleep(pause);
+        pause *= 2;
+    }
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {

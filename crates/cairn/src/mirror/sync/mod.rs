@@ -72,6 +72,17 @@ pub struct SuiteReport {
     pub signed_by: Vec<String>,
     pub indices: usize,
     pub indices_fetched: usize,
+    /// Index files the signed Release lists that the mirror does without
+    /// (no client reads them, or another copy serves), and why: never a
+    /// wrong copy published in their place.
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A file left out of a mirror, and why.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct LeftOut {
+    pub path: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -303,6 +314,11 @@ fn up_to_date(
                     signed_by: r.signers.clone(),
                     indices: state.suites.get(&r.suite).map_or(0, |s| s.indices.len()),
                     indices_fetched: 0,
+                    left_out: state
+                        .suites
+                        .get(&r.suite)
+                        .map(|s| s.left_out.clone())
+                        .unwrap_or_default(),
                 })
                 .collect(),
             pool_files: state.pool.len(),

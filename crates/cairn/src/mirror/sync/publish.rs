@@ -44,7 +44,7 @@ pub(super) fn publish_all(
         let (removed, retained) = remove_obsolete(&repo.paths.root, &keep, opts.keep_obsolete)?;
         prune_partials(&repo.paths, &p.wanted[ri])?;
         let mut suites = BTreeMap::new();
-        for rel in &repo.releases {
+        for (rel, report) in repo.releases.iter().zip(&suite_reports[ri]) {
             suites.insert(
                 rel.suite.clone(),
                 SuiteState {
@@ -52,6 +52,7 @@ pub(super) fn publish_all(
                     date: rel.release.date,
                     signers: rel.signers.clone(),
                     indices: index_list(&repo.paths, p.generation, &rel.suite)?,
+                    left_out: report.left_out.clone(),
                 },
             );
         }

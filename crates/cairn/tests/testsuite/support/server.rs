@@ -13,6 +13,9 @@ use std::time::Duration;
 pub enum Fault {
     /// Answer 404.
     NotFound,
+    /// Answer 404 this many times, then serve (a file missing for a while
+    /// during an archive's push).
+    NotFoundFor { times: usize },
     /// Serve the right size with wrong bytes.
     Corrupt,
     /// Close the connection after this many body bytes, this many times.
@@ -135,6 +138,14 @@ fn serve(stream: TcpStream, root: &std::path::Path, shared: &Mutex<Shared>, stop
                 .iter()
                 .find(|(k, _)| path.ends_with(k.as_str()))
                 .map(|(k, f)| (k.clone(), f.clone()));
+            if let Some((k, Fault::NotFoundFor { times })) = &f {
+                if *times <= 1 {
+                    s.faults.remove(k);
+                } else {
+                    s.faults
+                        .insert(k.clone(), Fault::NotFoundFor { times: times - 1 });
+                }
+            }
             if let Some((k, Fault::DropAfter { bytes, times })) = &f {
                 if *times <= 1 {
                     s.faults.remove(k);
@@ -152,7 +163,9 @@ fn serve(stream: TcpStream, root: &std::path::Path, shared: &Mutex<Shared>, stop
         };
         let rel = path.trim_start_matches('/');
         let file = root.join(rel);
-        let data = if rel.split('/').any(|c| c == "..") || matches!(fault, Some(Fault::NotFound)) {
+        let data = if rel.split('/').any(|c| c == "..")
+            || matches!(fault, Some(Fault::NotFound | Fault::NotFoundFor { .. }))
+        {
             None
         } else {
             std::fs::read(&file).ok().filter(|_| file.is_file())
