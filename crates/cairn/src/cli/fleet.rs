@@ -45,8 +45,9 @@ pub struct PullArgs {
     /// Pull onto a boot partition's tree at DIR instead of this machine's.
     #[arg(long, conflicts_with = "disk", value_name = "DIR")]
     pub boot_dir: Option<PathBuf>,
-    /// Public key images must be signed by (a file) [default: key.public,
-    /// or /etc/cairn/signing.pub].
+    /// Public key images must be signed by (a file) [default: key.public;
+    /// for a DISK, the store's key where it has one; else
+    /// /etc/cairn/signing.pub].
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// This machine's id for staged rollouts [default: its boot partition's UUID].
@@ -80,8 +81,9 @@ pub struct StatusArgs {
     /// The boot partition's tree at DIR instead of this machine's.
     #[arg(long, conflicts_with = "disk", value_name = "DIR")]
     pub boot_dir: Option<PathBuf>,
-    /// Public key images must be signed by (a file) [default: key.public,
-    /// or /etc/cairn/signing.pub].
+    /// Public key images must be signed by (a file) [default: key.public;
+    /// for a DISK or --boot-dir, the store's key where it has one; else
+    /// /etc/cairn/signing.pub].
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
 }
@@ -185,16 +187,29 @@ pub(super) fn run_pull(cli: &Cli, a: &PullArgs) -> Result<i32> {
         dry_run: a.dry_run,
     })?;
     // What the pull did is said before the policy acts (a switch ends
-    // this system).
+    // this system): under --json the document, its action the switch
+    // about to happen.
     if !cli.json {
         print_pull(&r.report)?;
     }
-    crate::fleet::act(&mut r)?;
-    if cli.json {
+    let document = |r: &crate::fleet::PullResult| -> Result<()> {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&super::envelope("pull", &r)?)?
+            serde_json::to_string_pretty(&super::envelope("pull", r)?)?
         );
+        super::document_sent();
+        Ok(())
+    };
+    let mut announced = false;
+    crate::fleet::act(&mut r, |r| {
+        if cli.json {
+            announced = document(r).is_ok();
+        }
+    })?;
+    if cli.json {
+        if !announced {
+            document(&r)?;
+        }
     } else if let Some(a) = &r.action {
         outln!(
             "  policy {}: {}{}",
@@ -278,10 +293,12 @@ pub(super) fn run_cycle(cli: &Cli, a: &CycleArgs) -> Result<i32> {
 }
 
 pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
+    let elsewhere = a.disk.is_some() || a.boot_dir.is_some();
     let key = crate::fleet::machine::machine_key(
         a.key
             .as_deref()
             .or(cli.config.settings.key.public.as_deref()),
+        elsewhere.then_some(cli.store.as_path()),
     );
     let mut mounted = None;
     let mut medium = None;
@@ -298,7 +315,7 @@ pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
                 std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
             if !cmdline.contains("cairn.image=") {
                 bail!(
-                    "not a running cairn image (no cairn.image= on the kernel command line): give --boot-dir or --disk"
+                    "not a running cairn image (no cairn.image= on the kernel command line): name a disk (cairn status DISK: an image file or a block device) or a boot partition's tree (--boot-dir DIR)"
                 );
             }
             medium = crate::live::BootMedium::find().ok();

@@ -151,12 +151,20 @@ pub fn machine_id() -> Result<String> {
     crate::live::boot_uuid().map(|u| u.to_ascii_lowercase())
 }
 
-/// The public key images must be signed by on this machine.
-pub fn machine_key(given: Option<&Path>) -> PathBuf {
-    given.map_or_else(
-        || PathBuf::from(crate::rootfs::customize::KEY_IN_IMAGE),
-        Path::to_path_buf,
-    )
+/// The public key images must be signed by: the one given; for another
+/// disk than this machine's (`store`: a disk or a boot partition's tree
+/// looked at from the build host), the store's own key where it has one;
+/// else the key the running image carries.
+pub fn machine_key(given: Option<&Path>, store: Option<&Path>) -> PathBuf {
+    if let Some(k) = given {
+        return k.to_path_buf();
+    }
+    if let Some(k) = store.and_then(|s| crate::trust::keys::load(s).ok())
+        && k.public_key.is_file()
+    {
+        return k.public_key;
+    }
+    PathBuf::from(crate::rootfs::customize::KEY_IN_IMAGE)
 }
 
 #[cfg(test)]

@@ -85,57 +85,92 @@ pub struct Pending {
 
 /// Acts on a pull's result by the machine's policy (stage, reboot, kexec,
 /// window). Call it once what the pull did has been said: a switch ends
-/// this system.
-pub fn act(r: &mut PullResult) -> Result<()> {
+/// this system, so `announce` is given the result as it will be (its
+/// action the switch about to happen) right before one.
+pub fn act(r: &mut PullResult, announce: impl FnMut(&PullResult)) -> Result<()> {
+    act_with(r, announce, switch)
+}
+
+/// `act` with the switch itself given (`switch`: the pending image, how).
+fn act_with(
+    r: &mut PullResult,
+    mut announce: impl FnMut(&PullResult),
+    switch: impl FnOnce(&Pending, machine::Switch) -> Result<String>,
+) -> Result<()> {
     let Some(p) = r.pending.take() else {
         return Ok(());
     };
     let policy = p.fleet.policy.name();
-    r.action = Some(machine::act(&p.fleet, &p.image, None, |how| {
-        if how == machine::Switch::ApplyLive {
-            crate::progress::note(&format!(
-                "cairn: policy {policy}: applying {}'s packages live",
-                p.image
-            ));
-            let a = crate::live::apply_live(&crate::live::ApplyOptions {
-                store: Path::new("/nonexistent"),
-                image: Some(&p.image),
-                key: Some(&p.key),
-                dry_run: false,
-                apt: crate::live::AptFrom::System,
-            })?;
-            return Ok(format!(
-                "{} package change(s) applied in {:.0}s; {} boots at the next reboot (on trial){}",
-                a.changes.len(),
-                a.seconds,
-                p.image,
-                if a.differs.is_empty() {
-                    String::new()
-                } else {
-                    format!("; differs from the image: {}", a.differs.join(", "))
-                }
-            ));
+    let report = &r.report;
+    let action = machine::act(&p.fleet, &p.image, None, |how| {
+        if how != machine::Switch::ApplyLive {
+            announce(&PullResult {
+                report: report.clone(),
+                action: Some(machine::Action {
+                    policy,
+                    did: if how == machine::Switch::Kexec {
+                        "kexec"
+                    } else {
+                        "reboot"
+                    }
+                    .into(),
+                    detail: Some(format!("switching to {} now", p.image)),
+                }),
+                pending: None,
+            });
         }
-        let kexec = how == machine::Switch::Kexec;
+        switch(&p, how)
+    })?;
+    r.action = Some(action);
+    Ok(())
+}
+
+/// Moves this system to the pending image: its packages applied live, or
+/// a reboot or kexec into it (which ends this system).
+fn switch(p: &Pending, how: machine::Switch) -> Result<String> {
+    let policy = p.fleet.policy.name();
+    if how == machine::Switch::ApplyLive {
         crate::progress::note(&format!(
-            "cairn: policy {policy}: switching to {}{}",
-            p.image,
-            if kexec { " with kexec" } else { " (reboot)" }
+            "cairn: policy {policy}: applying {}'s packages live",
+            p.image
         ));
-        let plan = crate::live::reboot(&crate::live::RebootOptions {
+        let a = crate::live::apply_live(&crate::live::ApplyOptions {
             store: Path::new("/nonexistent"),
             image: Some(&p.image),
-            kexec,
-            ram: false,
             key: Some(&p.key),
             dry_run: false,
+            apt: crate::live::AptFrom::System,
         })?;
-        Ok(format!(
-            "{} into {} ({})",
-            plan.method, plan.image, plan.entry
-        ))
-    })?);
-    Ok(())
+        return Ok(format!(
+            "{} package change(s) applied in {:.0}s; {} boots at the next reboot (on trial){}",
+            a.changes.len(),
+            a.seconds,
+            p.image,
+            if a.differs.is_empty() {
+                String::new()
+            } else {
+                format!("; differs from the image: {}", a.differs.join(", "))
+            }
+        ));
+    }
+    let kexec = how == machine::Switch::Kexec;
+    crate::progress::note(&format!(
+        "cairn: policy {policy}: switching to {}{}",
+        p.image,
+        if kexec { " with kexec" } else { " (reboot)" }
+    ));
+    let plan = crate::live::reboot(&crate::live::RebootOptions {
+        store: Path::new("/nonexistent"),
+        image: Some(&p.image),
+        kexec,
+        ram: false,
+        key: Some(&p.key),
+        dry_run: false,
+    })?;
+    Ok(format!(
+        "{} into {} ({})",
+        plan.method, plan.image, plan.entry
+    ))
 }
 
 /// Runs a pull: the settings, the boot partition, the pull, the policy.
@@ -168,7 +203,13 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
         .map(|u| RepoUrl::parse(u).with_context(|| format!("URL {u}")))
         .collect::<Result<Vec<_>>>()?;
     let keep = settings.as_ref().map_or(3, |s| s.fleet.keep);
-    let key = machine::machine_key(r.key.as_deref());
+    let key = machine::machine_key(
+        r.key.as_deref(),
+        match &r.target {
+            Target::Disk { store, .. } => Some(store.as_path()),
+            _ => None,
+        },
+    );
     let mut medium = None;
     let mut mounted = None;
     let (root, booted_dir, running_version, default_id) = match &r.target {
@@ -193,7 +234,13 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
         Target::Disk { disk, store } => {
             let part = crate::boot::disk::find_boot_partition(disk)?;
             let uuid = crate::boot::disk::fs_uuid(disk, &part)?;
-            let m = crate::boot::disk::MountedBoot::mount(disk, store)?;
+            // A dry run changes no byte of the disk: read-only, under a
+            // reader's share of the disk's lock.
+            let m = if r.dry_run {
+                crate::boot::disk::MountedBoot::mount_ro(disk, store)?
+            } else {
+                crate::boot::disk::MountedBoot::mount(disk, store)?
+            };
             let root = m.dir.clone();
             mounted = Some(m);
             (root, Vec::new(), None, Some(uuid))
@@ -257,4 +304,67 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
         key,
     });
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(policy: crate::profile::Policy) -> PullResult {
+        let report: PullReport = serde_json::from_value(serde_json::json!({
+            "schema-version": 1, "profile": "web", "outcome": "staged", "url": null,
+            "serial": 1, "newest": "V2", "version": "V2", "files-fetched": 1,
+            "bytes-fetched": 1, "files-reused": 0, "bytes-reused": 0, "entry": "web-V2",
+            "tries": 3, "removed": [], "passed-over": [], "at": 0, "seconds": 0.0
+        }))
+        .unwrap();
+        PullResult {
+            report,
+            action: None,
+            pending: Some(Pending {
+                fleet: crate::profile::Fleet {
+                    urls: vec!["http://b/".into()],
+                    policy,
+                    window: None,
+                    interval: "6h".into(),
+                    first: "15min".into(),
+                    delay: "30min".into(),
+                    keep: 3,
+                },
+                image: "web/V2".into(),
+                key: PathBuf::from("/k"),
+            }),
+        }
+    }
+
+    /// A switch ends this system: what the pull did is announced (the
+    /// `--json` document) before it, with the switch as its action; a
+    /// policy that does not switch announces nothing.
+    #[test]
+    fn a_switch_is_announced_before_it_happens() {
+        use crate::profile::Policy;
+        let mut r = result(Policy::Kexec);
+        let seen = std::cell::RefCell::new(Vec::new());
+        act_with(
+            &mut r,
+            |a| seen.borrow_mut().push(serde_json::to_value(a).unwrap()),
+            |_, how| {
+                assert_eq!(how, machine::Switch::Kexec);
+                assert_eq!(seen.borrow().len(), 1, "switched before announcing");
+                Ok("kexec into web/V2".into())
+            },
+        )
+        .unwrap();
+        let seen = seen.into_inner();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0]["action"]["did"], "kexec");
+        assert_eq!(seen[0]["version"], "V2");
+        assert_eq!(r.action.as_ref().unwrap().did, "kexec");
+
+        let mut r = result(Policy::Stage);
+        let mut announced = false;
+        act_with(&mut r, |_| announced = true, |_, _| panic!("no switch")).unwrap();
+        assert!(!announced);
+        assert_eq!(r.action.as_ref().unwrap().did, "none");
+    }
 }

@@ -220,12 +220,20 @@ fn fetch_index(
         let attempt = || -> Result<(Index, Seen)> {
             let t = transport_for(url, 1)?;
             let data = fetch_small(t.as_ref(), &url.join(&rel), INDEX_LIMIT, &o.retry)?;
-            let sig = fetch_small(
-                t.as_ref(),
-                &url.join(&format!("{rel}.sig")),
-                1 << 16,
-                &o.retry,
-            )?;
+            let sig_url = url.join(&format!("{rel}.sig"));
+            let sig = match fetch_small(t.as_ref(), &sig_url, 1 << 16, &o.retry) {
+                Ok(s) => s,
+                // An index served without its signature is refused data
+                // (exit code 3), as a bad signature is: a server that drops
+                // signatures is not an outage.
+                Err(crate::mirror::fetch::FetchError::NotFound { .. }) => {
+                    return Err(crate::trust::VerificationFailed(format!(
+                        "{sig_url}: the index is served without its signature (404)"
+                    ))
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            };
             index::check(&data, &sig, &o.key, &o.profile, seen, o.now, work)
         };
         match attempt() {
@@ -591,17 +599,25 @@ pub fn pull(b: &BootRoot, o: &PullOptions) -> Result<PullReport> {
         for (_, f) in fetch.iter().chain(&have) {
             let _ = fs::remove_file(fetched_dir.join(&f.sha256));
         }
-        // Whole and signed before it gets its real name.
-        let m = crate::image::verify::signed_manifest(&staging, &o.key, work)
-            .context("the fetched image")?;
-        if m.profile != o.profile || m.version != target.version {
-            bail!(
-                "the fetched image's signed manifest names {}/{}, not {}/{}",
-                m.profile,
-                m.version,
-                o.profile,
-                target.version
-            );
+        // Whole and signed before it gets its real name; refused, it
+        // leaves nothing behind.
+        let checked = crate::image::verify::signed_manifest(&staging, &o.key, work)
+            .context("the fetched image")
+            .and_then(|m| {
+                if m.profile != o.profile || m.version != target.version {
+                    bail!(
+                        "the fetched image's signed manifest names {}/{}, not {}/{}",
+                        m.profile,
+                        m.version,
+                        o.profile,
+                        target.version
+                    );
+                }
+                Ok(m)
+            });
+        if let Err(e) = checked {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
         }
         crate::fsutil::sync_dir(&staging)?;
         fs::rename(&staging, &dest)?;

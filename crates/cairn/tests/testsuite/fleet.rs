@@ -11,7 +11,7 @@ use std::process::Output;
 use cairn::trust::keys;
 
 use crate::support::nginx::Nginx;
-use crate::support::{cairn, need_tools, ok, text};
+use crate::support::{cairn, need_tools, ok, skip, text};
 
 pub const V0: &str = "20261130T000001Z";
 pub const V1: &str = "20261201T000001Z";
@@ -735,4 +735,179 @@ fn the_build_hosts_cycle_units_are_valid_and_their_command_is_real() {
     let o = cairn(d.path(), &["cycle", "--config", conf.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("profiles is empty"));
+}
+
+/// The SHA-256 of a file.
+fn file_sha256(p: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}
+
+/// `e2fsck -fn` of the disk's boot partition, through a read-only loop
+/// device: its report, and whether the file system is clean.
+fn fsck_boot(disk: &Path) -> (bool, String) {
+    let p = cairn::boot::disk::find_boot_partition(disk).unwrap();
+    let lo = std::process::Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(format!("--offset={}", p.offset()))
+        .arg(format!("--sizelimit={}", p.bytes()))
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(
+        lo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lo.stderr)
+    );
+    let dev = String::from_utf8_lossy(&lo.stdout).trim().to_string();
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(&dev)
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("losetup")
+        .args(["-d", &dev])
+        .status();
+    (
+        fsck.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&fsck.stdout),
+            String::from_utf8_lossy(&fsck.stderr)
+        ),
+    )
+}
+
+/// Disk image files on the build host, as an admin meets them: every dry
+/// run (pull, disk add, boot menu, boot install, disk create over it)
+/// changes not one byte of the disk; `status DISK` checks the images with
+/// the store's own key; two pulls of one disk at once — the second through
+/// another name of it — take turns on the disk's own lock (the second waits, then
+/// finds the image there), and the file system is clean after them (once
+/// each mounted it read-write at the same time: e2fsck found block bitmap
+/// differences).
+#[test]
+fn two_pulls_of_one_disk_take_turns_and_dry_runs_write_nothing() {
+    if !crate::support::is_root() {
+        skip("needs root (loop devices, mounts)");
+        return;
+    }
+    if need_tools(&["grub-mkimage", "sfdisk", "mkfs.ext4", "e2fsck", "losetup"]) {
+        return;
+    }
+    let Some(s) = Setup::new(4 << 20) else {
+        return;
+    };
+    let disk = s.d.path().join("disk.img");
+    let d = disk.to_str().unwrap();
+    ok(cairn(
+        &s.store,
+        &[
+            "disk",
+            "create",
+            d,
+            "--image",
+            &format!("web/{V1}"),
+            "--data-size",
+            "0",
+            "--timeout",
+            "1",
+        ],
+    ));
+    let before = file_sha256(&disk);
+    // The store's key is the build host's natural default.
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(cairn(&s.store, &["status", d, "--json"]))).unwrap();
+    assert_eq!(st["images"][0]["signed"], true, "{st}");
+    let nginx = Nginx::start(&s.store, 0, "limit_rate 1m;");
+    let url = nginx.url();
+    let pull = |path: &str, more: &[&str]| {
+        let mut a = vec!["pull", path, "--url", &url, "--profile", "web", "--json"];
+        a.extend(more);
+        cairn(&s.store, &a)
+    };
+    let dry = json(pull(d, &["--dry-run", "--machine-id", "m1"]));
+    assert_eq!(dry["outcome"], "planned", "{dry}");
+    for args in [
+        vec!["disk", "add", d, &format!("web/{V2}"), "--dry-run"],
+        vec!["boot", "menu", d, "--dry-run"],
+        vec!["boot", "install", d, "--dry-run"],
+        vec![
+            "disk",
+            "create",
+            d,
+            "--image",
+            &format!("web/{V2}"),
+            "--dry-run",
+        ],
+        vec!["status", d],
+    ] {
+        ok(cairn(&s.store, &args));
+        assert_eq!(file_sha256(&disk), before, "{args:?} changed the disk");
+    }
+    // A dry run of `disk create` signs nothing: no secret key is needed.
+    let home = s.store.join("keys/gnupg/private-keys-v1.d");
+    let hidden = s.store.join("keys/private-keys-v1.d.hidden");
+    fs::rename(&home, &hidden).unwrap();
+    let o = cairn(
+        &s.store,
+        &[
+            "disk",
+            "create",
+            d,
+            "--image",
+            &format!("web/{V2}"),
+            "--dry-run",
+        ],
+    );
+    fs::rename(&hidden, &home).unwrap();
+    ok(o);
+    assert_eq!(file_sha256(&disk), before);
+
+    // Two pulls at once, the second through another path to the disk (a
+    // hard link: cairn refuses a symlinked disk path outright).
+    let link = s.d.path().join("same-disk.img");
+    fs::hard_link(&disk, &link).unwrap();
+    // (The second is neither --quiet nor --json: it says that it waits,
+    // and for whom.)
+    let loud = |path: &str| {
+        crate::support::cairn_command()
+            .arg("--store")
+            .arg(&s.store)
+            .args(["pull", path, "--url", &url, "--profile", "web"])
+            .args(["--machine-id", "m1"])
+            .env("CAIRN_CONFIG", crate::support::NO_CONFIG)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let first = std::thread::scope(|sc| {
+        let a = sc.spawn(|| pull(d, &["--machine-id", "m1"]));
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let b = sc.spawn(|| loud(link.to_str().unwrap()));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a, b) = (json(first.0), first.1);
+    assert_eq!(a["outcome"], "staged", "{a}");
+    let waited = String::from_utf8_lossy(&b.stderr).into_owned();
+    assert!(
+        waited.contains("waiting for another cairn (pid ")
+            && waited.contains(&format!("to finish with {}", link.display())),
+        "the second pull did not wait for the first: {waited}"
+    );
+    let b = ok(b);
+    assert!(b.contains(": already-there"), "{b}\n{waited}");
+    let (clean, report) = fsck_boot(&disk);
+    assert!(clean, "the boot partition after two pulls:\n{report}");
+    // Each layer crossed the wire once.
+    let layer = format!("/images/web/{V2}/layer-2.squashfs");
+    assert_eq!(
+        nginx.hits().iter().filter(|h| h.path == layer).count(),
+        1,
+        "{:?}",
+        nginx.hits()
+    );
 }

@@ -11,6 +11,7 @@
 mod config;
 mod device;
 mod layout;
+mod lock;
 mod mount;
 pub(crate) mod scan;
 
@@ -30,6 +31,7 @@ use crate::trust::keys;
 
 pub use config::{DiskConfig, MAX_TIMEOUT, MAX_TRIES};
 pub use layout::{Layout, Part, find_boot_partition, fs_uuid, plan};
+pub use lock::{Access, DiskLock};
 pub use mount::MountedBoot;
 
 use device::confirm_device;
@@ -139,6 +141,7 @@ pub fn create(
     }
 
     // The boot partition's tree, staged next to the images (hard links).
+    remove_stale_work(store)?;
     let staging = store.join(format!(".disk-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(staging.clone());
     let _ = fs::remove_dir_all(&staging);
@@ -196,6 +199,28 @@ pub fn create(
     let boot_uuid = new_uuid()?;
     let menu_opts = opts.menu.clone();
     let scanned = scan(&staging, &key)?;
+    if opts.dry_run {
+        // The menu it would get: rendered, never signed (a dry run uses
+        // no key and writes nothing).
+        let mut m = menu::render(&scanned.images, &scanned.isos, &menu_opts)?;
+        m.left_out = scanned.left_out;
+        return Ok(DiskReport {
+            dry_run: true,
+            path: target.to_path_buf(),
+            layout,
+            images: names,
+            isos: iso_names,
+            menu: m,
+            secure_boot: opts.secure_boot.is_some(),
+            seconds: steps.seconds(),
+        });
+    }
+    // What is there now is replaced: not while another cairn uses it.
+    let _lock = if device || fs::symlink_metadata(target).is_ok() {
+        Some(DiskLock::acquire(target, Access::Write, lock::WAIT)?)
+    } else {
+        None
+    };
     let m = write_menu(&staging, &key, &menu_opts, None, scanned)?;
     let cfg = DiskConfig {
         menu: menu_opts,
@@ -206,7 +231,7 @@ pub fn create(
     };
     fs::write(staging.join(config::PATH), serde_json::to_vec_pretty(&cfg)?)?;
     let report = |m: menu::Menu, layout: Layout| DiskReport {
-        dry_run: opts.dry_run,
+        dry_run: false,
         path: target.to_path_buf(),
         layout,
         images: names.clone(),
@@ -215,9 +240,6 @@ pub fn create(
         secure_boot: opts.secure_boot.is_some(),
         seconds: steps.seconds(),
     };
-    if opts.dry_run {
-        return Ok(report(m, layout));
-    }
     say(&format!(
         "GRUB for BIOS and UEFI with key {} built in",
         key.fingerprint
@@ -439,7 +461,8 @@ pub fn install(
         Ok(())
     })?;
     let g = grub.context("GRUB was not built")?;
-    drop(mnt);
+    // GRUB's own partitions are written with the disk still locked.
+    let _lock = mnt.unmount();
     install_loaders(disk, &bios, &esp, &g)?;
     Ok(m)
 }
@@ -460,6 +483,46 @@ fn refuse_left_out(key: &keys::SigningKey, scanned: &scan::Scanned) -> Result<()
             .join("\n  ")
     ))
     .into())
+}
+
+/// Removes what a killed cairn left in the store while it made a disk or
+/// wrote one (`.disk-PID`, its `.grub`, `.grub-PID`, `.mnt-PID`, unmounted
+/// first): the process is gone, its work is not needed.
+pub fn remove_stale_work(store: &Path) -> Result<()> {
+    let Ok(rd) = fs::read_dir(store) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = [".disk-", ".grub-", ".mnt-"].iter().find_map(|p| {
+            let rest = name.strip_prefix(p)?;
+            rest.strip_suffix(".grub")
+                .unwrap_or(rest)
+                .parse::<u32>()
+                .ok()
+        });
+        let Some(pid) = pid else { continue };
+        if pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists() {
+            continue;
+        }
+        let p = e.path();
+        if name.starts_with(".mnt-") {
+            let _ = Cmd::new("umount").arg(&p).output_any_status();
+        }
+        crate::rootfs::unmount_below(&p)?;
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        }
+        .with_context(|| {
+            format!(
+                "removing {}, left by a killed cairn (pid {pid})",
+                p.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -603,4 +666,43 @@ pub fn menu_for_store(store: &Path, opts: &MenuOptions) -> Result<menu::Menu> {
         })
         .collect();
     menu::render(&images, &[], opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a killed `disk create` or pull left goes; a living cairn's
+    /// work, and what is not cairn's, stay.
+    #[test]
+    fn a_killed_cairns_work_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let dead = 99_999_999u32; // above any pid_max
+        let me = std::process::id();
+        for n in [
+            format!(".disk-{dead}"),
+            format!(".disk-{dead}.grub"),
+            format!(".grub-{dead}"),
+            format!(".disk-{me}"),
+            ".disk-notapid".to_string(),
+            "images".to_string(),
+        ] {
+            fs::create_dir_all(d.path().join(&n).join("x")).unwrap();
+        }
+        remove_stale_work(d.path()).unwrap();
+        let mut left: Vec<String> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                format!(".disk-{me}"),
+                ".disk-notapid".into(),
+                "images".into()
+            ]
+        );
+    }
 }

@@ -8,24 +8,52 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::layout::find_boot_partition;
+use super::lock::{Access, DiskLock, WAIT};
 use crate::cmd::Cmd;
 
-/// The boot partition mounted read-write for the life of the value.
+/// The boot partition mounted for the life of the value, under the disk's
+/// lock (`lock`): read-write under a writer's lock, read-only under a
+/// reader's.
 pub struct MountedBoot {
     pub dir: PathBuf,
+    lock: Option<DiskLock>,
 }
 
 impl MountedBoot {
+    /// Read-write, the disk locked for it first (waiting for another
+    /// cairn's lock up to `lock::WAIT`).
     pub fn mount(disk: &Path, store: &Path) -> Result<MountedBoot> {
-        MountedBoot::mount_with(disk, store, false)
+        MountedBoot::mount_locked(DiskLock::acquire(disk, Access::Write, WAIT)?, store)
     }
 
-    /// Read-only (`--dry-run`: the partition is looked at, not changed).
+    /// Read-only (`--dry-run`, `status`: the partition is looked at, not
+    /// changed — not a byte of the disk), sharing the disk's lock with
+    /// other readers.
     pub fn mount_ro(disk: &Path, store: &Path) -> Result<MountedBoot> {
-        MountedBoot::mount_with(disk, store, true)
+        MountedBoot::mount_locked(DiskLock::acquire(disk, Access::Read, WAIT)?, store)
     }
 
-    fn mount_with(disk: &Path, store: &Path, ro: bool) -> Result<MountedBoot> {
+    /// Mounted under `lock`: read-write if it is a writer's.
+    pub fn mount_locked(lock: DiskLock, store: &Path) -> Result<MountedBoot> {
+        let dir = MountedBoot::mount_with(&lock.disk, store, !lock.writable())?;
+        Ok(MountedBoot {
+            dir,
+            lock: Some(lock),
+        })
+    }
+
+    /// Unmounts it and gives back the disk's lock (a command that writes
+    /// the disk outside the partition next: GRUB's own partitions).
+    pub fn unmount(mut self) -> DiskLock {
+        let lock = self
+            .lock
+            .take()
+            .expect("a mounted boot partition is locked");
+        drop(self);
+        lock
+    }
+
+    fn mount_with(disk: &Path, store: &Path, ro: bool) -> Result<PathBuf> {
         // A second, loop mount of a mounted file system's blocks corrupts it.
         if super::is_block_device(disk)?
             && let Some(why) = super::device::device_in_use(
@@ -38,6 +66,7 @@ impl MountedBoot {
             bail!("{} is in use: {why}; nothing was done", disk.display());
         }
         let p = find_boot_partition(disk)?;
+        super::remove_stale_work(store)?;
         let dir = store.join(format!(".mnt-{}", std::process::id()));
         fs::create_dir_all(&dir)?;
         Cmd::new("mount")
@@ -61,7 +90,7 @@ impl MountedBoot {
                     disk.display()
                 )
             })?;
-        Ok(MountedBoot { dir })
+        Ok(dir)
     }
 }
 
