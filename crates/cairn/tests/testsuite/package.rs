@@ -31,6 +31,65 @@ fn the_debian_version_is_cargos() {
     );
 }
 
+/// debian/copyright names every crate linked into the binary, with its
+/// licence and the licences' texts: what `scripts/copyright` makes of
+/// Cargo.lock today (a crate added or updated without it fails here).
+#[test]
+fn debian_copyright_names_every_crate_in_the_binary() {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let rustc = Command::new("rustc").arg("-vV").output().unwrap();
+    let triple = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(String::from))
+        .unwrap();
+    let meta = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", &triple])
+        .current_dir(&top)
+        .output()
+        .unwrap();
+    assert!(
+        meta.status.success(),
+        "{}",
+        String::from_utf8_lossy(&meta.stderr)
+    );
+    let mut generator = Command::new(env!("CARGO_BIN_EXE_cairn-gen-docs"))
+        .arg("copyright")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        generator
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&meta.stdout)
+            .unwrap();
+    }
+    let out = generator.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let want = String::from_utf8(out.stdout).unwrap();
+    for c in [
+        "Files: rust-crates/ureq-",
+        "Files: rust-crates/ring-",
+        "License: ISC\n",
+    ] {
+        assert!(want.contains(c), "{c}");
+    }
+    assert!(
+        !want.contains("rust-crates/serde_derive-"),
+        "a build-time crate"
+    );
+    let have = fs::read_to_string(top.join("debian/copyright")).unwrap();
+    assert!(
+        have == want,
+        "debian/copyright is not what Cargo.lock says: run scripts/copyright"
+    );
+}
+
 /// `sh -c script` in the root; its output, success asserted.
 #[track_caller]
 fn in_root(root: &Path, script: &str) -> String {
