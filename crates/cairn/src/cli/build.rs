@@ -27,8 +27,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "LEVEL")]
     pub level: Option<u32>,
     /// Override the profile's host type (and `auto` detection).
-    #[arg(long, value_parser = ["physical", "virtual"])]
-    pub host_type: Option<String>,
+    #[arg(long, value_parser = super::host_type_parser())]
+    pub host_type: Option<HostType>,
     #[command(flatten)]
     pub inputs: InputArgs,
 }
@@ -145,13 +145,7 @@ pub(super) fn run_build(cli: &Cli, a: &BuildArgs) -> Result<i32> {
         },
         compression: a.compression,
         level: a.level,
-        host_type: a.host_type.as_deref().map(|h| {
-            if h == "virtual" {
-                HostType::Virtual
-            } else {
-                HostType::Physical
-            }
-        }),
+        host_type: a.host_type,
         epoch: InputArgs::epoch()?,
         snapshot: a.inputs.snapshot.clone(),
         processors: a.inputs.processors.map(|p| p as usize),

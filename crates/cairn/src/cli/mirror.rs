@@ -213,6 +213,13 @@ pub struct SyncArgs {
     /// (Repeatable: the union of several profiles, plus any --package.)
     #[arg(long, conflicts_with_all = ["full", "priority"])]
     pub profile: Vec<String>,
+    /// Mirror the profiles for this host type (physical, virtual; repeat
+    /// for both) instead of each profile's own (`auto`: this build
+    /// host's). A physical host's image needs another kernel, microcode and
+    /// firmware (from the non-free-firmware component, unless the profile
+    /// says `non-free-firmware = false`).
+    #[arg(long, value_parser = super::host_type_parser(), conflicts_with_all = ["full", "priority"])]
+    pub host_type: Vec<crate::profile::HostType>,
 }
 
 #[derive(Args, Debug)]
@@ -377,6 +384,7 @@ fn sync_config(cli: &Cli, a: &SyncArgs) -> Result<MirrorConfig> {
         architectures: &a.arch,
         keyring: &a.keyring,
         profiles: &profiles,
+        host_types: &a.host_type,
         packages: &a.package,
         priorities: &a.priority,
         full: a.full,

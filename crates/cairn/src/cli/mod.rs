@@ -218,6 +218,18 @@ pub enum Command {
     Config(ConfigCommand),
 }
 
+/// `physical` or `virtual`, parsed where the command line is read.
+fn host_type_parser() -> impl clap::builder::TypedValueParser<Value = crate::profile::HostType> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["physical", "virtual"]).map(|s| {
+        if s == "virtual" {
+            crate::profile::HostType::Virtual
+        } else {
+            crate::profile::HostType::Physical
+        }
+    })
+}
+
 /// Whether colour may be used on stderr: a terminal, and `NO_COLOR` unset
 /// (or empty), as no-color.org says.
 pub fn colour() -> bool {
@@ -295,7 +307,7 @@ pub fn main() -> i32 {
             } else {
                 ("failure", exit::FAILURE)
             };
-            if cli.json {
+            if cli.json && !DOCUMENT_SENT.load(std::sync::atomic::Ordering::Relaxed) {
                 let causes = e.chain().skip(1).map(|c| c.to_string()).collect();
                 print_json_error(&e.to_string(), causes, kind, code);
             }
@@ -316,6 +328,14 @@ pub fn main() -> i32 {
 }
 
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static DOCUMENT_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says that the command's one `--json` document is out (a pull's, before
+/// its policy switches systems): an error after it goes to stderr only,
+/// never as a second document.
+fn document_sent() {
+    DOCUMENT_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Writes to stdout; once the reader has gone (a closed pipe), nothing
 /// more is written and nothing fails: a command's work does not depend on

@@ -112,6 +112,7 @@ pub fn cycle(store: &Path, c: &CycleConfig, quiet: bool) -> Result<CycleReport> 
             architectures: &[],
             keyring: &[],
             profiles: &profiles,
+            host_types: &[],
             packages: &[],
             priorities: &[],
             full: false,

@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use cairn_debian::relation::{Relation, parse_relations};
 use cairn_debian::{Package, compare_versions};
 
@@ -240,6 +240,54 @@ pub fn select(pkgs: &[Package], sel: &Selection) -> Result<Selected> {
     })
 }
 
+/// `select` release by release: `family[i]` is the index into `families`
+/// of the release (`bookworm`, `trixie`) package `i` comes from. Each
+/// release gets the selection's `packages` and its own `suites` entry,
+/// resolved among its own packages only (a bookworm profile never gets
+/// trixie's versions); a release with nothing asked of it gets nothing.
+pub fn select_families(
+    pkgs: &[Package],
+    family: &[usize],
+    families: &[String],
+    sel: &Selection,
+) -> Result<Selected> {
+    if sel.full || (sel.suites.is_empty() && families.len() <= 1) {
+        return select(pkgs, sel);
+    }
+    for f in sel.suites.keys() {
+        if !families.contains(f) {
+            bail!(
+                "release {f} is not among the mirrored suites (releases: {})",
+                families.join(" ")
+            );
+        }
+    }
+    let mut out = Selected::default();
+    for (fi, f) in families.iter().enumerate() {
+        let mut packages = sel.packages.clone();
+        for p in sel.suites.get(f).into_iter().flatten() {
+            if !packages.contains(p) {
+                packages.push(p.clone());
+            }
+        }
+        if packages.is_empty() && sel.priorities.is_empty() {
+            continue;
+        }
+        let ix: Vec<usize> = (0..pkgs.len()).filter(|&i| family[i] == fi).collect();
+        let sub: Vec<Package> = ix.iter().map(|&i| pkgs[i].clone()).collect();
+        let one = Selection {
+            packages,
+            suites: Default::default(),
+            ..sel.clone()
+        };
+        let got = select(&sub, &one).with_context(|| format!("release {f}"))?;
+        out.chosen.extend(got.chosen.into_iter().map(|j| ix[j]));
+        out.unsatisfied
+            .extend(got.unsatisfied.into_iter().map(|u| format!("{f}: {u}")));
+    }
+    Ok(out)
+}
+
 fn fmt_relation(r: &Relation) -> String {
     match &r.constraint {
         Some(c) => format!("{} ({:?} {})", r.name, c.op, c.version),
@@ -286,6 +334,63 @@ mod tests {
             .iter()
             .map(|&i| format!("{}={}", pkgs[i].name, pkgs[i].version))
             .collect()
+    }
+
+    /// Two releases side by side: each profile's packages resolve among
+    /// its own release's versions; the global list applies to both.
+    #[test]
+    fn each_release_gets_its_own_closure() {
+        let pkgs = vec![
+            pkg("app", "1", &[("Depends", "lib")]),
+            pkg("lib", "1", &[]),
+            pkg("app", "2", &[("Depends", "lib (>= 2)")]),
+            pkg("lib", "2", &[]),
+            pkg("tool", "2", &[]),
+            pkg("less", "1", &[]),
+            pkg("less", "2", &[]),
+        ];
+        let family = [0, 0, 1, 1, 1, 0, 1];
+        let families = ["bookworm".to_string(), "trixie".to_string()];
+        let sel = Selection {
+            packages: vec!["less".into()],
+            closure: true,
+            suites: [
+                ("bookworm".to_string(), vec!["app".to_string()]),
+                (
+                    "trixie".to_string(),
+                    vec!["app".to_string(), "tool".to_string()],
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let s = select_families(&pkgs, &family, &families, &sel).unwrap();
+        let mut got = names(&pkgs, &s);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "app=1", "app=2", "less=1", "less=2", "lib=1", "lib=2", "tool=2"
+            ]
+        );
+        // A package of one release only, asked of the other: named.
+        let bad = Selection {
+            suites: [("bookworm".to_string(), vec!["tool".to_string()])].into(),
+            ..sel.clone()
+        };
+        let e = format!(
+            "{:#}",
+            select_families(&pkgs, &family, &families, &bad).unwrap_err()
+        );
+        assert!(e.contains("release bookworm") && e.contains("tool"), "{e}");
+        // Nothing asked of a release: nothing of it.
+        let one = Selection {
+            packages: Vec::new(),
+            suites: [("trixie".to_string(), vec!["tool".to_string()])].into(),
+            ..sel
+        };
+        let s = select_families(&pkgs, &family, &families, &one).unwrap();
+        assert_eq!(names(&pkgs, &s), ["tool=2"]);
     }
 
     #[test]

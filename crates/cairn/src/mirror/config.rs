@@ -2,7 +2,7 @@
 //! config file) and the selection of packages. Config files are strict TOML,
 //! deserialized into `Unvalidated*` types, then validated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -64,6 +64,12 @@ pub struct Selection {
     /// debootstrap, need the suite's own versions).
     #[serde(default)]
     pub all_versions: bool,
+    /// Packages wanted from one release only, by its codename (`trixie`:
+    /// from trixie, trixie-updates, trixie-security), each with its own
+    /// closure: what a profile of that suite installs. `packages` apply to
+    /// every release the mirror carries.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub suites: BTreeMap<String, Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -89,6 +95,9 @@ impl Selection {
         }
         if !self.priorities.is_empty() {
             parts.push(format!("priorities {}", self.priorities.join(" ")));
+        }
+        for (family, packages) in &self.suites {
+            parts.push(format!("{family}: {}", packages.join(" ")));
         }
         let mut what = parts.join(" + ");
         if self.closure {
@@ -150,6 +159,9 @@ pub struct SyncRequest<'a> {
     pub keyring: &'a [PathBuf],
     /// Mirror what these profiles install (with `packages`), as a closure.
     pub profiles: &'a [crate::profile::Profile],
+    /// The host types the profiles are mirrored for [empty: each profile's
+    /// own, `auto` resolved on this build host].
+    pub host_types: &'a [crate::profile::HostType],
     pub packages: &'a [String],
     pub priorities: &'a [String],
     pub full: bool,
@@ -191,23 +203,57 @@ pub fn resolve(r: &SyncRequest) -> Result<MirrorConfig> {
             repo.components = or(r.components, std::mem::take(&mut repo.components));
             repo.architectures = or(r.architectures, std::mem::take(&mut repo.architectures));
         }
+        // The releases and components the profiles need, beside the
+        // host's own: the host's sources for another codename (a Debian 12
+        // build host mirrors trixie from where it gets bookworm).
+        for prof in r.profiles {
+            let components: Vec<&str> = host_types(prof, r.host_types)
+                .into_iter()
+                .flat_map(|h| prof.components(h))
+                .collect();
+            widen_host_repos(&mut repos, &prof.suite, &components);
+        }
         MirrorConfig {
             repos,
             selection: Selection::default_packages(),
         }
     };
     if !r.profiles.is_empty() {
-        let mut packages: Vec<String> = r.packages.to_vec();
+        // Each profile's packages come from its own release, with their
+        // own closure: a mirror carrying bookworm and trixie gives each
+        // build its release's versions.
+        let mut suites: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for prof in r.profiles {
-            for pk in prof.all_packages(prof.resolved_host_type()) {
-                if !packages.contains(&pk) {
-                    packages.push(pk);
+            let family = crate::profile::suite_family(&prof.suite).to_string();
+            if !cfg.repos.iter().any(|repo| {
+                repo.suites
+                    .iter()
+                    .any(|s| crate::profile::suite_family(s) == family)
+            }) {
+                bail!(
+                    "profile {}: suite {} is not among the mirrored suites ({}): add it to the mirror's sources",
+                    prof.name,
+                    prof.suite,
+                    cfg.repos
+                        .iter()
+                        .flat_map(|r| r.suites.iter().cloned())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            let list = suites.entry(family).or_default();
+            for h in host_types(prof, r.host_types) {
+                for pk in prof.all_packages(h) {
+                    if !list.contains(&pk) {
+                        list.push(pk);
+                    }
                 }
             }
         }
         cfg.selection = Selection {
-            packages,
+            packages: r.packages.to_vec(),
             closure: true,
+            suites,
             ..Default::default()
         };
     } else if r.full || !r.packages.is_empty() || !r.priorities.is_empty() {
@@ -227,6 +273,81 @@ pub fn resolve(r: &SyncRequest) -> Result<MirrorConfig> {
     cfg.selection.all_versions |= r.all_versions;
     validate_selection(&cfg.selection)?;
     Ok(cfg)
+}
+
+/// The host types `prof` is mirrored for: the ones asked for, else its own
+/// (`auto` is this build host's).
+fn host_types(
+    prof: &crate::profile::Profile,
+    asked: &[crate::profile::HostType],
+) -> Vec<crate::profile::HostType> {
+    if asked.is_empty() {
+        vec![prof.resolved_host_type()]
+    } else {
+        asked.to_vec()
+    }
+}
+
+/// Adds `suite`'s release to the host's repositories that carry the host's
+/// own release (each of its suites with the codename changed: bookworm,
+/// bookworm-updates, bookworm-security → trixie, trixie-updates,
+/// trixie-security), and `components` to every repository of that
+/// release. Repositories of other origins (a vendor's `nodistro`) are left
+/// as they are.
+pub fn widen_host_repos(repos: &mut [RepoSpec], suite: &str, components: &[&str]) {
+    let family = crate::profile::suite_family(suite);
+    let own = host_release(repos);
+    let own = own.as_deref();
+    for repo in repos.iter_mut() {
+        let mut added = Vec::new();
+        if !repo
+            .suites
+            .iter()
+            .any(|s| crate::profile::suite_family(s) == family)
+        {
+            // The repository's releases (Debian's: one codename and its
+            // -updates, -security, -backports siblings).
+            let hosts: BTreeSet<&str> = repo
+                .suites
+                .iter()
+                .map(|s| crate::profile::suite_family(s))
+                .collect();
+            if hosts.len() != 1 {
+                continue;
+            }
+            let host = *hosts.iter().next().unwrap_or(&"");
+            if Some(host) != own {
+                continue;
+            }
+            added = repo
+                .suites
+                .iter()
+                .map(|s| format!("{family}{}", &s[host.len()..]))
+                .collect();
+        }
+        repo.suites.extend(added);
+        if repo
+            .suites
+            .iter()
+            .any(|s| crate::profile::suite_family(s) == family)
+        {
+            for c in components {
+                if !repo.components.iter().any(|x| x == c) {
+                    repo.components.push(c.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// The release the host's sources are for: their first plain suite (no
+/// `-updates`, no `/updates`), what the `default` profile is built for.
+pub fn host_release(repos: &[RepoSpec]) -> Option<String> {
+    repos
+        .iter()
+        .flat_map(|r| r.suites.iter())
+        .find(|s| !s.contains(['-', '/']))
+        .cloned()
 }
 
 /// Loads and validates a mirror config file.
@@ -285,11 +406,22 @@ pub fn parse_config(text: &str) -> Result<MirrorConfig> {
 }
 
 pub fn validate_selection(s: &Selection) -> Result<()> {
-    if !s.full && s.packages.is_empty() && s.priorities.is_empty() {
-        bail!("the selection is empty: set `full = true`, or list `packages` or `priorities`");
+    let per_suite = s.suites.values().any(|p| !p.is_empty());
+    if !s.full && s.packages.is_empty() && s.priorities.is_empty() && !per_suite {
+        bail!(
+            "the selection is empty: set `full = true`, or list `packages`, `priorities` or `suites`"
+        );
     }
-    if s.full && (!s.packages.is_empty() || !s.priorities.is_empty()) {
-        bail!("`full = true` mirrors everything: drop `packages` and `priorities`, or `full`");
+    if s.full && (!s.packages.is_empty() || !s.priorities.is_empty() || per_suite) {
+        bail!(
+            "`full = true` mirrors everything: drop `packages`, `priorities` and `suites`, or `full`"
+        );
+    }
+    for f in s.suites.keys() {
+        crate::names::check("release codename", f)?;
+        if crate::profile::suite_family(f) != f {
+            bail!("[selection.suites] {f:?}: a release's codename (trixie), not one of its suites");
+        }
     }
     Ok(())
 }
@@ -536,5 +668,40 @@ Types: deb-src\nURIs: http://m.invalid/debian\nSuites: bookworm\nComponents: mai
             [PathBuf::from("/k2.gpg"), PathBuf::from("/k.gpg")]
         );
         assert_eq!(repos[1].name, "debian-security");
+    }
+
+    /// A Debian 12 host mirrors trixie from where it gets bookworm (each
+    /// suite with the codename changed), with the component a physical
+    /// profile needs; a vendor's repository is left as it is.
+    #[test]
+    fn the_host_sources_widen_to_another_release() {
+        let repo = |name: &str, suites: &[&str]| RepoSpec {
+            name: name.into(),
+            url: RepoUrl::parse(&format!("http://m.invalid/{name}")).unwrap(),
+            suites: suites.iter().map(|s| s.to_string()).collect(),
+            components: vec!["main".into()],
+            architectures: vec!["amd64".into()],
+            keyring: Vec::new(),
+            translations: vec!["en".into()],
+        };
+        let mut repos = vec![
+            repo("debian", &["bookworm", "bookworm-updates"]),
+            repo("debian-security", &["bookworm-security"]),
+            repo("vendor", &["nodistro"]),
+        ];
+        assert_eq!(host_release(&repos).as_deref(), Some("bookworm"));
+        widen_host_repos(&mut repos, "trixie", &["non-free-firmware"]);
+        assert_eq!(
+            repos[0].suites,
+            ["bookworm", "bookworm-updates", "trixie", "trixie-updates"]
+        );
+        assert_eq!(repos[1].suites, ["bookworm-security", "trixie-security"]);
+        assert_eq!(repos[0].components, ["main", "non-free-firmware"]);
+        assert_eq!(repos[2].suites, ["nodistro"]);
+        assert_eq!(repos[2].components, ["main"]);
+        // The host's own release: the component only, once.
+        widen_host_repos(&mut repos, "bookworm", &["non-free-firmware"]);
+        assert_eq!(repos[0].suites.len(), 4);
+        assert_eq!(repos[0].components, ["main", "non-free-firmware"]);
     }
 }

@@ -150,6 +150,12 @@ pub struct Profile {
     /// signing public key: `cairn apply-live` and `cairn reboot --kexec` work
     /// on the running system. Implied by `builder`.
     pub cairn: bool,
+    /// A physical host's image carries CPU microcode and the firmware most
+    /// network cards and GPUs need, from Debian's `non-free-firmware`
+    /// component, as Debian's installer does (default); `false`: `main`
+    /// only (`firmware-linux-free`). (Left out of the hash when true.)
+    #[serde(skip_serializing_if = "is_true")]
+    pub non_free_firmware: bool,
     pub hostname: String,
     pub root: RootAccess,
     pub kernel_cmdline: Vec<String>,
@@ -161,6 +167,16 @@ pub struct Profile {
     pub fleet: Option<Fleet>,
     /// What marks a boot of its images good (`[health]`).
     pub health: Option<Health>,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// The family a suite belongs to: its codename, without `-updates`,
+/// `-security`, `-backports` or `/updates` (`trixie-security` → `trixie`).
+pub fn suite_family(suite: &str) -> &str {
+    suite.split(['-', '/']).next().unwrap_or(suite)
 }
 
 /// Loads a profile file, following `extends` (relative to the file).
@@ -260,11 +276,7 @@ pub fn load_arg(arg: &str) -> Result<Profile> {
     if arg == "default" {
         let suite = crate::mirror::config::host_repos(Path::new("/"))
             .ok()
-            .and_then(|r| {
-                r.into_iter()
-                    .flat_map(|r| r.suites)
-                    .find(|s| !s.contains(['-', '/']))
-            })
+            .and_then(|r| crate::mirror::config::host_release(&r))
             .unwrap_or_else(|| "bookworm".into());
         return Ok(builtin_default(&suite));
     }

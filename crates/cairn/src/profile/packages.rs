@@ -19,6 +19,9 @@ impl Profile {
             _ => {
                 v.push(format!("linux-image-{arch}"));
                 v.push("firmware-linux-free".into());
+                if self.non_free_firmware {
+                    v.extend(PHYSICAL_FIRMWARE.iter().map(|s| s.to_string()));
+                }
             }
         }
         if self.builder {
@@ -44,6 +47,35 @@ impl Profile {
             }
         }
         v
+    }
+}
+
+/// What a physical host's image carries from Debian's `non-free-firmware`
+/// component (the installer's default since Debian 12): CPU microcode
+/// (security fixes on real hardware) and the firmware most network cards,
+/// wireless cards and GPUs need to work at all.
+pub const PHYSICAL_FIRMWARE: &[&str] = &[
+    "intel-microcode",
+    "amd64-microcode",
+    "firmware-linux-nonfree",
+    "firmware-realtek",
+    "firmware-iwlwifi",
+    "firmware-bnx2",
+    "firmware-bnx2x",
+];
+
+/// The archive component `PHYSICAL_FIRMWARE` lives in.
+pub const FIRMWARE_COMPONENT: &str = "non-free-firmware";
+
+impl Profile {
+    /// The archive components this profile's packages come from, besides
+    /// `main`, for a host of type `host`.
+    pub fn components(&self, host: HostType) -> Vec<&'static str> {
+        if host != HostType::Virtual && self.non_free_firmware {
+            vec![FIRMWARE_COMPONENT]
+        } else {
+            Vec::new()
+        }
     }
 }
 

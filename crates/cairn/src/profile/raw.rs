@@ -24,6 +24,7 @@ pub(super) struct Unvalidated {
     pub(super) packages: Vec<String>,
     pub(super) builder: Option<bool>,
     pub(super) cairn: Option<bool>,
+    pub(super) non_free_firmware: Option<bool>,
     pub(super) hostname: Option<String>,
     pub(super) root: Option<UnvalidatedRoot>,
     #[serde(default)]
@@ -175,6 +176,7 @@ fn merge(parent: Unvalidated, child: Unvalidated) -> Unvalidated {
         packages,
         builder: child.builder.or(parent.builder),
         cairn: child.cairn.or(parent.cairn),
+        non_free_firmware: child.non_free_firmware.or(parent.non_free_firmware),
         hostname: child.hostname.or(parent.hostname),
         root,
         kernel_cmdline: parent

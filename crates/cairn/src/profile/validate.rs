@@ -188,6 +188,7 @@ pub(super) fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) ->
         packages: raw.packages,
         builder: raw.builder.unwrap_or(false),
         cairn,
+        non_free_firmware: raw.non_free_firmware.unwrap_or(true),
         hostname,
         root: RootAccess {
             password_hash: root.password_hash,

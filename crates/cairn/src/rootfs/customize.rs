@@ -272,6 +272,32 @@ pub fn live_verify(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Early microcode for every CPU in the initramfs, whatever CPU built the
+/// image: Debian's microcode packages otherwise look at the build host
+/// (amd64-microcode puts nothing in unless the build host is AMD; intel-
+/// microcode only the build host's, unless initramfs-tools' MODULES=most).
+/// A shell script run with the tree as `$1`; with `$2` = `regenerate`,
+/// the initramfs is made again when it changed a setting. The settings
+/// stay in the image (upgrades keep them: apt runs with --force-confold).
+pub const MICROCODE_EVERYWHERE: &str = r##"set -e
+r="$1"; changed=
+set_in() {
+    f="$r/etc/default/$1"; shift
+    [ -f "$f" ] || return 0
+    for kv in "$@"; do
+        grep -qx "$kv" "$f" && continue
+        printf '%s
+' "# cairn: an image boots on any CPU, whatever CPU built it" "$kv" >> "$f"
+        changed=1
+    done
+}
+set_in amd64-microcode AMD64UCODE_INITRAMFS=early
+set_in intel-microcode IUCODE_TOOL_INITRAMFS=early IUCODE_TOOL_SCANCPUS=no
+if [ -n "$changed" ] && [ "$2" = regenerate ]; then
+    chroot "$r" update-initramfs -u -k all
+fi
+"##;
+
 /// cairn's files in the initramfs: the checks, and the hook that puts
 /// them (and veritysetup) in.
 const INITRAMFS_FILES: &[(&str, &str, u32)] = &[
@@ -819,6 +845,45 @@ pub fn clean(root: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Early microcode for every CPU: set in the tree's microcode
+    /// settings once, whatever CPU runs the build; a tree without the
+    /// packages is left alone.
+    #[test]
+    fn microcode_for_every_cpu_is_set_once() {
+        let d = tempfile::tempdir().unwrap();
+        let run = || {
+            let o = std::process::Command::new("sh")
+                .args(["-c", MICROCODE_EVERYWHERE, "sh"])
+                .arg(d.path())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        };
+        run();
+        assert!(!d.path().join("etc").exists());
+        fs::create_dir_all(d.path().join("etc/default")).unwrap();
+        let amd = d.path().join("etc/default/amd64-microcode");
+        let intel = d.path().join("etc/default/intel-microcode");
+        fs::write(&amd, "#AMD64UCODE_INITRAMFS=auto\n").unwrap();
+        fs::write(&intel, "#IUCODE_TOOL_INITRAMFS=auto\n").unwrap();
+        run();
+        let once = (
+            fs::read_to_string(&amd).unwrap(),
+            fs::read_to_string(&intel).unwrap(),
+        );
+        assert!(once.0.lines().any(|l| l == "AMD64UCODE_INITRAMFS=early"));
+        assert!(once.1.lines().any(|l| l == "IUCODE_TOOL_INITRAMFS=early"));
+        assert!(once.1.lines().any(|l| l == "IUCODE_TOOL_SCANCPUS=no"));
+        run();
+        assert_eq!(
+            once,
+            (
+                fs::read_to_string(&amd).unwrap(),
+                fs::read_to_string(&intel).unwrap()
+            )
+        );
+    }
 
     #[test]
     fn data_paths_become_symlinks_with_seed_and_a_generator() {

@@ -218,8 +218,14 @@ pub fn bootstrap(
     };
     run(&["-o", "Acquire::Languages=none", "update"])?;
     run(&["dist-upgrade"])?;
-    // cairn's squashfs check in the initramfs, which debootstrap built without it.
+    // cairn's squashfs check in the initramfs, which debootstrap built
+    // without it; microcode for every CPU.
     super::customize::live_verify(rootfs)?;
+    Cmd::new("sh")
+        .args(["-c", super::customize::MICROCODE_EVERYWHERE, "sh"])
+        .arg(rootfs)
+        .run()
+        .context("microcode settings")?;
     chroot(rootfs, epoch, &["update-initramfs", "-u", "-k", "all"])?;
     // Profile files, then hooks (tree as $1, run on the host, chroot available).
     for f in &profile.files {

@@ -244,6 +244,7 @@ pub fn preflight_mirror(
     profile: &Profile,
     packages: &[String],
     profile_arg: &str,
+    host: HostType,
 ) -> Result<usize> {
     let mut pkgs: Vec<Package> = Vec::new();
     let mut roots: Vec<PathBuf> = Vec::new();
@@ -268,14 +269,27 @@ pub fn preflight_mirror(
             }
         }
     }
-    let hint = format!("cairn mirror sync --profile {profile_arg}");
+    // A command that works: the host type this build is for, when the
+    // profile alone would say another.
+    let (hint, after) = if host == profile.resolved_host_type() {
+        (format!("cairn mirror sync --profile {profile_arg}"), "")
+    } else {
+        (
+            format!(
+                "cairn mirror sync --profile {profile_arg} --host-type {}",
+                host_name(host)
+            ),
+            " (a sync mirrors what it is asked for: name every profile and host type this mirror serves)",
+        )
+    };
     let sel = Selection {
         packages: packages.to_vec(),
         closure: true,
         ..Default::default()
     };
-    let chosen = select(&pkgs, &sel)
-        .map_err(|e| anyhow::anyhow!("{e}: the local mirror lacks them; add them with `{hint}`"))?;
+    let chosen = select(&pkgs, &sel).map_err(|e| {
+        anyhow::anyhow!("{e}: the local mirror lacks them; add them with `{hint}`{after}")
+    })?;
     let missing: Vec<String> = chosen
         .chosen
         .iter()
@@ -286,7 +300,7 @@ pub fn preflight_mirror(
         let n = missing.len();
         let shown: Vec<String> = missing.into_iter().take(12).collect();
         bail!(
-            "the local mirror lacks {n} package file(s) this build needs ({}{}): add them with `{hint}`",
+            "the local mirror lacks {n} package file(s) this build needs ({}{}): add them with `{hint}`{after}",
             shown.join(", "),
             if n > 12 { ", …" } else { "" }
         );
@@ -472,7 +486,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     )?;
     let mirrors = &inputs.mirrors;
     let epoch = inputs.source.epoch;
-    let closure = preflight_mirror(mirrors, profile, &packages, profile_arg)?;
+    let closure = preflight_mirror(mirrors, profile, &packages, profile_arg, host)?;
     say(&format!(
         "profile {}: {} host, {} packages requested ({closure} with dependencies), all in {}",
         profile.name,
@@ -763,6 +777,14 @@ fn bootstrap(
     // Files are written from inside the tree (chroot): a symlink in it, such
     // as Debian's /var/run -> /run, resolves in the tree, never on the host.
     let mut hooks: Vec<String> = Vec::new();
+    // Microcode for every CPU (a physical image's), before the profile's
+    // own files and hooks.
+    let microcode = work.join("microcode.sh");
+    fs::write(&microcode, customize::MICROCODE_EVERYWHERE)?;
+    hooks.push(format!(
+        "sh {} \"$1\" regenerate",
+        shell_quote(&microcode.display().to_string())
+    ));
     for f in &profile.files {
         let parent = Path::new(&f.dest)
             .parent()

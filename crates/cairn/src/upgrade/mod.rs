@@ -149,7 +149,7 @@ pub fn upgrade(
     )?;
     let mirrors = &inputs.mirrors;
     let epoch = inputs.source.epoch;
-    preflight_mirror(mirrors, profile, &wanted, profile_arg)?;
+    preflight_mirror(mirrors, profile, &wanted, profile_arg, host)?;
 
     let (_lock, pdir) = lock_profile(&opts.store, &profile.name)?;
     let started = crate::unix_now();

@@ -219,6 +219,36 @@ fn disk_chosen_entry_on_uefi_keeps_data_and_runs_from_ram() {
     assert!(env.contains(&format!("cairn_good={w_id}-ram\n")), "{env}");
 }
 
+/// Debian 13 (trixie), today's stable release, from the same mirror as the
+/// Debian 12 images: its image boots from a disk on UEFI through cairn's
+/// GRUB, on its own kernel (6.12), its layer mounted through dm-verity,
+/// its data partition mounted; the boot is marked good.
+#[test]
+fn a_trixie_image_boots_from_a_disk_on_uefi() {
+    let Some(f) = fixture::get() else {
+        return;
+    };
+    // (trixie() takes the heavy lock itself while it builds.)
+    let t = f.trixie();
+    let _heavy = crate::support::heavy();
+    let w = f.work("a_trixie_image_boots_from_a_disk_on_uefi");
+    let d = w.path().join("disk.img");
+    disk(&t.store, &d, &[&t.img], &[]);
+    let b = run(&t.store, &d, "uefi", None, &[], "trixie-uefi");
+    b.reached(&marker_of(&t.img));
+    b.markers_have("PROBE kernel=6.12.");
+    b.markers_have("PROBE debian=13.");
+    b.markers_have("PROBE verity=verified");
+    b.markers_have("PROBE data=ext4");
+    b.markers_have("PROBE done");
+    b.console_has("cairn: filesystem.squashfs: mounted through dm-verity");
+    let env = grubenv(&d, &w.path().join("mnt"));
+    assert!(
+        env.contains(&format!("cairn_good={}\n", id_of(&t.img))),
+        "{env}"
+    );
+}
+
 /// An ISO file on the disk has its entry: the whole ISO checked against its
 /// signature, booted by loopback (findiso=), its squashfs checked in the
 /// initramfs; the boot is marked good like any entry's.

@@ -84,6 +84,33 @@ fn build_says_what_is_missing_before_any_work() {
         t.elapsed() < Duration::from_secs(60),
         "refused only after work"
     );
+    // Another host type than the profile's own: the hint names a command
+    // that mirrors for it (once it named one that fetched nothing, and the
+    // build failed again), and that command brings what was lacking.
+    let store = f.store_copy(w.path());
+    let pool = store.join("mirror/debian/pool/non-free-firmware/i/intel-microcode");
+    let deb = fs::read_dir(&pool)
+        .unwrap_or_else(|e| panic!("{}: {e}", pool.display()))
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("the fixture mirrors a physical profile's microcode");
+    fs::remove_file(&deb).unwrap();
+    let err = fails(cairn(
+        &store,
+        &["build", "default", "--host-type", "physical"],
+    ));
+    let hint = "cairn mirror sync --profile default --host-type physical";
+    assert!(
+        err.contains("the local mirror lacks 1 package file(s)")
+            && err.contains("intel-microcode")
+            && err.contains(hint),
+        "{err}"
+    );
+    let args: Vec<&str> = hint.split(' ').skip(1).collect();
+    ok(cairn(&store, &args));
+    assert!(deb.exists(), "`{hint}` did not bring {}", deb.display());
+    ok(cairn(&store, &["mirror", "verify", "debian"]));
     // A profile with `cairn = true` and no cairn package (none in the
     // store, no CAIRN_PACKAGE): refused before any work, naming the path
     // looked at and how to make the package.
@@ -260,7 +287,16 @@ fn killed_build_leaves_nothing_and_host_types_differ() {
         .map(|p| p["name"].as_str().unwrap().to_string())
         .collect();
     let p = packages(&phys);
-    for name in ["linux-image-amd64", "firmware-linux-free"] {
+    for name in [
+        "linux-image-amd64",
+        "firmware-linux-free",
+        "intel-microcode",
+        "amd64-microcode",
+        "firmware-misc-nonfree",
+        "firmware-amd-graphics",
+        "firmware-realtek",
+        "firmware-iwlwifi",
+    ] {
         assert!(
             p.contains(&name.to_string()) && !v.contains(&name.to_string()),
             "{name}"
@@ -275,8 +311,39 @@ fn killed_build_leaves_nothing_and_host_types_differ() {
     assert_eq!(phys["host_type"], "physical");
     assert_eq!(virt["host-type"], "virtual");
 
-    // What the profile asked for is in the tree.
+    // Microcode and firmware a physical machine needs, from Debian's
+    // non-free-firmware component: the files in the tree, and early
+    // microcode for Intel and AMD CPUs in the initramfs whatever CPU built
+    // it (amd64-microcode left to itself adds nothing on an Intel host).
     let img = PathBuf::from(phys["path"].as_str().unwrap());
+    let tree = Command::new("unsquashfs")
+        .args(["-l", "-d", ""])
+        .arg(img.join("filesystem.squashfs"))
+        .output()
+        .unwrap();
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    for dir in [
+        "/usr/lib/firmware/intel-ucode/",
+        "/usr/lib/firmware/amd-ucode/",
+        "/usr/lib/firmware/rtl_nic/",
+        "/usr/lib/firmware/amdgpu/",
+    ] {
+        assert!(
+            tree.lines().any(|l| l.starts_with(dir)),
+            "no {dir} in the image"
+        );
+    }
+    // (The early part is uncompressed cpio: one archive per package,
+    // each entry's name in the clear.)
+    let initrd = fs::read(img.join("initrd.img")).unwrap();
+    for cpu in ["GenuineIntel", "AuthenticAMD"] {
+        let name = format!("kernel/x86/microcode/{cpu}.bin");
+        assert!(
+            initrd.windows(name.len()).any(|w| w == name.as_bytes()),
+            "no early microcode for {cpu} in the initramfs"
+        );
+    }
+    // What the profile asked for is in the tree.
     assert_eq!(squashfs_cat(&img, "etc/hostname"), "webtest\n");
     assert_eq!(
         squashfs_cat(&img, "etc/motd"),

@@ -417,15 +417,20 @@ fn a_secure_boot_machine_netboots_grub_signed_with_your_key() {
 }
 
 /// A machine picked by its MAC address in the signed menu: qemu's first
-/// NIC (52:54:00:12:34:56) is mapped to `default`, every other machine
-/// boots `webtest`; this one boots `default`, with no per-machine signing.
+/// NIC (52:54:00:12:34:56) is mapped to `trixietest`, every other machine
+/// boots `webtest`; this UEFI machine boots the Debian 13 (trixie) image
+/// over the network — its kernel 6.12, its layer fetched and mounted
+/// through dm-verity — with no per-machine signing.
 #[test]
 fn a_machine_boots_the_profile_its_mac_address_is_given() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some(f) = fixture::get() else {
         return;
     };
+    // (trixie() takes the heavy lock itself while it builds.)
+    let t = f.trixie();
+    let _heavy = crate::support::heavy();
     let w = f.work("a_machine_boots_the_profile_its_mac_address_is_given");
-    let store = store_with(&f.store, w.path(), &[&f.web_img, &f.default_img]);
+    let store = store_with(&f.store, w.path(), &[&f.web_img, &t.img]);
     let port = free_port();
     let out = ok(cairn(
         &store,
@@ -438,7 +443,7 @@ fn a_machine_boots_the_profile_its_mac_address_is_given() {
             "--default",
             "webtest",
             "--machine",
-            "52:54:00:12:34:56=default",
+            "52:54:00:12:34:56=trixietest",
             "--json",
         ],
     ));
@@ -449,11 +454,16 @@ fn a_machine_boots_the_profile_its_mac_address_is_given() {
         "{r}"
     );
     let _nginx = Nginx::start(&store, port, "");
-    let want = marker_of(&f.default_img);
-    let b = net_boot(&store, "bios", &want, "net-by-mac");
+    let want = marker_of(&t.img);
+    let b = net_boot(&store, "uefi", &want, "net-by-mac");
     b.reached(&want);
     b.console_has(&format!(
-        "cairn: default {} verified, booting over the network",
-        version_of(&f.default_img)
+        "cairn: trixietest {} verified, booting over the network",
+        version_of(&t.img)
     ));
+    b.console_has("filesystem.squashfs: fetched; every block matches its signed root hash");
+    b.console_has("filesystem.squashfs: mounted through dm-verity");
+    b.markers_have("PROBE kernel=6.12.");
+    b.markers_have("PROBE debian=13.");
+    b.markers_have("PROBE verity=verified");
 }

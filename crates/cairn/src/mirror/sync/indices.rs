@@ -25,6 +25,9 @@ pub(super) struct Indices {
     pub reports: Vec<Vec<SuiteReport>>,
     pub packages: Vec<Package>,
     pub origin: Vec<usize>,
+    /// The release each package comes from, as an index into `families`.
+    pub family: Vec<usize>,
+    pub families: Vec<String>,
 }
 
 /// The indices of every suite of `repos` into `<generation>.tmp`.
@@ -38,6 +41,8 @@ pub(super) fn fetch_all(
         reports: Vec::new(),
         packages: Vec::new(),
         origin: Vec::new(),
+        family: Vec::new(),
+        families: Vec::new(),
     };
     for (ri, repo) in repos.iter().enumerate() {
         let gen_tmp = repo.paths.generations().join(format!("{generation}.tmp"));
@@ -46,9 +51,18 @@ pub(super) fn fetch_all(
         for rel in &repo.releases {
             let got = fetch_indices(repo, rel, &gen_tmp, opts, counter)
                 .with_context(|| format!("mirror {}: indices of {}", repo.spec.name, rel.suite))?;
+            let f = crate::profile::suite_family(&rel.suite).to_string();
+            let fi = match out.families.iter().position(|x| *x == f) {
+                Some(i) => i,
+                None => {
+                    out.families.push(f);
+                    out.families.len() - 1
+                }
+            };
             for p in got.packages {
                 out.packages.push(p);
                 out.origin.push(ri);
+                out.family.push(fi);
             }
             reports.push(SuiteReport {
                 suite: rel.suite.clone(),

@@ -21,7 +21,7 @@ use cairn_debian::date::format_release_date;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::closure::select;
+use super::closure::select_families;
 use super::config::{MirrorConfig, RepoSpec};
 use super::fetch::{Counter, RetryPolicy, Transport, transport_for};
 use super::release::{SuiteRelease, check_release, fetch_release};
@@ -155,7 +155,7 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
     );
 
     // 4. The pool files to have.
-    let chosen = select(&ix.packages, &cfg.selection)?;
+    let chosen = select_families(&ix.packages, &ix.family, &ix.families, &cfg.selection)?;
     let wanted = pool::wanted(&repos, &ix.packages, &ix.origin, &chosen.chosen)?;
     drop(ix.packages);
 

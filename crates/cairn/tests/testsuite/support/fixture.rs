@@ -29,6 +29,8 @@ say() { echo "PROBE $*" > /dev/ttyS1; echo "PROBE $*" > /dev/console; }
 d=/var/lib/webtest
 n=$(cat "$d/boots" 2>/dev/null || echo 0)
 say "data-boots=$n"
+say "kernel=$(uname -r)"
+say "debian=$(cat /etc/debian_version)"
 if [ -e /etc/probe-stamp ]; then say "etc-stamp=present"; else say "etc-stamp=absent"; fi
 say "data=$(awk '$2 == "/data" { print $3 }' /proc/mounts)"
 say "medium=$(awk '$2 == "/run/live/medium" { print $3 }' /proc/mounts)"
@@ -59,6 +61,10 @@ pub const FLEET_PORT: u16 = 18931;
 /// The snapshot of the shared mirror the shared images are built from.
 pub const SNAPSHOT: &str = "fixture";
 
+/// Debian 13, today's stable release, mirrored beside the host's own
+/// (Debian 12) from the same sources.
+pub const TRIXIE: &str = "trixie";
+
 /// The shared store and its images.
 pub struct Fixture {
     pub root: PathBuf,
@@ -70,10 +76,19 @@ pub struct Fixture {
     pub dbtest: PathBuf,
     /// The next version of webtest: `less` more, /etc/issue.net less.
     pub webtest2: PathBuf,
+    /// `webtest` on Debian 13 (trixie) for a virtual host: `trixietest`.
+    pub trixietest: PathBuf,
     /// `default`, built with `--iso`.
     pub default_img: PathBuf,
     /// `webtest` built for a virtual host (the cloud kernel boots in qemu).
     pub web_img: PathBuf,
+}
+
+/// The `trixietest` image, in a store of its own (the shared store's
+/// images stay what every proof expects).
+pub struct Trixie {
+    pub store: PathBuf,
+    pub img: PathBuf,
 }
 
 /// The delta layer of `webtest2` on top of `web_img`, in a store of its own.
@@ -183,7 +198,7 @@ pub fn host_suite() -> String {
         .unwrap()
 }
 
-fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     fs::create_dir_all(dir.join("files")).unwrap();
     fs::write(dir.join("files/motd"), "built by the cairn test suite\n").unwrap();
     fs::write(dir.join("files/probe"), PROBE).unwrap();
@@ -221,7 +236,15 @@ fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 [[hooks]]\nscript = \"rm -f \\\"$1/etc/issue.net\\\"\"\n",
     )
     .unwrap();
-    (web, db, v2)
+    let trixie = dir.join("trixietest.toml");
+    fs::write(
+        &trixie,
+        format!(
+            "schema-version = 1\nname = \"trixietest\"\nextends = \"webtest.toml\"\nsuite = \"{TRIXIE}\"\nhost-type = \"virtual\"\n"
+        ),
+    )
+    .unwrap();
+    (web, db, v2, trixie)
 }
 
 /// 1 MiB that no compressor shrinks (so mksquashfs stores it as it is and a
@@ -254,7 +277,7 @@ fn make() -> Fixture {
     }
     open_dir(&root);
     let store = root.join("store");
-    let (webtest, dbtest, webtest2) = write_profiles(&root);
+    let (webtest, dbtest, webtest2, trixietest) = write_profiles(&root);
     let t = std::time::Instant::now();
     ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
     // debootstrap reads one suite: keep every version.
@@ -272,6 +295,8 @@ fn make() -> Fixture {
             &p(&dbtest),
             "--profile",
             &p(&webtest2),
+            "--profile",
+            &p(&trixietest),
             "--all-versions",
         ],
     ));
@@ -308,6 +333,7 @@ fn make() -> Fixture {
         webtest,
         dbtest,
         webtest2,
+        trixietest,
         default_img: PathBuf::from(d["path"].as_str().unwrap()),
         web_img: PathBuf::from(w["path"].as_str().unwrap()),
     }
@@ -330,6 +356,32 @@ impl Fixture {
     /// keys copied): a proof's own images, upgrades and prunes stay there.
     pub fn store_copy(&self, work: &Path) -> PathBuf {
         copy_store(&self.store, work)
+    }
+
+    /// `trixietest` (a virtual host's: the cloud kernel boots in qemu)
+    /// built from the fixture's snapshot, made once.
+    pub fn trixie(&'static self) -> &'static Trixie {
+        static T: OnceLock<Trixie> = OnceLock::new();
+        T.get_or_init(|| {
+            let _heavy = crate::support::heavy();
+            let dir = self.root.join("trixie");
+            open_dir(&dir);
+            let store = self.store_copy(&dir);
+            let r = json(ok(cairn(
+                &store,
+                &[
+                    "build",
+                    self.trixietest.to_str().unwrap(),
+                    "--snapshot",
+                    SNAPSHOT,
+                    "--json",
+                ],
+            )));
+            Trixie {
+                store,
+                img: PathBuf::from(r["path"].as_str().unwrap()),
+            }
+        })
     }
 
     /// The delta of `webtest2` on `web_img`, made once.
