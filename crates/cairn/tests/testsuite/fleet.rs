@@ -377,6 +377,36 @@ fn refusals_leave_the_boot_disk_as_it_was() {
         "{err}"
     );
     assert!(!boot.join("images/web").join(V2).exists());
+
+    // An index served without its signature: refused data, as a bad
+    // signature is (it was an outage, exit 1).
+    fs::remove_file(&layer).unwrap();
+    fs::write(&layer, &s.layer2).unwrap();
+    publish(&s.store, &s.key, now + 20, 86400, 100);
+    fs::remove_file(s.store.join("images/web/index.json.sig")).unwrap();
+    let err = refused(&s.store, "an index without its signature");
+    assert!(err.contains("served without its signature"), "{err}");
+
+    // An image the index lists whose own signatures are another key's: it
+    // arrives whole and is refused at its manifest, leaving no staging
+    // directory behind.
+    let v2 = s.store.join("images/web").join(V2);
+    for f in fs::read_dir(&v2).unwrap().flatten() {
+        let n = f.file_name().to_string_lossy().into_owned();
+        if n.ends_with(".sig") || n.starts_with("SHA") || n == "BOOTSUMS" {
+            fs::remove_file(f.path()).unwrap();
+        }
+    }
+    cairn::image::seal(&v2, &other_key).unwrap();
+    publish(&s.store, &s.key, now + 30, 86400, 100);
+    let err = refused(&s.store, "an image signed by another key");
+    assert!(err.contains("the fetched image"), "{err}");
+    let left: Vec<_> = fs::read_dir(boot.join("images/web"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [V1], "a refused pull left {left:?}");
 }
 
 /// A pull killed with SIGKILL mid-layer leaves the disk as it was (the
