@@ -431,3 +431,37 @@ fn json_help_and_escaped_error_messages() {
         text(&o)
     );
 }
+
+/// A reader that goes away (`cairn … | head`) ends the output, not the
+/// command: no panic, no message, the exit code it would have had — for a
+/// report, a generated configuration and a `--json` document alike.
+#[test]
+fn a_closed_stdout_ends_the_output_not_the_command() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    for args in [
+        vec!["config", "show"],
+        vec!["publish", "--nginx-config", "127.0.0.1:8080"],
+        vec!["config", "show", "--json"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("--store")
+            .arg(&store)
+            .args(&args)
+            .env("CAIRN_CONFIG", crate::support::NO_CONFIG)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before cairn writes a byte.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !err.contains("panicked") && !err.contains("failed printing"),
+            "{args:?}: {}\n{err}",
+            out.status
+        );
+    }
+}
