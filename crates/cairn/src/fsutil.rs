@@ -47,11 +47,24 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
 /// ([`PUBLIC_DIR`], [`PUBLIC_FILE`]), whatever made them: an image, the
 /// netboot directory, what a web server or a TFTP server hands out.
 pub fn make_public(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     set_mode(dir, PUBLIC_DIR)?;
     for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let e = e.with_context(|| format!("reading {}", dir.display()))?;
-        if e.file_type().is_ok_and(|t| t.is_file()) {
-            set_mode(&e.path(), PUBLIC_FILE)?;
+        if !e.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        // The file itself, opened without following a link (one swapped in
+        // after the look is not followed to its target).
+        let p = e.path();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&p)
+            .with_context(|| format!("opening {}", p.display()))?;
+        if f.metadata().is_ok_and(|m| m.is_file()) {
+            f.set_permissions(fs::Permissions::from_mode(PUBLIC_FILE))
+                .with_context(|| format!("chmod 644 {}", p.display()))?;
         }
     }
     Ok(())

@@ -512,9 +512,11 @@ mod tests {
         let p = crate::profile::load_arg("default").unwrap();
         let mut want = p.all_packages(p.resolved_host_type());
         want.sort();
-        let mut got = cfg.selection.packages.clone();
+        // From the default profile's own release, with their closure.
+        let mut got = cfg.selection.suites[crate::profile::suite_family(&p.suite)].clone();
         got.sort();
         assert_eq!(got, want);
+        assert!(cfg.selection.packages.is_empty());
         assert!(cfg.selection.closure);
         // A selection on the command line wins.
         let cli = super::Cli::try_parse_from(["cairn", "mirror", "sync", "-p", "hello"]).unwrap();

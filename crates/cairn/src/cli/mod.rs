@@ -298,7 +298,13 @@ pub fn main() -> i32 {
         .with_ansi(colour())
         .init();
     crate::progress::set_quiet(cli.quiet());
-    let result = settle(&mut cli).and_then(|()| run(&cli));
+    let result = settle(&mut cli).and_then(|()| run(&cli)).and_then(|code| {
+        // What was to be printed and could not be: the command failed.
+        match output_failed() {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => Ok(code),
+        }
+    });
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -337,9 +343,12 @@ fn document_sent() {
     DOCUMENT_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Writes to stdout; once the reader has gone (a closed pipe), nothing
-/// more is written and nothing fails: a command's work does not depend on
-/// whether anyone still reads its report.
+static STDOUT_FAILED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Writes to stdout. Once the reader has gone (a closed pipe), nothing more
+/// is written and nothing fails: a command's work does not depend on
+/// whether anyone still reads its report. Any other failure (a full disk
+/// behind `> file`) is kept, and the command fails with it at its end.
 pub(crate) fn out(args: std::fmt::Arguments) {
     use std::io::Write;
     use std::sync::atomic::Ordering;
@@ -347,9 +356,21 @@ pub(crate) fn out(args: std::fmt::Arguments) {
         return;
     }
     let mut o = std::io::stdout().lock();
-    if o.write_fmt(args).and_then(|()| o.flush()).is_err() {
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.flush()) {
         STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let mut f = STDOUT_FAILED.lock().unwrap_or_else(|p| p.into_inner());
+            f.get_or_insert_with(|| format!("writing the output: {e}"));
+        }
     }
+}
+
+/// The output's failure other than a reader gone, if any.
+fn output_failed() -> Option<String> {
+    STDOUT_FAILED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
 }
 
 /// `s` with every control character but newline and tab escaped (`\u{1b}`).

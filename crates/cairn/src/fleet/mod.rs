@@ -232,15 +232,19 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
         }
         Target::Dir(d) => (d.clone(), Vec::new(), None, None),
         Target::Disk { disk, store } => {
+            // Locked before anything of it is read. A dry run changes no
+            // byte of the disk: read-only, under a reader's share of the
+            // lock.
+            use crate::boot::disk::{Access, DiskLock};
+            let access = if r.dry_run {
+                Access::Read
+            } else {
+                Access::Write
+            };
+            let lock = DiskLock::acquire(disk, access, crate::boot::disk::LOCK_WAIT)?;
             let part = crate::boot::disk::find_boot_partition(disk)?;
             let uuid = crate::boot::disk::fs_uuid(disk, &part)?;
-            // A dry run changes no byte of the disk: read-only, under a
-            // reader's share of the disk's lock.
-            let m = if r.dry_run {
-                crate::boot::disk::MountedBoot::mount_ro(disk, store)?
-            } else {
-                crate::boot::disk::MountedBoot::mount(disk, store)?
-            };
+            let m = crate::boot::disk::MountedBoot::mount_locked(lock, store)?;
             let root = m.dir.clone();
             mounted = Some(m);
             (root, Vec::new(), None, Some(uuid))

@@ -241,29 +241,43 @@ pub fn select(pkgs: &[Package], sel: &Selection) -> Result<Selected> {
 }
 
 /// `select` release by release: `family[i]` is the index into `families`
-/// of the release (`bookworm`, `trixie`) package `i` comes from. Each
-/// release gets the selection's `packages` and its own `suites` entry,
-/// resolved among its own packages only (a bookworm profile never gets
-/// trixie's versions); a release with nothing asked of it gets nothing.
+/// of the release (`bookworm`, `trixie`) package `i` comes from; `shared`
+/// marks the families of vendors' repositories (NodeSource's `nodistro`),
+/// which serve every release. Each release gets the selection's `packages`
+/// and its own `suites` entry, resolved among its own packages and the
+/// shared ones only (a bookworm profile never gets trixie's versions); a
+/// release with nothing asked of it gets nothing. With no release at all
+/// (a mirror of a vendor's repository alone) every family is one.
 pub fn select_families(
     pkgs: &[Package],
     family: &[usize],
     families: &[String],
+    shared: &[bool],
     sel: &Selection,
 ) -> Result<Selected> {
-    if sel.full || (sel.suites.is_empty() && families.len() <= 1) {
+    let mut releases: Vec<usize> = (0..families.len()).filter(|&f| !shared[f]).collect();
+    if releases.is_empty() {
+        releases = (0..families.len()).collect();
+    }
+    if sel.full || (sel.suites.is_empty() && releases.len() <= 1) {
         return select(pkgs, sel);
     }
     for f in sel.suites.keys() {
-        if !families.contains(f) {
+        if !releases.iter().any(|&r| families[r] == *f) {
             bail!(
                 "release {f} is not among the mirrored suites (releases: {})",
-                families.join(" ")
+                releases
+                    .iter()
+                    .map(|&r| families[r].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
             );
         }
     }
     let mut out = Selected::default();
-    for (fi, f) in families.iter().enumerate() {
+    let mut chosen = BTreeSet::new();
+    for &fi in &releases {
+        let f = &families[fi];
         let mut packages = sel.packages.clone();
         for p in sel.suites.get(f).into_iter().flatten() {
             if !packages.contains(p) {
@@ -273,7 +287,9 @@ pub fn select_families(
         if packages.is_empty() && sel.priorities.is_empty() {
             continue;
         }
-        let ix: Vec<usize> = (0..pkgs.len()).filter(|&i| family[i] == fi).collect();
+        let ix: Vec<usize> = (0..pkgs.len())
+            .filter(|&i| family[i] == fi || (shared[family[i]] && !releases.contains(&family[i])))
+            .collect();
         let sub: Vec<Package> = ix.iter().map(|&i| pkgs[i].clone()).collect();
         let one = Selection {
             packages,
@@ -281,10 +297,11 @@ pub fn select_families(
             ..sel.clone()
         };
         let got = select(&sub, &one).with_context(|| format!("release {f}"))?;
-        out.chosen.extend(got.chosen.into_iter().map(|j| ix[j]));
+        chosen.extend(got.chosen.into_iter().map(|j| ix[j]));
         out.unsatisfied
             .extend(got.unsatisfied.into_iter().map(|u| format!("{f}: {u}")));
     }
+    out.chosen = chosen.into_iter().collect();
     Ok(out)
 }
 
@@ -351,6 +368,7 @@ mod tests {
         ];
         let family = [0, 0, 1, 1, 1, 0, 1];
         let families = ["bookworm".to_string(), "trixie".to_string()];
+        let shared = [false, false];
         let sel = Selection {
             packages: vec!["less".into()],
             closure: true,
@@ -364,7 +382,7 @@ mod tests {
             .into(),
             ..Default::default()
         };
-        let s = select_families(&pkgs, &family, &families, &sel).unwrap();
+        let s = select_families(&pkgs, &family, &families, &shared, &sel).unwrap();
         let mut got = names(&pkgs, &s);
         got.sort();
         assert_eq!(
@@ -380,7 +398,7 @@ mod tests {
         };
         let e = format!(
             "{:#}",
-            select_families(&pkgs, &family, &families, &bad).unwrap_err()
+            select_families(&pkgs, &family, &families, &shared, &bad).unwrap_err()
         );
         assert!(e.contains("release bookworm") && e.contains("tool"), "{e}");
         // Nothing asked of a release: nothing of it.
@@ -389,8 +407,26 @@ mod tests {
             suites: [("trixie".to_string(), vec!["tool".to_string()])].into(),
             ..sel
         };
-        let s = select_families(&pkgs, &family, &families, &one).unwrap();
+        let s = select_families(&pkgs, &family, &families, &shared, &one).unwrap();
         assert_eq!(names(&pkgs, &s), ["tool=2"]);
+        // A vendor's repository serves every release.
+        let mut pkgs = pkgs;
+        pkgs.push(pkg("vendortool", "1", &[("Depends", "lib")]));
+        let family = [0, 0, 1, 1, 1, 0, 1, 2];
+        let families = [
+            "bookworm".to_string(),
+            "trixie".to_string(),
+            "nodistro".to_string(),
+        ];
+        let shared = [false, false, true];
+        let v = Selection {
+            packages: Vec::new(),
+            closure: false,
+            suites: [("bookworm".to_string(), vec!["vendortool".to_string()])].into(),
+            ..Default::default()
+        };
+        let s = select_families(&pkgs, &family, &families, &shared, &v).unwrap();
+        assert_eq!(names(&pkgs, &s), ["vendortool=1"]);
     }
 
     #[test]

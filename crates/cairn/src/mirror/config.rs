@@ -37,6 +37,21 @@ pub struct RepoSpec {
     pub translations: Vec<String>,
 }
 
+impl RepoSpec {
+    /// Whether this is Debian's own archive (or a mirror of it): its
+    /// keyring is Debian's archive keyring. Only those carry Debian's
+    /// releases by codename and its components; a vendor's repository
+    /// (Docker's `bookworm stable`, NodeSource's `nodistro`) does not.
+    pub fn is_debian_archive(&self) -> bool {
+        !self.keyring.is_empty()
+            && self.keyring.iter().all(|k| {
+                k.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("debian-archive-"))
+            })
+    }
+}
+
 /// Which packages' pool files to mirror. Indices are always mirrored whole
 /// and untouched, so the upstream signature stays valid for apt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -298,7 +313,7 @@ pub fn widen_host_repos(repos: &mut [RepoSpec], suite: &str, components: &[&str]
     let family = crate::profile::suite_family(suite);
     let own = host_release(repos);
     let own = own.as_deref();
-    for repo in repos.iter_mut() {
+    for repo in repos.iter_mut().filter(|r| r.is_debian_archive()) {
         let mut added = Vec::new();
         if !repo
             .suites
@@ -340,14 +355,19 @@ pub fn widen_host_repos(repos: &mut [RepoSpec], suite: &str, components: &[&str]
     }
 }
 
-/// The release the host's sources are for: their first plain suite (no
-/// `-updates`, no `/updates`), what the `default` profile is built for.
+/// The release the host's sources are for: the first plain suite (no
+/// `-updates`, no `/updates`) of Debian's archive among them (else of any),
+/// what the `default` profile is built for.
 pub fn host_release(repos: &[RepoSpec]) -> Option<String> {
-    repos
-        .iter()
-        .flat_map(|r| r.suites.iter())
-        .find(|s| !s.contains(['-', '/']))
-        .cloned()
+    let plain = |debian: bool| {
+        repos
+            .iter()
+            .filter(|r| !debian || r.is_debian_archive())
+            .flat_map(|r| r.suites.iter())
+            .find(|s| !s.contains(['-', '/']))
+            .cloned()
+    };
+    plain(true).or_else(|| plain(false))
 }
 
 /// Loads and validates a mirror config file.
@@ -681,27 +701,39 @@ Types: deb-src\nURIs: http://m.invalid/debian\nSuites: bookworm\nComponents: mai
             suites: suites.iter().map(|s| s.to_string()).collect(),
             components: vec!["main".into()],
             architectures: vec!["amd64".into()],
-            keyring: Vec::new(),
+            keyring: vec![PathBuf::from(if name.starts_with("debian") {
+                "/usr/share/keyrings/debian-archive-keyring.gpg"
+            } else {
+                "/usr/share/keyrings/vendor.gpg"
+            })],
             translations: vec!["en".into()],
         };
         let mut repos = vec![
+            repo("vendor-stable", &["stable"]),
             repo("debian", &["bookworm", "bookworm-updates"]),
             repo("debian-security", &["bookworm-security"]),
             repo("vendor", &["nodistro"]),
+            repo("docker", &["bookworm"]),
         ];
+        // Debian's release, not a vendor's `stable` listed first.
         assert_eq!(host_release(&repos).as_deref(), Some("bookworm"));
         widen_host_repos(&mut repos, "trixie", &["non-free-firmware"]);
         assert_eq!(
-            repos[0].suites,
+            repos[1].suites,
             ["bookworm", "bookworm-updates", "trixie", "trixie-updates"]
         );
-        assert_eq!(repos[1].suites, ["bookworm-security", "trixie-security"]);
-        assert_eq!(repos[0].components, ["main", "non-free-firmware"]);
-        assert_eq!(repos[2].suites, ["nodistro"]);
-        assert_eq!(repos[2].components, ["main"]);
+        assert_eq!(repos[2].suites, ["bookworm-security", "trixie-security"]);
+        assert_eq!(repos[1].components, ["main", "non-free-firmware"]);
+        // Vendors' repositories, whatever their suites are called: as they were.
+        for v in [0, 3, 4] {
+            assert_eq!(repos[v].components, ["main"], "{}", repos[v].name);
+        }
+        assert_eq!(repos[3].suites, ["nodistro"]);
+        assert_eq!(repos[4].suites, ["bookworm"]);
         // The host's own release: the component only, once.
         widen_host_repos(&mut repos, "bookworm", &["non-free-firmware"]);
-        assert_eq!(repos[0].suites.len(), 4);
-        assert_eq!(repos[0].components, ["main", "non-free-firmware"]);
+        assert_eq!(repos[1].suites.len(), 4);
+        assert_eq!(repos[1].components, ["main", "non-free-firmware"]);
+        assert_eq!(repos[4].components, ["main"]);
     }
 }

@@ -276,9 +276,11 @@ pub fn live_verify(root: &Path) -> Result<()> {
 /// image: Debian's microcode packages otherwise look at the build host
 /// (amd64-microcode puts nothing in unless the build host is AMD; intel-
 /// microcode only the build host's, unless initramfs-tools' MODULES=most).
-/// A shell script run with the tree as `$1`; with `$2` = `regenerate`,
-/// the initramfs is made again when it changed a setting. The settings
-/// stay in the image (upgrades keep them: apt runs with --force-confold).
+/// A shell script run inside the tree (chroot: a symlink in the tree never
+/// leads out of it), `$1` the root it writes below (empty inside the
+/// chroot; a directory in the unit test); with `$2` = `regenerate`, the
+/// initramfs is made again when it changed a setting. The settings stay in
+/// the image (upgrades keep them: apt runs with --force-confold).
 pub const MICROCODE_EVERYWHERE: &str = r##"set -e
 r="$1"; changed=
 set_in() {
@@ -294,7 +296,7 @@ set_in() {
 set_in amd64-microcode AMD64UCODE_INITRAMFS=early
 set_in intel-microcode IUCODE_TOOL_INITRAMFS=early IUCODE_TOOL_SCANCPUS=no
 if [ -n "$changed" ] && [ "$2" = regenerate ]; then
-    chroot "$r" update-initramfs -u -k all
+    update-initramfs -u -k all
 fi
 "##;
 

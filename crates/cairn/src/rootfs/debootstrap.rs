@@ -221,9 +221,9 @@ pub fn bootstrap(
     // cairn's squashfs check in the initramfs, which debootstrap built
     // without it; microcode for every CPU.
     super::customize::live_verify(rootfs)?;
-    Cmd::new("sh")
-        .args(["-c", super::customize::MICROCODE_EVERYWHERE, "sh"])
+    Cmd::new("chroot")
         .arg(rootfs)
+        .args(["sh", "-c", super::customize::MICROCODE_EVERYWHERE, "sh", ""])
         .run()
         .context("microcode settings")?;
     chroot(rootfs, epoch, &["update-initramfs", "-u", "-k", "all"])?;

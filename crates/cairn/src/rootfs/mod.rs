@@ -782,7 +782,7 @@ fn bootstrap(
     let microcode = work.join("microcode.sh");
     fs::write(&microcode, customize::MICROCODE_EVERYWHERE)?;
     hooks.push(format!(
-        "sh {} \"$1\" regenerate",
+        "chroot \"$1\" sh -s -- '' regenerate < {}",
         shell_quote(&microcode.display().to_string())
     ));
     for f in &profile.files {

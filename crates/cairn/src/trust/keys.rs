@@ -135,6 +135,9 @@ images every machine of yours will boot. Keep it on the build host, back it up o
 /// that needs a passphrase is refused here, with the reason, rather than
 /// failing at every signature later: cairn signs without anyone to ask.
 pub fn use_existing(store: &Path, gnupg_home: &Path, key: &str) -> Result<SigningKey> {
+    // Recorded as given: a relative home would later read as the store's.
+    let gnupg_home = &std::path::absolute(gnupg_home)
+        .with_context(|| format!("resolving {}", gnupg_home.display()))?;
     require(&[&GPG])?;
     let fprs = list_fingerprints(gnupg_home, Some(key))?;
     let fpr = match fprs.as_slice() {

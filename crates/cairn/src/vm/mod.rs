@@ -212,6 +212,18 @@ const KVM_PROBE: Duration = Duration::from_secs(20);
 
 pub fn run(spec: &VmSpec) -> Result<VmResult> {
     require(&[&QEMU])?;
+    // The machine writes its disk (boot counting, data): no cairn mounts
+    // it meanwhile, as no two cairns do.
+    let _lock = match &spec.media {
+        Some(m) if m.extension().is_none_or(|e| e != "iso") => {
+            Some(crate::boot::disk::DiskLock::acquire(
+                m,
+                crate::boot::disk::Access::Write,
+                crate::boot::disk::LOCK_WAIT,
+            )?)
+        }
+        _ => None,
+    };
     if spec.accel != Accel::Auto {
         return run_once(spec, spec.accel, None).map(|r| r.expect("no probe, no fallback"));
     }

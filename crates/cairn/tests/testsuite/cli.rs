@@ -464,4 +464,25 @@ fn a_closed_stdout_ends_the_output_not_the_command() {
             out.status
         );
     }
+    // Any other failure of the output (a full disk behind `> file`) fails
+    // the command, saying so.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--store")
+        .arg(&store)
+        .args(["publish", "--nginx-config", "127.0.0.1:8080"])
+        .env("CAIRN_CONFIG", crate::support::NO_CONFIG)
+        .stdin(Stdio::null())
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains("writing the output"),
+        "{}\n{err}",
+        out.status
+    );
 }

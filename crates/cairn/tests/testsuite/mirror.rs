@@ -437,13 +437,20 @@ fn an_archive_in_the_middle_of_a_push_is_mirrored_as_apt_reads_it() {
     f.server.fault("binary-amd64/Packages.gz", Fault::NotFound);
     let out = ok(f.sync(&["--full", "--json"]));
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let left = &r["repos"][0]["suites"][0]["left_out"];
-    assert_eq!(left.as_array().map(Vec::len), Some(1), "{r}");
-    assert_eq!(left[0]["path"], "dists/stable/main/binary-amd64/Release");
-    let why = left[0]["reason"].as_str().unwrap();
+    let left = r["repos"][0]["suites"][0]["left_out"].as_array().unwrap();
+    let why = |p: &str| {
+        left.iter()
+            .find(|l| l["path"] == format!("dists/stable/main/{p}"))
+            .unwrap_or_else(|| panic!("{p} not left out: {r}"))["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(left.len(), 1, "{r}");
+    let w = why("binary-amd64/Release");
     assert!(
-        why.contains("not the one the signed Release lists") && why.contains("never read"),
-        "{why}"
+        w.contains("not the one the signed Release lists") && w.contains("never read"),
+        "{w}"
     );
     // Never a wrong copy: the stale file is not published at all.
     let m = f.mirror();
@@ -503,6 +510,23 @@ fn an_archive_in_the_middle_of_a_push_is_mirrored_as_apt_reads_it() {
     }
     let o = f.sync(&["--full"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(f.published(), before);
+
+    // An index apt needs gone for good (the translations' only copy): the
+    // sync fails (an outage, exit 1), the published mirror unchanged —
+    // apt-get update fails without it.
+    f.server.clear_faults();
+    let i18n = f.repo.root.join("dists/stable/main/i18n/Translation-en.xz");
+    f.server
+        .fault(&sha256(&fs::read(&i18n).unwrap()), Fault::NotFound);
+    f.server.fault("i18n/Translation-en.xz", Fault::NotFound);
+    let o = f.sync(&["--full"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Translation-en"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(f.published(), before);
 }
 

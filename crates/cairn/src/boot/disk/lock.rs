@@ -31,29 +31,53 @@ pub const WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct DiskLock {
     file: File,
+    /// A loop device's backing file, locked with it.
+    _backing: Vec<File>,
     pub disk: PathBuf,
     pub access: Access,
 }
 
 impl DiskLock {
     /// Locks `disk` for `access`, waiting up to `wait` for another holder;
-    /// then refuses, naming the holder's pid when the kernel tells it.
+    /// then refuses, naming the holder's pid when the kernel tells it. The
+    /// disk is the path's own file or block device (never through a
+    /// symlink, never a FIFO someone planted), and still the path's when
+    /// the lock is taken (a disk file replaced meanwhile is locked anew);
+    /// a loop device's backing file is locked with it, so the file and a
+    /// loop device of it meet one lock.
     pub fn acquire(disk: &Path, access: Access, wait: Duration) -> Result<DiskLock> {
-        let file = File::open(disk).with_context(|| format!("opening {}", disk.display()))?;
         let t0 = Instant::now();
         let mut said = false;
         loop {
-            let r = match access {
-                Access::Read => file.try_lock_shared(),
-                Access::Write => file.try_lock(),
-            };
-            match r {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    let who = holder(&file).map_or(String::new(), |p| format!(" (pid {p})"));
+            let file = open_disk(disk)?;
+            let mut held = vec![];
+            if let Some(b) = loop_backing_file(disk) {
+                held.push(open_disk(&b)?);
+            }
+            held.push(file);
+            match lock_all(&held, access) {
+                Ok(true) => {
+                    // The lock is on what the path names now (a disk file
+                    // renamed over it while this waited: lock the new one).
+                    if same_file(&held[held.len() - 1], disk) {
+                        let file = held.pop().expect("the disk itself");
+                        return Ok(DiskLock {
+                            file,
+                            _backing: held,
+                            disk: disk.to_path_buf(),
+                            access,
+                        });
+                    }
+                    continue;
+                }
+                Ok(false) => {
+                    let who = held
+                        .iter()
+                        .find_map(holder)
+                        .map_or(String::new(), |p| format!(" (pid {p})"));
                     if t0.elapsed() >= wait {
                         bail!(
-                            "{} is in use by another cairn{who} for {}s: nothing was done; try again when it is finished",
+                            "{} is locked by another process{who} (another cairn writing it?) for {}s: nothing was done; try again when it is finished",
                             disk.display(),
                             wait.as_secs()
                         );
@@ -67,16 +91,9 @@ impl DiskLock {
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("locking {}", disk.display()));
-                }
+                Err(e) => return Err(e).with_context(|| format!("locking {}", disk.display())),
             }
         }
-        Ok(DiskLock {
-            file,
-            disk: disk.to_path_buf(),
-            access,
-        })
     }
 
     /// Whether the lock allows changing the disk.
@@ -88,6 +105,80 @@ impl DiskLock {
     pub fn file(&self) -> &File {
         &self.file
     }
+}
+
+/// `disk` opened to be locked: the path's own regular file or block
+/// device, opened without blocking and without following a symlink.
+fn open_disk(disk: &Path) -> Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(disk)
+        .with_context(|| {
+            format!(
+                "opening {} (a disk file or a block device, not a symlink)",
+                disk.display()
+            )
+        })?;
+    let t = f
+        .metadata()
+        .with_context(|| format!("reading {}", disk.display()))?
+        .file_type();
+    if !(t.is_file() || t.is_block_device()) {
+        bail!(
+            "{} is neither a disk file nor a block device: not a disk",
+            disk.display()
+        );
+    }
+    Ok(f)
+}
+
+/// Locks every file of `files` for `access`, or none: `Ok(false)` when one
+/// is held by someone else.
+fn lock_all(files: &[File], access: Access) -> std::io::Result<bool> {
+    for (i, f) in files.iter().enumerate() {
+        let r = match access {
+            Access::Read => f.try_lock_shared(),
+            Access::Write => f.try_lock(),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) => {
+                for g in &files[..i] {
+                    let _ = g.unlock();
+                }
+                return match e {
+                    std::fs::TryLockError::WouldBlock => Ok(false),
+                    std::fs::TryLockError::Error(e) => Err(e),
+                };
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `path` still names the file `f` is open on.
+fn same_file(f: &File, path: &Path) -> bool {
+    match (f.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The file a loop block device reads from, when `disk` is one.
+fn loop_backing_file(disk: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let m = std::fs::symlink_metadata(disk).ok()?;
+    if !m.file_type().is_block_device() {
+        return None;
+    }
+    let name = disk.file_name()?.to_str()?;
+    let b = std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
+    let b = PathBuf::from(b.trim());
+    std::fs::symlink_metadata(&b)
+        .is_ok_and(|m| m.is_file())
+        .then_some(b)
 }
 
 /// The pid holding a flock on `file`, from /proc/locks.
@@ -143,15 +234,73 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("link.img is in use by another cairn") && e.contains("nothing was done"),
+            e.contains("link.img: not a disk") || e.contains("not a symlink"),
+            "{e}"
+        );
+        let other = d.path().join("other-name.img");
+        std::fs::hard_link(&disk, &other).unwrap();
+        let e = DiskLock::acquire(&other, Access::Write, Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("other-name.img is locked by another process")
+                && e.contains("nothing was done"),
             "{e}"
         );
         let dotted = d.path().join(".").join("disk.img");
         assert!(DiskLock::acquire(&dotted, Access::Read, Duration::ZERO).is_err());
         drop(w);
-        let r1 = DiskLock::acquire(&link, Access::Read, Duration::ZERO).unwrap();
+        let r1 = DiskLock::acquire(&other, Access::Read, Duration::ZERO).unwrap();
         let _r2 = DiskLock::acquire(&disk, Access::Read, Duration::ZERO).unwrap();
         assert!(!r1.writable());
         assert!(DiskLock::acquire(&disk, Access::Write, Duration::from_millis(300)).is_err());
+        drop(r1);
+        drop(_r2);
+        // A FIFO planted where a disk file is expected: refused, not waited on.
+        let fifo = d.path().join("fifo.img");
+        let st = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let e = DiskLock::acquire(&fifo, Access::Write, Duration::ZERO)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a disk"), "{e}");
+    }
+
+    /// A disk file replaced while a command waited for its lock (`disk
+    /// create` renames the new disk over the old one): the waiter locks
+    /// the file the path names now, not the old one.
+    #[test]
+    fn a_disk_replaced_while_waiting_is_locked_anew() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk.img");
+        std::fs::write(&disk, b"old").unwrap();
+        let old = DiskLock::acquire(&disk, Access::Write, WAIT).unwrap();
+        let new = d.path().join(".disk.img.new");
+        std::fs::write(&new, b"new").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = disk.clone();
+        let waiter = std::thread::spawn(move || {
+            let l = DiskLock::acquire(&path, Access::Write, WAIT).unwrap();
+            tx.send(()).unwrap();
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut l.file(), &mut s).unwrap();
+            s
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::rename(&new, &disk).unwrap();
+        // The new file is locked by whoever made it, too, before the old
+        // one's holder lets go.
+        let maker = DiskLock::acquire(&disk, Access::Write, Duration::ZERO).unwrap();
+        drop(old);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            rx.try_recv().is_err(),
+            "the waiter took the old file's lock"
+        );
+        drop(maker);
+        assert_eq!(waiter.join().unwrap(), "new");
     }
 }

@@ -31,7 +31,7 @@ use crate::trust::keys;
 
 pub use config::{DiskConfig, MAX_TIMEOUT, MAX_TRIES};
 pub use layout::{Layout, Part, find_boot_partition, fs_uuid, plan};
-pub use lock::{Access, DiskLock};
+pub use lock::{Access, DiskLock, WAIT as LOCK_WAIT};
 pub use mount::MountedBoot;
 
 use device::confirm_device;
@@ -141,7 +141,6 @@ pub fn create(
     }
 
     // The boot partition's tree, staged next to the images (hard links).
-    remove_stale_work(store)?;
     let staging = store.join(format!(".disk-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(staging.clone());
     let _ = fs::remove_dir_all(&staging);
@@ -221,6 +220,7 @@ pub fn create(
     } else {
         None
     };
+    remove_stale_work(store)?;
     let m = write_menu(&staging, &key, &menu_opts, None, scanned)?;
     let cfg = DiskConfig {
         menu: menu_opts,
@@ -429,17 +429,20 @@ pub fn install(
 ) -> Result<menu::Menu> {
     require_tools()?;
     let key = keys::load(store)?;
+    // Locked before anything of it is read.
+    let access = if dry_run { Access::Read } else { Access::Write };
+    let lock = DiskLock::acquire(disk, access, lock::WAIT)?;
     let bios = find_partition(disk, "BIOS boot")?;
     let esp = find_partition(disk, "EFI system")?;
     let boot = find_boot_partition(disk)?;
     if dry_run {
-        let mnt = MountedBoot::mount_ro(disk, store)?;
+        let mnt = MountedBoot::mount_locked(lock, store)?;
         return scan::preview(&key, &mnt.dir, |_, scanned| refuse_left_out(&key, scanned));
     }
     // Built into GRUB: read from the file system itself, never from a file
     // on the partition (anyone who can write it could put GRUB commands in).
     let boot_uuid = fs_uuid(disk, &boot)?;
-    let mnt = MountedBoot::mount(disk, store)?;
+    let mnt = MountedBoot::mount_locked(lock, store)?;
     let work = store.join(format!(".grub-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(work.clone());
     let mut grub = None;
@@ -486,8 +489,12 @@ fn refuse_left_out(key: &keys::SigningKey, scanned: &scan::Scanned) -> Result<()
 }
 
 /// Removes what a killed cairn left in the store while it made a disk or
-/// wrote one (`.disk-PID`, its `.grub`, `.grub-PID`, `.mnt-PID`, unmounted
-/// first): the process is gone, its work is not needed.
+/// wrote one (`.disk-PID`, its `.grub`, `.grub-PID`, `.mnt-PID`): the
+/// process is gone, its work is not needed. Run by commands that write a
+/// disk, never by a dry run. A symlink by such a name is removed, never
+/// followed; a mount point is unmounted first and, if it stays mounted (a
+/// shell still in it), refused — never emptied; a mount point is only ever
+/// removed empty.
 pub fn remove_stale_work(store: &Path) -> Result<()> {
     let Ok(rd) = fs::read_dir(store) else {
         return Ok(());
@@ -506,23 +513,45 @@ pub fn remove_stale_work(store: &Path) -> Result<()> {
             continue;
         }
         let p = e.path();
-        if name.starts_with(".mnt-") {
-            let _ = Cmd::new("umount").arg(&p).output_any_status();
-        }
-        crate::rootfs::unmount_below(&p)?;
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-            fs::remove_dir_all(&p)
-        } else {
+        let m = fs::symlink_metadata(&p)?;
+        if !m.is_dir() {
             fs::remove_file(&p)
+                .with_context(|| format!("removing {}, left by a killed cairn", p.display()))?;
+            continue;
         }
-        .with_context(|| {
-            format!(
-                "removing {}, left by a killed cairn (pid {pid})",
-                p.display()
-            )
-        })?;
+        let stale = || format!("{}, left by a killed cairn (pid {pid})", p.display());
+        if is_mount_point(&p)? {
+            let _ = Cmd::new("umount").arg(&p).output_any_status();
+            if is_mount_point(&p)? {
+                bail!(
+                    "{} is still mounted (in use?): unmount it by hand; nothing was done",
+                    stale()
+                );
+            }
+        }
+        if name.starts_with(".mnt-") {
+            fs::remove_dir(&p).with_context(|| format!("removing {} (not empty)", stale()))?;
+        } else {
+            crate::rootfs::unmount_below(&p)?;
+            fs::remove_dir_all(&p).with_context(|| format!("removing {}", stale()))?;
+        }
     }
     Ok(())
+}
+
+/// Whether `dir` is a mount point now (the mount table unreadable is an
+/// error: nothing is removed then).
+fn is_mount_point(dir: &Path) -> Result<bool> {
+    let canon = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let info = fs::read_to_string("/proc/self/mountinfo").with_context(|| {
+        format!(
+            "reading /proc/self/mountinfo: cannot tell whether {} is mounted, so it is left alone",
+            dir.display()
+        )
+    })?;
+    Ok(crate::rootfs::mount_points(&info).contains(&canon))
 }
 
 struct RemoveOnDrop(PathBuf);

@@ -66,7 +66,9 @@ impl MountedBoot {
             bail!("{} is in use: {why}; nothing was done", disk.display());
         }
         let p = find_boot_partition(disk)?;
-        super::remove_stale_work(store)?;
+        if !ro {
+            super::remove_stale_work(store)?;
+        }
         let dir = store.join(format!(".mnt-{}", std::process::id()));
         fs::create_dir_all(&dir)?;
         Cmd::new("mount")

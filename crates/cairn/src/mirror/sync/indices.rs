@@ -28,6 +28,9 @@ pub(super) struct Indices {
     /// The release each package comes from, as an index into `families`.
     pub family: Vec<usize>,
     pub families: Vec<String>,
+    /// Per family: only vendors' repositories carry it (it serves every
+    /// release: `closure::select_families`).
+    pub shared: Vec<bool>,
 }
 
 /// The indices of every suite of `repos` into `<generation>.tmp`.
@@ -43,6 +46,7 @@ pub(super) fn fetch_all(
         origin: Vec::new(),
         family: Vec::new(),
         families: Vec::new(),
+        shared: Vec::new(),
     };
     for (ri, repo) in repos.iter().enumerate() {
         let gen_tmp = repo.paths.generations().join(format!("{generation}.tmp"));
@@ -56,9 +60,11 @@ pub(super) fn fetch_all(
                 Some(i) => i,
                 None => {
                     out.families.push(f);
+                    out.shared.push(true);
                     out.families.len() - 1
                 }
             };
+            out.shared[fi] &= !repo.spec.is_debian_archive();
             for p in got.packages {
                 out.packages.push(p);
                 out.origin.push(ri);
@@ -263,8 +269,19 @@ fn fetch_indices(
                 .with_context(|| format!("decompressing {src}"))
         },
     );
-    for r in dres {
-        r?;
+    for (p, r) in derived.iter().zip(dres) {
+        if let Err(e) = r {
+            // No copy came to make it from: what no client needs is left
+            // out, as its compressed copies were.
+            let Some(why) = unneeded(p, &ok) else {
+                return Err(e);
+            };
+            tracing::warn!("{}: {p} left out of the mirror ({e:#}): {why}", rel.suite);
+            left_out.push(LeftOut {
+                path: format!("dists/{}/{p}", rel.suite),
+                reason: format!("no copy of it could be fetched; {why}"),
+            });
+        }
     }
     // Parse the Packages of the selected architectures.
     let mut pkgs = Vec::new();
@@ -296,19 +313,17 @@ pub(super) struct SuiteIndices {
 }
 
 /// Why the mirror can do without index `p` of a suite (`ok`: the ones it
-/// has), or `None` when a client needs it. apt and debootstrap read a
-/// binary directory's Packages in one compression of those listed, trying
-/// the next when one fails; neither reads the directory's own `Release`;
-/// apt goes on without translated descriptions.
+/// has), or `None` when a client needs it. apt and debootstrap read an
+/// index (Packages, a Translation) in one compression of those listed,
+/// trying the next when one fails; neither reads a binary directory's own
+/// `Release`. (A Translation that no copy of serves fails `apt-get
+/// update`: needed.)
 fn unneeded(p: &str, ok: &BTreeSet<&str>) -> Option<String> {
     if p.contains("/binary-") && p.ends_with("/Release") {
         return Some("apt and debootstrap never read it".into());
     }
-    if p.contains("/i18n/Translation-") {
-        return Some("apt goes on without these translated descriptions".into());
-    }
     let (base, comp) = strip_compression(p);
-    if comp.is_some() && base.ends_with("/Packages") {
+    if comp.is_some() {
         let other = COMPRESSIONS
             .iter()
             .map(|c| format!("{base}{c}"))

@@ -155,7 +155,13 @@ pub fn sync(cfg: &MirrorConfig, opts: &SyncOptions) -> Result<SyncReport> {
     );
 
     // 4. The pool files to have.
-    let chosen = select_families(&ix.packages, &ix.family, &ix.families, &cfg.selection)?;
+    let chosen = select_families(
+        &ix.packages,
+        &ix.family,
+        &ix.families,
+        &ix.shared,
+        &cfg.selection,
+    )?;
     let wanted = pool::wanted(&repos, &ix.packages, &ix.origin, &chosen.chosen)?;
     drop(ix.packages);
 
