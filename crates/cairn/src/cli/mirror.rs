@@ -106,7 +106,9 @@ pub(super) fn run_snapshot(cli: &Cli, c: &SnapshotCommand) -> Result<i32> {
             })?;
         }
         SnapshotCommand::Delete { name, force } => {
-            let s = snapshot::delete(&cli.store, name, *force)?;
+            let s = snapshot::delete(&cli.store, name, *force, || {
+                crate::image::built_from_snapshot(&cli.store, name)
+            })?;
             #[derive(serde::Serialize)]
             struct Deleted<'a> {
                 deleted: &'a str,
@@ -383,8 +385,10 @@ fn sync_config(cli: &Cli, a: &SyncArgs) -> Result<MirrorConfig> {
         components: &a.component,
         architectures: &a.arch,
         keyring: &a.keyring,
-        profiles: &profiles,
-        host_types: &a.host_type,
+        needs: &profiles
+            .iter()
+            .map(|p| p.mirror_needs(&a.host_type))
+            .collect::<Vec<_>>(),
         packages: &a.package,
         priorities: &a.priority,
         full: a.full,

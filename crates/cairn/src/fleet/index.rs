@@ -202,7 +202,7 @@ pub struct Seen {
 /// Returns the index and what to remember of it.
 macro_rules! refuse {
     ($($t:tt)*) => {
-        return Err(crate::trust::VerificationFailed(format!($($t)*)).into())
+        return Err(crate::trust::VerificationFailed::new(format!($($t)*)).into())
     };
 }
 

@@ -214,13 +214,13 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
     let mut mounted = None;
     let (root, booted_dir, running_version, default_id) = match &r.target {
         Target::Running => {
-            let (p, v) = crate::live::booted()?;
+            let id = crate::live::booted()?;
             medium = Some(crate::live::BootMedium::find()?);
             let root = medium.as_ref().map(|m| m.root.clone()).unwrap_or_default();
-            let running = (p == profile).then(|| v.clone());
+            let running = (id.profile() == profile).then(|| id.version().to_string());
             // The directory booted from (live-media-path=) and the one its
             // name says: neither is removed to make room.
-            let mut booted = vec![format!("/images/{p}/{v}")];
+            let mut booted = vec![id.dir()];
             let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
             booted.extend(
                 cmdline

@@ -5,6 +5,7 @@
 //! their own.
 
 pub mod iso;
+pub mod paths;
 pub mod rebuild;
 pub mod seal;
 pub mod squashfs;
@@ -18,9 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-pub use seal::{
-    boot_args, boot_cfg, boot_cfg_args, prepare_boot, refused_kernel_arg, seal, seal_sums,
-};
+pub use seal::{boot_args, boot_cfg, boot_cfg_args, prepare_boot, seal, seal_sums};
 pub use verify::{VerifyImage, verify, verify_with};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -106,6 +105,19 @@ pub struct BuildSource {
 
 pub fn images_dir(store: &Path) -> PathBuf {
     store.join("images")
+}
+
+/// Images in the store whose manifest says they were built from mirror
+/// snapshot `name` (`PROFILE/VERSION`).
+pub fn built_from_snapshot(store: &Path, name: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in list(store)? {
+        let m = read_manifest(&e.path)?;
+        if m.source.as_ref().and_then(|s| s.snapshot.as_deref()) == Some(name) {
+            out.push(format!("{}/{}", e.profile, e.version));
+        }
+    }
+    Ok(out)
 }
 
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {

@@ -93,7 +93,7 @@ pub fn rebuild(
     // Only a signed image is rebuilt: its manifest chooses the inputs.
     let v = super::verify(dir, &opts.public_key)?;
     if !v.ok {
-        return Err(anyhow::Error::new(crate::trust::VerificationFailed(format!(
+        return Err(anyhow::Error::new(crate::trust::VerificationFailed::new(format!(
             "{}: {}",
             dir.display(),
             v.problems.join("; ")

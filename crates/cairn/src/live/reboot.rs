@@ -1,6 +1,7 @@
 //! `cairn reboot [--kexec]`: into a chosen image of the boot disk, checked as
 //! cairn's menu checks it, loaded from checked copies in RAM.
 
+use crate::boot::model::{BootCounter, GRUBENV, var};
 use fs_err as fs;
 use std::path::Path;
 
@@ -77,7 +78,7 @@ pub struct RebootOptions<'a> {
 
 /// `cairn reboot [--kexec] [IMAGE]`.
 pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
-    let (profile, _) = booted()?;
+    let profile = booted()?.profile().to_string();
     let key = public_key(o.key, o.store)?;
     let uuid = boot_uuid()?;
     let medium = BootMedium::find()?;
@@ -121,7 +122,7 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
             Ok(()) => {
                 // GRUB counts a boot of the entry on trial as it loads it;
                 // kexec passes GRUB by, so the try is counted here.
-                let envp = medium.root.join("boot/grub/grubenv");
+                let envp = medium.root.join(GRUBENV);
                 if envp.is_file() && !o.dry_run {
                     let counted = super::medium::lock_root(&medium.root)
                         .and_then(|_lock| medium.writable(|| count_try(&envp, &entry)));
@@ -142,11 +143,11 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
     }
     if plan.method == "reboot" {
         // GRUB's one-shot next_entry picks the image on the next boot.
-        let envp = medium.root.join("boot/grub/grubenv");
+        let envp = medium.root.join(GRUBENV);
         if envp.is_file() && !o.dry_run {
             medium.writable(|| {
                 let mut vars = env::parse(&fs::read(&envp)?)?;
-                env::update(&mut vars, &[("next_entry", &entry)]);
+                env::update(&mut vars, &[(var::NEXT, &entry)]);
                 env::save(&envp, &vars)
             })?;
         }
@@ -173,23 +174,18 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
 /// boot it either).
 fn count_try(envp: &Path, entry: &str) -> Result<()> {
     let mut vars = env::parse(&fs::read(envp)?)?;
-    let get = |k: &str| {
-        vars.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    if get("cairn_trial") != entry || get("cairn_good") == entry {
+    let c = BootCounter::from_vars(&vars);
+    if c.trial.as_deref() != Some(entry) || c.good.as_deref() == Some(entry) {
         return Ok(());
     }
-    let left: u32 = get("cairn_left").parse().unwrap_or(0);
+    let left = c.left.unwrap_or(0);
     if left == 0 {
         bail!(
             "{entry} is on trial with no boot tries left: GRUB boots the last good image instead"
         );
     }
     let l = (left - 1).to_string();
-    env::update(&mut vars, &[("cairn_left", &l)]);
+    env::update(&mut vars, &[(var::LEFT, &l)]);
     env::save(envp, &vars)
 }
 

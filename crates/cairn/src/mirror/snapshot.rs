@@ -113,7 +113,7 @@ pub fn releases_now(mirrors: &[(MirrorPaths, MirrorState)]) -> Result<Releases> 
                 .with_context(|| format!("{}: no InRelease or Release", dir.display()))?;
             let (_, hash) = crate::trust::hash::sha256_file(&file)?;
             if hash != rec.release_sha256 {
-                return Err(anyhow::Error::new(crate::trust::VerificationFailed(format!(
+                return Err(anyhow::Error::new(crate::trust::VerificationFailed::new(format!(
                     "{}: SHA-256 {hash}, but the mirror verified {}",
                     file.display(),
                     rec.release_sha256
@@ -417,23 +417,16 @@ fn link_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Images in the store whose manifest says they were built from `name`.
-pub fn images_built_from(store: &Path, name: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for e in crate::image::list(store)? {
-        let m = crate::image::read_manifest(&e.path)?;
-        if m.source.as_ref().and_then(|s| s.snapshot.as_deref()) == Some(name) {
-            out.push(format!("{}/{}", e.profile, e.version));
-        }
-    }
-    Ok(out)
-}
-
 /// Removes snapshot `name`. Pool files the live mirror (or another
 /// snapshot) still links stay; the others go with it. Refused while images
-/// in the store record it as their input (their `image rebuild --check`
-/// needs it) unless `force`.
-pub fn delete(store: &Path, name: &str, force: bool) -> Result<Snapshot> {
+/// in the store record it as their input (`users`, asked under the
+/// snapshot's lock: their `image rebuild --check` needs it) unless `force`.
+pub fn delete(
+    store: &Path,
+    name: &str,
+    force: bool,
+    users: impl FnOnce() -> Result<Vec<String>>,
+) -> Result<Snapshot> {
     let snap = open(store, name)?;
     let lock = lock_file(store, name)?;
     match lock.try_lock() {
@@ -445,7 +438,7 @@ pub fn delete(store: &Path, name: &str, force: bool) -> Result<Snapshot> {
             return Err(e).with_context(|| format!("locking snapshot {name}"));
         }
     }
-    let users = images_built_from(store, name)?;
+    let users = users()?;
     if !users.is_empty() && !force {
         bail!(
             "snapshot {name} is the recorded input of {} image(s) ({}): `cairn image rebuild --check` needs it; pass --force to delete it anyway",

@@ -343,7 +343,7 @@ fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> R
             .iter()
             .map(|p| format!("{}: {}", p.path, p.detail))
             .collect();
-        return Err(crate::trust::VerificationFailed(format!(
+        return Err(crate::trust::VerificationFailed::new(format!(
             "the published Release of mirror {} does not verify ({}): run `cairn mirror sync` to publish a fresh one",
             paths.name,
             what.join("; ")

@@ -12,12 +12,13 @@ mod packages;
 mod raw;
 mod validate;
 
-pub use fleet::{Fleet, Health, Policy, RawFleet, in_window, parse_window};
+pub use fleet::{Fleet, FleetFile, Health, Policy, RawFleet, in_window, parse_window};
 pub use packages::BUILDER_PACKAGES;
 
 use crate::cmd::Cmd;
 use crate::trust::hash::sha256_hex;
 use raw::{Unvalidated, load_chain};
+pub use validate::refused_kernel_arg;
 use validate::validate;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -173,11 +174,7 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
-/// The family a suite belongs to: its codename, without `-updates`,
-/// `-security`, `-backports` or `/updates` (`trixie-security` → `trixie`).
-pub fn suite_family(suite: &str) -> &str {
-    suite.split(['-', '/']).next().unwrap_or(suite)
-}
+pub use crate::mirror::config::suite_family;
 
 /// Loads a profile file, following `extends` (relative to the file).
 pub fn load(path: &Path) -> Result<Profile> {

@@ -9,19 +9,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+pub use super::chroot::{inside, inside_link};
+use crate::image::paths::{
+    CAIRN_BIN, DATA_GENERATOR, FLEET_FILE, HEALTH_ENV, HEALTH_SCRIPT, IMAGE_ENV, PULL_SERVICE,
+    PULL_TIMER, RUN_IMAGE_ENV, SIGNING_KEY,
+};
 use crate::profile::{DataPath, Profile};
-
-/// An absolute in-tree path as a host path, resolved inside the tree as a
-/// chroot would (symlinks in the tree never lead out of it).
-pub fn inside(root: &Path, abs: &str) -> Result<std::path::PathBuf> {
-    crate::fsutil::resolve_in_root(root, abs, true)
-}
-
-/// As `inside`, but a symlink at the end is the path itself (to remove or
-/// replace the link, not what it points to).
-pub fn inside_link(root: &Path, abs: &str) -> Result<std::path::PathBuf> {
-    crate::fsutil::resolve_in_root(root, abs, false)
-}
 
 /// Writes `data` at `abs` in the tree with `mode`, unless the file already
 /// holds exactly that (so an upgrade's delta carries nothing for it).
@@ -170,9 +163,6 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
     Ok(())
 }
 
-/// Where the image carries the data partitions' generator.
-pub const DATA_GENERATOR: &str = "/usr/lib/systemd/system-generators/cairn-data-mounts";
-
 /// The systemd generator that mounts the data partitions present at boot
 /// (labels are simple names: the profile checks them).
 fn mounts_generator(labels: &[&str]) -> String {
@@ -253,10 +243,10 @@ pub fn boot_marker(root: &Path) -> Result<()> {
         symlink(format!("/usr/lib/systemd/system/{unit}"), &link)?;
     }
     // An image of an older cairn had the file itself.
-    let env = inside_link(root, "/etc/cairn/image.env")?;
+    let env = inside_link(root, IMAGE_ENV)?;
     fs::create_dir_all(env.parent().unwrap_or(root))?;
     let _ = fs::remove_file(&env);
-    symlink("/run/cairn/image.env", &env)?;
+    symlink(RUN_IMAGE_ENV, &env)?;
     Ok(())
 }
 
@@ -327,15 +317,9 @@ pub fn live_verify_differs(root: &Path) -> Result<bool> {
     Ok(false)
 }
 
-/// Where an image with `cairn = true` carries cairn: its Debian package's
-/// binary (dpkg knows it).
-pub const CAIRN_IN_IMAGE: &str = "/usr/bin/cairn";
 /// Where images made by cairn before it was packaged carried a loose copy;
 /// removed when the package goes in (it would come first on PATH).
 const LOOSE_CAIRN: &str = "/usr/local/bin/cairn";
-/// The public key that signed the image, for cairn on the running system
-/// (`apply-live`, `reboot --kexec` verify images with it).
-pub const KEY_IN_IMAGE: &str = "/etc/cairn/signing.pub";
 /// The environment variable naming the cairn package for images; it wins
 /// over the store's `packages/` directory.
 pub const PACKAGE_ENV: &str = "CAIRN_PACKAGE";
@@ -430,7 +414,7 @@ pub fn cairn_tools(
     epoch: i64,
 ) -> Result<()> {
     let key = fs::read(public_key).with_context(|| format!("reading {}", public_key.display()))?;
-    write(root, KEY_IN_IMAGE, &key, 0o644)?;
+    write(root, SIGNING_KEY, &key, 0o644)?;
     let Some(package) = package.filter(|_| p.cairn) else {
         if installed_cairn(root)?.is_some() {
             in_chroot(root, epoch, &["dpkg", "--purge", "cairn"])?;
@@ -517,7 +501,7 @@ fn package_differs(root: &Path, package: &CairnPackage) -> Result<bool> {
 /// services kept from starting: a policy-rc.d that says no, unless the
 /// tree has its own.
 fn in_chroot(root: &Path, epoch: i64, args: &[&str]) -> Result<()> {
-    let _mounts = super::debootstrap::ChrootMounts::mount(root, &[])?;
+    let _mounts = super::chroot::ChrootMounts::mount(root, &[])?;
     let policy = inside(root, "/usr/sbin/policy-rc.d")?;
     let ours = fs::symlink_metadata(&policy).is_err();
     if ours {
@@ -528,19 +512,13 @@ fn in_chroot(root: &Path, epoch: i64, args: &[&str]) -> Result<()> {
             0o755,
         )?;
     }
-    let r = super::debootstrap::chroot(root, epoch, args);
+    let r = super::chroot::chroot(root, epoch, args);
     if ours {
         let _ = fs::remove_file(&policy);
     }
     r
 }
 
-/// The pull timer's unit, and the service it starts.
-pub const PULL_TIMER: &str = "/usr/lib/systemd/system/cairn-pull.timer";
-pub const PULL_SERVICE: &str = "/usr/lib/systemd/system/cairn-pull.service";
-/// The profile's `[health]` command, and its time limit.
-pub const HEALTH_SCRIPT: &str = "/etc/cairn/health";
-pub const HEALTH_ENV: &str = "/etc/cairn/health.env";
 const NETWORK_FILE: &str = "/etc/systemd/network/80-cairn-dhcp.network";
 const FLEET_SOURCES: &str = "/etc/apt/sources.list.d/cairn.sources";
 /// Links that enable a unit: (link in the tree, target).
@@ -613,7 +591,7 @@ pub fn fleet(
             remove_in_tree(root, link)?;
         }
         for f in [
-            crate::fleet::machine::FLEET_FILE,
+            FLEET_FILE,
             PULL_TIMER,
             PULL_SERVICE,
             NETWORK_FILE,
@@ -623,13 +601,13 @@ pub fn fleet(
         }
         return Ok(());
     };
-    let file = crate::fleet::machine::FleetFile {
+    let file = crate::profile::FleetFile {
         profile: p.name.clone(),
         fleet: f.clone(),
     };
     write(
         root,
-        crate::fleet::machine::FLEET_FILE,
+        FLEET_FILE,
         format!(
             "# cairn: the profile's [fleet] settings (/etc/cairn/cairn.toml may override them)\n{}",
             toml::to_string(&file)?
@@ -651,7 +629,7 @@ pub fn fleet(
              TimeoutStartSec=4h\n\
              ExecStartPre=-/lib/systemd/systemd-networkd-wait-online --any --timeout=60\n\
              ExecStart={} pull\nStandardOutput=journal+console\nStandardError=journal+console\n",
-            CAIRN_IN_IMAGE
+            CAIRN_BIN
         ),
         0o644,
     )?;

@@ -4,6 +4,7 @@
 //! kernel and initrd beside it, manifest, sums, signatures, optional ISO —
 //! built in a work directory and moved into the store only when complete.
 
+pub mod chroot;
 pub mod customize;
 pub mod debootstrap;
 
@@ -132,7 +133,7 @@ impl Inputs {
             }
             snapshot_changes = snapshot::release_changes(&wanted, &releases);
             if !snapshot_changes.is_empty() && strictness == Strictness::Refuse {
-                return Err(anyhow::Error::new(crate::trust::VerificationFailed(
+                return Err(anyhow::Error::new(crate::trust::VerificationFailed::new(
                     snapshot_changes.join("; "),
                 )))
                 .context(format!(

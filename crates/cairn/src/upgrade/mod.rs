@@ -20,8 +20,8 @@ use crate::cmd::{Cmd, require};
 use crate::image::{self, Manifest, SQUASHFS, squashfs};
 use crate::parallel;
 use crate::profile::{HostType, Profile};
+use crate::rootfs::chroot::{ChrootMounts, apt, apt_sources, chroot, mount_at};
 use crate::rootfs::customize::{self, inside};
-use crate::rootfs::debootstrap::{ChrootMounts, apt, apt_sources, chroot, mount_at};
 use crate::rootfs::{
     WorkDir, find_kernel, host_name, installed_packages, lock_profile, next_version,
     preflight_mirror, seal_and_publish,

@@ -130,7 +130,7 @@ pub fn create(
     }
     for iso in &opts.isos {
         if let Some(p) = iso_problem(iso, &key) {
-            return Err(crate::trust::VerificationFailed(format!(
+            return Err(crate::trust::VerificationFailed::new(format!(
                 "{}: only ISOs signed with key {} can go on this disk (its signature {}: {p})",
                 iso.display(),
                 key.fingerprint,
@@ -475,7 +475,7 @@ fn refuse_left_out(key: &keys::SigningKey, scanned: &scan::Scanned) -> Result<()
     if scanned.left_out.is_empty() {
         return Ok(());
     }
-    Err(crate::trust::VerificationFailed(format!(
+    Err(crate::trust::VerificationFailed::new(format!(
         "these do not verify with key {} (remove them, or re-seal the store's copy with `cairn image sign` and `cairn disk add` it again):\n  {}",
         key.fingerprint,
         scanned

@@ -55,7 +55,7 @@ pub(super) fn fetch_all(
         for rel in &repo.releases {
             let got = fetch_indices(repo, rel, &gen_tmp, opts, counter)
                 .with_context(|| format!("mirror {}: indices of {}", repo.spec.name, rel.suite))?;
-            let f = crate::profile::suite_family(&rel.suite).to_string();
+            let f = crate::mirror::config::suite_family(&rel.suite).to_string();
             let fi = match out.families.iter().position(|x| *x == f) {
                 Some(i) => i,
                 None => {
@@ -475,7 +475,7 @@ pub(crate) fn decompress_verified(src: &Path, dest: &Path, expect: &Expect) -> R
     let got = hex(&h.finalize());
     if n != expect.size || got != expect.sha256 {
         let _ = fs::remove_file(&tmp);
-        return Err(crate::trust::VerificationFailed(format!(
+        return Err(crate::trust::VerificationFailed::new(format!(
             "decompressed {} does not match Release: {n} bytes, sha256 {got}",
             dest.display()
         ))
