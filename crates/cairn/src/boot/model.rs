@@ -107,6 +107,21 @@ impl ImageId {
     }
 }
 
+/// Written and read as `PROFILE/VERSION` (a manifest's parent), checked
+/// when read.
+impl serde::Serialize for ImageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ImageId, D::Error> {
+        let s = String::deserialize(d)?;
+        ImageId::parse(&s).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+    }
+}
+
 impl std::fmt::Display for ImageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.profile, self.version)

@@ -150,11 +150,11 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
                         e.profile,
                         e.version,
                         human_bytes(e.size),
-                        e.compression.as_deref().unwrap_or("?"),
+                        e.compression.map_or("?", |c| c.name()),
                         e.packages,
                         if e.iso { "  iso" } else { "" },
                         e.parent
-                            .as_deref()
+                            .as_ref()
                             .map(|p| format!("  parent {p}"))
                             .unwrap_or_default()
                     );

@@ -143,7 +143,7 @@ pub fn publish(store: &Path, key: &SigningKey, profile: &str, o: &PublishOptions
             .unwrap_or(FULL_ROLLOUT);
         versions.push(IndexVersion {
             version: m.version.clone(),
-            parent: m.parent.clone(),
+            parent: m.parent.as_ref().map(ToString::to_string),
             built_at: m.built_at,
             kernel: m.kernel.clone(),
             layers: m.layers.clone(),

@@ -62,13 +62,15 @@ pub struct Manifest {
     pub version: String,
     pub suite: String,
     pub architecture: String,
-    pub host_type: String,
+    /// `physical` or `virtual`: what its kernel and firmware are for.
+    pub host_type: crate::profile::HostType,
     pub kernel: String,
     pub kernel_cmdline: Vec<String>,
-    pub compression: String,
+    pub compression: crate::profile::Compression,
     pub level: Option<u32>,
     pub bootable: bool,
-    pub parent: Option<String>,
+    /// The image it was upgraded from (`PROFILE/VERSION`).
+    pub parent: Option<crate::boot::model::ImageId>,
     /// squashfs layers, lowest first.
     pub layers: Vec<String>,
     /// Packages the profile asked for (with the host type's), before dependencies.
@@ -133,8 +135,8 @@ pub struct ImageEntry {
     pub version: String,
     pub path: PathBuf,
     pub size: u64,
-    pub compression: Option<String>,
-    pub parent: Option<String>,
+    pub compression: Option<crate::profile::Compression>,
+    pub parent: Option<crate::boot::model::ImageId>,
     pub packages: usize,
     pub iso: bool,
 }
@@ -173,7 +175,7 @@ pub fn list(store: &Path) -> Result<Vec<ImageEntry>> {
                 profile: p.file_name().to_string_lossy().into_owned(),
                 version: v.file_name().to_string_lossy().into_owned(),
                 size,
-                compression: manifest.as_ref().map(|m| m.compression.clone()),
+                compression: manifest.as_ref().map(|m| m.compression),
                 parent: manifest.as_ref().and_then(|m| m.parent.clone()),
                 packages: manifest.as_ref().map_or(0, |m| m.packages.len()),
                 iso: fs::read_dir(&dir)?

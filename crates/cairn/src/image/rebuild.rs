@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{SQUASHFS, read_manifest};
 use crate::cmd::Cmd;
 use crate::cmd::tool::UNSQUASHFS;
-use crate::profile::{Compression, HostType, Profile};
+use crate::profile::{HostType, Profile};
 use crate::rootfs::{self, BuildOptions};
 
 #[derive(Debug, Clone)]
@@ -108,7 +108,9 @@ pub fn rebuild(
     if m.parent.is_some() || m.layers != [SQUASHFS] {
         bail!(
             "{name} is an upgrade of {} ({} layers): `image rebuild` rebuilds full builds; check a delta by upgrading its parent again with `cairn upgrade --snapshot`",
-            m.parent.as_deref().unwrap_or("another image"),
+            m.parent
+                .as_ref()
+                .map_or("another image".to_string(), ToString::to_string),
             m.layers.len()
         );
     }
@@ -174,12 +176,11 @@ pub fn rebuild(
     let _cleanup = (opts.keep.is_none()).then(|| rootfs::WorkDir(work_base.clone()));
     let mut b = BuildOptions::new(opts.store.clone());
     b.iso = Some(false);
-    b.compression = Some(parse_compression(&m.compression)?);
+    b.compression = Some(m.compression);
     b.level = m.level;
-    b.host_type = Some(match m.host_type.as_str() {
-        "physical" => HostType::Physical,
-        "virtual" => HostType::Virtual,
-        h => bail!("{name}: host type {h:?} in its manifest is neither physical nor virtual"),
+    b.host_type = Some(match m.host_type {
+        HostType::Auto => bail!("{name}: its manifest says host type auto, which no build makes"),
+        h => h,
     });
     b.epoch = Some(source.epoch);
     b.snapshot = source.snapshot.clone();
@@ -247,11 +248,6 @@ pub fn rebuild(
         kept: opts.keep.clone(),
         seconds: t.elapsed().as_secs_f64(),
     })
-}
-
-fn parse_compression(name: &str) -> Result<Compression> {
-    <Compression as clap::ValueEnum>::from_str(name, false)
-        .map_err(|_| anyhow::anyhow!("compressor {name:?} in the manifest is not one cairn knows"))
 }
 
 fn unpack(layer: &Path, to: &Path) -> Result<()> {

@@ -31,6 +31,29 @@ pub enum HostType {
     Auto,
 }
 
+impl HostType {
+    /// Its name in profiles, manifests and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostType::Physical => "physical",
+            HostType::Virtual => "virtual",
+            HostType::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for HostType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How the base tree is made. mmdebstrap installs from several suites of a
 /// partial mirror in one go; debootstrap reads the suite alone (its mirror
 /// must keep every version), then apt in a chroot adds the other suites.

@@ -110,6 +110,17 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
         let meta = fs::symlink_metadata(&at).ok();
         let has_content =
             meta.as_ref().is_some_and(|m| m.is_dir()) && fs::read_dir(&at)?.next().is_some();
+        // Done before (an upgrade of a tree built with it): as it was.
+        if meta.as_ref().is_some_and(|m| m.file_type().is_symlink())
+            && fs::read_link(&at).is_ok_and(|t| t == Path::new(&target))
+        {
+            if inside(root, &seed)?.is_dir() {
+                tmpfiles.push_str(&format!("C {target} - - - - {seed}\n"));
+            } else {
+                tmpfiles.push_str(&format!("d {target} 0755 root root -\n"));
+            }
+            continue;
+        }
         if has_content {
             let s = inside(root, &seed)?;
             fs::create_dir_all(s.parent().unwrap_or(root))?;
@@ -922,6 +933,21 @@ mod tests {
                 .is_symlink()
         );
         assert_eq!(mount_unit("my-data"), "my\\x2ddata.mount");
+        // Again on the same tree (an upgrade whose profile changed): the
+        // same records, the seed kept; a new path joins them.
+        let mut more = data.clone();
+        more.push(DataPath {
+            path: "/srv/new".into(),
+            partition: "data".into(),
+            dir: "srv-new".into(),
+        });
+        data_paths(root, &more).unwrap();
+        let again = fs::read_to_string(root.join("usr/lib/cairn/data.conf")).unwrap();
+        assert_eq!(again, format!("{tmp}d /data/srv-new 0755 root root -\n"));
+        assert!(
+            root.join("usr/share/cairn/data-seed/postgresql/15/PG_VERSION")
+                .is_file()
+        );
         assert_eq!(
             escape_path("/dev/disk/by-label/my.data"),
             "dev-disk-by\\x2dlabel-my.data"

@@ -192,10 +192,10 @@ pub struct BuildReport {
     pub profile: String,
     pub version: String,
     pub path: PathBuf,
-    pub host_type: String,
+    pub host_type: HostType,
     pub kernel: String,
     pub packages: usize,
-    pub compression: String,
+    pub compression: Compression,
     pub files: std::collections::BTreeMap<String, u64>,
     pub signed_by: String,
     /// The snapshot or mirrors' Release files read, and the epoch.
@@ -278,7 +278,7 @@ pub fn preflight_mirror(
         (
             format!(
                 "cairn mirror sync --profile {profile_arg} --host-type {}",
-                host_name(host)
+                host.name()
             ),
             " (a sync mirrors what it is asked for: name every profile and host type this mirror serves)",
         )
@@ -491,7 +491,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
     say(&format!(
         "profile {}: {} host, {} packages requested ({closure} with dependencies), all in {}",
         profile.name,
-        host_name(host),
+        host.name(),
         packages.len(),
         match &opts.snapshot {
             Some(n) => format!("mirror snapshot {n}"),
@@ -578,26 +578,16 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
 
     // 2. cairn's own changes.
     let t = Instant::now();
-    customize::hostname(&rootfs, &profile.hostname)?;
-    customize::root_access(&rootfs, profile)?;
-    customize::data_paths(&rootfs, &profile.data)?;
-    customize::boot_marker(&rootfs)?;
-    customize::cairn_tools(
+    apply_profile_identity(&rootfs, profile)?;
+    let Finished { kernel, installed } = finish_tree(
         &rootfs,
         profile,
-        &key.public_key,
+        &key,
         cairn_package.as_ref(),
         epoch,
+        mirrors,
+        &out,
     )?;
-    customize::fleet(&rootfs, profile, mirrors)?;
-    let installed = installed_packages(&rootfs)?;
-    refuse_medium_readers(&installed)?;
-    let (kernel, vmlinuz, initrd) = find_kernel(&rootfs)?;
-    fs::copy(&vmlinuz, out.join("vmlinuz"))
-        .with_context(|| format!("copying {}", vmlinuz.display()))?;
-    fs::copy(&initrd, out.join("initrd.img"))
-        .with_context(|| format!("copying {}", initrd.display()))?;
-    customize::clean(&rootfs)?;
     stage("customize", t);
 
     // 3. squashfs.
@@ -634,10 +624,10 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
             profile: profile.name.clone(),
             version,
             path: out,
-            host_type: host_name(host).into(),
+            host_type: host,
             kernel,
             packages: installed.len(),
-            compression: compression.name().into(),
+            compression,
             files,
             signed_by: key.fingerprint,
             source: inputs.source,
@@ -657,10 +647,10 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         version: version.clone(),
         suite: profile.suite.clone(),
         architecture: profile.architecture.clone(),
-        host_type: host_name(host).into(),
+        host_type: host,
         kernel: kernel.clone(),
         kernel_cmdline: cmdline.clone(),
-        compression: compression.name().into(),
+        compression,
         level,
         bootable: compression.bootable(),
         parent: None,
@@ -706,10 +696,10 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         profile: profile.name.clone(),
         version,
         path: dest,
-        host_type: host_name(host).into(),
+        host_type: host,
         kernel,
         packages: manifest.packages.len(),
-        compression: compression.name().into(),
+        compression,
         files: manifest.files,
         signed_by: key.fingerprint,
         source: inputs.source,
@@ -744,14 +734,6 @@ pub(crate) fn kernel_cmdline(profile: &Profile) -> Vec<String> {
     ];
     v.extend(profile.kernel_cmdline.iter().cloned());
     v
-}
-
-pub(crate) fn host_name(h: HostType) -> &'static str {
-    match h {
-        HostType::Physical => "physical",
-        HostType::Virtual => "virtual",
-        HostType::Auto => "auto",
-    }
 }
 
 /// ISO 9660 volume ids: at most 32 upper-case characters.
@@ -836,6 +818,49 @@ fn bootstrap(
         .run()
         .context("bootstrapping with mmdebstrap")?;
     Ok(())
+}
+
+/// What the profile says of the system itself: its hostname, root's
+/// access, its data paths. A build applies it to every tree; an upgrade
+/// when the profile changed (the parent's tree has what it said before).
+pub(crate) fn apply_profile_identity(root: &Path, profile: &Profile) -> Result<()> {
+    customize::hostname(root, &profile.hostname)?;
+    customize::root_access(root, profile)?;
+    customize::data_paths(root, &profile.data)
+}
+
+/// What `finish_tree` found in the tree.
+pub(crate) struct Finished {
+    pub kernel: String,
+    pub installed: Vec<PackageVersion>,
+}
+
+/// cairn's own steps that end every tree, built or upgraded: the boot
+/// marker, cairn's tools and key, the fleet settings; then the packages
+/// (refusing one that would read the boot medium), the kernel and initrd
+/// copied into `out`, and the tree cleaned for reproducible bytes.
+pub(crate) fn finish_tree(
+    root: &Path,
+    profile: &Profile,
+    key: &keys::SigningKey,
+    cairn_package: Option<&customize::CairnPackage>,
+    epoch: i64,
+    mirrors: &[(MirrorPaths, MirrorState, Vec<String>)],
+    out: &Path,
+) -> Result<Finished> {
+    customize::boot_marker(root)?;
+    customize::cairn_tools(root, profile, &key.public_key, cairn_package, epoch)?;
+    customize::fleet(root, profile, mirrors)?;
+    let installed = installed_packages(root)?;
+    refuse_medium_readers(&installed)?;
+    let (kernel, vmlinuz, initrd) = find_kernel(root)?;
+    fs::create_dir_all(out)?;
+    fs::copy(&vmlinuz, out.join("vmlinuz"))
+        .with_context(|| format!("copying {}", vmlinuz.display()))?;
+    fs::copy(&initrd, out.join("initrd.img"))
+        .with_context(|| format!("copying {}", initrd.display()))?;
+    customize::clean(root)?;
+    Ok(Finished { kernel, installed })
 }
 
 /// The profile's hook scripts as files in the work directory, in order.

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::boot::model::ImageId;
 use crate::cmd::tool::MKSQUASHFS;
 use crate::cmd::{Cmd, require};
 use crate::image::{self, Manifest, SQUASHFS, squashfs};
@@ -22,10 +23,7 @@ use crate::parallel;
 use crate::profile::{HostType, Profile};
 use crate::rootfs::chroot::{ChrootMounts, apt, apt_sources, chroot, mount_at};
 use crate::rootfs::customize::{self, inside};
-use crate::rootfs::{
-    WorkDir, find_kernel, host_name, installed_packages, lock_profile, next_version,
-    preflight_mirror, seal_and_publish,
-};
+use crate::rootfs::{WorkDir, lock_profile, next_version, preflight_mirror, seal_and_publish};
 use crate::trust::keys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -35,6 +33,16 @@ pub enum LayerMode {
     Auto,
     Delta,
     Full,
+}
+
+impl std::fmt::Display for LayerMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LayerMode::Auto => "auto",
+            LayerMode::Delta => "delta",
+            LayerMode::Full => "full",
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,7 +73,8 @@ pub struct UpgradeReport {
     pub version: Option<String>,
     pub path: Option<PathBuf>,
     /// "delta" or "full".
-    pub layer: Option<String>,
+    /// `delta` or `full`: what the new image added.
+    pub layer: Option<LayerMode>,
     pub layers: Vec<String>,
     pub upgraded: Vec<String>,
     pub added: Vec<String>,
@@ -123,9 +132,10 @@ pub fn upgrade(
         )
     })?;
     let parent = image::read_manifest(&parent_dir)?;
-    let host = opts.host_type.unwrap_or(match parent.host_type.as_str() {
-        "physical" => HostType::Physical,
-        _ => HostType::Virtual,
+    // The parent's, unless asked otherwise (a manifest never says auto).
+    let host = opts.host_type.unwrap_or(match parent.host_type {
+        HostType::Auto => profile.resolved_host_type(),
+        h => h,
     });
     let wanted = profile.all_packages(host);
     let added: Vec<String> = wanted
@@ -332,8 +342,9 @@ pub fn upgrade(
                 .run()
                 .with_context(|| format!("hook {}", h.name))?;
         }
-        customize::hostname(&root, &profile.hostname)?;
-        customize::root_access(&root, profile)?;
+        // Data paths too: a path the profile added gets its link and
+        // record (once recorded in the manifest, never applied).
+        crate::rootfs::apply_profile_identity(&root, profile)?;
     }
     // cairn's initramfs scripts as this cairn has them: an image made by an
     // older cairn gets the new checks (a fix in the initramfs, network
@@ -346,23 +357,19 @@ pub fn upgrade(
     chroot(&root, epoch, &["apt-get", "clean"])?;
     fs::remove_file(&list)?;
     drop(mounts);
-    customize::boot_marker(&root)?;
-    customize::cairn_tools(
+    let out = work.0.join("out");
+    let crate::rootfs::Finished {
+        kernel,
+        installed: packages,
+    } = crate::rootfs::finish_tree(
         &root,
         profile,
-        &key.public_key,
+        &key,
         cairn_package.as_ref(),
         epoch,
+        mirrors,
+        &out,
     )?;
-    customize::fleet(&root, profile, mirrors)?;
-    let packages = installed_packages(&root)?;
-    crate::rootfs::refuse_medium_readers(&packages)?;
-    let (kernel, vmlinuz, initrd) = find_kernel(&root)?;
-    let out = work.0.join("out");
-    fs::create_dir_all(&out)?;
-    fs::copy(&vmlinuz, out.join("vmlinuz"))?;
-    fs::copy(&initrd, out.join("initrd.img"))?;
-    customize::clean(&root)?;
 
     // Delta or full.
     let base_bytes = fs::metadata(parent_dir.join(&parent.layers[0]))?.len();
@@ -435,9 +442,9 @@ pub fn upgrade(
         version: version.clone(),
         profile_hash: profile.hash()?,
         profile_commit: profile.git_commit(),
-        host_type: host_name(host).into(),
+        host_type: host,
         kernel,
-        parent: Some(format!("{}/{}", parent.profile, parent.version)),
+        parent: Some(ImageId::new(&parent.profile, &parent.version)?),
         layers: layers.clone(),
         requested: wanted,
         hooks: profile.hooks.iter().map(|h| h.digest()).collect(),
@@ -453,7 +460,7 @@ pub fn upgrade(
         suite: profile.suite.clone(),
         architecture: profile.architecture.clone(),
         kernel_cmdline: crate::rootfs::kernel_cmdline(profile),
-        compression: compression.name().into(),
+        compression,
         level,
         bootable: compression.bootable(),
         ..parent.clone()
@@ -477,7 +484,11 @@ pub fn upgrade(
         parent: format!("{}/{}", parent.profile, parent.version),
         version: Some(version),
         path: Some(dest),
-        layer: Some(if full { "full" } else { "delta" }.into()),
+        layer: Some(if full {
+            LayerMode::Full
+        } else {
+            LayerMode::Delta
+        }),
         layers,
         upgraded,
         added,

@@ -47,7 +47,7 @@ fn fake_image(
         fs::write(dir.join(n), b).unwrap();
     }
     let names: Vec<String> = layers.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-    let parent = parent.map_or("null".to_string(), |p| format!("\"{p}\""));
+    let parent = parent.map_or("null".to_string(), |p| format!("\"web/{p}\""));
     fs::write(
         dir.join("manifest.json"),
         format!(

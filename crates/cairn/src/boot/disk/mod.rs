@@ -604,7 +604,7 @@ pub fn add_images(
         let on_disk: Vec<(PathBuf, std::collections::BTreeMap<String, String>)> = m
             .parent
             .iter()
-            .map(|p| mnt.dir.join("images").join(p))
+            .map(|p| p.dir_in(&mnt.dir))
             .filter(|d| d.is_dir())
             .map(|d| {
                 let s = signed_sums(&d);

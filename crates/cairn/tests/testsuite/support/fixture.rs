@@ -74,7 +74,8 @@ pub struct Fixture {
     pub webtest: PathBuf,
     /// The same system bootstrapped by debootstrap.
     pub dbtest: PathBuf,
-    /// The next version of webtest: `less` more, /etc/issue.net less.
+    /// The next version of webtest: `less` more, /etc/issue.net less, one
+    /// more data path.
     pub webtest2: PathBuf,
     /// `webtest` on Debian 13 (trixie) for a virtual host: `trixietest`.
     pub trixietest: PathBuf,
@@ -233,7 +234,8 @@ fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     fs::write(
         &v2,
         "schema-version = 1\nname = \"webtest\"\nextends = \"webtest.toml\"\npackages = [\"less\"]\n\
-[[hooks]]\nscript = \"rm -f \\\"$1/etc/issue.net\\\"\"\n",
+[[hooks]]\nscript = \"rm -f \\\"$1/etc/issue.net\\\"\"\n\
+[[data]]\npath = \"/srv/webtest-new\"\n",
     )
     .unwrap();
     let trixie = dir.join("trixietest.toml");
