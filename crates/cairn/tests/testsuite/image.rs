@@ -221,11 +221,23 @@ fn example_profiles_are_valid() {
         if e.path().extension().is_some_and(|x| x == "toml") {
             let p = cairn::profile::load(&e.path())
                 .unwrap_or_else(|err| panic!("{}: {err:#}", e.path().display()));
-            assert_eq!(p.suite, "bookworm");
+            let want = if p.name == "trixie-server" {
+                "trixie"
+            } else {
+                "bookworm"
+            };
+            assert_eq!(p.suite, want, "{}", e.path().display());
             n += 1;
         }
     }
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
+    // The trixie example is the small server on Debian 13: the same
+    // packages, files and data paths, another suite.
+    let (t, m) = (
+        cairn::profile::load(&dir.join("trixie-server.toml")).unwrap(),
+        cairn::profile::load(&dir.join("minimal-server.toml")).unwrap(),
+    );
+    assert_eq!((t.packages, t.data), (m.packages, m.data));
     let b = cairn::profile::load(&dir.join("builder.toml")).unwrap();
     let pk = b.all_packages(b.resolved_host_type());
     assert!(
