@@ -424,8 +424,8 @@ fn watch(
             break;
         }
         let silent = || {
-            fs::metadata(&console).map_or(0, |m| m.len()) == 0
-                && fs::metadata(&markers).map_or(0, |m| m.len()) == 0
+            fs::metadata(console).map_or(0, |m| m.len()) == 0
+                && fs::metadata(markers).map_or(0, |m| m.len()) == 0
         };
         if let Some(status) = child.try_wait()? {
             exited = true;
