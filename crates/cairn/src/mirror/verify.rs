@@ -410,6 +410,43 @@ fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> R
     }
     fs::create_dir_all(paths.tmp())?;
     let mut state = MirrorState::load(paths)?.context("state vanished")?;
+    let fixes = plan_fixes(paths, &state, report)?;
+    let results = apply_fixes(paths, &state, &fixes, opts)?;
+    let mut repaired = Vec::new();
+    let mut failed = Vec::new();
+    for (fix, res) in fixes.iter().zip(results) {
+        match res {
+            Ok(()) => {
+                if let Some(e) = state.pool.get_mut(&fix.shown) {
+                    e.mtime_ns = fs::metadata(&fix.dest).map(|m| mtime_ns(&m)).unwrap_or(0);
+                }
+                repaired.push(fix.shown.clone());
+            }
+            Err(e) => failed.push(format!("{}: {e:#}", fix.shown)),
+        }
+    }
+    for u in &report.unexpected {
+        if u.starts_with("pool/") {
+            fs::remove_file(paths.root.join(u)).with_context(|| format!("removing {u}"))?;
+            repaired.push(format!("removed {u}"));
+        }
+    }
+    state.save(paths)?;
+    let _ = fs::remove_dir_all(paths.tmp());
+    if !failed.is_empty() {
+        bail!(
+            "could not repair {} file(s) (the source may have moved on: run `cairn mirror sync`):\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        );
+    }
+    Ok(repaired)
+}
+
+/// What repairs each missing or corrupt file: a pool file from its
+/// recorded hash, an index from the published signed Release (by hash
+/// first; a plain index from its compressed sibling when that is right).
+fn plan_fixes(paths: &MirrorPaths, state: &MirrorState, report: &VerifyReport) -> Result<Vec<Fix>> {
     let gen_dir = paths.current_generation().context("nothing published")?;
     let keyring = Keyring::new(state.repo.keyring.clone());
     let mut releases: BTreeMap<String, Release> = BTreeMap::new();
@@ -491,10 +528,20 @@ fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> R
             ],
         });
     }
+    Ok(fixes)
+}
+
+/// Fetches (or decompresses) every fix, each checked while it streams.
+fn apply_fixes(
+    paths: &MirrorPaths,
+    state: &MirrorState,
+    fixes: &[Fix],
+    opts: &VerifyOptions,
+) -> Result<Vec<Result<()>>> {
     let transport = transport_for(&state.repo.url, opts.jobs)?;
     let retry = RetryPolicy::default();
     let counter = Counter::default();
-    let results = parallel::map(&fixes, opts.jobs, |fix| -> Result<()> {
+    let results = parallel::map(fixes, opts.jobs, |fix| -> Result<()> {
         if let Some(src) = &fix.local
             && decompress_verified(src, &fix.dest, &fix.expect).is_ok()
         {
@@ -519,33 +566,5 @@ fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> R
         }
         Err(last.map_or_else(|| anyhow::anyhow!("no source"), Into::into))
     });
-    let mut repaired = Vec::new();
-    let mut failed = Vec::new();
-    for (fix, res) in fixes.iter().zip(results) {
-        match res {
-            Ok(()) => {
-                if let Some(e) = state.pool.get_mut(&fix.shown) {
-                    e.mtime_ns = fs::metadata(&fix.dest).map(|m| mtime_ns(&m)).unwrap_or(0);
-                }
-                repaired.push(fix.shown.clone());
-            }
-            Err(e) => failed.push(format!("{}: {e:#}", fix.shown)),
-        }
-    }
-    for u in &report.unexpected {
-        if u.starts_with("pool/") {
-            fs::remove_file(paths.root.join(u)).with_context(|| format!("removing {u}"))?;
-            repaired.push(format!("removed {u}"));
-        }
-    }
-    state.save(paths)?;
-    let _ = fs::remove_dir_all(paths.tmp());
-    if !failed.is_empty() {
-        bail!(
-            "could not repair {} file(s) (the source may have moved on: run `cairn mirror sync`):\n  {}",
-            failed.len(),
-            failed.join("\n  ")
-        );
-    }
-    Ok(repaired)
+    Ok(results)
 }
