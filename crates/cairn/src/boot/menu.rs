@@ -363,12 +363,15 @@ pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Res
     })
 }
 
+/// Images grouped by profile, each group newest first.
+type ByProfile<'a> = BTreeMap<&'a str, Vec<&'a MenuImage>>;
+
 /// The images by profile, newest first, and the profiles in menu order:
 /// the default profile (the one asked for, else the newest image's) first.
 fn by_profile<'a>(
     images: &'a [MenuImage],
     opts: &MenuOptions,
-) -> Result<(BTreeMap<&'a str, Vec<&'a MenuImage>>, Vec<&'a str>)> {
+) -> Result<(ByProfile<'a>, Vec<&'a str>)> {
     for i in images {
         if !safe(&i.profile) || !safe(&i.version) {
             bail!(
@@ -378,7 +381,7 @@ fn by_profile<'a>(
             );
         }
     }
-    let mut by_profile: BTreeMap<&str, Vec<&MenuImage>> = BTreeMap::new();
+    let mut by_profile = ByProfile::new();
     for i in images {
         by_profile.entry(&i.profile).or_default().push(i);
     }
@@ -406,7 +409,7 @@ fn by_profile<'a>(
 /// The entries of every image, on disk and in RAM: each profile's newest
 /// at the top of the menu, the older ones in the rollback submenu.
 fn image_entries(
-    by_profile: &BTreeMap<&str, Vec<&MenuImage>>,
+    by_profile: &ByProfile,
     order: &[&str],
 ) -> Result<(Vec<MenuEntry>, String, String)> {
     let mut entries = Vec::new();
@@ -554,14 +557,6 @@ pub fn render_net(images: &[MenuImage], opts: &NetMenuOptions) -> Result<Menu> {
     )?;
     // The same entries, in RAM only, with the disk menu's ids.
     m.entries.retain(|e| e.in_ram);
-    let entry_of = |profile: &str| {
-        m.entries
-            .iter()
-            .find(|e| {
-                !e.id.starts_with("rollback>") && e.dir.starts_with(&format!("/images/{profile}/"))
-            })
-            .map(|e| e.id.clone())
-    };
     let default = m
         .entries
         .first()
@@ -623,7 +618,31 @@ pub fn render_net(images: &[MenuImage], opts: &NetMenuOptions) -> Result<Menu> {
             .collect::<Vec<_>>()
             .join(" ")
     )?;
-    for (mac, profile) in &opts.machines {
+    machine_choices(&m.entries, &opts.machines, &mut cfg)?;
+    cfg.push_str(SMBIOS_PICK);
+    net_entries(&m.entries, &mut cfg)?;
+    m.fallback = fallback.iter().map(|e| e.id.clone()).collect();
+    m.default = default;
+    m.cfg = cfg;
+    Ok(m)
+}
+
+/// The default of each machine named by its MAC address: its profile's
+/// newest entry.
+fn machine_choices(
+    entries: &[MenuEntry],
+    machines: &[(String, String)],
+    cfg: &mut String,
+) -> Result<()> {
+    let entry_of = |profile: &str| {
+        entries
+            .iter()
+            .find(|e| {
+                !e.id.starts_with("rollback>") && e.dir.starts_with(&format!("/images/{profile}/"))
+            })
+            .map(|e| e.id.clone())
+    };
+    for (mac, profile) in machines {
         let ok = mac.len() == 17
             && mac.split(':').all(|b| {
                 b.len() == 2
@@ -640,11 +659,15 @@ pub fn render_net(images: &[MenuImage], opts: &NetMenuOptions) -> Result<Menu> {
             "if [ \"$net_default_mac\" = \"{mac}\" ]; then set default=\"{id}\"; fi"
         )?;
     }
-    cfg.push_str(SMBIOS_PICK);
-    // Every entry of the disk menu's shape, in RAM.
+    Ok(())
+}
+
+/// Every entry of the disk menu's shape, in RAM (a network boot has no
+/// disk to run from), the older ones in the rollback submenu.
+fn net_entries(entries: &[MenuEntry], cfg: &mut String) -> Result<()> {
     let mut top = String::new();
     let mut rollback = String::new();
-    for e in &m.entries {
+    for e in entries {
         let (buf, indent) = if e.id.starts_with("rollback>") {
             (&mut rollback, "    ")
         } else {
@@ -664,10 +687,7 @@ pub fn render_net(images: &[MenuImage], opts: &NetMenuOptions) -> Result<Menu> {
         cfg.push_str(&rollback);
         cfg.push_str("}\n");
     }
-    m.fallback = fallback.iter().map(|e| e.id.clone()).collect();
-    m.default = default;
-    m.cfg = cfg;
-    Ok(m)
+    Ok(())
 }
 
 /// The environment block decides: a one-shot `next_entry` first; then an
