@@ -21,6 +21,8 @@ pub const GRUBENV: &str = "boot/grub/grubenv";
 pub const IMAGES: &str = "images";
 /// What a disk records of itself (`boot::disk::config::DiskConfig`).
 pub const DISK_CONFIG: &str = "boot/cairn.json";
+/// The most boot tries a disk may give a new image (GRUB unrolls them).
+pub const MAX_TRIES: u32 = 20;
 
 /// The boot counting variables of the GRUB environment block (the menu's
 /// script sets and reads the same names).
@@ -276,7 +278,7 @@ impl BootPartition {
             .ok()
             .and_then(|b| serde_json::from_slice::<Recorded>(&b).ok())
             .map(|r| r.menu.tries)
-            .filter(|t| (1..=super::disk::MAX_TRIES).contains(t))
+            .filter(|t| (1..=MAX_TRIES).contains(t))
             .unwrap_or(3)
     }
 }

@@ -84,7 +84,7 @@ pub fn rebuild(
     // rebuild's directory goes.
     let (_lock, _) = rootfs::lock_profile(&opts.store, &m.profile)?;
     let work_base = work_dir(&m, opts)?;
-    let _cleanup = (opts.keep.is_none()).then(|| rootfs::WorkDir(work_base.clone()));
+    let _cleanup = (opts.keep.is_none()).then(|| crate::fsutil::WorkDir(work_base.clone()));
     let mut b = BuildOptions::new(opts.store.clone());
     b.iso = Some(false);
     b.compression = Some(m.compression);
@@ -202,7 +202,7 @@ fn work_dir(m: &super::Manifest, opts: &RebuildOptions) -> Result<std::path::Pat
     let stale = format!(".rebuild-{}-", m.profile);
     for e in fs::read_dir(&images)?.flatten() {
         if e.file_name().to_string_lossy().starts_with(&stale) {
-            rootfs::unmount_below(&e.path())?;
+            crate::fsutil::unmount_below(&e.path())?;
             fs::remove_dir_all(e.path())
                 .with_context(|| format!("removing a killed rebuild's {}", e.path().display()))?;
         }
@@ -225,7 +225,7 @@ fn work_dir(m: &super::Manifest, opts: &RebuildOptions) -> Result<std::path::Pat
                 std::process::id()
             ));
             if fs::symlink_metadata(&d).is_ok() {
-                rootfs::unmount_below(&d)?;
+                crate::fsutil::unmount_below(&d)?;
                 fs::remove_dir_all(&d)?;
             }
             crate::fsutil::private_dir(&d)?;

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::unmount_below;
 use crate::cmd::Cmd;
+use crate::fsutil::unmount_below;
 use crate::mirror::state::{MirrorPaths, MirrorState};
 
 /// `abs`, an absolute path in the tree at `root`, as a path on this host,

@@ -23,8 +23,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use crate::cmd::require;
 use crate::cmd::tool::{DEBOOTSTRAP, GPG, MKSQUASHFS, MMDEBSTRAP};
-use crate::cmd::{Cmd, require};
+use crate::fsutil::{WorkDir, unmount_below};
 use crate::image::{self, Manifest, PackageVersion, SQUASHFS, squashfs};
 use crate::parallel;
 use crate::profile::{Bootstrap, Compression, HostType, Profile};
@@ -145,71 +146,6 @@ pub(crate) fn seal_and_publish(
     fs::rename(out, &dest).with_context(|| format!("moving the image to {}", dest.display()))?;
     crate::fsutil::sync_dir(pdir)?;
     Ok(dest)
-}
-
-/// Unmounts anything still mounted below `dir` (a killed build's /proc,
-/// /dev…) so removing the tree can never reach into the host. `dir` itself
-/// stays mounted if it is a mount point. A mount table that cannot be read
-/// is an error: nothing below `dir` may then be removed.
-pub fn unmount_below(dir: &Path) -> Result<()> {
-    unmount_below_by(dir, Path::new("/proc/self/mountinfo"))
-}
-
-fn unmount_below_by(dir: &Path, mountinfo: &Path) -> Result<()> {
-    let Ok(canon) = dir.canonicalize() else {
-        return Ok(());
-    };
-    for _ in 0..3 {
-        let info = fs::read_to_string(mountinfo).with_context(|| {
-            format!(
-                "reading {}: cannot tell what is mounted below {}, so nothing there is removed",
-                mountinfo.display(),
-                dir.display()
-            )
-        })?;
-        let mut points: Vec<PathBuf> = mount_points(&info)
-            .into_iter()
-            .filter(|p| p.starts_with(&canon) && *p != canon)
-            .collect();
-        if points.is_empty() {
-            return Ok(());
-        }
-        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for p in points {
-            let _ = Cmd::new("umount").arg("--lazy").arg(&p).output_any_status();
-        }
-    }
-    bail!(
-        "{} still has mounts below it; not removing it",
-        dir.display()
-    )
-}
-
-/// The mount points of a mountinfo table (its octal escapes undone).
-pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| {
-            PathBuf::from(
-                p.replace("\\040", " ")
-                    .replace("\\011", "\t")
-                    .replace("\\012", "\n")
-                    .replace("\\134", "\\"),
-            )
-        })
-        .collect()
-}
-
-/// A work directory removed on drop (after unmounting anything below it).
-pub(crate) struct WorkDir(pub(crate) PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if unmount_below(&self.0).is_ok() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// What a build is to make, checked before any work: the tools, the
@@ -603,28 +539,6 @@ fn volid(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An unreadable mount table stops a cleanup: the tree (which could hold
-    /// bind mounts of /dev or the mirrors) is not removed.
-    #[test]
-    fn cleanup_fails_closed_without_a_mount_table() {
-        let d = tempfile::tempdir().unwrap();
-        let work = d.path().join("work");
-        fs::create_dir_all(work.join("rootfs/dev")).unwrap();
-        let err = unmount_below_by(&work, &d.path().join("no-such-mountinfo")).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("nothing there is removed"),
-            "{err:#}"
-        );
-        // The guard's drop goes through the same check (here the real table,
-        // which has nothing below `work`): removed.
-        drop(WorkDir(work.clone()));
-        assert!(!work.exists());
-        assert_eq!(
-            mount_points("36 35 98:0 /mnt1 /a\\040b rw - ext3 /dev/root rw\n"),
-            [PathBuf::from("/a b")]
-        );
-    }
 
     #[test]
     fn live_config_is_refused_by_name() {

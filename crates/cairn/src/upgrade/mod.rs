@@ -219,7 +219,7 @@ pub fn upgrade(
         &out,
     )?;
     let packed = pack::pack(&p, &s, opts, &version, &out, &say)?;
-    crate::rootfs::unmount_below(&s.work.0)?;
+    crate::fsutil::unmount_below(&s.work.0)?;
     let mut manifest = manifest(&p, &version, started, finished, &packed)?;
     report.new_layer_bytes = fs::metadata(out.join(&packed.new_layer))?.len();
     report.image_bytes = packed

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::cmd::Cmd;
+use crate::fsutil::WorkDir;
 use crate::image::Manifest;
-use crate::rootfs::WorkDir;
 use crate::rootfs::chroot::mount_at;
 
 /// The stacked tree: `root` (the overlay), `upper` (what changed), all in
@@ -38,7 +38,7 @@ fn overlay_path(p: &Path) -> Result<&OsStr> {
 /// `work`, lowest first, read-only, under a fresh upper directory.
 pub(super) fn stack(work: PathBuf, parent_dir: &Path, parent: &Manifest) -> Result<Stack> {
     let work = WorkDir(work);
-    let _ = crate::rootfs::unmount_below(&work.0);
+    let _ = crate::fsutil::unmount_below(&work.0);
     let _ = fs::remove_dir_all(&work.0);
     crate::fsutil::private_dir(&work.0)?;
     let root = work.0.join("root");

@@ -72,8 +72,8 @@ impl DiskConfig {
     }
 }
 
-/// Bounds of the menu options a disk records (GRUB unrolls the tries).
-pub const MAX_TRIES: u32 = 20;
+/// Bounds of the menu options a disk records.
+pub use crate::boot::model::MAX_TRIES;
 
 pub const MAX_TIMEOUT: u32 = 3600;
 

@@ -232,7 +232,7 @@ pub fn remove_stale_work(store: &Path) -> Result<()> {
         if name.starts_with(".mnt-") {
             fs::remove_dir(&p).with_context(|| format!("removing {} (not empty)", stale()))?;
         } else {
-            crate::rootfs::unmount_below(&p)?;
+            crate::fsutil::unmount_below(&p)?;
             fs::remove_dir_all(&p).with_context(|| format!("removing {}", stale()))?;
         }
     }
@@ -251,7 +251,7 @@ fn is_mount_point(dir: &Path) -> Result<bool> {
             dir.display()
         )
     })?;
-    Ok(crate::rootfs::mount_points(&info).contains(&canon))
+    Ok(crate::fsutil::mount_points(&info).contains(&canon))
 }
 
 struct RemoveOnDrop(PathBuf);

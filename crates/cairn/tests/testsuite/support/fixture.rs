@@ -274,7 +274,7 @@ fn make() -> Fixture {
     let _heavy = crate::support::heavy();
     let root = root();
     if root.exists() {
-        cairn::rootfs::unmount_below(&root).expect("a previous run left mounts below vm-tier");
+        cairn::fsutil::unmount_below(&root).expect("a previous run left mounts below vm-tier");
         fs::remove_dir_all(&root).expect("removing the previous run's vm-tier");
     }
     open_dir(&root);
@@ -346,7 +346,7 @@ impl Fixture {
     pub fn work(&self, name: &str) -> Work {
         let d = self.root.join("work").join(name);
         if d.exists() {
-            cairn::rootfs::unmount_below(&d).unwrap();
+            cairn::fsutil::unmount_below(&d).unwrap();
             fs::remove_dir_all(&d).unwrap();
         }
         open_dir(d.parent().unwrap());
@@ -423,7 +423,7 @@ impl Work {
 
 impl Drop for Work {
     fn drop(&mut self) {
-        if !std::thread::panicking() && cairn::rootfs::unmount_below(&self.0).is_ok() {
+        if !std::thread::panicking() && cairn::fsutil::unmount_below(&self.0).is_ok() {
             let _ = fs::remove_dir_all(&self.0);
         }
     }
