@@ -10,15 +10,12 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 pub use super::chroot::{inside, inside_link};
-use crate::image::paths::{
-    CAIRN_BIN, DATA_GENERATOR, FLEET_FILE, HEALTH_ENV, HEALTH_SCRIPT, IMAGE_ENV, PULL_SERVICE,
-    PULL_TIMER, RUN_IMAGE_ENV, SIGNING_KEY,
-};
+use crate::image::paths::{DATA_GENERATOR, IMAGE_ENV, RUN_IMAGE_ENV, SIGNING_KEY};
 use crate::profile::{DataPath, Profile};
 
 /// Writes `data` at `abs` in the tree with `mode`, unless the file already
 /// holds exactly that (so an upgrade's delta carries nothing for it).
-fn write(root: &Path, abs: &str, data: impl AsRef<[u8]>, mode: u32) -> Result<()> {
+pub(super) fn write(root: &Path, abs: &str, data: impl AsRef<[u8]>, mode: u32) -> Result<()> {
     let (p, data) = (inside(root, abs)?, data.as_ref());
     let same_mode = fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode);
     if same_mode && fs::read(&p).is_ok_and(|old| old == data) {
@@ -530,185 +527,13 @@ fn in_chroot(root: &Path, epoch: i64, args: &[&str]) -> Result<()> {
     r
 }
 
-const NETWORK_FILE: &str = "/etc/systemd/network/80-cairn-dhcp.network";
-const FLEET_SOURCES: &str = "/etc/apt/sources.list.d/cairn.sources";
-/// Links that enable a unit: (link in the tree, target).
-const FLEET_LINKS: &[(&str, &str)] = &[
-    (
-        "/etc/systemd/system/timers.target.wants/cairn-pull.timer",
-        PULL_TIMER,
-    ),
-    (
-        "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
-        "/lib/systemd/system/systemd-networkd.service",
-    ),
-    (
-        "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
-        "/lib/systemd/system/systemd-networkd.socket",
-    ),
-    (
-        "/etc/systemd/system/dbus-org.freedesktop.network1.service",
-        "/lib/systemd/system/systemd-networkd.service",
-    ),
-];
-
-fn remove_in_tree(root: &Path, abs: &str) -> Result<()> {
+/// Removes the file or link at `abs` in the tree, if there is one.
+pub(super) fn remove_in_tree(root: &Path, abs: &str) -> Result<()> {
     let p = inside_link(root, abs)?;
     match fs::remove_file(&p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
     }
-}
-
-/// The profile's `[health]` check (run by the boot marker unit before it
-/// marks a boot good) and `[fleet]` settings: the image's machines pull
-/// newer images by themselves (a timer, DHCP on their wired interfaces),
-/// and apt in the image reads the published mirror at the fleet's URLs,
-/// not the build host's paths. What the profile no longer asks for goes.
-pub fn fleet(
-    root: &Path,
-    p: &Profile,
-    mirrors: &[(
-        crate::mirror::state::MirrorPaths,
-        crate::mirror::state::MirrorState,
-        Vec<String>,
-    )],
-) -> Result<()> {
-    match &p.health {
-        Some(h) => {
-            write(
-                root,
-                HEALTH_SCRIPT,
-                format!(
-                    "#!/bin/sh\n# cairn: the profile's [health] command; its success marks a boot good.\n{}\n",
-                    h.command
-                ),
-                0o755,
-            )?;
-            write(
-                root,
-                HEALTH_ENV,
-                format!("CAIRN_HEALTH_TIMEOUT={}\n", h.timeout),
-                0o644,
-            )?;
-        }
-        None => {
-            remove_in_tree(root, HEALTH_SCRIPT)?;
-            remove_in_tree(root, HEALTH_ENV)?;
-        }
-    }
-    let Some(f) = &p.fleet else {
-        for (link, _) in FLEET_LINKS {
-            remove_in_tree(root, link)?;
-        }
-        for f in [
-            FLEET_FILE,
-            PULL_TIMER,
-            PULL_SERVICE,
-            NETWORK_FILE,
-            FLEET_SOURCES,
-        ] {
-            remove_in_tree(root, f)?;
-        }
-        return Ok(());
-    };
-    let file = crate::profile::FleetFile {
-        profile: p.name.clone(),
-        fleet: f.clone(),
-    };
-    write(
-        root,
-        FLEET_FILE,
-        format!(
-            "# cairn: the profile's [fleet] settings (/etc/cairn/cairn.toml may override them)\n{}",
-            toml::to_string(&file)?
-        ),
-        0o644,
-    )?;
-    write(
-        root,
-        PULL_SERVICE,
-        format!(
-            "[Unit]\nDescription=cairn: pull a newer image of this machine's profile\n\
-             # Expiry and serial checks read the clock: after it is set, if\n\
-             # the machine syncs it.\n\
-             After=cairn-booted.service time-sync.target\n\
-             # Machines without a wired interface have nowhere to pull from.\n\
-             ConditionPathExistsGlob=/sys/class/net/e*\n\n\
-             [Service]\nType=oneshot\n\
-             # Never forever (a server trickling bytes): the next run resumes.\n\
-             TimeoutStartSec=4h\n\
-             ExecStartPre=-/lib/systemd/systemd-networkd-wait-online --any --timeout=60\n\
-             ExecStart={} pull\nStandardOutput=journal+console\nStandardError=journal+console\n",
-            CAIRN_BIN
-        ),
-        0o644,
-    )?;
-    write(
-        root,
-        PULL_TIMER,
-        format!(
-            "[Unit]\nDescription=cairn: look for a newer image now and then\n\n\
-             [Timer]\nOnBootSec={}\nOnUnitActiveSec={}\nRandomizedDelaySec={}\nAccuracySec=1s\n\n\
-             [Install]\nWantedBy=timers.target\n",
-            f.first, f.interval, f.delay
-        ),
-        0o644,
-    )?;
-    write(
-        root,
-        NETWORK_FILE,
-        "# cairn: machines of a fleet profile take an address by DHCP on wired interfaces.\n\
-         [Match]\nName=e*\n\n[Network]\nDHCP=yes\n",
-        0o644,
-    )?;
-    for (link, target) in FLEET_LINKS {
-        let l = inside_link(root, link)?;
-        if let Some(d) = l.parent() {
-            fs::create_dir_all(d)?;
-        }
-        if fs::read_link(&l).is_ok_and(|t| t == Path::new(target)) {
-            continue;
-        }
-        let _ = fs::remove_file(&l);
-        symlink(target, &l).with_context(|| format!("linking {}", l.display()))?;
-    }
-    // apt: the published mirror at the fleet's URLs, with the mirrors' keys.
-    let mut text = String::from(
-        "# cairn: the published mirror the fleet's machines install from (profile fleet.urls)\n",
-    );
-    for (_, state, _) in mirrors {
-        let r = &state.repo;
-        crate::names::check("mirror name", &r.name)?;
-        let uris: Vec<String> = f
-            .urls
-            .iter()
-            .map(|u| format!("{}/mirror/{}/", u.trim_end_matches('/'), r.name))
-            .collect();
-        let mut keys = Vec::new();
-        for (i, k) in r.keyring.iter().enumerate() {
-            let ext = if k.extension().is_some_and(|e| e == "asc") {
-                "asc"
-            } else {
-                "gpg"
-            };
-            let dest = format!("/etc/cairn/keyrings/{}-{i}.{ext}", r.name);
-            let data = fs::read(k).with_context(|| format!("mirror {}: keyring", r.name))?;
-            write(root, &dest, data, 0o644)?;
-            keys.push(dest);
-        }
-        text.push_str(&format!(
-            "\nTypes: deb\nURIs: {}\nSuites: {}\nComponents: {}\n",
-            uris.join(" "),
-            r.suites.join(" "),
-            r.components.join(" ")
-        ));
-        if !keys.is_empty() {
-            text.push_str(&format!("Signed-By: {}\n", keys.join(" ")));
-        }
-    }
-    write(root, FLEET_SOURCES, text, 0o644)?;
-    Ok(())
 }
 
 /// Removes the directories made in the tree to mount the build host's

@@ -7,6 +7,7 @@
 pub mod chroot;
 pub mod customize;
 pub mod debootstrap;
+mod fleet;
 mod inputs;
 mod mmdebstrap;
 mod tree;

@@ -12,7 +12,6 @@ use cairn_debian::compare_versions;
 use super::{customize, refuse_medium_readers};
 use crate::cmd::Cmd;
 use crate::image::PackageVersion;
-use crate::mirror::state::{MirrorPaths, MirrorState};
 use crate::profile::Profile;
 use crate::trust::keys;
 
@@ -41,12 +40,12 @@ pub(crate) fn finish_tree(
     key: &keys::SigningKey,
     cairn_package: Option<&customize::CairnPackage>,
     epoch: i64,
-    mirrors: &[(MirrorPaths, MirrorState, Vec<String>)],
+    mirrors: &[super::fleet::Mirror],
     out: &Path,
 ) -> Result<Finished> {
     customize::boot_marker(root)?;
     customize::cairn_tools(root, profile, &key.public_key, cairn_package, epoch)?;
-    customize::fleet(root, profile, mirrors)?;
+    super::fleet::fleet(root, profile, mirrors)?;
     let installed = installed_packages(root)?;
     refuse_medium_readers(&installed)?;
     let (kernel, vmlinuz, initrd) = find_kernel(root)?;
