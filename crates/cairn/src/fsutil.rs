@@ -408,6 +408,19 @@ impl Drop for WorkDir {
     }
 }
 
+/// A regular file's bytes, at most `cap` of them; a link, a FIFO, a device
+/// or a larger file is refused (whoever wrote the partition chose it).
+pub fn small_file(p: &Path, cap: u64) -> Result<Vec<u8>> {
+    let m = std::fs::symlink_metadata(p).with_context(|| format!("reading {}", p.display()))?;
+    if !m.is_file() || m.len() > cap {
+        bail!(
+            "{} is not a regular file of at most {cap} bytes",
+            p.display()
+        );
+    }
+    fs::read(p).map_err(Into::into)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

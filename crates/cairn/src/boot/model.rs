@@ -9,20 +9,19 @@
 //! files of bounded size, or they are not taken.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use super::disk::config::DiskConfig;
 use super::env;
+use crate::fsutil::small_file;
 
 /// The GRUB environment block, on a boot partition.
 pub const GRUBENV: &str = "boot/grub/grubenv";
 /// The images, on a boot partition: `images/PROFILE/VERSION/`.
 pub const IMAGES: &str = "images";
-/// What a disk records of itself (`boot::disk::config::DiskConfig`).
-pub const DISK_CONFIG: &str = "boot/cairn.json";
-/// The most boot tries a disk may give a new image (GRUB unrolls them).
-pub const MAX_TRIES: u32 = 20;
 
 /// The boot counting variables of the GRUB environment block (the menu's
 /// script sets and reads the same names).
@@ -186,6 +185,9 @@ impl BootCounter {
     }
 }
 
+/// A boot partition's lock, held until dropped.
+pub struct RootLock(#[allow(dead_code)] std::fs::File);
+
 /// A boot partition's tree (mounted, or a directory standing in for one).
 #[derive(Debug, Clone)]
 pub struct BootPartition {
@@ -264,40 +266,49 @@ impl BootPartition {
         Ok(BootCounter::from_vars(&self.vars()?))
     }
 
+    /// What the disk records about itself (`boot/cairn.json`), checked.
+    pub fn config(&self) -> Result<DiskConfig> {
+        DiskConfig::read(&self.root)
+    }
+
     /// Boots a new default gets: the disk's own setting (bounded), else 3.
     pub fn tries(&self) -> u32 {
-        #[derive(Deserialize)]
-        struct Menu {
-            tries: u32,
-        }
-        #[derive(Deserialize)]
-        struct Recorded {
-            menu: Menu,
-        }
-        small_file(&self.root.join(DISK_CONFIG), 1 << 16)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Recorded>(&b).ok())
-            .map(|r| r.menu.tries)
-            .filter(|t| (1..=MAX_TRIES).contains(t))
-            .unwrap_or(3)
+        self.config().map_or(3, |c| c.menu.tries)
     }
-}
 
-/// A regular file's bytes, at most `cap` of them; a link, a FIFO, a device
-/// or a larger file is refused (whoever wrote the partition chose it).
-pub fn small_file(p: &Path, cap: u64) -> Result<Vec<u8>> {
-    let m = std::fs::symlink_metadata(p).with_context(|| format!("reading {}", p.display()))?;
-    if !m.is_file() || m.len() > cap {
-        bail!(
-            "{} is not a regular file of at most {cap} bytes",
-            p.display()
-        );
+    /// Holds the partition locked (flock on its root directory) while one
+    /// cairn writes it: two pulls, or a pull and a kexec's counted try,
+    /// never interleave. Waits up to a minute for another holder.
+    pub fn lock(&self) -> Result<RootLock> {
+        self.lock_within(Duration::from_secs(60))
     }
-    fs_err::read(p).map_err(Into::into)
+
+    pub fn lock_within(&self, wait: Duration) -> Result<RootLock> {
+        let root = &self.root;
+        let f = std::fs::File::open(root)
+            .with_context(|| format!("opening {} to lock it", root.display()))?;
+        let t0 = std::time::Instant::now();
+        loop {
+            match f.try_lock() {
+                Ok(()) => return Ok(RootLock(f)),
+                Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => bail!(
+                    "{}: another cairn has been writing this boot partition for {}s (a pull?): try again later",
+                    root.display(),
+                    wait.as_secs()
+                ),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("locking {}", root.display()));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -388,9 +399,27 @@ mod tests {
         // tries: typed, bounded, a regular file only.
         assert_eq!(b.tries(), 3);
         std::fs::create_dir_all(d.path().join("boot")).unwrap();
-        std::fs::write(d.path().join(DISK_CONFIG), r#"{"menu":{"tries":5}}"#).unwrap();
+        let cfg = d.path().join(super::super::disk::config::PATH);
+        std::fs::write(&cfg, disk_config(5)).unwrap();
         assert_eq!(b.tries(), 5);
-        std::fs::write(d.path().join(DISK_CONFIG), r#"{"menu":{"tries":500}}"#).unwrap();
+        assert_eq!(b.config().unwrap().default_entry, "web-2");
+        std::fs::write(&cfg, disk_config(500)).unwrap();
         assert_eq!(b.tries(), 3);
+        assert!(format!("{:#}", b.config().unwrap_err()).contains("tries 500"));
+        // Only the disk's own record, whole: a partial one is not guessed at.
+        std::fs::write(&cfg, r#"{"menu":{"tries":5}}"#).unwrap();
+        assert_eq!(b.tries(), 3);
+    }
+
+    /// A disk's `boot/cairn.json` giving new defaults `tries` boots.
+    pub(crate) fn disk_config(tries: u32) -> String {
+        serde_json::json!({
+            "menu": {"timeout": 5, "tries": tries, "default-profile": null},
+            "data-label": null,
+            "default-entry": "web-2",
+            "signed-by": "0123",
+            "boot-uuid": "1234-5678",
+        })
+        .to_string()
     }
 }

@@ -124,7 +124,8 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
                 // kexec passes GRUB by, so the try is counted here.
                 let envp = medium.root.join(GRUBENV);
                 if envp.is_file() && !o.dry_run {
-                    let counted = super::medium::lock_root(&medium.root)
+                    let counted = crate::boot::model::BootPartition::new(&medium.root)
+                        .lock()
                         .and_then(|_lock| medium.writable(|| count_try(&envp, &entry)));
                     if let Err(e) = counted {
                         let _ = Cmd::new("kexec").arg("-u").run();

@@ -8,7 +8,7 @@
 //! the same, after a confirmation. Changing a disk later (images added, menu
 //! written again) mounts its boot partition.
 
-mod config;
+pub mod config;
 mod create;
 mod device;
 mod layout;

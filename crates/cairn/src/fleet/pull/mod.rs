@@ -20,8 +20,8 @@ mod disk;
 mod plan;
 
 use super::index::{self, INDEX_LIMIT, Index, IndexVersion, Seen};
-use crate::boot::model::{BootPartition, IMAGES, ImageId, small_file};
-use crate::live::medium::lock_root;
+use crate::boot::model::{BootPartition, IMAGES, ImageId};
+use crate::fsutil::small_file;
 use crate::mirror::fetch::{
     Counter, Expect, RetryPolicy, fetch_small, fetch_verified, partial_path, transport_for,
 };
@@ -304,7 +304,7 @@ pub fn pull(b: &BootRoot, o: &PullOptions) -> Result<PullReport> {
             b.root.display()
         );
     }
-    let _lock = lock_root(&b.root)?;
+    let _lock = part.lock()?;
     let scratch = tempfile::Builder::new()
         .prefix("cairn-pull-")
         .tempdir()
@@ -649,18 +649,19 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::live::medium::lock_root_within;
 
     #[test]
     fn one_writer_at_a_time_and_planted_files_are_not_read() {
         let d = tempfile::tempdir().unwrap();
-        let held = lock_root(d.path()).unwrap();
-        let e = lock_root_within(d.path(), std::time::Duration::ZERO)
+        let part = BootPartition::new(d.path());
+        let held = part.lock().unwrap();
+        let e = part
+            .lock_within(std::time::Duration::ZERO)
             .err()
             .expect("a second lock while the first is held");
         assert!(format!("{e:#}").contains("another cairn"), "{e:#}");
         drop(held);
-        lock_root_within(d.path(), std::time::Duration::ZERO).unwrap();
+        part.lock_within(std::time::Duration::ZERO).unwrap();
         // A FIFO or a link where cairn.json should be: not read (a FIFO
         // would hang the pull); the default tries instead.
         fs::create_dir_all(d.path().join("boot")).unwrap();
@@ -672,11 +673,12 @@ mod tests {
         assert!(st.success());
         assert_eq!(BootPartition::new(d.path()).tries(), 3);
         fs::remove_file(&cj).unwrap();
-        fs::write(d.path().join("real.json"), r#"{"menu":{"tries":5}}"#).unwrap();
+        let five = crate::boot::model::tests::disk_config(5);
+        fs::write(d.path().join("real.json"), &five).unwrap();
         std::os::unix::fs::symlink(d.path().join("real.json"), &cj).unwrap();
         assert_eq!(BootPartition::new(d.path()).tries(), 3);
         fs::remove_file(&cj).unwrap();
-        fs::write(&cj, r#"{"menu":{"tries":5}}"#).unwrap();
+        fs::write(&cj, &five).unwrap();
         assert_eq!(BootPartition::new(d.path()).tries(), 5);
     }
 }
