@@ -162,8 +162,8 @@ pub struct SyncArgs {
     #[arg(long, conflicts_with_all = ["url", "suite", "component", "arch", "keyring", "name"])]
     pub config: Option<PathBuf>,
     /// Mirror this repository instead of the host's apt sources.
-    #[arg(long, requires_all = ["suite", "keyring"])]
-    pub url: Option<String>,
+    #[arg(long, requires_all = ["suite", "keyring"], value_parser = super::repo_url)]
+    pub url: Option<crate::mirror::url::RepoUrl>,
     /// Suite(s) of --url (repeatable).
     #[arg(long)]
     pub suite: Vec<String>,
@@ -379,7 +379,7 @@ fn sync_config(cli: &Cli, a: &SyncArgs) -> Result<MirrorConfig> {
         .collect::<Result<Vec<_>>>()?;
     resolve(&SyncRequest {
         config: config.as_deref(),
-        url: a.url.as_deref(),
+        url: a.url.as_ref(),
         name: a.name.as_deref(),
         suites: &a.suite,
         components: &a.component,

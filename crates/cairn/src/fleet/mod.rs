@@ -54,7 +54,7 @@ pub enum Target {
 /// machine's settings.
 pub struct PullRequest {
     pub target: Target,
-    pub urls: Vec<String>,
+    pub urls: Vec<RepoUrl>,
     pub profile: Option<String>,
     pub key: Option<PathBuf>,
     pub machine_id: Option<String>,
@@ -246,15 +246,16 @@ fn what_to_pull(
         (None, Some(s)) => s.profile.clone(),
         (None, None) => bail!("--profile: which profile to pull"),
     };
-    let urls: Vec<String> = if !r.urls.is_empty() {
+    let urls = if !r.urls.is_empty() {
         r.urls.clone()
     } else {
-        settings.map(|s| s.fleet.urls.clone()).unwrap_or_default()
+        settings
+            .map(|s| s.fleet.urls.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|u| RepoUrl::parse(u).with_context(|| format!("fleet.urls: {u}")))
+            .collect::<Result<Vec<_>>>()?
     };
-    let urls = urls
-        .iter()
-        .map(|u| RepoUrl::parse(u).with_context(|| format!("URL {u}")))
-        .collect::<Result<Vec<_>>>()?;
     let keep = settings.map_or(3, |s| s.fleet.keep);
     Ok((profile, urls, keep))
 }

@@ -183,7 +183,7 @@ pub struct SyncRequest<'a> {
     /// A mirror configuration file: its repositories and selection.
     pub config: Option<&'a Path>,
     /// Else one repository by URL; else the host's apt sources.
-    pub url: Option<&'a str>,
+    pub url: Option<&'a RepoUrl>,
     pub name: Option<&'a str>,
     pub suites: &'a [String],
     /// Empty: the default (main; the host's for its sources).
@@ -215,7 +215,7 @@ pub fn resolve(r: &SyncRequest) -> Result<MirrorConfig> {
     let mut cfg = if let Some(path) = r.config {
         load_config(path)?
     } else if let Some(url) = r.url {
-        let url = RepoUrl::parse(url).context("--url")?;
+        let url = url.clone();
         MirrorConfig {
             repos: vec![RepoSpec {
                 name: r.name.map_or_else(|| name_from_url(&url), String::from),
