@@ -175,7 +175,7 @@ fn a_delta_copied_by_hand_boots_from_found_now() {
         return;
     };
     let u = f.upgraded();
-    let _heavy = crate::support::heavy();
+    let _core = crate::support::cores::one();
     let w = f.work("a_delta_copied_by_hand_boots_from_found_now");
     let (mnt, disk) = (w.path().join("mnt"), w.path().join("disk.img"));
     disk_of(&u.store, &disk, &u.parent);
@@ -259,7 +259,7 @@ fn apply_live_then_kexec_into_the_delta() {
         return;
     };
     let u = f.upgraded();
-    let _heavy = crate::support::heavy();
+    let _core = crate::support::cores::one();
     let w = f.work("apply_live_then_kexec_into_the_delta");
     let (mnt, disk) = (w.path().join("mnt"), w.path().join("disk.img"));
     disk_of(&u.store, &disk, &u.parent);

@@ -457,12 +457,18 @@ pub fn manifest(img: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(img.join("manifest.json")).unwrap()).unwrap()
 }
 
-/// The start of a build or VM proof: the shared fixture (made if needed),
-/// then the lock that keeps heavy work one at a time on two cores. `None`:
-/// skipped (said why).
-pub fn begin() -> Option<(&'static Fixture, std::sync::MutexGuard<'static, ()>)> {
+/// The start of a build proof: the shared fixture (made if needed), then
+/// both cores (`support::cores`). `None`: skipped (said why).
+pub fn begin() -> Option<(&'static Fixture, crate::support::cores::Held<'static>)> {
     let f = get()?;
-    Some((f, crate::support::heavy()))
+    Some((f, crate::support::cores::all()))
+}
+
+/// The start of a proof that boots one VM at a time: the shared fixture,
+/// then one core (two such proofs run side by side).
+pub fn begin_vm() -> Option<(&'static Fixture, crate::support::cores::Held<'static>)> {
+    let f = get()?;
+    Some((f, crate::support::cores::one()))
 }
 
 /// A copy of `store` in `work/store`: images and mirror hard-linked, keys
