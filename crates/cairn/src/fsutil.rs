@@ -409,21 +409,71 @@ impl Drop for WorkDir {
 }
 
 /// A regular file's bytes, at most `cap` of them; a link, a FIFO, a device
-/// or a larger file is refused (whoever wrote the partition chose it).
+/// or a larger file is refused (whoever wrote the partition chose it). The
+/// file is opened without following a link or waiting on a FIFO, checked
+/// as opened, and never read past `cap` (a file that grows meanwhile).
 pub fn small_file(p: &Path, cap: u64) -> Result<Vec<u8>> {
-    let m = std::fs::symlink_metadata(p).with_context(|| format!("reading {}", p.display()))?;
-    if !m.is_file() || m.len() > cap {
-        bail!(
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refused = || {
+        anyhow::anyhow!(
             "{} is not a regular file of at most {cap} bytes",
             p.display()
-        );
+        )
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p);
+    let f = match f {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refused()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    let m = f
+        .metadata()
+        .with_context(|| format!("reading {}", p.display()))?;
+    if !m.is_file() || m.len() > cap {
+        return Err(refused());
     }
-    fs::read(p).map_err(Into::into)
+    let mut data = Vec::with_capacity(m.len() as usize);
+    f.take(cap + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("reading {}", p.display()))?;
+    if data.len() as u64 > cap {
+        return Err(refused());
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a hostile partition puts where a small file should be: a link,
+    /// a FIFO (never waited on), a device, a file over the cap.
+    #[test]
+    fn small_files_are_regular_small_and_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"12345").unwrap();
+        assert_eq!(small_file(&f, 5).unwrap(), b"12345");
+        assert!(small_file(&f, 4).is_err());
+        let l = d.path().join("l");
+        std::os::unix::fs::symlink(&f, &l).unwrap();
+        assert!(format!("{:#}", small_file(&l, 5).unwrap_err()).contains("not a regular file"));
+        let fifo = d.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(small_file(&fifo, 5).is_err());
+        assert!(small_file(Path::new("/dev/zero"), 5).is_err());
+        assert!(small_file(&d.path().join("none"), 5).is_err());
+    }
 
     #[test]
     fn safe_relative_refuses_escapes() {

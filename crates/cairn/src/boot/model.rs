@@ -185,6 +185,16 @@ impl BootCounter {
     }
 }
 
+/// A directory below `images/`: its names (a name that is not UTF-8
+/// shown with replacement characters, so it never passes the name rule)
+/// and where it is.
+#[derive(Debug, Clone)]
+pub struct ImageDir {
+    pub profile: String,
+    pub version: String,
+    pub path: PathBuf,
+}
+
 /// A boot partition's lock, held until dropped.
 pub struct RootLock(#[allow(dead_code)] std::fs::File);
 
@@ -206,43 +216,60 @@ impl BootPartition {
     }
 
     /// Every `images/P/V` directory on it (not a link, not a stray file),
-    /// named as it is, sorted: what `images` takes, and what a scan names
-    /// when it leaves one out.
-    pub fn image_dirs(&self) -> Vec<(String, String)> {
-        let dirs = |d: &Path| -> Vec<String> {
-            std::fs::read_dir(d)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        };
+    /// sorted: what `images` takes, and what a scan names when it leaves
+    /// one out. No `images/` is none; a directory that cannot be listed is
+    /// an error (never taken for an empty one).
+    pub fn image_dirs(&self) -> Result<Vec<ImageDir>> {
+        fn dirs(d: &Path) -> Result<Vec<(String, PathBuf)>> {
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(d).with_context(|| format!("listing {}", d.display()))? {
+                let e = e.with_context(|| format!("listing {}", d.display()))?;
+                if e.file_type()
+                    .with_context(|| format!("{}", e.path().display()))?
+                    .is_dir()
+                {
+                    out.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+                }
+            }
+            Ok(out)
+        }
+        let top = self.root.join(IMAGES);
+        if std::fs::symlink_metadata(&top).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
-        for p in dirs(&self.root.join(IMAGES)) {
-            for v in dirs(&self.root.join(IMAGES).join(&p)) {
-                out.push((p.clone(), v));
+        for (p, pp) in dirs(&top)? {
+            for (v, path) in dirs(&pp)? {
+                out.push(ImageDir {
+                    profile: p.clone(),
+                    version: v,
+                    path,
+                });
             }
         }
-        out.sort();
-        out
+        out.sort_by(|a, b| (&a.profile, &a.version).cmp(&(&b.profile, &b.version)));
+        Ok(out)
     }
 
     /// The images on it: `images/P/V` directories whose names pass the
     /// name rule (a staging `.pull-V` does not), sorted.
-    pub fn images(&self) -> Vec<ImageId> {
-        self.image_dirs()
+    pub fn images(&self) -> Result<Vec<ImageId>> {
+        Ok(self
+            .image_dirs()?
             .into_iter()
-            .filter_map(|(p, v)| ImageId::new(&p, &v).ok())
-            .collect()
+            .filter(|d| d.path.file_name().and_then(|n| n.to_str()) == Some(d.version.as_str()))
+            .filter_map(|d| ImageId::new(&d.profile, &d.version).ok())
+            .collect())
     }
 
     /// The images of one profile, oldest first.
-    pub fn images_of(&self, profile: &str) -> Vec<ImageId> {
-        self.images()
+    pub fn images_of(&self, profile: &str) -> Result<Vec<ImageId>> {
+        Ok(self
+            .images()?
             .into_iter()
             .filter(|i| i.profile() == profile)
-            .collect()
+            .collect())
     }
 
     pub fn image_dir(&self, id: &ImageId) -> PathBuf {
@@ -258,7 +285,17 @@ impl BootPartition {
         let p = self.grubenv();
         let data = small_file(&p, env::SIZE as u64)
             .with_context(|| format!("{}: no GRUB environment block", p.display()))?;
-        env::parse(&data).with_context(|| p.display().to_string())
+        let vars = env::parse(&data).with_context(|| p.display().to_string())?;
+        // GRUB takes the last of a name set twice, a reader the first: a
+        // block cairn or GRUB wrote never has one twice.
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some((k, _)) = vars.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+            bail!(
+                "{}: {k} is set twice: not a block GRUB or cairn wrote",
+                p.display()
+            );
+        }
+        Ok(vars)
     }
 
     /// Boot counting as the block holds it.
@@ -380,7 +417,7 @@ pub(crate) mod tests {
     fn the_images_on_a_partition_are_its_named_directories() {
         let d = tempfile::tempdir().unwrap();
         let b = BootPartition::new(d.path());
-        assert!(b.images().is_empty());
+        assert!(b.images().unwrap().is_empty());
         for dir in [
             "images/web/2",
             "images/web/1",
@@ -393,9 +430,32 @@ pub(crate) mod tests {
         std::fs::write(d.path().join("images/web/3"), b"x").unwrap();
         std::os::unix::fs::symlink(d.path().join("images/web/1"), d.path().join("images/web/4"))
             .unwrap();
-        let names: Vec<String> = b.images().iter().map(ToString::to_string).collect();
+        let names: Vec<String> = b
+            .images()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(names, ["db/1", "web/1", "web/2"]);
-        assert_eq!(b.images_of("web").len(), 2);
+        assert_eq!(b.images_of("web").unwrap().len(), 2);
+        // What cannot be listed is an error, never taken for no images.
+        let e = BootPartition::new(&d.path().join("images/web/3"))
+            .images()
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("listing"), "{e:#}");
+        // A name set twice: GRUB and a reader would disagree; refused.
+        std::fs::create_dir_all(d.path().join("boot/grub")).unwrap();
+        std::fs::write(
+            b.grubenv(),
+            crate::boot::env::render(&[
+                ("cairn_good".into(), "web-1".into()),
+                ("cairn_good".into(), "web-2".into()),
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(format!("{:#}", b.vars().unwrap_err()).contains("cairn_good is set twice"));
+        assert!(b.counter().is_err());
         // tries: typed, bounded, a regular file only.
         assert_eq!(b.tries(), 3);
         std::fs::create_dir_all(d.path().join("boot")).unwrap();

@@ -117,7 +117,7 @@ pub fn status(root: Option<&Path>, cmdline: Option<&str>, key: &Path) -> Result<
     let work = tempfile::Builder::new().prefix("cairn-status-").tempdir()?;
     let is =
         |sel: &Option<String>, id: &ImageId| sel.as_ref().is_some_and(|e| id.is_selected_by(e));
-    for id in part.images() {
+    for id in part.images()? {
         let signed = crate::image::verify::signed_manifest(&part.image_dir(&id), key, work.path())
             .is_ok_and(|m| m.profile == id.profile() && m.version == id.version());
         s.images.push(DiskImage {

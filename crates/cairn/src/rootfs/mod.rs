@@ -252,10 +252,12 @@ fn plan<'a>(
 /// version and a private work directory (a killed build's removed first);
 /// for a rebuild, the caller's directory.
 struct Workspace {
+    // Fields drop in this order: the work directory is removed while the
+    // profile's lock is still held (the next build removes what it finds).
+    work: WorkDir,
     _lock: Option<crate::fsutil::Lock>,
     pdir: PathBuf,
     version: String,
-    work: WorkDir,
     out: PathBuf,
 }
 

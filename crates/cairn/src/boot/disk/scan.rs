@@ -71,8 +71,8 @@ pub(super) fn scan(root: &Path, key: &SigningKey) -> Result<Scanned> {
         left_out: Vec::new(),
     };
     let part = BootPartition::new(root);
-    for (pn, vn) in part.image_dirs() {
-        let path = root.join(IMAGES).join(&pn).join(&vn);
+    for d in part.image_dirs()? {
+        let (pn, vn, path) = (d.profile, d.version, d.path);
         if vn.starts_with('.') || !path.join(image::BOOT_CFG).exists() {
             continue;
         }
@@ -100,8 +100,10 @@ pub(super) fn scan(root: &Path, key: &SigningKey) -> Result<Scanned> {
             });
         }
     }
-    if let Ok(rd) = fs::read_dir(root.join("isos")) {
-        for e in rd.flatten() {
+    let isos = root.join("isos");
+    if fs::symlink_metadata(&isos).is_ok() {
+        for e in fs::read_dir(&isos)? {
+            let e = e.with_context(|| format!("listing {}", isos.display()))?;
             let n = e.file_name().to_string_lossy().into_owned();
             if !n.ends_with(".iso") {
                 continue;
@@ -145,11 +147,10 @@ pub(super) fn write_menu(
     let gdir = root.join("boot/grub");
     write_signed_cfg(&gdir, key, &m.cfg)?;
     // The environment block, rewritten in place when it exists.
+    // What is there is kept when it is a block; anything else (gone,
+    // damaged, a link or a FIFO, never opened) is replaced by a new one.
     let envp = root.join(GRUBENV);
-    let mut vars = match fs::read(&envp) {
-        Ok(d) => env::parse(&d).unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
+    let mut vars = BootPartition::new(root).vars().unwrap_or_default();
     // The menu was written from what verifies now: an earlier refusal by
     // the initramfs no longer holds.
     env::update(&mut vars, &[(var::BAD, "")]);

@@ -57,7 +57,7 @@ pub(super) fn clear_stale(dir: &Path, keep: &BTreeSet<&str>) -> Result<()> {
 pub(super) fn kept(part: &BootPartition, booted: &[String]) -> Result<BTreeSet<ImageId>> {
     let c = part.counter()?;
     Ok(part
-        .images()
+        .images()?
         .into_iter()
         .filter(|i| c.protects(i) || booted.iter().any(|b| *b == i.dir()))
         .collect())
@@ -115,7 +115,7 @@ pub(super) fn make_room(
     }
     let kept = || keep.iter().map(ImageId::dir).collect::<Vec<_>>().join(", ");
     let old: Vec<ImageId> = part
-        .images_of(profile)
+        .images_of(profile)?
         .into_iter()
         .filter(|i| !keep.contains(i))
         .collect();
@@ -158,7 +158,7 @@ pub(super) fn prune(
     r: &mut PullReport,
 ) -> Result<()> {
     let mut kept = 0;
-    for i in part.images_of(profile).into_iter().rev() {
+    for i in part.images_of(profile)?.into_iter().rev() {
         if keep.contains(&i) || kept < n {
             kept += 1;
             continue;

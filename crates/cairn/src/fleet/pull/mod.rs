@@ -222,7 +222,8 @@ fn fetch_index(
 /// images there: candidates only, each checked by hash before it is used.
 fn known_files(part: &BootPartition) -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
-    for id in part.images() {
+    // (What cannot be listed offers nothing: it is fetched, verified.)
+    for id in part.images().unwrap_or_default() {
         let dir = part.image_dir(&id);
         let Some(sums) = small_file(&dir.join("SHA256SUMS"), 1 << 20)
             .ok()
@@ -316,7 +317,7 @@ pub fn pull(b: &BootRoot, o: &PullOptions) -> Result<PullReport> {
     if !o.dry_run {
         state.seen.insert(o.profile.clone(), seen);
     }
-    let on = part.images();
+    let on = part.images()?;
     let target = match plan::choose(&idx, &o.profile, o.running.as_deref(), &o.machine_id, &on) {
         plan::Choice::Stay(outcome) => {
             report.outcome = outcome;
