@@ -465,7 +465,8 @@ pub fn begin() -> Option<(&'static Fixture, crate::support::cores::Held<'static>
 }
 
 /// The start of a proof that boots one VM at a time: the shared fixture,
-/// then one core (two such proofs run side by side).
+/// then one core (two such proofs run side by side; also a build that is
+/// mostly one process at a time).
 pub fn begin_vm() -> Option<(&'static Fixture, crate::support::cores::Held<'static>)> {
     let f = get()?;
     Some((f, crate::support::cores::one()))
