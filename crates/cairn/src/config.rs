@@ -25,7 +25,7 @@ pub const STORE_ENV: &str = "CAIRN_STORE";
 /// The store when nothing says otherwise.
 pub const DEFAULT_STORE: &str = "/srv/cairn";
 /// The public key machines check images with when nothing says otherwise.
-pub const DEFAULT_PUBLIC_KEY: &str = "/etc/cairn/signing.pub";
+pub const DEFAULT_PUBLIC_KEY: &str = crate::image::paths::SIGNING_KEY;
 /// Where a bare profile name (`web`) is looked up when nothing says otherwise.
 pub const DEFAULT_PROFILE_DIR: &str = "/etc/cairn/profiles";
 

@@ -19,6 +19,8 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::cmd::Cmd;
+
 /// A file everyone may read (what a web server, TFTP server, GRUB or a
 /// service of the system reads).
 pub const PUBLIC_FILE: u32 = 0o644;
@@ -341,9 +343,137 @@ pub fn own_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Unmounts anything still mounted below `dir` (a killed build's /proc,
+/// /dev…) so removing the tree can never reach into the host. `dir` itself
+/// stays mounted if it is a mount point. A mount table that cannot be read
+/// is an error: nothing below `dir` may then be removed.
+pub fn unmount_below(dir: &Path) -> Result<()> {
+    unmount_below_by(dir, Path::new("/proc/self/mountinfo"))
+}
+
+fn unmount_below_by(dir: &Path, mountinfo: &Path) -> Result<()> {
+    let Ok(canon) = dir.canonicalize() else {
+        return Ok(());
+    };
+    for _ in 0..3 {
+        let info = fs::read_to_string(mountinfo).with_context(|| {
+            format!(
+                "reading {}: cannot tell what is mounted below {}, so nothing there is removed",
+                mountinfo.display(),
+                dir.display()
+            )
+        })?;
+        let mut points: Vec<PathBuf> = mount_points(&info)
+            .into_iter()
+            .filter(|p| p.starts_with(&canon) && *p != canon)
+            .collect();
+        if points.is_empty() {
+            return Ok(());
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in points {
+            let _ = Cmd::new("umount").arg("--lazy").arg(&p).output_any_status();
+        }
+    }
+    bail!(
+        "{} still has mounts below it; not removing it",
+        dir.display()
+    )
+}
+
+/// The mount points of a mountinfo table (its octal escapes undone).
+pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| {
+            PathBuf::from(
+                p.replace("\\040", " ")
+                    .replace("\\011", "\t")
+                    .replace("\\012", "\n")
+                    .replace("\\134", "\\"),
+            )
+        })
+        .collect()
+}
+
+/// A work directory removed on drop (after unmounting anything below it).
+pub struct WorkDir(pub PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if unmount_below(&self.0).is_ok() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A regular file's bytes, at most `cap` of them; a link, a FIFO, a device
+/// or a larger file is refused (whoever wrote the partition chose it). The
+/// file is opened without following a link or waiting on a FIFO, checked
+/// as opened, and never read past `cap` (a file that grows meanwhile).
+pub fn small_file(p: &Path, cap: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refused = || {
+        anyhow::anyhow!(
+            "{} is not a regular file of at most {cap} bytes",
+            p.display()
+        )
+    };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p);
+    let f = match f {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(refused()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    let m = f
+        .metadata()
+        .with_context(|| format!("reading {}", p.display()))?;
+    if !m.is_file() || m.len() > cap {
+        return Err(refused());
+    }
+    let mut data = Vec::with_capacity(m.len() as usize);
+    f.take(cap + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("reading {}", p.display()))?;
+    if data.len() as u64 > cap {
+        return Err(refused());
+    }
+    Ok(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a hostile partition puts where a small file should be: a link,
+    /// a FIFO (never waited on), a device, a file over the cap.
+    #[test]
+    fn small_files_are_regular_small_and_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"12345").unwrap();
+        assert_eq!(small_file(&f, 5).unwrap(), b"12345");
+        assert!(small_file(&f, 4).is_err());
+        let l = d.path().join("l");
+        std::os::unix::fs::symlink(&f, &l).unwrap();
+        assert!(format!("{:#}", small_file(&l, 5).unwrap_err()).contains("not a regular file"));
+        let fifo = d.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(small_file(&fifo, 5).is_err());
+        assert!(small_file(Path::new("/dev/zero"), 5).is_err());
+        assert!(small_file(&d.path().join("none"), 5).is_err());
+    }
 
     #[test]
     fn safe_relative_refuses_escapes() {
@@ -533,5 +663,27 @@ mod tests {
                     .contains("belongs to user 65534")
             );
         }
+    }
+
+    /// An unreadable mount table stops a cleanup: the tree (which could hold
+    /// bind mounts of /dev or the mirrors) is not removed.
+    #[test]
+    fn cleanup_fails_closed_without_a_mount_table() {
+        let d = tempfile::tempdir().unwrap();
+        let work = d.path().join("work");
+        fs::create_dir_all(work.join("rootfs/dev")).unwrap();
+        let err = unmount_below_by(&work, &d.path().join("no-such-mountinfo")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("nothing there is removed"),
+            "{err:#}"
+        );
+        // The guard's drop goes through the same check (here the real table,
+        // which has nothing below `work`): removed.
+        drop(WorkDir(work.clone()));
+        assert!(!work.exists());
+        assert_eq!(
+            mount_points("36 35 98:0 /mnt1 /a\\040b rw - ext3 /dev/root rw\n"),
+            [PathBuf::from("/a b")]
+        );
     }
 }

@@ -301,90 +301,12 @@ pub fn boot_call(dir: &str, ram: bool, selector: &str) -> String {
 
 /// Renders the menu for `images` (any order) and `isos`.
 pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Result<Menu> {
-    for i in images {
-        if !safe(&i.profile) || !safe(&i.version) {
-            bail!(
-                "image name {}/{} has characters a menu entry cannot carry",
-                i.profile,
-                i.version
-            );
-        }
-    }
-    let mut by_profile: BTreeMap<&str, Vec<&MenuImage>> = BTreeMap::new();
-    for i in images {
-        by_profile.entry(&i.profile).or_default().push(i);
-    }
-    for v in by_profile.values_mut() {
-        v.sort_by(|a, b| b.version.cmp(&a.version));
-    }
-    let default_profile = match &opts.default_profile {
-        Some(p) if by_profile.contains_key(p.as_str()) => Some(p.clone()),
-        Some(p) => bail!("no image of profile {p} to boot by default"),
-        None => images
-            .iter()
-            .max_by(|a, b| a.version.cmp(&b.version))
-            .map(|i| i.profile.clone()),
-    };
-    let mut order: Vec<&str> = by_profile.keys().copied().collect();
-    if let Some(d) = &default_profile {
-        order.retain(|p| p != d);
-        order.insert(0, d);
-    }
-
-    let mut entries = Vec::new();
-    let mut top = String::new();
-    let mut rollback = String::new();
-    for p in &order {
-        for (n, i) in by_profile[p].iter().enumerate() {
-            let (buf, prefix, indent) = if n == 0 {
-                (&mut top, "", "")
-            } else {
-                (&mut rollback, "rollback>", "    ")
-            };
-            for ram in [false, true] {
-                let id = entry_id(&i.profile, &i.version, ram);
-                let title = format!(
-                    "{} {}{}",
-                    i.profile,
-                    i.version,
-                    if ram { " (in RAM)" } else { "" }
-                );
-                let selector = format!("{prefix}{id}");
-                writeln!(
-                    buf,
-                    "{indent}menuentry \"{title}\" --unrestricted --id \"{id}\" {{\n\
-                     {indent}    {}\n{indent}}}",
-                    boot_call(&i.dir, ram, &selector),
-                )?;
-                entries.push(MenuEntry {
-                    id: selector,
-                    title,
-                    dir: i.dir.clone(),
-                    in_ram: ram,
-                });
-            }
-        }
-    }
+    let (by_profile, order) = by_profile(images, opts)?;
+    let (mut entries, top, rollback) = image_entries(&by_profile, &order)?;
     if entries.is_empty() {
         bail!("no images to put in the menu");
     }
-    let default = entries[0].id.clone();
-    // When an entry's image fails its checks, these are tried: the default
-    // profile's older images, then the other profiles' newest.
-    let fallback: Vec<String> = entries
-        .iter()
-        .filter(|e| !e.in_ram && e.id != default)
-        .filter(|e| {
-            e.id.starts_with("rollback>") && e.dir.starts_with(&format!("/images/{}/", order[0]))
-        })
-        .chain(
-            entries
-                .iter()
-                .filter(|e| !e.in_ram && !e.id.starts_with("rollback>") && e.id != default),
-        )
-        .map(|e| e.id.clone())
-        .collect();
-
+    let (default, fallback) = default_and_fallback(&entries, order[0]);
     let mut cfg = String::new();
     writeln!(
         cfg,
@@ -430,6 +352,129 @@ pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Res
         cfg.push_str(&rollback);
         cfg.push_str("}\n");
     }
+    iso_entries(isos, &mut cfg, &mut entries)?;
+    cfg.push_str(&FOUND.replace("NAME", crate::names::GRUB_ERE));
+    Ok(Menu {
+        cfg,
+        default,
+        fallback,
+        entries,
+        left_out: Vec::new(),
+    })
+}
+
+/// Images grouped by profile, each group newest first.
+type ByProfile<'a> = BTreeMap<&'a str, Vec<&'a MenuImage>>;
+
+/// The images by profile, newest first, and the profiles in menu order:
+/// the default profile (the one asked for, else the newest image's) first.
+fn by_profile<'a>(
+    images: &'a [MenuImage],
+    opts: &MenuOptions,
+) -> Result<(ByProfile<'a>, Vec<&'a str>)> {
+    for i in images {
+        if !safe(&i.profile) || !safe(&i.version) {
+            bail!(
+                "image name {}/{} has characters a menu entry cannot carry",
+                i.profile,
+                i.version
+            );
+        }
+    }
+    let mut by_profile = ByProfile::new();
+    for i in images {
+        by_profile.entry(&i.profile).or_default().push(i);
+    }
+    for v in by_profile.values_mut() {
+        v.sort_by(|a, b| b.version.cmp(&a.version));
+    }
+    let default_profile = match &opts.default_profile {
+        Some(p) if by_profile.contains_key(p.as_str()) => Some(p.clone()),
+        Some(p) => bail!("no image of profile {p} to boot by default"),
+        None => images
+            .iter()
+            .max_by(|a, b| a.version.cmp(&b.version))
+            .map(|i| i.profile.clone()),
+    };
+    let mut order: Vec<&str> = by_profile.keys().copied().collect();
+    if let Some(d) = &default_profile {
+        // The key of `by_profile` (borrowed from `images`), not `d`.
+        let at = order.iter().position(|p| p == d).unwrap_or(0);
+        let first = order.remove(at);
+        order.insert(0, first);
+    }
+    Ok((by_profile, order))
+}
+
+/// The entries of every image, on disk and in RAM: each profile's newest
+/// at the top of the menu, the older ones in the rollback submenu.
+fn image_entries(
+    by_profile: &ByProfile,
+    order: &[&str],
+) -> Result<(Vec<MenuEntry>, String, String)> {
+    let mut entries = Vec::new();
+    let mut top = String::new();
+    let mut rollback = String::new();
+    for p in order {
+        for (n, i) in by_profile[p].iter().enumerate() {
+            let (buf, prefix, indent) = if n == 0 {
+                (&mut top, "", "")
+            } else {
+                (&mut rollback, "rollback>", "    ")
+            };
+            for ram in [false, true] {
+                let id = entry_id(&i.profile, &i.version, ram);
+                let title = format!(
+                    "{} {}{}",
+                    i.profile,
+                    i.version,
+                    if ram { " (in RAM)" } else { "" }
+                );
+                let selector = format!("{prefix}{id}");
+                writeln!(
+                    buf,
+                    "{indent}menuentry \"{title}\" --unrestricted --id \"{id}\" {{\n\
+                     {indent}    {}\n{indent}}}",
+                    boot_call(&i.dir, ram, &selector),
+                )?;
+                entries.push(MenuEntry {
+                    id: selector,
+                    title,
+                    dir: i.dir.clone(),
+                    in_ram: ram,
+                });
+            }
+        }
+    }
+    Ok((entries, top, rollback))
+}
+
+/// The default entry (the first), and what is tried when an entry's image
+/// fails its checks: the default profile's older images, then the other
+/// profiles' newest.
+fn default_and_fallback(entries: &[MenuEntry], first_profile: &str) -> (String, Vec<String>) {
+    let default = entries[0].id.clone();
+    // When an entry's image fails its checks, these are tried: the default
+    // profile's older images, then the other profiles' newest.
+    let fallback: Vec<String> = entries
+        .iter()
+        .filter(|e| !e.in_ram && e.id != default)
+        .filter(|e| {
+            e.id.starts_with("rollback>") && e.dir.starts_with(&format!("/images/{first_profile}/"))
+        })
+        .chain(
+            entries
+                .iter()
+                .filter(|e| !e.in_ram && !e.id.starts_with("rollback>") && e.id != default),
+        )
+        .map(|e| e.id.clone())
+        .collect();
+
+    (default, fallback)
+}
+
+/// The ISO files' submenu, each checked whole, on disk and in RAM.
+fn iso_entries(isos: &[MenuIso], cfg: &mut String, entries: &mut Vec<MenuEntry>) -> Result<()> {
     if !isos.is_empty() {
         cfg.push_str("submenu \"ISO files\" --unrestricted --id isos {\n");
         for iso in isos {
@@ -464,14 +509,7 @@ pub fn render(images: &[MenuImage], isos: &[MenuIso], opts: &MenuOptions) -> Res
         }
         cfg.push_str("}\n");
     }
-    cfg.push_str(&FOUND.replace("NAME", crate::names::GRUB_ERE));
-    Ok(Menu {
-        cfg,
-        default,
-        fallback,
-        entries,
-        left_out: Vec::new(),
-    })
+    Ok(())
 }
 
 /// Loading over the network: GRUB read everything from the web server
@@ -519,14 +557,6 @@ pub fn render_net(images: &[MenuImage], opts: &NetMenuOptions) -> Result<Menu> {
     )?;
     // The same entries, in RAM only, with the disk menu's ids.
     m.entries.retain(|e| e.in_ram);
-    let entry_of = |profile: &str| {
-        m.entries
-            .iter()
-            .find(|e| {
-                !e.id.starts_with("rollback>") && e.dir.starts_with(&format!("/images/{profile}/"))
-            })
-            .map(|e| e.id.clone())
-    };
     let default = m
         .entries
         .first()
@@ -588,7 +618,31 @@ pub fn render_net(images: &[MenuImage], opts: &NetMenuOptions) -> Result<Menu> {
             .collect::<Vec<_>>()
             .join(" ")
     )?;
-    for (mac, profile) in &opts.machines {
+    machine_choices(&m.entries, &opts.machines, &mut cfg)?;
+    cfg.push_str(SMBIOS_PICK);
+    net_entries(&m.entries, &mut cfg)?;
+    m.fallback = fallback.iter().map(|e| e.id.clone()).collect();
+    m.default = default;
+    m.cfg = cfg;
+    Ok(m)
+}
+
+/// The default of each machine named by its MAC address: its profile's
+/// newest entry.
+fn machine_choices(
+    entries: &[MenuEntry],
+    machines: &[(String, String)],
+    cfg: &mut String,
+) -> Result<()> {
+    let entry_of = |profile: &str| {
+        entries
+            .iter()
+            .find(|e| {
+                !e.id.starts_with("rollback>") && e.dir.starts_with(&format!("/images/{profile}/"))
+            })
+            .map(|e| e.id.clone())
+    };
+    for (mac, profile) in machines {
         let ok = mac.len() == 17
             && mac.split(':').all(|b| {
                 b.len() == 2
@@ -605,11 +659,15 @@ pub fn render_net(images: &[MenuImage], opts: &NetMenuOptions) -> Result<Menu> {
             "if [ \"$net_default_mac\" = \"{mac}\" ]; then set default=\"{id}\"; fi"
         )?;
     }
-    cfg.push_str(SMBIOS_PICK);
-    // Every entry of the disk menu's shape, in RAM.
+    Ok(())
+}
+
+/// Every entry of the disk menu's shape, in RAM (a network boot has no
+/// disk to run from), the older ones in the rollback submenu.
+fn net_entries(entries: &[MenuEntry], cfg: &mut String) -> Result<()> {
     let mut top = String::new();
     let mut rollback = String::new();
-    for e in &m.entries {
+    for e in entries {
         let (buf, indent) = if e.id.starts_with("rollback>") {
             (&mut rollback, "    ")
         } else {
@@ -629,10 +687,7 @@ pub fn render_net(images: &[MenuImage], opts: &NetMenuOptions) -> Result<Menu> {
         cfg.push_str(&rollback);
         cfg.push_str("}\n");
     }
-    m.fallback = fallback.iter().map(|e| e.id.clone()).collect();
-    m.default = default;
-    m.cfg = cfg;
-    Ok(m)
+    Ok(())
 }
 
 /// The environment block decides: a one-shot `next_entry` first; then an

@@ -6,4 +6,5 @@ pub mod disk;
 pub mod env;
 pub mod grub;
 pub mod menu;
+pub mod model;
 pub mod netboot;

@@ -100,6 +100,57 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
     for p in &o.profiles {
         crate::names::check("profile", p)?;
     }
+    let (images, left_out) = menu_images(store, o, &key)?;
+    // GRUB and the menu of one run carry its generation: GRUB refuses an
+    // older menu. Never below an earlier run's (a clock set back).
+    let generation = (crate::unix_now().max(0) as u64).max(previous_generation(store) + 1);
+    let m = menu::render_net(
+        &images,
+        &NetMenuOptions {
+            timeout: o.timeout,
+            default_profile: o.default_profile.clone(),
+            server: format!("http://{server}"),
+            machines: o.machines.clone(),
+            generation,
+        },
+    )?;
+    // Made beside, then swapped in: a server never serves half a netboot
+    // directory (GRUB files of one run with the menu of another).
+    let out = store.join(NETBOOT_DIR);
+    let new = store.join(format!(".{NETBOOT_DIR}.new"));
+    let old = store.join(format!(".{NETBOOT_DIR}.old"));
+    for d in [&new, &old] {
+        if fs::symlink_metadata(d).is_ok() {
+            fs::remove_dir_all(d)?;
+        }
+    }
+    fs::create_dir_all(&new)?;
+    grub_files(&new, o, &key, &server, generation)?;
+    write_signed_cfg(&new, &key, &m.cfg)?;
+    // Handed out by a TFTP server and a web server, neither of them root.
+    crate::fsutil::make_public(&new)?;
+    swap_in(&new, &out, &old)?;
+    Ok(NetbootReport {
+        schema_version: 1,
+        bios: out.join(BIOS_FILE),
+        efi: out.join(efi_boot_file(&out)),
+        dir: out,
+        server,
+        default: m.default,
+        generation,
+        fallback: m.fallback,
+        entries: m.entries,
+        left_out,
+    })
+}
+
+/// The bootable images of the profiles asked for (all when none is),
+/// each verified; what fails verification is left out and said.
+fn menu_images(
+    store: &Path,
+    o: &NetbootOptions,
+    key: &keys::SigningKey,
+) -> Result<(Vec<MenuImage>, Vec<LeftOut>)> {
     let mut images = Vec::new();
     let mut left_out = Vec::new();
     for e in image::list(store)? {
@@ -110,7 +161,7 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
         if !image::read_manifest(&e.path).is_ok_and(|m| m.bootable) {
             continue;
         }
-        let problems = image_problems(&e.path, &key, true);
+        let problems = image_problems(&e.path, key, true);
         if !problems.is_empty() {
             tracing::warn!(
                 "left out of the network menu: {dir}: {}",
@@ -139,35 +190,23 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
     if images.is_empty() {
         bail!("no bootable, verified image in {}", store.display());
     }
-    // GRUB and the menu of one run carry its generation: GRUB refuses an
-    // older menu. Never below an earlier run's (a clock set back).
-    let generation = (crate::unix_now().max(0) as u64).max(previous_generation(store) + 1);
-    let m = menu::render_net(
-        &images,
-        &NetMenuOptions {
-            timeout: o.timeout,
-            default_profile: o.default_profile.clone(),
-            server: format!("http://{server}"),
-            machines: o.machines.clone(),
-            generation,
-        },
-    )?;
-    // Made beside, then swapped in: a server never serves half a netboot
-    // directory (GRUB files of one run with the menu of another).
-    let out = store.join(NETBOOT_DIR);
-    let new = store.join(format!(".{NETBOOT_DIR}.new"));
-    let old = store.join(format!(".{NETBOOT_DIR}.old"));
-    for d in [&new, &old] {
-        if fs::symlink_metadata(d).is_ok() {
-            fs::remove_dir_all(d)?;
-        }
-    }
-    fs::create_dir_all(&new)?;
+    Ok((images, left_out))
+}
+
+/// GRUB for BIOS and UEFI in `new`, the key and the server built in; with
+/// Secure Boot the UEFI one signed, and shim with its MOK manager beside.
+fn grub_files(
+    new: &Path,
+    o: &NetbootOptions,
+    key: &keys::SigningKey,
+    server: &str,
+    generation: u64,
+) -> Result<()> {
     grub::mkimage_net(
         Platform::Bios,
         &new.join(BIOS_FILE),
         &key.public_key,
-        &server,
+        server,
         generation,
         None,
     )?;
@@ -186,7 +225,7 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
         Platform::Efi,
         &efi,
         &key.public_key,
-        &server,
+        server,
         generation,
         shim.map(|_| sbat.as_path()),
     )?;
@@ -206,28 +245,19 @@ pub fn prepare(store: &Path, o: &NetbootOptions) -> Result<NetbootReport> {
             )?;
         }
     }
-    write_signed_cfg(&new, &key, &m.cfg)?;
-    // Handed out by a TFTP server and a web server, neither of them root.
-    crate::fsutil::make_public(&new)?;
-    if fs::symlink_metadata(&out).is_ok() {
-        fs::rename(&out, &old)?;
+    Ok(())
+}
+
+/// `new` becomes `out`; the previous `out` goes (by way of `old`).
+fn swap_in(new: &Path, out: &Path, old: &Path) -> Result<()> {
+    if fs::symlink_metadata(out).is_ok() {
+        fs::rename(out, old)?;
     }
-    fs::rename(&new, &out).with_context(|| format!("putting {} in place", out.display()))?;
-    if fs::symlink_metadata(&old).is_ok() {
-        fs::remove_dir_all(&old)?;
+    fs::rename(new, out).with_context(|| format!("putting {} in place", out.display()))?;
+    if fs::symlink_metadata(old).is_ok() {
+        fs::remove_dir_all(old)?;
     }
-    Ok(NetbootReport {
-        schema_version: 1,
-        bios: out.join(BIOS_FILE),
-        efi: out.join(efi_boot_file(&out)),
-        dir: out,
-        server,
-        default: m.default,
-        generation,
-        fallback: m.fallback,
-        entries: m.entries,
-        left_out,
-    })
+    Ok(())
 }
 
 /// A dnsmasq configuration that hands out cairn's GRUB on `network` (an

@@ -109,7 +109,7 @@ pub(super) fn run_upgrade(cli: &Cli, a: &UpgradeArgs) -> Result<i32> {
         outln!(
             "{} {v}: {} layer ({}), {} layer(s), image {}; {} upgraded, {} added, {} removed; {:.1}s",
             r.profile,
-            r.layer.as_deref().unwrap_or(""),
+            r.layer.map(|l| l.to_string()).unwrap_or_default(),
             human_bytes(r.new_layer_bytes),
             r.layers.len(),
             human_bytes(r.image_bytes),

@@ -34,8 +34,8 @@ pub struct PublishArgs {
 pub struct PullArgs {
     /// Base URL of the published store (repeat: tried in order)
     /// [default: the image's fleet.urls].
-    #[arg(long = "url", value_name = "URL")]
-    pub urls: Vec<String>,
+    #[arg(long = "url", value_name = "URL", value_parser = super::repo_url)]
+    pub urls: Vec<crate::mirror::url::RepoUrl>,
     /// Profile to pull [default: the running image's].
     #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,

@@ -141,114 +141,10 @@ pub(super) fn run_key(cli: &Cli, c: &KeyCommand) -> Result<i32> {
 
 pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
     match c {
-        ImageCommand::List => {
-            let all = image::list(&cli.store)?;
-            show(cli, "images", &all, |all| {
-                for e in all {
-                    outln!(
-                        "{:<16} {:<20} {:>10} {:<5} {:>4} packages{}{}",
-                        e.profile,
-                        e.version,
-                        human_bytes(e.size),
-                        e.compression.as_deref().unwrap_or("?"),
-                        e.packages,
-                        if e.iso { "  iso" } else { "" },
-                        e.parent
-                            .as_deref()
-                            .map(|p| format!("  parent {p}"))
-                            .unwrap_or_default()
-                    );
-                }
-                Ok(())
-            })?;
-            Ok(0)
-        }
-        ImageCommand::Verify { image: spec, key } => {
-            let dir = image::resolve(&cli.store, spec)?;
-            let public = match key {
-                Some(k) => k.clone(),
-                None => keys::load(&cli.store)?.public_key,
-            };
-            let r = image::verify(&dir, &public)?;
-            show(cli, "verify", &r, |r| {
-                for p in &r.problems {
-                    outln!("  BAD {p}");
-                }
-                outln!(
-                    "{}: {} — {} files checked{}",
-                    r.path.display(),
-                    if r.ok { "OK" } else { "FAILED" },
-                    r.checked.len(),
-                    r.signed_by
-                        .as_deref()
-                        .map(|s| format!(", signed by {s}"))
-                        .unwrap_or_default()
-                );
-                Ok(())
-            })?;
-            Ok(if r.ok {
-                super::exit::SUCCESS
-            } else {
-                super::exit::VERIFICATION
-            })
-        }
-        ImageCommand::Diff { a, b } => {
-            let ma = image::read_manifest(&image::resolve(&cli.store, a)?)?;
-            let mb = image::read_manifest(&image::resolve(&cli.store, b)?)?;
-            let d = image::diff(&ma, &mb);
-            show(cli, "diff", &d, |d| {
-                outln!("{} -> {}", d.from, d.to);
-                for p in &d.added {
-                    outln!("  + {} {}", p.name, p.version);
-                }
-                for p in &d.removed {
-                    outln!("  - {} {}", p.name, p.version);
-                }
-                for (n, o, v) in &d.changed {
-                    outln!("  ~ {n} {o} -> {v}");
-                }
-                outln!(
-                    "{} added, {} removed, {} changed",
-                    d.added.len(),
-                    d.removed.len(),
-                    d.changed.len()
-                );
-                Ok(())
-            })?;
-            Ok(0)
-        }
-        ImageCommand::Prune { keep, dry_run } => {
-            let booted = image::booted_image();
-            let keep = usize::try_from(*keep)?;
-            let gone = image::prune(&cli.store, keep, booted.as_deref(), *dry_run)?;
-            #[derive(serde::Serialize)]
-            #[serde(rename_all = "kebab-case")]
-            struct Pruned<'a> {
-                dry_run: bool,
-                removed: &'a [PathBuf],
-            }
-            let out = Pruned {
-                dry_run: *dry_run,
-                removed: &gone,
-            };
-            show(cli, "removed", &out, |out| {
-                let gone = out.removed;
-                for g in gone {
-                    outln!(
-                        "{} {}",
-                        if *dry_run { "would remove" } else { "removed" },
-                        g.display()
-                    );
-                }
-                outln!(
-                    "{} image(s) {}",
-                    gone.len(),
-                    if *dry_run { "to remove" } else { "removed" }
-                );
-                Ok(())
-            })?;
-            Ok(0)
-        }
+        ImageCommand::List => image_list(cli),
+        ImageCommand::Verify { image: spec, key } => image_verify(cli, spec, key.as_deref()),
+        ImageCommand::Diff { a, b } => image_diff(cli, a, b),
+        ImageCommand::Prune { keep, dry_run } => image_prune(cli, *keep, *dry_run),
         ImageCommand::Rebuild {
             image: spec,
             check: _,
@@ -256,102 +152,230 @@ pub(super) fn run_image(cli: &Cli, c: &ImageCommand) -> Result<i32> {
             keep,
             processors,
             key,
-        } => {
-            if !crate::fsutil::is_root() {
-                anyhow::bail!("cairn image rebuild needs root (it builds, as cairn build does)");
-            }
-            let dir = image::resolve(&cli.store, spec)?;
-            let m = image::read_manifest(&dir)?;
-            let arg = cli
-                .config
-                .profile_arg(profile.as_deref().unwrap_or(&m.profile))?;
-            let prof = crate::profile::load_arg(&arg)?;
-            let r = image::rebuild::rebuild(
-                &dir,
-                &prof,
-                &arg,
-                &image::rebuild::RebuildOptions {
-                    store: cli.store.clone(),
-                    keep: keep.clone(),
-                    public_key: match key {
-                        Some(k) => k.clone(),
-                        None => keys::load(&cli.store)?.public_key,
-                    },
-                    processors: processors.map(|p| p as usize),
-                    quiet: cli.quiet(),
-                },
-            )?;
-            show(cli, "rebuild", &r, |r| {
-                for c in &r.inputs_changed {
-                    outln!("  input changed since the build: {c}");
-                }
-                for f in &r.files {
-                    outln!(
-                        "  {:<22} {}",
-                        f.name,
-                        if f.identical {
-                            "identical".to_string()
-                        } else {
-                            format!(
-                                "DIFFERS (image {}…, rebuild {}…)",
-                                &f.image_sha256[..16],
-                                &f.rebuilt_sha256[..16]
-                            )
-                        }
-                    );
-                }
-                if let Some(d) = &r.first_difference {
-                    outln!("  first difference: {d}");
-                }
-                if let Some(d) = &r.diffoscope {
-                    outln!("diffoscope:\n{d}");
-                }
-                outln!(
-                    "{}: {} (epoch {}, {}) in {:.0}s",
-                    r.image,
-                    if r.reproducible {
-                        "reproducible: the rebuild is identical"
-                    } else {
-                        "NOT REPRODUCED"
-                    },
-                    r.epoch,
-                    r.snapshot
-                        .as_deref()
-                        .map(|s| format!("snapshot {s}"))
-                        .unwrap_or_else(|| "live mirrors".into()),
-                    r.seconds
-                );
-                Ok(())
-            })?;
-            Ok(if r.reproducible {
-                super::exit::SUCCESS
-            } else {
-                super::exit::VERIFICATION
-            })
-        }
-        ImageCommand::Sign { image: spec } => {
-            let dir = image::resolve(&cli.store, spec)?;
-            let key = keys::load(&cli.store)?;
-            image::seal(&dir, &key)?;
-            #[derive(serde::Serialize)]
-            #[serde(rename_all = "kebab-case")]
-            struct Sealed<'a> {
-                path: &'a std::path::Path,
-                signed_by: &'a str,
-            }
-            let out = Sealed {
-                path: &dir,
-                signed_by: &key.fingerprint,
-            };
-            show(cli, "sign", &out, |out| {
-                outln!(
-                    "{}: sealed, signed by {}",
-                    out.path.display(),
-                    out.signed_by
-                );
-                Ok(())
-            })?;
-            Ok(0)
-        }
+        } => image_rebuild(
+            cli,
+            spec,
+            profile.as_deref(),
+            keep,
+            *processors,
+            key.as_deref(),
+        ),
+        ImageCommand::Sign { image: spec } => image_sign(cli, spec),
     }
+}
+
+fn image_list(cli: &Cli) -> Result<i32> {
+    let all = image::list(&cli.store)?;
+    show(cli, "images", &all, |all| {
+        for e in all {
+            outln!(
+                "{:<16} {:<20} {:>10} {:<5} {:>4} packages{}{}",
+                e.profile,
+                e.version,
+                human_bytes(e.size),
+                e.compression.map_or("?", |c| c.name()),
+                e.packages,
+                if e.iso { "  iso" } else { "" },
+                e.parent
+                    .as_ref()
+                    .map(|p| format!("  parent {p}"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+fn image_verify(cli: &Cli, spec: &str, key: Option<&std::path::Path>) -> Result<i32> {
+    let dir = image::resolve(&cli.store, spec)?;
+    let public = match key {
+        Some(k) => k.to_path_buf(),
+        None => keys::load(&cli.store)?.public_key,
+    };
+    let r = image::verify(&dir, &public)?;
+    show(cli, "verify", &r, |r| {
+        for p in &r.problems {
+            outln!("  BAD {p}");
+        }
+        outln!(
+            "{}: {} — {} files checked{}",
+            r.path.display(),
+            if r.ok { "OK" } else { "FAILED" },
+            r.checked.len(),
+            r.signed_by
+                .as_deref()
+                .map(|s| format!(", signed by {s}"))
+                .unwrap_or_default()
+        );
+        Ok(())
+    })?;
+    Ok(if r.ok {
+        super::exit::SUCCESS
+    } else {
+        super::exit::VERIFICATION
+    })
+}
+
+fn image_diff(cli: &Cli, a: &str, b: &str) -> Result<i32> {
+    let ma = image::read_manifest(&image::resolve(&cli.store, a)?)?;
+    let mb = image::read_manifest(&image::resolve(&cli.store, b)?)?;
+    let d = image::diff(&ma, &mb);
+    show(cli, "diff", &d, |d| {
+        outln!("{} -> {}", d.from, d.to);
+        for p in &d.added {
+            outln!("  + {} {}", p.name, p.version);
+        }
+        for p in &d.removed {
+            outln!("  - {} {}", p.name, p.version);
+        }
+        for (n, o, v) in &d.changed {
+            outln!("  ~ {n} {o} -> {v}");
+        }
+        outln!(
+            "{} added, {} removed, {} changed",
+            d.added.len(),
+            d.removed.len(),
+            d.changed.len()
+        );
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+fn image_prune(cli: &Cli, keep: u64, dry_run: bool) -> Result<i32> {
+    let booted = image::booted_image();
+    let keep = usize::try_from(keep)?;
+    let gone = image::prune(&cli.store, keep, booted.as_deref(), dry_run)?;
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct Pruned<'a> {
+        dry_run: bool,
+        removed: &'a [PathBuf],
+    }
+    let out = Pruned {
+        dry_run,
+        removed: &gone,
+    };
+    show(cli, "removed", &out, |out| {
+        let gone = out.removed;
+        for g in gone {
+            outln!(
+                "{} {}",
+                if dry_run { "would remove" } else { "removed" },
+                g.display()
+            );
+        }
+        outln!(
+            "{} image(s) {}",
+            gone.len(),
+            if dry_run { "to remove" } else { "removed" }
+        );
+        Ok(())
+    })?;
+    Ok(0)
+}
+
+fn image_rebuild(
+    cli: &Cli,
+    spec: &str,
+    profile: Option<&str>,
+    keep: &Option<PathBuf>,
+    processors: Option<u32>,
+    key: Option<&std::path::Path>,
+) -> Result<i32> {
+    if !crate::fsutil::is_root() {
+        anyhow::bail!("cairn image rebuild needs root (it builds, as cairn build does)");
+    }
+    let dir = image::resolve(&cli.store, spec)?;
+    let m = image::read_manifest(&dir)?;
+    let arg = cli.config.profile_arg(profile.unwrap_or(&m.profile))?;
+    let prof = crate::profile::load_arg(&arg)?;
+    let r = image::rebuild::rebuild(
+        &dir,
+        &prof,
+        &arg,
+        &image::rebuild::RebuildOptions {
+            store: cli.store.clone(),
+            keep: keep.clone(),
+            public_key: match key {
+                Some(k) => k.to_path_buf(),
+                None => keys::load(&cli.store)?.public_key,
+            },
+            processors: processors.map(|p| p as usize),
+            quiet: cli.quiet(),
+        },
+    )?;
+    show(cli, "rebuild", &r, |r| {
+        for c in &r.inputs_changed {
+            outln!("  input changed since the build: {c}");
+        }
+        for f in &r.files {
+            outln!(
+                "  {:<22} {}",
+                f.name,
+                if f.identical {
+                    "identical".to_string()
+                } else {
+                    format!(
+                        "DIFFERS (image {}…, rebuild {}…)",
+                        &f.image_sha256[..16],
+                        &f.rebuilt_sha256[..16]
+                    )
+                }
+            );
+        }
+        if let Some(d) = &r.first_difference {
+            outln!("  first difference: {d}");
+        }
+        if let Some(d) = &r.diffoscope {
+            outln!("diffoscope:\n{d}");
+        }
+        outln!(
+            "{}: {} (epoch {}, {}) in {:.0}s",
+            r.image,
+            if r.reproducible {
+                "reproducible: the rebuild is identical"
+            } else {
+                "NOT REPRODUCED"
+            },
+            r.epoch,
+            r.snapshot
+                .as_deref()
+                .map(|s| format!("snapshot {s}"))
+                .unwrap_or_else(|| "live mirrors".into()),
+            r.seconds
+        );
+        Ok(())
+    })?;
+    Ok(if r.reproducible {
+        super::exit::SUCCESS
+    } else {
+        super::exit::VERIFICATION
+    })
+}
+
+fn image_sign(cli: &Cli, spec: &str) -> Result<i32> {
+    let dir = image::resolve(&cli.store, spec)?;
+    let key = keys::load(&cli.store)?;
+    image::seal(&dir, &key)?;
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct Sealed<'a> {
+        path: &'a std::path::Path,
+        signed_by: &'a str,
+    }
+    let out = Sealed {
+        path: &dir,
+        signed_by: &key.fingerprint,
+    };
+    show(cli, "sign", &out, |out| {
+        outln!(
+            "{}: sealed, signed by {}",
+            out.path.display(),
+            out.signed_by
+        );
+        Ok(())
+    })?;
+    Ok(0)
 }

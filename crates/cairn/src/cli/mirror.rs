@@ -106,7 +106,9 @@ pub(super) fn run_snapshot(cli: &Cli, c: &SnapshotCommand) -> Result<i32> {
             })?;
         }
         SnapshotCommand::Delete { name, force } => {
-            let s = snapshot::delete(&cli.store, name, *force)?;
+            let s = snapshot::delete(&cli.store, name, *force, || {
+                crate::image::built_from_snapshot(&cli.store, name)
+            })?;
             #[derive(serde::Serialize)]
             struct Deleted<'a> {
                 deleted: &'a str,
@@ -160,8 +162,8 @@ pub struct SyncArgs {
     #[arg(long, conflicts_with_all = ["url", "suite", "component", "arch", "keyring", "name"])]
     pub config: Option<PathBuf>,
     /// Mirror this repository instead of the host's apt sources.
-    #[arg(long, requires_all = ["suite", "keyring"])]
-    pub url: Option<String>,
+    #[arg(long, requires_all = ["suite", "keyring"], value_parser = super::repo_url)]
+    pub url: Option<crate::mirror::url::RepoUrl>,
     /// Suite(s) of --url (repeatable).
     #[arg(long)]
     pub suite: Vec<String>,
@@ -377,14 +379,16 @@ fn sync_config(cli: &Cli, a: &SyncArgs) -> Result<MirrorConfig> {
         .collect::<Result<Vec<_>>>()?;
     resolve(&SyncRequest {
         config: config.as_deref(),
-        url: a.url.as_deref(),
+        url: a.url.as_ref(),
         name: a.name.as_deref(),
         suites: &a.suite,
         components: &a.component,
         architectures: &a.arch,
         keyring: &a.keyring,
-        profiles: &profiles,
-        host_types: &a.host_type,
+        needs: &profiles
+            .iter()
+            .map(|p| p.mirror_needs(&a.host_type))
+            .collect::<Vec<_>>(),
         packages: &a.package,
         priorities: &a.priority,
         full: a.full,

@@ -230,6 +230,12 @@ fn host_type_parser() -> impl clap::builder::TypedValueParser<Value = crate::pro
     })
 }
 
+/// An http(s) or file URL, parsed where the command line is read (the
+/// error names the argument).
+fn repo_url(s: &str) -> Result<crate::mirror::url::RepoUrl, String> {
+    crate::mirror::url::RepoUrl::parse(s).map_err(|e| format!("{e:#}"))
+}
+
 /// Whether colour may be used on stderr: a terminal, and `NO_COLOR` unset
 /// (or empty), as no-color.org says.
 pub fn colour() -> bool {

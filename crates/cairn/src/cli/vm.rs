@@ -112,29 +112,7 @@ pub(super) fn run_vm(cli: &Cli, c: &VmCommand) -> Result<i32> {
         net,
         netboot,
     } = c;
-    // What the user named is checked before qemu starts, and named as given.
-    for (what, p) in media
-        .iter()
-        .map(|m| ("the disk", m))
-        .chain(disks.iter().map(|d| ("--attach", d)))
-        .chain(own_cert.iter().map(|c| ("--own-cert", c)))
-        .chain(mok_cert.iter().map(|c| ("--mok-cert", c)))
-    {
-        match std::fs::metadata(p) {
-            Ok(m) if m.is_file() || m.file_type().is_block_device() => {}
-            Ok(_) => anyhow::bail!("{what} {}: not a file", p.display()),
-            Err(e) => anyhow::bail!("{what} {}: {e}", p.display()),
-        }
-    }
-    for (what, p) in attach_dir
-        .iter()
-        .map(|d| ("--attach-dir", d))
-        .chain(netboot.iter().map(|d| ("--netboot", d)))
-    {
-        if !p.is_dir() {
-            anyhow::bail!("{what} {}: no such directory", p.display());
-        }
-    }
+    named_inputs_exist(media, disks, own_cert, mok_cert, attach_dir, netboot)?;
     let mut attach = disks.clone();
     if let Some(d) = attach_dir {
         crate::fsutil::own_dir(log_dir)?;
@@ -205,20 +183,59 @@ pub(super) fn run_vm(cli: &Cli, c: &VmCommand) -> Result<i32> {
         Ok(())
     })?;
     if let (Some(m), None) = (marker, &r.marker_line) {
-        // What a slow or stuck boot was doing: the last lines.
-        eprintln!(
-            "cairn: {}: no line starting with {m:?} after {:.1}s ({}); last console lines ({}):\n{}",
-            what,
-            r.seconds,
-            if r.timed_out {
-                format!("timeout {timeout}s")
-            } else {
-                "the VM stopped".to_string()
-            },
-            r.console_log.display(),
-            crate::vm::last_lines(&r.console_log, 25)
-        );
+        missed_marker(&what, m, *timeout, &r);
         return Ok(1);
     }
     Ok(0)
+}
+
+/// What the user named is checked before qemu starts, and named as given.
+fn named_inputs_exist(
+    media: &Option<PathBuf>,
+    disks: &[PathBuf],
+    own_cert: &Option<PathBuf>,
+    mok_cert: &Option<PathBuf>,
+    attach_dir: &Option<PathBuf>,
+    netboot: &Option<PathBuf>,
+) -> Result<()> {
+    for (what, p) in media
+        .iter()
+        .map(|m| ("the disk", m))
+        .chain(disks.iter().map(|d| ("--attach", d)))
+        .chain(own_cert.iter().map(|c| ("--own-cert", c)))
+        .chain(mok_cert.iter().map(|c| ("--mok-cert", c)))
+    {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_file() || m.file_type().is_block_device() => {}
+            Ok(_) => anyhow::bail!("{what} {}: not a file", p.display()),
+            Err(e) => anyhow::bail!("{what} {}: {e}", p.display()),
+        }
+    }
+    for (what, p) in attach_dir
+        .iter()
+        .map(|d| ("--attach-dir", d))
+        .chain(netboot.iter().map(|d| ("--netboot", d)))
+    {
+        if !p.is_dir() {
+            anyhow::bail!("{what} {}: no such directory", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// Says that the marker never came, and what the console said last.
+fn missed_marker(what: &str, m: &str, timeout: u64, r: &crate::vm::VmResult) {
+    // What a slow or stuck boot was doing: the last lines.
+    eprintln!(
+        "cairn: {}: no line starting with {m:?} after {:.1}s ({}); last console lines ({}):\n{}",
+        what,
+        r.seconds,
+        if r.timed_out {
+            format!("timeout {timeout}s")
+        } else {
+            "the VM stopped".to_string()
+        },
+        r.console_log.display(),
+        crate::vm::last_lines(&r.console_log, 25)
+    );
 }

@@ -111,8 +111,10 @@ pub fn cycle(store: &Path, c: &CycleConfig, quiet: bool) -> Result<CycleReport> 
             components: &[],
             architectures: &[],
             keyring: &[],
-            profiles: &profiles,
-            host_types: &[],
+            needs: &profiles
+                .iter()
+                .map(|p| p.mirror_needs(&[]))
+                .collect::<Vec<_>>(),
             packages: &[],
             priorities: &[],
             full: false,

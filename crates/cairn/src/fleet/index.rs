@@ -143,7 +143,7 @@ pub fn publish(store: &Path, key: &SigningKey, profile: &str, o: &PublishOptions
             .unwrap_or(FULL_ROLLOUT);
         versions.push(IndexVersion {
             version: m.version.clone(),
-            parent: m.parent.clone(),
+            parent: m.parent.as_ref().map(ToString::to_string),
             built_at: m.built_at,
             kernel: m.kernel.clone(),
             layers: m.layers.clone(),
@@ -202,7 +202,7 @@ pub struct Seen {
 /// Returns the index and what to remember of it.
 macro_rules! refuse {
     ($($t:tt)*) => {
-        return Err(crate::trust::VerificationFailed(format!($($t)*)).into())
+        return Err(crate::trust::VerificationFailed::new(format!($($t)*)).into())
     };
 }
 

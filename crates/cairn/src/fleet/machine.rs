@@ -6,20 +6,12 @@ use fs_err as fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::profile::{Fleet, Policy, RawFleet, in_window, parse_window};
 
-/// The profile's `[fleet]`, as the image carries it.
-pub const FLEET_FILE: &str = "/etc/cairn/fleet.toml";
-
-/// What `FLEET_FILE` holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct FleetFile {
-    pub profile: String,
-    pub fleet: Fleet,
-}
+pub use crate::image::paths::FLEET_FILE;
+pub use crate::profile::FleetFile;
 
 /// This machine's profile and settings: the image's, then the `[fleet]`
 /// overrides of the host's configuration (`config_file` and its drop-ins),
@@ -164,7 +156,7 @@ pub fn machine_key(given: Option<&Path>, store: Option<&Path>) -> PathBuf {
     {
         return k.public_key;
     }
-    PathBuf::from(crate::rootfs::customize::KEY_IN_IMAGE)
+    PathBuf::from(crate::image::paths::SIGNING_KEY)
 }
 
 #[cfg(test)]

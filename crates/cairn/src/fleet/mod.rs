@@ -54,7 +54,7 @@ pub enum Target {
 /// machine's settings.
 pub struct PullRequest {
     pub target: Target,
-    pub urls: Vec<String>,
+    pub urls: Vec<RepoUrl>,
     pub profile: Option<String>,
     pub key: Option<PathBuf>,
     pub machine_id: Option<String>,
@@ -185,24 +185,7 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
     } else {
         None
     };
-    let profile = match (&r.profile, &settings) {
-        (Some(p), _) => p.clone(),
-        (None, Some(s)) => s.profile.clone(),
-        (None, None) => bail!("--profile: which profile to pull"),
-    };
-    let urls: Vec<String> = if !r.urls.is_empty() {
-        r.urls.clone()
-    } else {
-        settings
-            .as_ref()
-            .map(|s| s.fleet.urls.clone())
-            .unwrap_or_default()
-    };
-    let urls = urls
-        .iter()
-        .map(|u| RepoUrl::parse(u).with_context(|| format!("URL {u}")))
-        .collect::<Result<Vec<_>>>()?;
-    let keep = settings.as_ref().map_or(3, |s| s.fleet.keep);
+    let (profile, urls, keep) = what_to_pull(r, settings.as_ref())?;
     let key = machine::machine_key(
         r.key.as_deref(),
         match &r.target {
@@ -210,17 +193,97 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
             _ => None,
         },
     );
-    let mut medium = None;
-    let mut mounted = None;
-    let (root, booted_dir, running_version, default_id) = match &r.target {
+    let t = open_target(r, &profile)?;
+    let machine_id = match (&r.machine_id, t.default_id) {
+        (Some(m), _) => m.clone(),
+        (None, Some(d)) => d,
+        (None, None) => bail!("--machine-id: this machine's id for staged rollouts"),
+    };
+    if machine_id.is_empty() {
+        bail!("--machine-id: an empty id");
+    }
+    let b = BootRoot {
+        root: t.root,
+        writable: t.medium.as_ref(),
+        booted_dir: t.booted_dir,
+    };
+    let o = PullOptions {
+        profile: profile.clone(),
+        urls,
+        key: key.clone(),
+        machine_id,
+        running: t.running_version,
+        keep,
+        jobs: r.jobs,
+        retry: RetryPolicy::default(),
+        now: crate::unix_now(),
+        dry_run: r.dry_run,
+    };
+    let report = pull::pull(&b, &o)?;
+    // The disk is unlocked, the medium let go, before any switch.
+    drop(t.mounted);
+    drop(b);
+    drop(t.medium);
+    let mut result = PullResult {
+        report,
+        action: None,
+        pending: None,
+    };
+    if running && !r.dry_run {
+        result.pending = pending(r, settings.as_ref(), &result.report, &profile, key)?;
+    }
+    Ok(result)
+}
+
+/// The profile, the URLs and how many images to keep: the request's,
+/// else the machine's settings.
+fn what_to_pull(
+    r: &PullRequest,
+    settings: Option<&crate::profile::FleetFile>,
+) -> Result<(String, Vec<RepoUrl>, u32)> {
+    let profile = match (&r.profile, settings) {
+        (Some(p), _) => p.clone(),
+        (None, Some(s)) => s.profile.clone(),
+        (None, None) => bail!("--profile: which profile to pull"),
+    };
+    let urls = if !r.urls.is_empty() {
+        r.urls.clone()
+    } else {
+        settings
+            .map(|s| s.fleet.urls.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|u| RepoUrl::parse(u).with_context(|| format!("fleet.urls: {u}")))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let keep = settings.map_or(3, |s| s.fleet.keep);
+    Ok((profile, urls, keep))
+}
+
+/// The boot partition a pull writes, opened.
+struct Opened {
+    root: PathBuf,
+    /// Directories never removed to make room (the running image's).
+    booted_dir: Vec<String>,
+    /// The version of the profile this system runs, if it runs one.
+    running_version: Option<String>,
+    /// The machine id when none is given: /etc/machine-id, or the disk's
+    /// file system UUID.
+    default_id: Option<String>,
+    medium: Option<crate::live::BootMedium>,
+    /// A disk's boot partition, mounted under its lock.
+    mounted: Option<crate::boot::disk::MountedBoot>,
+}
+
+fn open_target(r: &PullRequest, profile: &str) -> Result<Opened> {
+    Ok(match &r.target {
         Target::Running => {
-            let (p, v) = crate::live::booted()?;
-            medium = Some(crate::live::BootMedium::find()?);
-            let root = medium.as_ref().map(|m| m.root.clone()).unwrap_or_default();
-            let running = (p == profile).then(|| v.clone());
+            let id = crate::live::booted()?;
+            let medium = crate::live::BootMedium::find()?;
+            let running = (id.profile() == profile).then(|| id.version().to_string());
             // The directory booted from (live-media-path=) and the one its
             // name says: neither is removed to make room.
-            let mut booted = vec![format!("/images/{p}/{v}")];
+            let mut booted = vec![id.dir()];
             let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
             booted.extend(
                 cmdline
@@ -228,9 +291,23 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
                     .filter_map(|a| a.strip_prefix("live-media-path="))
                     .map(|d| d.trim_end_matches('/').to_string()),
             );
-            (root, booted, running, machine::machine_id().ok())
+            Opened {
+                root: medium.root.clone(),
+                booted_dir: booted,
+                running_version: running,
+                default_id: machine::machine_id().ok(),
+                medium: Some(medium),
+                mounted: None,
+            }
         }
-        Target::Dir(d) => (d.clone(), Vec::new(), None, None),
+        Target::Dir(d) => Opened {
+            root: d.clone(),
+            booted_dir: Vec::new(),
+            running_version: None,
+            default_id: None,
+            medium: None,
+            mounted: None,
+        },
         Target::Disk { disk, store } => {
             // Locked before anything of it is read. A dry run changes no
             // byte of the disk: read-only, under a reader's share of the
@@ -245,54 +322,31 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
             let part = crate::boot::disk::find_boot_partition(disk)?;
             let uuid = crate::boot::disk::fs_uuid(disk, &part)?;
             let m = crate::boot::disk::MountedBoot::mount_locked(lock, store)?;
-            let root = m.dir.clone();
-            mounted = Some(m);
-            (root, Vec::new(), None, Some(uuid))
+            Opened {
+                root: m.dir.clone(),
+                booted_dir: Vec::new(),
+                running_version: None,
+                default_id: Some(uuid),
+                medium: None,
+                mounted: Some(m),
+            }
         }
+    })
+}
+
+/// What the machine's policy does with a staged image, if anything.
+fn pending(
+    r: &PullRequest,
+    settings: Option<&crate::profile::FleetFile>,
+    report: &PullReport,
+    profile: &str,
+    key: PathBuf,
+) -> Result<Option<Pending>> {
+    let (Some(s), Some(version)) = (settings, &report.version) else {
+        return Ok(None);
     };
-    let machine_id = match (&r.machine_id, default_id) {
-        (Some(m), _) => m.clone(),
-        (None, Some(d)) => d,
-        (None, None) => bail!("--machine-id: this machine's id for staged rollouts"),
-    };
-    if machine_id.is_empty() {
-        bail!("--machine-id: an empty id");
-    }
-    let b = BootRoot {
-        root,
-        writable: medium.as_ref(),
-        booted_dir,
-    };
-    let o = PullOptions {
-        profile: profile.clone(),
-        urls,
-        key: key.clone(),
-        machine_id,
-        running: running_version,
-        keep,
-        jobs: r.jobs,
-        retry: RetryPolicy::default(),
-        now: crate::unix_now(),
-        dry_run: r.dry_run,
-    };
-    let report = pull::pull(&b, &o)?;
-    drop(mounted);
-    let mut result = PullResult {
-        report,
-        action: None,
-        pending: None,
-    };
-    if !running || r.dry_run {
-        return Ok(result);
-    }
-    let (Some(s), Some(version)) = (&settings, result.report.version.clone()) else {
-        return Ok(result);
-    };
-    if !matches!(
-        result.report.outcome,
-        Outcome::Staged | Outcome::AlreadyThere
-    ) {
-        return Ok(result);
+    if !matches!(report.outcome, Outcome::Staged | Outcome::AlreadyThere) {
+        return Ok(None);
     }
     let mut fleet = s.fleet.clone();
     if let Some(p) = r.policy {
@@ -301,13 +355,11 @@ pub fn run_pull(r: &PullRequest) -> Result<PullResult> {
             bail!("--policy window: the machine's settings name no window");
         }
     }
-    drop(medium);
-    result.pending = Some(Pending {
+    Ok(Some(Pending {
         fleet,
         image: format!("{profile}/{version}"),
         key,
-    });
-    Ok(result)
+    }))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::pull::{PullReport, PullState};
-use crate::boot::{env, menu};
+use crate::boot::model::{BootPartition, ImageId};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -58,7 +58,7 @@ pub struct Status {
 }
 
 /// Where booted.sh leaves this boot's health verdict.
-pub const HEALTH_FILE: &str = "/run/cairn/health";
+pub use crate::image::paths::HEALTH_FILE;
 
 /// The status of the boot partition at `root`; `cmdline` is the running
 /// kernel's (None off the machine).
@@ -106,67 +106,29 @@ pub fn status(root: Option<&Path>, cmdline: Option<&str>, key: &Path) -> Result<
     let Some(root) = root else {
         return Ok(s);
     };
-    let vars = fs::read(root.join("boot/grub/grubenv"))
-        .ok()
-        .and_then(|b| env::parse(&b).ok())
-        .unwrap_or_default();
-    let get = |k: &str| {
-        vars.iter()
-            .find(|(n, v)| n == k && !v.is_empty())
-            .map(|(_, v)| v.clone())
-    };
-    s.last_good = get("cairn_good");
-    s.on_trial = get("cairn_trial");
-    s.tries_left = get("cairn_left").and_then(|l| l.parse().ok());
-    s.refused = get("cairn_bad");
-    s.trial_passed = s.on_trial.is_some() && s.on_trial == s.last_good;
-    // As the menu decides: a one-shot next entry, a trial with tries (or
-    // one that passed), else the last good.
-    s.next_boot = get("next_entry").or_else(|| match (&s.on_trial, s.tries_left) {
-        (Some(t), _) if s.trial_passed => Some(t.clone()),
-        (Some(t), Some(n)) if n > 0 => Some(t.clone()),
-        (Some(_), _) => s.last_good.clone(),
-        (None, _) => None,
-    });
+    let part = BootPartition::new(root);
+    let c = part.counter().unwrap_or_default();
+    s.trial_passed = c.trial_passed();
+    s.next_boot = c.next_boot();
+    s.last_good = c.good.clone();
+    s.on_trial = c.trial.clone();
+    s.tries_left = c.left;
+    s.refused = c.bad.clone();
     let work = tempfile::Builder::new().prefix("cairn-status-").tempdir()?;
-    let is = |sel: &Option<String>, p: &str, v: &str| {
-        let dir = format!("/images/{p}/{v}");
-        sel.as_ref().is_some_and(|e| {
-            [false, true].iter().any(|&ram| {
-                *e == menu::found_selector(&dir, ram)
-                    || e.trim_start_matches("rollback>") == menu::entry_id(p, v, ram)
-            })
-        })
-    };
-    for p in fs::read_dir(root.join("images"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let pn = p.file_name().to_string_lossy().into_owned();
-        if !crate::names::is_safe(&pn) {
-            continue;
-        }
-        for v in fs::read_dir(p.path()).into_iter().flatten().flatten() {
-            let vn = v.file_name().to_string_lossy().into_owned();
-            if !crate::names::is_safe(&vn) || !v.path().is_dir() {
-                continue;
-            }
-            let signed = crate::image::verify::signed_manifest(&v.path(), key, work.path())
-                .is_ok_and(|m| m.profile == pn && m.version == vn);
-            s.images.push(DiskImage {
-                booted: s
-                    .booted
-                    .as_ref()
-                    .is_some_and(|b| b.image == format!("{pn}/{vn}")),
-                last_good: is(&s.last_good, &pn, &vn),
-                on_trial: is(&s.on_trial, &pn, &vn),
-                dir: format!("/images/{pn}/{vn}"),
-                profile: pn.clone(),
-                version: vn,
-                signed,
-            });
-        }
+    let is =
+        |sel: &Option<String>, id: &ImageId| sel.as_ref().is_some_and(|e| id.is_selected_by(e));
+    for id in part.images()? {
+        let signed = crate::image::verify::signed_manifest(&part.image_dir(&id), key, work.path())
+            .is_ok_and(|m| m.profile == id.profile() && m.version == id.version());
+        s.images.push(DiskImage {
+            booted: s.booted.as_ref().is_some_and(|b| b.image == id.to_string()),
+            last_good: is(&s.last_good, &id),
+            on_trial: is(&s.on_trial, &id),
+            dir: id.dir(),
+            profile: id.profile().to_string(),
+            version: id.version().to_string(),
+            signed,
+        });
     }
     s.images.sort_by(|a, b| {
         a.profile

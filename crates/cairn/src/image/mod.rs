@@ -5,6 +5,7 @@
 //! their own.
 
 pub mod iso;
+pub mod paths;
 pub mod rebuild;
 pub mod seal;
 pub mod squashfs;
@@ -18,9 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-pub use seal::{
-    boot_args, boot_cfg, boot_cfg_args, prepare_boot, refused_kernel_arg, seal, seal_sums,
-};
+pub use seal::{boot_args, boot_cfg, boot_cfg_args, prepare_boot, seal, seal_sums};
 pub use verify::{VerifyImage, verify, verify_with};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -63,13 +62,15 @@ pub struct Manifest {
     pub version: String,
     pub suite: String,
     pub architecture: String,
-    pub host_type: String,
+    /// `physical` or `virtual`: what its kernel and firmware are for.
+    pub host_type: crate::profile::HostType,
     pub kernel: String,
     pub kernel_cmdline: Vec<String>,
-    pub compression: String,
+    pub compression: crate::profile::Compression,
     pub level: Option<u32>,
     pub bootable: bool,
-    pub parent: Option<String>,
+    /// The image it was upgraded from (`PROFILE/VERSION`).
+    pub parent: Option<crate::boot::model::ImageId>,
     /// squashfs layers, lowest first.
     pub layers: Vec<String>,
     /// Packages the profile asked for (with the host type's), before dependencies.
@@ -108,6 +109,19 @@ pub fn images_dir(store: &Path) -> PathBuf {
     store.join("images")
 }
 
+/// Images in the store whose manifest says they were built from mirror
+/// snapshot `name` (`PROFILE/VERSION`).
+pub fn built_from_snapshot(store: &Path, name: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in list(store)? {
+        let m = read_manifest(&e.path)?;
+        if m.source.as_ref().and_then(|s| s.snapshot.as_deref()) == Some(name) {
+            out.push(format!("{}/{}", e.profile, e.version));
+        }
+    }
+    Ok(out)
+}
+
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let p = dir.join(MANIFEST);
     let data = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
@@ -121,8 +135,8 @@ pub struct ImageEntry {
     pub version: String,
     pub path: PathBuf,
     pub size: u64,
-    pub compression: Option<String>,
-    pub parent: Option<String>,
+    pub compression: Option<crate::profile::Compression>,
+    pub parent: Option<crate::boot::model::ImageId>,
     pub packages: usize,
     pub iso: bool,
 }
@@ -161,7 +175,7 @@ pub fn list(store: &Path) -> Result<Vec<ImageEntry>> {
                 profile: p.file_name().to_string_lossy().into_owned(),
                 version: v.file_name().to_string_lossy().into_owned(),
                 size,
-                compression: manifest.as_ref().map(|m| m.compression.clone()),
+                compression: manifest.as_ref().map(|m| m.compression),
                 parent: manifest.as_ref().and_then(|m| m.parent.clone()),
                 packages: manifest.as_ref().map_or(0, |m| m.packages.len()),
                 iso: fs::read_dir(&dir)?

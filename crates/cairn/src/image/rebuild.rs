@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{SQUASHFS, read_manifest};
 use crate::cmd::Cmd;
 use crate::cmd::tool::UNSQUASHFS;
-use crate::profile::{Compression, HostType, Profile};
+use crate::profile::{HostType, Profile};
 use crate::rootfs::{self, BuildOptions};
 
 #[derive(Debug, Clone)]
@@ -78,6 +78,62 @@ pub fn rebuild(
     opts: &RebuildOptions,
 ) -> Result<RebuildReport> {
     let t = std::time::Instant::now();
+    let (m, source) = checked(dir, profile, profile_arg, opts)?;
+    let name = format!("{}/{}", m.profile, m.version);
+    // One build, upgrade or rebuild of a profile at a time; a killed
+    // rebuild's directory goes.
+    let (_lock, _) = rootfs::lock_profile(&opts.store, &m.profile)?;
+    let work_base = work_dir(&m, opts)?;
+    let _cleanup = (opts.keep.is_none()).then(|| crate::fsutil::WorkDir(work_base.clone()));
+    let mut b = BuildOptions::new(opts.store.clone());
+    b.iso = Some(false);
+    b.compression = Some(m.compression);
+    b.level = m.level;
+    b.host_type = Some(match m.host_type {
+        HostType::Auto => bail!("{name}: its manifest says host type auto, which no build makes"),
+        h => h,
+    });
+    b.epoch = Some(source.epoch);
+    b.snapshot = source.snapshot.clone();
+    b.check_into = Some(work_base.clone());
+    b.processors = opts.processors;
+    b.quiet = opts.quiet;
+    let built = rootfs::build(profile, profile_arg, &b)?;
+    let inputs_changed =
+        crate::mirror::snapshot::release_changes(&source.releases, &built.source.releases);
+    // The boot arguments the rebuilt layer gets, with the kernel command
+    // line the profile gives (an edited, re-signed manifest shows here).
+    let mut want = m.clone();
+    want.kernel_cmdline = rootfs::kernel_cmdline(profile);
+    let args = super::seal::boot_args(&built.path, &want)?;
+    fs::write(
+        built.path.join(super::BOOT_CFG),
+        super::seal::boot_cfg(&want, &args),
+    )?;
+    let (files, first_difference, diffoscope) = compare(dir, &built.path, &name, &work_base)?;
+    Ok(RebuildReport {
+        image: name,
+        snapshot: source.snapshot,
+        epoch: source.epoch,
+        inputs_changed,
+        reproducible: files.iter().all(|f| f.identical),
+        files,
+        first_difference,
+        diffoscope,
+        kept: opts.keep.clone(),
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// The image to rebuild, checked before any work: root's own directory,
+/// plain files, signed; a full build with recorded inputs, of this very
+/// profile. Its manifest and the inputs it records.
+fn checked(
+    dir: &Path,
+    profile: &Profile,
+    profile_arg: &str,
+    opts: &RebuildOptions,
+) -> Result<(super::Manifest, super::BuildSource)> {
     // An image directory of root's that no one else may change (a user's
     // directory could swap a file between the checks and the reads), its
     // compared files plain files, never links to elsewhere.
@@ -93,7 +149,7 @@ pub fn rebuild(
     // Only a signed image is rebuilt: its manifest chooses the inputs.
     let v = super::verify(dir, &opts.public_key)?;
     if !v.ok {
-        return Err(anyhow::Error::new(crate::trust::VerificationFailed(format!(
+        return Err(anyhow::Error::new(crate::trust::VerificationFailed::new(format!(
             "{}: {}",
             dir.display(),
             v.problems.join("; ")
@@ -108,7 +164,9 @@ pub fn rebuild(
     if m.parent.is_some() || m.layers != [SQUASHFS] {
         bail!(
             "{name} is an upgrade of {} ({} layers): `image rebuild` rebuilds full builds; check a delta by upgrading its parent again with `cairn upgrade --snapshot`",
-            m.parent.as_deref().unwrap_or("another image"),
+            m.parent
+                .as_ref()
+                .map_or("another image".to_string(), ToString::to_string),
             m.layers.len()
         );
     }
@@ -134,14 +192,17 @@ pub fn rebuild(
         );
     }
 
-    // One build, upgrade or rebuild of a profile at a time; a killed
-    // rebuild's directory goes.
-    let (_lock, _) = rootfs::lock_profile(&opts.store, &m.profile)?;
+    Ok((m, source))
+}
+
+/// Where the rebuild is made: `--keep`'s empty directory of root's, or a
+/// private one beside the images (a killed rebuild's removed first).
+fn work_dir(m: &super::Manifest, opts: &RebuildOptions) -> Result<std::path::PathBuf> {
     let images = super::images_dir(&opts.store);
     let stale = format!(".rebuild-{}-", m.profile);
     for e in fs::read_dir(&images)?.flatten() {
         if e.file_name().to_string_lossy().starts_with(&stale) {
-            rootfs::unmount_below(&e.path())?;
+            crate::fsutil::unmount_below(&e.path())?;
             fs::remove_dir_all(e.path())
                 .with_context(|| format!("removing a killed rebuild's {}", e.path().display()))?;
         }
@@ -164,46 +225,30 @@ pub fn rebuild(
                 std::process::id()
             ));
             if fs::symlink_metadata(&d).is_ok() {
-                rootfs::unmount_below(&d)?;
+                crate::fsutil::unmount_below(&d)?;
                 fs::remove_dir_all(&d)?;
             }
             crate::fsutil::private_dir(&d)?;
             d
         }
     };
-    let _cleanup = (opts.keep.is_none()).then(|| rootfs::WorkDir(work_base.clone()));
-    let mut b = BuildOptions::new(opts.store.clone());
-    b.iso = Some(false);
-    b.compression = Some(parse_compression(&m.compression)?);
-    b.level = m.level;
-    b.host_type = Some(match m.host_type.as_str() {
-        "physical" => HostType::Physical,
-        "virtual" => HostType::Virtual,
-        h => bail!("{name}: host type {h:?} in its manifest is neither physical nor virtual"),
-    });
-    b.epoch = Some(source.epoch);
-    b.snapshot = source.snapshot.clone();
-    b.check_into = Some(work_base.clone());
-    b.processors = opts.processors;
-    b.quiet = opts.quiet;
-    let built = rootfs::build(profile, profile_arg, &b)?;
-    let inputs_changed =
-        crate::mirror::snapshot::release_changes(&source.releases, &built.source.releases);
-    // The boot arguments the rebuilt layer gets, with the kernel command
-    // line the profile gives (an edited, re-signed manifest shows here).
-    let mut want = m.clone();
-    want.kernel_cmdline = rootfs::kernel_cmdline(profile);
-    let args = super::seal::boot_args(&built.path, &want)?;
-    fs::write(
-        built.path.join(super::BOOT_CFG),
-        super::seal::boot_cfg(&want, &args),
-    )?;
+    Ok(work_base)
+}
 
+/// The compared files of the image and of the rebuild by hash; when they
+/// differ, the first differing file inside the squashfs and diffoscope's
+/// report when it is installed.
+fn compare(
+    dir: &Path,
+    rebuilt: &Path,
+    name: &str,
+    work_base: &Path,
+) -> Result<(Vec<FileCheck>, Option<String>, Option<String>)> {
     let mut files = Vec::new();
     for f in COMPARED.map(String::from) {
         let (_, a) = crate::trust::hash::sha256_file(&dir.join(&f))
             .with_context(|| format!("{name}: {f}"))?;
-        let (_, r) = crate::trust::hash::sha256_file(&built.path.join(&f))
+        let (_, r) = crate::trust::hash::sha256_file(&rebuilt.join(&f))
             .with_context(|| format!("the rebuild's {f}"))?;
         files.push(FileCheck {
             name: f,
@@ -225,7 +270,7 @@ pub fn rebuild(
             let a = private.join("image");
             let r = private.join("rebuild");
             unpack(&dir.join(layer), &a)?;
-            unpack(&built.path.join(layer), &r)?;
+            unpack(&rebuilt.join(layer), &r)?;
             first_difference = first_difference_in(&a, &r)?.map(|d| format!("{layer}: {d}"));
         } else {
             first_difference = files
@@ -233,25 +278,9 @@ pub fn rebuild(
                 .find(|f| !f.identical)
                 .map(|f| format!("{}: the squashfs is identical; this file is not", f.name));
         }
-        diffoscope = run_diffoscope(dir, &built.path, &files, &work_base);
+        diffoscope = run_diffoscope(dir, rebuilt, &files, work_base);
     }
-    Ok(RebuildReport {
-        image: name,
-        snapshot: source.snapshot,
-        epoch: source.epoch,
-        inputs_changed,
-        files,
-        reproducible,
-        first_difference,
-        diffoscope,
-        kept: opts.keep.clone(),
-        seconds: t.elapsed().as_secs_f64(),
-    })
-}
-
-fn parse_compression(name: &str) -> Result<Compression> {
-    <Compression as clap::ValueEnum>::from_str(name, false)
-        .map_err(|_| anyhow::anyhow!("compressor {name:?} in the manifest is not one cairn knows"))
+    Ok((files, first_difference, diffoscope))
 }
 
 fn unpack(layer: &Path, to: &Path) -> Result<()> {

@@ -21,7 +21,7 @@ use crate::trust::keys::{SigningKey, sign_file};
 pub fn boot_args(dir: &Path, m: &Manifest) -> Result<String> {
     let mut args = vec!["boot=live".to_string()];
     for a in &m.kernel_cmdline {
-        if let Some(why) = refused_kernel_arg(a) {
+        if let Some(why) = crate::profile::refused_kernel_arg(a) {
             bail!("kernel argument {a:?}: {why}");
         }
         args.push(a.clone());
@@ -41,81 +41,6 @@ pub fn boot_args(dir: &Path, m: &Manifest) -> Result<String> {
     }
     args.push(format!("cairn.verity={}", specs.join(",")));
     Ok(args.join(" "))
-}
-
-/// Why the initramfs would refuse a kernel argument of a profile (it takes
-/// layers or an overlay from elsewhere, or is cairn's own), if it would. The
-/// same list is in live-verify.sh (`cairn_parse`).
-pub fn refused_kernel_arg(a: &str) -> Option<&'static str> {
-    const TAKES_ANOTHER_ROOT: &[&str] = &[
-        "module=",
-        "toram=",
-        "todisk=",
-        "fetch=",
-        "httpfs=",
-        "ftpfs=",
-        "netboot=",
-        "nfsroot=",
-        "nfsopts=",
-        "nfsoverlay=",
-        "iscsi=",
-        "live-media=",
-        "bootfrom=",
-        "live-media-offset=",
-        "live-media-path=",
-        "fromiso=",
-        "isofrom=",
-        "findiso=",
-        "root=",
-        "persistence-",
-        "dm-verity-",
-    ];
-    if a.is_empty() || a.contains(char::is_whitespace) || a.contains('"') {
-        return Some("empty, or holds a space or a quote");
-    }
-    if a.starts_with("cairn.") && a != "cairn.poweroff" {
-        return Some("cairn.* arguments are cairn's own");
-    }
-    if [
-        "plainroot",
-        "exposedroot",
-        "skipunion",
-        "persistence",
-        "swap",
-    ]
-    .contains(&a)
-        || TAKES_ANOTHER_ROOT.iter().any(|p| a.starts_with(p))
-    {
-        return Some(
-            "the initramfs refuses it: a cairn image mounts only its signed layers from its boot partition",
-        );
-    }
-    // What would run something other than the image's own init, or open a
-    // shell, before or instead of it.
-    const OTHER_INIT: &[&str] = &[
-        "init=",
-        "rdinit=",
-        "break=",
-        "systemd.debug_shell",
-        "systemd.debug-shell",
-    ];
-    if a == "break" || OTHER_INIT.iter().any(|p| a.starts_with(p)) {
-        return Some(
-            "the initramfs refuses it: it would run something other than the image's init, or a shell",
-        );
-    }
-    // NAME=value the kernel hands to the initramfs as an environment
-    // variable, which live-boot reads as its own settings.
-    if let Some((k, _)) = a.split_once('=')
-        && !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-    {
-        return Some(
-            "the initramfs refuses it: an upper-case NAME= argument becomes an environment variable of the initramfs",
-        );
-    }
-    None
 }
 
 /// The image's signed GRUB snippet (`boot.cfg`).

@@ -156,7 +156,7 @@ pub fn signed_manifest(dir: &Path, key: &Path, work: &Path) -> Result<Manifest> 
     let data = fs::read(dir.join(super::MANIFEST))
         .with_context(|| format!("{}: manifest missing", dir.display()))?;
     if crate::trust::hash::sha256_hex(&data) != want {
-        return Err(crate::trust::VerificationFailed(format!(
+        return Err(crate::trust::VerificationFailed::new(format!(
             "{}: the manifest differs from the signed SHA256SUMS",
             dir.display()
         ))
@@ -181,7 +181,7 @@ pub struct CheckedBoot {
 /// A refusal of signed data: a failed verification (exit code 3).
 macro_rules! refuse {
     ($($t:tt)*) => {
-        return Err(crate::trust::VerificationFailed(format!($($t)*)).into())
+        return Err(crate::trust::VerificationFailed::new(format!($($t)*)).into())
     };
 }
 

@@ -13,7 +13,7 @@ use super::{BootMedium, RUN_DIR, booted, find_image, public_key};
 use crate::image::{self, Manifest};
 
 /// What `apply-live` applied, kept with the running system (the overlay).
-pub const APPLIED_LOG: &str = "/var/lib/cairn/applied-live.json";
+pub use crate::image::paths::APPLIED_LOG;
 
 /// A package as dpkg or a manifest has it.
 type Packages = BTreeMap<String, String>;
@@ -134,7 +134,8 @@ pub struct ApplyOptions<'a> {
 /// `cairn apply-live [IMAGE]`.
 pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
     let t0 = Instant::now();
-    let (profile, version) = booted()?;
+    let running = booted()?;
+    let (profile, version) = (running.profile().to_string(), running.version().to_string());
     let medium = BootMedium::find().ok();
     let mut roots: Vec<&Path> = vec![o.store];
     if let Some(m) = &medium {
@@ -144,7 +145,7 @@ pub fn apply_live(o: &ApplyOptions) -> Result<ApplyReport> {
     let (dir, target) = find_image(&roots, o.image, &profile, &key)?;
     let v = image::verify_with(&dir, &key, true)?;
     if !v.ok {
-        return Err(crate::trust::VerificationFailed(format!(
+        return Err(crate::trust::VerificationFailed::new(format!(
             "REFUSING {}: it does not verify:\n  {}",
             dir.display(),
             v.problems.join("\n  ")
@@ -254,7 +255,7 @@ fn apt_apply(store: &Path, from: AptFrom, target: &Manifest, changes: &[Change])
         .collect();
     let apt = |args: &[String]| {
         let a: Vec<&str> = opts.iter().chain(args).map(String::as_str).collect();
-        crate::rootfs::debootstrap::apt(Path::new("/"), None, &a)
+        crate::rootfs::chroot::apt(Path::new("/"), None, &a)
     };
     apt(&["update".into()])?;
     let mut args: Vec<String> = vec![

@@ -111,34 +111,3 @@ pub fn boot_uuid() -> Result<String> {
         ),
     }
 }
-
-/// Holds the boot partition's root directory locked (flock) while one
-/// cairn writes it: two pulls, or a pull and the boot's good mark
-/// (cairn-booted takes the same lock), never interleave.
-pub struct RootLock(#[allow(dead_code)] std::fs::File);
-
-pub fn lock_root(root: &Path) -> Result<RootLock> {
-    lock_root_within(root, std::time::Duration::from_secs(60))
-}
-
-pub(crate) fn lock_root_within(root: &Path, wait: std::time::Duration) -> Result<RootLock> {
-    let f = std::fs::File::open(root)
-        .with_context(|| format!("opening {} to lock it", root.display()))?;
-    let t0 = std::time::Instant::now();
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(RootLock(f)),
-            Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < wait => {
-                std::thread::sleep(std::time::Duration::from_millis(250));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "{}: another cairn has been writing this boot partition for {}s (a pull?): try again later",
-                root.display(),
-                wait.as_secs()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", root.display()));
-            }
-        }
-    }
-}

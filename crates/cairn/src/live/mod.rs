@@ -20,9 +20,10 @@ use fs_err as fs;
 
 use anyhow::{Context, Result, bail};
 
+use crate::boot::model::ImageId;
+use crate::image::paths::SIGNING_KEY as KEY_IN_IMAGE;
 use crate::image::verify::signed_manifest;
 use crate::image::{self, Manifest};
-use crate::rootfs::customize::KEY_IN_IMAGE;
 
 pub use apply::{
     APPLIED_LOG, ApplyOptions, ApplyReport, AptFrom, Change, apply_live, needs_boot, plan_changes,
@@ -39,17 +40,14 @@ const LIVE_MEDIUM: &str = "/run/live/medium";
 const MEDIUM_OPTS: &str = "nosuid,nodev,noexec,nosymfollow";
 
 /// cairn's scratch space on the running system (a tmpfs).
-const RUN_DIR: &str = "/run/cairn";
+use crate::image::paths::RUN_DIR;
 
-/// The image this system runs: `(profile, version)` from `cairn.image=`.
-pub fn booted() -> Result<(String, String)> {
+/// The image this system runs, from `cairn.image=`.
+pub fn booted() -> Result<ImageId> {
     let img = image::booted_image().context(
         "not a running cairn image (no cairn.image= on the kernel command line): apply-live and reboot work on a booted cairn system",
     )?;
-    let (p, v) = img
-        .split_once('/')
-        .with_context(|| format!("cairn.image={img}: expected PROFILE/VERSION"))?;
-    Ok((p.to_string(), v.to_string()))
+    ImageId::parse(&img).with_context(|| format!("cairn.image={img}"))
 }
 
 /// The image `spec` names (`PROFILE/VERSION`, a version of the booted

@@ -1,6 +1,7 @@
 //! `cairn reboot [--kexec]`: into a chosen image of the boot disk, checked as
 //! cairn's menu checks it, loaded from checked copies in RAM.
 
+use crate::boot::model::{BootCounter, BootPartition, GRUBENV, var};
 use fs_err as fs;
 use std::path::Path;
 
@@ -77,7 +78,7 @@ pub struct RebootOptions<'a> {
 
 /// `cairn reboot [--kexec] [IMAGE]`.
 pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
-    let (profile, _) = booted()?;
+    let profile = booted()?.profile().to_string();
     let key = public_key(o.key, o.store)?;
     let uuid = boot_uuid()?;
     let medium = BootMedium::find()?;
@@ -121,10 +122,11 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
             Ok(()) => {
                 // GRUB counts a boot of the entry on trial as it loads it;
                 // kexec passes GRUB by, so the try is counted here.
-                let envp = medium.root.join("boot/grub/grubenv");
+                let envp = medium.root.join(GRUBENV);
                 if envp.is_file() && !o.dry_run {
-                    let counted = super::medium::lock_root(&medium.root)
-                        .and_then(|_lock| medium.writable(|| count_try(&envp, &entry)));
+                    let counted = crate::boot::model::BootPartition::new(&medium.root)
+                        .lock()
+                        .and_then(|_lock| medium.writable(|| count_try(&medium.root, &entry)));
                     if let Err(e) = counted {
                         let _ = Cmd::new("kexec").arg("-u").run();
                         return Err(e);
@@ -142,11 +144,11 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
     }
     if plan.method == "reboot" {
         // GRUB's one-shot next_entry picks the image on the next boot.
-        let envp = medium.root.join("boot/grub/grubenv");
+        let envp = medium.root.join(GRUBENV);
         if envp.is_file() && !o.dry_run {
             medium.writable(|| {
-                let mut vars = env::parse(&fs::read(&envp)?)?;
-                env::update(&mut vars, &[("next_entry", &entry)]);
+                let mut vars = BootPartition::new(&medium.root).vars()?;
+                env::update(&mut vars, &[(var::NEXT, &entry)]);
                 env::save(&envp, &vars)
             })?;
         }
@@ -171,26 +173,23 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
 /// Counts one boot of `entry` when it is on trial and not yet good, as
 /// GRUB's menu does; refuses when it has no tries left (GRUB would not
 /// boot it either).
-fn count_try(envp: &Path, entry: &str) -> Result<()> {
-    let mut vars = env::parse(&fs::read(envp)?)?;
-    let get = |k: &str| {
-        vars.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    if get("cairn_trial") != entry || get("cairn_good") == entry {
+fn count_try(root: &Path, entry: &str) -> Result<()> {
+    let part = BootPartition::new(root);
+    let envp = part.grubenv();
+    let mut vars = part.vars()?;
+    let c = BootCounter::from_vars(&vars);
+    if c.trial.as_deref() != Some(entry) || c.good.as_deref() == Some(entry) {
         return Ok(());
     }
-    let left: u32 = get("cairn_left").parse().unwrap_or(0);
+    let left = c.left.unwrap_or(0);
     if left == 0 {
         bail!(
             "{entry} is on trial with no boot tries left: GRUB boots the last good image instead"
         );
     }
     let l = (left - 1).to_string();
-    env::update(&mut vars, &[("cairn_left", &l)]);
-    env::save(envp, &vars)
+    env::update(&mut vars, &[(var::LEFT, &l)]);
+    env::save(&envp, &vars)
 }
 
 /// Loads the checked copies with kexec_file_load (what a kernel locked
@@ -241,7 +240,9 @@ mod tests {
     #[test]
     fn a_kexec_counts_a_try_of_the_trial() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("grubenv");
+        let r = d.path();
+        let p = r.join(GRUBENV);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
         let set = |vars: &[(&str, &str)]| {
             let mut v = Vec::new();
             env::update(&mut v, vars);
@@ -255,19 +256,19 @@ mod tests {
                 .map(|(_, v)| v)
         };
         set(&[("cairn_trial", "found>/images/w/2"), ("cairn_left", "2")]);
-        count_try(&p, "found>/images/w/2").unwrap();
+        count_try(r, "found>/images/w/2").unwrap();
         assert_eq!(left().as_deref(), Some("1"));
         // Another entry, or a trial that passed: nothing counted.
-        count_try(&p, "w-1").unwrap();
+        count_try(r, "w-1").unwrap();
         assert_eq!(left().as_deref(), Some("1"));
-        count_try(&p, "found>/images/w/2").unwrap();
-        assert!(count_try(&p, "found>/images/w/2").is_err(), "no tries left");
+        count_try(r, "found>/images/w/2").unwrap();
+        assert!(count_try(r, "found>/images/w/2").is_err(), "no tries left");
         set(&[
             ("cairn_trial", "w-2"),
             ("cairn_left", "0"),
             ("cairn_good", "w-2"),
         ]);
-        count_try(&p, "w-2").unwrap();
+        count_try(r, "w-2").unwrap();
     }
 
     #[test]

@@ -119,107 +119,15 @@ pub fn select(pkgs: &[Package], sel: &Selection) -> Result<Selected> {
         });
     }
     let index = Index::new(pkgs)?;
-    let mut chosen: BTreeSet<usize> = BTreeSet::new();
-    let mut queue: VecDeque<usize> = VecDeque::new();
-    let push = |i: usize, chosen: &mut BTreeSet<usize>, queue: &mut VecDeque<usize>| {
-        if chosen.insert(i) {
-            queue.push_back(i);
-        }
+    let mut w = Walk::default();
+    named(pkgs, &index, sel, &mut w)?;
+    by_priority(pkgs, &index, sel, &mut w);
+    let unsatisfied = if sel.closure {
+        dependencies(pkgs, &index, sel, &mut w)?
+    } else {
+        BTreeSet::new()
     };
-    let mut missing = Vec::new();
-    for name in &sel.packages {
-        let (n, c) = match name.split_once('=') {
-            Some((n, v)) => (n, Some(v)),
-            None => (name.as_str(), None),
-        };
-        let found: Vec<usize> = index
-            .by_name
-            .get(n)
-            .map(|v| {
-                v.iter()
-                    .copied()
-                    .filter(|&i| c.is_none_or(|v| pkgs[i].version == v))
-                    .collect()
-            })
-            .unwrap_or_default();
-        match found.first() {
-            // The highest version is what apt installs; older ones stay out.
-            Some(&i) => push(i, &mut chosen, &mut queue),
-            None => missing.push(name.clone()),
-        }
-    }
-    if !missing.is_empty() {
-        bail!(
-            "package(s) not found in the mirrored indices: {}",
-            missing.join(", ")
-        );
-    }
-    let wanted_prio = |p: &Package| {
-        p.priority
-            .as_deref()
-            .is_some_and(|x| sel.priorities.iter().any(|w| w == x))
-    };
-    for (name, versions) in &index.by_name {
-        let _ = name;
-        let top = versions[0];
-        let p = &pkgs[top];
-        if wanted_prio(p)
-            || (sel.closure && (p.essential || p.priority.as_deref() == Some("required")))
-        {
-            push(top, &mut chosen, &mut queue);
-        }
-    }
-    let mut unsatisfied = BTreeSet::new();
-    if sel.closure {
-        while let Some(i) = queue.pop_front() {
-            let p = &pkgs[i];
-            // Every version, and what each of them depends on: a tool that
-            // reads one suite resolves against that suite's versions.
-            if sel.all_versions {
-                for &j in &index.by_name[p.name.as_str()] {
-                    push(j, &mut chosen, &mut queue);
-                }
-            }
-            let mut fields = vec![p.pre_depends.as_deref(), p.depends.as_deref()];
-            if sel.recommends {
-                fields.push(p.recommends.as_deref());
-            }
-            for (fi, field) in fields.into_iter().enumerate() {
-                let Some(field) = field else { continue };
-                let groups = parse_relations(field)
-                    .map_err(|e| anyhow::anyhow!("{} {}: {e}", p.name, p.version))?;
-                for group in groups {
-                    // apt installs the first alternative that can be installed,
-                    // unless one is already going in: mirror that one, and keep
-                    // what is already chosen.
-                    let mut first: Option<usize> = None;
-                    let mut satisfied = false;
-                    for alt in &group {
-                        let s = index.satisfiers(alt);
-                        if s.iter().any(|x| chosen.contains(x)) {
-                            satisfied = true;
-                        }
-                        if first.is_none() {
-                            first = s.first().copied();
-                        }
-                    }
-                    match first {
-                        Some(f) => push(f, &mut chosen, &mut queue),
-                        None if !satisfied && fi < 2 => {
-                            let alts: Vec<String> = group.iter().map(fmt_relation).collect();
-                            unsatisfied.insert(format!(
-                                "{} {} depends on {}",
-                                p.name,
-                                p.version,
-                                alts.join(" | ")
-                            ));
-                        }
-                        None => {}
-                    }
-                }
-            }
-        }
-    }
+    let mut chosen = w.chosen;
     if sel.all_versions {
         let names: BTreeSet<&str> = chosen.iter().map(|&i| pkgs[i].name.as_str()).collect();
         for n in names {
@@ -238,6 +146,132 @@ pub fn select(pkgs: &[Package], sel: &Selection) -> Result<Selected> {
         chosen,
         unsatisfied: unsatisfied.into_iter().collect(),
     })
+}
+
+/// The packages chosen so far, and those whose dependencies are still to
+/// be followed.
+#[derive(Default)]
+struct Walk {
+    chosen: BTreeSet<usize>,
+    queue: VecDeque<usize>,
+}
+
+impl Walk {
+    fn push(&mut self, i: usize) {
+        if self.chosen.insert(i) {
+            self.queue.push_back(i);
+        }
+    }
+}
+
+/// The packages the selection names (`name` or `name=version`): the
+/// highest version is what apt installs; older ones stay out.
+fn named(pkgs: &[Package], index: &Index, sel: &Selection, w: &mut Walk) -> Result<()> {
+    let mut missing = Vec::new();
+    for name in &sel.packages {
+        let (n, c) = match name.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (name.as_str(), None),
+        };
+        let found = index.by_name.get(n).and_then(|v| {
+            v.iter()
+                .copied()
+                .find(|&i| c.is_none_or(|v| pkgs[i].version == v))
+        });
+        match found {
+            Some(i) => w.push(i),
+            None => missing.push(name.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "package(s) not found in the mirrored indices: {}",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The newest version of every package of a wanted priority, and with the
+/// closure every essential or required one.
+fn by_priority(pkgs: &[Package], index: &Index, sel: &Selection, w: &mut Walk) {
+    for versions in index.by_name.values() {
+        let top = versions[0];
+        let p = &pkgs[top];
+        let wanted = p
+            .priority
+            .as_deref()
+            .is_some_and(|x| sel.priorities.iter().any(|w| w == x));
+        if wanted || (sel.closure && (p.essential || p.priority.as_deref() == Some("required"))) {
+            w.push(top);
+        }
+    }
+}
+
+/// Follows Pre-Depends and Depends (and Recommends when asked) from every
+/// chosen package; what nothing satisfies is returned, said.
+fn dependencies(
+    pkgs: &[Package],
+    index: &Index,
+    sel: &Selection,
+    w: &mut Walk,
+) -> Result<BTreeSet<String>> {
+    let mut unsatisfied = BTreeSet::new();
+    while let Some(i) = w.queue.pop_front() {
+        let p = &pkgs[i];
+        // Every version, and what each of them depends on: a tool that
+        // reads one suite resolves against that suite's versions.
+        if sel.all_versions {
+            for &j in &index.by_name[p.name.as_str()] {
+                w.push(j);
+            }
+        }
+        let mut fields = vec![p.pre_depends.as_deref(), p.depends.as_deref()];
+        if sel.recommends {
+            fields.push(p.recommends.as_deref());
+        }
+        for (fi, field) in fields.into_iter().enumerate() {
+            let Some(field) = field else { continue };
+            let groups = parse_relations(field)
+                .map_err(|e| anyhow::anyhow!("{} {}: {e}", p.name, p.version))?;
+            for group in groups {
+                if !alternative(index, &group, w) && fi < 2 {
+                    let alts: Vec<String> = group.iter().map(fmt_relation).collect();
+                    unsatisfied.insert(format!(
+                        "{} {} depends on {}",
+                        p.name,
+                        p.version,
+                        alts.join(" | ")
+                    ));
+                }
+            }
+        }
+    }
+    Ok(unsatisfied)
+}
+
+/// One group of alternatives: apt installs the first that can be
+/// installed, unless one is already going in — mirror that first one,
+/// and keep what is already chosen. False when nothing satisfies it.
+fn alternative(index: &Index, group: &[Relation], w: &mut Walk) -> bool {
+    let mut first: Option<usize> = None;
+    let mut satisfied = false;
+    for alt in group {
+        let s = index.satisfiers(alt);
+        if s.iter().any(|x| w.chosen.contains(x)) {
+            satisfied = true;
+        }
+        if first.is_none() {
+            first = s.first().copied();
+        }
+    }
+    match first {
+        Some(f) => {
+            w.push(f);
+            true
+        }
+        None => satisfied,
+    }
 }
 
 /// `select` release by release: `family[i]` is the index into `families`

@@ -160,23 +160,39 @@ struct UnvalidatedRepo {
 
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// What one profile needs of a mirror: its release, the packages it
+/// installs (their closure from that release) and the components, beside
+/// `main`, they come from (`profile::Profile::mirror_needs`).
+#[derive(Debug, Clone)]
+pub struct Needs {
+    /// Whose needs, for messages (`profile web`).
+    pub what: String,
+    pub suite: String,
+    pub packages: Vec<String>,
+    pub components: Vec<String>,
+}
+
+/// The family a suite belongs to: its codename, without `-updates`,
+/// `-security`, `-backports` or `/updates` (`trixie-security` → `trixie`).
+pub fn suite_family(suite: &str) -> &str {
+    suite.split(['-', '/']).next().unwrap_or(suite)
+}
+
 /// What `cairn mirror sync` was asked for, before any default applies.
 pub struct SyncRequest<'a> {
     /// A mirror configuration file: its repositories and selection.
     pub config: Option<&'a Path>,
     /// Else one repository by URL; else the host's apt sources.
-    pub url: Option<&'a str>,
+    pub url: Option<&'a RepoUrl>,
     pub name: Option<&'a str>,
     pub suites: &'a [String],
     /// Empty: the default (main; the host's for its sources).
     pub components: &'a [String],
     pub architectures: &'a [String],
     pub keyring: &'a [PathBuf],
-    /// Mirror what these profiles install (with `packages`), as a closure.
-    pub profiles: &'a [crate::profile::Profile],
-    /// The host types the profiles are mirrored for [empty: each profile's
-    /// own, `auto` resolved on this build host].
-    pub host_types: &'a [crate::profile::HostType],
+    /// What the profiles to build need (with `packages`), each from its
+    /// release, as a closure.
+    pub needs: &'a [Needs],
     pub packages: &'a [String],
     pub priorities: &'a [String],
     pub full: bool,
@@ -199,7 +215,7 @@ pub fn resolve(r: &SyncRequest) -> Result<MirrorConfig> {
     let mut cfg = if let Some(path) = r.config {
         load_config(path)?
     } else if let Some(url) = r.url {
-        let url = RepoUrl::parse(url).context("--url")?;
+        let url = url.clone();
         MirrorConfig {
             repos: vec![RepoSpec {
                 name: r.name.map_or_else(|| name_from_url(&url), String::from),
@@ -221,34 +237,31 @@ pub fn resolve(r: &SyncRequest) -> Result<MirrorConfig> {
         // The releases and components the profiles need, beside the
         // host's own: the host's sources for another codename (a Debian 12
         // build host mirrors trixie from where it gets bookworm).
-        for prof in r.profiles {
-            let components: Vec<&str> = host_types(prof, r.host_types)
-                .into_iter()
-                .flat_map(|h| prof.components(h))
-                .collect();
-            widen_host_repos(&mut repos, &prof.suite, &components);
+        for n in r.needs {
+            let components: Vec<&str> = n.components.iter().map(String::as_str).collect();
+            widen_host_repos(&mut repos, &n.suite, &components);
         }
         MirrorConfig {
             repos,
             selection: Selection::default_packages(),
         }
     };
-    if !r.profiles.is_empty() {
+    if !r.needs.is_empty() {
         // Each profile's packages come from its own release, with their
         // own closure: a mirror carrying bookworm and trixie gives each
         // build its release's versions.
         let mut suites: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for prof in r.profiles {
-            let family = crate::profile::suite_family(&prof.suite).to_string();
-            if !cfg.repos.iter().any(|repo| {
-                repo.suites
-                    .iter()
-                    .any(|s| crate::profile::suite_family(s) == family)
-            }) {
+        for n in r.needs {
+            let family = suite_family(&n.suite).to_string();
+            if !cfg
+                .repos
+                .iter()
+                .any(|repo| repo.suites.iter().any(|s| suite_family(s) == family))
+            {
                 bail!(
-                    "profile {}: suite {} is not among the mirrored suites ({}): add it to the mirror's sources",
-                    prof.name,
-                    prof.suite,
+                    "{}: suite {} is not among the mirrored suites ({}): add it to the mirror's sources",
+                    n.what,
+                    n.suite,
                     cfg.repos
                         .iter()
                         .flat_map(|r| r.suites.iter().cloned())
@@ -257,11 +270,9 @@ pub fn resolve(r: &SyncRequest) -> Result<MirrorConfig> {
                 );
             }
             let list = suites.entry(family).or_default();
-            for h in host_types(prof, r.host_types) {
-                for pk in prof.all_packages(h) {
-                    if !list.contains(&pk) {
-                        list.push(pk);
-                    }
+            for pk in &n.packages {
+                if !list.contains(pk) {
+                    list.push(pk.clone());
                 }
             }
         }
@@ -290,19 +301,6 @@ pub fn resolve(r: &SyncRequest) -> Result<MirrorConfig> {
     Ok(cfg)
 }
 
-/// The host types `prof` is mirrored for: the ones asked for, else its own
-/// (`auto` is this build host's).
-fn host_types(
-    prof: &crate::profile::Profile,
-    asked: &[crate::profile::HostType],
-) -> Vec<crate::profile::HostType> {
-    if asked.is_empty() {
-        vec![prof.resolved_host_type()]
-    } else {
-        asked.to_vec()
-    }
-}
-
 /// Adds `suite`'s release to the host's repositories that carry the host's
 /// own release (each of its suites with the codename changed: bookworm,
 /// bookworm-updates, bookworm-security → trixie, trixie-updates,
@@ -310,23 +308,15 @@ fn host_types(
 /// release. Repositories of other origins (a vendor's `nodistro`) are left
 /// as they are.
 pub fn widen_host_repos(repos: &mut [RepoSpec], suite: &str, components: &[&str]) {
-    let family = crate::profile::suite_family(suite);
+    let family = suite_family(suite);
     let own = host_release(repos);
     let own = own.as_deref();
     for repo in repos.iter_mut().filter(|r| r.is_debian_archive()) {
         let mut added = Vec::new();
-        if !repo
-            .suites
-            .iter()
-            .any(|s| crate::profile::suite_family(s) == family)
-        {
+        if !repo.suites.iter().any(|s| suite_family(s) == family) {
             // The repository's releases (Debian's: one codename and its
             // -updates, -security, -backports siblings).
-            let hosts: BTreeSet<&str> = repo
-                .suites
-                .iter()
-                .map(|s| crate::profile::suite_family(s))
-                .collect();
+            let hosts: BTreeSet<&str> = repo.suites.iter().map(|s| suite_family(s)).collect();
             if hosts.len() != 1 {
                 continue;
             }
@@ -341,11 +331,7 @@ pub fn widen_host_repos(repos: &mut [RepoSpec], suite: &str, components: &[&str]
                 .collect();
         }
         repo.suites.extend(added);
-        if repo
-            .suites
-            .iter()
-            .any(|s| crate::profile::suite_family(s) == family)
-        {
+        if repo.suites.iter().any(|s| suite_family(s) == family) {
             for c in components {
                 if !repo.components.iter().any(|x| x == c) {
                     repo.components.push(c.to_string());
@@ -439,7 +425,7 @@ pub fn validate_selection(s: &Selection) -> Result<()> {
     }
     for f in s.suites.keys() {
         crate::names::check("release codename", f)?;
-        if crate::profile::suite_family(f) != f {
+        if suite_family(f) != f {
             bail!("[selection.suites] {f:?}: a release's codename (trixie), not one of its suites");
         }
     }

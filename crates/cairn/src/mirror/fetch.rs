@@ -14,7 +14,13 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::trust::VerificationFailed;
 use crate::trust::hash::hex;
+
+/// The verdict a file with other bytes than the signed ones gets.
+fn not_signed() -> VerificationFailed {
+    VerificationFailed::new("not the signed bytes")
+}
 
 /// Why a fetch failed. `retryable` tells the download loop what to do.
 #[derive(Debug, thiserror::Error)]
@@ -25,17 +31,23 @@ pub enum FetchError {
     Status { url: String, status: u16 },
     #[error("{url}: {msg}")]
     Transport { url: String, msg: String },
+    /// Bytes that are not the ones the signed index names: refused data
+    /// (its source is the shared verdict).
     #[error("{url}: SHA256 mismatch: expected {expected}, got {got}")]
     HashMismatch {
         url: String,
         expected: String,
         got: String,
+        #[source]
+        refused: VerificationFailed,
     },
     #[error("{url}: size mismatch: expected {expected} bytes, got {got}")]
     SizeMismatch {
         url: String,
         expected: u64,
         got: u64,
+        #[source]
+        refused: VerificationFailed,
     },
     #[error("writing {path}: {msg}")]
     Local { path: String, msg: String },
@@ -399,6 +411,7 @@ fn fetch_once(
                 url: url.into(),
                 expected: expect.size,
                 got: have,
+                refused: not_signed(),
             });
         }
         hasher.update(&buf[..n]);
@@ -416,6 +429,7 @@ fn fetch_once(
             url: url.into(),
             expected: expect.sha256.clone(),
             got,
+            refused: not_signed(),
         });
     }
     file.sync_all().map_err(local)?;
@@ -477,6 +491,7 @@ pub fn fetch_small(
                     url: url.into(),
                     expected: limit,
                     got: data.len() as u64,
+                    refused: not_signed(),
                 });
             }
             Ok(data)

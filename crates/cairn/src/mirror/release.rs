@@ -89,7 +89,7 @@ pub fn fetch_release(
             let sig = match fetch_small(t, &gpg_url, 1 << 20, retry) {
                 Ok(s) => s,
                 Err(FetchError::NotFound { .. }) => {
-                    return Err(crate::trust::VerificationFailed(format!(
+                    return Err(crate::trust::VerificationFailed::new(format!(
                         "{base} is not signed: neither InRelease nor Release.gpg exists (apt refuses unsigned repositories)"
                     ))
                     .into())
@@ -155,6 +155,15 @@ pub fn read_published(
 /// apt's date and identity rules. `published` is the Date of the Release
 /// already published for this suite, if any.
 pub fn check_release(
+    r: &SuiteRelease,
+    now: i64,
+    max_future: i64,
+    published: Option<i64>,
+) -> Result<(), crate::trust::VerificationFailed> {
+    check_dates(r, now, max_future, published).map_err(crate::trust::VerificationFailed::because)
+}
+
+fn check_dates(
     r: &SuiteRelease,
     now: i64,
     max_future: i64,

@@ -113,7 +113,7 @@ pub fn releases_now(mirrors: &[(MirrorPaths, MirrorState)]) -> Result<Releases> 
                 .with_context(|| format!("{}: no InRelease or Release", dir.display()))?;
             let (_, hash) = crate::trust::hash::sha256_file(&file)?;
             if hash != rec.release_sha256 {
-                return Err(anyhow::Error::new(crate::trust::VerificationFailed(format!(
+                return Err(anyhow::Error::new(crate::trust::VerificationFailed::new(format!(
                     "{}: SHA-256 {hash}, but the mirror verified {}",
                     file.display(),
                     rec.release_sha256
@@ -266,20 +266,7 @@ pub fn list(store: &Path) -> Result<Vec<Snapshot>> {
 pub fn create(store: &Path, name: &str, mirrors: &[String]) -> Result<Snapshot> {
     crate::names::check("snapshot name", name)?;
     let base = snapshots_base(store)?;
-    // What a killed create or delete left (its process is gone).
-    for e in fs::read_dir(&base)?.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        let pid = n
-            .rsplit_once(".tmp-")
-            .or_else(|| n.rsplit_once(".deleted-"))
-            .map(|(_, p)| p);
-        if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok())
-            && n.starts_with('.')
-            && !Path::new("/proc").join(pid).exists()
-        {
-            fs::remove_dir_all(e.path())?;
-        }
-    }
+    remove_killed(&base)?;
     let dest = base.join(name);
     if fs::symlink_metadata(&dest).is_ok() {
         bail!(
@@ -315,67 +302,9 @@ pub fn create(store: &Path, name: &str, mirrors: &[String]) -> Result<Snapshot> 
     let mut pool_files = BTreeMap::new();
     let mut pool_bytes = BTreeMap::new();
     for m in &names {
-        crate::names::check("mirror name", m)?;
-        let paths = MirrorPaths::new(store, m);
-        let _lock = lock_mirror(&paths, false)?;
-        let mut state = MirrorState::load(&paths)?
-            .with_context(|| format!("mirror {m} has not been synced into {}", store.display()))?;
-        let gen_dir = paths
-            .current_generation()
-            .with_context(|| format!("mirror {m} has no published generation"))?;
-        if gen_dir.file_name().and_then(|n| n.to_str()) != Some(state.generation.as_str()) {
-            bail!(
-                "mirror {m}: the published generation ({}) is not the one its state records ({}): run `cairn mirror verify {m}`",
-                gen_dir.display(),
-                state.generation
-            );
-        }
-        // The Release files are the ones the mirror verified.
-        releases_now(&[(paths.clone(), state.clone())])?;
-        let to = MirrorPaths::new(&tmp, m);
-        let gen_to = to.generations().join(&state.generation);
-        link_tree(&gen_dir, &gen_to)?;
-        std::os::unix::fs::symlink(Path::new(".dists").join(&state.generation), to.dists())?;
-        let mut bytes = 0;
-        for (rel, entry) in &state.pool {
-            let rel_path = crate::fsutil::safe_relative(rel, "pool")?;
-            let src = paths.root.join(&rel_path);
-            let meta = match fs::symlink_metadata(&src) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                    "mirror {m}: {} is missing: run `cairn mirror verify --repair {m}` before taking a snapshot",
-                    src.display()
-                ),
-                Err(e) => {
-                    return Err(e).with_context(|| format!("mirror {m}: pool file {rel}"));
-                }
-            };
-            if !meta.file_type().is_file()
-                || meta.len() != entry.size
-                || mtime_ns(&meta) != entry.mtime_ns
-            {
-                bail!(
-                    "mirror {m}: {} changed since it was last verified: run `cairn mirror verify {m}` before taking a snapshot",
-                    src.display()
-                );
-            }
-            let t = to.root.join(&rel_path);
-            fs::create_dir_all(t.parent().unwrap_or(&to.root))?;
-            fs::hard_link(&src, &t).with_context(|| {
-                format!(
-                    "linking {} into the snapshot (a snapshot must be on the store's file system)",
-                    src.display()
-                )
-            })?;
-            bytes += entry.size;
-        }
+        let (state, bytes) = snapshot_mirror(store, &tmp, m)?;
         pool_files.insert(m.clone(), state.pool.len());
         pool_bytes.insert(m.clone(), bytes);
-        // The snapshot's own state: what it holds, nothing pending.
-        state.retained.clear();
-        state.pending.clear();
-        fs::create_dir_all(&to.work)?;
-        state.save(&to)?;
         states.push(state);
     }
     let snap = Snapshot {
@@ -393,6 +322,97 @@ pub fn create(store: &Path, name: &str, mirrors: &[String]) -> Result<Snapshot> 
     guard.1 = true;
     crate::fsutil::sync_dir(&base)?;
     Ok(snap)
+}
+
+/// Removes what a killed create or delete left (its process is gone).
+fn remove_killed(base: &Path) -> Result<()> {
+    // What a killed create or delete left (its process is gone).
+    for e in fs::read_dir(base)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let pid = n
+            .rsplit_once(".tmp-")
+            .or_else(|| n.rsplit_once(".deleted-"))
+            .map(|(_, p)| p);
+        if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok())
+            && n.starts_with('.')
+            && !Path::new("/proc").join(pid).exists()
+        {
+            fs::remove_dir_all(e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Mirror `m` of the store, linked into the snapshot being made in `tmp`
+/// as it was last verified: its state and its pool's bytes.
+fn snapshot_mirror(store: &Path, tmp: &Path, m: &str) -> Result<(MirrorState, u64)> {
+    crate::names::check("mirror name", m)?;
+    let paths = MirrorPaths::new(store, m);
+    let _lock = lock_mirror(&paths, false)?;
+    let mut state = MirrorState::load(&paths)?
+        .with_context(|| format!("mirror {m} has not been synced into {}", store.display()))?;
+    let gen_dir = paths
+        .current_generation()
+        .with_context(|| format!("mirror {m} has no published generation"))?;
+    if gen_dir.file_name().and_then(|n| n.to_str()) != Some(state.generation.as_str()) {
+        bail!(
+            "mirror {m}: the published generation ({}) is not the one its state records ({}): run `cairn mirror verify {m}`",
+            gen_dir.display(),
+            state.generation
+        );
+    }
+    // The Release files are the ones the mirror verified.
+    releases_now(&[(paths.clone(), state.clone())])?;
+    let to = MirrorPaths::new(tmp, m);
+    let gen_to = to.generations().join(&state.generation);
+    link_tree(&gen_dir, &gen_to)?;
+    std::os::unix::fs::symlink(Path::new(".dists").join(&state.generation), to.dists())?;
+    let bytes = link_pool(&paths, &to, m, &state)?;
+    // The snapshot's own state: what it holds, nothing pending.
+    state.retained.clear();
+    state.pending.clear();
+    fs::create_dir_all(&to.work)?;
+    state.save(&to)?;
+    Ok((state, bytes))
+}
+
+/// Hard-links the mirror's pool files into the snapshot's, each checked
+/// to be as the mirror's state last verified it; their bytes.
+fn link_pool(paths: &MirrorPaths, to: &MirrorPaths, m: &str, state: &MirrorState) -> Result<u64> {
+    let mut bytes = 0;
+    for (rel, entry) in &state.pool {
+        let rel_path = crate::fsutil::safe_relative(rel, "pool")?;
+        let src = paths.root.join(&rel_path);
+        let meta = match fs::symlink_metadata(&src) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "mirror {m}: {} is missing: run `cairn mirror verify --repair {m}` before taking a snapshot",
+                src.display()
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| format!("mirror {m}: pool file {rel}"));
+            }
+        };
+        if !meta.file_type().is_file()
+            || meta.len() != entry.size
+            || mtime_ns(&meta) != entry.mtime_ns
+        {
+            bail!(
+                "mirror {m}: {} changed since it was last verified: run `cairn mirror verify {m}` before taking a snapshot",
+                src.display()
+            );
+        }
+        let t = to.root.join(&rel_path);
+        fs::create_dir_all(t.parent().unwrap_or(&to.root))?;
+        fs::hard_link(&src, &t).with_context(|| {
+            format!(
+                "linking {} into the snapshot (a snapshot must be on the store's file system)",
+                src.display()
+            )
+        })?;
+        bytes += entry.size;
+    }
+    Ok(bytes)
 }
 
 /// Hard-links every file below `from` into `to` (made), refusing anything
@@ -417,23 +437,16 @@ fn link_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Images in the store whose manifest says they were built from `name`.
-pub fn images_built_from(store: &Path, name: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for e in crate::image::list(store)? {
-        let m = crate::image::read_manifest(&e.path)?;
-        if m.source.as_ref().and_then(|s| s.snapshot.as_deref()) == Some(name) {
-            out.push(format!("{}/{}", e.profile, e.version));
-        }
-    }
-    Ok(out)
-}
-
 /// Removes snapshot `name`. Pool files the live mirror (or another
 /// snapshot) still links stay; the others go with it. Refused while images
-/// in the store record it as their input (their `image rebuild --check`
-/// needs it) unless `force`.
-pub fn delete(store: &Path, name: &str, force: bool) -> Result<Snapshot> {
+/// in the store record it as their input (`users`, asked under the
+/// snapshot's lock: their `image rebuild --check` needs it) unless `force`.
+pub fn delete(
+    store: &Path,
+    name: &str,
+    force: bool,
+    users: impl FnOnce() -> Result<Vec<String>>,
+) -> Result<Snapshot> {
     let snap = open(store, name)?;
     let lock = lock_file(store, name)?;
     match lock.try_lock() {
@@ -445,7 +458,7 @@ pub fn delete(store: &Path, name: &str, force: bool) -> Result<Snapshot> {
             return Err(e).with_context(|| format!("locking snapshot {name}"));
         }
     }
-    let users = images_built_from(store, name)?;
+    let users = users()?;
     if !users.is_empty() && !force {
         bail!(
             "snapshot {name} is the recorded input of {} image(s) ({}): `cairn image rebuild --check` needs it; pass --force to delete it anyway",

@@ -75,6 +75,13 @@ pub struct PoolEntry {
     pub mtime_ns: i128,
 }
 
+/// A file the signed Release lists that a mirror does without, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeftOut {
+    pub path: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub struct SuiteState {
@@ -86,7 +93,7 @@ pub struct SuiteState {
     pub indices: Vec<String>,
     /// What the signed Release lists that the mirror does without, and why.
     #[serde(default)]
-    pub left_out: Vec<crate::mirror::sync::LeftOut>,
+    pub left_out: Vec<LeftOut>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -82,6 +82,9 @@ pub fn verify(name: &str, opts: &VerifyOptions) -> Result<VerifyReport> {
     Ok(report)
 }
 
+/// Index files to hash: (display path, file, expected size, sha256).
+type Jobs = Vec<(String, PathBuf, u64, String)>;
+
 fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
     let t0 = Instant::now();
     let state = MirrorState::load(paths)?.with_context(|| {
@@ -118,47 +121,43 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
         pending: 0,
         repaired: Vec::new(),
     };
-    // Index files to hash: (display path, file, expected size, sha256).
-    let mut index_jobs: Vec<(String, PathBuf, u64, String)> = Vec::new();
-    let mut listed: HashMap<String, (u64, String)> = HashMap::new();
+    let (index_jobs, to_parse) = check_suites(&state, &gen_dir, &keyring, &tmp, opts, &mut r)?;
+    r.indices_checked = index_jobs.len();
+    let bad_indices = hash_all(index_jobs, opts, "verify indices", &mut r);
+    let listed = read_indices(to_parse, &bad_indices, &mut r)?;
+    let pool_jobs = check_pool(paths, &state, &listed, &bad_indices, &mut r)?;
+    r.pool_checked = pool_jobs.len();
+    hash_all(pool_jobs, opts, "verify pool", &mut r);
+    r.missing.sort();
+    r.unexpected.sort();
+    r.corrupt.sort_by(|a, b| a.path.cmp(&b.path));
+    r.ok = r.release_problems.is_empty()
+        && r.missing.is_empty()
+        && r.corrupt.is_empty()
+        && r.unexpected.is_empty();
+    r.seconds = t0.elapsed().as_secs_f64();
+    let _ = fs::remove_dir_all(&tmp);
+    Ok(r)
+}
+
+/// Every suite's signed Release checked (signature, dates), its indices
+/// against it, its directory for strays: the index files to hash and the
+/// Packages to read the pool from.
+fn check_suites(
+    state: &MirrorState,
+    gen_dir: &Path,
+    keyring: &Keyring,
+    tmp: &Path,
+    opts: &VerifyOptions,
+    r: &mut VerifyReport,
+) -> Result<(Jobs, Vec<(String, PathBuf)>)> {
+    let mut index_jobs: Jobs = Vec::new();
     let mut to_parse: Vec<(String, PathBuf)> = Vec::new();
     for suite in &state.repo.suites {
         let dir = gen_dir.join(suite);
         let shown = |p: &str| format!("dists/{suite}/{p}");
-        let release = match read_verified_release(&dir, &keyring, &tmp) {
-            Ok((rel, signers)) => {
-                let n = crate::unix_now();
-                if let Some(u) = rel.valid_until
-                    && u < n
-                {
-                    r.release_problems.push(Problem {
-                        path: shown("InRelease"),
-                        detail: format!("expired on {}", format_release_date(u)),
-                    });
-                }
-                if let Some(d) = rel.date
-                    && d > n + opts.max_future
-                {
-                    r.release_problems.push(Problem {
-                        path: shown("InRelease"),
-                        detail: format!("dated in the future: {}", format_release_date(d)),
-                    });
-                }
-                r.suites.push(SuiteCheck {
-                    suite: suite.clone(),
-                    signed_by: signers,
-                    date: rel.date.map(format_release_date),
-                    valid_until: rel.valid_until.map(format_release_date),
-                });
-                rel
-            }
-            Err(e) => {
-                r.release_problems.push(Problem {
-                    path: shown("InRelease"),
-                    detail: format!("{e:#}"),
-                });
-                continue;
-            }
+        let Some(release) = check_release_file(suite, &dir, keyring, tmp, opts, r) else {
+            continue;
         };
         let indices: BTreeSet<String> = state
             .suites
@@ -199,8 +198,65 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
             }
         }
     }
-    r.indices_checked = index_jobs.len();
-    let bad_indices = hash_all(index_jobs, opts, "verify indices", &mut r);
+    Ok((index_jobs, to_parse))
+}
+
+/// A suite's Release, verified by apt's rules and checked for its dates
+/// (a problem is recorded in `r`; None when it does not verify).
+fn check_release_file(
+    suite: &str,
+    dir: &Path,
+    keyring: &Keyring,
+    tmp: &Path,
+    opts: &VerifyOptions,
+    r: &mut VerifyReport,
+) -> Option<Release> {
+    let shown = |p: &str| format!("dists/{suite}/{p}");
+    match read_verified_release(dir, keyring, tmp) {
+        Ok((rel, signers)) => {
+            let n = crate::unix_now();
+            if let Some(u) = rel.valid_until
+                && u < n
+            {
+                r.release_problems.push(Problem {
+                    path: shown("InRelease"),
+                    detail: format!("expired on {}", format_release_date(u)),
+                });
+            }
+            if let Some(d) = rel.date
+                && d > n + opts.max_future
+            {
+                r.release_problems.push(Problem {
+                    path: shown("InRelease"),
+                    detail: format!("dated in the future: {}", format_release_date(d)),
+                });
+            }
+            r.suites.push(SuiteCheck {
+                suite: suite.to_string(),
+                signed_by: signers,
+                date: rel.date.map(format_release_date),
+                valid_until: rel.valid_until.map(format_release_date),
+            });
+            Some(rel)
+        }
+        Err(e) => {
+            r.release_problems.push(Problem {
+                path: shown("InRelease"),
+                detail: format!("{e:#}"),
+            });
+            None
+        }
+    }
+}
+
+/// The pool files the signed Packages list (those whose index hashed
+/// right): path → size and SHA-256.
+fn read_indices(
+    to_parse: Vec<(String, PathBuf)>,
+    bad_indices: &BTreeSet<String>,
+    r: &mut VerifyReport,
+) -> Result<HashMap<String, (u64, String)>> {
+    let mut listed: HashMap<String, (u64, String)> = HashMap::new();
     for (shown, path) in to_parse {
         if bad_indices.contains(&shown) {
             continue;
@@ -216,6 +272,19 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
             });
         }
     }
+    Ok(listed)
+}
+
+/// The pool as cairn recorded it, against the signed indices: the files to
+/// hash; what is missing, corrupt, retained, pending or unexpected goes to
+/// `r`.
+fn check_pool(
+    paths: &MirrorPaths,
+    state: &MirrorState,
+    listed: &HashMap<String, (u64, String)>,
+    bad_indices: &BTreeSet<String>,
+    r: &mut VerifyReport,
+) -> Result<Jobs> {
     let mut pool_jobs = Vec::new();
     for (p, e) in &state.pool {
         match listed.get(p) {
@@ -260,18 +329,7 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
             }
         }
     })?;
-    r.pool_checked = pool_jobs.len();
-    hash_all(pool_jobs, opts, "verify pool", &mut r);
-    r.missing.sort();
-    r.unexpected.sort();
-    r.corrupt.sort_by(|a, b| a.path.cmp(&b.path));
-    r.ok = r.release_problems.is_empty()
-        && r.missing.is_empty()
-        && r.corrupt.is_empty()
-        && r.unexpected.is_empty();
-    r.seconds = t0.elapsed().as_secs_f64();
-    let _ = fs::remove_dir_all(&tmp);
-    Ok(r)
+    Ok(pool_jobs)
 }
 
 /// Hashes files on all cores; records problems in the report and returns the
@@ -343,7 +401,7 @@ fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> R
             .iter()
             .map(|p| format!("{}: {}", p.path, p.detail))
             .collect();
-        return Err(crate::trust::VerificationFailed(format!(
+        return Err(crate::trust::VerificationFailed::new(format!(
             "the published Release of mirror {} does not verify ({}): run `cairn mirror sync` to publish a fresh one",
             paths.name,
             what.join("; ")
@@ -352,6 +410,43 @@ fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> R
     }
     fs::create_dir_all(paths.tmp())?;
     let mut state = MirrorState::load(paths)?.context("state vanished")?;
+    let fixes = plan_fixes(paths, &state, report)?;
+    let results = apply_fixes(paths, &state, &fixes, opts)?;
+    let mut repaired = Vec::new();
+    let mut failed = Vec::new();
+    for (fix, res) in fixes.iter().zip(results) {
+        match res {
+            Ok(()) => {
+                if let Some(e) = state.pool.get_mut(&fix.shown) {
+                    e.mtime_ns = fs::metadata(&fix.dest).map(|m| mtime_ns(&m)).unwrap_or(0);
+                }
+                repaired.push(fix.shown.clone());
+            }
+            Err(e) => failed.push(format!("{}: {e:#}", fix.shown)),
+        }
+    }
+    for u in &report.unexpected {
+        if u.starts_with("pool/") {
+            fs::remove_file(paths.root.join(u)).with_context(|| format!("removing {u}"))?;
+            repaired.push(format!("removed {u}"));
+        }
+    }
+    state.save(paths)?;
+    let _ = fs::remove_dir_all(paths.tmp());
+    if !failed.is_empty() {
+        bail!(
+            "could not repair {} file(s) (the source may have moved on: run `cairn mirror sync`):\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        );
+    }
+    Ok(repaired)
+}
+
+/// What repairs each missing or corrupt file: a pool file from its
+/// recorded hash, an index from the published signed Release (by hash
+/// first; a plain index from its compressed sibling when that is right).
+fn plan_fixes(paths: &MirrorPaths, state: &MirrorState, report: &VerifyReport) -> Result<Vec<Fix>> {
     let gen_dir = paths.current_generation().context("nothing published")?;
     let keyring = Keyring::new(state.repo.keyring.clone());
     let mut releases: BTreeMap<String, Release> = BTreeMap::new();
@@ -433,10 +528,20 @@ fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> R
             ],
         });
     }
+    Ok(fixes)
+}
+
+/// Fetches (or decompresses) every fix, each checked while it streams.
+fn apply_fixes(
+    paths: &MirrorPaths,
+    state: &MirrorState,
+    fixes: &[Fix],
+    opts: &VerifyOptions,
+) -> Result<Vec<Result<()>>> {
     let transport = transport_for(&state.repo.url, opts.jobs)?;
     let retry = RetryPolicy::default();
     let counter = Counter::default();
-    let results = parallel::map(&fixes, opts.jobs, |fix| -> Result<()> {
+    let results = parallel::map(fixes, opts.jobs, |fix| -> Result<()> {
         if let Some(src) = &fix.local
             && decompress_verified(src, &fix.dest, &fix.expect).is_ok()
         {
@@ -461,33 +566,5 @@ fn repair(paths: &MirrorPaths, report: &VerifyReport, opts: &VerifyOptions) -> R
         }
         Err(last.map_or_else(|| anyhow::anyhow!("no source"), Into::into))
     });
-    let mut repaired = Vec::new();
-    let mut failed = Vec::new();
-    for (fix, res) in fixes.iter().zip(results) {
-        match res {
-            Ok(()) => {
-                if let Some(e) = state.pool.get_mut(&fix.shown) {
-                    e.mtime_ns = fs::metadata(&fix.dest).map(|m| mtime_ns(&m)).unwrap_or(0);
-                }
-                repaired.push(fix.shown.clone());
-            }
-            Err(e) => failed.push(format!("{}: {e:#}", fix.shown)),
-        }
-    }
-    for u in &report.unexpected {
-        if u.starts_with("pool/") {
-            fs::remove_file(paths.root.join(u)).with_context(|| format!("removing {u}"))?;
-            repaired.push(format!("removed {u}"));
-        }
-    }
-    state.save(paths)?;
-    let _ = fs::remove_dir_all(paths.tmp());
-    if !failed.is_empty() {
-        bail!(
-            "could not repair {} file(s) (the source may have moved on: run `cairn mirror sync`):\n  {}",
-            failed.len(),
-            failed.join("\n  ")
-        );
-    }
-    Ok(repaired)
+    Ok(results)
 }

@@ -247,6 +247,15 @@ impl RawHealth {
     }
 }
 
+/// What an image carries as `/etc/cairn/fleet.toml`: its profile's name
+/// and `[fleet]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FleetFile {
+    pub profile: String,
+    pub fleet: Fleet,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,12 +12,13 @@ mod packages;
 mod raw;
 mod validate;
 
-pub use fleet::{Fleet, Health, Policy, RawFleet, in_window, parse_window};
+pub use fleet::{Fleet, FleetFile, Health, Policy, RawFleet, in_window, parse_window};
 pub use packages::BUILDER_PACKAGES;
 
 use crate::cmd::Cmd;
 use crate::trust::hash::sha256_hex;
 use raw::{Unvalidated, load_chain};
+pub use validate::refused_kernel_arg;
 use validate::validate;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -28,6 +29,29 @@ pub enum HostType {
     Physical,
     Virtual,
     Auto,
+}
+
+impl HostType {
+    /// Its name in profiles, manifests and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostType::Physical => "physical",
+            HostType::Virtual => "virtual",
+            HostType::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for HostType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// How the base tree is made. mmdebstrap installs from several suites of a
@@ -173,11 +197,7 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
-/// The family a suite belongs to: its codename, without `-updates`,
-/// `-security`, `-backports` or `/updates` (`trixie-security` → `trixie`).
-pub fn suite_family(suite: &str) -> &str {
-    suite.split(['-', '/']).next().unwrap_or(suite)
-}
+pub use crate::mirror::config::suite_family;
 
 /// Loads a profile file, following `extends` (relative to the file).
 pub fn load(path: &Path) -> Result<Profile> {

@@ -79,6 +79,38 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// What this profile needs of a mirror when its images are built for
+    /// `host_types` (none: its own, `auto` being this build host's).
+    pub fn mirror_needs(&self, host_types: &[HostType]) -> crate::mirror::config::Needs {
+        let hosts = if host_types.is_empty() {
+            vec![self.resolved_host_type()]
+        } else {
+            host_types.to_vec()
+        };
+        let mut packages: Vec<String> = Vec::new();
+        let mut components: Vec<String> = Vec::new();
+        for h in hosts {
+            for p in self.all_packages(h) {
+                if !packages.contains(&p) {
+                    packages.push(p);
+                }
+            }
+            for c in self.components(h) {
+                if !components.iter().any(|x| x == c) {
+                    components.push(c.to_string());
+                }
+            }
+        }
+        crate::mirror::config::Needs {
+            what: format!("profile {}", self.name),
+            suite: self.suite.clone(),
+            packages,
+            components,
+        }
+    }
+}
+
 /// What an image needs to build other images.
 pub const BUILDER_PACKAGES: &[&str] = &[
     "mmdebstrap",

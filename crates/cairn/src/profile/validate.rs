@@ -55,98 +55,10 @@ pub(super) fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) ->
             "root.password-hash must be a crypt(3) hash such as `mkpasswd -m sha-512` prints, not a password"
         );
     }
-    let mut files = Vec::new();
-    for f in raw.files {
-        if !f.dest.starts_with('/') || f.dest.split('/').any(|c| c == "..") {
-            bail!(
-                "file dest {:?} must be an absolute path without `..`",
-                f.dest
-            );
-        }
-        if !f.source.exists() {
-            bail!("file source {} does not exist", f.source.display());
-        }
-        let mode = match &f.mode {
-            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                .with_context(|| format!("file {}: mode {m:?} is not octal", f.dest))?,
-            None => 0o644,
-        };
-        files.push(FileSpec {
-            source: f.source,
-            dest: f.dest,
-            mode,
-        });
-    }
-    let mut hooks = Vec::new();
-    for (i, h) in raw.hooks.into_iter().enumerate() {
-        let (name, script) = match (h.run, h.script) {
-            (Some(r), None) => {
-                let s =
-                    fs_err::read_to_string(&r).with_context(|| format!("hook {}", r.display()))?;
-                (
-                    r.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    s,
-                )
-            }
-            (None, Some(s)) => (format!("inline-{}", i + 1), s),
-            _ => bail!(
-                "hook #{}: give exactly one of `run` (a script file) or `script` (inline)",
-                i + 1
-            ),
-        };
-        hooks.push(Hook { name, script });
-    }
-    let mut data = Vec::new();
-    let mut seen = BTreeSet::new();
-    for d in raw.data {
-        if !d.path.starts_with('/')
-            || d.path == "/"
-            || d.path.split('/').any(|c| c == ".." || c == ".")
-        {
-            bail!(
-                "data path {:?} must be an absolute path (not /) without `.` or `..`",
-                d.path
-            );
-        }
-        if !simple(&d.partition) || SYSTEM_DIRS.contains(&d.partition.as_str()) {
-            bail!(
-                "data partition label {:?}: a simple name that is not a system directory",
-                d.partition
-            );
-        }
-        let dir = d
-            .dir
-            .unwrap_or_else(|| d.path.trim_start_matches('/').replace('/', "-"));
-        if !simple(&dir) {
-            bail!("data dir {dir:?} must be a simple name");
-        }
-        if !seen.insert(d.path.clone()) {
-            bail!("data path {} is listed twice", d.path);
-        }
-        data.push(DataPath {
-            path: d.path.trim_end_matches('/').to_string(),
-            partition: d.partition,
-            dir,
-        });
-    }
-    let img = raw.image.unwrap_or_default();
-    let compression = img.compression.unwrap_or(Compression::Zstd);
-    let level = match (img.level, compression.levels()) {
-        (None, _) => None,
-        (Some(l), Some(r)) if r.contains(&l) => Some(l),
-        (Some(l), Some(r)) => bail!(
-            "image.level {l} is out of range for {} ({}..={})",
-            compression.name(),
-            r.start(),
-            r.end()
-        ),
-        (Some(_), None) => bail!(
-            "image.level: {} has no compression level in mksquashfs",
-            compression.name()
-        ),
-    };
+    let files = files(raw.files)?;
+    let hooks = hooks(raw.hooks)?;
+    let data = data_paths(raw.data)?;
+    let (compression, level, img) = image(raw.image)?;
     let variant = raw.variant.unwrap_or_else(|| "minbase".into());
     if ![
         "extract",
@@ -168,7 +80,7 @@ pub(super) fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) ->
         if a.contains(char::is_whitespace) || a.is_empty() {
             bail!("kernel-cmdline entries are single words: {a:?}");
         }
-        if let Some(why) = crate::image::refused_kernel_arg(a) {
+        if let Some(why) = super::refused_kernel_arg(a) {
             bail!("kernel-cmdline entry {a:?}: {why}");
         }
     }
@@ -206,4 +118,196 @@ pub(super) fn validate(raw: Unvalidated, name: String, path: Option<PathBuf>) ->
         fleet,
         health,
     })
+}
+
+/// The files to copy in: absolute destinations without `..`, sources that
+/// exist, octal modes (0644 unless said).
+fn files(raw: Vec<super::raw::UnvalidatedFile>) -> Result<Vec<FileSpec>> {
+    let mut files = Vec::new();
+    for f in raw {
+        if !f.dest.starts_with('/') || f.dest.split('/').any(|c| c == "..") {
+            bail!(
+                "file dest {:?} must be an absolute path without `..`",
+                f.dest
+            );
+        }
+        if !f.source.exists() {
+            bail!("file source {} does not exist", f.source.display());
+        }
+        let mode = match &f.mode {
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .with_context(|| format!("file {}: mode {m:?} is not octal", f.dest))?,
+            None => 0o644,
+        };
+        files.push(FileSpec {
+            source: f.source,
+            dest: f.dest,
+            mode,
+        });
+    }
+    Ok(files)
+}
+
+/// The hooks: each a script file (`run`) or inline (`script`), never both.
+fn hooks(raw: Vec<super::raw::UnvalidatedHook>) -> Result<Vec<Hook>> {
+    let mut hooks = Vec::new();
+    for (i, h) in raw.into_iter().enumerate() {
+        let (name, script) = match (h.run, h.script) {
+            (Some(r), None) => {
+                let s =
+                    fs_err::read_to_string(&r).with_context(|| format!("hook {}", r.display()))?;
+                (
+                    r.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    s,
+                )
+            }
+            (None, Some(s)) => (format!("inline-{}", i + 1), s),
+            _ => bail!(
+                "hook #{}: give exactly one of `run` (a script file) or `script` (inline)",
+                i + 1
+            ),
+        };
+        hooks.push(Hook { name, script });
+    }
+    Ok(hooks)
+}
+
+/// The data paths: absolute, not `/`, no `.` or `..`, each once, on a
+/// partition whose label is a simple name that is no system directory.
+fn data_paths(raw: Vec<super::raw::UnvalidatedData>) -> Result<Vec<DataPath>> {
+    let simple = crate::names::is_safe;
+    let mut data = Vec::new();
+    let mut seen = BTreeSet::new();
+    for d in raw {
+        if !d.path.starts_with('/')
+            || d.path == "/"
+            || d.path.split('/').any(|c| c == ".." || c == ".")
+        {
+            bail!(
+                "data path {:?} must be an absolute path (not /) without `.` or `..`",
+                d.path
+            );
+        }
+        if !simple(&d.partition) || SYSTEM_DIRS.contains(&d.partition.as_str()) {
+            bail!(
+                "data partition label {:?}: a simple name that is not a system directory",
+                d.partition
+            );
+        }
+        let dir = d
+            .dir
+            .unwrap_or_else(|| d.path.trim_start_matches('/').replace('/', "-"));
+        if !simple(&dir) {
+            bail!("data dir {dir:?} must be a simple name");
+        }
+        if !seen.insert(d.path.clone()) {
+            bail!("data path {} is listed twice", d.path);
+        }
+        data.push(DataPath {
+            path: d.path.trim_end_matches('/').to_string(),
+            partition: d.partition,
+            dir,
+        });
+    }
+    Ok(data)
+}
+
+/// `[image]`: the compressor, its level (one it has), the rest as given.
+fn image(
+    raw: Option<super::raw::UnvalidatedImage>,
+) -> Result<(Compression, Option<u32>, super::raw::UnvalidatedImage)> {
+    let img = raw.unwrap_or_default();
+    let compression = img.compression.unwrap_or(Compression::Zstd);
+    let level = match (img.level, compression.levels()) {
+        (None, _) => None,
+        (Some(l), Some(r)) if r.contains(&l) => Some(l),
+        (Some(l), Some(r)) => bail!(
+            "image.level {l} is out of range for {} ({}..={})",
+            compression.name(),
+            r.start(),
+            r.end()
+        ),
+        (Some(_), None) => bail!(
+            "image.level: {} has no compression level in mksquashfs",
+            compression.name()
+        ),
+    };
+    Ok((compression, level, img))
+}
+
+/// Why the initramfs would refuse a kernel argument of a profile (it takes
+/// layers or an overlay from elsewhere, or is cairn's own), if it would. The
+/// same list is in live-verify.sh (`cairn_parse`).
+pub fn refused_kernel_arg(a: &str) -> Option<&'static str> {
+    const TAKES_ANOTHER_ROOT: &[&str] = &[
+        "module=",
+        "toram=",
+        "todisk=",
+        "fetch=",
+        "httpfs=",
+        "ftpfs=",
+        "netboot=",
+        "nfsroot=",
+        "nfsopts=",
+        "nfsoverlay=",
+        "iscsi=",
+        "live-media=",
+        "bootfrom=",
+        "live-media-offset=",
+        "live-media-path=",
+        "fromiso=",
+        "isofrom=",
+        "findiso=",
+        "root=",
+        "persistence-",
+        "dm-verity-",
+    ];
+    if a.is_empty() || a.contains(char::is_whitespace) || a.contains('"') {
+        return Some("empty, or holds a space or a quote");
+    }
+    if a.starts_with("cairn.") && a != "cairn.poweroff" {
+        return Some("cairn.* arguments are cairn's own");
+    }
+    if [
+        "plainroot",
+        "exposedroot",
+        "skipunion",
+        "persistence",
+        "swap",
+    ]
+    .contains(&a)
+        || TAKES_ANOTHER_ROOT.iter().any(|p| a.starts_with(p))
+    {
+        return Some(
+            "the initramfs refuses it: a cairn image mounts only its signed layers from its boot partition",
+        );
+    }
+    // What would run something other than the image's own init, or open a
+    // shell, before or instead of it.
+    const OTHER_INIT: &[&str] = &[
+        "init=",
+        "rdinit=",
+        "break=",
+        "systemd.debug_shell",
+        "systemd.debug-shell",
+    ];
+    if a == "break" || OTHER_INIT.iter().any(|p| a.starts_with(p)) {
+        return Some(
+            "the initramfs refuses it: it would run something other than the image's init, or a shell",
+        );
+    }
+    // NAME=value the kernel hands to the initramfs as an environment
+    // variable, which live-boot reads as its own settings.
+    if let Some((k, _)) = a.split_once('=')
+        && !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Some(
+            "the initramfs refuses it: an upper-case NAME= argument becomes an environment variable of the initramfs",
+        );
+    }
+    None
 }

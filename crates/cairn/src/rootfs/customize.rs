@@ -9,23 +9,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+pub use super::chroot::{inside, inside_link};
+use crate::image::paths::{DATA_GENERATOR, IMAGE_ENV, RUN_IMAGE_ENV, SIGNING_KEY};
 use crate::profile::{DataPath, Profile};
-
-/// An absolute in-tree path as a host path, resolved inside the tree as a
-/// chroot would (symlinks in the tree never lead out of it).
-pub fn inside(root: &Path, abs: &str) -> Result<std::path::PathBuf> {
-    crate::fsutil::resolve_in_root(root, abs, true)
-}
-
-/// As `inside`, but a symlink at the end is the path itself (to remove or
-/// replace the link, not what it points to).
-pub fn inside_link(root: &Path, abs: &str) -> Result<std::path::PathBuf> {
-    crate::fsutil::resolve_in_root(root, abs, false)
-}
 
 /// Writes `data` at `abs` in the tree with `mode`, unless the file already
 /// holds exactly that (so an upgrade's delta carries nothing for it).
-fn write(root: &Path, abs: &str, data: impl AsRef<[u8]>, mode: u32) -> Result<()> {
+pub(super) fn write(root: &Path, abs: &str, data: impl AsRef<[u8]>, mode: u32) -> Result<()> {
     let (p, data) = (inside(root, abs)?, data.as_ref());
     let same_mode = fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode);
     if same_mode && fs::read(&p).is_ok_and(|old| old == data) {
@@ -117,6 +107,17 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
         let meta = fs::symlink_metadata(&at).ok();
         let has_content =
             meta.as_ref().is_some_and(|m| m.is_dir()) && fs::read_dir(&at)?.next().is_some();
+        // Done before (an upgrade of a tree built with it): as it was.
+        if meta.as_ref().is_some_and(|m| m.file_type().is_symlink())
+            && fs::read_link(&at).is_ok_and(|t| t == Path::new(&target))
+        {
+            if inside(root, &seed)?.is_dir() {
+                tmpfiles.push_str(&format!("C {target} - - - - {seed}\n"));
+            } else {
+                tmpfiles.push_str(&format!("d {target} 0755 root root -\n"));
+            }
+            continue;
+        }
         if has_content {
             let s = inside(root, &seed)?;
             fs::create_dir_all(s.parent().unwrap_or(root))?;
@@ -169,9 +170,6 @@ pub fn data_paths(root: &Path, data: &[DataPath]) -> Result<()> {
     symlink("/usr/lib/systemd/system/cairn-data.service", &link)?;
     Ok(())
 }
-
-/// Where the image carries the data partitions' generator.
-pub const DATA_GENERATOR: &str = "/usr/lib/systemd/system-generators/cairn-data-mounts";
 
 /// The systemd generator that mounts the data partitions present at boot
 /// (labels are simple names: the profile checks them).
@@ -253,10 +251,10 @@ pub fn boot_marker(root: &Path) -> Result<()> {
         symlink(format!("/usr/lib/systemd/system/{unit}"), &link)?;
     }
     // An image of an older cairn had the file itself.
-    let env = inside_link(root, "/etc/cairn/image.env")?;
+    let env = inside_link(root, IMAGE_ENV)?;
     fs::create_dir_all(env.parent().unwrap_or(root))?;
     let _ = fs::remove_file(&env);
-    symlink("/run/cairn/image.env", &env)?;
+    symlink(RUN_IMAGE_ENV, &env)?;
     Ok(())
 }
 
@@ -327,15 +325,9 @@ pub fn live_verify_differs(root: &Path) -> Result<bool> {
     Ok(false)
 }
 
-/// Where an image with `cairn = true` carries cairn: its Debian package's
-/// binary (dpkg knows it).
-pub const CAIRN_IN_IMAGE: &str = "/usr/bin/cairn";
 /// Where images made by cairn before it was packaged carried a loose copy;
 /// removed when the package goes in (it would come first on PATH).
 const LOOSE_CAIRN: &str = "/usr/local/bin/cairn";
-/// The public key that signed the image, for cairn on the running system
-/// (`apply-live`, `reboot --kexec` verify images with it).
-pub const KEY_IN_IMAGE: &str = "/etc/cairn/signing.pub";
 /// The environment variable naming the cairn package for images; it wins
 /// over the store's `packages/` directory.
 pub const PACKAGE_ENV: &str = "CAIRN_PACKAGE";
@@ -430,7 +422,7 @@ pub fn cairn_tools(
     epoch: i64,
 ) -> Result<()> {
     let key = fs::read(public_key).with_context(|| format!("reading {}", public_key.display()))?;
-    write(root, KEY_IN_IMAGE, &key, 0o644)?;
+    write(root, SIGNING_KEY, &key, 0o644)?;
     let Some(package) = package.filter(|_| p.cairn) else {
         if installed_cairn(root)?.is_some() {
             in_chroot(root, epoch, &["dpkg", "--purge", "cairn"])?;
@@ -517,7 +509,7 @@ fn package_differs(root: &Path, package: &CairnPackage) -> Result<bool> {
 /// services kept from starting: a policy-rc.d that says no, unless the
 /// tree has its own.
 fn in_chroot(root: &Path, epoch: i64, args: &[&str]) -> Result<()> {
-    let _mounts = super::debootstrap::ChrootMounts::mount(root, &[])?;
+    let _mounts = super::chroot::ChrootMounts::mount(root, &[])?;
     let policy = inside(root, "/usr/sbin/policy-rc.d")?;
     let ours = fs::symlink_metadata(&policy).is_err();
     if ours {
@@ -528,198 +520,20 @@ fn in_chroot(root: &Path, epoch: i64, args: &[&str]) -> Result<()> {
             0o755,
         )?;
     }
-    let r = super::debootstrap::chroot(root, epoch, args);
+    let r = super::chroot::chroot(root, epoch, args);
     if ours {
         let _ = fs::remove_file(&policy);
     }
     r
 }
 
-/// The pull timer's unit, and the service it starts.
-pub const PULL_TIMER: &str = "/usr/lib/systemd/system/cairn-pull.timer";
-pub const PULL_SERVICE: &str = "/usr/lib/systemd/system/cairn-pull.service";
-/// The profile's `[health]` command, and its time limit.
-pub const HEALTH_SCRIPT: &str = "/etc/cairn/health";
-pub const HEALTH_ENV: &str = "/etc/cairn/health.env";
-const NETWORK_FILE: &str = "/etc/systemd/network/80-cairn-dhcp.network";
-const FLEET_SOURCES: &str = "/etc/apt/sources.list.d/cairn.sources";
-/// Links that enable a unit: (link in the tree, target).
-const FLEET_LINKS: &[(&str, &str)] = &[
-    (
-        "/etc/systemd/system/timers.target.wants/cairn-pull.timer",
-        PULL_TIMER,
-    ),
-    (
-        "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
-        "/lib/systemd/system/systemd-networkd.service",
-    ),
-    (
-        "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
-        "/lib/systemd/system/systemd-networkd.socket",
-    ),
-    (
-        "/etc/systemd/system/dbus-org.freedesktop.network1.service",
-        "/lib/systemd/system/systemd-networkd.service",
-    ),
-];
-
-fn remove_in_tree(root: &Path, abs: &str) -> Result<()> {
+/// Removes the file or link at `abs` in the tree, if there is one.
+pub(super) fn remove_in_tree(root: &Path, abs: &str) -> Result<()> {
     let p = inside_link(root, abs)?;
     match fs::remove_file(&p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),
     }
-}
-
-/// The profile's `[health]` check (run by the boot marker unit before it
-/// marks a boot good) and `[fleet]` settings: the image's machines pull
-/// newer images by themselves (a timer, DHCP on their wired interfaces),
-/// and apt in the image reads the published mirror at the fleet's URLs,
-/// not the build host's paths. What the profile no longer asks for goes.
-pub fn fleet(
-    root: &Path,
-    p: &Profile,
-    mirrors: &[(
-        crate::mirror::state::MirrorPaths,
-        crate::mirror::state::MirrorState,
-        Vec<String>,
-    )],
-) -> Result<()> {
-    match &p.health {
-        Some(h) => {
-            write(
-                root,
-                HEALTH_SCRIPT,
-                format!(
-                    "#!/bin/sh\n# cairn: the profile's [health] command; its success marks a boot good.\n{}\n",
-                    h.command
-                ),
-                0o755,
-            )?;
-            write(
-                root,
-                HEALTH_ENV,
-                format!("CAIRN_HEALTH_TIMEOUT={}\n", h.timeout),
-                0o644,
-            )?;
-        }
-        None => {
-            remove_in_tree(root, HEALTH_SCRIPT)?;
-            remove_in_tree(root, HEALTH_ENV)?;
-        }
-    }
-    let Some(f) = &p.fleet else {
-        for (link, _) in FLEET_LINKS {
-            remove_in_tree(root, link)?;
-        }
-        for f in [
-            crate::fleet::machine::FLEET_FILE,
-            PULL_TIMER,
-            PULL_SERVICE,
-            NETWORK_FILE,
-            FLEET_SOURCES,
-        ] {
-            remove_in_tree(root, f)?;
-        }
-        return Ok(());
-    };
-    let file = crate::fleet::machine::FleetFile {
-        profile: p.name.clone(),
-        fleet: f.clone(),
-    };
-    write(
-        root,
-        crate::fleet::machine::FLEET_FILE,
-        format!(
-            "# cairn: the profile's [fleet] settings (/etc/cairn/cairn.toml may override them)\n{}",
-            toml::to_string(&file)?
-        ),
-        0o644,
-    )?;
-    write(
-        root,
-        PULL_SERVICE,
-        format!(
-            "[Unit]\nDescription=cairn: pull a newer image of this machine's profile\n\
-             # Expiry and serial checks read the clock: after it is set, if\n\
-             # the machine syncs it.\n\
-             After=cairn-booted.service time-sync.target\n\
-             # Machines without a wired interface have nowhere to pull from.\n\
-             ConditionPathExistsGlob=/sys/class/net/e*\n\n\
-             [Service]\nType=oneshot\n\
-             # Never forever (a server trickling bytes): the next run resumes.\n\
-             TimeoutStartSec=4h\n\
-             ExecStartPre=-/lib/systemd/systemd-networkd-wait-online --any --timeout=60\n\
-             ExecStart={} pull\nStandardOutput=journal+console\nStandardError=journal+console\n",
-            CAIRN_IN_IMAGE
-        ),
-        0o644,
-    )?;
-    write(
-        root,
-        PULL_TIMER,
-        format!(
-            "[Unit]\nDescription=cairn: look for a newer image now and then\n\n\
-             [Timer]\nOnBootSec={}\nOnUnitActiveSec={}\nRandomizedDelaySec={}\nAccuracySec=1s\n\n\
-             [Install]\nWantedBy=timers.target\n",
-            f.first, f.interval, f.delay
-        ),
-        0o644,
-    )?;
-    write(
-        root,
-        NETWORK_FILE,
-        "# cairn: machines of a fleet profile take an address by DHCP on wired interfaces.\n\
-         [Match]\nName=e*\n\n[Network]\nDHCP=yes\n",
-        0o644,
-    )?;
-    for (link, target) in FLEET_LINKS {
-        let l = inside_link(root, link)?;
-        if let Some(d) = l.parent() {
-            fs::create_dir_all(d)?;
-        }
-        if fs::read_link(&l).is_ok_and(|t| t == Path::new(target)) {
-            continue;
-        }
-        let _ = fs::remove_file(&l);
-        symlink(target, &l).with_context(|| format!("linking {}", l.display()))?;
-    }
-    // apt: the published mirror at the fleet's URLs, with the mirrors' keys.
-    let mut text = String::from(
-        "# cairn: the published mirror the fleet's machines install from (profile fleet.urls)\n",
-    );
-    for (_, state, _) in mirrors {
-        let r = &state.repo;
-        crate::names::check("mirror name", &r.name)?;
-        let uris: Vec<String> = f
-            .urls
-            .iter()
-            .map(|u| format!("{}/mirror/{}/", u.trim_end_matches('/'), r.name))
-            .collect();
-        let mut keys = Vec::new();
-        for (i, k) in r.keyring.iter().enumerate() {
-            let ext = if k.extension().is_some_and(|e| e == "asc") {
-                "asc"
-            } else {
-                "gpg"
-            };
-            let dest = format!("/etc/cairn/keyrings/{}-{i}.{ext}", r.name);
-            let data = fs::read(k).with_context(|| format!("mirror {}: keyring", r.name))?;
-            write(root, &dest, data, 0o644)?;
-            keys.push(dest);
-        }
-        text.push_str(&format!(
-            "\nTypes: deb\nURIs: {}\nSuites: {}\nComponents: {}\n",
-            uris.join(" "),
-            r.suites.join(" "),
-            r.components.join(" ")
-        ));
-        if !keys.is_empty() {
-            text.push_str(&format!("Signed-By: {}\n", keys.join(" ")));
-        }
-    }
-    write(root, FLEET_SOURCES, text, 0o644)?;
-    Ok(())
 }
 
 /// Removes the directories made in the tree to mount the build host's
@@ -944,6 +758,21 @@ mod tests {
                 .is_symlink()
         );
         assert_eq!(mount_unit("my-data"), "my\\x2ddata.mount");
+        // Again on the same tree (an upgrade whose profile changed): the
+        // same records, the seed kept; a new path joins them.
+        let mut more = data.clone();
+        more.push(DataPath {
+            path: "/srv/new".into(),
+            partition: "data".into(),
+            dir: "srv-new".into(),
+        });
+        data_paths(root, &more).unwrap();
+        let again = fs::read_to_string(root.join("usr/lib/cairn/data.conf")).unwrap();
+        assert_eq!(again, format!("{tmp}d /data/srv-new 0755 root root -\n"));
+        assert!(
+            root.join("usr/share/cairn/data-seed/postgresql/15/PG_VERSION")
+                .is_file()
+        );
         assert_eq!(
             escape_path("/dev/disk/by-label/my.data"),
             "dev-disk-by\\x2dlabel-my.data"

@@ -246,18 +246,9 @@ pub fn run(spec: &VmSpec) -> Result<VmResult> {
     Ok(r)
 }
 
-/// One qemu run. With `probe`, a guest silent for that long (or a qemu that
-/// fails before any output) gives `Ok(Err(reason))` instead of a result.
-fn run_once(
-    spec: &VmSpec,
-    accel: Accel,
-    probe: Option<Duration>,
-) -> Result<std::result::Result<VmResult, String>> {
-    crate::fsutil::own_dir(&spec.log_dir)?;
-    let console = spec.log_dir.join("console.log");
-    let markers = spec.log_dir.join("marker.log");
-    let _ = fs::remove_file(&console);
-    let _ = fs::remove_file(&markers);
+/// qemu's arguments for `spec` under `accel`: the machine, its consoles
+/// (`console`, `markers`), its media, firmware and network.
+fn qemu_args(spec: &VmSpec, accel: Accel, console: &Path, markers: &Path) -> Result<Argv> {
     let mut cmd = Argv::default();
     // i440fx ("pc"): its IDE CD-ROM is one every Debian kernel flavour
     // drives. Secure Boot needs SMM, which OVMF gets on q35 only.
@@ -313,6 +304,15 @@ fn run_once(
             a.display()
         ));
     }
+    uefi_args(spec, &mut cmd)?;
+    network_args(spec, &mut cmd)?;
+    Ok(cmd)
+}
+
+/// OVMF, and its variable store for this run (Secure Boot keys enrolled
+/// when asked).
+fn uefi_args(spec: &VmSpec, cmd: &mut Argv) -> Result<()> {
+    let secure = spec.secure_boot;
     if spec.firmware == Firmware::Uefi {
         let (code, vars_src) = match (secure, &spec.secure_boot_keys) {
             (false, _) => (OVMF_CODE, OVMF_VARS),
@@ -345,6 +345,11 @@ fn run_once(
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,file={}", vars.display()));
     }
+    Ok(())
+}
+
+/// SMBIOS serial, a network boot from a TFTP directory, user networking.
+fn network_args(spec: &VmSpec, cmd: &mut Argv) -> Result<()> {
     if let Some(s) = &spec.smbios_serial {
         cmd.arg("-smbios").arg(format!("type=1,serial={s}"));
     }
@@ -384,11 +389,19 @@ fn run_once(
             "virtio-net-pci,netdev=n0,romfile=",
         ]);
     }
-    // Tied to cairn's life: a killed cairn leaves no VM running.
-    let qemu = crate::cmd::Cmd::new(QEMU.program).args(&cmd.0).tied();
-    tracing::info!("starting {}", qemu.display());
-    let t0 = Instant::now();
-    let mut child = qemu.spawn()?;
+    Ok(())
+}
+
+/// Watches a running qemu until the marker line, its end, or the timeout;
+/// with `probe`, a guest silent for that long is `Err(reason)`.
+fn watch(
+    child: &mut crate::cmd::Running,
+    spec: &VmSpec,
+    probe: Option<Duration>,
+    console: &Path,
+    markers: &Path,
+    t0: Instant,
+) -> Result<std::result::Result<Watched, String>> {
     let mut marker_line = None;
     let mut seconds_to_marker = None;
     let mut exited = false;
@@ -396,13 +409,13 @@ fn run_once(
     let mut events = BTreeMap::new();
     loop {
         for e in &spec.events {
-            if !events.contains_key(e) && find_marker(&[&markers, &console], e, false).is_some() {
+            if !events.contains_key(e) && find_marker(&[markers, console], e, false).is_some() {
                 events.insert(e.clone(), t0.elapsed().as_secs_f64());
             }
         }
         if marker_line.is_none()
             && let Some(m) = &spec.marker
-            && let Some(line) = find_marker(&[&markers, &console], m, false)
+            && let Some(line) = find_marker(&[markers, console], m, false)
         {
             marker_line = Some(line);
             seconds_to_marker = Some(t0.elapsed().as_secs_f64());
@@ -411,8 +424,8 @@ fn run_once(
             break;
         }
         let silent = || {
-            fs::metadata(&console).map_or(0, |m| m.len()) == 0
-                && fs::metadata(&markers).map_or(0, |m| m.len()) == 0
+            fs::metadata(console).map_or(0, |m| m.len()) == 0
+                && fs::metadata(markers).map_or(0, |m| m.len()) == 0
         };
         if let Some(status) = child.try_wait()? {
             exited = true;
@@ -446,20 +459,60 @@ fn run_once(
     if marker_line.is_none()
         && let Some(m) = &spec.marker
     {
-        marker_line = find_marker(&[&markers, &console], m, true);
+        marker_line = find_marker(&[markers, console], m, true);
     }
+    Ok(Ok(Watched {
+        marker_line,
+        seconds_to_marker,
+        exited,
+        timed_out,
+        events,
+    }))
+}
+
+/// What watching a run saw.
+struct Watched {
+    marker_line: Option<String>,
+    seconds_to_marker: Option<f64>,
+    exited: bool,
+    timed_out: bool,
+    events: BTreeMap<String, f64>,
+}
+
+/// One qemu run. With `probe`, a guest silent for that long (or a qemu that
+/// fails before any output) gives `Ok(Err(reason))` instead of a result.
+fn run_once(
+    spec: &VmSpec,
+    accel: Accel,
+    probe: Option<Duration>,
+) -> Result<std::result::Result<VmResult, String>> {
+    crate::fsutil::own_dir(&spec.log_dir)?;
+    let console = spec.log_dir.join("console.log");
+    let markers = spec.log_dir.join("marker.log");
+    let _ = fs::remove_file(&console);
+    let _ = fs::remove_file(&markers);
+    let cmd = qemu_args(spec, accel, &console, &markers)?;
+    // Tied to cairn's life: a killed cairn leaves no VM running.
+    let qemu = crate::cmd::Cmd::new(QEMU.program).args(&cmd.0).tied();
+    tracing::info!("starting {}", qemu.display());
+    let t0 = Instant::now();
+    let mut child = qemu.spawn()?;
+    let w = match watch(&mut child, spec, probe, &console, &markers, t0)? {
+        Ok(w) => w,
+        Err(reason) => return Ok(Err(reason)),
+    };
     drop(child);
     Ok(Ok(VmResult {
         firmware: spec.firmware,
         accel,
-        marker_line,
-        seconds_to_marker,
+        marker_line: w.marker_line,
+        seconds_to_marker: w.seconds_to_marker,
         seconds: t0.elapsed().as_secs_f64(),
-        exited,
-        timed_out,
+        exited: w.exited,
+        timed_out: w.timed_out,
         console_log: console,
         marker_log: markers,
-        events,
+        events: w.events,
         kvm_fallback: None,
     }))
 }

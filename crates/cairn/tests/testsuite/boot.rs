@@ -128,7 +128,7 @@ fn dir_on_disk(img: &Path) -> String {
 /// squashfs verified in the initramfs.
 #[test]
 fn disk_default_entry_boots_on_bios() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("disk_default_entry_boots_on_bios");
@@ -168,7 +168,7 @@ fn disk_default_entry_boots_on_bios() {
 /// both boots are marked good.
 #[test]
 fn disk_chosen_entry_on_uefi_keeps_data_and_runs_from_ram() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("disk_chosen_entry_on_uefi_keeps_data_and_runs_from_ram");
@@ -228,9 +228,9 @@ fn a_trixie_image_boots_from_a_disk_on_uefi() {
     let Some(f) = fixture::get() else {
         return;
     };
-    // (trixie() takes the heavy lock itself while it builds.)
+    // (trixie() takes both cores itself while it builds.)
     let t = f.trixie();
-    let _heavy = crate::support::heavy();
+    let _core = crate::support::cores::one();
     let w = f.work("a_trixie_image_boots_from_a_disk_on_uefi");
     let d = w.path().join("disk.img");
     disk(&t.store, &d, &[&t.img], &[]);
@@ -254,7 +254,7 @@ fn a_trixie_image_boots_from_a_disk_on_uefi() {
 /// initramfs; the boot is marked good like any entry's.
 #[test]
 fn iso_file_on_a_disk_boots_and_is_marked_good() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("iso_file_on_a_disk_boots_and_is_marked_good");
@@ -282,7 +282,7 @@ fn iso_file_on_a_disk_boots_and_is_marked_good() {
 /// whatever picks it).
 #[test]
 fn a_changed_layer_is_refused_and_the_next_image_boots() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("a_changed_layer_is_refused_and_the_next_image_boots");
@@ -320,7 +320,7 @@ fn a_changed_layer_is_refused_and_the_next_image_boots() {
 /// that file is an I/O error — dm-verity never hands out a changed block.
 #[test]
 fn a_changed_block_deep_in_a_layer_is_an_io_error_never_data() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("a_changed_block_deep_in_a_layer_is_an_io_error_never_data");
@@ -414,7 +414,7 @@ fn evil_layer(work: &Path) -> PathBuf {
 /// attacker's code never runs.
 #[test]
 fn unsigned_layers_beside_a_signed_image_are_refused_and_never_run() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("unsigned_layers_beside_a_signed_image_are_refused_and_never_run");
@@ -452,7 +452,7 @@ fn unsigned_layers_beside_a_signed_image_are_refused_and_never_run() {
 /// attacker's code never runs.
 #[test]
 fn a_directory_name_cannot_smuggle_kernel_arguments_into_a_boot() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("a_directory_name_cannot_smuggle_kernel_arguments_into_a_boot");
@@ -498,7 +498,7 @@ fn a_directory_name_cannot_smuggle_kernel_arguments_into_a_boot() {
 /// and refuses rather than guess which.
 #[test]
 fn a_copy_of_the_boot_partition_on_another_device_is_refused() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("a_copy_of_the_boot_partition_on_another_device_is_refused");
@@ -530,7 +530,7 @@ fn a_copy_of_the_boot_partition_on_another_device_is_refused() {
 /// One byte changed in the kernel: GRUB refuses it and boots the next image.
 #[test]
 fn changed_kernel_is_refused_and_the_next_image_boots() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("changed_kernel_is_refused_and_the_next_image_boots");
@@ -546,7 +546,7 @@ fn changed_kernel_is_refused_and_the_next_image_boots() {
 /// fallback's first line: the fallback itself is the kernel proof's).
 #[test]
 fn changed_initrd_is_refused() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("changed_initrd_is_refused");
@@ -569,7 +569,7 @@ fn changed_initrd_is_refused() {
 /// nothing boots, the console stays locked.
 #[test]
 fn changed_grub_cfg_boots_nothing() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("changed_grub_cfg_boots_nothing");
@@ -603,7 +603,7 @@ fn changed_grub_cfg_boots_nothing() {
 /// boots the last entry that reported a good boot.
 #[test]
 fn boot_counting_falls_back_to_the_last_good_image() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("boot_counting_falls_back_to_the_last_good_image");
@@ -732,7 +732,7 @@ fn sb_disk(f: &Fixture, work: &Path, key: &Path, crt: &Path, shim: bool) -> Path
 /// `disk create` erases only with --yes.
 #[test]
 fn disk_create_on_a_block_device_needs_yes() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("disk_create_on_a_block_device_needs_yes");
@@ -789,7 +789,7 @@ fn disk_create_on_a_block_device_needs_yes() {
 /// — only your key is trusted — and plans a firmware reboot, saying why.
 #[test]
 fn secure_boot_with_your_own_key() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("secure_boot_with_your_own_key");
@@ -835,7 +835,7 @@ grep -q 'this kernel is locked down (Secure Boot)' /run/plan.err && say "kexec r
 /// shim's certificate); the new kernel is locked down too.
 #[test]
 fn secure_boot_behind_shim_and_kexec_locked_down() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("secure_boot_behind_shim_and_kexec_locked_down");
@@ -882,7 +882,7 @@ fi
 /// waits in MokManager: the run ends at its timeout).
 #[test]
 fn secure_boot_shim_refuses_grub_signed_by_another_key() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("secure_boot_shim_refuses_grub_signed_by_another_key");
@@ -912,7 +912,7 @@ fn secure_boot_shim_refuses_grub_signed_by_another_key() {
 /// VM with it: qemu is bound to cairn's life (parent-death signal).
 #[test]
 fn a_killed_vm_run_leaves_no_vm_running() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("a_killed_vm_run_leaves_no_vm_running");

@@ -204,6 +204,79 @@ fn quiet_and_verbose_together_are_refused_and_quiet_is_quiet() {
     assert!(o.status.success() && o.stderr.is_empty(), "{}", text(&o));
 }
 
+/// URLs, policies and host types are parsed where the command line is
+/// read: a bad one is a usage error (exit 2) naming the argument, before
+/// any file is touched or any server asked.
+#[test]
+fn typed_arguments_are_refused_as_usage_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("store");
+    let s = s.to_str().unwrap();
+    for (args, says) in [
+        (
+            &[
+                "pull",
+                "--url",
+                "ftp://h/x",
+                "--profile",
+                "web",
+                "--boot-dir",
+                "/nonexistent",
+            ][..],
+            "--url <URL>",
+        ),
+        (
+            &[
+                "pull",
+                "--url",
+                "http://h/a b",
+                "--profile",
+                "web",
+                "--boot-dir",
+                "/nonexistent",
+            ][..],
+            "space or a control character",
+        ),
+        (
+            &[
+                "pull",
+                "--policy",
+                "yolo",
+                "--profile",
+                "web",
+                "--boot-dir",
+                "/nonexistent",
+            ][..],
+            "stage, reboot, kexec, window or apply-live",
+        ),
+        (
+            &[
+                "mirror",
+                "sync",
+                "--url",
+                "gopher://h/",
+                "--suite",
+                "x",
+                "--keyring",
+                "/k",
+            ][..],
+            "--url <URL>",
+        ),
+        (
+            &["mirror", "sync", "--host-type", "cloud"][..],
+            "[possible values: physical, virtual]",
+        ),
+    ] {
+        let mut all = vec!["--store", s];
+        all.extend_from_slice(args);
+        let o = cairn_raw(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!d.path().join("store").exists(), "{args:?} made the store");
+    }
+}
+
 /// No colour codes when stderr is not a terminal, nor on a terminal with
 /// NO_COLOR set; on a terminal without it clap colours its errors (so the
 /// test can fail).

@@ -47,7 +47,7 @@ fn fake_image(
         fs::write(dir.join(n), b).unwrap();
     }
     let names: Vec<String> = layers.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-    let parent = parent.map_or("null".to_string(), |p| format!("\"{p}\""));
+    let parent = parent.map_or("null".to_string(), |p| format!("\"web/{p}\""));
     fs::write(
         dir.join("manifest.json"),
         format!(
@@ -122,7 +122,16 @@ impl Setup {
             &[("cairn_good", &format!("found>/images/web/{V1}"))],
         );
         cairn::boot::env::save(&b.join("boot/grub/grubenv"), &vars).unwrap();
-        fs::write(b.join("boot/cairn.json"), r#"{"menu":{"tries":2}}"#).unwrap();
+        // The whole record a disk cairn made holds (a partial one is not
+        // the disk's: its tries would not be taken).
+        let record = serde_json::json!({
+            "menu": {"timeout": 5, "tries": 2, "default-profile": null},
+            "data-label": null,
+            "default-entry": format!("web-{V1}"),
+            "signed-by": "0123",
+            "boot-uuid": "1234-5678",
+        });
+        fs::write(b.join("boot/cairn.json"), record.to_string()).unwrap();
         b
     }
 

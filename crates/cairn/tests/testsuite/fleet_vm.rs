@@ -54,9 +54,9 @@ fn a_machine_pulls_the_delta_by_itself_and_kexecs_into_it() {
     let Some(f) = fixture::get() else {
         return;
     };
-    // (upgraded() takes the heavy lock itself while it makes the delta.)
+    // (upgraded() takes both cores itself while it makes the delta.)
     let u = f.upgraded();
-    let _heavy = crate::support::heavy();
+    let _core = crate::support::cores::one();
     let w = f.work("a_machine_pulls_the_delta_by_itself_and_kexecs_into_it");
     let store = fixture::copy_store(&u.store, w.path());
     ok(cairn(&store, &["publish", "webtest"]));
@@ -135,9 +135,10 @@ fn a_failing_health_check_rolls_the_machine_back_by_itself() {
     let Some(f) = fixture::get() else {
         return;
     };
-    // (upgraded() takes the heavy lock itself while it makes the delta.)
+    // (upgraded() takes both cores itself while it makes the delta.)
     let u = f.upgraded();
-    let _heavy = crate::support::heavy();
+    // Both cores while it builds an image, then one while its VM runs.
+    let all = crate::support::cores::all();
     let w = f.work("a_failing_health_check_rolls_the_machine_back_by_itself");
     let store = fixture::copy_store(&u.store, w.path());
     let p3 = w.path().join("webtest3.toml");
@@ -157,6 +158,8 @@ fn a_failing_health_check_rolls_the_machine_back_by_itself() {
     let v3_dir = PathBuf::from(r3["path"].as_str().unwrap());
     let (v2, v3) = (version_of(&u.delta), version_of(&v3_dir));
     ok(cairn(&store, &["publish", "webtest"]));
+    drop(all);
+    let _core = crate::support::cores::one();
     let nginx = Nginx::start(&store, 0, "");
     let disk = w.path().join("disk.img");
     disk_of(&store, &disk, &store.join("images/webtest").join(&v2), "2");
@@ -239,9 +242,10 @@ fn the_apply_live_policy_installs_the_new_packages_from_the_published_mirror() {
     let Some(f) = fixture::get() else {
         return;
     };
-    // (upgraded() takes the heavy lock itself while it makes the delta.)
+    // (upgraded() takes both cores itself while it makes the delta.)
     let u = f.upgraded();
-    let _heavy = crate::support::heavy();
+    // Both cores while it builds two images, then one while its VM runs.
+    let all = crate::support::cores::all();
     let w = f.work("the_apply_live_policy_installs_the_new_packages_from_the_published_mirror");
     let store = fixture::copy_store(&u.store, w.path());
     let port = free_port();
@@ -298,6 +302,8 @@ fn the_apply_live_policy_installs_the_new_packages_from_the_published_mirror() {
     }
     let (v1, v2) = (version_of(&dirs[0]), version_of(&dirs[1]));
     ok(cairn(&store, &["publish", "webtest"]));
+    drop(all);
+    let _core = crate::support::cores::one();
     let nginx = Nginx::start(&store, port, "");
     let disk = w.path().join("disk.img");
     disk_of(&store, &disk, &dirs[0], "3");

@@ -14,5 +14,6 @@ mod netboot;
 mod package;
 mod real_archive;
 mod reproducible;
+mod shape;
 mod support;
 mod upgrade;

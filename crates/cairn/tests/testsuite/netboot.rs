@@ -140,7 +140,7 @@ fn bios_and_uefi_machines_netboot_the_same_image_at_once() {
 /// (its signature, the signed BOOTSUMS) and says so; nothing boots.
 #[test]
 fn a_kernel_changed_on_the_server_is_refused_by_grub() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("a_kernel_changed_on_the_server_is_refused_by_grub");
@@ -172,7 +172,7 @@ fn a_kernel_changed_on_the_server_is_refused_by_grub() {
 /// layer, before anything is mounted.
 #[test]
 fn a_layer_changed_on_the_server_is_refused_by_the_initramfs() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("a_layer_changed_on_the_server_is_refused_by_the_initramfs");
@@ -211,9 +211,9 @@ fn the_next_boot_takes_what_the_server_offers_now() {
     let Some(f) = fixture::get() else {
         return;
     };
-    // (upgraded() takes the heavy lock itself while it makes the delta.)
+    // (upgraded() takes both cores itself while it makes the delta.)
     let u = f.upgraded();
-    let _heavy = crate::support::heavy();
+    let _core = crate::support::cores::one();
     let w = f.work("the_next_boot_takes_what_the_server_offers_now");
     let store = store_with(&u.store, w.path(), &[&u.parent]);
     let port = free_port();
@@ -247,7 +247,7 @@ fn dnsmasq_serves_the_grub_files_with_the_printed_configuration() {
     if crate::support::need_tools(&["dnsmasq", "curl"]) {
         return;
     }
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("dnsmasq_serves_the_grub_files_with_the_printed_configuration");
@@ -330,7 +330,7 @@ fn dnsmasq_serves_the_grub_files_with_the_printed_configuration() {
 /// older than itself, before any entry.
 #[test]
 fn a_replayed_older_menu_is_refused_by_grub() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("a_replayed_older_menu_is_refused_by_grub");
@@ -370,7 +370,7 @@ fn a_replayed_older_menu_is_refused_by_grub() {
 /// TFTP is not enough: see docs/netboot.md.)
 #[test]
 fn a_secure_boot_machine_netboots_grub_signed_with_your_key() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("a_secure_boot_machine_netboots_grub_signed_with_your_key");
@@ -426,9 +426,9 @@ fn a_machine_boots_the_profile_its_mac_address_is_given() {
     let Some(f) = fixture::get() else {
         return;
     };
-    // (trixie() takes the heavy lock itself while it builds.)
+    // (trixie() takes both cores itself while it builds.)
     let t = f.trixie();
-    let _heavy = crate::support::heavy();
+    let _core = crate::support::cores::one();
     let w = f.work("a_machine_boots_the_profile_its_mac_address_is_given");
     let store = store_with(&f.store, w.path(), &[&f.web_img, &t.img]);
     let port = free_port();

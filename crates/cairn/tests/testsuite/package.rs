@@ -182,7 +182,7 @@ fn the_package_installs_into_a_clean_debian_and_works() {
     // from the local mirror alone.
     let t = Instant::now();
     let work = tier.join(format!("root-{}", std::process::id()));
-    let _ = cairn::rootfs::unmount_below(&work);
+    let _ = cairn::fsutil::unmount_below(&work);
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).unwrap();
     let root = work.join("root");
@@ -278,6 +278,6 @@ fn the_package_installs_into_a_clean_debian_and_works() {
          root {t_root:.0}s, checks {t_checks:.1}s; {:.0}s in all",
         t0.elapsed().as_secs_f64()
     );
-    cairn::rootfs::unmount_below(&work).unwrap();
+    cairn::fsutil::unmount_below(&work).unwrap();
     fs::remove_dir_all(&work).unwrap();
 }

@@ -129,6 +129,41 @@ fn a_delta_layer_carries_only_what_changed() {
         ],
     ));
     assert!(diff.contains("  + less "), "{diff}");
+    // A data path the profile added: linked and recorded in the delta, as
+    // a build does (the manifest listed it once, and nothing applied it).
+    let layer = u.delta.join(u.delta_layer());
+    let ls = std::process::Command::new("unsquashfs")
+        .args(["-lls", "-d", ""])
+        .arg(&layer)
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.lines()
+            .any(|l| l.ends_with("/srv/webtest-new -> /data/srv-webtest-new")),
+        "{ls}"
+    );
+    let conf = std::process::Command::new("unsquashfs")
+        .args(["-cat"])
+        .arg(&layer)
+        .arg("usr/lib/cairn/data.conf")
+        .output()
+        .unwrap();
+    let conf = String::from_utf8_lossy(&conf.stdout);
+    assert!(
+        conf.contains("d /data/srv-webtest-new 0755 root root -")
+            && conf.contains("/data/var-lib-webtest"),
+        "{conf}"
+    );
+    let m = fixture::manifest(&u.delta);
+    assert!(
+        m["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["path"] == "/srv/webtest-new"),
+        "{m}"
+    );
 }
 
 /// A disk made with the delta's parent; the delta copied onto it by hand:
@@ -140,7 +175,7 @@ fn a_delta_copied_by_hand_boots_from_found_now() {
         return;
     };
     let u = f.upgraded();
-    let _heavy = crate::support::heavy();
+    let _core = crate::support::cores::one();
     let w = f.work("a_delta_copied_by_hand_boots_from_found_now");
     let (mnt, disk) = (w.path().join("mnt"), w.path().join("disk.img"));
     disk_of(&u.store, &disk, &u.parent);
@@ -224,7 +259,7 @@ fn apply_live_then_kexec_into_the_delta() {
         return;
     };
     let u = f.upgraded();
-    let _heavy = crate::support::heavy();
+    let _core = crate::support::cores::one();
     let w = f.work("apply_live_then_kexec_into_the_delta");
     let (mnt, disk) = (w.path().join("mnt"), w.path().join("disk.img"));
     disk_of(&u.store, &disk, &u.parent);

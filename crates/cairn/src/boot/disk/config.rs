@@ -2,7 +2,6 @@
 //! label, default entry, key). Written by cairn, but on a partition others
 //! may write: read back, every value is bounded before it is used.
 
-use fs_err as fs;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -23,16 +22,17 @@ pub struct DiskConfig {
 }
 
 /// Where the record is on a boot partition.
-pub(super) const PATH: &str = "boot/cairn.json";
+pub const PATH: &str = "boot/cairn.json";
 
 impl DiskConfig {
     /// `boot/cairn.json` of a mounted boot partition. Whoever can write the
     /// partition wrote this file: every value is checked before cairn signs
     /// a menu with it, and the partition's UUID is never taken from it (see
     /// `fs_uuid`).
-    pub(super) fn read(root: &Path) -> Result<DiskConfig> {
+    pub fn read(root: &Path) -> Result<DiskConfig> {
         let p = root.join(PATH);
-        let data = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        // Not a link, a FIFO or a device; small.
+        let data = crate::fsutil::small_file(&p, 1 << 16)?;
         let c: DiskConfig =
             serde_json::from_slice(&data).with_context(|| format!("parsing {}", p.display()))?;
         c.check()

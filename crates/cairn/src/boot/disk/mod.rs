@@ -8,7 +8,8 @@
 //! the same, after a confirmation. Changing a disk later (images added, menu
 //! written again) mounts its boot partition.
 
-mod config;
+pub mod config;
+mod create;
 mod device;
 mod layout;
 mod lock;
@@ -16,7 +17,6 @@ mod mount;
 pub(crate) mod scan;
 
 use fs_err as fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -30,14 +30,14 @@ use crate::image;
 use crate::trust::keys;
 
 pub use config::{DiskConfig, MAX_TIMEOUT, MAX_TRIES};
+pub use create::{check_disk_file_target, create};
 pub use layout::{Layout, Part, find_boot_partition, fs_uuid, plan};
 pub use lock::{Access, DiskLock, WAIT as LOCK_WAIT};
 pub use mount::MountedBoot;
 
-use device::confirm_device;
 pub use device::is_block_device;
-use layout::{ESP_MIB, MIB, find_partition, sfdisk_script};
-use scan::{check_image, iso_problem, refresh, scan, signed_sums, write_menu};
+use layout::find_partition;
+use scan::{check_image, refresh, signed_sums};
 
 pub const BOOT_LABEL: &str = "cairn-boot";
 
@@ -81,306 +81,6 @@ fn new_uuid() -> Result<String> {
     Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")?
         .trim()
         .to_string())
-}
-
-/// Copies (hard links when it can) an image directory into `dest`, without
-/// its ISO: the disk boots the image itself.
-fn stage_image(src: &Path, dest: &Path) -> Result<u64> {
-    fs::create_dir_all(dest)?;
-    let mut bytes = 0;
-    for e in fs::read_dir(src)?.flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.ends_with(".iso") || n.ends_with(".iso.sig") || !e.file_type()?.is_file() {
-            continue;
-        }
-        let to = dest.join(&n);
-        bytes += e.metadata()?.len();
-        fs::hard_link(e.path(), &to)
-            .or_else(|_| fs::copy(e.path(), &to).map(|_| ()))
-            .with_context(|| format!("copying {}", e.path().display()))?;
-    }
-    Ok(bytes)
-}
-
-fn human(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / MIB as f64)
-}
-
-/// Makes a boot disk at `target` (a file, created or replaced; or a block
-/// device) holding `opts.images`.
-pub fn create(
-    store: &Path,
-    target: &Path,
-    size: Option<u64>,
-    opts: &DiskOptions,
-) -> Result<DiskReport> {
-    let steps = crate::progress::Steps::start(opts.quiet);
-    let say = |m: &str| steps.say(m);
-    let device = is_block_device(target)?;
-    if !device {
-        check_disk_file_target(target)?;
-    }
-    require_tools()?;
-    let key = keys::load(store)?;
-    if opts.images.is_empty() {
-        bail!("no images for the disk: name at least one (`cairn image list`)");
-    }
-    for i in &opts.images {
-        check_image(i, &key)?;
-    }
-    for iso in &opts.isos {
-        if let Some(p) = iso_problem(iso, &key) {
-            return Err(crate::trust::VerificationFailed(format!(
-                "{}: only ISOs signed with key {} can go on this disk (its signature {}: {p})",
-                iso.display(),
-                key.fingerprint,
-                iso.with_extension("iso.sig").display()
-            ))
-            .into());
-        }
-    }
-
-    // The boot partition's tree, staged next to the images (hard links).
-    let staging = store.join(format!(".disk-{}", std::process::id()));
-    let _cleanup = RemoveOnDrop(staging.clone());
-    let _ = fs::remove_dir_all(&staging);
-    let mut content = 0u64;
-    let mut names = Vec::new();
-    for i in &opts.images {
-        let m = image::read_manifest(i)?;
-        content += stage_image(i, &staging.join("images").join(&m.profile).join(&m.version))?;
-        names.push(format!("{}/{}", m.profile, m.version));
-    }
-    let mut iso_names = Vec::new();
-    for iso in &opts.isos {
-        let n = iso.file_name().context("ISO without a file name")?;
-        fs::create_dir_all(staging.join("isos"))?;
-        for (src, dst) in [
-            (iso.to_path_buf(), staging.join("isos").join(n)),
-            (
-                iso.with_extension("iso.sig"),
-                staging.join("isos").join(n).with_extension("iso.sig"),
-            ),
-        ] {
-            content += fs::metadata(&src)?.len();
-            fs::hard_link(&src, &dst)
-                .or_else(|_| fs::copy(&src, &dst).map(|_| ()))
-                .with_context(|| format!("copying {}", src.display()))?;
-        }
-        iso_names.push(n.to_string_lossy().into_owned());
-    }
-    // ext4 overhead, GRUB's files, room for one more image of this size.
-    let boot_needed = content + content / 8 + 48 * MIB;
-    let fixed = (2 + ESP_MIB) * MIB + opts.data_size + 2 * MIB;
-    let bytes = if device {
-        let dev_size = confirm_device(target, opts.yes || opts.dry_run)?;
-        if size.is_some() {
-            bail!(
-                "--size applies to disk files; {} has its own size",
-                target.display()
-            );
-        }
-        dev_size
-    } else {
-        size.unwrap_or_else(|| (fixed + boot_needed + content).div_ceil(64 * MIB) * 64 * MIB)
-    };
-    let layout = plan(bytes, opts.data_size)?;
-    if layout.boot.bytes() < boot_needed {
-        bail!(
-            "the images need a boot partition of {} at least; with {} of disk it gets {}: use --size {}M or more",
-            human(boot_needed),
-            human(bytes),
-            human(layout.boot.bytes()),
-            (fixed + boot_needed).div_ceil(MIB)
-        );
-    }
-
-    let boot_uuid = new_uuid()?;
-    let menu_opts = opts.menu.clone();
-    let scanned = scan(&staging, &key)?;
-    if opts.dry_run {
-        // The menu it would get: rendered, never signed (a dry run uses
-        // no key and writes nothing).
-        let mut m = menu::render(&scanned.images, &scanned.isos, &menu_opts)?;
-        m.left_out = scanned.left_out;
-        return Ok(DiskReport {
-            dry_run: true,
-            path: target.to_path_buf(),
-            layout,
-            images: names,
-            isos: iso_names,
-            menu: m,
-            secure_boot: opts.secure_boot.is_some(),
-            seconds: steps.seconds(),
-        });
-    }
-    // What is there now is replaced: not while another cairn uses it.
-    let _lock = if device || fs::symlink_metadata(target).is_ok() {
-        Some(DiskLock::acquire(target, Access::Write, lock::WAIT)?)
-    } else {
-        None
-    };
-    remove_stale_work(store)?;
-    let m = write_menu(&staging, &key, &menu_opts, None, scanned)?;
-    let cfg = DiskConfig {
-        menu: menu_opts,
-        data_label: (opts.data_size > 0).then(|| opts.data_label.clone()),
-        default_entry: m.default.clone(),
-        signed_by: key.fingerprint.clone(),
-        boot_uuid: boot_uuid.clone(),
-    };
-    fs::write(staging.join(config::PATH), serde_json::to_vec_pretty(&cfg)?)?;
-    let report = |m: menu::Menu, layout: Layout| DiskReport {
-        dry_run: false,
-        path: target.to_path_buf(),
-        layout,
-        images: names.clone(),
-        isos: iso_names.clone(),
-        menu: m,
-        secure_boot: opts.secure_boot.is_some(),
-        seconds: steps.seconds(),
-    };
-    say(&format!(
-        "GRUB for BIOS and UEFI with key {} built in",
-        key.fingerprint
-    ));
-    // Beside the staging tree, not in it (it becomes the partition).
-    let gwork = staging.with_extension("grub");
-    let _c2 = RemoveOnDrop(gwork.clone());
-    let g = grub::build_images(
-        &gwork,
-        &key.public_key,
-        &boot_uuid,
-        opts.secure_boot.as_ref(),
-    )?;
-
-    // The disk itself: a hidden sibling for files, renamed when complete.
-    let out = if device {
-        target.to_path_buf()
-    } else {
-        let (f, tmp) = crate::fsutil::new_sibling(target)?;
-        f.set_len(bytes)
-            .with_context(|| format!("sizing {}", tmp.display()))?;
-        tmp
-    };
-    let _c4 = (!device).then(|| RemoveOnDrop(out.clone()));
-    say(&format!("GPT on {} ({})", target.display(), human(bytes)));
-    let mut sf = Cmd::new(SFDISK.program).arg("--quiet").arg("--wipe=always");
-    if !device {
-        sf = sf.arg("--no-reread").arg("--no-tell-kernel");
-    }
-    sf.arg(&out)
-        .stdin_bytes(sfdisk_script(&layout, &opts.data_label).into_bytes())
-        .run()
-        .context("writing the partition table")?;
-
-    say(&format!(
-        "boot partition: ext4 {BOOT_LABEL}, {} of {} images{}",
-        human(content),
-        names.len(),
-        if iso_names.is_empty() {
-            String::new()
-        } else {
-            format!(" and {} ISO(s)", iso_names.len())
-        }
-    ));
-    Cmd::new(MKFS_EXT4.program)
-        .args(["-q", "-F", "-L", BOOT_LABEL, "-U", &boot_uuid, "-d"])
-        .arg(&staging)
-        .arg("-E")
-        .arg(format!("offset={}", layout.boot.offset()))
-        .arg(&out)
-        .arg(format!("{}k", layout.boot.bytes() / 1024))
-        .run()
-        .context("making the boot partition")?;
-
-    say("EFI system partition");
-    Cmd::new(MKFS_FAT.program)
-        .args(["-F", "16", "-n", "CAIRN-ESP", "--offset"])
-        .arg(layout.esp.start.to_string())
-        .arg(&out)
-        .arg((layout.esp.bytes() / 1024).to_string())
-        .run()
-        .context("making the EFI system partition")?;
-    say("GRUB onto the EFI system partition, BIOS boot code");
-    install_loaders(&out, &layout.bios, &layout.esp, &g)?;
-    if let Some(d) = &layout.data {
-        say(&format!(
-            "data partition: ext4 {}, {}",
-            opts.data_label,
-            human(d.bytes())
-        ));
-        Cmd::new(MKFS_EXT4.program)
-            .args(["-q", "-F", "-L", &opts.data_label, "-E"])
-            .arg(format!("offset={}", d.offset()))
-            .arg(&out)
-            .arg(format!("{}k", d.bytes() / 1024))
-            .run()
-            .context("making the data partition")?;
-    }
-    fs::File::open(&out)?.sync_all()?;
-    if !device {
-        fs::rename(&out, target)
-            .with_context(|| format!("moving the disk to {}", target.display()))?;
-        std::mem::forget(_c4);
-        if let Some(d) = target.parent() {
-            let _ = crate::fsutil::sync_dir(if d.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                d
-            });
-        }
-    }
-    say(&format!(
-        "{}: {} menu entries, default {}",
-        target.display(),
-        m.entries.len(),
-        m.default
-    ));
-    Ok(report(m, layout))
-}
-
-/// A disk file's place, checked before any work: its directory exists and
-/// it is not a directory itself — named as the user wrote it, not as a
-/// temporary file minutes later.
-pub fn check_disk_file_target(target: &Path) -> Result<()> {
-    if target.as_os_str().is_empty() {
-        bail!("the disk to write is an empty path: name a file or a block device");
-    }
-    let parent = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    match fs::metadata(parent) {
-        // The disk file is handed by name to sfdisk, mkfs and mcopy for
-        // minutes: in a directory others may write (without the sticky
-        // bit), it could be swapped for a link to a block device.
-        Ok(m) if m.is_dir() && m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0 => bail!(
-            "{}: writable by group or others without the sticky bit (mode {:o}): the disk file could be swapped while it is written; choose another directory",
-            parent.display(),
-            m.mode() & 0o7777
-        ),
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => bail!(
-            "{}: not a directory, so the disk file {} cannot be made there",
-            parent.display(),
-            target.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "{}: no such directory (for the disk file {}): create it first, or name another place",
-            parent.display(),
-            target.display()
-        ),
-        Err(e) => return Err(e).with_context(|| format!("looking at {}", parent.display())),
-    }
-    if target.is_dir() {
-        bail!(
-            "{} is a directory: name the disk file to write (e.g. {}/disk.img)",
-            target.display(),
-            target.display()
-        );
-    }
-    Ok(())
 }
 
 /// What `disk add`, `boot install` and `boot menu` would do (`--dry-run`).
@@ -475,7 +175,7 @@ fn refuse_left_out(key: &keys::SigningKey, scanned: &scan::Scanned) -> Result<()
     if scanned.left_out.is_empty() {
         return Ok(());
     }
-    Err(crate::trust::VerificationFailed(format!(
+    Err(crate::trust::VerificationFailed::new(format!(
         "these do not verify with key {} (remove them, or re-seal the store's copy with `cairn image sign` and `cairn disk add` it again):\n  {}",
         key.fingerprint,
         scanned
@@ -532,7 +232,7 @@ pub fn remove_stale_work(store: &Path) -> Result<()> {
         if name.starts_with(".mnt-") {
             fs::remove_dir(&p).with_context(|| format!("removing {} (not empty)", stale()))?;
         } else {
-            crate::rootfs::unmount_below(&p)?;
+            crate::fsutil::unmount_below(&p)?;
             fs::remove_dir_all(&p).with_context(|| format!("removing {}", stale()))?;
         }
     }
@@ -551,7 +251,7 @@ fn is_mount_point(dir: &Path) -> Result<bool> {
             dir.display()
         )
     })?;
-    Ok(crate::rootfs::mount_points(&info).contains(&canon))
+    Ok(crate::fsutil::mount_points(&info).contains(&canon))
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -604,7 +304,7 @@ pub fn add_images(
         let on_disk: Vec<(PathBuf, std::collections::BTreeMap<String, String>)> = m
             .parent
             .iter()
-            .map(|p| mnt.dir.join("images").join(p))
+            .map(|p| p.dir_in(&mnt.dir))
             .filter(|d| d.is_dir())
             .map(|d| {
                 let s = signed_sums(&d);

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use super::config::DiskConfig;
 use crate::boot::env;
 use crate::boot::menu::{self, LeftOut, MenuImage, MenuIso, MenuOptions};
+use crate::boot::model::{BootPartition, GRUBENV, IMAGES, ImageId, var};
 use crate::image;
 use crate::trust::keys::{self, SigningKey, sign_file};
 
@@ -22,7 +23,7 @@ pub(super) fn check_image(dir: &Path, key: &SigningKey) -> Result<()> {
         .with_context(|| format!("checking {}", dir.display()))?;
     let p = r.problems;
     if !r.ok {
-        return Err(crate::trust::VerificationFailed(format!(
+        return Err(crate::trust::VerificationFailed::new(format!(
             "{} does not verify, it would not boot:\n  {}",
             dir.display(),
             p.join("\n  ")
@@ -69,43 +70,40 @@ pub(super) fn scan(root: &Path, key: &SigningKey) -> Result<Scanned> {
         isos: Vec::new(),
         left_out: Vec::new(),
     };
-    if let Ok(rd) = fs::read_dir(root.join("images")) {
-        for p in rd.flatten() {
-            for v in fs::read_dir(p.path())?.flatten() {
-                let (pn, vn) = (
-                    p.file_name().to_string_lossy().into_owned(),
-                    v.file_name().to_string_lossy().into_owned(),
-                );
-                if vn.starts_with('.') || !v.path().join(image::BOOT_CFG).exists() {
-                    continue;
-                }
-                let dir = format!("/images/{pn}/{vn}");
-                if !crate::names::is_safe(&pn) || !crate::names::is_safe(&vn) {
-                    s.left_out.push(LeftOut {
-                        path: dir,
-                        problem: "its name has characters a kernel command line cannot carry"
-                            .into(),
-                    });
-                    continue;
-                }
-                let problems = image_problems(&v.path(), key, true);
-                if problems.is_empty() {
-                    s.images.push(MenuImage {
-                        dir,
-                        profile: pn,
-                        version: vn,
-                    });
-                } else {
-                    s.left_out.push(LeftOut {
-                        path: dir,
-                        problem: problems.join("; "),
-                    });
-                }
+    let part = BootPartition::new(root);
+    for d in part.image_dirs()? {
+        let (pn, vn, path) = (d.profile, d.version, d.path);
+        if vn.starts_with('.') || !path.join(image::BOOT_CFG).exists() {
+            continue;
+        }
+        let id = match ImageId::new(&pn, &vn) {
+            Ok(id) => id,
+            Err(_) => {
+                s.left_out.push(LeftOut {
+                    path: format!("/{IMAGES}/{pn}/{vn}"),
+                    problem: "its name has characters a kernel command line cannot carry".into(),
+                });
+                continue;
             }
+        };
+        let problems = image_problems(&path, key, true);
+        if problems.is_empty() {
+            s.images.push(MenuImage {
+                dir: id.dir(),
+                profile: pn,
+                version: vn,
+            });
+        } else {
+            s.left_out.push(LeftOut {
+                path: id.dir(),
+                problem: problems.join("; "),
+            });
         }
     }
-    if let Ok(rd) = fs::read_dir(root.join("isos")) {
-        for e in rd.flatten() {
+    let isos = root.join("isos");
+    if fs::symlink_metadata(&isos).is_ok() {
+        for e in fs::read_dir(&isos)? {
+            let e = e.with_context(|| format!("listing {}", isos.display()))?;
             let n = e.file_name().to_string_lossy().into_owned();
             if !n.ends_with(".iso") {
                 continue;
@@ -149,19 +147,18 @@ pub(super) fn write_menu(
     let gdir = root.join("boot/grub");
     write_signed_cfg(&gdir, key, &m.cfg)?;
     // The environment block, rewritten in place when it exists.
-    let envp = gdir.join("grubenv");
-    let mut vars = match fs::read(&envp) {
-        Ok(d) => env::parse(&d).unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
+    // What is there is kept when it is a block; anything else (gone,
+    // damaged, a link or a FIFO, never opened) is replaced by a new one.
+    let envp = root.join(GRUBENV);
+    let mut vars = BootPartition::new(root).vars().unwrap_or_default();
     // The menu was written from what verifies now: an earlier refusal by
     // the initramfs no longer holds.
-    env::update(&mut vars, &[("cairn_bad", "")]);
+    env::update(&mut vars, &[(var::BAD, "")]);
     if previous_default != Some(m.default.as_str()) {
         let left = opts.tries.max(1).to_string();
         env::update(
             &mut vars,
-            &[("cairn_trial", m.default.as_str()), ("cairn_left", &left)],
+            &[(var::TRIAL, m.default.as_str()), (var::LEFT, &left)],
         );
     }
     env::save(&envp, &vars)?;

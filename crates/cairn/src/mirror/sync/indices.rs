@@ -55,7 +55,7 @@ pub(super) fn fetch_all(
         for rel in &repo.releases {
             let got = fetch_indices(repo, rel, &gen_tmp, opts, counter)
                 .with_context(|| format!("mirror {}: indices of {}", repo.spec.name, rel.suite))?;
-            let f = crate::profile::suite_family(&rel.suite).to_string();
+            let f = crate::mirror::config::suite_family(&rel.suite).to_string();
             let fi = match out.families.iter().position(|x| *x == f) {
                 Some(i) => i,
                 None => {
@@ -175,22 +175,7 @@ fn fetch_indices(
     let wanted = wanted_indices(repo.spec, rel)?;
     let suite_dir = gen_tmp.join(&rel.suite);
     let current = repo.paths.current_generation().map(|g| g.join(&rel.suite));
-    // Compressed and plain files that can be fetched directly; plain files
-    // whose compressed sibling we fetch are made by decompressing it.
-    let mut direct = Vec::new();
-    let mut derived = Vec::new();
-    for p in &wanted {
-        let (base, comp) = strip_compression(p);
-        let has_sibling = wanted.iter().any(|q| {
-            let (b, c) = strip_compression(q);
-            b == base && matches!(c, Some(".xz" | ".gz"))
-        });
-        if comp.is_none() && has_sibling {
-            derived.push(p.clone());
-        } else {
-            direct.push(p.clone());
-        }
-    }
+    let (direct, derived) = direct_and_derived(&wanted);
     // What Release says a file is; None when the published copy is still
     // right and was linked into the new generation.
     let needed = |p: &str| -> Result<Option<(Expect, PathBuf)>> {
@@ -213,44 +198,7 @@ fn fetch_indices(
             .with_context(|| format!("fetching {p}"))?;
         Ok(true)
     });
-    // What failed even after the push-in-progress retries: refused when a
-    // client needs it, left out (and said) when no client reads it or
-    // another copy of it serves.
-    let mut fetched = 0;
-    let mut ok: BTreeSet<&str> = BTreeSet::new();
-    let mut failed = Vec::new();
-    for (p, r) in direct.iter().zip(results) {
-        match r {
-            Ok(true) => {
-                fetched += 1;
-                ok.insert(p.as_str());
-            }
-            Ok(false) => {
-                ok.insert(p.as_str());
-            }
-            Err(e) => failed.push((p, e)),
-        }
-    }
-    let mut left_out = Vec::new();
-    for (p, e) in failed {
-        match unneeded(p, &ok) {
-            Some(why) => {
-                let what = if is_not_found(&e) {
-                    "not on the server".to_string()
-                } else if crate::trust::is_verification_failure(&e) {
-                    "the server's copy is not the one the signed Release lists".to_string()
-                } else {
-                    format!("{e:#}")
-                };
-                tracing::warn!("{}: {p} left out of the mirror ({what}): {why}", rel.suite);
-                left_out.push(LeftOut {
-                    path: format!("dists/{}/{p}", rel.suite),
-                    reason: format!("{what}; {why}"),
-                });
-            }
-            None => return Err(e),
-        }
-    }
+    let (fetched, ok, mut left_out) = settle_direct(rel, &direct, results)?;
     let dres = parallel::map(
         &derived,
         opts.jobs.min(parallel::cpus()),
@@ -269,11 +217,86 @@ fn fetch_indices(
                 .with_context(|| format!("decompressing {src}"))
         },
     );
-    for (p, r) in derived.iter().zip(dres) {
+    left_out.extend(settle_derived(rel, &derived, dres, &ok)?);
+    let packages = selected_packages(rel, &suite_dir, &wanted)?;
+    Ok(SuiteIndices {
+        count: wanted.len() - left_out.len(),
+        fetched,
+        packages,
+        left_out,
+    })
+}
+
+/// Compressed and plain files that can be fetched directly; plain files
+/// whose compressed sibling is fetched are made by decompressing it.
+fn direct_and_derived(wanted: &[String]) -> (Vec<String>, Vec<String>) {
+    wanted.iter().cloned().partition(|p| {
+        let (base, comp) = strip_compression(p);
+        let has_sibling = wanted.iter().any(|q| {
+            let (b, c) = strip_compression(q);
+            b == base && matches!(c, Some(".xz" | ".gz"))
+        });
+        !(comp.is_none() && has_sibling)
+    })
+}
+
+/// The outcome of the direct fetches: how many were downloaded, the ones
+/// the mirror has, and what it left out. What failed even after the
+/// push-in-progress retries is refused when a client needs it, left out
+/// (and said) when no client reads it or another copy of it serves.
+fn settle_direct<'a>(
+    rel: &SuiteRelease,
+    direct: &'a [String],
+    results: Vec<Result<bool>>,
+) -> Result<(usize, BTreeSet<&'a str>, Vec<LeftOut>)> {
+    let mut fetched = 0;
+    let mut ok: BTreeSet<&str> = BTreeSet::new();
+    let mut failed = Vec::new();
+    for (p, r) in direct.iter().zip(results) {
+        match r {
+            Ok(true) => {
+                fetched += 1;
+                ok.insert(p.as_str());
+            }
+            Ok(false) => {
+                ok.insert(p.as_str());
+            }
+            Err(e) => failed.push((p, e)),
+        }
+    }
+    let mut left_out = Vec::new();
+    for (p, e) in failed {
+        let Some(why) = unneeded(p, &ok) else {
+            return Err(e);
+        };
+        let what = if is_not_found(&e) {
+            "not on the server".to_string()
+        } else if crate::trust::is_verification_failure(&e) {
+            "the server's copy is not the one the signed Release lists".to_string()
+        } else {
+            format!("{e:#}")
+        };
+        tracing::warn!("{}: {p} left out of the mirror ({what}): {why}", rel.suite);
+        left_out.push(LeftOut {
+            path: format!("dists/{}/{p}", rel.suite),
+            reason: format!("{what}; {why}"),
+        });
+    }
+    Ok((fetched, ok, left_out))
+}
+
+/// What no decompressed copy could be made of: left out when no client
+/// needs it (as its compressed copies were), else the error.
+fn settle_derived(
+    rel: &SuiteRelease,
+    derived: &[String],
+    results: Vec<Result<()>>,
+    ok: &BTreeSet<&str>,
+) -> Result<Vec<LeftOut>> {
+    let mut left_out = Vec::new();
+    for (p, r) in derived.iter().zip(results) {
         if let Err(e) = r {
-            // No copy came to make it from: what no client needs is left
-            // out, as its compressed copies were.
-            let Some(why) = unneeded(p, &ok) else {
+            let Some(why) = unneeded(p, ok) else {
                 return Err(e);
             };
             tracing::warn!("{}: {p} left out of the mirror ({e:#}): {why}", rel.suite);
@@ -283,9 +306,17 @@ fn fetch_indices(
             });
         }
     }
-    // Parse the Packages of the selected architectures.
+    Ok(left_out)
+}
+
+/// The packages of the selected architectures' Packages files.
+fn selected_packages(
+    rel: &SuiteRelease,
+    suite_dir: &Path,
+    wanted: &[String],
+) -> Result<Vec<Package>> {
     let mut pkgs = Vec::new();
-    for p in &wanted {
+    for p in wanted {
         if !p.ends_with("/Packages") || !p.contains("/binary-") {
             continue;
         }
@@ -296,12 +327,7 @@ fn fetch_indices(
         })
         .with_context(|| format!("parsing {}/{p}", rel.suite))?;
     }
-    Ok(SuiteIndices {
-        count: wanted.len() - left_out.len(),
-        fetched,
-        packages: pkgs,
-        left_out,
-    })
+    Ok(pkgs)
 }
 
 /// What one suite's indices gave.
@@ -475,7 +501,7 @@ pub(crate) fn decompress_verified(src: &Path, dest: &Path, expect: &Expect) -> R
     let got = hex(&h.finalize());
     if n != expect.size || got != expect.sha256 {
         let _ = fs::remove_file(&tmp);
-        return Err(crate::trust::VerificationFailed(format!(
+        return Err(crate::trust::VerificationFailed::new(format!(
             "decompressed {} does not match Release: {n} bytes, sha256 {got}",
             dest.display()
         ))

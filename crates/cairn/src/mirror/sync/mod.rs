@@ -78,12 +78,7 @@ pub struct SuiteReport {
     pub left_out: Vec<LeftOut>,
 }
 
-/// A file left out of a mirror, and why.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct LeftOut {
-    pub path: String,
-    pub reason: String,
-}
+pub use super::state::LeftOut;
 
 #[derive(Debug, Serialize)]
 pub struct RepoReport {

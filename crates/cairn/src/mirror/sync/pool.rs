@@ -133,7 +133,7 @@ pub(super) fn fetch(
             failures.join("\n  ")
         );
         if refused {
-            return Err(crate::trust::VerificationFailed(msg).into());
+            return Err(crate::trust::VerificationFailed::new(msg).into());
         }
         bail!("{msg}");
     }

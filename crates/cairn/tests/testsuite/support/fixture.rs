@@ -74,7 +74,8 @@ pub struct Fixture {
     pub webtest: PathBuf,
     /// The same system bootstrapped by debootstrap.
     pub dbtest: PathBuf,
-    /// The next version of webtest: `less` more, /etc/issue.net less.
+    /// The next version of webtest: `less` more, /etc/issue.net less, one
+    /// more data path.
     pub webtest2: PathBuf,
     /// `webtest` on Debian 13 (trixie) for a virtual host: `trixietest`.
     pub trixietest: PathBuf,
@@ -233,7 +234,8 @@ fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     fs::write(
         &v2,
         "schema-version = 1\nname = \"webtest\"\nextends = \"webtest.toml\"\npackages = [\"less\"]\n\
-[[hooks]]\nscript = \"rm -f \\\"$1/etc/issue.net\\\"\"\n",
+[[hooks]]\nscript = \"rm -f \\\"$1/etc/issue.net\\\"\"\n\
+[[data]]\npath = \"/srv/webtest-new\"\n",
     )
     .unwrap();
     let trixie = dir.join("trixietest.toml");
@@ -272,7 +274,7 @@ fn make() -> Fixture {
     let _heavy = crate::support::heavy();
     let root = root();
     if root.exists() {
-        cairn::rootfs::unmount_below(&root).expect("a previous run left mounts below vm-tier");
+        cairn::fsutil::unmount_below(&root).expect("a previous run left mounts below vm-tier");
         fs::remove_dir_all(&root).expect("removing the previous run's vm-tier");
     }
     open_dir(&root);
@@ -344,7 +346,7 @@ impl Fixture {
     pub fn work(&self, name: &str) -> Work {
         let d = self.root.join("work").join(name);
         if d.exists() {
-            cairn::rootfs::unmount_below(&d).unwrap();
+            cairn::fsutil::unmount_below(&d).unwrap();
             fs::remove_dir_all(&d).unwrap();
         }
         open_dir(d.parent().unwrap());
@@ -421,7 +423,7 @@ impl Work {
 
 impl Drop for Work {
     fn drop(&mut self) {
-        if !std::thread::panicking() && cairn::rootfs::unmount_below(&self.0).is_ok() {
+        if !std::thread::panicking() && cairn::fsutil::unmount_below(&self.0).is_ok() {
             let _ = fs::remove_dir_all(&self.0);
         }
     }
@@ -455,12 +457,19 @@ pub fn manifest(img: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(img.join("manifest.json")).unwrap()).unwrap()
 }
 
-/// The start of a build or VM proof: the shared fixture (made if needed),
-/// then the lock that keeps heavy work one at a time on two cores. `None`:
-/// skipped (said why).
-pub fn begin() -> Option<(&'static Fixture, std::sync::MutexGuard<'static, ()>)> {
+/// The start of a build proof: the shared fixture (made if needed), then
+/// both cores (`support::cores`). `None`: skipped (said why).
+pub fn begin() -> Option<(&'static Fixture, crate::support::cores::Held<'static>)> {
     let f = get()?;
-    Some((f, crate::support::heavy()))
+    Some((f, crate::support::cores::all()))
+}
+
+/// The start of a proof that boots one VM at a time: the shared fixture,
+/// then one core (two such proofs run side by side; also a build that is
+/// mostly one process at a time).
+pub fn begin_vm() -> Option<(&'static Fixture, crate::support::cores::Held<'static>)> {
+    let f = get()?;
+    Some((f, crate::support::cores::one()))
 }
 
 /// A copy of `store` in `work/store`: images and mirror hard-linked, keys

@@ -3,6 +3,7 @@
 //! server on 127.0.0.1 that can misbehave on purpose.
 
 pub mod apt;
+pub mod cores;
 pub mod fixture;
 pub mod nginx;
 pub mod package;
@@ -314,9 +315,8 @@ fn with_key_lock<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Serialises the heavy root-tier tests (bootstraps, VM boots): on two cores
-/// they would only slow each other down.
-pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
-    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    M.lock().unwrap_or_else(|e| e.into_inner())
+/// Both cores, for the heavy root-tier work (bootstraps, squashfs,
+/// rebuilds): see `cores`.
+pub fn heavy() -> cores::Held<'static> {
+    cores::all()
 }

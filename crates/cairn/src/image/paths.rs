@@ -1,0 +1,29 @@
+//! Where things are inside a cairn image and on the system it runs: one
+//! place for the paths the build writes and the running system's cairn
+//! (pull, status, apply-live, reboot) reads.
+
+/// cairn itself, from its package (`cairn = true`).
+pub const CAIRN_BIN: &str = "/usr/bin/cairn";
+/// The public key that signed the image: cairn on the running system
+/// (`pull`, `apply-live`, `reboot --kexec`) checks images with it; also
+/// the default of `key.public` in /etc/cairn/cairn.toml.
+pub const SIGNING_KEY: &str = "/etc/cairn/signing.pub";
+/// The profile's `[fleet]`, as the image carries it (`FleetFile`).
+pub const FLEET_FILE: &str = "/etc/cairn/fleet.toml";
+/// The profile's `[health]` command, and its time limit.
+pub const HEALTH_SCRIPT: &str = "/etc/cairn/health";
+pub const HEALTH_ENV: &str = "/etc/cairn/health.env";
+/// The machine's timer and service that pull newer images.
+pub const PULL_TIMER: &str = "/usr/lib/systemd/system/cairn-pull.timer";
+pub const PULL_SERVICE: &str = "/usr/lib/systemd/system/cairn-pull.service";
+/// The generator that mounts data partitions by label at each boot.
+pub const DATA_GENERATOR: &str = "/usr/lib/systemd/system-generators/cairn-data-mounts";
+/// Which image booted: a link in the image to the file written at boot.
+pub const IMAGE_ENV: &str = "/etc/cairn/image.env";
+/// cairn's own state on the running system, gone at the next boot.
+pub const RUN_DIR: &str = "/run/cairn";
+pub const RUN_IMAGE_ENV: &str = "/run/cairn/image.env";
+/// The last health check's outcome, this boot.
+pub const HEALTH_FILE: &str = "/run/cairn/health";
+/// What `cairn apply-live` applied, kept across its runs.
+pub const APPLIED_LOG: &str = "/var/lib/cairn/applied-live.json";

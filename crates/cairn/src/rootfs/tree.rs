@@ -1,0 +1,127 @@
+//! The end of every tree, built or upgraded: what the profile says of the
+//! system itself, cairn's own steps, the packages, kernel and initrd found
+//! in it, the tree cleaned for reproducible bytes.
+
+use fs_err as fs;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cairn_debian::compare_versions;
+
+use super::{customize, refuse_medium_readers};
+use crate::cmd::Cmd;
+use crate::image::PackageVersion;
+use crate::profile::Profile;
+use crate::trust::keys;
+
+/// What the profile says of the system itself: its hostname, root's
+/// access, its data paths. A build applies it to every tree; an upgrade
+/// when the profile changed (the parent's tree has what it said before).
+pub(crate) fn apply_profile_identity(root: &Path, profile: &Profile) -> Result<()> {
+    customize::hostname(root, &profile.hostname)?;
+    customize::root_access(root, profile)?;
+    customize::data_paths(root, &profile.data)
+}
+
+/// What `finish_tree` found in the tree.
+pub(crate) struct Finished {
+    pub kernel: String,
+    pub installed: Vec<PackageVersion>,
+}
+
+/// cairn's own steps that end every tree, built or upgraded: the boot
+/// marker, cairn's tools and key, the fleet settings; then the packages
+/// (refusing one that would read the boot medium), the kernel and initrd
+/// copied into `out`, and the tree cleaned for reproducible bytes.
+pub(crate) fn finish_tree(
+    root: &Path,
+    profile: &Profile,
+    key: &keys::SigningKey,
+    cairn_package: Option<&customize::CairnPackage>,
+    epoch: i64,
+    mirrors: &[super::fleet::Mirror],
+    out: &Path,
+) -> Result<Finished> {
+    customize::boot_marker(root)?;
+    customize::cairn_tools(root, profile, &key.public_key, cairn_package, epoch)?;
+    super::fleet::fleet(root, profile, mirrors)?;
+    let installed = installed_packages(root)?;
+    refuse_medium_readers(&installed)?;
+    let (kernel, vmlinuz, initrd) = find_kernel(root)?;
+    fs::create_dir_all(out)?;
+    fs::copy(&vmlinuz, out.join("vmlinuz"))
+        .with_context(|| format!("copying {}", vmlinuz.display()))?;
+    fs::copy(&initrd, out.join("initrd.img"))
+        .with_context(|| format!("copying {}", initrd.display()))?;
+    customize::clean(root)?;
+    Ok(Finished { kernel, installed })
+}
+
+/// The profile's hook scripts as files in the work directory, in order.
+pub(crate) fn write_hooks(profile: &Profile, work: &Path) -> Result<Vec<PathBuf>> {
+    let dir = work.join("hooks");
+    fs::create_dir_all(&dir)?;
+    let mut out = Vec::new();
+    for (i, h) in profile.hooks.iter().enumerate() {
+        let p = dir.join(format!("{:02}-{}", i + 1, h.name));
+        fs::write(&p, &h.script).with_context(|| format!("writing {}", p.display()))?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+pub(crate) fn installed_packages(root: &Path) -> Result<Vec<PackageVersion>> {
+    let out = Cmd::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
+        .args([
+            "-W",
+            "-f",
+            "${Package}\t${Version}\t${Architecture}\t${db:Status-Abbrev}\n",
+        ])
+        .run()?;
+    let mut v: Vec<PackageVersion> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() == 4 && f[3].starts_with("ii")).then(|| PackageVersion {
+                name: f[0].into(),
+                version: f[1].into(),
+                architecture: f[2].into(),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(v)
+}
+
+/// The newest kernel in /boot and its initrd.
+pub(crate) fn find_kernel(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
+    let boot = root.join("boot");
+    let mut versions: Vec<String> = fs::read_dir(&boot)
+        .with_context(|| format!("reading {}", boot.display()))?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("vmlinuz-")
+                .map(String::from)
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    versions.sort_by(|a, b| compare_versions(a, b));
+    let v = versions
+        .pop()
+        .context("no kernel in /boot: the profile's host type should have pulled one in")?;
+    let initrd = boot.join(format!("initrd.img-{v}"));
+    if !initrd.exists() {
+        bail!(
+            "no initrd for kernel {v}: update-initramfs did not run (is initramfs-tools installed?)"
+        );
+    }
+    Ok((v.clone(), boot.join(format!("vmlinuz-{v}")), initrd))
+}
