@@ -25,6 +25,6 @@ fuzz_target!(|data: &[u8]| {
         if cairn::names::is_safe(word) {
             assert!(!word.contains(['/', ' ', '"', '\'', '$', ';']));
         }
-        let _ = cairn::image::refused_kernel_arg(word);
+        let _ = cairn::profile::refused_kernel_arg(word);
     }
 });
