@@ -20,6 +20,7 @@ pub mod parallel;
 pub mod profile;
 pub mod progress;
 pub mod rootfs;
+pub mod span;
 pub mod trust;
 pub mod upgrade;
 pub mod vm;

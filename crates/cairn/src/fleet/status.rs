@@ -57,6 +57,26 @@ pub struct Status {
     pub last_apply_live: Option<serde_json::Value>,
 }
 
+impl Status {
+    /// Nothing known (no boot partition, not on a machine).
+    pub fn empty() -> Status {
+        Status {
+            schema_version: 1,
+            booted: None,
+            next_boot: None,
+            on_trial: None,
+            tries_left: None,
+            trial_passed: false,
+            last_good: None,
+            refused: None,
+            health: None,
+            images: Vec::new(),
+            last_pull: None,
+            last_apply_live: None,
+        }
+    }
+}
+
 /// Where booted.sh leaves this boot's health verdict.
 pub use crate::image::paths::HEALTH_FILE;
 

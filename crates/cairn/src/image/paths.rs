@@ -16,6 +16,8 @@ pub const HEALTH_ENV: &str = "/etc/cairn/health.env";
 /// The machine's timer and service that pull newer images.
 pub const PULL_TIMER: &str = "/usr/lib/systemd/system/cairn-pull.timer";
 pub const PULL_SERVICE: &str = "/usr/lib/systemd/system/cairn-pull.service";
+pub const REPORT_TIMER: &str = "/usr/lib/systemd/system/cairn-report.timer";
+pub const REPORT_SERVICE: &str = "/usr/lib/systemd/system/cairn-report.service";
 /// The generator that mounts data partitions by label at each boot.
 pub const DATA_GENERATOR: &str = "/usr/lib/systemd/system-generators/cairn-data-mounts";
 /// Which image booted: a link in the image to the file written at boot.

@@ -52,6 +52,87 @@ pub struct Fleet {
     pub delay: String,
     /// Images of the profile kept on a machine's boot disk (at least 2).
     pub keep: u32,
+    /// How often a machine reports to the build host besides after each
+    /// pull and boot (a systemd span; the report timer).
+    #[serde(default = "hourly")]
+    pub report: String,
+    /// New versions go out in stages that gate themselves on the machines'
+    /// reports (`[fleet.rollout]`); none: at once to every machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
+}
+
+fn hourly() -> String {
+    "1h".into()
+}
+
+/// `[fleet.rollout]`: a new version reaches `stages` percent of the
+/// profile's machines in turn; a stage advances when `advance` percent of
+/// its machines report the version booted and healthy and `soak` has
+/// passed, and halts by itself when more than `halt` percent of them
+/// report it failed (in a small stage: one failure).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RolloutPolicy {
+    #[serde(default = "default_stages")]
+    pub stages: Vec<u8>,
+    #[serde(default = "default_advance")]
+    pub advance: u8,
+    #[serde(default = "default_halt")]
+    pub halt: u8,
+    #[serde(default = "default_soak")]
+    pub soak: String,
+}
+
+fn default_stages() -> Vec<u8> {
+    vec![1, 10, 50, 100]
+}
+fn default_advance() -> u8 {
+    90
+}
+fn default_halt() -> u8 {
+    5
+}
+fn default_soak() -> String {
+    "1h".into()
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> RolloutPolicy {
+        RolloutPolicy {
+            stages: default_stages(),
+            advance: default_advance(),
+            halt: default_halt(),
+            soak: default_soak(),
+        }
+    }
+}
+
+impl RolloutPolicy {
+    pub fn check(&self) -> Result<()> {
+        let s = &self.stages;
+        if s.is_empty() || s.len() > 10 || s.last() != Some(&100) {
+            bail!("fleet.rollout.stages {s:?}: up to 10 growing percentages, the last 100");
+        }
+        if s.windows(2).any(|w| w[0] >= w[1]) || s[0] == 0 {
+            bail!("fleet.rollout.stages {s:?}: each stage larger than the one before, from 1");
+        }
+        if !(1..=100).contains(&self.advance) {
+            bail!(
+                "fleet.rollout.advance {}: 1 to 100 (percent of a stage healthy)",
+                self.advance
+            );
+        }
+        if self.halt >= 100 {
+            bail!(
+                "fleet.rollout.halt {}: 0 to 99 (percent of a stage failed)",
+                self.halt
+            );
+        }
+        crate::span::parse_duration(&self.soak)
+            .map_err(|e| anyhow::anyhow!("fleet.rollout.soak: {e:#}"))?;
+        Ok(())
+    }
 }
 
 /// `[health]`: run after every boot; only its success marks a boot good
@@ -129,6 +210,8 @@ pub struct RawFleet {
     pub(super) first: Option<String>,
     pub(super) delay: Option<String>,
     pub(super) keep: Option<u32>,
+    pub(super) report: Option<String>,
+    pub(super) rollout: Option<RolloutPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -148,6 +231,8 @@ impl From<Fleet> for RawFleet {
             first: Some(f.first),
             delay: Some(f.delay),
             keep: Some(f.keep),
+            report: Some(f.report),
+            rollout: f.rollout,
         }
     }
 }
@@ -163,6 +248,8 @@ impl RawFleet {
             first: child.first.or(self.first),
             delay: child.delay.or(self.delay),
             keep: child.keep.or(self.keep),
+            report: child.report.or(self.report),
+            rollout: child.rollout.or(self.rollout),
         }
     }
 
@@ -211,6 +298,11 @@ impl RawFleet {
         if !(2..=50).contains(&keep) {
             bail!("fleet.keep {keep}: 2 to 50 (the running image and one more at least)");
         }
+        let report = self.report.unwrap_or_else(hourly);
+        check_span("fleet.report", &report)?;
+        if let Some(r) = &self.rollout {
+            r.check()?;
+        }
         Ok(Fleet {
             urls,
             policy,
@@ -219,6 +311,8 @@ impl RawFleet {
             first,
             delay,
             keep,
+            report,
+            rollout: self.rollout,
         })
     }
 }

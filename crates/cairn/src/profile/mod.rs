@@ -12,7 +12,9 @@ mod packages;
 mod raw;
 mod validate;
 
-pub use fleet::{Fleet, FleetFile, Health, Policy, RawFleet, in_window, parse_window};
+pub use fleet::{
+    Fleet, FleetFile, Health, Policy, RawFleet, RolloutPolicy, in_window, parse_window,
+};
 pub use packages::BUILDER_PACKAGES;
 
 use crate::cmd::Cmd;

@@ -13,7 +13,8 @@ use anyhow::{Context, Result};
 use super::chroot::inside_link;
 use super::customize::{remove_in_tree, write};
 use crate::image::paths::{
-    CAIRN_BIN, FLEET_FILE, HEALTH_ENV, HEALTH_SCRIPT, PULL_SERVICE, PULL_TIMER,
+    CAIRN_BIN, FLEET_FILE, HEALTH_ENV, HEALTH_SCRIPT, PULL_SERVICE, PULL_TIMER, REPORT_SERVICE,
+    REPORT_TIMER,
 };
 use crate::mirror::state::{MirrorPaths, MirrorState};
 use crate::profile::{Fleet, Health, Profile};
@@ -25,6 +26,10 @@ const FLEET_LINKS: &[(&str, &str)] = &[
     (
         "/etc/systemd/system/timers.target.wants/cairn-pull.timer",
         PULL_TIMER,
+    ),
+    (
+        "/etc/systemd/system/timers.target.wants/cairn-report.timer",
+        REPORT_TIMER,
     ),
     (
         "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
@@ -44,6 +49,8 @@ const FLEET_FILES: &[&str] = &[
     FLEET_FILE,
     PULL_TIMER,
     PULL_SERVICE,
+    REPORT_TIMER,
+    REPORT_SERVICE,
     NETWORK_FILE,
     FLEET_SOURCES,
 ];
@@ -80,6 +87,7 @@ pub fn fleet(root: &Path, p: &Profile, mirrors: &[Mirror]) -> Result<()> {
         0o644,
     )?;
     pull_units(root, f)?;
+    report_units(root, f)?;
     write(
         root,
         NETWORK_FILE,
@@ -143,6 +151,37 @@ fn pull_units(root: &Path, f: &Fleet) -> Result<()> {
              [Timer]\nOnBootSec={}\nOnUnitActiveSec={}\nRandomizedDelaySec={}\nAccuracySec=1s\n\n\
              [Install]\nWantedBy=timers.target\n",
             f.first, f.interval, f.delay
+        ),
+        0o644,
+    )
+}
+
+/// The report service and its timer: a signed report to the build host
+/// soon after each boot (the health check's verdict) and then every
+/// `fleet.report`; a pull reports by itself. Never fails the boot.
+fn report_units(root: &Path, f: &Fleet) -> Result<()> {
+    write(
+        root,
+        REPORT_SERVICE,
+        format!(
+            "[Unit]\nDescription=cairn: tell the build host how this machine is\n\
+             After=cairn-booted.service time-sync.target\n\
+             ConditionPathExistsGlob=/sys/class/net/e*\n\n\
+             [Service]\nType=oneshot\nTimeoutStartSec=5min\n\
+             ExecStartPre=-/lib/systemd/systemd-networkd-wait-online --any --timeout=60\n\
+             ExecStart={} report\nStandardOutput=journal+console\nStandardError=journal+console\n",
+            CAIRN_BIN
+        ),
+        0o644,
+    )?;
+    write(
+        root,
+        REPORT_TIMER,
+        format!(
+            "[Unit]\nDescription=cairn: report to the build host now and then\n\n\
+             [Timer]\nOnBootSec=20s\nOnUnitActiveSec={}\nRandomizedDelaySec=30s\nAccuracySec=1s\n\n\
+             [Install]\nWantedBy=timers.target\n",
+            f.report
         ),
         0o644,
     )
@@ -226,6 +265,8 @@ mod tests {
             first: "5min".into(),
             delay: "30min".into(),
             keep: 2,
+            report: "1h".into(),
+            rollout: None,
         });
         fleet(root, &p, &[]).unwrap();
         let at = |abs: &str| root.join(abs.trim_start_matches('/'));

@@ -3,6 +3,7 @@
 pub mod cert;
 pub mod hash;
 pub mod keys;
+pub mod machine;
 pub mod openpgp;
 
 /// A check of signed or hashed data failed: tampering, corruption, or a

@@ -251,6 +251,7 @@ pub fn create(
         isos: staged.iso_names.clone(),
         menu: menu::render(&scanned.images, &scanned.isos, &opts.menu)?,
         secure_boot: opts.secure_boot.is_some(),
+        machine: None,
         seconds: 0.0,
     };
     if opts.dry_run {
@@ -279,6 +280,10 @@ pub fn create(
         staged.dir.join(config::PATH),
         serde_json::to_vec_pretty(&cfg)?,
     )?;
+    // The machine's own key (its reports' signatures; 0600): the caller
+    // enrols its public half once the disk is whole.
+    let machine_key = crate::trust::machine::MachineKey::generate()?;
+    machine_key.save(&staged.dir)?;
     say(&format!(
         "GRUB for BIOS and UEFI with key {} built in",
         key.fingerprint
@@ -331,8 +336,26 @@ pub fn create(
         report.menu.entries.len(),
         report.menu.default
     ));
+    report.machine = Some(disk_machine(&boot_uuid, &machine_key, &staged.names));
     report.seconds = steps.seconds();
     Ok(report)
+}
+
+/// The machine a disk makes: the boot partition's UUID, the public half
+/// of its key, the profile of its first image.
+fn disk_machine(
+    boot_uuid: &str,
+    key: &crate::trust::machine::MachineKey,
+    names: &[String],
+) -> crate::boot::disk::DiskMachine {
+    crate::boot::disk::DiskMachine {
+        id: boot_uuid.to_ascii_lowercase(),
+        public_key: key.public(),
+        profile: names
+            .first()
+            .and_then(|n| n.split('/').next())
+            .map(String::from),
+    }
 }
 
 /// A disk file's place, checked before any work: its directory exists and

@@ -69,7 +69,18 @@ pub struct DiskReport {
     pub isos: Vec<String>,
     pub menu: menu::Menu,
     pub secure_boot: bool,
+    /// The machine the disk makes: its id (the boot partition's UUID) and
+    /// public key, enrolled in the store for its reports.
+    pub machine: Option<DiskMachine>,
     pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DiskMachine {
+    pub id: String,
+    pub public_key: String,
+    pub profile: Option<String>,
 }
 
 pub fn require_tools() -> Result<()> {

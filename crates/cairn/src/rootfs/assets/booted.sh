@@ -68,6 +68,26 @@ mark_good_at() {
 # The boot partition's root: live-boot's medium; the partition of an ISO
 # file (findiso=); after toram the one device with the UUID GRUB booted
 # from (cairn.boot=), mounted here read-only; or none.
+# The verdict and the end of the check's output, kept on the boot
+# partition for the report the fallback boot sends (cairn report:
+# last-failure); /run does not survive the reboot.
+keep_failure() {
+    exec 9< "$1"
+    flock -w 120 9 || echo "cairn: $1 stayed locked for 2 minutes: writing anyway" >&2
+    if mount -o "remount,rw,$opts" "$1"; then
+        d="$1/cairn"
+        if [ ! -L "$d" ] && mkdir -p "$d" && [ ! -L "$d/health-failed" ]; then
+            # (Never through whatever was planted there: a FIFO would hang the boot.)
+            rm -f "$d/.health-failed.tmp"
+            { echo "$entry: $health"; tail -c 4096 /run/cairn/health.log 2>/dev/null; } > "$d/.health-failed.tmp" &&
+                mv -f "$d/.health-failed.tmp" "$d/health-failed"
+        fi
+        sync
+        mount -o "remount,ro,$opts" "$1"
+    fi
+    exec 9<&-
+}
+
 root=""
 mounted=""
 if [ -n "$entry" ]; then
@@ -118,6 +138,7 @@ if [ "$health" != passed ]; then
     # last good image). Otherwise the machine stays up and says so.
     if [ -n "$entry" ] && [ "$(getenv cairn_trial)" = "$entry" ] && [ "$(getenv cairn_good)" != "$entry" ]; then
         say "cairn: $entry is on trial and failed its health check: rebooting"
+        keep_failure "$root"
         [ -n "$mounted" ] && umount /run/cairn/boot
         systemctl --no-block reboot
     fi
