@@ -238,6 +238,16 @@ pub(super) fn run_disk(cli: &Cli, c: &DiskCommand) -> Result<i32> {
                 dry_run: *dry_run,
             };
             let r = crate::boot::disk::create(&cli.store, target, *size, &opts)?;
+            // The disk's machine reports with its own key: enrolled now (a
+            // disk made again over an old one is a new machine).
+            if let Some(m) = &r.machine
+                && let Some(profile) = &m.profile
+            {
+                crate::fleet::inbox::enroll(&cli.store, &m.id, &m.public_key, profile, false)
+                    .map_err(|e| {
+                        e.context(format!("enrolling the machine of {}", target.display()))
+                    })?;
+            }
             show(cli, "disk", &r, |r| {
                 outln!(
                     "{}{}: {} with {} ({}), {:.1}s",

@@ -22,12 +22,41 @@ pub struct PublishArgs {
     pub valid_for: String,
     /// VERSION=PERCENT: only that share of machines takes VERSION (chosen
     /// stably by machine id); kept by later publications until changed.
+    /// VERSION=1,10,50,100: a rollout in stages that gates itself on the
+    /// machines' reports (cairn rollout; cairn cycle advances it).
     #[arg(long = "rollout", value_name = "VERSION=PERCENT")]
     pub rollout: Vec<String>,
+    /// With staged rollouts: percent of a stage's machines that must run
+    /// the version healthy before the next stage.
+    #[arg(long, default_value_t = 90, value_name = "PERCENT")]
+    pub advance: u8,
+    /// With staged rollouts: the rollout halts when more than this percent
+    /// of a stage's machines report the version failed (a small stage:
+    /// one machine).
+    #[arg(long, default_value_t = 5, value_name = "PERCENT")]
+    pub halt: u8,
+    /// With staged rollouts: the least time a stage lasts.
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub soak: String,
     /// Print an nginx server block that serves this store (images/ and
     /// mirror/, read-only, nothing else) on ADDRESS:PORT; publish nothing.
     #[arg(long, value_name = "ADDRESS:PORT")]
     pub nginx_config: Option<String>,
+    /// Print an nginx edge cache (proxy_cache) on ADDRESS:PORT in front of
+    /// the store's server at --origin; publish nothing.
+    #[arg(
+        long,
+        value_name = "ADDRESS:PORT",
+        requires = "origin",
+        conflicts_with = "nginx_config"
+    )]
+    pub nginx_edge_config: Option<String>,
+    /// The store's server, for --nginx-edge-config (its base URL).
+    #[arg(long, value_name = "URL")]
+    pub origin: Option<String>,
+    /// Where the edge keeps its cache, for --nginx-edge-config.
+    #[arg(long, value_name = "DIR", default_value = "/var/cache/nginx/cairn")]
+    pub cache_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +100,10 @@ pub struct CycleArgs {
     /// host's configuration (profiles = [...], valid-for, sync, mirror-config).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Only take in the machines' reports and advance or halt rollouts (no
+    /// sync, no build): what a short timer runs between rounds.
+    #[arg(long)]
+    pub gate_only: bool,
 }
 
 #[derive(Args, Debug)]
@@ -95,6 +128,55 @@ fn parse_policy(s: &str) -> Result<crate::profile::Policy, String> {
 
 pub use crate::fleet::parse_duration;
 
+/// `publish --rollout VERSION=STAGES`: staged rollouts started.
+fn start_staged(
+    cli: &Cli,
+    a: &PublishArgs,
+    key: &crate::trust::keys::SigningKey,
+    profiles: &[String],
+    staged: Vec<(String, Vec<u8>)>,
+    o: &PublishOptions,
+) -> Result<i32> {
+    let [profile] = profiles else {
+        bail!("--rollout VERSION=STAGES: name the one profile it is of");
+    };
+    let mut started = Vec::new();
+    for (v, stages) in staged {
+        let policy = crate::profile::RolloutPolicy {
+            stages,
+            advance: a.advance,
+            halt: a.halt,
+            soak: a.soak.clone(),
+        };
+        let r = crate::fleet::rollout::start(
+            &cli.store,
+            key,
+            profile,
+            &v,
+            &policy,
+            o.valid_for,
+            o.now,
+        )?;
+        started.push(crate::fleet::rollout::status(&cli.store, &r)?);
+    }
+    show(cli, "rollouts", &started, |all| {
+        for s in all {
+            outln!(
+                "{}/{}: rollout started, stage 1 of {} ({}%) published at {}%: {} of the profile's {} machine(s)",
+                s.rollout.profile,
+                s.rollout.version,
+                s.rollout.policy.stages.len(),
+                s.rollout.stage_percent(),
+                s.rollout.percent,
+                s.in_stage.len(),
+                s.machines
+            );
+        }
+        Ok(())
+    })?;
+    Ok(0)
+}
+
 pub(super) fn run_publish(cli: &Cli, a: &PublishArgs) -> Result<i32> {
     if let Some(listen) = &a.nginx_config {
         let store = std::path::absolute(&cli.store)?;
@@ -112,12 +194,32 @@ pub(super) fn run_publish(cli: &Cli, a: &PublishArgs) -> Result<i32> {
         super::print_text(cli, "nginx-config", &text)?;
         return Ok(0);
     }
+    if let (Some(listen), Some(origin)) = (&a.nginx_edge_config, &a.origin) {
+        let text = crate::fleet::serve::nginx_edge(origin, listen, &a.cache_dir)?;
+        super::print_text(cli, "nginx-config", &text)?;
+        return Ok(0);
+    }
     let key = crate::trust::keys::load(&cli.store)?;
+    let _lock = crate::fleet::inbox::lock(&cli.store)?;
     let mut rollout: BTreeMap<String, u8> = BTreeMap::new();
+    let mut staged = Vec::new();
     for r in &a.rollout {
         let (v, p) = r
             .split_once('=')
             .with_context(|| format!("--rollout {r}: VERSION=PERCENT"))?;
+        if p.contains(',') {
+            // VERSION=1,10,50,100: a rollout that gates itself.
+            let stages = p
+                .split(',')
+                .map(|s| s.trim_end_matches('%').parse::<u8>())
+                .collect::<Result<Vec<u8>, _>>()
+                .ok()
+                .with_context(|| {
+                    format!("--rollout {r}: VERSION=STAGE,STAGE,…,100 (percentages)")
+                })?;
+            staged.push((v.to_string(), stages));
+            continue;
+        }
         let p: u8 = p
             .trim_end_matches('%')
             .parse()
@@ -142,8 +244,12 @@ pub(super) fn run_publish(cli: &Cli, a: &PublishArgs) -> Result<i32> {
         rollout,
         now: crate::unix_now(),
     };
+    if !staged.is_empty() {
+        return start_staged(cli, a, &key, &profiles, staged, &o);
+    }
     let mut all = Vec::new();
     for p in &profiles {
+        let o = crate::fleet::rollout::with_shares(&cli.store, p, &o)?;
         all.push(publish(&cli.store, &key, p, &o).with_context(|| format!("publishing {p}"))?);
     }
     show(cli, "indices", &all, |all| {
@@ -173,7 +279,14 @@ pub(super) fn run_pull(cli: &Cli, a: &PullArgs) -> Result<i32> {
         },
         (None, None) => Target::Running,
     };
-    let mut r = crate::fleet::run_pull(&PullRequest {
+    let running = matches!(target, Target::Running) && !a.dry_run;
+    let report_key = crate::fleet::machine::machine_key(
+        a.key
+            .as_deref()
+            .or(cli.config.settings.key.public.as_deref()),
+        None,
+    );
+    let pulled = crate::fleet::run_pull(&PullRequest {
         target,
         urls: a.urls.clone(),
         profile: a.profile.clone(),
@@ -185,7 +298,13 @@ pub(super) fn run_pull(cli: &Cli, a: &PullArgs) -> Result<i32> {
         policy: a.policy,
         jobs: a.jobs,
         dry_run: a.dry_run,
-    })?;
+    });
+    // A running machine tells the build host what its pull did (or why it
+    // failed) before the policy acts: a switch ends this system.
+    if running {
+        crate::fleet::reporter::after_pull(&report_key, pulled.as_ref().err());
+    }
+    let mut r = pulled?;
     // What the pull did is said before the policy acts (a switch ends
     // this system): under --json the document, its action the switch
     // about to happen.
@@ -256,11 +375,19 @@ fn print_pull(p: &crate::fleet::pull::PullReport) -> Result<()> {
 }
 
 pub(super) fn run_cycle(cli: &Cli, a: &CycleArgs) -> Result<i32> {
-    let c = match &a.config {
-        Some(f) => crate::fleet::cycle::load(&crate::config::Config::load(f)?)?,
-        None => crate::fleet::cycle::load(&cli.config)?,
+    let config = match &a.config {
+        Some(f) => crate::fleet::cycle::load(&crate::config::Config::load(f)?),
+        None => crate::fleet::cycle::load(&cli.config),
     };
-    let r = crate::fleet::cycle::cycle(&cli.store, &c, cli.quiet())?;
+    let r = if a.gate_only {
+        // The gate needs no profiles: the index lifetime of [cycle] when
+        // there is one.
+        let valid_for = config.map_or_else(|_| "7d".to_string(), |c| c.valid_for);
+        crate::fleet::cycle::gate_only(&cli.store, &valid_for, cli.quiet())?
+    } else {
+        let c = config?;
+        crate::fleet::cycle::cycle(&cli.store, &c, cli.quiet())?
+    };
     show(cli, "cycle", &r, |r| {
         if let Some(s) = &r.synced {
             outln!(
@@ -284,6 +411,24 @@ pub(super) fn run_cycle(cli: &Cli, a: &CycleArgs) -> Result<i32> {
                 i.profile,
                 i.serial,
                 cairn_debian::date::format_release_date(i.expires)
+            );
+        }
+        for (m, seq) in &r.reports.taken {
+            outln!("report {seq} of {m} taken");
+        }
+        for f in &r.reports.refused {
+            outln!(
+                "{}",
+                super::printable_line(&format!("report {} refused: {}", f.entry, f.reason))
+            );
+        }
+        for s in &r.rollouts {
+            outln!(
+                "{}",
+                super::printable_line(&format!(
+                    "rollout {}/{}: {} — {}",
+                    s.profile, s.version, s.did, s.detail
+                ))
             );
         }
         outln!("cycle done in {:.0}s", r.seconds);

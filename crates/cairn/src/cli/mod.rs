@@ -28,6 +28,7 @@ mod image;
 mod live;
 mod mirror;
 mod netboot;
+mod report;
 mod vm;
 
 use std::path::PathBuf;
@@ -196,6 +197,29 @@ pub enum Command {
     Pull(PullArgs),
     /// On a machine: the booted image, what boots next and why, the images on the boot disk.
     Status(StatusArgs),
+    /// On a machine: tell the build host how it is (a signed report).
+    ///
+    /// The boot disk's status (booted and next image, trial, health and the
+    /// output of a failed check, last pull, images, free space, kernel,
+    /// uptime), numbered and signed with the machine's own key (made on its
+    /// boot partition when its disk was made, or now), sent with an HTTP
+    /// PUT to <url>/reports/<machine>/report.json of the first fleet URL
+    /// that takes it. The report timer runs it after each boot and then
+    /// every fleet.report; each pull reports by itself.
+    Report(report::ReportArgs),
+    /// On the build host: the machines, their reports, their health.
+    #[command(subcommand)]
+    Fleet(report::FleetCommand),
+    /// On the build host: rollouts that advance or halt on the machines' reports.
+    ///
+    /// A profile with [fleet.rollout] stages (or `cairn publish --rollout
+    /// VERSION=1,10,50,100`) sends a new version to its machines stage by
+    /// stage; `cairn cycle` takes the reports in and advances a stage when
+    /// enough of its machines run the version healthy, or halts the
+    /// rollout (the index signed again with the version at 0%) when too
+    /// many report it failed.
+    #[command(subcommand)]
+    Rollout(report::RolloutCommand),
     /// On the build host: sync the mirror, upgrade the profiles, publish their indices.
     ///
     /// What the cairn-cycle timer runs, unattended: the [cycle] section of
@@ -392,6 +416,24 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
+/// One line of text from a hostile source (a machine's report, a name in
+/// the web server's inbox): control characters, line breaks and the
+/// characters that reorder a terminal's text shown escaped.
+pub fn printable_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+            {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// `{"schema-version": 1, "error": {...}}` on stdout.
 fn print_json_error(message: &str, causes: Vec<String>, kind: &str, code: i32) {
     let doc = serde_json::json!({
@@ -444,6 +486,9 @@ fn run(cli: &Cli) -> Result<i32> {
         Command::Publish(a) => fleet::run_publish(cli, a),
         Command::Pull(a) => fleet::run_pull(cli, a),
         Command::Status(a) => fleet::run_status(cli, a),
+        Command::Report(a) => report::run_report(cli, a),
+        Command::Fleet(c) => report::run_fleet(cli, c),
+        Command::Rollout(c) => report::run_rollout(cli, c),
         Command::Cycle(a) => fleet::run_cycle(cli, a),
         Command::Netboot(a) => netboot::run_netboot(cli, a),
         Command::Config(c) => config::run_config(cli, c),

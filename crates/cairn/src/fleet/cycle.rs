@@ -89,13 +89,67 @@ pub struct CycleReport {
     pub synced: Option<crate::mirror::sync::SyncReport>,
     pub images: Vec<CycleImage>,
     pub published: Vec<Index>,
+    /// Reports taken in (and refused) this round.
+    pub reports: super::inbox::Ingested,
+    /// Rollouts started, advanced, halted, or waiting.
+    pub rollouts: Vec<super::rollout::Step>,
     pub seconds: f64,
+}
+
+/// The gate alone (`cairn cycle --gate-only`, a short timer): reports
+/// taken in, rollouts advanced or halted — minutes after a machine failed,
+/// not at the next round.
+pub fn gate_only(store: &Path, valid_for: &str, quiet: bool) -> Result<CycleReport> {
+    let t0 = Instant::now();
+    let steps = crate::progress::Steps::start(quiet);
+    let valid_for = super::parse_duration(valid_for)?;
+    let _lock = super::inbox::lock(store)?;
+    steps.say("take in the machines' reports");
+    let reports = super::inbox::ingest(store, crate::unix_now())?;
+    // The key signs a halt or a stage: needed only when a rollout runs.
+    let rollouts = if super::rollout::any_running(store)? {
+        let key = crate::trust::keys::load(store)?;
+        super::rollout::step_all(store, &key, valid_for, crate::unix_now())?
+    } else {
+        Vec::new()
+    };
+    Ok(CycleReport {
+        synced: None,
+        images: Vec::new(),
+        published: Vec::new(),
+        reports,
+        rollouts,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The gate before a round; one that fails is said, and the round goes on
+/// (indices must not expire because a report could not be read).
+fn gate_first(store: &Path, valid_for: &str) -> CycleReport {
+    match gate_only(store, valid_for, true) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::progress::note(&format!("cairn: the rollouts' gate failed: {e:#}"));
+            CycleReport {
+                synced: None,
+                images: Vec::new(),
+                published: Vec::new(),
+                reports: Default::default(),
+                rollouts: Vec::new(),
+                seconds: 0.0,
+            }
+        }
+    }
 }
 
 /// One round for the store `store`.
 pub fn cycle(store: &Path, c: &CycleConfig, quiet: bool) -> Result<CycleReport> {
     let t0 = Instant::now();
     let steps = crate::progress::Steps::start(quiet);
+    // The gate first: a halt never waits for a sync or a build, nor fails
+    // with them; a gate that fails is said, and the round goes on (indices
+    // must not expire because a report could not be read).
+    let early = gate_first(store, &c.valid_for);
     let profiles = c
         .profiles
         .iter()
@@ -184,17 +238,64 @@ pub fn cycle(store: &Path, c: &CycleConfig, quiet: bool) -> Result<CycleReport> 
         rollout: Default::default(),
         now: crate::unix_now(),
     };
+    let _lock = super::inbox::lock(store)?;
+    let mut rollouts = gate(store, &key, &profiles, &images, &o, &steps)?;
+    rollouts.0.taken.splice(0..0, early.reports.taken);
+    rollouts.0.refused.splice(0..0, early.reports.refused);
+    rollouts.1.splice(0..0, early.rollouts);
     let mut published = Vec::new();
     for p in &profiles {
         steps.say(&format!("publish {}", p.name));
+        let o = super::rollout::with_shares(store, &p.name, &o)?;
         published.push(publish(store, &key, &p.name, &o)?);
     }
     Ok(CycleReport {
         synced,
         images,
         published,
+        reports: rollouts.0,
+        rollouts: rollouts.1,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The closed loop's part of a round: the machines' reports taken in; a
+/// new version of a profile with `[fleet.rollout]` starts its staged
+/// rollout; every running rollout advances, halts or waits by the reports.
+fn gate(
+    store: &Path,
+    key: &crate::trust::keys::SigningKey,
+    profiles: &[crate::profile::Profile],
+    images: &[CycleImage],
+    o: &PublishOptions,
+    steps: &crate::progress::Steps,
+) -> Result<(super::inbox::Ingested, Vec<super::rollout::Step>)> {
+    steps.say("take in the machines' reports");
+    let reports = super::inbox::ingest(store, o.now)?;
+    let mut out = Vec::new();
+    for (p, i) in profiles.iter().zip(images) {
+        let (Some(policy), "upgraded", Some(v)) = (
+            p.fleet.as_ref().and_then(|f| f.rollout.as_ref()),
+            i.action.as_str(),
+            &i.version,
+        ) else {
+            continue;
+        };
+        steps.say(&format!("rollout of {}/{v}", p.name));
+        let r = super::rollout::start(store, key, &p.name, v, policy, o.valid_for, o.now)?;
+        out.push(super::rollout::Step {
+            profile: p.name.clone(),
+            version: v.clone(),
+            did: "started".into(),
+            detail: format!(
+                "stage 1 ({}%) published at {}%",
+                r.stage_percent(),
+                r.percent
+            ),
+        });
+    }
+    out.extend(super::rollout::step_all(store, key, o.valid_for, o.now)?);
+    Ok((reports, out))
 }
 
 #[cfg(test)]

@@ -95,9 +95,15 @@ pub fn publish(store: &Path, key: &SigningKey, profile: &str, o: &PublishOptions
     }
     let path = index_path(store, profile);
     // The last publication: its serial is the floor, its rollouts stay.
-    let previous: Option<Index> = fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    // One that cannot be read is an error, never taken for none (every
+    // version would go to every machine, a halted one too).
+    let previous: Option<Index> = match fs::read(&path) {
+        Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
+            format!("{}: not an index (remove it to start over)", path.display())
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
     let mut versions = Vec::new();
     let mut images: Vec<_> = image::list(store)?
         .into_iter()

@@ -172,6 +172,8 @@ mod tests {
             first: "15min".into(),
             delay: "30min".into(),
             keep: 3,
+            report: "1h".into(),
+            rollout: None,
         }
     }
 

@@ -5,9 +5,14 @@
 //! (`pull`); `status` says where a machine stands.
 
 pub mod cycle;
+pub mod inbox;
 pub mod index;
 pub mod machine;
+pub mod overview;
 pub mod pull;
+pub mod report;
+pub mod reporter;
+pub mod rollout;
 pub mod serve;
 pub mod status;
 
@@ -20,24 +25,7 @@ use crate::mirror::fetch::RetryPolicy;
 use crate::mirror::url::RepoUrl;
 use pull::{BootRoot, Outcome, PullOptions, PullReport};
 
-/// `7d`, `12h`, `30min`, `3600s` or `3600` as seconds.
-pub fn parse_duration(s: &str) -> Result<i64> {
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let (n, unit) = s.split_at(digits);
-    let n: i64 = n
-        .parse()
-        .with_context(|| format!("{s:?}: a number and a unit (7d, 12h, 30min, 3600s)"))?;
-    let mul = match unit {
-        "" | "s" => 1,
-        "min" | "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        "w" => 7 * 86400,
-        _ => bail!("{s:?}: a number and a unit (7d, 12h, 30min, 3600s)"),
-    };
-    n.checked_mul(mul)
-        .with_context(|| format!("{s:?} is too long"))
-}
+pub use crate::span::parse_duration;
 
 /// Which boot partition a pull writes.
 pub enum Target {
@@ -386,6 +374,8 @@ mod tests {
                     first: "15min".into(),
                     delay: "30min".into(),
                     keep: 3,
+                    report: "1h".into(),
+                    rollout: None,
                 },
                 image: "web/V2".into(),
                 key: PathBuf::from("/k"),
