@@ -18,7 +18,7 @@ pub const V1: &str = "20261201T000001Z";
 pub const V2: &str = "20261202T000001Z";
 
 /// `n` bytes no compressor shrinks, the same for the same seed.
-fn noise(seed: u64, n: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..n)
         .map(|_| {
@@ -32,7 +32,7 @@ fn noise(seed: u64, n: usize) -> Vec<u8> {
 
 /// A sealed image of profile `web` made of made-up files: enough for
 /// signatures, hashes and dm-verity trees, nothing that boots.
-fn fake_image(
+pub(crate) fn fake_image(
     store: &Path,
     key: &keys::SigningKey,
     version: &str,
@@ -60,18 +60,18 @@ fn fake_image(
     dir
 }
 
-struct Setup {
-    d: tempfile::TempDir,
-    store: PathBuf,
-    key: keys::SigningKey,
-    base: Vec<u8>,
-    layer2: Vec<u8>,
+pub(crate) struct Setup {
+    pub d: tempfile::TempDir,
+    pub store: PathBuf,
+    pub key: keys::SigningKey,
+    pub base: Vec<u8>,
+    pub layer2: Vec<u8>,
 }
 
 impl Setup {
     /// A store with `web` V1 (one layer) and V2 (V1's layer and a delta of
     /// `delta` bytes), published.
-    fn new(delta: usize) -> Option<Setup> {
+    pub fn new(delta: usize) -> Option<Setup> {
         if need_tools(&["gpg", "gpgv", "veritysetup", "nginx"]) {
             return None;
         }
@@ -105,7 +105,7 @@ impl Setup {
 
     /// A boot partition's tree holding V1, booted fine (cairn_good), with
     /// `tries` boot tries for a new default.
-    fn boot_dir(&self, name: &str) -> PathBuf {
+    pub fn boot_dir(&self, name: &str) -> PathBuf {
         let b = self.d.path().join(name);
         fs::create_dir_all(b.join("images/web")).unwrap();
         let st = std::process::Command::new("cp")
@@ -135,7 +135,7 @@ impl Setup {
         b
     }
 
-    fn pull(&self, boot: &Path, urls: &[&str], more: &[&str]) -> Output {
+    pub fn pull(&self, boot: &Path, urls: &[&str], more: &[&str]) -> Output {
         let pubkey = self.key.public_key.to_str().unwrap().to_string();
         let mut a = vec![
             "pull",
@@ -156,12 +156,12 @@ impl Setup {
     }
 }
 
-fn json(o: Output) -> serde_json::Value {
+pub(crate) fn json(o: Output) -> serde_json::Value {
     let out = ok(o);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-fn env_of(boot: &Path) -> String {
+pub(crate) fn env_of(boot: &Path) -> String {
     String::from_utf8_lossy(&fs::read(boot.join("boot/grub/grubenv")).unwrap())
         .trim_end_matches('#')
         .to_string()
@@ -728,10 +728,21 @@ fn the_build_hosts_cycle_units_are_valid_and_their_command_is_real() {
     let d = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_cairn");
     let mut exec = None;
-    for u in ["cairn-cycle.service", "cairn-cycle.timer"] {
+    let mut gate = None;
+    for u in [
+        "cairn-cycle.service",
+        "cairn-cycle.timer",
+        "cairn-gate.service",
+        "cairn-gate.timer",
+    ] {
         let t = fs::read_to_string(top.join(u)).unwrap();
         if let Some(l) = t.lines().find(|l| l.starts_with("ExecStart=")) {
-            exec = Some(l["ExecStart=".len()..].to_string());
+            let e = Some(l["ExecStart=".len()..].to_string());
+            if u.starts_with("cairn-gate") {
+                gate = e;
+            } else {
+                exec = e;
+            }
         }
         fs::write(
             d.path().join(u),
@@ -744,6 +755,8 @@ fn the_build_hosts_cycle_units_are_valid_and_their_command_is_real() {
         .args(["verify", "--man=no"])
         .arg(d.path().join("cairn-cycle.timer"))
         .arg(d.path().join("cairn-cycle.service"))
+        .arg(d.path().join("cairn-gate.timer"))
+        .arg(d.path().join("cairn-gate.service"))
         .output()
         .unwrap();
     assert!(
@@ -754,6 +767,12 @@ fn the_build_hosts_cycle_units_are_valid_and_their_command_is_real() {
     let exec = exec.expect("cairn-cycle.service has an ExecStart");
     let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
     assert_eq!(args, ["cycle", "--config", "/etc/cairn/cairn.toml"]);
+    let gate = gate.expect("cairn-gate.service has an ExecStart");
+    let gate: Vec<&str> = gate.split_whitespace().skip(1).collect();
+    assert_eq!(
+        gate,
+        ["cycle", "--gate-only", "--config", "/etc/cairn/cairn.toml"]
+    );
     // The same arguments, on a configuration without [cycle]: refused,
     // naming the file.
     let conf = d.path().join("cairn.toml");
@@ -764,6 +783,19 @@ fn the_build_hosts_cycle_units_are_valid_and_their_command_is_real() {
     assert!(
         e.contains("no [cycle] section") && e.contains("cairn.toml"),
         "{e}"
+    );
+    // The gate needs no [cycle]: with no reports and no rollout, nothing
+    // to do, and it says so (on a store without a key too).
+    let mut g = vec!["cycle"];
+    g.extend(&gate[1..gate.len() - 1]);
+    g.push(conf.to_str().unwrap());
+    g.push("--json");
+    let out = ok(cairn(&d.path().join("store"), &g));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["rollouts"].as_array().unwrap().is_empty()
+            && v["reports"]["taken"].as_array().unwrap().is_empty(),
+        "{v}"
     );
     // An unknown section is refused, named with its line.
     fs::write(&conf, "schema-version = 1\n[other]\n").unwrap();

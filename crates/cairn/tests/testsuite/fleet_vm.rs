@@ -61,6 +61,7 @@ fn a_machine_pulls_the_delta_by_itself_and_kexecs_into_it() {
     let store = fixture::copy_store(&u.store, w.path());
     ok(cairn(&store, &["publish", "webtest"]));
     let (v1, v2) = (version_of(&u.parent), version_of(&u.delta));
+    let _port = fixture::fleet_port();
     let nginx = Nginx::start(&store, FLEET_PORT, "");
     let disk = w.path().join("disk.img");
     disk_of(&store, &disk, &store.join("images/webtest").join(&v1), "3");
@@ -160,9 +161,31 @@ fn a_failing_health_check_rolls_the_machine_back_by_itself() {
     ok(cairn(&store, &["publish", "webtest"]));
     drop(all);
     let _core = crate::support::cores::one();
-    let nginx = Nginx::start(&store, 0, "");
+    // The machine reports to the fleet URL its images carry.
+    let _port = fixture::fleet_port();
+    crate::support::nginx::make_inbox(&store);
+    let nginx = Nginx::start(&store, FLEET_PORT, "");
     let disk = w.path().join("disk.img");
+    // (The disk's machine is enrolled by `disk create`.)
     disk_of(&store, &disk, &store.join("images/webtest").join(&v2), "2");
+    // v3 in stages that gate themselves: the first holds this machine.
+    let st = json(ok(cairn(
+        &store,
+        &[
+            "publish",
+            "webtest",
+            "--rollout",
+            &format!("{v3}=1,50,100"),
+            "--soak",
+            "0",
+            "--json",
+        ],
+    )));
+    assert_eq!(
+        st["rollouts"][0]["in-stage"].as_array().unwrap().len(),
+        1,
+        "{st}"
+    );
     let v2_entry = format!("webtest-{v2}");
     {
         // v2 booted fine before (as `boot_counting…` proves it would).
@@ -203,16 +226,34 @@ fn a_failing_health_check_rolls_the_machine_back_by_itself() {
     assert_eq!(r["tries"], 2, "{r}");
     let want = marker_of(&u.delta);
     let bad = format!("CAIRN-UNHEALTHY profile=webtest version={v3}");
+    // Back on v2, the machine reports (its pull's report, or its report
+    // timer's): the marker is the report sent.
+    let reported = "cairn: report ";
     let b = boot(
         &store,
         &disk,
         "bios",
         None,
-        &["--reboots", "--marker", &want, "--event", &bad],
+        &[
+            "--reboots",
+            "--net",
+            "--stay-up",
+            "--marker",
+            reported,
+            "--event",
+            &bad,
+            "--event",
+            &want,
+        ],
         "fleet-rollback",
         1200,
     );
-    b.reached(&want);
+    b.reached(reported);
+    assert!(
+        b.console.contains(&want) || b.markers.contains(&want),
+        "v2 did not come back\n{}",
+        b.why()
+    );
     assert_eq!(
         b.markers.matches(&bad).count(),
         2,
@@ -228,6 +269,24 @@ fn a_failing_health_check_rolls_the_machine_back_by_itself() {
             && env.contains("cairn_left=0\n"),
         "{env}"
     );
+    // The build host's gate takes the report in: v3 failed on the first
+    // stage's machine, the rollout halts by itself, with the check's output.
+    let g = json(ok(cairn(&store, &["cycle", "--gate-only", "--json"])));
+    assert_eq!(g["reports"]["refused"].as_array().unwrap().len(), 0, "{g}");
+    assert_eq!(g["rollouts"][0]["did"], "halted", "{g}");
+    let reason = g["rollouts"][0]["detail"].as_str().unwrap();
+    assert!(
+        reason.contains("broken on purpose") && reason.contains(&v3),
+        "{reason}"
+    );
+    let fleet = json(ok(cairn(&store, &["fleet", "status", "--json"])));
+    let m = &fleet["machines"][0];
+    assert_eq!(m["booted"], format!("webtest/{v2}"), "{fleet}");
+    assert!(
+        m["health"].as_str().unwrap().starts_with("passed"),
+        "{fleet}"
+    );
+    assert!(m["rollout"].as_str().unwrap().contains("Halted"), "{fleet}");
     // The machine does not try v3 again; it waits for a newer version.
     pull("gave-up");
 }

@@ -6,6 +6,7 @@ mod boot;
 mod build;
 mod cli;
 mod fleet;
+mod fleet_loop;
 mod fleet_vm;
 mod grub;
 mod image;

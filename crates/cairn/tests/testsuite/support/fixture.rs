@@ -58,6 +58,13 @@ pub const PROBE_UNIT: &str = "[Unit]\nDescription=cairn test probe\nRequiresMoun
 /// a VM on qemu's user network): `webtest`'s fleet.urls names it.
 pub const FLEET_PORT: u16 = 18931;
 
+/// Held while a proof serves on FLEET_PORT (two proofs side by side would
+/// both want it).
+pub fn fleet_port() -> std::sync::MutexGuard<'static, ()> {
+    static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The snapshot of the shared mirror the shared images are built from.
 pub const SNAPSHOT: &str = "fixture";
 

@@ -17,6 +17,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The reports inbox, made as the server block `cairn publish
+/// --nginx-config` prints says (owned by nginx's workers).
+pub fn make_inbox(store: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--store")
+        .arg(store)
+        .args(["publish", "--nginx-config", "127.0.0.1:80"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let install = printed
+        .lines()
+        .find_map(|l| {
+            l.split_once("# inbox must be the workers': ")
+                .map(|(_, c)| c.trim().to_string())
+        })
+        .expect("the printed configuration says how to make the inbox");
+    let st = Command::new("sh").arg("-c").arg(&install).status().unwrap();
+    assert!(st.success(), "{install}");
+}
+
 pub struct Nginx {
     child: Child,
     pub port: u16,
@@ -37,14 +58,6 @@ impl Nginx {
     /// nginx serving `store` on 127.0.0.1:`port` (0: a free one), with
     /// `extra` lines inside the server block (a rate limit, say).
     pub fn start(store: &Path, port: u16, extra: &str) -> Nginx {
-        let prefix = tempfile::Builder::new()
-            .prefix("cairn-nginx-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        for d in ["tmp", "logs"] {
-            fs::create_dir_all(prefix.join(d)).unwrap();
-        }
         let port = if port == 0 { free_port() } else { port };
         let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .arg("--store")
@@ -62,15 +75,62 @@ impl Nginx {
             &format!("autoindex off;\n    {extra}"),
             1,
         );
-        let p = prefix.display();
-        // Debian's nginx.conf: `user www-data;`. (Not root: nginx runs its
-        // workers as the user that started it.)
-        let user = if crate::support::is_root() {
+        if crate::support::is_root() {
             assert!(
                 crate::support::enterable_by_all(store),
                 "{} is not reachable by nginx's www-data workers: make served stores below support::served_root()",
                 store.display()
             );
+        }
+        Nginx::run(port, |_| server)
+    }
+
+    /// An edge cache (`cairn publish --nginx-edge-config`) in front of
+    /// `origin`, its cache in its own directory.
+    pub fn start_edge(origin: &Nginx) -> Nginx {
+        let port = free_port();
+        Nginx::run(port, |prefix| {
+            let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+                .args([
+                    "publish",
+                    "--nginx-edge-config",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .args(["--origin", &origin.url()])
+                .arg("--cache-dir")
+                .arg(prefix.join("cache"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        })
+    }
+
+    /// nginx with `server` (made knowing nginx's prefix directory) in its
+    /// http block, on 127.0.0.1:`port`.
+    fn run(port: u16, server: impl FnOnce(&Path) -> String) -> Nginx {
+        let prefix = tempfile::Builder::new()
+            .prefix("cairn-nginx-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        for d in ["tmp", "logs"] {
+            fs::create_dir_all(prefix.join(d)).unwrap();
+        }
+        // The workers write a PUT's body to tmp/ before it moves into the
+        // inbox (reports), and an edge's cache: they must reach them, as
+        // under /var/lib/nginx.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&prefix, fs::Permissions::from_mode(0o755)).unwrap();
+        let server = server(&prefix);
+        let p = prefix.display();
+        // Debian's nginx.conf: `user www-data;`. (Not root: nginx runs its
+        // workers as the user that started it.)
+        let user = if crate::support::is_root() {
             "user www-data;"
         } else {
             ""
@@ -112,6 +172,11 @@ impl Nginx {
             std::thread::sleep(Duration::from_millis(50));
         }
         n
+    }
+
+    /// What nginx logged as errors so far.
+    pub fn errors(&self) -> String {
+        fs::read_to_string(self.prefix.join("logs/error.log")).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
