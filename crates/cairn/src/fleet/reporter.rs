@@ -149,6 +149,9 @@ pub fn run(r: &ReportRequest) -> Result<Sent> {
     if r.boot_dir.is_none() {
         let _ = std::fs::create_dir_all("/run/cairn");
         let _ = std::fs::write(REPORTED, b"");
+        // The second serial port says it too, as it says CAIRN-BOOTED
+        // (booted.sh): a headless machine's status line.
+        say(&format!("CAIRN-REPORTED seq={sealed_seq} to {url}"));
     }
     Ok(Sent {
         machine: id,
@@ -157,6 +160,25 @@ pub fn run(r: &ReportRequest) -> Result<Sent> {
         url: Some(url),
         report: Some(rep),
     })
+}
+
+/// A line on the second serial port, when the machine has one.
+fn say(line: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    let port = Path::new("/dev/ttyS1");
+    if std::fs::metadata(port).is_ok_and(|m| m.file_type().is_char_device())
+        && let Ok(mut f) = {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Never waiting for a carrier, never this process's terminal.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+                .open(port)
+        }
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// Where reports go: the request's URLs, else the image's fleet.urls.
