@@ -513,9 +513,45 @@ pub fn partial_path(work: &Path, sha256: &str) -> PathBuf {
     work.join("partial").join(sha256)
 }
 
+/// The partial file of one destination: two files with the same bytes
+/// fetched at once (an archive's empty indices share one SHA-256) must
+/// never share one, or the first rename takes the other's away.
+pub fn partial_for(work: &Path, sha256: &str, dest: &str) -> PathBuf {
+    let tag = crate::trust::hash::sha256_hex(dest.as_bytes());
+    work.join("partial")
+        .join(format!("{sha256}-{}", &tag[..16]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An archive's empty indices share one SHA-256 and are fetched at
+    /// once (bookworm-updates, 2026-12-07: a sync failed with ENOENT when
+    /// one fetch renamed the other's partial file away).
+    #[test]
+    fn files_with_the_same_bytes_fetched_at_once_have_their_own_partials() {
+        let w = Path::new("/w");
+        let a = partial_for(
+            w,
+            "e3b0",
+            "bookworm-updates/contrib/binary-amd64/Packages.xz",
+        );
+        let b = partial_for(
+            w,
+            "e3b0",
+            "bookworm-updates/non-free-firmware/binary-amd64/Packages.xz",
+        );
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("/w/partial")
+                && a.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("e3b0-")
+        );
+    }
 
     /// A server that trickles bytes: the read fails once the deadline is
     /// passed, however alive the connection is.

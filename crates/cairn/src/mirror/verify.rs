@@ -13,7 +13,7 @@ use cairn_debian::{Release, read_packages};
 use serde::Serialize;
 
 use super::fetch::{
-    Counter, Expect, FetchError, RetryPolicy, fetch_verified, join_url, partial_path, transport_for,
+    Counter, Expect, FetchError, RetryPolicy, fetch_verified, join_url, partial_for, transport_for,
 };
 use super::state::walk_files;
 use super::state::{MirrorPaths, MirrorState, lock_mirror, mtime_ns};
@@ -547,7 +547,7 @@ fn apply_fixes(
         {
             return Ok(());
         }
-        let partial = partial_path(&paths.work, &fix.expect.sha256);
+        let partial = partial_for(&paths.work, &fix.expect.sha256, &fix.dest.to_string_lossy());
         let mut last = None;
         for url in &fix.urls {
             match fetch_verified(

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{LeftOut, Repo, SuiteReport, SyncOptions};
 use crate::mirror::config::RepoSpec;
-use crate::mirror::fetch::{Counter, Expect, FetchError, fetch_verified, join_url, partial_path};
+use crate::mirror::fetch::{Counter, Expect, FetchError, fetch_verified, join_url, partial_for};
 use crate::mirror::release::SuiteRelease;
 use crate::parallel;
 use crate::trust::hash::{hex, sha256_file};
@@ -396,7 +396,7 @@ fn fetch_index(
         &repo.spec.url,
         &format!("dists/{}/{p}", rel.suite),
     ));
-    let partial = partial_path(&repo.paths.work, &f.sha256);
+    let partial = partial_for(&repo.paths.work, &f.sha256, &format!("{}/{p}", rel.suite));
     let mut pause = PUSH_PAUSE;
     let mut round = 0;
     loop {

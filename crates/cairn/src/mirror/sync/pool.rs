@@ -11,7 +11,7 @@ use cairn_debian::Package;
 
 use super::{Repo, SyncOptions};
 use crate::fsutil::safe_relative;
-use crate::mirror::fetch::{Counter, Expect, fetch_verified, join_url, partial_path};
+use crate::mirror::fetch::{Counter, Expect, fetch_verified, join_url, partial_for};
 use crate::mirror::state::{MirrorPaths, PoolEntry, mtime_ns, walk_files};
 use crate::parallel;
 use crate::progress::Progress;
@@ -187,7 +187,7 @@ fn ensure_pool_file(
     let n = fetch_verified(
         repo.transport.as_ref(),
         &url,
-        &partial_path(&repo.paths.work, sha),
+        &partial_for(&repo.paths.work, sha, path),
         &dest,
         &expect,
         &opts.retry,
