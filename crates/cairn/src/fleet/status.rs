@@ -104,24 +104,16 @@ pub fn status(root: Option<&Path>, cmdline: Option<&str>, key: &Path) -> Result<
         },
     });
     let mut s = Status {
-        schema_version: 1,
         booted,
-        next_boot: None,
-        on_trial: None,
-        tries_left: None,
-        trial_passed: false,
-        last_good: None,
-        refused: None,
         health: fs::read_to_string(HEALTH_FILE)
             .ok()
             .filter(|_| cmdline.is_some())
             .map(|t| t.trim().to_string()),
-        images: Vec::new(),
-        last_pull: None,
         last_apply_live: fs::read(crate::live::APPLIED_LOG)
             .ok()
             .filter(|_| cmdline.is_some())
             .and_then(|b| serde_json::from_slice(&b).ok()),
+        ..Status::empty()
     };
     let Some(root) = root else {
         return Ok(s);
