@@ -151,7 +151,10 @@ pub fn run(r: &ReportRequest) -> Result<Sent> {
         let _ = std::fs::write(REPORTED, b"");
         // The second serial port says it too, as it says CAIRN-BOOTED
         // (booted.sh): a headless machine's status line.
-        say(&format!("CAIRN-REPORTED seq={sealed_seq} to {url}"));
+        say(&format!(
+            "CAIRN-REPORTED image={} seq={sealed_seq} to {url}",
+            rep.booted.as_deref().unwrap_or("-")
+        ));
     }
     Ok(Sent {
         machine: id,
