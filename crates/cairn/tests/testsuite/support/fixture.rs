@@ -275,9 +275,6 @@ fn json(out: String) -> serde_json::Value {
 }
 
 fn make() -> Fixture {
-    // webtest (and the profiles extending it) have `cairn = true`: their
-    // images install cairn's package, made first.
-    crate::support::package::deb();
     let _heavy = crate::support::heavy();
     let root = root();
     if root.exists() {
@@ -288,53 +285,73 @@ fn make() -> Fixture {
     let store = root.join("store");
     let (webtest, dbtest, webtest2, trixietest) = write_profiles(&root);
     let t = std::time::Instant::now();
-    ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
-    // debootstrap reads one suite: keep every version.
     let p = |x: &Path| x.to_str().unwrap().to_string();
-    ok(cairn(
-        &store,
-        &[
-            "mirror",
-            "sync",
-            "--profile",
-            "default",
-            "--profile",
-            &p(&webtest),
-            "--profile",
-            &p(&dbtest),
-            "--profile",
-            &p(&webtest2),
-            "--profile",
-            &p(&trixietest),
-            "--all-versions",
-        ],
-    ));
-    // The shared images come from a snapshot of that mirror, so proofs can
-    // rebuild them byte for byte (`reproducible::`).
-    ok(cairn(&store, &["mirror", "snapshot", "create", SNAPSHOT]));
-    let d = json(ok(cairn(
-        &store,
-        &[
-            "build",
-            "default",
-            "--iso",
-            "--snapshot",
-            SNAPSHOT,
-            "--json",
-        ],
-    )));
-    let w = json(ok(cairn(
-        &store,
-        &[
-            "build",
-            &p(&webtest),
-            "--host-type",
-            "virtual",
-            "--snapshot",
-            SNAPSHOT,
-            "--json",
-        ],
-    )));
+    let joined = |h: std::thread::ScopedJoinHandle<'_, serde_json::Value>| {
+        h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+    };
+    let (d, w) = std::thread::scope(|s| {
+        // webtest (and the profiles extending it) have `cairn = true`:
+        // their images install cairn's package, made while the mirror
+        // syncs (the network's time, not the cores').
+        let deb = s.spawn(|| {
+            crate::support::package::deb();
+            serde_json::Value::Null
+        });
+        ok(cairn(&store, &["key", "generate", "--bits", "2048"]));
+        // debootstrap reads one suite: keep every version.
+        ok(cairn(
+            &store,
+            &[
+                "mirror",
+                "sync",
+                "--profile",
+                "default",
+                "--profile",
+                &p(&webtest),
+                "--profile",
+                &p(&dbtest),
+                "--profile",
+                &p(&webtest2),
+                "--profile",
+                &p(&trixietest),
+                "--all-versions",
+            ],
+        ));
+        // The shared images come from a snapshot of that mirror, so proofs
+        // can rebuild them byte for byte (`reproducible::`).
+        ok(cairn(&store, &["mirror", "snapshot", "create", SNAPSHOT]));
+        joined(deb);
+        // The two shared images side by side (a build is one process at
+        // a time for most of its time); webtest a second later, so its
+        // version (the build's start, to the second) is the later one.
+        let d = s.spawn(|| {
+            json(ok(cairn(
+                &store,
+                &[
+                    "build",
+                    "default",
+                    "--iso",
+                    "--snapshot",
+                    SNAPSHOT,
+                    "--json",
+                ],
+            )))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let w = json(ok(cairn(
+            &store,
+            &[
+                "build",
+                &p(&webtest),
+                "--host-type",
+                "virtual",
+                "--snapshot",
+                SNAPSHOT,
+                "--json",
+            ],
+        )));
+        (joined(d), w)
+    });
     eprintln!("shared images made in {:.0}s", t.elapsed().as_secs_f64());
     Fixture {
         root,
