@@ -218,7 +218,9 @@ fn image_verify_names_a_changed_file() {
 /// virtual build's: what the profile asked for is in its tree.
 #[test]
 fn killed_build_leaves_nothing_and_host_types_differ() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    // One core: a bootstrap is dpkg, one process at a time, for most of
+    // its time (and lz4 packs in seconds); a VM proof runs beside it.
+    let Some((f, _core)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("killed_build_leaves_nothing_and_host_types_differ");

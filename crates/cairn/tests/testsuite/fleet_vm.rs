@@ -56,12 +56,13 @@ fn a_machine_pulls_the_delta_by_itself_and_kexecs_into_it() {
     };
     // (upgraded() takes both cores itself while it makes the delta.)
     let u = f.upgraded();
+    // The port before the core: a proof waiting for the port holds none.
+    let _port = fixture::fleet_port();
     let _core = crate::support::cores::one();
     let w = f.work("a_machine_pulls_the_delta_by_itself_and_kexecs_into_it");
     let store = fixture::copy_store(&u.store, w.path());
     ok(cairn(&store, &["publish", "webtest"]));
     let (v1, v2) = (version_of(&u.parent), version_of(&u.delta));
-    let _port = fixture::fleet_port();
     let nginx = Nginx::start(&store, FLEET_PORT, "");
     let disk = w.path().join("disk.img");
     disk_of(&store, &disk, &store.join("images/webtest").join(&v1), "3");
@@ -160,9 +161,10 @@ fn a_failing_health_check_rolls_the_machine_back_by_itself() {
     let (v2, v3) = (version_of(&u.delta), version_of(&v3_dir));
     ok(cairn(&store, &["publish", "webtest"]));
     drop(all);
-    let _core = crate::support::cores::one();
-    // The machine reports to the fleet URL its images carry.
+    // The machine reports to the fleet URL its images carry. (The port
+    // before the core: a proof waiting for the port holds none.)
     let _port = fixture::fleet_port();
+    let _core = crate::support::cores::one();
     crate::support::nginx::make_inbox(&store);
     let nginx = Nginx::start(&store, FLEET_PORT, "");
     let disk = w.path().join("disk.img");

@@ -129,7 +129,8 @@ fn the_package_installs_into_a_clean_debian_and_works() {
     ]) {
         return;
     }
-    let _heavy = crate::support::heavy();
+    // One core: dpkg, lintian and a chroot, one process at a time.
+    let _core = crate::support::cores::one();
     let t0 = Instant::now();
     let deb = crate::support::package::deb();
     let t_package = t0.elapsed().as_secs_f64();

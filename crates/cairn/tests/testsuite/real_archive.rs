@@ -17,7 +17,8 @@ fn host_archive_closure_installs_with_mmdebstrap() {
     if need_tools(&["mmdebstrap", "apt-get", "gpgv"]) {
         return;
     }
-    let _heavy = crate::support::heavy();
+    // One core: the network, then mmdebstrap (one process at a time).
+    let _core = crate::support::cores::one();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     // Default sources: the host's apt configuration; default selection: the
