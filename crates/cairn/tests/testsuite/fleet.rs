@@ -459,6 +459,20 @@ fn a_killed_pull_leaves_the_disk_bootable_and_the_next_resumes() {
         "a killed pull changed more than cairn/"
     );
     assert!(!boot.join("images/web").join(V2).exists());
+    // nginx logs the killed transfer once it sees the connection closed
+    // (on a loaded machine, a while after the kill): only then is the
+    // log cleared, so the next request is alone in it.
+    let t = std::time::Instant::now();
+    while !nginx
+        .hits()
+        .iter()
+        .any(|h| h.path.ends_with("/layer-2.squashfs"))
+    {
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "nginx never logged the killed transfer"
+        );
+    }
     nginx.clear();
     let r = json(s.pull(&boot, &[&nginx.url()], &["--machine-id", "m1"]));
     assert_eq!(r["outcome"], "staged", "{r}");
