@@ -263,7 +263,9 @@ fn an_image_rebuilds_bit_for_bit_later_elsewhere_after_the_mirror_moved_on() {
     if !need_faketime() {
         return;
     }
-    let Some((f, _heavy)) = fixture::begin() else {
+    // One core: a rebuild is a bootstrap, one process at a time for most
+    // of its time; a VM proof runs beside it.
+    let Some((f, _core)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("an_image_rebuilds_bit_for_bit_later_elsewhere_after_the_mirror_moved_on");
@@ -379,7 +381,8 @@ fn an_image_rebuilds_bit_for_bit_later_elsewhere_after_the_mirror_moved_on() {
 /// the squashfs, and exits 3.
 #[test]
 fn rebuild_check_names_the_first_differing_file_when_the_snapshot_changed() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    // One core: rebuilds, one process at a time for most of their time.
+    let Some((f, _core)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("rebuild_check_names_the_first_differing_file_when_the_snapshot_changed");

@@ -60,7 +60,9 @@ fn copy_onto(disk: &Path, mnt: &Path, img: &Path, rel: &str) {
 /// flattened into one layer again.
 #[test]
 fn upgrades_stack_deltas_and_compact_past_four_layers() {
-    let Some((f, _heavy)) = fixture::begin() else {
+    // One core: upgrades are apt and dpkg in a chroot, one process at a
+    // time for most of their time.
+    let Some((f, _core)) = fixture::begin_vm() else {
         return;
     };
     let w = f.work("upgrades_stack_deltas_and_compact_past_four_layers");

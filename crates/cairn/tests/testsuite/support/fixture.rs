@@ -389,7 +389,8 @@ impl Fixture {
     pub fn trixie(&'static self) -> &'static Trixie {
         static T: OnceLock<Trixie> = OnceLock::new();
         T.get_or_init(|| {
-            let _heavy = crate::support::heavy();
+            // One core: a build, one process at a time for most of its time.
+            let _core = crate::support::cores::one();
             let dir = self.root.join("trixie");
             open_dir(&dir);
             let store = self.store_copy(&dir);
