@@ -285,6 +285,12 @@ pub(super) fn run_verify(cli: &Cli, a: &VerifyArgs, mode: Mode) -> Result<i32> {
     for n in &names {
         crate::names::check("mirror name", n)?;
     }
+    // Each once (they are verified side by side, each under its lock).
+    let mut seen = std::collections::BTreeSet::new();
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| seen.insert(n.clone()))
+        .collect();
     if names.is_empty() {
         anyhow::bail!(
             "no mirrors in {}: run `cairn mirror sync` first",
@@ -299,10 +305,25 @@ pub(super) fn run_verify(cli: &Cli, a: &VerifyArgs, mode: Mode) -> Result<i32> {
         progress: mode,
         max_future: 10,
     };
-    let mut reports = Vec::new();
-    for n in &names {
-        reports.push(verify(n, &opts).with_context(|| format!("verifying mirror {n}"))?);
-    }
+    // The mirrors side by side: one's fixed costs (gpgv, the indices
+    // read) in the time another is hashed. The first shows progress.
+    let reports = std::thread::scope(|s| {
+        let running: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut o = opts.clone();
+                if i > 0 {
+                    o.progress = Mode::Quiet;
+                }
+                s.spawn(move || verify(n, &o).with_context(|| format!("verifying mirror {n}")))
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect::<Result<Vec<_>>>()
+    })?;
     let ok = reports.iter().all(|r| r.ok);
     show(cli, "mirrors", &reports, |reports| {
         for r in reports {

@@ -4,7 +4,9 @@
 
 use fs_err as fs;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -20,7 +22,7 @@ use super::state::{MirrorPaths, MirrorState, lock_mirror, mtime_ns};
 use super::sync::decompress_verified;
 use crate::parallel;
 use crate::progress::{Mode, Progress};
-use crate::trust::hash::sha256_file;
+use crate::trust::hash::sha256_file_id;
 use crate::trust::openpgp::Keyring;
 
 #[derive(Debug, Clone)]
@@ -82,7 +84,7 @@ pub fn verify(name: &str, opts: &VerifyOptions) -> Result<VerifyReport> {
     Ok(report)
 }
 
-/// Index files to hash: (display path, file, expected size, sha256).
+/// Files to hash: (display path, file, expected size, sha256).
 type Jobs = Vec<(String, PathBuf, u64, String)>;
 
 fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
@@ -121,13 +123,33 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
         pending: 0,
         repaired: Vec::new(),
     };
-    let (index_jobs, to_parse) = check_suites(&state, &gen_dir, &keyring, &tmp, opts, &mut r)?;
-    r.indices_checked = index_jobs.len();
-    let bad_indices = hash_all(index_jobs, opts, "verify indices", &mut r);
-    let listed = read_indices(to_parse, &bad_indices, &mut r)?;
-    let pool_jobs = check_pool(paths, &state, &listed, &bad_indices, &mut r)?;
-    r.pool_checked = pool_jobs.len();
-    hash_all(pool_jobs, opts, "verify pool", &mut r);
+    // The pool is hashed from the start, against cairn's own record of
+    // it, while the Releases are verified and the indices hashed and
+    // read; the record is then held against the signed indices (a file
+    // whose record differs is corrupt whatever its hash), so the verdicts
+    // are those of checking in turn, in the time of the longest part.
+    let pool_jobs: Jobs = state
+        .pool
+        .iter()
+        .map(|(p, e)| (p.clone(), paths.root.join(p), e.size, e.sha256.clone()))
+        .collect();
+    let total = pool_jobs.iter().map(|j| j.2).sum();
+    let progress = Progress::start(opts.progress, "verify", pool_jobs.len() as u64, total);
+    let stop = AtomicBool::new(false);
+    let (found, signed) = std::thread::scope(|s| {
+        let hasher = s.spawn(|| hash_files(&pool_jobs, opts.jobs, Some(&progress), &stop));
+        let signed = read_signed(paths, &state, &gen_dir, &keyring, &tmp, opts, &mut r);
+        if signed.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let found = hasher
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        (found, signed)
+    });
+    progress.finish();
+    let (listed, bad_indices) = signed?;
+    judge_pool(&pool_jobs, found, &listed, &bad_indices, &mut r);
     r.missing.sort();
     r.unexpected.sort();
     r.corrupt.sort_by(|a, b| a.path.cmp(&b.path));
@@ -138,6 +160,44 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
     r.seconds = t0.elapsed().as_secs_f64();
     let _ = fs::remove_dir_all(&tmp);
     Ok(r)
+}
+
+/// The signed side: every suite's Release verified, its indices hashed
+/// and the Packages among them read (those that hashed right), the pool
+/// directory walked for files nobody lists. Returns the pool files the
+/// signed indices list, and the indices that did not hash right.
+fn read_signed(
+    paths: &MirrorPaths,
+    state: &MirrorState,
+    gen_dir: &Path,
+    keyring: &Keyring,
+    tmp: &Path,
+    opts: &VerifyOptions,
+    r: &mut VerifyReport,
+) -> Result<(HashMap<String, (u64, String)>, BTreeSet<String>)> {
+    let (index_jobs, to_parse) = check_suites(state, gen_dir, keyring, tmp, opts, r)?;
+    r.indices_checked = index_jobs.len();
+    let found = hash_files(&index_jobs, opts.jobs, None, &AtomicBool::new(false));
+    let mut bad = BTreeSet::new();
+    for ((shown, _, _, _), f) in index_jobs.into_iter().zip(found) {
+        match f {
+            Found::Good(n) => r.bytes_hashed += n,
+            Found::Missing => {
+                bad.insert(shown.clone());
+                r.missing.push(shown);
+            }
+            Found::Bad(detail) => {
+                bad.insert(shown.clone());
+                r.corrupt.push(Problem {
+                    path: shown,
+                    detail,
+                });
+            }
+        }
+    }
+    let listed = read_indices(to_parse, &bad, r)?;
+    unexpected_in_pool(paths, state, r)?;
+    Ok((listed, bad))
 }
 
 /// Every suite's signed Release checked (signature, dates), its indices
@@ -275,20 +335,18 @@ fn read_indices(
     Ok(listed)
 }
 
-/// The pool as cairn recorded it, against the signed indices: the files to
-/// hash; what is missing, corrupt, retained, pending or unexpected goes to
-/// `r`.
-fn check_pool(
-    paths: &MirrorPaths,
-    state: &MirrorState,
+/// The pool as cairn recorded it, against the signed indices and what
+/// hashing found: what is missing or corrupt goes to `r`.
+fn judge_pool(
+    pool_jobs: &Jobs,
+    found: Vec<Found>,
     listed: &HashMap<String, (u64, String)>,
     bad_indices: &BTreeSet<String>,
     r: &mut VerifyReport,
-) -> Result<Jobs> {
-    let mut pool_jobs = Vec::new();
-    for (p, e) in &state.pool {
+) {
+    for ((p, _, size, sha), f) in pool_jobs.iter().zip(found) {
         match listed.get(p) {
-            Some((size, sha)) if *size == e.size && *sha == e.sha256 => {}
+            Some((s, h)) if s == size && h == sha => {}
             Some(_) => {
                 r.corrupt.push(Problem {
                     path: p.clone(),
@@ -306,13 +364,29 @@ fn check_pool(
                 continue;
             }
         }
-        let file = paths.root.join(p);
-        if file.exists() {
-            pool_jobs.push((p.clone(), file, e.size, e.sha256.clone()));
-        } else {
-            r.missing.push(p.clone());
+        match f {
+            Found::Missing => r.missing.push(p.clone()),
+            Found::Good(n) => {
+                r.pool_checked += 1;
+                r.bytes_hashed += n;
+            }
+            Found::Bad(detail) => {
+                r.pool_checked += 1;
+                r.corrupt.push(Problem {
+                    path: p.clone(),
+                    detail,
+                });
+            }
         }
     }
+}
+
+/// Pool files cairn has no record of: retained, pending or unexpected.
+fn unexpected_in_pool(
+    paths: &MirrorPaths,
+    state: &MirrorState,
+    r: &mut VerifyReport,
+) -> Result<()> {
     walk_files(&paths.root.join("pool"), &mut |f| {
         let rel = f
             .strip_prefix(&paths.root)
@@ -328,48 +402,94 @@ fn check_pool(
                 r.unexpected.push(rel);
             }
         }
-    })?;
-    Ok(pool_jobs)
+    })
 }
 
-/// Hashes files on all cores; records problems in the report and returns the
-/// names of the files that did not match.
-fn hash_all(
-    mut jobs: Vec<(String, PathBuf, u64, String)>,
-    opts: &VerifyOptions,
-    label: &str,
-    r: &mut VerifyReport,
-) -> BTreeSet<String> {
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.2));
-    let total: u64 = jobs.iter().map(|j| j.2).sum();
-    let progress = Progress::start(opts.progress, label, jobs.len() as u64, total);
-    let bytes = progress.bytes.clone();
-    let results = parallel::map(&jobs, opts.jobs, |(_, file, size, sha)| {
-        let res = sha256_file(file);
-        bytes.fetch_add(*size, std::sync::atomic::Ordering::Relaxed);
-        progress.file_done();
-        match res {
-            Ok((n, _)) if n != *size => Some(format!("size {n}, expected {size}")),
-            Ok((_, got)) if got != *sha => Some(format!("sha256 {got}, expected {sha}")),
-            Ok(_) => None,
-            Err(e) => Some(format!("{e:#}")),
-        }
-    });
-    progress.finish();
-    let mut bad = BTreeSet::new();
-    for ((shown, _, size, _), problem) in jobs.into_iter().zip(results) {
-        match problem {
-            None => r.bytes_hashed += size,
-            Some(detail) => {
-                bad.insert(shown.clone());
-                r.corrupt.push(Problem {
-                    path: shown,
-                    detail,
-                });
+/// What hashing a file found: good (the bytes hashed for it: 0 when its
+/// inode was hashed for another name), missing, or not what was expected.
+enum Found {
+    Good(u64),
+    Missing,
+    Bad(String),
+}
+
+/// Hashes files on `jobs` threads, largest first, each inode once (an
+/// index's by-hash name is a hard link to it): what each one's hash says,
+/// in order. A name shares another's hash only if, once hashing is done,
+/// it still names the very file that was read for it; otherwise it is
+/// hashed on its own. `stop` ends the work early (what is left is not
+/// judged).
+fn hash_files(
+    files: &[(String, PathBuf, u64, String)],
+    jobs: usize,
+    progress: Option<&Progress>,
+    stop: &AtomicBool,
+) -> Vec<Found> {
+    let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    // One name read per inode (a file that cannot be looked at is read on
+    // its own: opening it says why).
+    let mut first: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut reps: Vec<usize> = Vec::new();
+    let mut rep = vec![0usize; files.len()];
+    for (i, (_, file, _, _)) in files.iter().enumerate() {
+        let k = id(file);
+        rep[i] = match k.and_then(|k| first.get(&k).copied()) {
+            Some(r) => r,
+            None => {
+                if let Some(k) = k {
+                    first.insert(k, i);
+                }
+                reps.push(i);
+                i
             }
-        }
+        };
     }
-    bad
+    reps.sort_by_key(|&i| std::cmp::Reverse(files[i].2));
+    let hashed = parallel::map(&reps, jobs, |&i| {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let res = sha256_file_id(&files[i].1);
+        if let Some(p) = progress {
+            p.bytes.fetch_add(files[i].2, Ordering::Relaxed);
+            p.file_done();
+        }
+        Some(res)
+    });
+    let result: HashMap<usize, Option<Result<(u64, String, (u64, u64))>>> =
+        reps.into_iter().zip(hashed).collect();
+    let mut counted = BTreeSet::new();
+    let mut judge = |got: &Result<(u64, String, (u64, u64))>, size: u64, sha: &str| match got {
+        Ok((n, _, _)) if *n != size => Found::Bad(format!("size {n}, expected {size}")),
+        Ok((_, got, _)) if got != sha => Found::Bad(format!("sha256 {got}, expected {sha}")),
+        Ok((n, _, read)) => Found::Good(if counted.insert(*read) { *n } else { 0 }),
+        Err(e) if not_found(e) => Found::Missing,
+        Err(e) => Found::Bad(format!("{e:#}")),
+    };
+    (0..files.len())
+        .map(|i| {
+            let (_, file, size, sha) = &files[i];
+            match result.get(&rep[i]) {
+                Some(Some(got)) if rep[i] == i => judge(got, *size, sha),
+                Some(Some(got @ Ok((_, _, read)))) if id(file) == Some(*read) => {
+                    judge(got, *size, sha)
+                }
+                // Another file under this name by now: read on its own.
+                Some(Some(_)) if !stop.load(Ordering::Relaxed) => {
+                    judge(&sha256_file_id(file), *size, sha)
+                }
+                _ => Found::Bad("not hashed (verification stopped)".into()),
+            }
+        })
+        .collect()
+}
+
+/// An error that says the file is not there.
+fn not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
 }
 
 /// Verifies a published suite's InRelease (or Release + Release.gpg).
@@ -567,4 +687,83 @@ fn apply_fixes(
         Err(last.map_or_else(|| anyhow::anyhow!("no source"), Into::into))
     });
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::hash::sha256_hex;
+
+    fn job(dir: &Path, name: &str, content: &[u8]) -> (String, PathBuf, u64, String) {
+        (
+            name.into(),
+            dir.join(name),
+            content.len() as u64,
+            sha256_hex(content),
+        )
+    }
+
+    fn hash(files: &[(String, PathBuf, u64, String)], stop: bool) -> Vec<Found> {
+        hash_files(files, 2, None, &AtomicBool::new(stop))
+    }
+
+    fn good(f: &Found) -> Option<u64> {
+        match f {
+            Found::Good(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// A by-hash name hard-linked to its index is read once (its bytes
+    /// counted once); two equal files that are not links are read each.
+    #[test]
+    fn a_hard_link_is_read_once_a_copy_twice() {
+        let d = tempfile::tempdir().unwrap();
+        let body = vec![7u8; 300_000];
+        fs::write(d.path().join("Packages"), &body).unwrap();
+        std::fs::hard_link(d.path().join("Packages"), d.path().join("by-hash")).unwrap();
+        fs::write(d.path().join("copy"), &body).unwrap();
+        let files = [
+            job(d.path(), "Packages", &body),
+            job(d.path(), "by-hash", &body),
+            job(d.path(), "copy", &body),
+        ];
+        let found: Vec<Option<u64>> = hash(&files, false).iter().map(good).collect();
+        let n = body.len() as u64;
+        assert_eq!(found.iter().flatten().sum::<u64>(), 2 * n, "{found:?}");
+        assert!(found.iter().all(|f| f.is_some()), "{found:?}");
+        assert_eq!(found[2], Some(n));
+    }
+
+    /// A changed file shared by two names is corrupt under both; a file
+    /// that is not there is missing; a wrong size is named.
+    #[test]
+    fn a_changed_linked_file_is_corrupt_under_every_name() {
+        let d = tempfile::tempdir().unwrap();
+        let body = b"the signed bytes".to_vec();
+        fs::write(d.path().join("Packages"), b"other bytes here").unwrap();
+        std::fs::hard_link(d.path().join("Packages"), d.path().join("by-hash")).unwrap();
+        fs::write(d.path().join("short"), b"the signed").unwrap();
+        let files = [
+            job(d.path(), "Packages", &body),
+            job(d.path(), "by-hash", &body),
+            job(d.path(), "gone", &body),
+            job(d.path(), "short", &body),
+        ];
+        let found = hash(&files, false);
+        for f in &found[..2] {
+            assert!(matches!(f, Found::Bad(d) if d.starts_with("sha256 ")));
+        }
+        assert!(matches!(found[2], Found::Missing));
+        assert!(matches!(&found[3], Found::Bad(d) if d.starts_with("size 10, expected 16")));
+    }
+
+    /// Stopped early (the signed side failed): nothing is judged good.
+    #[test]
+    fn a_stopped_hash_judges_nothing_good() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), b"a").unwrap();
+        let found = hash(&[job(d.path(), "a", b"a")], true);
+        assert!(matches!(&found[0], Found::Bad(d) if d.contains("stopped")));
+    }
 }
