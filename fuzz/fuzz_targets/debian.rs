@@ -12,7 +12,18 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = release::Release::parse(&text);
     let _ = packages::parse_packages(&text);
-    let _ = packages::read_packages(std::io::Cursor::new(data), |_| {});
+    // The pool entries `mirror verify` reads are read_packages' own, entry
+    // for entry and error for error (valid UTF-8: both read it so).
+    let mut full = Vec::new();
+    let a = packages::read_packages(std::io::Cursor::new(data), |p| {
+        full.push((p.filename, p.size, p.sha256))
+    });
+    if let Ok(utf8) = std::str::from_utf8(data) {
+        let mut lean = Vec::new();
+        let b = packages::read_pool_entries(utf8, |f, n, h| lean.push((f.to_string(), n, h)));
+        assert_eq!(a.map_err(|e| e.to_string()), b.map_err(|e| e.to_string()));
+        assert_eq!(full, lean);
+    }
     for p in deb822::paragraphs(&text).flatten() {
         for f in ["Depends", "Pre-Depends", "Provides", "Date", "Valid-Until"] {
             if let Some(v) = p.get(f) {

@@ -78,6 +78,50 @@ fn shift(e: ParseError, by: usize) -> ParseError {
     }
 }
 
+/// What a stanza says of its pool file: (Filename, Size, SHA-256 in lower
+/// case), checked as `read_packages` checks them (the stanza must name
+/// its Package, Version and Architecture too).
+fn pool_entry<'a>(p: &crate::Paragraph<'a>) -> Result<(&'a str, u64, String), ParseError> {
+    let need = |f: &str| {
+        p.get(f).ok_or_else(|| ParseError::Line {
+            line: p.line,
+            msg: format!("stanza has no {f} field"),
+        })
+    };
+    let sha256 = need("SHA256")?;
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ParseError::Line {
+            line: p.line,
+            msg: format!("bad SHA256 {sha256:?}"),
+        });
+    }
+    let size = need("Size")?;
+    for f in ["Package", "Version", "Architecture"] {
+        need(f)?;
+    }
+    let filename = need("Filename")?;
+    let size = size.parse().map_err(|_| ParseError::Line {
+        line: p.line,
+        msg: format!("bad Size {size:?}"),
+    })?;
+    Ok((filename, size, sha256.to_ascii_lowercase()))
+}
+
+/// The pool entries of a whole Packages text, (Filename, Size, SHA-256),
+/// stanza by stanza: what checking files against it needs, read as
+/// `read_packages` reads them (the same checks, the same errors) without
+/// making a `Package` of each stanza. Errors name the line.
+pub fn read_pool_entries(
+    text: &str,
+    mut each: impl FnMut(&str, u64, String),
+) -> Result<(), ParseError> {
+    for p in paragraphs(text) {
+        let (filename, size, sha256) = pool_entry(&p?)?;
+        each(filename, size, sha256);
+    }
+    Ok(())
+}
+
 fn from_paragraph(p: &crate::Paragraph<'_>) -> Result<Package, ParseError> {
     {
         let need = |f: &str| {
@@ -86,24 +130,14 @@ fn from_paragraph(p: &crate::Paragraph<'_>) -> Result<Package, ParseError> {
                 msg: format!("stanza has no {f} field"),
             })
         };
-        let sha256 = need("SHA256")?;
-        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ParseError::Line {
-                line: p.line,
-                msg: format!("bad SHA256 {sha256:?}"),
-            });
-        }
-        let size = need("Size")?;
+        let (filename, size, sha256) = pool_entry(p)?;
         Ok(Package {
             name: need("Package")?.to_string(),
             version: need("Version")?.to_string(),
             architecture: need("Architecture")?.to_string(),
-            filename: need("Filename")?.to_string(),
-            size: size.parse().map_err(|_| ParseError::Line {
-                line: p.line,
-                msg: format!("bad Size {size:?}"),
-            })?,
-            sha256: sha256.to_ascii_lowercase(),
+            filename: filename.to_string(),
+            size,
+            sha256,
             priority: p.get("Priority").map(String::from),
             essential: p
                 .get("Essential")
@@ -142,5 +176,48 @@ Package: x\nVersion: 1\nArchitecture: all\nFilename: pool/main/x/x_1_all.deb\nSi
         let bad = format!("{text}\n\nPackage: y\nVersion: 1\n");
         let err = read_packages(std::io::Cursor::new(bad.as_bytes()), |_| {}).unwrap_err();
         assert_eq!(err.to_string(), "line 19: stanza has no SHA256 field");
+    }
+
+    /// The pool entries are what `read_packages` reads, entry for entry
+    /// and error for error, whatever the text.
+    #[test]
+    fn pool_entries_agree_with_read_packages() {
+        let h = "Ab".repeat(32);
+        let good = format!(
+            "# c\nPackage: a\nVersion: 1\nArchitecture: all\nDescription: x\n y\nfilename: pool/a.deb\n\
+size: 7\nsha256: {h}\nSHA256: {}\n\n \t\n\nPackage: b\r\nVersion: 2\r\nArchitecture: amd64\r\n\
+Filename:  pool/b b.deb \r\nSize: 0\r\nSHA256: {h}\r\n",
+            "0".repeat(64)
+        );
+        let variants = [
+            good.clone(),
+            good.replace("Size: 0", "Size: -1"),
+            good.replace("size: 7", "size: 7\n 8"),
+            good.replace(&format!("sha256: {h}"), "sha256: abc"),
+            good.replace("Filename:  pool/b b.deb \r\n", ""),
+            good.replace("Version: 2\r\n", ""),
+            good.replace("Package: a", " continued"),
+            good.replace("Description: x", "no colon here"),
+            format!("{good}\n\nPackage: c\n"),
+            String::new(),
+        ];
+        for text in &variants {
+            let mut full = Vec::new();
+            let a = read_packages(std::io::Cursor::new(text.as_bytes()), |p| {
+                full.push((p.filename, p.size, p.sha256))
+            });
+            let mut lean = Vec::new();
+            let b = read_pool_entries(text, |f, n, h| lean.push((f.to_string(), n, h)));
+            assert_eq!(
+                a.map_err(|e| e.to_string()),
+                b.map_err(|e| e.to_string()),
+                "{text:?}"
+            );
+            assert_eq!(full, lean, "{text:?}");
+        }
+        let mut lean = Vec::new();
+        read_pool_entries(&good, |f, n, h| lean.push((f.to_string(), n, h))).unwrap();
+        assert_eq!(lean[0], ("pool/a.deb".into(), 7, h.to_ascii_lowercase()));
+        assert_eq!(lean[1].0, "pool/b b.deb");
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use cairn_debian::date::format_release_date;
-use cairn_debian::{Release, read_packages};
+use cairn_debian::{Release, read_pool_entries};
 use serde::Serialize;
 
 use super::fetch::{
@@ -86,6 +86,12 @@ pub fn verify(name: &str, opts: &VerifyOptions) -> Result<VerifyReport> {
 
 /// Files to hash: (display path, file, expected size, sha256).
 type Jobs = Vec<(String, PathBuf, u64, String)>;
+
+/// The pool files the signed indices list: path → size and SHA-256.
+type Listed = HashMap<String, (u64, String)>;
+
+/// A file's size and SHA-256, and the file read (device, inode).
+type Hashed = Result<(u64, String, (u64, u64))>;
 
 fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
     let t0 = Instant::now();
@@ -174,7 +180,7 @@ fn read_signed(
     tmp: &Path,
     opts: &VerifyOptions,
     r: &mut VerifyReport,
-) -> Result<(HashMap<String, (u64, String)>, BTreeSet<String>)> {
+) -> Result<(Listed, BTreeSet<String>)> {
     let (index_jobs, to_parse) = check_suites(state, gen_dir, keyring, tmp, opts, r)?;
     r.indices_checked = index_jobs.len();
     let found = hash_files(&index_jobs, opts.jobs, None, &AtomicBool::new(false));
@@ -195,7 +201,7 @@ fn read_signed(
             }
         }
     }
-    let listed = read_indices(to_parse, &bad, r)?;
+    let listed = read_indices(to_parse, &bad, &state.pool, r)?;
     unexpected_in_pool(paths, state, r)?;
     Ok((listed, bad))
 }
@@ -213,10 +219,15 @@ fn check_suites(
 ) -> Result<(Jobs, Vec<(String, PathBuf)>)> {
     let mut index_jobs: Jobs = Vec::new();
     let mut to_parse: Vec<(String, PathBuf)> = Vec::new();
-    for suite in &state.repo.suites {
+    // Every suite's gpgv at once (a process each, mostly its start-up).
+    let suites = &state.repo.suites;
+    let verified = parallel::map(suites, suites.len(), |suite| {
+        read_verified_release(&gen_dir.join(suite), keyring, tmp)
+    });
+    for (suite, verified) in suites.iter().zip(verified) {
         let dir = gen_dir.join(suite);
         let shown = |p: &str| format!("dists/{suite}/{p}");
-        let Some(release) = check_release_file(suite, &dir, keyring, tmp, opts, r) else {
+        let Some(release) = check_release_file(suite, verified, opts, r) else {
             continue;
         };
         let indices: BTreeSet<String> = state
@@ -261,18 +272,16 @@ fn check_suites(
     Ok((index_jobs, to_parse))
 }
 
-/// A suite's Release, verified by apt's rules and checked for its dates
-/// (a problem is recorded in `r`; None when it does not verify).
+/// A suite's Release, verified by apt's rules (`verified`), checked for
+/// its dates (a problem is recorded in `r`; None when it does not verify).
 fn check_release_file(
     suite: &str,
-    dir: &Path,
-    keyring: &Keyring,
-    tmp: &Path,
+    verified: Result<(Release, Vec<String>)>,
     opts: &VerifyOptions,
     r: &mut VerifyReport,
 ) -> Option<Release> {
     let shown = |p: &str| format!("dists/{suite}/{p}");
-    match read_verified_release(dir, keyring, tmp) {
+    match verified {
         Ok((rel, signers)) => {
             let n = crate::unix_now();
             if let Some(u) = rel.valid_until
@@ -310,21 +319,35 @@ fn check_release_file(
 }
 
 /// The pool files the signed Packages list (those whose index hashed
-/// right): path → size and SHA-256.
+/// right), of those cairn recorded (`wanted`): path → size and SHA-256.
 fn read_indices(
     to_parse: Vec<(String, PathBuf)>,
     bad_indices: &BTreeSet<String>,
+    wanted: &BTreeMap<String, super::state::PoolEntry>,
     r: &mut VerifyReport,
-) -> Result<HashMap<String, (u64, String)>> {
-    let mut listed: HashMap<String, (u64, String)> = HashMap::new();
+) -> Result<Listed> {
+    let mut listed = Listed::new();
     for (shown, path) in to_parse {
         if bad_indices.contains(&shown) {
             continue;
         }
-        let file = fs::File::open(&path).with_context(|| format!("reading {shown}"))?;
-        let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        if let Err(e) = read_packages(reader, |pk| {
-            listed.insert(pk.filename, (pk.size, pk.sha256));
+        // Whole (a Packages file is tens of MB at most), read as
+        // read_packages reads it, without a Package made of each stanza.
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                r.corrupt.push(Problem {
+                    path: shown,
+                    detail: format!("unreadable: {e}"),
+                });
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {shown}")),
+        };
+        if let Err(e) = read_pool_entries(&text, |filename, size, sha256| {
+            if wanted.contains_key(filename) {
+                listed.insert(filename.to_string(), (size, sha256));
+            }
         }) {
             r.corrupt.push(Problem {
                 path: shown,
@@ -340,7 +363,7 @@ fn read_indices(
 fn judge_pool(
     pool_jobs: &Jobs,
     found: Vec<Found>,
-    listed: &HashMap<String, (u64, String)>,
+    listed: &Listed,
     bad_indices: &BTreeSet<String>,
     r: &mut VerifyReport,
 ) {
@@ -456,10 +479,9 @@ fn hash_files(
         }
         Some(res)
     });
-    let result: HashMap<usize, Option<Result<(u64, String, (u64, u64))>>> =
-        reps.into_iter().zip(hashed).collect();
+    let result: HashMap<usize, Option<Hashed>> = reps.into_iter().zip(hashed).collect();
     let mut counted = BTreeSet::new();
-    let mut judge = |got: &Result<(u64, String, (u64, u64))>, size: u64, sha: &str| match got {
+    let mut judge = |got: &Hashed, size: u64, sha: &str| match got {
         Ok((n, _, _)) if *n != size => Found::Bad(format!("size {n}, expected {size}")),
         Ok((_, got, _)) if got != sha => Found::Bad(format!("sha256 {got}, expected {sha}")),
         Ok((n, _, read)) => Found::Good(if counted.insert(*read) { *n } else { 0 }),
