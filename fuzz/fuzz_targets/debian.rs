@@ -21,8 +21,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(utf8) = std::str::from_utf8(data) {
         let mut lean = Vec::new();
         let b = packages::read_pool_entries(utf8, |f, n, h| lean.push((f.to_string(), n, h)));
-        assert_eq!(a.map_err(|e| e.to_string()), b.map_err(|e| e.to_string()));
+        let a = a.map_err(|e| e.to_string());
+        assert_eq!(a, b.map_err(|e| e.to_string()));
         assert_eq!(full, lean);
+        // Cut in parts read side by side: the same, first error included.
+        let parts = packages::pool_entries_in_parts(utf8, 3, |_| true).map_err(|e| e.to_string());
+        match a {
+            Ok(()) => assert_eq!(parts, Ok(full)),
+            Err(e) => assert_eq!(parts.err(), Some(e)),
+        }
     }
     for p in deb822::paragraphs(&text).flatten() {
         for f in ["Depends", "Pre-Depends", "Provides", "Date", "Valid-Until"] {

@@ -11,7 +11,9 @@ pub mod sources;
 pub mod version;
 
 pub use deb822::{Paragraph, paragraphs};
-pub use packages::{Package, parse_packages, read_packages, read_pool_entries};
+pub use packages::{
+    Package, PoolEntry, parse_packages, pool_entries_in_parts, read_packages, read_pool_entries,
+};
 pub use relation::{Constraint, Relation, parse_relations};
 pub use release::{Release, ReleaseFile};
 pub use sources::{SourceEntry, parse_deb822_sources, parse_one_line_sources};

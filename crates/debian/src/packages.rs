@@ -122,6 +122,61 @@ pub fn read_pool_entries(
     Ok(())
 }
 
+/// A pool entry: (Filename, Size, SHA-256).
+pub type PoolEntry = (String, u64, String);
+
+/// `read_pool_entries` on `parts` threads: the text is cut after blank
+/// lines (`\n\n`) into parts read side by side. Returns the entries
+/// `keep` keeps, in file order, or the first error in file order (its
+/// line counted in the whole text), as reading it in one go would.
+pub fn pool_entries_in_parts(
+    text: &str,
+    parts: usize,
+    keep: impl Fn(&str) -> bool + Sync,
+) -> Result<Vec<PoolEntry>, ParseError> {
+    let bytes = text.as_bytes();
+    let mut cuts = vec![0usize];
+    for k in 1..parts.max(1) {
+        let from = (bytes.len() * k / parts).max(*cuts.last().unwrap_or(&0));
+        match bytes[from..].windows(2).position(|w| w == b"\n\n") {
+            // (After two ASCII bytes: a character boundary.)
+            Some(i) if from + i + 2 < bytes.len() => cuts.push(from + i + 2),
+            _ => break,
+        }
+    }
+    cuts.push(bytes.len());
+    let read = |a: usize, b: usize| {
+        let part = &text[a..b];
+        let lines = part.bytes().filter(|&c| c == b'\n').count();
+        let mut kept = Vec::new();
+        let r = read_pool_entries(part, |f, n, h| {
+            if keep(f) {
+                kept.push((f.to_string(), n, h));
+            }
+        });
+        (lines, r.map(|()| kept))
+    };
+    let done: Vec<(usize, Result<Vec<PoolEntry>, ParseError>)> = std::thread::scope(|s| {
+        let running: Vec<_> = cuts
+            .windows(2)
+            .skip(1)
+            .map(|w| s.spawn(move || read(w[0], w[1])))
+            .collect();
+        let mut done = vec![read(cuts[0], cuts[1])];
+        for h in running {
+            done.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        done
+    });
+    let mut out = Vec::new();
+    let mut before = 0;
+    for (lines, r) in done {
+        out.extend(r.map_err(|e| shift(e, before))?);
+        before += lines;
+    }
+    Ok(out)
+}
+
 fn from_paragraph(p: &crate::Paragraph<'_>) -> Result<Package, ParseError> {
     {
         let need = |f: &str| {
@@ -215,6 +270,34 @@ Filename:  pool/b b.deb \r\nSize: 0\r\nSHA256: {h}\r\n",
             );
             assert_eq!(full, lean, "{text:?}");
         }
+        // Cut in parts read side by side: the same entries, the same
+        // first error and its line, whatever the cuts.
+        let many = format!("{good}\n\n{good}\n{good}\n\n\n");
+        for text in variants.iter().chain([&many]) {
+            let mut whole = Vec::new();
+            let a = read_pool_entries(text, |f, n, h| whole.push((f.to_string(), n, h)));
+            for parts in 1..=5 {
+                let b = pool_entries_in_parts(text, parts, |_| true);
+                match &a {
+                    Ok(()) => assert_eq!(b.as_ref().ok(), Some(&whole), "{parts} {text:?}"),
+                    Err(e) => assert_eq!(
+                        b.map_err(|e| e.to_string()).err(),
+                        Some(e.to_string()),
+                        "{parts} {text:?}"
+                    ),
+                }
+            }
+        }
+        let bad = format!("{good}\n\n{good}\n\nPackage: late\n");
+        let e = pool_entries_in_parts(&bad, 3, |_| true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            read_pool_entries(&bad, |_, _, _| {})
+                .unwrap_err()
+                .to_string()
+        );
+        let kept = pool_entries_in_parts(&many, 2, |f| f.starts_with("pool/b")).unwrap();
+        assert_eq!(kept.len(), 3);
         let mut lean = Vec::new();
         read_pool_entries(&good, |f, n, h| lean.push((f.to_string(), n, h))).unwrap();
         assert_eq!(lean[0], ("pool/a.deb".into(), 7, h.to_ascii_lowercase()));

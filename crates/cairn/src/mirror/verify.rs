@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use cairn_debian::date::format_release_date;
-use cairn_debian::{Release, read_pool_entries};
+use cairn_debian::{Release, pool_entries_in_parts};
 use serde::Serialize;
 
 use super::fetch::{
@@ -332,7 +332,8 @@ fn read_indices(
             continue;
         }
         // Whole (a Packages file is tens of MB at most), read as
-        // read_packages reads it, without a Package made of each stanza.
+        // read_packages reads it, without a Package made of each stanza,
+        // in parts on every core.
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -344,15 +345,12 @@ fn read_indices(
             }
             Err(e) => return Err(e).with_context(|| format!("reading {shown}")),
         };
-        if let Err(e) = read_pool_entries(&text, |filename, size, sha256| {
-            if wanted.contains_key(filename) {
-                listed.insert(filename.to_string(), (size, sha256));
-            }
-        }) {
-            r.corrupt.push(Problem {
+        match pool_entries_in_parts(&text, parallel::cpus(), |f| wanted.contains_key(f)) {
+            Ok(entries) => listed.extend(entries.into_iter().map(|(f, n, h)| (f, (n, h)))),
+            Err(e) => r.corrupt.push(Problem {
                 path: shown,
                 detail: format!("unreadable: {e}"),
-            });
+            }),
         }
     }
     Ok(listed)
