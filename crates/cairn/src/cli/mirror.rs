@@ -305,25 +305,19 @@ pub(super) fn run_verify(cli: &Cli, a: &VerifyArgs, mode: Mode) -> Result<i32> {
         progress: mode,
         max_future: 10,
     };
-    // The mirrors side by side: one's fixed costs (gpgv, the indices
-    // read) in the time another is hashed. The first shows progress.
-    let reports = std::thread::scope(|s| {
-        let running: Vec<_> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let mut o = opts.clone();
-                if i > 0 {
-                    o.progress = Mode::Quiet;
-                }
-                s.spawn(move || verify(n, &o).with_context(|| format!("verifying mirror {n}")))
-            })
-            .collect();
-        running
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect::<Result<Vec<_>>>()
-    })?;
+    // The mirrors side by side, four at most (each hashes on every core):
+    // one's fixed costs (gpgv, the indices read) in the time another is
+    // hashed. The first shows progress.
+    let each: Vec<(usize, &String)> = names.iter().enumerate().collect();
+    let reports = parallel::map(&each, 4, |&(i, n)| {
+        let mut o = opts.clone();
+        if i > 0 {
+            o.progress = Mode::Quiet;
+        }
+        verify(n, &o).with_context(|| format!("verifying mirror {n}"))
+    })
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?;
     let ok = reports.iter().all(|r| r.ok);
     show(cli, "mirrors", &reports, |reports| {
         for r in reports {

@@ -22,7 +22,7 @@ use super::state::{MirrorPaths, MirrorState, lock_mirror, mtime_ns};
 use super::sync::decompress_verified;
 use crate::parallel;
 use crate::progress::{Mode, Progress};
-use crate::trust::hash::sha256_file_id;
+use crate::trust::hash::{read_regular_file, sha256_hex, sha256_regular_file};
 use crate::trust::openpgp::Keyring;
 
 #[derive(Debug, Clone)]
@@ -90,8 +90,8 @@ type Jobs = Vec<(String, PathBuf, u64, String)>;
 /// The pool files the signed indices list: path → size and SHA-256.
 type Listed = HashMap<String, (u64, String)>;
 
-/// A file's size and SHA-256, and the file read (device, inode).
-type Hashed = Result<(u64, String, (u64, u64))>;
+/// A file's size and SHA-256, and the file read.
+type Hashed = Result<crate::trust::hash::FileHash>;
 
 fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
     let t0 = Instant::now();
@@ -216,9 +216,9 @@ fn check_suites(
     tmp: &Path,
     opts: &VerifyOptions,
     r: &mut VerifyReport,
-) -> Result<(Jobs, Vec<(String, PathBuf)>)> {
+) -> Result<(Jobs, Jobs)> {
     let mut index_jobs: Jobs = Vec::new();
-    let mut to_parse: Vec<(String, PathBuf)> = Vec::new();
+    let mut to_parse: Jobs = Vec::new();
     // Every suite's gpgv at once (a process each, mostly its start-up).
     let suites = &state.repo.suites;
     let verified = parallel::map(suites, suites.len(), |suite| {
@@ -264,8 +264,11 @@ fn check_suites(
         })?;
         // The pool as the signed indices describe it (parsed once they verify).
         for p in &indices {
-            if p.ends_with("/Packages") && dir.join(p).exists() && release.files.contains_key(p) {
-                to_parse.push((shown(p), dir.join(p)));
+            if let Some(f) = release.files.get(p)
+                && p.ends_with("/Packages")
+                && dir.join(p).exists()
+            {
+                to_parse.push((shown(p), dir.join(p), f.size, f.sha256.clone()));
             }
         }
     }
@@ -321,33 +324,40 @@ fn check_release_file(
 /// The pool files the signed Packages list (those whose index hashed
 /// right), of those cairn recorded (`wanted`): path → size and SHA-256.
 fn read_indices(
-    to_parse: Vec<(String, PathBuf)>,
+    to_parse: Jobs,
     bad_indices: &BTreeSet<String>,
     wanted: &BTreeMap<String, super::state::PoolEntry>,
     r: &mut VerifyReport,
 ) -> Result<Listed> {
     let mut listed = Listed::new();
-    for (shown, path) in to_parse {
+    for (shown, path, size, sha) in to_parse {
         if bad_indices.contains(&shown) {
             continue;
         }
         // Whole (a Packages file is tens of MB at most), read as
         // read_packages reads it, without a Package made of each stanza,
-        // in parts on every core.
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                r.corrupt.push(Problem {
-                    path: shown,
-                    detail: format!("unreadable: {e}"),
+        // in parts on every core; what is read is what is held against
+        // the signed Release (hashed again beside the reading: the file
+        // may have changed since it was hashed), else nothing read counts.
+        let bytes = read_regular_file(&path, size).with_context(|| format!("reading {shown}"))?;
+        let (same, read) = std::thread::scope(|s| {
+            let same = s.spawn(|| bytes.len() as u64 == size && sha256_hex(&bytes) == sha);
+            let read = std::str::from_utf8(&bytes)
+                .map_err(|e| format!("not UTF-8: {e}"))
+                .and_then(|text| {
+                    pool_entries_in_parts(text, parallel::cpus(), |f| wanted.contains_key(f))
+                        .map_err(|e| e.to_string())
                 });
-                continue;
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading {shown}")),
-        };
-        match pool_entries_in_parts(&text, parallel::cpus(), |f| wanted.contains_key(f)) {
-            Ok(entries) => listed.extend(entries.into_iter().map(|(f, n, h)| (f, (n, h)))),
-            Err(e) => r.corrupt.push(Problem {
+            let same = same.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (same, read)
+        });
+        match (same, read) {
+            (false, _) => r.corrupt.push(Problem {
+                path: shown,
+                detail: "changed while it was verified (no longer the signed bytes)".into(),
+            }),
+            (true, Ok(entries)) => listed.extend(entries.into_iter().map(|(f, n, h)| (f, (n, h)))),
+            (true, Err(e)) => r.corrupt.push(Problem {
                 path: shown,
                 detail: format!("unreadable: {e}"),
             }),
@@ -437,8 +447,10 @@ enum Found {
 /// Hashes files on `jobs` threads, largest first, each inode once (an
 /// index's by-hash name is a hard link to it): what each one's hash says,
 /// in order. A name shares another's hash only if, once hashing is done,
-/// it still names the very file that was read for it; otherwise it is
-/// hashed on its own. `stop` ends the work early (what is left is not
+/// it still names the very file that was read for it (kept open until
+/// then, so that no other file can have its inode); otherwise it is
+/// hashed on its own. Only regular files are read, never past the size
+/// expected of them. `stop` ends the work early (what is left is not
 /// judged).
 fn hash_files(
     files: &[(String, PathBuf, u64, String)],
@@ -448,14 +460,20 @@ fn hash_files(
 ) -> Vec<Found> {
     let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     // One name read per inode (a file that cannot be looked at is read on
-    // its own: opening it says why).
+    // its own: opening it says why); read up to the largest size any of
+    // its names expects.
     let mut first: HashMap<(u64, u64), usize> = HashMap::new();
     let mut reps: Vec<usize> = Vec::new();
     let mut rep = vec![0usize; files.len()];
-    for (i, (_, file, _, _)) in files.iter().enumerate() {
+    let mut limit: HashMap<usize, u64> = HashMap::new();
+    let mut twinned: BTreeSet<usize> = BTreeSet::new();
+    for (i, (_, file, size, _)) in files.iter().enumerate() {
         let k = id(file);
         rep[i] = match k.and_then(|k| first.get(&k).copied()) {
-            Some(r) => r,
+            Some(r) => {
+                twinned.insert(r);
+                r
+            }
             None => {
                 if let Some(k) = k {
                     first.insert(k, i);
@@ -464,13 +482,20 @@ fn hash_files(
                 i
             }
         };
+        let l = limit.entry(rep[i]).or_insert(0);
+        *l = (*l).max(*size);
     }
     reps.sort_by_key(|&i| std::cmp::Reverse(files[i].2));
     let hashed = parallel::map(&reps, jobs, |&i| {
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        let res = sha256_file_id(&files[i].1);
+        let mut res = sha256_regular_file(&files[i].1, limit[&i]);
+        if let Ok(h) = &mut res
+            && !twinned.contains(&i)
+        {
+            h.file = None;
+        }
         if let Some(p) = progress {
             p.bytes.fetch_add(files[i].2, Ordering::Relaxed);
             p.file_done();
@@ -480,9 +505,10 @@ fn hash_files(
     let result: HashMap<usize, Option<Hashed>> = reps.into_iter().zip(hashed).collect();
     let mut counted = BTreeSet::new();
     let mut judge = |got: &Hashed, size: u64, sha: &str| match got {
-        Ok((n, _, _)) if *n != size => Found::Bad(format!("size {n}, expected {size}")),
-        Ok((_, got, _)) if got != sha => Found::Bad(format!("sha256 {got}, expected {sha}")),
-        Ok((n, _, read)) => Found::Good(if counted.insert(*read) { *n } else { 0 }),
+        Ok(h) if !h.whole => Found::Bad(format!("larger than the {size} bytes expected")),
+        Ok(h) if h.size != size => Found::Bad(format!("size {}, expected {size}", h.size)),
+        Ok(h) if h.sha256 != sha => Found::Bad(format!("sha256 {}, expected {sha}", h.sha256)),
+        Ok(h) => Found::Good(if counted.insert(h.id) { h.size } else { 0 }),
         Err(e) if not_found(e) => Found::Missing,
         Err(e) => Found::Bad(format!("{e:#}")),
     };
@@ -491,12 +517,13 @@ fn hash_files(
             let (_, file, size, sha) = &files[i];
             match result.get(&rep[i]) {
                 Some(Some(got)) if rep[i] == i => judge(got, *size, sha),
-                Some(Some(got @ Ok((_, _, read)))) if id(file) == Some(*read) => {
+                // (The file read is still open: its inode is its own.)
+                Some(Some(got @ Ok(h))) if h.file.is_some() && id(file) == Some(h.id) => {
                     judge(got, *size, sha)
                 }
                 // Another file under this name by now: read on its own.
                 Some(Some(_)) if !stop.load(Ordering::Relaxed) => {
-                    judge(&sha256_file_id(file), *size, sha)
+                    judge(&sha256_regular_file(file, *size), *size, sha)
                 }
                 _ => Found::Bad("not hashed (verification stopped)".into()),
             }
@@ -776,6 +803,82 @@ mod tests {
         }
         assert!(matches!(found[2], Found::Missing));
         assert!(matches!(&found[3], Found::Bad(d) if d.starts_with("size 10, expected 16")));
+    }
+
+    /// A FIFO or an endless device in a file's place is refused at once,
+    /// never waited on or read without end.
+    #[test]
+    fn a_fifo_or_a_device_in_a_files_place_is_refused_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/dev/zero", d.path().join("zero")).unwrap();
+        let found = hash(
+            &[job(d.path(), "fifo", b"x"), job(d.path(), "zero", b"x")],
+            false,
+        );
+        for f in &found {
+            assert!(matches!(f, Found::Bad(d) if d.contains("not a regular file")));
+        }
+    }
+
+    /// A Packages index is read for its entries only if the bytes read are
+    /// the signed ones (it may change after it was hashed).
+    #[test]
+    fn an_index_read_must_be_the_signed_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let h = "a".repeat(64);
+        let text = format!(
+            "Package: a\nVersion: 1\nArchitecture: all\nFilename: pool/a.deb\nSize: 1\nSHA256: {h}\n"
+        );
+        fs::write(d.path().join("Packages"), &text).unwrap();
+        let wanted: BTreeMap<String, super::super::state::PoolEntry> = [(
+            "pool/a.deb".to_string(),
+            super::super::state::PoolEntry {
+                size: 1,
+                sha256: h.clone(),
+                mtime_ns: 0,
+            },
+        )]
+        .into();
+        let mut r = check_report();
+        let good = job(d.path(), "Packages", text.as_bytes());
+        let listed = read_indices(vec![good.clone()], &BTreeSet::new(), &wanted, &mut r).unwrap();
+        assert_eq!(listed["pool/a.deb"], (1, h.clone()));
+        let mut other = good;
+        other.3 = "b".repeat(64);
+        let listed = read_indices(vec![other], &BTreeSet::new(), &wanted, &mut r).unwrap();
+        assert!(listed.is_empty());
+        assert!(
+            r.corrupt[0]
+                .detail
+                .contains("changed while it was verified")
+        );
+    }
+
+    fn check_report() -> VerifyReport {
+        VerifyReport {
+            name: "t".into(),
+            path: PathBuf::new(),
+            ok: false,
+            suites: Vec::new(),
+            indices_checked: 0,
+            pool_checked: 0,
+            bytes_hashed: 0,
+            seconds: 0.0,
+            release_problems: Vec::new(),
+            missing: Vec::new(),
+            corrupt: Vec::new(),
+            unexpected: Vec::new(),
+            retained: 0,
+            pending: 0,
+            repaired: Vec::new(),
+        }
     }
 
     /// Stopped early (the signed side failed): nothing is judged good.

@@ -41,8 +41,12 @@ pub fn for_each_block(path: &Path, each: impl FnMut(&[u8])) -> Result<u64> {
     blocks_of(&mut f, path, each)
 }
 
-fn blocks_of(f: &mut File, path: &Path, mut each: impl FnMut(&[u8])) -> Result<u64> {
+fn blocks_of(f: &mut File, path: &Path, each: impl FnMut(&[u8])) -> Result<u64> {
     let _ = rustix::fs::fadvise(f.file(), 0, None, rustix::fs::Advice::Sequential);
+    read_blocks(f, path, each)
+}
+
+fn read_blocks(r: &mut impl Read, path: &Path, mut each: impl FnMut(&[u8])) -> Result<u64> {
     BLOCKS.with(|cell| {
         // A block of its own when `each` reads a file too (nested).
         let mut own = Vec::new();
@@ -56,7 +60,7 @@ fn blocks_of(f: &mut File, path: &Path, mut each: impl FnMut(&[u8])) -> Result<u
         }
         let mut n = 0u64;
         loop {
-            let r = f
+            let r = r
                 .read(&mut buf[..BLOCK])
                 .with_context(|| format!("reading {}", path.display()))?;
             if r == 0 {
@@ -75,17 +79,70 @@ pub fn sha256_file(path: &Path) -> Result<(u64, String)> {
     Ok((n, hex(&h.finalize())))
 }
 
-/// Size and SHA-256 of a file, and which file it was (device and inode
-/// of what was opened and read, whatever its name points at afterwards).
-pub fn sha256_file_id(path: &Path) -> Result<(u64, String, (u64, u64))> {
-    use std::os::unix::fs::MetadataExt;
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+/// A regular file opened to be read whole: never waiting at the open (a
+/// FIFO in its place), refused unless it is a regular file.
+pub fn open_regular(path: &Path) -> Result<File> {
+    use fs_err::os::unix::fs::OpenOptionsExt;
+    let f = fs_err::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
     let m = f
         .metadata()
         .with_context(|| format!("looking at {}", path.display()))?;
+    if !m.is_file() {
+        anyhow::bail!("{} is not a regular file", path.display());
+    }
+    Ok(f)
+}
+
+/// What reading a file for its hash found.
+#[derive(Debug)]
+pub struct FileHash {
+    /// Bytes read: the file's size when `whole`, else more than the limit.
+    pub size: u64,
+    pub whole: bool,
+    pub sha256: String,
+    /// Device and inode of the file read, whatever its name points at
+    /// afterwards.
+    pub id: (u64, u64),
+    /// The file, if the caller keeps it open (its inode then cannot be
+    /// another file's while names are compared with `id`).
+    pub file: Option<File>,
+}
+
+/// Size and SHA-256 of the regular file at `path` (`open_regular`), read
+/// to its end or to `limit` + 1 bytes (then it is larger than that, and
+/// not read further: a file can be endless).
+pub fn sha256_regular_file(path: &Path, limit: u64) -> Result<FileHash> {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = open_regular(path)?;
+    let m = f
+        .metadata()
+        .with_context(|| format!("looking at {}", path.display()))?;
+    let _ = rustix::fs::fadvise(f.file(), 0, None, rustix::fs::Advice::Sequential);
     let mut h = Sha256::new();
-    let n = blocks_of(&mut f, path, |b| h.update(b))?;
-    Ok((n, hex(&h.finalize()), (m.dev(), m.ino())))
+    let cap = limit.saturating_add(1);
+    let n = read_blocks(&mut (&mut f).take(cap), path, |b| h.update(b))?;
+    Ok(FileHash {
+        size: n,
+        whole: n < cap,
+        sha256: hex(&h.finalize()),
+        id: (m.dev(), m.ino()),
+        file: Some(f),
+    })
+}
+
+/// The bytes of the regular file at `path` (`open_regular`), at most
+/// `limit` + 1 of them (more: the file is larger than `limit`).
+pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let f = open_regular(path)?;
+    let mut v = Vec::new();
+    f.take(limit.saturating_add(1))
+        .read_to_end(&mut v)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -102,5 +159,35 @@ mod tests {
         let p = d.path().join("f");
         fs_err::write(&p, b"abc").unwrap();
         assert_eq!(sha256_file(&p).unwrap(), (3, sha256_hex(b"abc")));
+    }
+
+    /// A FIFO, a device or a directory in a file's place is refused at
+    /// once (never waited on, never read without end); a file larger
+    /// than the limit is read to the limit and one byte more.
+    #[test]
+    fn only_regular_files_are_read_and_never_past_the_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        for p in [fifo.as_path(), Path::new("/dev/zero"), d.path()] {
+            let e = sha256_regular_file(p, 10).unwrap_err();
+            assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+            assert!(read_regular_file(p, 10).is_err());
+        }
+        let big = d.path().join("big");
+        fs_err::write(&big, vec![1u8; 100]).unwrap();
+        let h = sha256_regular_file(&big, 10).unwrap();
+        assert_eq!((h.size, h.whole), (11, false));
+        let h = sha256_regular_file(&big, 100).unwrap();
+        assert_eq!(
+            (h.size, h.whole, h.sha256),
+            (100, true, sha256_hex(&[1u8; 100]))
+        );
+        assert_eq!(read_regular_file(&big, 10).unwrap().len(), 11);
     }
 }
