@@ -138,7 +138,9 @@ pub fn sha256_regular_file(path: &Path, limit: u64) -> Result<FileHash> {
 /// `limit` + 1 of them (more: the file is larger than `limit`).
 pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let f = open_regular(path)?;
-    let mut v = Vec::new();
+    // Room for what is expected at once (no copies as it grows), within
+    // reason whatever the limit says.
+    let mut v = Vec::with_capacity(limit.min(1 << 30) as usize + 1);
     f.take(limit.saturating_add(1))
         .read_to_end(&mut v)
         .with_context(|| format!("reading {}", path.display()))?;
