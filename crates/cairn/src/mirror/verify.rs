@@ -72,6 +72,29 @@ pub struct VerifyReport {
     pub repaired: Vec<String>,
 }
 
+impl VerifyReport {
+    /// A report with nothing checked yet.
+    fn empty(name: &str, path: &Path) -> VerifyReport {
+        VerifyReport {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            ok: false,
+            suites: Vec::new(),
+            indices_checked: 0,
+            pool_checked: 0,
+            bytes_hashed: 0,
+            seconds: 0.0,
+            release_problems: Vec::new(),
+            missing: Vec::new(),
+            corrupt: Vec::new(),
+            unexpected: Vec::new(),
+            retained: 0,
+            pending: 0,
+            repaired: Vec::new(),
+        }
+    }
+}
+
 pub fn verify(name: &str, opts: &VerifyOptions) -> Result<VerifyReport> {
     let paths = MirrorPaths::new(&opts.store, name);
     let _lock = lock_mirror(&paths, opts.wait)?;
@@ -112,23 +135,7 @@ fn check(paths: &MirrorPaths, opts: &VerifyOptions) -> Result<VerifyReport> {
     let keyring = Keyring::new(state.repo.keyring.clone());
     let tmp = paths.work.join("verify-tmp");
     fs::create_dir_all(&tmp)?;
-    let mut r = VerifyReport {
-        name: paths.name.clone(),
-        path: paths.root.clone(),
-        ok: false,
-        suites: Vec::new(),
-        indices_checked: 0,
-        pool_checked: 0,
-        bytes_hashed: 0,
-        seconds: 0.0,
-        release_problems: Vec::new(),
-        missing: Vec::new(),
-        corrupt: Vec::new(),
-        unexpected: Vec::new(),
-        retained: 0,
-        pending: 0,
-        repaired: Vec::new(),
-    };
+    let mut r = VerifyReport::empty(&paths.name, &paths.root);
     // The pool is hashed from the start, against cairn's own record of
     // it, while the Releases are verified and the indices hashed and
     // read; the record is then held against the signed indices (a file
@@ -846,7 +853,7 @@ mod tests {
             },
         )]
         .into();
-        let mut r = check_report();
+        let mut r = VerifyReport::empty("t", Path::new(""));
         let good = job(d.path(), "Packages", text.as_bytes());
         let listed = read_indices(vec![good.clone()], &BTreeSet::new(), &wanted, &mut r).unwrap();
         assert_eq!(listed["pool/a.deb"], (1, h.clone()));
@@ -859,26 +866,6 @@ mod tests {
                 .detail
                 .contains("changed while it was verified")
         );
-    }
-
-    fn check_report() -> VerifyReport {
-        VerifyReport {
-            name: "t".into(),
-            path: PathBuf::new(),
-            ok: false,
-            suites: Vec::new(),
-            indices_checked: 0,
-            pool_checked: 0,
-            bytes_hashed: 0,
-            seconds: 0.0,
-            release_problems: Vec::new(),
-            missing: Vec::new(),
-            corrupt: Vec::new(),
-            unexpected: Vec::new(),
-            retained: 0,
-            pending: 0,
-            repaired: Vec::new(),
-        }
     }
 
     /// Stopped early (the signed side failed): nothing is judged good.
