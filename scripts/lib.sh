@@ -34,7 +34,7 @@ host_debian_uri() {
 apt_install() {
     local missing=()
     for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+        [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     echo "installing: ${missing[*]}" >&2
@@ -47,7 +47,7 @@ apt_install() {
     if [ -n "$removed" ]; then
         local bpo_src=() rest=() r s src uri code list p
         for r in $removed; do
-            dpkg-query -W -f='${Version}' "$r" | grep -q '~bpo' || continue
+            [[ "$(dpkg-query -W -f='${Version}' "$r")" == *'~bpo'* ]] || continue
             bpo_src+=("$(dpkg-query -W -f='${source:Package}' "$r")")
         done
         uri=$(host_debian_uri)
@@ -121,7 +121,7 @@ ensure_rust() {
     if command -v cargo >/dev/null 2>&1; then
         local v
         v=$(cargo --version | awk '{print $2}')
-        if printf '%s\n1.89.0\n' "$v" | sort -V | head -1 | grep -qx 1.89.0; then
+        if [ "$(printf '%s\n1.89.0\n' "$v" | sort -V | awk 'NR == 1')" = 1.89.0 ]; then
             return 0
         fi
         echo "cargo $v is older than 1.89" >&2

@@ -2,7 +2,8 @@
 //! modules use each other without a cycle, the shared rooms (cmd, fsutil,
 //! names, host, parallel, progress, trust) use no link of the chain, no
 //! function is longer than 120 lines and no file longer than 800 lines
-//! outside its tests — each exception named here, with its reason.
+//! outside its tests — each exception named here, with its reason — and
+//! the scripts that set pipefail never cut a pipe short.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -368,5 +369,64 @@ fn functions_and_files_stay_short() {
         long.is_empty(),
         "too long (split it, or name it in shape.rs with the reason):\n{}",
         long.join("\n")
+    );
+}
+
+/// A line of a `set -o pipefail` script that pipes into a reader that may
+/// stop early (`head`, `grep -q`, `grep -m`): the writer before it can then
+/// die of SIGPIPE, and the pipeline fails with 141 or not, by chance. CI
+/// once failed so after a green suite (`sort | head -25` in scripts/test).
+fn cuts_a_pipe_short(line: &str) -> bool {
+    let code = line.split(" #").next().unwrap_or(line);
+    if code.trim_start().starts_with('#') {
+        return false;
+    }
+    code.split('|').skip(1).any(|part| {
+        let mut words = part.split_whitespace();
+        match words.next() {
+            Some("head") => true,
+            Some("grep") => words
+                .take_while(|w| w.starts_with('-') && !w.starts_with("--"))
+                .any(|w| w.contains('q') || w.contains('m')),
+            _ => false,
+        }
+    })
+}
+
+#[test]
+fn pipefail_scripts_never_cut_a_pipe_short() {
+    assert!(cuts_a_pipe_short("    sort -rn \"$holds\" | head -25"));
+    assert!(cuts_a_pipe_short("if echo \"$r\" | grep -q '^E: '; then"));
+    assert!(cuts_a_pipe_short("a | sort -V | grep -Eqx 1"));
+    assert!(!cuts_a_pipe_short("a | awk 'NR <= 25'"));
+    assert!(!cuts_a_pipe_short("a || b # then | head"));
+    assert!(!cuts_a_pipe_short("grep -q x <<<\"$r\""));
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut scripts: Vec<PathBuf> = fs::read_dir(top.join("scripts"))
+        .expect("scripts/")
+        .map(|e| e.expect("scripts/ entry").path())
+        .collect();
+    scripts.push(top.join(".ci/run"));
+    let lib = fs::read_to_string(top.join("scripts/lib.sh")).expect("scripts/lib.sh");
+    assert!(
+        lib.contains("set -euo pipefail"),
+        "scripts/lib.sh sets pipefail"
+    );
+    let mut bad = Vec::new();
+    for p in scripts.iter().filter(|p| p.is_file()) {
+        let t = fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        if !(t.contains("pipefail") || t.contains("lib.sh")) {
+            continue;
+        }
+        for (n, l) in t.lines().enumerate() {
+            if cuts_a_pipe_short(l) {
+                bad.push(format!("{}:{}: {}", p.display(), n + 1, l.trim()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "under pipefail these can fail with SIGPIPE (read the whole input: awk 'NR <= n', or grep <<<):\n{}",
+        bad.join("\n")
     );
 }
