@@ -172,9 +172,9 @@ pub struct Profile {
     pub host_type: HostType,
     pub packages: Vec<String>,
     pub builder: bool,
-    /// The image carries cairn itself (this binary), kexec-tools and the
-    /// signing public key: `cairn apply-live` and `cairn reboot --kexec` work
-    /// on the running system. Implied by `builder`.
+    /// The image carries cairn itself (this binary), kexec-tools, gpgv and
+    /// the signing public key: `cairn apply-live`, `cairn reboot` and `cairn
+    /// pull` work on the running system. Implied by `builder`.
     pub cairn: bool,
     /// A physical host's image carries CPU microcode and the firmware most
     /// network cards and GPUs need, from Debian's `non-free-firmware`

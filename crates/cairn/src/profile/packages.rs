@@ -29,6 +29,10 @@ impl Profile {
         }
         if self.cairn {
             v.push("kexec-tools".into());
+            // cairn checks images with gpgv on the machine (pull, reboot,
+            // apply-live); Debian 13's apt verifies with sqv and no longer
+            // brings gpgv along.
+            v.push("gpgv".into());
         }
         if self.fleet.is_some() {
             // Names in fleet.urls resolve (networkd configures the address).
