@@ -134,6 +134,62 @@ mod tests {
         assert!(!d.path().join("pwned").exists());
     }
 
+    /// After a soft reboot the unit names the image switched to, from the
+    /// command line cairn left in the new root (/etc/cairn/cmdline) — only
+    /// when that file is a regular file of the unit's user that nobody
+    /// else may write; any other there names no image.
+    #[test]
+    fn the_image_name_unit_follows_a_soft_reboot() {
+        use std::os::unix::fs::PermissionsExt;
+        let script = include_str!("rootfs/assets/image-env.sh");
+        let d = tempfile::tempdir().unwrap();
+        let kernel = d.path().join("cmdline");
+        std::fs::write(&kernel, "cairn.image=web/1\n").unwrap();
+        let run = d.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let soft = d.path().join("etc-cairn-cmdline");
+        let name = || {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .arg("image-env")
+                .env("CAIRN_TEST_CMDLINE", &kernel)
+                .env("CAIRN_TEST_SOFT_CMDLINE", &soft)
+                .env("CAIRN_TEST_RUN", &run)
+                .status()
+                .unwrap();
+            assert!(out.success());
+            std::fs::read_to_string(run.join("image.env")).unwrap()
+        };
+        assert!(name().contains("CAIRN_VERSION=1\n"));
+        std::fs::write(&soft, "cairn.image=web/2 cairn.entry=web-2\n").unwrap();
+        std::fs::set_permissions(&soft, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(name().contains("CAIRN_VERSION=2\n"));
+        let which = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("image-env")
+            .arg("--cmdline")
+            .env("CAIRN_TEST_CMDLINE", &kernel)
+            .env("CAIRN_TEST_SOFT_CMDLINE", &soft)
+            .env("CAIRN_TEST_RUN", &run)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&which.stdout).trim(),
+            soft.to_str().unwrap()
+        );
+        // Writable by others, or a link: no name at all (never the
+        // kernel's, which is another image's).
+        std::fs::set_permissions(&soft, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(name().contains("CAIRN_VERSION=unknown\n"));
+        std::fs::remove_file(&soft).unwrap();
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::write(&elsewhere, "cairn.image=web/3\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &soft).unwrap();
+        assert!(name().contains("CAIRN_VERSION=unknown\n"));
+    }
+
     /// The initramfs's copy of the rule (`cairn_name_ok`) gives the same
     /// answers, run by the shell the initramfs uses where it is installed.
     #[test]

@@ -82,8 +82,9 @@ pub struct PullArgs {
     /// This machine's id for staged rollouts [default: its boot partition's UUID].
     #[arg(long, value_name = "ID")]
     pub machine_id: Option<String>,
-    /// What to do once the image is staged (stage, reboot, kexec, window,
-    /// apply-live) [default: fleet.policy, of the configuration or the image].
+    /// What to do once the image is staged (stage, reboot, kexec,
+    /// soft-reboot, window, apply-live) [default: fleet.policy, of the
+    /// configuration or the image].
     #[arg(long, value_parser = parse_policy, value_name = "POLICY")]
     pub policy: Option<crate::profile::Policy>,
     /// Concurrent downloads (a count).
@@ -123,7 +124,7 @@ pub struct StatusArgs {
 
 fn parse_policy(s: &str) -> Result<crate::profile::Policy, String> {
     serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("{s}: stage, reboot, kexec, window or apply-live"))
+        .map_err(|_| format!("{s}: stage, reboot, kexec, soft-reboot, window or apply-live"))
 }
 
 pub use crate::fleet::parse_duration;
@@ -456,8 +457,7 @@ pub(super) fn run_status(cli: &Cli, a: &StatusArgs) -> Result<i32> {
             (Some(r), None)
         }
         (None, None) => {
-            let cmdline =
-                std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+            let cmdline = crate::image::boot_cmdline()?;
             if !cmdline.contains("cairn.image=") {
                 bail!(
                     "not a running cairn image (no cairn.image= on the kernel command line): name a disk (cairn status DISK: an image file or a block device) or a boot partition's tree (--boot-dir DIR)"

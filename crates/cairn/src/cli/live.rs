@@ -38,6 +38,20 @@ pub struct RebootArgs {
     /// Switch kernels with kexec (falls back to a normal reboot).
     #[arg(long)]
     pub kexec: bool,
+    /// Switch userspace only, keeping the running kernel (systemd's
+    /// soft-reboot, systemd 254 or newer: Debian 13), when the image has
+    /// the same kernel: its layers are mounted through dm-verity with their
+    /// signed root hashes under a new RAM overlay, then every service
+    /// restarts in it. Otherwise `auto` (the default) falls back to kexec,
+    /// then to a reboot; `required` refuses and changes nothing.
+    #[arg(
+        long,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "auto"
+    )]
+    pub soft: Option<crate::live::SoftMode>,
     /// Boot the in-RAM (toram) entry.
     #[arg(long)]
     pub ram: bool,
@@ -104,6 +118,7 @@ pub(super) fn run_reboot(cli: &Cli, args: &RebootArgs) -> Result<i32> {
         store: &cli.store,
         image: a.image.as_deref(),
         kexec: args.kexec,
+        soft: args.soft,
         ram: args.ram,
         key: key.as_deref(),
         dry_run: a.dry_run,
@@ -114,12 +129,18 @@ pub(super) fn run_reboot(cli: &Cli, args: &RebootArgs) -> Result<i32> {
             if a.dry_run { "would boot" } else { "booting" },
             r.image,
             r.entry,
-            if r.method == "kexec" {
-                " with kexec"
-            } else {
-                " through the firmware"
+            match r.method.as_str() {
+                "kexec" => " with kexec",
+                "soft-reboot" => " with a soft reboot (the kernel stays)",
+                _ => " through the firmware",
             }
         );
+        if let Some(f) = &r.soft_fallback {
+            outln!("no soft reboot: {f}");
+        }
+        if let Some(f) = &r.kexec_fallback {
+            outln!("no kexec: {f}");
+        }
         if let Some(c) = &r.command_line {
             outln!("command line: {c}");
         }

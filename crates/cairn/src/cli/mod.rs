@@ -172,8 +172,12 @@ pub enum Command {
     /// its newest image). With --kexec, the image is checked as cairn's GRUB
     /// menu checks it (signatures, BOOTSUMS), its checked kernel and initrd
     /// are loaded with the menu entry's command line and systemd switches to
-    /// them: no firmware, no boot loader. When kexec cannot be used, a normal
-    /// reboot, with GRUB's next_entry set to the image.
+    /// them: no firmware, no boot loader. With --soft, an image with the
+    /// running kernel is switched to without restarting the kernel
+    /// (systemd's soft-reboot): its layers mounted through dm-verity with
+    /// their signed root hashes, every service restarted in it. When
+    /// neither can be used, a normal reboot, with GRUB's next_entry set to
+    /// the image.
     Reboot(RebootArgs),
     /// On the build host: write each profile's signed index for machines to pull.
     ///
@@ -192,8 +196,9 @@ pub enum Command {
     /// layers), each verified while it streams, resumable, staged and
     /// renamed into place. The image becomes the default on trial (boot
     /// counting: if it never boots well, GRUB goes back to the last good
-    /// image); then the policy acts: stage, reboot, kexec, or kexec inside
-    /// a maintenance window. No key is needed on the machine.
+    /// image); then the policy acts: stage, reboot, kexec, soft-reboot
+    /// (the kernel stays when it can), kexec inside a maintenance window,
+    /// or apply-live. No key is needed on the machine.
     Pull(PullArgs),
     /// On a machine: the booted image, what boots next and why, the images on the boot disk.
     Status(StatusArgs),

@@ -64,7 +64,7 @@ fn local_minute() -> Result<u32> {
 #[serde(rename_all = "kebab-case")]
 pub struct Action {
     pub policy: &'static str,
-    /// `none`, `wait-for-window`, `reboot`, `kexec`.
+    /// `none`, `wait-for-window`, `reboot`, `kexec`, `soft-reboot`, `apply-live`.
     pub did: String,
     pub detail: Option<String>,
 }
@@ -74,6 +74,8 @@ pub struct Action {
 pub enum Switch {
     Reboot,
     Kexec,
+    /// Userspace only (systemd's soft-reboot), else kexec, else a reboot.
+    Soft,
     /// The new package set applied to the running system (no boot).
     ApplyLive,
 }
@@ -104,6 +106,10 @@ pub fn act(
         Policy::Kexec => {
             a.did = "kexec".into();
             a.detail = Some(switch(Switch::Kexec)?);
+        }
+        Policy::SoftReboot => {
+            a.did = "soft-reboot".into();
+            a.detail = Some(switch(Switch::Soft)?);
         }
         Policy::ApplyLive => match switch(Switch::ApplyLive) {
             Ok(d) => {
@@ -194,6 +200,16 @@ mod tests {
         })
         .unwrap();
         assert_eq!(a.did, "reboot");
+        let a = act(&fleet(Policy::SoftReboot, None), "web/2", None, |k| {
+            assert_eq!(k, Switch::Soft);
+            Ok("soft-reboot into web/2".into())
+        })
+        .unwrap();
+        assert_eq!(a.did, "soft-reboot");
+        assert_eq!(
+            serde_json::to_value(Policy::SoftReboot).unwrap(),
+            "soft-reboot"
+        );
         let a = act(&fleet(Policy::ApplyLive, None), "web/2", None, |k| {
             assert_eq!(k, Switch::ApplyLive);
             Ok("3 package(s)".into())

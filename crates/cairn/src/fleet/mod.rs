@@ -96,10 +96,10 @@ fn act_with(
                 report: report.clone(),
                 action: Some(machine::Action {
                     policy,
-                    did: if how == machine::Switch::Kexec {
-                        "kexec"
-                    } else {
-                        "reboot"
+                    did: match how {
+                        machine::Switch::Kexec => "kexec",
+                        machine::Switch::Soft => "soft-reboot",
+                        _ => "reboot",
                     }
                     .into(),
                     detail: Some(format!("switching to {} now", p.image)),
@@ -142,15 +142,21 @@ fn switch(p: &Pending, how: machine::Switch) -> Result<String> {
         ));
     }
     let kexec = how == machine::Switch::Kexec;
+    let soft = how == machine::Switch::Soft;
     crate::progress::note(&format!(
         "cairn: policy {policy}: switching to {}{}",
         p.image,
-        if kexec { " with kexec" } else { " (reboot)" }
+        match how {
+            machine::Switch::Kexec => " with kexec",
+            machine::Switch::Soft => " with a soft reboot (else kexec)",
+            _ => " (reboot)",
+        }
     ));
     let plan = crate::live::reboot(&crate::live::RebootOptions {
         store: Path::new("/nonexistent"),
         image: Some(&p.image),
         kexec,
+        soft: soft.then_some(crate::live::SoftMode::Auto),
         ram: false,
         key: Some(&p.key),
         dry_run: false,
@@ -270,9 +276,12 @@ fn open_target(r: &PullRequest, profile: &str) -> Result<Opened> {
             let medium = crate::live::BootMedium::find()?;
             let running = (id.profile() == profile).then(|| id.version().to_string());
             // The directory booted from (live-media-path=) and the one its
-            // name says: neither is removed to make room.
+            // name says, and after a soft reboot also the directory of the
+            // kernel that still runs: none is removed to make room.
             let mut booted = vec![id.dir()];
-            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            let cmdline = crate::image::boot_cmdline()?
+                + " "
+                + &std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
             booted.extend(
                 cmdline
                     .split_whitespace()

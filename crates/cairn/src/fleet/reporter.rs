@@ -12,8 +12,7 @@ use crate::boot::model::BootPartition;
 use crate::mirror::url::RepoUrl;
 use crate::trust::machine::MachineKey;
 
-/// Marks that this boot has reported (its first report is the boot's).
-const REPORTED: &str = "/run/cairn/reported";
+use crate::image::paths::REPORTED;
 
 pub struct ReportRequest {
     /// A boot partition's tree; None: this machine's boot medium.
@@ -206,8 +205,7 @@ fn open(r: &ReportRequest) -> Result<(PathBuf, Option<String>, Option<crate::liv
     Ok(match &r.boot_dir {
         Some(d) => (d.clone(), None, None),
         None => {
-            let cmdline =
-                std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+            let cmdline = crate::image::boot_cmdline()?;
             if !cmdline.contains("cairn.image=") {
                 bail!("not a running cairn image: name a boot partition's tree (--boot-dir DIR)");
             }

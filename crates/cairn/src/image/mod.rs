@@ -298,12 +298,42 @@ pub fn prune(
     Ok(removed)
 }
 
-/// The image this system booted from (`cairn.image=` on the kernel command line).
+/// The image this system runs (`cairn.image=` on its command line:
+/// [`boot_cmdline`]).
 pub fn booted_image() -> Option<String> {
-    fs::read_to_string("/proc/cmdline").ok().and_then(|c| {
+    boot_cmdline().ok().and_then(|c| {
         c.split_whitespace()
             .find_map(|p| p.strip_prefix("cairn.image=").map(String::from))
     })
+}
+
+/// The command line this userspace runs by: the one `cairn reboot --soft`
+/// left in this root (/etc/cairn/cmdline, in its RAM overlay) for the
+/// image it switched to — the kernel kept its own — else the kernel's. The
+/// file counts only as root wrote it: a regular file (never followed as a
+/// link), owned by root, written by nobody else; any other is a refusal.
+pub fn boot_cmdline() -> Result<String> {
+    cmdline_at(Path::new(paths::SOFT_CMDLINE), Path::new("/proc/cmdline"))
+}
+
+pub(crate) fn cmdline_at(soft: &Path, kernel: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(soft) {
+        Ok(m) => {
+            if !m.file_type().is_file() || m.uid() != 0 || m.mode() & 0o022 != 0 {
+                bail!(
+                    "{}: not a regular file that only root writes: refusing to take the command line from it",
+                    soft.display()
+                );
+            }
+            let t = crate::trust::hash::read_regular_file(soft, 64 * 1024)?;
+            String::from_utf8(t).with_context(|| format!("{}: not UTF-8", soft.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::read_to_string(kernel).with_context(|| format!("reading {}", kernel.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("{}", soft.display())),
+    }
 }
 
 /// A manifest for unit tests: version `v`, packages `pk` (name, version).
@@ -327,6 +357,30 @@ pub(crate) fn test_manifest(v: &str, pk: &[(&str, &str)]) -> Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The command line a soft reboot left is taken only as root's own
+    /// regular file that nobody else writes; anything else is refused.
+    #[test]
+    fn a_soft_reboots_command_line_is_read_only_from_root() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let (at, kernel) = (d.path().join("cmdline"), d.path().join("proc-cmdline"));
+        fs::write(&kernel, "cairn.image=w/1\n").unwrap();
+        let read = || cmdline_at(&at, &kernel);
+        assert_eq!(read().unwrap(), "cairn.image=w/1\n");
+        fs::write(&at, "cairn.image=w/2\n").unwrap();
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if std::fs::metadata(&at).unwrap().uid() == 0 {
+            assert_eq!(read().unwrap(), "cairn.image=w/2\n");
+        } else {
+            assert!(read().is_err(), "not root's: refused");
+        }
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(read().is_err(), "written by others: refused");
+        fs::remove_file(&at).unwrap();
+        std::os::unix::fs::symlink(&kernel, &at).unwrap();
+        assert!(read().is_err(), "a link: refused");
+    }
 
     fn m(v: &str, pk: &[(&str, &str)]) -> Manifest {
         test_manifest(v, pk)

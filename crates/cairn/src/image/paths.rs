@@ -25,6 +25,14 @@ pub const IMAGE_ENV: &str = "/etc/cairn/image.env";
 /// cairn's own state on the running system, gone at the next boot.
 pub const RUN_DIR: &str = "/run/cairn";
 pub const RUN_IMAGE_ENV: &str = "/run/cairn/image.env";
+/// The command line this userspace runs by, when `cairn reboot --soft`
+/// switched to it (systemd's soft-reboot: the kernel, and its
+/// /proc/cmdline, stay those of an earlier image): written into the new
+/// root's own RAM overlay before the switch, so only that root has it.
+/// Absent after a boot (an image never carries it).
+pub const SOFT_CMDLINE: &str = "/etc/cairn/cmdline";
+/// Marks that this boot has reported (its first report is the boot's).
+pub const REPORTED: &str = "/run/cairn/reported";
 /// The last health check's outcome, this boot.
 pub const HEALTH_FILE: &str = "/run/cairn/health";
 /// What `cairn apply-live` applied, kept across its runs.

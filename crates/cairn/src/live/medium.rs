@@ -97,7 +97,7 @@ impl Drop for BootMedium {
 /// The boot partition's UUID GRUB passed (`cairn.boot=` on this system's
 /// command line, checked by the initramfs).
 pub fn boot_uuid() -> Result<String> {
-    let cmdline = fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let cmdline = crate::image::boot_cmdline()?;
     let all: Vec<&str> = cmdline
         .split_whitespace()
         .filter_map(|p| p.strip_prefix("cairn.boot="))

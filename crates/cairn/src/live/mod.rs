@@ -13,6 +13,7 @@
 mod apply;
 pub(crate) mod medium;
 mod reboot;
+pub mod soft;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,7 @@ pub use apply::{
 };
 pub use medium::{BootMedium, boot_uuid};
 pub use reboot::{RebootOptions, RebootPlan, command_line, menu_selector, reboot};
+pub use soft::SoftMode;
 
 /// Where live-boot mounts the medium it booted from.
 const LIVE_MEDIUM: &str = "/run/live/medium";
@@ -62,10 +64,7 @@ pub fn find_image(
     profile: &str,
     key: &Path,
 ) -> Result<(PathBuf, Manifest)> {
-    let scratch = tempfile::Builder::new()
-        .prefix("cairn-manifests-")
-        .tempdir()
-        .context("a private temporary directory")?;
+    let scratch = scratch("cairn-manifests-")?;
     let work = scratch.path();
     if let Some(s) = spec {
         let p = Path::new(s);
@@ -116,6 +115,22 @@ pub fn find_image(
             None => format!("no signed image of {want_p} in {}", places.join(" or ")),
         }
     })
+}
+
+/// A private directory for copies that are checked and then used. As root,
+/// in /run/cairn (root's alone): never in a TMPDIR that a root shell may
+/// have inherited from a user (`su` without `-`), where that user could
+/// swap a checked copy before it is used.
+pub(crate) fn scratch(prefix: &str) -> Result<tempfile::TempDir> {
+    let mut t = tempfile::Builder::new();
+    t.prefix(prefix);
+    if crate::fsutil::is_root() {
+        fs::create_dir_all(RUN_DIR)?;
+        t.tempdir_in(RUN_DIR)
+    } else {
+        t.tempdir()
+    }
+    .context("a private temporary directory")
 }
 
 /// The public key images are checked against: `--key`, else the one the

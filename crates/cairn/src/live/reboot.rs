@@ -8,9 +8,11 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::soft::{self, NextRoot, SoftMode};
 use super::{BootMedium, RUN_DIR, boot_uuid, booted, find_image, public_key};
 use crate::boot::{env, menu};
 use crate::cmd::{Cmd, which};
+use crate::image::paths::{HEALTH_FILE, REPORTED};
 use crate::image::verify::{CheckedBoot, check_boot_files};
 use crate::trust::keys::verify_file;
 
@@ -18,10 +20,7 @@ use crate::trust::keys::verify_file;
 /// medium), in RAM or not, read from the menu on the medium — once its
 /// signature is checked (an unsigned grub.cfg says nothing).
 pub fn menu_selector(medium: &Path, rel: &str, ram: bool, key: &Path) -> Result<Option<String>> {
-    let scratch = tempfile::Builder::new()
-        .prefix("cairn-menu-")
-        .tempdir()
-        .context("a private temporary directory")?;
+    let scratch = super::scratch("cairn-menu-")?;
     let work = scratch.path();
     let grub = medium.join("boot/grub");
     for f in ["grub.cfg", "grub.cfg.sig"] {
@@ -64,12 +63,17 @@ pub struct RebootPlan {
     pub signed_by: Option<String>,
     /// Why kexec was not used, when it was asked for.
     pub kexec_fallback: Option<String>,
+    /// Why the soft switch was not used, when it was asked for.
+    pub soft_fallback: Option<String>,
 }
 
 pub struct RebootOptions<'a> {
     pub store: &'a Path,
     pub image: Option<&'a str>,
     pub kexec: bool,
+    /// Switch userspace only (systemd's soft-reboot), when the image has
+    /// the running kernel; else as the mode says.
+    pub soft: Option<SoftMode>,
     pub ram: bool,
     pub key: Option<&'a Path>,
     /// Check and load, but do not reboot.
@@ -111,8 +115,30 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         command_line: None,
         signed_by: None,
         kexec_fallback: None,
+        soft_fallback: None,
     };
-    if o.kexec {
+    let mut next_root = None;
+    let mut kexec = o.kexec;
+    if let Some(mode) = o.soft {
+        let id = crate::boot::model::ImageId::new(p, v)?;
+        match soft_switch(o, &dir, &id, &rel, &uuid, &entry, &key)? {
+            Ok(s) => {
+                plan.method = "soft-reboot".into();
+                plan.command_line = Some(s.cmdline.clone());
+                plan.signed_by = Some(s.signed_by.clone());
+                next_root = Some(s);
+            }
+            Err(why) if mode == SoftMode::Required => {
+                bail!("no soft reboot into {p}/{v}: {why} (--soft=required: nothing done)")
+            }
+            Err(why) => {
+                tracing::warn!("no soft reboot ({why}): trying kexec");
+                plan.soft_fallback = Some(why);
+                kexec = true;
+            }
+        }
+    }
+    if kexec && plan.method == "reboot" {
         // A refused image is an error: no reboot. Only loading may fall back.
         let work = Path::new(RUN_DIR).join("kexec");
         let _ = fs::remove_dir_all(&work);
@@ -122,15 +148,11 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
             Ok(()) => {
                 // GRUB counts a boot of the entry on trial as it loads it;
                 // kexec passes GRUB by, so the try is counted here.
-                let envp = medium.root.join(GRUBENV);
-                if envp.is_file() && !o.dry_run {
-                    let counted = crate::boot::model::BootPartition::new(&medium.root)
-                        .lock()
-                        .and_then(|_lock| medium.writable(|| count_try(&medium.root, &entry)));
-                    if let Err(e) = counted {
-                        let _ = Cmd::new("kexec").arg("-u").run();
-                        return Err(e);
-                    }
+                if !o.dry_run
+                    && let Err(e) = count_try_on(&medium, &entry)
+                {
+                    let _ = Cmd::new("kexec").arg("-u").run();
+                    return Err(e);
                 }
                 plan.method = "kexec".into();
                 plan.command_line = Some(cmdline);
@@ -153,6 +175,12 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
             })?;
         }
     }
+    if let Some(s) = next_root {
+        if !o.dry_run {
+            switch_softly(s, &medium, &entry)?;
+        }
+        return Ok(plan);
+    }
     drop(medium);
     if o.dry_run {
         if plan.method == "kexec" {
@@ -161,25 +189,139 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         return Ok(plan);
     }
     let systemd = Path::new("/run/systemd/system").is_dir();
+    // (A /run/nextroot that some other tool left would turn systemctl's
+    // reboot and kexec into a soft reboot: cairn's mean what they say.)
+    let (k, v) = soft::SKIP_AUTO_SOFT;
     match (plan.method.as_str(), systemd) {
-        ("kexec", true) => Cmd::new("systemctl").args(["--no-block", "kexec"]).run()?,
+        ("kexec", true) => Cmd::new("systemctl")
+            .args(["--no-block", "kexec"])
+            .env(k, v)
+            .run()?,
         ("kexec", false) => Cmd::new("kexec").arg("-e").run()?,
-        (_, true) => Cmd::new("systemctl").args(["--no-block", "reboot"]).run()?,
+        (_, true) => Cmd::new("systemctl")
+            .args(["--no-block", "reboot"])
+            .env(k, v)
+            .run()?,
         _ => Cmd::new("reboot").run()?,
     };
     Ok(plan)
 }
 
+/// A soft switch, prepared and checked: its root, the command line left in
+/// it, the lock that keeps other switches out until systemd takes it.
+struct SoftSwitch {
+    root: NextRoot,
+    cmdline: String,
+    signed_by: String,
+    _lock: std::fs::File,
+}
+
+/// The point of no return: the root at /run/nextroot, the try counted,
+/// systemd's soft-reboot queued. A failure before the end takes back what
+/// was done (the root unmounted, the try given back).
+fn switch_softly(mut s: SoftSwitch, medium: &BootMedium, entry: &str) -> Result<()> {
+    s.root.activate()?;
+    let counted = count_try_on(medium, entry)?;
+    let queued = Cmd::new("systemctl")
+        .args(["--no-block", "soft-reboot"])
+        .run();
+    if let Err(e) = queued {
+        if let Some(left) = counted {
+            let _ = BootPartition::new(&medium.root).lock().and_then(|_l| {
+                medium.writable(|| {
+                    let part = BootPartition::new(&medium.root);
+                    let mut vars = part.vars()?;
+                    env::update(&mut vars, &[(var::LEFT, &left)]);
+                    env::save(&part.grubenv(), &vars)
+                })
+            });
+        }
+        return Err(e);
+    }
+    // What this boot found out is not the next image's: it says again.
+    // (The image's name file is made again by cairn-image.service, which
+    // stops with this system and starts with the next.)
+    for f in [HEALTH_FILE, "/run/cairn/health.log", REPORTED] {
+        let _ = fs::remove_file(f);
+    }
+    s.root.keep();
+    Ok(())
+}
+
+/// A switch through systemd's soft-reboot, prepared: the image's boot files
+/// checked as the menu checks them (and its boot.cfg its own), the host,
+/// the kernel and its arguments fit for it, the next root mounted and the
+/// command line left in it. `Err` inside: why this host cannot switch
+/// softly into it (the caller falls back); a refused image is the outer
+/// error.
+fn soft_switch(
+    o: &RebootOptions,
+    dir: &Path,
+    id: &crate::boot::model::ImageId,
+    rel: &str,
+    uuid: &str,
+    entry: &str,
+    key: &Path,
+) -> Result<std::result::Result<SoftSwitch, String>> {
+    let lock = soft::lock()?;
+    soft::check_entry(entry)?;
+    let work = super::scratch("cairn-soft-check-")?;
+    let checked = check_boot_files(dir, key, work.path())?;
+    soft::check_image_arg(&checked.args, id)?;
+    let layers = soft::signed_layers(&checked.args).map_err(|e| {
+        crate::trust::VerificationFailed::new(format!("REFUSING {}: {e:#}", dir.display()))
+    })?;
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let version = fs::read_to_string("/proc/sys/kernel/version")?;
+    let kernel_cmdline = fs::read_to_string("/proc/cmdline")?;
+    if let Some(why) = soft::host_unfit()
+        .or_else(|| soft::kernel_unfit(&checked.kernel, release.trim(), version.trim()))
+        .or_else(|| soft::args_unfit(&checked.args, &kernel_cmdline))
+    {
+        return Ok(Err(why));
+    }
+    let tag = format!(
+        "soft{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default()
+    );
+    let root = NextRoot::prepare(dir, &layers, &tag, o.ram)?;
+    if let Some(why) = root.unfit(release.trim()) {
+        return Ok(Err(why));
+    }
+    let cmdline = command_line(&checked.args, rel, uuid, o.ram, entry);
+    root.leave_cmdline(&cmdline)?;
+    Ok(Ok(SoftSwitch {
+        root,
+        cmdline,
+        signed_by: checked.signed_by,
+        _lock: lock,
+    }))
+}
+
+/// [`count_try`] on the boot disk, locked and writable for that moment:
+/// the tries left before, when one was counted.
+fn count_try_on(medium: &BootMedium, entry: &str) -> Result<Option<String>> {
+    if !medium.root.join(GRUBENV).is_file() {
+        return Ok(None);
+    }
+    BootPartition::new(&medium.root)
+        .lock()
+        .and_then(|_lock| medium.writable(|| count_try(&medium.root, entry)))
+}
+
 /// Counts one boot of `entry` when it is on trial and not yet good, as
 /// GRUB's menu does; refuses when it has no tries left (GRUB would not
 /// boot it either).
-fn count_try(root: &Path, entry: &str) -> Result<()> {
+fn count_try(root: &Path, entry: &str) -> Result<Option<String>> {
     let part = BootPartition::new(root);
     let envp = part.grubenv();
     let mut vars = part.vars()?;
     let c = BootCounter::from_vars(&vars);
     if c.trial.as_deref() != Some(entry) || c.good.as_deref() == Some(entry) {
-        return Ok(());
+        return Ok(None);
     }
     let left = c.left.unwrap_or(0);
     if left == 0 {
@@ -189,7 +331,8 @@ fn count_try(root: &Path, entry: &str) -> Result<()> {
     }
     let l = (left - 1).to_string();
     env::update(&mut vars, &[(var::LEFT, &l)]);
-    env::save(&envp, &vars)
+    env::save(&envp, &vars)?;
+    Ok(Some(left.to_string()))
 }
 
 /// Loads the checked copies with kexec_file_load (what a kernel locked

@@ -15,6 +15,10 @@ pub enum Policy {
     Reboot,
     /// Then switch to it with kexec now (a reboot when kexec cannot).
     Kexec,
+    /// Then switch to it without restarting the kernel (systemd's
+    /// soft-reboot) when it has the running kernel; else kexec, else a
+    /// reboot.
+    SoftReboot,
     /// Then switch to it (kexec) inside the maintenance window only.
     Window,
     /// Then bring the running system to its package set now (apt, from the
@@ -29,6 +33,7 @@ impl Policy {
             Policy::Stage => "stage",
             Policy::Reboot => "reboot",
             Policy::Kexec => "kexec",
+            Policy::SoftReboot => "soft-reboot",
             Policy::Window => "window",
             Policy::ApplyLive => "apply-live",
         }

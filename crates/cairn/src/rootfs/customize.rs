@@ -219,7 +219,7 @@ pub fn boot_marker(root: &Path) -> Result<()> {
     write(
         root,
         "/usr/lib/systemd/system/cairn-image.service",
-        "[Unit]\nDescription=cairn: which image booted (/run/cairn/image.env)\nDefaultDependencies=no\nBefore=sysinit.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/lib/cairn/image-env\n\n[Install]\nWantedBy=sysinit.target\n",
+        "[Unit]\nDescription=cairn: which image booted (/run/cairn/image.env)\nDefaultDependencies=no\nBefore=sysinit.target\nConflicts=shutdown.target\nBefore=shutdown.target\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/lib/cairn/image-env\n\n[Install]\nWantedBy=sysinit.target\n",
         0o644,
     )?;
     write(

@@ -247,7 +247,11 @@ fn typed_arguments_are_refused_as_usage_errors() {
                 "--boot-dir",
                 "/nonexistent",
             ][..],
-            "stage, reboot, kexec, window or apply-live",
+            "stage, reboot, kexec, soft-reboot, window or apply-live",
+        ),
+        (
+            &["reboot", "--soft=yolo"][..],
+            "[possible values: auto, required]",
         ),
         (
             &[

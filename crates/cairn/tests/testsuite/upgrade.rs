@@ -251,7 +251,8 @@ fn boot_menu_takes_copied_images_in_and_leaves_broken_copies_out() {
 /// On the running parent image (booted from its rollback entry, the store's
 /// mirror attached as a disk): `cairn apply-live` brings `less` (the delta's
 /// new package) into the running system, and it runs; then `cairn reboot
-/// --kexec` switches to the delta image. qemu runs with -no-reboot: a
+/// --soft` switches to the delta image: Debian 12's systemd has no
+/// soft-reboot (refused under `--soft=required`), so it falls back to kexec. qemu runs with -no-reboot: a
 /// firmware reboot would end the run, so the delta's marker can only come
 /// from the kexec'd kernel (and GRUB checks grub.cfg once). The kexec'd boot
 /// carries the menu's entry for the delta: it ends the delta's trial.
@@ -299,8 +300,10 @@ say "applied=$(tr -d '
 ' < /var/lib/cairn/applied-live.json | grep -o '"to":"webtest/[^"]*"' | head -n1)"
 say "less-after=$(less --version | head -n1)"
 tail -n 5 /run/apply.err | while read -r l; do say "apply-err: $l"; done
+cairn --store /srv/cairn reboot --soft=required --dry-run webtest/{iv} > /run/soft.out 2>&1
+say "soft-required=$? $(grep -o 'systemd 252 has no soft-reboot' /run/soft.out | head -n1)"
 say "kexec"
-cairn --store /srv/cairn reboot --kexec webtest/{iv} > /run/reboot.out 2>&1
+cairn --store /srv/cairn reboot --soft webtest/{iv} > /run/reboot.out 2>&1
 say "reboot=$?"
 tail -n 5 /run/reboot.out | while read -r l; do say "reboot-out: $l"; done
 "#
@@ -322,6 +325,9 @@ tail -n 5 /run/reboot.out | while read -r l; do say "reboot-out: $l"; done
     r.markers_have("PROBE apply-live=0");
     r.markers_have(&format!("PROBE applied=\"to\":\"webtest/{iv}\""));
     r.markers_have("PROBE less-after=less ");
+    // Debian 12's systemd (252) has no soft-reboot: refused when required,
+    // and `--soft` falls back to kexec.
+    r.markers_have("PROBE soft-required=1 systemd 252 has no soft-reboot");
     r.reached(&want);
     r.markers_have("PROBE issue.net=absent");
     let kexec_lines: Vec<&str> = r
@@ -349,6 +355,144 @@ tail -n 5 /run/reboot.out | while read -r l; do say "reboot-out: $l"; done
         // The trial passed: it stays, and is the last good boot.
         env.contains(&format!("cairn_good=webtest-{iv}\n"))
             && env.contains(&format!("cairn_trial=webtest-{iv}\n")),
+        "{env}"
+    );
+}
+
+/// The switch that keeps the kernel (`cairn reboot --soft`, systemd's
+/// soft-reboot) on Debian 13: a disk holds `trixietest`, its next version
+/// (a delta: one file more, the same kernel) and a Debian 12 image (another
+/// kernel). Booted into the first: the soft switch to the Debian 12 image
+/// is refused under `--soft=required` and falls back to kexec otherwise
+/// (dry runs); the soft switch to the next version restarts userspace
+/// only — the same kernel and boot id, uptime carried on, GRUB and the
+/// kernel started once in the whole run — and the new system runs the
+/// delta's layers through dm-verity, says its own name, and its boot is
+/// marked good (the trial passed).
+#[test]
+fn a_soft_reboot_switches_userspace_and_keeps_the_kernel() {
+    let Some(f) = fixture::get() else {
+        return;
+    };
+    let u = f.trixie_upgraded();
+    let _core = crate::support::cores::one();
+    let w = f.work("a_soft_reboot_switches_userspace_and_keeps_the_kernel");
+    let (mnt, disk) = (w.path().join("mnt"), w.path().join("disk.img"));
+    let web = u
+        .store
+        .join("images/webtest")
+        .join(f.web_img.file_name().unwrap());
+    ok(cairn(
+        &u.store,
+        &[
+            "disk",
+            "create",
+            disk.to_str().unwrap(),
+            "--image",
+            u.parent.to_str().unwrap(),
+            "--image",
+            web.to_str().unwrap(),
+            "--data-size",
+            "32M",
+            "--timeout",
+            "1",
+        ],
+    ));
+    ok(cairn(
+        &u.store,
+        &[
+            "disk",
+            "add",
+            disk.to_str().unwrap(),
+            u.delta.to_str().unwrap(),
+        ],
+    ));
+    let (pv, dv, wv) = (
+        version_of(&u.parent),
+        version_of(&u.delta),
+        version_of(&web),
+    );
+    let share = w.path().join("share");
+    fs::create_dir_all(&share).unwrap();
+    let script = share.join("on-boot.sh");
+    fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+say() {{ echo "PROBE $*" > /dev/ttyS1; echo "PROBE $*" > /dev/console; }}
+. /etc/cairn/image.env
+say "image=$CAIRN_VERSION boot-id=$(cat /proc/sys/kernel/random/boot_id) kernel=$(uname -r)"
+say "up $CAIRN_VERSION $(cut -d. -f1 /proc/uptime)"
+say "next-file=$(cat /etc/cairn-test-next 2>/dev/null || echo absent)"
+say "soft-reboots=$(systemctl show -P SoftRebootsCount)"
+say "root=$(findmnt -n -o FSTYPE /)"
+say "soft-verity=$(for d in /dev/mapper/cairn-soft*; do [ -e "$d" ] && veritysetup status "${{d##*/}}" | awk '$1 == "status:" {{ printf "%s ", $2 }}'; done)"
+[ "$CAIRN_VERSION" = "{pv}" ] || exit 0
+cairn reboot --soft=required --dry-run webtest/{wv} > /run/r1.out 2>&1
+say "required-other-kernel=$?"
+tail -n 3 /run/r1.out | while read -r l; do say "r1: $l"; done
+cairn reboot --soft --dry-run --json webtest/{wv} > /run/r2.out 2> /run/r2.err
+say "auto-other-kernel=$? $(tr -d ' \n' < /run/r2.out | grep -o '"method":"[a-z-]*"')"
+say "auto-fallback=$(grep -o 'is not the running one' /run/r2.out | head -n1)"
+tail -n 3 /run/r2.err | while read -r l; do say "r2: $l"; done
+cairn reboot --soft trixietest/{dv} > /run/soft.out 2>&1
+say "soft=$?"
+tail -n 5 /run/soft.out | while read -r l; do say "soft-out: $l"; done
+"#
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let want = marker_of(&u.delta);
+    let r = boot(
+        &u.store,
+        &disk,
+        "uefi",
+        Some(&format!("rollback>trixietest-{pv}")),
+        &["--attach-dir", share.to_str().unwrap(), "--marker", &want],
+        "soft",
+        600,
+    );
+    r.markers_have(&format!("PROBE image={pv} boot-id="));
+    r.markers_have("PROBE required-other-kernel=1");
+    r.markers_have("is not the running one (6.12.");
+    r.markers_have("a new kernel needs kexec or a boot (--soft=required: nothing done)");
+    r.markers_have("PROBE auto-other-kernel=0 \"method\":\"kexec\"");
+    r.markers_have("PROBE auto-fallback=is not the running one");
+    r.markers_have("PROBE soft=0");
+    r.reached(&want);
+    r.markers_have(&format!("PROBE image={dv} boot-id="));
+    r.markers_have("PROBE next-file=2");
+    r.markers_have("PROBE soft-reboots=1");
+    r.markers_have("PROBE root=overlay");
+    r.markers_have("PROBE soft-verity=verified verified ");
+    // One kernel, one boot: the boot id and the kernel are the first
+    // image's, and the uptime went on.
+    let line = |prefix: &str| -> String {
+        r.markers
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix).map(|x| x.trim().to_string()))
+            .unwrap_or_else(|| panic!("no {prefix:?}\n{}", r.why()))
+    };
+    let first = line(&format!("PROBE image={pv} "));
+    let second = line(&format!("PROBE image={dv} "));
+    assert_eq!(first, second, "boot id and kernel");
+    let up = |v: &str| -> u64 { line(&format!("PROBE up {v} ")).parse().unwrap() };
+    assert!(
+        up(&dv) >= up(&pv),
+        "uptime went on: {} then {}",
+        up(&pv),
+        up(&dv)
+    );
+    assert_eq!(
+        r.console.matches("Linux version ").count(),
+        1,
+        "the kernel started once\n{}",
+        r.why()
+    );
+    let env = grubenv(&disk, &mnt);
+    assert!(
+        env.contains(&format!("cairn_good=trixietest-{dv}\n")),
         "{env}"
     );
 }

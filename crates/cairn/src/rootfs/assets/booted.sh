@@ -14,9 +14,12 @@
 [ -r /run/cairn/image.env ] || /usr/lib/cairn/image-env
 . /run/cairn/image.env
 
+# The command line this userspace runs by: the kernel's, or after a soft
+# reboot the one cairn wrote for the image it switched to.
+cmdline="$(/usr/lib/cairn/image-env --cmdline)"
 entry=""
 uuid=""
-for p in $(cat /proc/cmdline); do
+for p in $(cat "$cmdline"); do
     case "$p" in
         cairn.entry=*) entry="${p#cairn.entry=}" ;;
         cairn.boot=*) uuid="${p#cairn.boot=}" ;;
@@ -140,7 +143,7 @@ if [ "$health" != passed ]; then
         say "cairn: $entry is on trial and failed its health check: rebooting"
         keep_failure "$root"
         [ -n "$mounted" ] && umount /run/cairn/boot
-        systemctl --no-block reboot
+        SYSTEMCTL_SKIP_AUTO_SOFT_REBOOT=1 systemctl --no-block reboot
     fi
     exit 1
 fi
@@ -159,7 +162,7 @@ if [ -n "$failed" ]; then
 fi
 
 say "CAIRN-BOOTED profile=$CAIRN_PROFILE version=$CAIRN_VERSION"
-if grep -qw cairn.poweroff /proc/cmdline || [ "$(cut -d: -f1 /sys/class/dmi/id/product_serial 2>/dev/null)" = cairn-test-poweroff ]; then
+if grep -qw cairn.poweroff "$cmdline" || [ "$(cut -d: -f1 /sys/class/dmi/id/product_serial 2>/dev/null)" = cairn-test-poweroff ]; then
     systemctl --no-block poweroff
 fi
 exit 0

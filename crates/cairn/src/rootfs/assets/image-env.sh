@@ -8,6 +8,27 @@ export LC_ALL=C
 # (Other paths only for cairn's tests.)
 cmdline="${CAIRN_TEST_CMDLINE:-/proc/cmdline}"
 run="${CAIRN_TEST_RUN:-/run/cairn}"
+# After `cairn reboot --soft` (systemd's soft-reboot: the kernel, and its
+# command line, stay those of the image it booted), the command line of the
+# image switched to, which cairn wrote into this root's own RAM overlay: a
+# regular file, never a link, of this script's user (root), written by
+# nobody else. Any other file there names no image (unknown), never the
+# kernel's.
+soft="${CAIRN_TEST_SOFT_CMDLINE:-/etc/cairn/cmdline}"
+if [ -e "$soft" ] || [ -L "$soft" ]; then
+    if [ -f "$soft" ] && [ ! -L "$soft" ] && [ "$(stat -c %u "$soft")" = "$(id -u)" ] &&
+        [ -z "$(find "$soft" -prune -perm /022)" ]; then
+        cmdline="$soft"
+    else
+        cmdline=/dev/null
+    fi
+fi
+# `image-env --cmdline`: which command line this userspace runs by (for
+# cairn-booted).
+if [ "${1:-}" = --cmdline ]; then
+    echo "$cmdline"
+    exit 0
+fi
 image=""
 seen=0
 for p in $(cat "$cmdline"); do

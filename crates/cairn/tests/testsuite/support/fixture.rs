@@ -411,6 +411,48 @@ impl Fixture {
         })
     }
 
+    /// The next version of `trixietest` — one file more, the same kernel
+    /// (the same snapshot) — as a delta on `trixie().img`, in a store of
+    /// its own, made once.
+    pub fn trixie_upgraded(&'static self) -> &'static Upgraded {
+        static U: OnceLock<Upgraded> = OnceLock::new();
+        U.get_or_init(|| {
+            let t = self.trixie();
+            // One core: an upgrade, one process at a time for most of its time.
+            let _core = crate::support::cores::one();
+            let dir = self.root.join("trixie-upgraded");
+            open_dir(&dir);
+            let store = copy_store(&t.store, &dir);
+            let profile = self.root.join("trixietest2.toml");
+            fs::write(
+                &profile,
+                "schema-version = 1\nname = \"trixietest\"\nextends = \"trixietest.toml\"\n\
+[[hooks]]\nscript = \"echo 2 > \\\"$1/etc/cairn-test-next\\\"\"\n",
+            )
+            .unwrap();
+            let r = json(ok(cairn(
+                &store,
+                &[
+                    "upgrade",
+                    profile.to_str().unwrap(),
+                    "--snapshot",
+                    SNAPSHOT,
+                    "--json",
+                ],
+            )));
+            let delta = PathBuf::from(r["path"].as_str().unwrap());
+            let parent = store
+                .join("images/trixietest")
+                .join(t.img.file_name().unwrap());
+            Upgraded {
+                store,
+                parent,
+                delta,
+                report: r,
+            }
+        })
+    }
+
     /// The delta of `webtest2` on `web_img`, made once.
     pub fn upgraded(&'static self) -> &'static Upgraded {
         static U: OnceLock<Upgraded> = OnceLock::new();
