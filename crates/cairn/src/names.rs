@@ -148,37 +148,29 @@ mod tests {
         let run = d.path().join("run");
         std::fs::create_dir_all(&run).unwrap();
         let soft = d.path().join("etc-cairn-cmdline");
-        let name = || {
+        let unit = |args: &[&str]| {
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(script)
                 .arg("image-env")
+                .args(args)
                 .env("CAIRN_TEST_CMDLINE", &kernel)
                 .env("CAIRN_TEST_SOFT_CMDLINE", &soft)
                 .env("CAIRN_TEST_RUN", &run)
-                .status()
+                .output()
                 .unwrap();
-            assert!(out.success());
+            assert!(out.status.success());
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let name = || {
+            unit(&[]);
             std::fs::read_to_string(run.join("image.env")).unwrap()
         };
         assert!(name().contains("CAIRN_VERSION=1\n"));
         std::fs::write(&soft, "cairn.image=web/2 cairn.entry=web-2\n").unwrap();
         std::fs::set_permissions(&soft, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(name().contains("CAIRN_VERSION=2\n"));
-        let which = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("image-env")
-            .arg("--cmdline")
-            .env("CAIRN_TEST_CMDLINE", &kernel)
-            .env("CAIRN_TEST_SOFT_CMDLINE", &soft)
-            .env("CAIRN_TEST_RUN", &run)
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&which.stdout).trim(),
-            soft.to_str().unwrap()
-        );
+        assert_eq!(unit(&["--cmdline"]), soft.to_str().unwrap());
         // Writable by others, or a link: no name at all (never the
         // kernel's, which is another image's).
         std::fs::set_permissions(&soft, std::fs::Permissions::from_mode(0o666)).unwrap();

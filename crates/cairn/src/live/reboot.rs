@@ -139,30 +139,7 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         }
     }
     if kexec && plan.method == "reboot" {
-        // A refused image is an error: no reboot. Only loading may fall back.
-        let work = Path::new(RUN_DIR).join("kexec");
-        let _ = fs::remove_dir_all(&work);
-        let checked = check_boot_files(&dir, &key, &work)?;
-        let cmdline = command_line(&checked.args, &rel, &uuid, o.ram, &entry);
-        match kexec_load(&checked, &cmdline) {
-            Ok(()) => {
-                // GRUB counts a boot of the entry on trial as it loads it;
-                // kexec passes GRUB by, so the try is counted here.
-                if !o.dry_run
-                    && let Err(e) = count_try_on(&medium, &entry)
-                {
-                    let _ = Cmd::new("kexec").arg("-u").run();
-                    return Err(e);
-                }
-                plan.method = "kexec".into();
-                plan.command_line = Some(cmdline);
-                plan.signed_by = Some(checked.signed_by);
-            }
-            Err(e) => {
-                tracing::warn!("kexec unavailable, rebooting through the firmware: {e:#}");
-                plan.kexec_fallback = Some(format!("{e:#}"));
-            }
-        }
+        load_kexec(o, &medium, &dir, &rel, &uuid, &key, &mut plan)?;
     }
     if plan.method == "reboot" {
         // GRUB's one-shot next_entry picks the image on the next boot.
@@ -188,11 +165,56 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
         }
         return Ok(plan);
     }
+    restart(&plan.method)?;
+    Ok(plan)
+}
+
+/// Loads the image's checked kernel for kexec, counting the try as GRUB
+/// would; when kexec cannot be used the plan says why and stays a reboot.
+/// A refused image is an error: no reboot. Only loading may fall back.
+fn load_kexec(
+    o: &RebootOptions,
+    medium: &BootMedium,
+    dir: &Path,
+    rel: &str,
+    uuid: &str,
+    key: &Path,
+    plan: &mut RebootPlan,
+) -> Result<()> {
+    let work = Path::new(RUN_DIR).join("kexec");
+    let _ = fs::remove_dir_all(&work);
+    let checked = check_boot_files(dir, key, &work)?;
+    let cmdline = command_line(&checked.args, rel, uuid, o.ram, &plan.entry);
+    match kexec_load(&checked, &cmdline) {
+        Ok(()) => {
+            // GRUB counts a boot of the entry on trial as it loads it;
+            // kexec passes GRUB by, so the try is counted here.
+            if !o.dry_run
+                && let Err(e) = count_try_on(medium, &plan.entry)
+            {
+                let _ = Cmd::new("kexec").arg("-u").run();
+                return Err(e);
+            }
+            plan.method = "kexec".into();
+            plan.command_line = Some(cmdline);
+            plan.signed_by = Some(checked.signed_by);
+        }
+        Err(e) => {
+            tracing::warn!("kexec unavailable, rebooting through the firmware: {e:#}");
+            plan.kexec_fallback = Some(format!("{e:#}"));
+        }
+    }
+    Ok(())
+}
+
+/// Ends this system: `systemctl kexec` into the loaded kernel, or a reboot
+/// through the firmware (without systemd: `kexec -e`, `reboot`).
+fn restart(method: &str) -> Result<()> {
     let systemd = Path::new("/run/systemd/system").is_dir();
     // (A /run/nextroot that some other tool left would turn systemctl's
     // reboot and kexec into a soft reboot: cairn's mean what they say.)
     let (k, v) = soft::SKIP_AUTO_SOFT;
-    match (plan.method.as_str(), systemd) {
+    match (method, systemd) {
         ("kexec", true) => Cmd::new("systemctl")
             .args(["--no-block", "kexec"])
             .env(k, v)
@@ -204,7 +226,7 @@ pub fn reboot(o: &RebootOptions) -> Result<RebootPlan> {
             .run()?,
         _ => Cmd::new("reboot").run()?,
     };
-    Ok(plan)
+    Ok(())
 }
 
 /// A soft switch, prepared and checked: its root, the command line left in
@@ -222,30 +244,47 @@ struct SoftSwitch {
 fn switch_softly(mut s: SoftSwitch, medium: &BootMedium, entry: &str) -> Result<()> {
     s.root.activate()?;
     let counted = count_try_on(medium, entry)?;
+    // The unit that names the running image runs again in the next root
+    // (images before soft reboots did not stop it at a shutdown).
+    let _ = Cmd::new("systemctl")
+        .args(["stop", "cairn-image.service"])
+        .run();
     let queued = Cmd::new("systemctl")
         .args(["--no-block", "soft-reboot"])
         .run();
     if let Err(e) = queued {
         if let Some(left) = counted {
-            let _ = BootPartition::new(&medium.root).lock().and_then(|_l| {
-                medium.writable(|| {
-                    let part = BootPartition::new(&medium.root);
-                    let mut vars = part.vars()?;
-                    env::update(&mut vars, &[(var::LEFT, &left)]);
-                    env::save(&part.grubenv(), &vars)
-                })
-            });
+            give_back_try(medium, entry, &left);
         }
         return Err(e);
     }
     // What this boot found out is not the next image's: it says again.
-    // (The image's name file is made again by cairn-image.service, which
-    // stops with this system and starts with the next.)
     for f in [HEALTH_FILE, "/run/cairn/health.log", REPORTED] {
         let _ = fs::remove_file(f);
     }
     s.root.keep();
     Ok(())
+}
+
+/// The try [`count_try`] counted, given back — only while the counter is
+/// still as that left it (a pull may have set another trial since).
+fn give_back_try(medium: &BootMedium, entry: &str, left: &str) {
+    let r = BootPartition::new(&medium.root).lock().and_then(|_l| {
+        medium.writable(|| {
+            let part = BootPartition::new(&medium.root);
+            let mut vars = part.vars()?;
+            let c = BootCounter::from_vars(&vars);
+            let counted = left.parse::<u32>().ok().and_then(|l| l.checked_sub(1));
+            if c.trial.as_deref() != Some(entry) || c.left != counted {
+                bail!("the boot counter changed since: left as it is");
+            }
+            env::update(&mut vars, &[(var::LEFT, left)]);
+            env::save(&part.grubenv(), &vars)
+        })
+    });
+    if let Err(e) = r {
+        tracing::warn!("the try counted for {entry} is not given back: {e:#}");
+    }
 }
 
 /// A switch through systemd's soft-reboot, prepared: the image's boot files
@@ -264,6 +303,7 @@ fn soft_switch(
     key: &Path,
 ) -> Result<std::result::Result<SoftSwitch, String>> {
     let lock = soft::lock()?;
+    soft::take_down_stale()?;
     soft::check_entry(entry)?;
     let work = super::scratch("cairn-soft-check-")?;
     let checked = check_boot_files(dir, key, work.path())?;

@@ -242,6 +242,9 @@ impl NextRoot {
     pub fn prepare(dir: &Path, layers: &[SignedLayer], tag: &str, ram: bool) -> Result<NextRoot> {
         let base = Path::new(RUN_DIR).join("soft").join(tag);
         fs::create_dir_all(&base)?;
+        // root's alone: nobody else walks into it (and keeps it busy) or
+        // runs what a prepared image carries before it is switched to.
+        fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let mut n = NextRoot {
             base: base.clone(),
             lower: Vec::new(),
@@ -364,7 +367,7 @@ impl NextRoot {
         let at = self.base.join(format!("layer-{}", self.lower.len()));
         fs::create_dir_all(&at)?;
         Cmd::new("mount")
-            .args(["-t", "squashfs", "-o", "ro"])
+            .args(["-t", "squashfs", "-o", "ro,nosuid,nodev"])
             .arg(format!("/dev/mapper/{dev}"))
             .arg(&at)
             .run()
@@ -428,6 +431,13 @@ impl NextRoot {
                 "it has no modules for the running kernel {release}"
             ));
         }
+        // What systemd needs to take a directory as the next root.
+        if !["etc/os-release", "usr/lib/os-release"]
+            .iter()
+            .any(|f| root.join(f).exists())
+        {
+            return Some("it has no os-release: systemd would not switch to it".into());
+        }
         let env = fs::read_to_string(root.join("usr/lib/cairn/image-env")).unwrap_or_default();
         (!env.contains(SOFT_CMDLINE)).then(|| {
             "its cairn does not know soft reboots (built by an older cairn): it would take the running image's name".into()
@@ -440,7 +450,20 @@ impl NextRoot {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let at = self.root().join(SOFT_CMDLINE.trim_start_matches('/'));
-        fs::create_dir_all(at.parent().context("a path with a parent")?)?;
+        // Every directory on the way is one (never a link that would lead
+        // the write out of the new root), made where the image has none.
+        let mut dir = self.root();
+        for part in ["etc", "cairn"] {
+            dir.push(part);
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(_) => bail!("{}: not a directory in the image", dir.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    fs::create_dir(&dir)?;
+                }
+                Err(e) => return Err(e).context(dir.display().to_string()),
+            }
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -500,11 +523,51 @@ impl Drop for NextRoot {
                 .env("DM_DISABLE_UDEV", "1")
                 .run();
         }
+        let mut all_down = true;
+        for m in self.mounts.iter().rev() {
+            all_down &= !mounted_at(m);
+        }
         for l in self.loops.iter().rev() {
             let _ = Cmd::new("losetup").args(["-d", l]).run();
         }
-        let _ = std::fs::remove_dir_all(&self.base);
+        // (Never into a mount that would not come down.)
+        if all_down {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
     }
+}
+
+/// Whether something is mounted at `p` (its device differs from its
+/// parent's).
+fn mounted_at(p: &Path) -> bool {
+    match (std::fs::metadata(p), p.parent().map(std::fs::metadata)) {
+        (Ok(a), Some(Ok(b))) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// A next root that cairn prepared and systemd never took (cairn stopped
+/// between mounting it and queueing the switch, or systemd could not
+/// switch): taken down, before another is prepared — left there, any plain
+/// `reboot` would turn into a soft reboot into it.
+pub fn take_down_stale() -> Result<()> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .context("reading /proc/self/mountinfo: cannot tell what is mounted")?;
+    let ours = format!("upperdir={RUN_DIR}/soft/");
+    for l in info.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else {
+            continue;
+        };
+        if f.get(4) == Some(&NEXTROOT)
+            && f.get(sep + 1) == Some(&"overlay")
+            && f.get(sep + 3).is_some_and(|o| o.contains(&ours))
+        {
+            tracing::warn!("{NEXTROOT}: a soft reboot prepared earlier and not taken: taken down");
+            Cmd::new("umount").arg(NEXTROOT).run()?;
+        }
+    }
+    Ok(())
 }
 
 /// One switch at a time: held from the checks to systemd's soft-reboot.

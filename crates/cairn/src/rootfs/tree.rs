@@ -43,6 +43,15 @@ pub(crate) fn finish_tree(
     mirrors: &[super::fleet::Mirror],
     out: &Path,
 ) -> Result<Finished> {
+    // Written only by `cairn reboot --soft`, into a switched-to root's RAM
+    // overlay: an image carrying one would name itself whatever GRUB booted.
+    let soft = root.join(crate::image::paths::SOFT_CMDLINE.trim_start_matches('/'));
+    if std::fs::symlink_metadata(&soft).is_ok() {
+        bail!(
+            "the tree has {} (from a file or a hook of the profile): it is cairn's, written at a soft reboot; remove it",
+            crate::image::paths::SOFT_CMDLINE
+        );
+    }
     customize::boot_marker(root)?;
     customize::cairn_tools(root, profile, &key.public_key, cairn_package, epoch)?;
     super::fleet::fleet(root, profile, mirrors)?;
