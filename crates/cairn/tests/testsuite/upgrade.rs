@@ -42,6 +42,37 @@ fn disk_of(store: &Path, disk: &Path, img: &Path) {
     ));
 }
 
+/// Boots `disk` from `entry` with `script` as the attached store's
+/// on-boot.sh (run by the image's probe at every boot), until the boot
+/// marker of `u`'s delta.
+fn boot_into_delta(
+    u: &fixture::Upgraded,
+    disk: &Path,
+    firmware: &str,
+    entry: &str,
+    share: &Path,
+    script: &str,
+    name: &str,
+) -> crate::support::vm::Boot {
+    let on_boot = share.join("on-boot.sh");
+    fs::write(&on_boot, script).unwrap();
+    fs::set_permissions(
+        &on_boot,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let want = marker_of(&u.delta);
+    boot(
+        &u.store,
+        disk,
+        firmware,
+        Some(entry),
+        &["--attach-dir", share.to_str().unwrap(), "--marker", &want],
+        name,
+        600,
+    )
+}
+
 /// `cp -r` of an image directory onto the disk's boot partition, as a
 /// sysadmin would copy one by hand.
 fn copy_onto(disk: &Path, mnt: &Path, img: &Path, rel: &str) {
@@ -285,11 +316,8 @@ fn apply_live_then_kexec_into_the_delta() {
         .status()
         .unwrap();
     assert!(st.success());
-    let script = share.join("on-boot.sh");
-    fs::write(
-        &script,
-        format!(
-            r#"#!/bin/sh
+    let script = format!(
+        r#"#!/bin/sh
 say() {{ echo "PROBE $*" > /dev/ttyS1; echo "PROBE $*" > /dev/console; }}
 . /etc/cairn/image.env
 [ "$CAIRN_VERSION" = "{pv}" ] || exit 0
@@ -307,19 +335,16 @@ cairn --store /srv/cairn reboot --soft webtest/{iv} > /run/reboot.out 2>&1
 say "reboot=$?"
 tail -n 5 /run/reboot.out | while read -r l; do say "reboot-out: $l"; done
 "#
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let want = marker_of(&u.delta);
-    let r = boot(
-        &u.store,
+    let r = boot_into_delta(
+        u,
         &disk,
         "bios",
-        Some(&format!("rollback>webtest-{pv}")),
-        &["--attach-dir", share.to_str().unwrap(), "--marker", &want],
+        &format!("rollback>webtest-{pv}"),
+        &share,
+        &script,
         "live",
-        600,
     );
     r.markers_have("PROBE less-before=none");
     r.markers_have("PROBE apply-live=0");
@@ -414,11 +439,8 @@ fn a_soft_reboot_switches_userspace_and_keeps_the_kernel() {
     );
     let share = w.path().join("share");
     fs::create_dir_all(&share).unwrap();
-    let script = share.join("on-boot.sh");
-    fs::write(
-        &script,
-        format!(
-            r#"#!/bin/sh
+    let script = format!(
+        r#"#!/bin/sh
 say() {{ echo "PROBE $*" > /dev/ttyS1; echo "PROBE $*" > /dev/console; }}
 . /etc/cairn/image.env
 say "image=$CAIRN_VERSION boot-id=$(cat /proc/sys/kernel/random/boot_id) kernel=$(uname -r)"
@@ -439,19 +461,16 @@ cairn reboot --soft trixietest/{dv} > /run/soft.out 2>&1
 say "soft=$?"
 tail -n 5 /run/soft.out | while read -r l; do say "soft-out: $l"; done
 "#
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let want = marker_of(&u.delta);
-    let r = boot(
-        &u.store,
+    let r = boot_into_delta(
+        u,
         &disk,
         "uefi",
-        Some(&format!("rollback>trixietest-{pv}")),
-        &["--attach-dir", share.to_str().unwrap(), "--marker", &want],
+        &format!("rollback>trixietest-{pv}"),
+        &share,
+        &script,
         "soft",
-        600,
     );
     r.markers_have(&format!("PROBE image={pv} boot-id="));
     r.markers_have("PROBE required-other-kernel=1");

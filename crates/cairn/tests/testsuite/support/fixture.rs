@@ -109,6 +109,25 @@ pub struct Upgraded {
 }
 
 impl Upgraded {
+    /// `cairn upgrade PROFILE ARGS` in `store`, on the copy there of
+    /// `parent` (an image of `name`).
+    fn make(store: PathBuf, profile: &Path, args: &[&str], name: &str, parent: &Path) -> Upgraded {
+        let mut all = vec!["upgrade", profile.to_str().unwrap(), "--json"];
+        all.extend_from_slice(args);
+        let r = json(ok(cairn(&store, &all)));
+        let delta = PathBuf::from(r["path"].as_str().unwrap());
+        let parent = store
+            .join("images")
+            .join(name)
+            .join(parent.file_name().unwrap());
+        Upgraded {
+            store,
+            parent,
+            delta,
+            report: r,
+        }
+    }
+
     /// The delta's own layer (named after its version): the report's last.
     pub fn delta_layer(&self) -> &str {
         self.report["layers"]
@@ -430,26 +449,8 @@ impl Fixture {
 [[hooks]]\nscript = \"echo 2 > \\\"$1/etc/cairn-test-next\\\"\"\n",
             )
             .unwrap();
-            let r = json(ok(cairn(
-                &store,
-                &[
-                    "upgrade",
-                    profile.to_str().unwrap(),
-                    "--snapshot",
-                    SNAPSHOT,
-                    "--json",
-                ],
-            )));
-            let delta = PathBuf::from(r["path"].as_str().unwrap());
-            let parent = store
-                .join("images/trixietest")
-                .join(t.img.file_name().unwrap());
-            Upgraded {
-                store,
-                parent,
-                delta,
-                report: r,
-            }
+            let args = ["--snapshot", SNAPSHOT];
+            Upgraded::make(store, &profile, &args, "trixietest", &t.img)
         })
     }
 
@@ -461,20 +462,7 @@ impl Fixture {
             let dir = self.root.join("upgraded");
             open_dir(&dir);
             let store = self.store_copy(&dir);
-            let r = json(ok(cairn(
-                &store,
-                &["upgrade", self.webtest2.to_str().unwrap(), "--json"],
-            )));
-            let delta = PathBuf::from(r["path"].as_str().unwrap());
-            let parent = store
-                .join("images/webtest")
-                .join(self.web_img.file_name().unwrap());
-            Upgraded {
-                store,
-                parent,
-                delta,
-                report: r,
-            }
+            Upgraded::make(store, &self.webtest2, &[], "webtest", &self.web_img)
         })
     }
 }
