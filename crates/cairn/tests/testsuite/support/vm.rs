@@ -113,7 +113,63 @@ impl Boot {
 /// Boots `media` with `cairn vm run` (TCG unless `--accel` is in `extra`),
 /// stopping at `--marker` (CAIRN-BOOTED unless `extra` names one) or the
 /// timeout (`base_timeout` seconds, scaled, unless `extra` has `--timeout`).
+///
+/// A boot that leaves nothing behind on its media (a network boot, or an
+/// ISO, which qemu opens read-only) and hung in the emulator — its kernel
+/// reporting an RCU stall, a vCPU whose timer never fired, as qemu's TCG
+/// does now and then on a loaded two-core host — runs once more, from the
+/// same state, and says so (in its output and in the boot times
+/// scripts/test prints). A disk boot never does: its first run may have
+/// changed the disk (a boot counter, a grubenv), so a second would prove
+/// something else.
 pub fn boot(
+    store: &Path,
+    media: &Path,
+    firmware: &str,
+    entry: Option<&str>,
+    extra: &[&str],
+    name: &str,
+    base_timeout: u64,
+) -> Boot {
+    let b = boot_once(store, media, firmware, entry, extra, name, base_timeout);
+    let stateless = media.as_os_str().is_empty() || media.extension().is_some_and(|e| e == "iso");
+    if !(stateless && b.emulator_stalled()) {
+        return b;
+    }
+    let log = store.join(format!("vm-{name}"));
+    let kept = store.join(format!("vm-{name}-stalled"));
+    let _ = fs::remove_dir_all(&kept);
+    fs::rename(&log, &kept).expect("keep the stalled run's logs");
+    record(&format!(
+        "boot {name}: RETRIED: the emulator stalled (an RCU stall in the guest \
+         kernel after {:.1}s; its logs are in {})",
+        b.seconds,
+        kept.display()
+    ));
+    boot_once(store, media, firmware, entry, extra, name, base_timeout)
+}
+
+impl Boot {
+    /// The run hung in the emulator, not in what it booted: no marker, and
+    /// the guest kernel reported a CPU that stopped taking its timer.
+    fn emulator_stalled(&self) -> bool {
+        self.marker.is_none() && self.console.contains("rcu_preempt detected stalls")
+    }
+}
+
+/// Appends `line` to the boot times scripts/test prints (a passing test's
+/// output is swallowed, so every run reports its boot times this way).
+fn record(line: &str) {
+    eprintln!("{line}");
+    let times = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-times.txt");
+    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(times) {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// One run of [`boot`].
+fn boot_once(
     store: &Path,
     media: &Path,
     firmware: &str,
@@ -184,13 +240,35 @@ pub fn boot(
         "boot {name} ({firmware}, entry {entry:?}): {:?} after {:.1}s",
         b.marker, b.seconds
     );
-    eprintln!("{line}");
-    // Collected for scripts/test to print (a passing test's output is
-    // swallowed), so every run reports its boot times.
-    let times = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boot-times.txt");
-    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(times) {
-        use std::io::Write;
-        let _ = writeln!(f, "{line}");
-    }
+    record(&line);
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Boot;
+
+    fn run(marker: Option<&str>, console: &str) -> Boot {
+        Boot {
+            name: "t".into(),
+            marker: marker.map(String::from),
+            console: console.into(),
+            markers: String::new(),
+            seconds: 1.0,
+            timed_out: marker.is_none(),
+            timeout: "1".into(),
+        }
+    }
+
+    /// Only a hang the guest kernel blames on a stalled CPU counts as the
+    /// emulator's: a plain timeout, a panic, or a stall after the marker
+    /// is the boot's own result and is never retried.
+    #[test]
+    fn only_an_rcu_stall_without_a_marker_is_the_emulators() {
+        let stall = "[ 127.3] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:";
+        assert!(run(None, stall).emulator_stalled());
+        assert!(!run(Some("CAIRN-BOOTED x"), stall).emulator_stalled());
+        assert!(!run(None, "Kernel panic - not syncing").emulator_stalled());
+        assert!(!run(None, "").emulator_stalled());
+    }
 }
