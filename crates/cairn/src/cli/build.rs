@@ -23,7 +23,8 @@ pub struct BuildArgs {
     /// squashfs compressor, overriding the profile's.
     #[arg(long, value_enum)]
     pub compression: Option<Compression>,
-    /// Compression level (gzip, lzo: 1-9; zstd: 1-22).
+    /// Compression level (gzip, lzo: 1-9; zstd: 1-22, cairn's default 9;
+    /// images are packed in 1 MiB blocks).
     #[arg(long, value_name = "LEVEL")]
     pub level: Option<u32>,
     /// Override the profile's host type (and `auto` detection).
@@ -145,6 +146,7 @@ pub(super) fn run_build(cli: &Cli, a: &BuildArgs) -> Result<i32> {
         },
         compression: a.compression,
         level: a.level,
+        packing: None,
         host_type: a.host_type,
         epoch: InputArgs::epoch()?,
         snapshot: a.inputs.snapshot.clone(),

@@ -68,6 +68,10 @@ pub struct Manifest {
     pub kernel_cmdline: Vec<String>,
     pub compression: crate::profile::Compression,
     pub level: Option<u32>,
+    /// The squashfs block size in bytes (absent in images of older
+    /// cairns: mksquashfs's default, 128 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
     pub bootable: bool,
     /// The image it was upgraded from (`PROFILE/VERSION`).
     pub parent: Option<crate::boot::model::ImageId>,

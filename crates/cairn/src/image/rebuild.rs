@@ -89,6 +89,7 @@ pub fn rebuild(
     b.iso = Some(false);
     b.compression = Some(m.compression);
     b.level = m.level;
+    b.packing = Some(super::squashfs::Packing::recorded(&m));
     b.host_type = Some(match m.host_type {
         HostType::Auto => bail!("{name}: its manifest says host type auto, which no build makes"),
         h => h,

@@ -38,6 +38,9 @@ pub struct BuildOptions {
     pub iso: Option<bool>,
     pub compression: Option<Compression>,
     pub level: Option<u32>,
+    /// Pack exactly so, whatever the profile and cairn's defaults say (a
+    /// rebuild: as the image records it).
+    pub packing: Option<squashfs::Packing>,
     pub host_type: Option<HostType>,
     /// SOURCE_DATE_EPOCH for the tree and the squashfs [default: the
     /// newest Release `Date` of the mirrors read, so the same inputs give
@@ -61,6 +64,7 @@ impl BuildOptions {
             iso: None,
             compression: None,
             level: None,
+            packing: None,
             host_type: None,
             epoch: None,
             snapshot: None,
@@ -156,8 +160,7 @@ struct Plan<'a> {
     profile: &'a Profile,
     profile_arg: &'a str,
     cairn_package: Option<customize::CairnPackage>,
-    compression: Compression,
-    level: Option<u32>,
+    packing: squashfs::Packing,
     iso: bool,
     key: keys::SigningKey,
     host: HostType,
@@ -192,6 +195,10 @@ fn plan<'a>(
             _ => bail!("level {l} does not apply to {}", compression.name()),
         }
     }
+    let packing = opts
+        .packing
+        .unwrap_or_else(|| squashfs::Packing::chosen(compression, level));
+    let compression = packing.compression;
     let iso = opts.iso.unwrap_or(profile.image.iso);
     if iso {
         image::iso::require_tools()?;
@@ -238,8 +245,7 @@ fn plan<'a>(
         profile,
         profile_arg,
         cairn_package,
-        compression,
-        level,
+        packing,
         iso,
         key,
         host,
@@ -349,14 +355,16 @@ fn pack(
 ) -> Result<()> {
     say(&format!(
         "mksquashfs ({}{})",
-        p.compression.name(),
-        p.level.map(|l| format!(" level {l}")).unwrap_or_default()
+        p.packing.compression.name(),
+        p.packing
+            .level
+            .map(|l| format!(" level {l}"))
+            .unwrap_or_default()
     ));
     squashfs::pack(
         rootfs,
         &out.join(SQUASHFS),
-        p.compression,
-        p.level,
+        p.packing,
         opts.processors.unwrap_or_else(parallel::cpus),
         Some(p.inputs.source.epoch),
     )?;
@@ -379,9 +387,10 @@ fn manifest(p: &Plan, version: &str, started: i64, finished: Finished) -> Result
         host_type: p.host,
         kernel: finished.kernel,
         kernel_cmdline: kernel_cmdline(profile),
-        compression: p.compression,
-        level: p.level,
-        bootable: p.compression.bootable(),
+        compression: p.packing.compression,
+        level: p.packing.level,
+        block_size: p.packing.block,
+        bootable: p.packing.compression.bootable(),
         parent: None,
         layers: vec![SQUASHFS.into()],
         requested: p.packages.clone(),
@@ -465,7 +474,7 @@ pub fn build(profile: &Profile, profile_arg: &str, opts: &BuildOptions) -> Resul
         host_type: p.host,
         kernel: finished.kernel.clone(),
         packages: finished.installed.len(),
-        compression: p.compression,
+        compression: p.packing.compression,
         files: Default::default(),
         signed_by: p.key.fingerprint.clone(),
         source: p.inputs.source.clone(),

@@ -258,7 +258,7 @@ fn manifest(
     finished: crate::rootfs::Finished,
     packed: &pack::Packed,
 ) -> Result<Manifest> {
-    let (profile, compression) = (p.profile, p.profile.image.compression);
+    let (profile, packing) = (p.profile, packed.packing);
     Ok(Manifest {
         version: version.to_string(),
         profile_hash: profile.hash()?,
@@ -281,9 +281,10 @@ fn manifest(
         suite: profile.suite.clone(),
         architecture: profile.architecture.clone(),
         kernel_cmdline: crate::rootfs::kernel_cmdline(profile),
-        compression,
-        level: profile.image.level,
-        bootable: compression.bootable(),
+        compression: packing.compression,
+        level: packing.level,
+        block_size: packing.block,
+        bootable: packing.compression.bootable(),
         ..p.parent.clone()
     })
 }

@@ -19,6 +19,8 @@ pub(super) struct Packed {
     pub full: bool,
     /// Why the chain was flattened, when it was by itself.
     pub compaction: Option<String>,
+    /// How the layer it made was packed.
+    pub packing: squashfs::Packing,
 }
 
 /// Why the parent's chain must be flattened now, if it must: one more
@@ -63,7 +65,7 @@ pub(super) fn pack(
         LayerMode::Delta => false,
         LayerMode::Auto => compaction.is_some(),
     };
-    let (compression, level) = (p.profile.image.compression, p.profile.image.level);
+    let packing = squashfs::Packing::chosen(p.profile.image.compression, p.profile.image.level);
     let threads = opts.processors.unwrap_or_else(parallel::cpus);
     let epoch = Some(p.inputs.source.epoch);
     if full {
@@ -74,32 +76,19 @@ pub(super) fn pack(
                 .map(|c| format!(": {c}"))
                 .unwrap_or_default()
         ));
-        squashfs::pack(
-            &s.root,
-            &out.join(SQUASHFS),
-            compression,
-            level,
-            threads,
-            epoch,
-        )?;
+        squashfs::pack(&s.root, &out.join(SQUASHFS), packing, threads, epoch)?;
         return Ok(Packed {
             layers: vec![SQUASHFS.to_string()],
             new_layer: SQUASHFS.to_string(),
             full,
             compaction,
+            packing,
         });
     }
     let name = format!("layer-{version}.squashfs");
     say(&format!("packing the upper directory as {name}"));
     s.unmount_root()?;
-    squashfs::pack(
-        &s.upper,
-        &out.join(&name),
-        compression,
-        level,
-        threads,
-        epoch,
-    )?;
+    squashfs::pack(&s.upper, &out.join(&name), packing, threads, epoch)?;
     for l in &p.parent.layers {
         fs::hard_link(p.parent_dir.join(l), out.join(l))
             .or_else(|_| fs::copy(p.parent_dir.join(l), out.join(l)).map(|_| ()))?;
@@ -111,5 +100,6 @@ pub(super) fn pack(
         new_layer: name,
         full,
         compaction: None,
+        packing,
     })
 }

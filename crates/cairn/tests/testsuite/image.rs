@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use cairn::image::squashfs::{compressor_of, pack};
+use cairn::image::squashfs::{Packing, compressor_of, pack};
 use cairn::profile::Compression;
 use cairn::trust::keys;
 
@@ -25,9 +25,16 @@ fn every_compressor_packs_a_tree_that_reads_back_identical() {
     std::os::unix::fs::symlink("../etc/hostname", tree.join("etc/link")).unwrap();
     for c in Compression::ALL {
         let out = d.path().join(format!("{}.squashfs", c.name()));
-        let level = c.levels().map(|r| *r.end());
-        pack(&tree, &out, c, level, 2, Some(1_700_000_000)).unwrap();
+        let packing = Packing::chosen(c, c.levels().map(|r| *r.end()));
+        pack(&tree, &out, packing, 2, Some(1_700_000_000)).unwrap();
         assert_eq!(compressor_of(&out).unwrap(), c.name(), "{c:?}");
+        let sb = Command::new("unsquashfs")
+            .arg("-s")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let sb = String::from_utf8_lossy(&sb.stdout);
+        assert!(sb.contains("Block size 1048576"), "{c:?}: {sb}");
         let x = d.path().join(format!("x-{}", c.name()));
         let st = Command::new("unsquashfs")
             .arg("-q")
@@ -48,7 +55,7 @@ fn every_compressor_packs_a_tree_that_reads_back_identical() {
         );
         // SOURCE_DATE_EPOCH pins every timestamp: the same tree packs the same.
         let again = d.path().join("again.squashfs");
-        pack(&tree, &again, c, level, 2, Some(1_700_000_000)).unwrap();
+        pack(&tree, &again, packing, 2, Some(1_700_000_000)).unwrap();
         assert_eq!(
             fs::read(&again).unwrap(),
             fs::read(&out).unwrap(),
