@@ -105,7 +105,8 @@ pub(crate) fn mount_at<S: AsRef<std::ffi::OsStr>>(args: &[S], target: &Path) -> 
 
 /// apt-get in the tree (through chroot; `/` is the running system),
 /// non-interactive, without Recommends (as mmdebstrap: the mirror holds the
-/// closure without them), keeping existing conffiles. Returns its output.
+/// closure without them), keeping existing conffiles; in a tree, without
+/// an fsync of every unpacked file. Returns its output.
 /// `epoch` is SOURCE_DATE_EPOCH for everything it runs (the initramfs,
 /// caches that record times).
 pub(crate) fn apt(root: &Path, epoch: Option<i64>, args: &[&str]) -> Result<String> {
@@ -119,6 +120,11 @@ pub(crate) fn apt(root: &Path, epoch: Option<i64>, args: &[&str]) -> Result<Stri
         "-o",
         "Dpkg::Options::=--force-confold",
     ];
+    // A tree is packed into squashfs, or thrown away if this fails: dpkg
+    // need not fsync every file it unpacks. The running system keeps it.
+    if root != Path::new("/") {
+        a.extend(["-o", "Dpkg::Options::=--force-unsafe-io"]);
+    }
     a.extend(args);
     let cmd = if root == Path::new("/") {
         Cmd::new(a.remove(0))

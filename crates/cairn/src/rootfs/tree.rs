@@ -43,15 +43,7 @@ pub(crate) fn finish_tree(
     mirrors: &[super::fleet::Mirror],
     out: &Path,
 ) -> Result<Finished> {
-    // Written only by `cairn reboot --soft`, into a switched-to root's RAM
-    // overlay: an image carrying one would name itself whatever GRUB booted.
-    let soft = root.join(crate::image::paths::SOFT_CMDLINE.trim_start_matches('/'));
-    if std::fs::symlink_metadata(&soft).is_ok() {
-        bail!(
-            "the tree has {} (from a file or a hook of the profile): it is cairn's, written at a soft reboot; remove it",
-            crate::image::paths::SOFT_CMDLINE
-        );
-    }
+    refuse_cairns_own(root)?;
     customize::boot_marker(root)?;
     customize::cairn_tools(root, profile, &key.public_key, cairn_package, epoch)?;
     super::fleet::fleet(root, profile, mirrors)?;
@@ -65,6 +57,30 @@ pub(crate) fn finish_tree(
         .with_context(|| format!("copying {}", initrd.display()))?;
     customize::clean(root)?;
     Ok(Finished { kernel, installed })
+}
+
+/// Files that are cairn's and never an image's, refused in a finished
+/// tree (however they got there: a file or a hook of the profile, a
+/// dangling link): `/etc/cairn/cmdline`, written only by `cairn reboot
+/// --soft` into a switched-to root's RAM overlay (an image carrying one
+/// would name itself whatever GRUB booted), and dpkg's no-fsync setting
+/// for the build alone.
+fn refuse_cairns_own(root: &Path) -> Result<()> {
+    for (path, what) in [
+        (
+            crate::image::paths::SOFT_CMDLINE,
+            "it is cairn's, written at a soft reboot; remove it",
+        ),
+        (
+            super::mmdebstrap::BUILD_DPKG_CFG,
+            "dpkg's setting for the build alone (no fsync) must not reach an image",
+        ),
+    ] {
+        if std::fs::symlink_metadata(root.join(path.trim_start_matches('/'))).is_ok() {
+            bail!("the tree has {path}: {what}");
+        }
+    }
+    Ok(())
 }
 
 /// The profile's hook scripts as files in the work directory, in order.
@@ -133,4 +149,33 @@ pub(crate) fn find_kernel(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
         );
     }
     Ok((v.clone(), boot.join(format!("vmlinuz-{v}")), initrd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Either file, or a dangling link in its place, stops the build.
+    #[test]
+    fn cairns_own_files_never_reach_an_image() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        refuse_cairns_own(root).unwrap();
+        for (path, link) in [
+            (crate::image::paths::SOFT_CMDLINE, false),
+            (super::super::mmdebstrap::BUILD_DPKG_CFG, false),
+            (super::super::mmdebstrap::BUILD_DPKG_CFG, true),
+        ] {
+            let at = root.join(path.trim_start_matches('/'));
+            fs::create_dir_all(at.parent().unwrap()).unwrap();
+            if link {
+                std::os::unix::fs::symlink("/nowhere", &at).unwrap();
+            } else {
+                fs::write(&at, "x").unwrap();
+            }
+            let e = refuse_cairns_own(root).unwrap_err().to_string();
+            assert!(e.contains(path), "{e}");
+            fs::remove_file(&at).unwrap();
+        }
+    }
 }
