@@ -69,7 +69,9 @@ pub struct Manifest {
     pub compression: crate::profile::Compression,
     pub level: Option<u32>,
     /// The squashfs block size in bytes (absent in images of older
-    /// cairns: mksquashfs's default, 128 KiB).
+    /// cairns: mksquashfs's default, 128 KiB). With `level`: how the layer
+    /// this image added was packed (an upgrade's lower layers keep the
+    /// packing they were made with).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
     pub bootable: bool,

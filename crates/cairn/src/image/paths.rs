@@ -37,3 +37,9 @@ pub const REPORTED: &str = "/run/cairn/reported";
 pub const HEALTH_FILE: &str = "/run/cairn/health";
 /// What `cairn apply-live` applied, kept across its runs.
 pub const APPLIED_LOG: &str = "/var/lib/cairn/applied-live.json";
+/// dpkg's setting for a build alone: no fsync of every file it unpacks (a
+/// tree that is packed into squashfs, or thrown away if the build fails,
+/// needs no crash safety). Written before the first package and removed by
+/// the last hook: never in an image (a finished tree that has it is
+/// refused, and so is a profile file of that name).
+pub const BUILD_DPKG_CFG: &str = "/etc/dpkg/dpkg.cfg.d/cairn-build";

@@ -89,7 +89,8 @@ pub fn rebuild(
     b.iso = Some(false);
     b.compression = Some(m.compression);
     b.level = m.level;
-    b.packing = Some(super::squashfs::Packing::recorded(&m));
+    // (Checked in `checked`, before any work.)
+    b.packing = Some(super::squashfs::Packing::recorded(&m)?);
     b.host_type = Some(match m.host_type {
         HostType::Auto => bail!("{name}: its manifest says host type auto, which no build makes"),
         h => h,
@@ -192,7 +193,7 @@ fn checked(
             env!("CARGO_PKG_VERSION")
         );
     }
-
+    super::squashfs::Packing::recorded(&m).with_context(|| format!("{name}: not rebuilt"))?;
     Ok((m, source))
 }
 

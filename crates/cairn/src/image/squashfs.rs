@@ -43,13 +43,35 @@ impl Packing {
     }
 
     /// As an image's manifest records it (an older image: mksquashfs's
-    /// defaults where it names nothing).
-    pub fn recorded(m: &super::Manifest) -> Packing {
-        Packing {
-            compression: m.compression,
+    /// defaults where it names nothing), refused unless mksquashfs could
+    /// pack so: a level the compressor has, a block size that is a power
+    /// of two from 4 KiB to 1 MiB. (A rebuild checks an image signed by
+    /// whoever `--public-key` names: refused before any work, not after a
+    /// bootstrap.)
+    pub fn recorded(m: &super::Manifest) -> Result<Packing> {
+        let c = m.compression;
+        match (m.level, c.levels()) {
+            (Some(l), Some(r)) if !r.contains(&l) => {
+                bail!(
+                    "the manifest's level {l} is out of range for {} ({}..={})",
+                    c.name(),
+                    r.start(),
+                    r.end()
+                )
+            }
+            (Some(l), None) => bail!("the manifest's level {l}: {} has no level", c.name()),
+            _ => {}
+        }
+        if let Some(b) = m.block_size
+            && !(b.is_power_of_two() && (4096..=BLOCK_SIZE).contains(&b))
+        {
+            bail!("the manifest's block size {b} is not a power of two from 4096 to {BLOCK_SIZE}");
+        }
+        Ok(Packing {
+            compression: c,
             level: m.level,
             block: m.block_size,
-        }
+        })
     }
 
     /// mksquashfs's arguments for it.
@@ -142,7 +164,7 @@ mod tests {
     fn an_older_image_is_repacked_with_mksquashfs_defaults() {
         let m = crate::image::test_manifest("1", &[]);
         assert_eq!((m.level, m.block_size), (None, None));
-        assert_eq!(Packing::recorded(&m).args(), ["-comp", "zstd"]);
+        assert_eq!(Packing::recorded(&m).unwrap().args(), ["-comp", "zstd"]);
         let mut new = m.clone();
         new.level = Some(9);
         new.block_size = Some(BLOCK_SIZE);
@@ -150,8 +172,35 @@ mod tests {
         assert!(json.contains(r#""block-size":1048576"#), "{json}");
         let back: crate::image::Manifest = serde_json::from_str(&json).unwrap();
         assert_eq!(
-            Packing::recorded(&back),
+            Packing::recorded(&back).unwrap(),
             Packing::chosen(Compression::Zstd, None)
         );
+    }
+
+    /// A manifest (signed by whoever a rebuild is told to trust) cannot
+    /// hand mksquashfs a block size or level it was never packed with.
+    #[test]
+    fn a_recorded_packing_mksquashfs_could_not_make_is_refused() {
+        let m = crate::image::test_manifest("1", &[]);
+        for (level, block) in [
+            (Some(23), None),
+            (Some(0), None),
+            (None, Some(0)),
+            (None, Some(3000)),
+            (None, Some(2 << 20)),
+            (None, Some(u32::MAX)),
+        ] {
+            let mut bad = m.clone();
+            bad.level = level;
+            bad.block_size = block;
+            assert!(Packing::recorded(&bad).is_err(), "{level:?} {block:?}");
+        }
+        let mut xz = m.clone();
+        xz.compression = Compression::Xz;
+        xz.level = Some(3);
+        assert!(Packing::recorded(&xz).is_err());
+        xz.level = None;
+        xz.block_size = Some(1 << 17);
+        assert!(Packing::recorded(&xz).is_ok());
     }
 }

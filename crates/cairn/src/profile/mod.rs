@@ -428,6 +428,15 @@ mod tests {
                 "schema-version = 1\nsuite = \"bookworm\"\nextends = \"p.toml\"\n",
                 "extends itself",
             ),
+            // Files that are cairn's own, never an image's.
+            (
+                "schema-version = 1\nsuite = \"bookworm\"\n[[files]]\nsource = \"p.toml\"\ndest = \"/etc/dpkg/dpkg.cfg.d/cairn-build\"\n",
+                "cairn's own",
+            ),
+            (
+                "schema-version = 1\nsuite = \"bookworm\"\n[[files]]\nsource = \"p.toml\"\ndest = \"/etc/cairn/./cmdline\"\n",
+                "cairn's own",
+            ),
             // Arguments that would take layers or an overlay from elsewhere,
             // or pose as cairn's own: an image that could never boot.
             (

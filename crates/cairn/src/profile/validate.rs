@@ -2,7 +2,7 @@
 //! error names the field and what was wrong with it.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
@@ -128,6 +128,17 @@ fn files(raw: Vec<super::raw::UnvalidatedFile>) -> Result<Vec<FileSpec>> {
         if !f.dest.starts_with('/') || f.dest.split('/').any(|c| c == "..") {
             bail!(
                 "file dest {:?} must be an absolute path without `..`",
+                f.dest
+            );
+        }
+        let own = [
+            crate::image::paths::SOFT_CMDLINE,
+            crate::image::paths::BUILD_DPKG_CFG,
+        ];
+        // (As paths: `//`, `/./` and a trailing `/` make no other file.)
+        if own.iter().any(|o| Path::new(o) == Path::new(&f.dest)) {
+            bail!(
+                "file dest {}: that file is cairn's own (never an image's)",
                 f.dest
             );
         }

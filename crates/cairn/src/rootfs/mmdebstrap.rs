@@ -11,16 +11,10 @@ use anyhow::{Context, Result};
 use super::{customize, write_hooks};
 use crate::cmd::tool::MMDEBSTRAP;
 use crate::cmd::{Cmd, shell_quote};
+use crate::image::paths::BUILD_DPKG_CFG;
 use crate::profile::Profile;
 
 const AUTOMOUNT_HOOK: &str = "/usr/share/mmdebstrap/hooks/file-mirror-automount";
-
-/// dpkg's setting for the build alone: no fsync of every file it unpacks
-/// (a tree that is packed into squashfs, or thrown away if the build
-/// fails, needs no crash safety). Written before the first package and
-/// removed by the last hook: never in an image (`finish_tree` refuses a
-/// tree that still has it).
-pub(super) const BUILD_DPKG_CFG: &str = "/etc/dpkg/dpkg.cfg.d/cairn-build";
 
 /// Bootstraps `profile` with `packages` into `rootfs` from `sources` (apt
 /// lines of the local mirrors), `work` holding its scripts.
@@ -75,9 +69,6 @@ pub(super) fn bootstrap(
             "--essential-hook=cp -a {}/. \"$1\"/",
             shell_quote(&early.display().to_string())
         ))
-        .arg(format!(
-            "--setup-hook=mkdir -p \"$1\"/etc/dpkg/dpkg.cfg.d && echo force-unsafe-io > \"$1\"{BUILD_DPKG_CFG}"
-        ))
         .arg(format!("--variant={}", profile.variant))
         .arg(format!("--architectures={}", profile.architecture))
         .arg(format!("--include={}", packages.join(",")))
@@ -92,8 +83,19 @@ pub(super) fn bootstrap(
     for h in &hooks {
         cmd = cmd.arg(format!("--customize-hook={h}"));
     }
-    // Last: dpkg as the image's will be.
-    cmd = cmd.arg(format!("--customize-hook=rm -f \"$1\"{BUILD_DPKG_CFG}"));
+    // dpkg without fsync while the tree is made: written into the fresh
+    // tree before any package (nothing in it yet can redirect the write),
+    // removed from inside the tree by the last hook. The extract variant
+    // installs nothing and runs no customize hook: nothing to set.
+    if profile.variant != "extract" {
+        cmd = cmd
+            .arg(format!(
+                "--setup-hook=mkdir -p \"$1\"/etc/dpkg/dpkg.cfg.d && echo force-unsafe-io > \"$1\"{BUILD_DPKG_CFG}"
+            ))
+            .arg(format!(
+                "--customize-hook=chroot \"$1\" rm -f {BUILD_DPKG_CFG}"
+            ));
+    }
     cmd.arg(&profile.suite)
         .arg(rootfs)
         .args(sources)

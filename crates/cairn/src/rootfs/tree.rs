@@ -72,11 +72,14 @@ fn refuse_cairns_own(root: &Path) -> Result<()> {
             "it is cairn's, written at a soft reboot; remove it",
         ),
         (
-            super::mmdebstrap::BUILD_DPKG_CFG,
+            crate::image::paths::BUILD_DPKG_CFG,
             "dpkg's setting for the build alone (no fsync) must not reach an image",
         ),
     ] {
-        if std::fs::symlink_metadata(root.join(path.trim_start_matches('/'))).is_ok() {
+        // Looked for as the tree resolves it: a directory on the way that
+        // is a link (even an absolute one) leads inside the tree.
+        let at = super::chroot::inside_link(root, path)?;
+        if std::fs::symlink_metadata(&at).is_ok() {
             bail!("the tree has {path}: {what}");
         }
     }
@@ -155,7 +158,9 @@ pub(crate) fn find_kernel(root: &Path) -> Result<(String, PathBuf, PathBuf)> {
 mod tests {
     use super::*;
 
-    /// Either file, or a dangling link in its place, stops the build.
+    /// Either file, or a dangling link in its place, stops the build; so
+    /// does the file behind a directory that is an absolute link (which the
+    /// build host would resolve to its own /etc).
     #[test]
     fn cairns_own_files_never_reach_an_image() {
         let d = tempfile::tempdir().unwrap();
@@ -163,8 +168,8 @@ mod tests {
         refuse_cairns_own(root).unwrap();
         for (path, link) in [
             (crate::image::paths::SOFT_CMDLINE, false),
-            (super::super::mmdebstrap::BUILD_DPKG_CFG, false),
-            (super::super::mmdebstrap::BUILD_DPKG_CFG, true),
+            (crate::image::paths::BUILD_DPKG_CFG, false),
+            (crate::image::paths::BUILD_DPKG_CFG, true),
         ] {
             let at = root.join(path.trim_start_matches('/'));
             fs::create_dir_all(at.parent().unwrap()).unwrap();
@@ -177,5 +182,13 @@ mod tests {
             assert!(e.contains(path), "{e}");
             fs::remove_file(&at).unwrap();
         }
+        // /etc/dpkg -> /elsewhere/dpkg (absolute), the file there.
+        let cfg = crate::image::paths::BUILD_DPKG_CFG;
+        fs::create_dir_all(root.join("elsewhere/dpkg/dpkg.cfg.d")).unwrap();
+        fs::write(root.join("elsewhere").join(&cfg[5..]), "force-unsafe-io").unwrap();
+        fs::remove_dir_all(root.join("etc/dpkg")).unwrap();
+        std::os::unix::fs::symlink("/elsewhere/dpkg", root.join("etc/dpkg")).unwrap();
+        let e = refuse_cairns_own(root).unwrap_err().to_string();
+        assert!(e.contains(cfg), "{e}");
     }
 }
