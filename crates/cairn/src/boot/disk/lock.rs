@@ -250,8 +250,11 @@ mod tests {
         let dotted = d.path().join(".").join("disk.img");
         assert!(DiskLock::acquire(&dotted, Access::Read, Duration::ZERO).is_err());
         drop(w);
-        let r1 = DiskLock::acquire(&other, Access::Read, Duration::ZERO).unwrap();
-        let _r2 = DiskLock::acquire(&disk, Access::Read, Duration::ZERO).unwrap();
+        // A lock let go is free at once, but another test's thread may be
+        // between fork and exec with a copy of every open file (flock
+        // follows the copy until exec closes it): take it with a wait.
+        let r1 = DiskLock::acquire(&other, Access::Read, WAIT).unwrap();
+        let _r2 = DiskLock::acquire(&disk, Access::Read, WAIT).unwrap();
         assert!(!r1.writable());
         assert!(DiskLock::acquire(&disk, Access::Write, Duration::from_millis(300)).is_err());
         drop(r1);
@@ -290,10 +293,11 @@ mod tests {
             s
         });
         std::thread::sleep(Duration::from_millis(300));
+        // The new file is locked by whoever made it, before it is renamed
+        // over the old one and before the old one's holder lets go (locked
+        // after the rename, the waiter could take it first).
+        let maker = DiskLock::acquire(&new, Access::Write, WAIT).unwrap();
         std::fs::rename(&new, &disk).unwrap();
-        // The new file is locked by whoever made it, too, before the old
-        // one's holder lets go.
-        let maker = DiskLock::acquire(&disk, Access::Write, Duration::ZERO).unwrap();
         drop(old);
         std::thread::sleep(Duration::from_millis(500));
         assert!(

@@ -662,7 +662,10 @@ mod tests {
             .expect("a second lock while the first is held");
         assert!(format!("{e:#}").contains("another cairn"), "{e:#}");
         drop(held);
-        part.lock_within(std::time::Duration::ZERO).unwrap();
+        // (With a wait: another test's thread between fork and exec may
+        // hold a copy of the open directory, and its flock, for a moment.)
+        part.lock_within(std::time::Duration::from_secs(30))
+            .unwrap();
         // A FIFO or a link where cairn.json should be: not read (a FIFO
         // would hang the pull); the default tries instead.
         fs::create_dir_all(d.path().join("boot")).unwrap();
