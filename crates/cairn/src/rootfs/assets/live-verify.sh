@@ -240,14 +240,41 @@ cairn_parse ()
 	CAIRN_WHAT="${CAIRN_IMAGE} (${CAIRN_DIR})"
 }
 
+# Every network interface up, then a wait (5 s at most) for a carrier on
+# one of them: klibc's ipconfig, which live-boot's DHCP runs, waits about
+# ten seconds for an interface it brought up itself, and about one for one
+# already up.
+cairn_links_up ()
+{
+	udevadm trigger
+	udevadm settle --timeout=30
+	for _nic in /sys/class/net/*
+	do
+		[ "${_nic##*/}" = lo ] || ip link set dev "${_nic##*/}" up 2>/dev/null ||
+			ifconfig "${_nic##*/}" up 2>/dev/null
+	done
+	_w=0
+	while [ "${_w}" -lt 50 ]
+	do
+		for _nic in /sys/class/net/*
+		do
+			[ "${_nic##*/}" != lo ] && [ "$(cat "${_nic}/carrier" 2>/dev/null)" = 1 ] && return 0
+		done
+		sleep 0.1
+		_w=$((_w + 1))
+	done
+	return 0
+}
+
 # A network boot: the network as live-boot brings it up for its own fetch=
-# (DHCP on every interface), the signed layers and their hash trees fetched
+# (DHCP on every interface, once they are up), the signed layers and their hash trees fetched
 # from the server GRUB loaded everything from into RAM (a tmpfs as the
 # medium), and every block of every layer checked against its signed root
 # hash before anything is mounted: a changed byte is named here. (Then
 # mounted through dm-verity as from a disk.) Prints the medium's path.
 cairn_net_fetch ()
 {
+	cairn_links_up
 	do_netsetup > /dev/console 2>&1
 	_mnt=/run/live/medium
 	mkdir -p "${_mnt}"
