@@ -867,6 +867,47 @@ mod tests {
         assert!(live_verify_differs(d.path()).unwrap());
     }
 
+    /// Before live-boot's DHCP on a network boot: only real devices that
+    /// are down, with a name cairn takes (passed to `ip` as one word), and
+    /// only those ethdevice= names; the wait for a carrier ends with one,
+    /// or after 50 rounds; what got no IPv4 address goes down again.
+    #[test]
+    fn a_network_boot_brings_up_only_its_devices_and_waits_a_bounded_time() {
+        let net = good_line().replace("cairn.boot=1234-abcd", "cairn.fetch=http://10.0.2.2:8080");
+        let run = |vars: &str| {
+            initramfs(
+                &net,
+                &format!(
+                    "udevadm() {{ :; }}\nsleep() {{ :; }}\nip() {{ echo \"IP $*\"; }}\n\
+                     cairn_nics() {{ printf 'ens3\\nwlan0\\nup0\\n$(reboot)\\n-x\\n'; }}\n\
+                     cairn_nic_is_up() {{ [ \"$1\" = up0 ]; }}\n\
+                     cairn_has_ipv4() {{ [ \"$1\" = ens3 ]; }}\n\
+                     cairn_carrier() {{ [ \"$1\" = wlan0 ] && [ \"$_w\" -ge 3 ]; }}\n\
+                     {vars}\n\
+                     cairn_links_up; echo \"RAISED$CAIRN_RAISED after $_w\"; cairn_links_down"
+                ),
+            )
+            .1
+        };
+        assert_eq!(
+            run(""),
+            "IP link set dev ens3 up\nIP link set dev wlan0 up\nRAISED ens3 wlan0 after 3\n\
+             IP link set dev wlan0 down\n"
+        );
+        // No carrier ever: 50 rounds, then live-boot's DHCP all the same.
+        assert!(
+            run("cairn_carrier() { false; }").contains("after 50"),
+            "the wait is bounded"
+        );
+        // ethdevice= (live-boot's) names the devices to use.
+        assert_eq!(
+            run("ETHDEVICE=wlan0,up0"),
+            "IP link set dev wlan0 up\nRAISED wlan0 after 3\nIP link set dev wlan0 down\n"
+        );
+        // Nothing to bring up: no wait.
+        assert_eq!(run("cairn_nics() { echo up0; }"), "RAISED after 0\n");
+    }
+
     /// A network boot names its server (cairn.fetch=) instead of a boot
     /// partition, once, well formed, and never both.
     #[test]

@@ -240,28 +240,76 @@ cairn_parse ()
 	CAIRN_WHAT="${CAIRN_IMAGE} (${CAIRN_DIR})"
 }
 
-# Every network interface up, then a wait (5 s at most) for a carrier on
-# one of them: klibc's ipconfig, which live-boot's DHCP runs, waits about
-# ten seconds for an interface it brought up itself, and about one for one
-# already up.
+# The network devices the kernel found, a name a line: real devices only
+# (not lo, dummies, tunnels or bridges). Functions: the tests give others.
+cairn_nics ()
+{
+	for _nic in /sys/class/net/*
+	do
+		[ -e "${_nic}/device" ] && echo "${_nic##*/}"
+	done
+	return 0
+}
+
+cairn_nic_is_up ()
+{
+	_flags="$(cat "/sys/class/net/${1}/flags" 2>/dev/null)"
+	[ -n "${_flags}" ] && [ $((_flags & 1)) -eq 1 ]
+}
+
+cairn_carrier ()
+{
+	[ "$(cat "/sys/class/net/${1}/carrier" 2>/dev/null)" = 1 ]
+}
+
+cairn_has_ipv4 ()
+{
+	ip -4 addr show dev "${1}" 2>/dev/null | grep -q "inet "
+}
+
+# Before live-boot's DHCP: each network device that is down (only those
+# ethdevice= names, when it is given) is brought up, then a wait (5 s at
+# most) for a carrier on one of them. klibc's ipconfig, which live-boot's
+# DHCP runs, waits about ten seconds on an interface it brings up itself,
+# about one on one already up. CAIRN_RAISED: the ones brought up here.
 cairn_links_up ()
 {
 	udevadm trigger
 	udevadm settle --timeout=30
-	for _nic in /sys/class/net/*
+	CAIRN_RAISED=""
+	for _dev in $(cairn_nics)
 	do
-		[ "${_nic##*/}" = lo ] || ip link set dev "${_nic##*/}" up 2>/dev/null ||
-			ifconfig "${_nic##*/}" up 2>/dev/null
+		cairn_name_ok "${_dev}" || continue
+		if [ -n "${ETHDEVICE}" ]
+		then
+			case ",${ETHDEVICE}," in
+				*",${_dev},"*) ;;
+				*) continue ;;
+			esac
+		fi
+		cairn_nic_is_up "${_dev}" && continue
+		ip link set dev "${_dev}" up && CAIRN_RAISED="${CAIRN_RAISED} ${_dev}"
 	done
 	_w=0
-	while [ "${_w}" -lt 50 ]
+	while [ -n "${CAIRN_RAISED}" ] && [ "${_w}" -lt 50 ]
 	do
-		for _nic in /sys/class/net/*
+		for _dev in ${CAIRN_RAISED}
 		do
-			[ "${_nic##*/}" != lo ] && [ "$(cat "${_nic}/carrier" 2>/dev/null)" = 1 ] && return 0
+			cairn_carrier "${_dev}" && return 0
 		done
 		sleep 0.1
 		_w=$((_w + 1))
+	done
+	return 0
+}
+
+# After live-boot's DHCP: what cairn brought up and got no IPv4 address
+# goes down again (it would otherwise stay up, unmanaged, into the system).
+cairn_links_down ()
+{
+	for _dev in ${CAIRN_RAISED}
+	do
+		cairn_has_ipv4 "${_dev}" || ip link set dev "${_dev}" down
 	done
 	return 0
 }
@@ -274,8 +322,9 @@ cairn_links_up ()
 # mounted through dm-verity as from a disk.) Prints the medium's path.
 cairn_net_fetch ()
 {
-	cairn_links_up
+	cairn_links_up > /dev/console 2>&1
 	do_netsetup > /dev/console 2>&1
+	cairn_links_down > /dev/console 2>&1
 	_mnt=/run/live/medium
 	mkdir -p "${_mnt}"
 	grep -q " ${_mnt} " /proc/mounts ||
