@@ -315,11 +315,12 @@ cairn_links_down ()
 }
 
 # A network boot: the network as live-boot brings it up for its own fetch=
-# (DHCP on every interface, once they are up), the signed layers and their hash trees fetched
-# from the server GRUB loaded everything from into RAM (a tmpfs as the
-# medium), and every block of every layer checked against its signed root
-# hash before anything is mounted: a changed byte is named here. (Then
-# mounted through dm-verity as from a disk.) Prints the medium's path.
+# (DHCP on every interface, once cairn_links_up has them up), the signed
+# layers and their hash trees fetched from the server GRUB loaded
+# everything from into RAM (a tmpfs as the medium), and every block of
+# every layer checked against its signed root hash before anything is
+# mounted: a changed byte is named here. (Then mounted through dm-verity as
+# from a disk.) Prints the medium's path.
 cairn_net_fetch ()
 {
 	cairn_links_up > /dev/console 2>&1
