@@ -463,7 +463,7 @@ impl Cmd {
                         limit.as_secs_f64()
                     );
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(poll_pause(t0.elapsed()));
             },
         };
         if let Some(h) = shown {
@@ -517,6 +517,15 @@ impl Cmd {
     }
 }
 
+/// How long to wait before looking at a running program again, `ran`
+/// after it started: a sixteenth of that, between 1 and 50 ms. A short
+/// program (gpgv on an InRelease: tens of ms) is seen to end within a
+/// few ms of it, not up to 50 ms later; a long one is looked at 20 times
+/// a second.
+fn poll_pause(ran: Duration) -> Duration {
+    (ran / 16).clamp(Duration::from_millis(1), Duration::from_millis(50))
+}
+
 /// Quotes a word for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
@@ -532,6 +541,17 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A program watched for a time limit is looked at often while it is
+    /// young (its end seen within a few ms) and 20 times a second after.
+    #[test]
+    fn a_watched_program_is_looked_at_often_at_first() {
+        let ms = Duration::from_millis;
+        assert_eq!(poll_pause(ms(0)), ms(1));
+        assert_eq!(poll_pause(ms(40)), Duration::from_micros(2500));
+        assert_eq!(poll_pause(ms(800)), ms(50));
+        assert_eq!(poll_pause(Duration::from_secs(3600)), ms(50));
+    }
 
     #[test]
     fn the_last_line_is_what_a_progress_bar_or_a_log_wrote_last() {

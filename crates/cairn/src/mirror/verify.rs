@@ -22,7 +22,7 @@ use super::state::{MirrorPaths, MirrorState, lock_mirror, mtime_ns};
 use super::sync::decompress_verified;
 use crate::parallel;
 use crate::progress::{Mode, Progress};
-use crate::trust::hash::{read_regular_file, sha256_hex, sha256_regular_file};
+use crate::trust::hash::{sha256_regular_file, sha256_regular_file_kept};
 use crate::trust::openpgp::Keyring;
 
 #[derive(Debug, Clone)]
@@ -108,7 +108,8 @@ pub fn verify(name: &str, opts: &VerifyOptions) -> Result<VerifyReport> {
 }
 
 /// Files to hash: (display path, file, expected size, sha256).
-type Jobs = Vec<(String, PathBuf, u64, String)>;
+type Job = (String, PathBuf, u64, String);
+type Jobs = Vec<Job>;
 
 /// The pool files the signed indices list: path → size and SHA-256.
 type Listed = HashMap<String, (u64, String)>;
@@ -190,7 +191,19 @@ fn read_signed(
 ) -> Result<(Listed, BTreeSet<String>)> {
     let (index_jobs, to_parse) = check_suites(state, gen_dir, keyring, tmp, opts, r)?;
     r.indices_checked = index_jobs.len();
-    let found = hash_files(&index_jobs, opts.jobs, None, &AtomicBool::new(false));
+    // The Packages are kept as they are hashed: what is read of them is
+    // what was held against the signed Release, read once.
+    let (found, mut kept) = hash_files_keeping(
+        &index_jobs,
+        opts.jobs,
+        None,
+        &AtomicBool::new(false),
+        &to_parse,
+    );
+    let packages: Vec<(String, Vec<u8>)> = to_parse
+        .iter()
+        .filter_map(|i| Some((index_jobs[*i].0.clone(), kept.remove(i)?)))
+        .collect();
     let mut bad = BTreeSet::new();
     for ((shown, _, _, _), f) in index_jobs.into_iter().zip(found) {
         match f {
@@ -208,14 +221,14 @@ fn read_signed(
             }
         }
     }
-    let listed = read_indices(to_parse, &bad, &state.pool, r)?;
+    let listed = read_indices(packages, &state.pool, r);
     unexpected_in_pool(paths, state, r)?;
     Ok((listed, bad))
 }
 
 /// Every suite's signed Release checked (signature, dates), its indices
-/// against it, its directory for strays: the index files to hash and the
-/// Packages to read the pool from.
+/// against it, its directory for strays: the index files to hash, and
+/// which of them are the Packages to read the pool from.
 fn check_suites(
     state: &MirrorState,
     gen_dir: &Path,
@@ -223,9 +236,9 @@ fn check_suites(
     tmp: &Path,
     opts: &VerifyOptions,
     r: &mut VerifyReport,
-) -> Result<(Jobs, Jobs)> {
+) -> Result<(Jobs, BTreeSet<usize>)> {
     let mut index_jobs: Jobs = Vec::new();
-    let mut to_parse: Jobs = Vec::new();
+    let mut to_parse = BTreeSet::new();
     // Every suite's gpgv at once (a process each, mostly its start-up).
     let suites = &state.repo.suites;
     let verified = parallel::map(suites, suites.len(), |suite| {
@@ -250,7 +263,13 @@ fn check_suites(
                     detail: "not listed in the signed Release".into(),
                 }),
                 Some(_) if !file.exists() => r.missing.push(shown(p)),
-                Some(f) => index_jobs.push((shown(p), file, f.size, f.sha256.clone())),
+                Some(f) => {
+                    // The pool as the signed indices describe it (read once they verify).
+                    if p.ends_with("/Packages") {
+                        to_parse.insert(index_jobs.len());
+                    }
+                    index_jobs.push((shown(p), file, f.size, f.sha256.clone()));
+                }
             }
         }
         // Everything else in the suite directory must be a by-hash copy or a Release file.
@@ -269,15 +288,6 @@ fn check_suites(
                 r.unexpected.push(shown(&rel));
             }
         })?;
-        // The pool as the signed indices describe it (parsed once they verify).
-        for p in &indices {
-            if let Some(f) = release.files.get(p)
-                && p.ends_with("/Packages")
-                && dir.join(p).exists()
-            {
-                to_parse.push((shown(p), dir.join(p), f.size, f.sha256.clone()));
-            }
-        }
     }
     Ok((index_jobs, to_parse))
 }
@@ -328,49 +338,33 @@ fn check_release_file(
     }
 }
 
-/// The pool files the signed Packages list (those whose index hashed
-/// right), of those cairn recorded (`wanted`): path → size and SHA-256.
+/// The pool files the signed Packages list (`packages`: each one's name
+/// and the bytes that hashed right), of those cairn recorded (`wanted`):
+/// path → size and SHA-256. An index that does not read is corrupt.
 fn read_indices(
-    to_parse: Jobs,
-    bad_indices: &BTreeSet<String>,
+    packages: Vec<(String, Vec<u8>)>,
     wanted: &BTreeMap<String, super::state::PoolEntry>,
     r: &mut VerifyReport,
-) -> Result<Listed> {
+) -> Listed {
     let mut listed = Listed::new();
-    for (shown, path, size, sha) in to_parse {
-        if bad_indices.contains(&shown) {
-            continue;
-        }
-        // Whole (a Packages file is tens of MB at most), read as
-        // read_packages reads it, without a Package made of each stanza,
-        // in parts on every core; what is read is what is held against
-        // the signed Release (hashed again beside the reading: the file
-        // may have changed since it was hashed), else nothing read counts.
-        let bytes = read_regular_file(&path, size).with_context(|| format!("reading {shown}"))?;
-        let (same, read) = std::thread::scope(|s| {
-            let same = s.spawn(|| bytes.len() as u64 == size && sha256_hex(&bytes) == sha);
-            let read = std::str::from_utf8(&bytes)
-                .map_err(|e| format!("not UTF-8: {e}"))
-                .and_then(|text| {
-                    pool_entries_in_parts(text, parallel::cpus(), |f| wanted.contains_key(f))
-                        .map_err(|e| e.to_string())
-                });
-            let same = same.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            (same, read)
-        });
-        match (same, read) {
-            (false, _) => r.corrupt.push(Problem {
-                path: shown,
-                detail: "changed while it was verified (no longer the signed bytes)".into(),
-            }),
-            (true, Ok(entries)) => listed.extend(entries.into_iter().map(|(f, n, h)| (f, (n, h)))),
-            (true, Err(e)) => r.corrupt.push(Problem {
+    for (shown, bytes) in packages {
+        // Read as read_packages reads it, without a Package made of each
+        // stanza, in parts on every core.
+        let read = std::str::from_utf8(&bytes)
+            .map_err(|e| format!("not UTF-8: {e}"))
+            .and_then(|text| {
+                pool_entries_in_parts(text, parallel::cpus(), |f| wanted.contains_key(f))
+                    .map_err(|e| e.to_string())
+            });
+        match read {
+            Ok(entries) => listed.extend(entries.into_iter().map(|(f, n, h)| (f, (n, h)))),
+            Err(e) => r.corrupt.push(Problem {
                 path: shown,
                 detail: format!("unreadable: {e}"),
             }),
         }
     }
-    Ok(listed)
+    listed
 }
 
 /// The pool as cairn recorded it, against the signed indices and what
@@ -460,11 +454,25 @@ enum Found {
 /// expected of them. `stop` ends the work early (what is left is not
 /// judged).
 fn hash_files(
-    files: &[(String, PathBuf, u64, String)],
+    files: &[Job],
     jobs: usize,
     progress: Option<&Progress>,
     stop: &AtomicBool,
 ) -> Vec<Found> {
+    hash_files_keeping(files, jobs, progress, stop, &BTreeSet::new()).0
+}
+
+/// `hash_files`, and the bytes of the files `keep` names (by their place
+/// in `files`) that were found good: the very bytes hashed, to be read
+/// without reading the file again. Each of those is read under its own
+/// name (never through a twin's).
+fn hash_files_keeping(
+    files: &[Job],
+    jobs: usize,
+    progress: Option<&Progress>,
+    stop: &AtomicBool,
+    keep: &BTreeSet<usize>,
+) -> (Vec<Found>, HashMap<usize, Vec<u8>>) {
     let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     // One name read per inode (a file that cannot be looked at is read on
     // its own: opening it says why); read up to the largest size any of
@@ -476,14 +484,17 @@ fn hash_files(
     let mut twinned: BTreeSet<usize> = BTreeSet::new();
     for (i, (_, file, size, _)) in files.iter().enumerate() {
         let k = id(file);
-        rep[i] = match k.and_then(|k| first.get(&k).copied()) {
+        let earlier = k
+            .and_then(|k| first.get(&k).copied())
+            .filter(|_| !keep.contains(&i));
+        rep[i] = match earlier {
             Some(r) => {
                 twinned.insert(r);
                 r
             }
             None => {
                 if let Some(k) = k {
-                    first.insert(k, i);
+                    first.entry(k).or_insert(i);
                 }
                 reps.push(i);
                 i
@@ -497,7 +508,14 @@ fn hash_files(
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        let mut res = sha256_regular_file(&files[i].1, limit[&i]);
+        let (mut res, bytes) = if keep.contains(&i) {
+            match sha256_regular_file_kept(&files[i].1, limit[&i]) {
+                Ok((h, b)) => (Ok(h), Some(b)),
+                Err(e) => (Err(e), None),
+            }
+        } else {
+            (sha256_regular_file(&files[i].1, limit[&i]), None)
+        };
         if let Ok(h) = &mut res
             && !twinned.contains(&i)
         {
@@ -507,9 +525,19 @@ fn hash_files(
             p.bytes.fetch_add(files[i].2, Ordering::Relaxed);
             p.file_done();
         }
-        Some(res)
+        Some((res, bytes))
     });
-    let result: HashMap<usize, Option<Hashed>> = reps.into_iter().zip(hashed).collect();
+    let mut result: HashMap<usize, Option<Hashed>> = HashMap::new();
+    let mut kept: HashMap<usize, Vec<u8>> = HashMap::new();
+    for (i, h) in reps.into_iter().zip(hashed) {
+        let h = h.map(|(res, bytes)| {
+            if let Some(b) = bytes {
+                kept.insert(i, b);
+            }
+            res
+        });
+        result.insert(i, h);
+    }
     let mut counted = BTreeSet::new();
     let mut judge = |got: &Hashed, size: u64, sha: &str| match got {
         Ok(h) if !h.whole => Found::Bad(format!("larger than the {size} bytes expected")),
@@ -519,7 +547,7 @@ fn hash_files(
         Err(e) if not_found(e) => Found::Missing,
         Err(e) => Found::Bad(format!("{e:#}")),
     };
-    (0..files.len())
+    let found: Vec<Found> = (0..files.len())
         .map(|i| {
             let (_, file, size, sha) = &files[i];
             match result.get(&rep[i]) {
@@ -535,7 +563,9 @@ fn hash_files(
                 _ => Found::Bad("not hashed (verification stopped)".into()),
             }
         })
-        .collect()
+        .collect();
+    kept.retain(|i, _| matches!(found[*i], Found::Good(_)));
+    (found, kept)
 }
 
 /// An error that says the file is not there.
@@ -834,8 +864,10 @@ mod tests {
         }
     }
 
-    /// A Packages index is read for its entries only if the bytes read are
-    /// the signed ones (it may change after it was hashed).
+    /// A Packages index is read for its entries only from the bytes that
+    /// hashed right: kept as they were hashed, never read again (the file
+    /// may change after it was hashed), and under its own name even when
+    /// a by-hash twin comes first; an index that does not read is corrupt.
     #[test]
     fn an_index_read_must_be_the_signed_bytes() {
         let d = tempfile::tempdir().unwrap();
@@ -844,6 +876,18 @@ mod tests {
             "Package: a\nVersion: 1\nArchitecture: all\nFilename: pool/a.deb\nSize: 1\nSHA256: {h}\n"
         );
         fs::write(d.path().join("Packages"), &text).unwrap();
+        std::fs::hard_link(d.path().join("Packages"), d.path().join("by-hash")).unwrap();
+        let signed = job(d.path(), "Packages", text.as_bytes());
+        let twin = job(d.path(), "by-hash", text.as_bytes());
+        let mut wrong = signed.clone();
+        wrong.3 = "b".repeat(64);
+        let stop = AtomicBool::new(false);
+        let keep: BTreeSet<usize> = [1, 2].into();
+        let (found, kept) = hash_files_keeping(&[twin, signed, wrong], 2, None, &stop, &keep);
+        assert!(found[..2].iter().all(|f| good(f).is_some()));
+        assert!(matches!(&found[2], Found::Bad(d) if d.starts_with("sha256 ")));
+        assert_eq!(kept.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(kept[&1], text.as_bytes());
         let wanted: BTreeMap<String, super::super::state::PoolEntry> = [(
             "pool/a.deb".to_string(),
             super::super::state::PoolEntry {
@@ -854,17 +898,16 @@ mod tests {
         )]
         .into();
         let mut r = VerifyReport::empty("t", Path::new(""));
-        let good = job(d.path(), "Packages", text.as_bytes());
-        let listed = read_indices(vec![good.clone()], &BTreeSet::new(), &wanted, &mut r).unwrap();
+        let listed = read_indices(vec![("P".into(), kept[&1].clone())], &wanted, &mut r);
         assert_eq!(listed["pool/a.deb"], (1, h.clone()));
-        let mut other = good;
-        other.3 = "b".repeat(64);
-        let listed = read_indices(vec![other], &BTreeSet::new(), &wanted, &mut r).unwrap();
+        assert!(r.corrupt.is_empty());
+        let torn = text.replace("Size: 1\n", "");
+        let listed = read_indices(vec![("P".into(), torn.into_bytes())], &wanted, &mut r);
         assert!(listed.is_empty());
         assert!(
-            r.corrupt[0]
-                .detail
-                .contains("changed while it was verified")
+            r.corrupt[0].detail.contains("unreadable"),
+            "{:?}",
+            r.corrupt
         );
     }
 

@@ -134,6 +134,43 @@ pub fn sha256_regular_file(path: &Path, limit: u64) -> Result<FileHash> {
     })
 }
 
+/// `sha256_regular_file`, keeping the bytes it read: what is hashed is
+/// what is returned (read once, each block hashed as it arrives, while
+/// it is in the core's cache).
+pub fn sha256_regular_file_kept(path: &Path, limit: u64) -> Result<(FileHash, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = open_regular(path)?;
+    let m = f
+        .metadata()
+        .with_context(|| format!("looking at {}", path.display()))?;
+    let _ = rustix::fs::fadvise(f.file(), 0, None, rustix::fs::Advice::Sequential);
+    let cap = limit.saturating_add(1);
+    // Room for what is expected at once, within reason whatever the limit says.
+    let mut v = Vec::with_capacity(limit.min(1 << 30) as usize + 1);
+    let mut h = Sha256::new();
+    let mut r = (&mut f).take(cap);
+    loop {
+        let at = v.len();
+        let n = (&mut r)
+            .take(BLOCK as u64)
+            .read_to_end(&mut v)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&v[at..]);
+    }
+    let n = v.len() as u64;
+    let hash = FileHash {
+        size: n,
+        whole: n < cap,
+        sha256: hex(&h.finalize()),
+        id: (m.dev(), m.ino()),
+        file: Some(f),
+    };
+    Ok((hash, v))
+}
+
 /// The bytes of the regular file at `path` (`open_regular`), at most
 /// `limit` + 1 of them (more: the file is larger than `limit`).
 pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
@@ -180,6 +217,7 @@ mod tests {
             let e = sha256_regular_file(p, 10).unwrap_err();
             assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
             assert!(read_regular_file(p, 10).is_err());
+            assert!(sha256_regular_file_kept(p, 10).is_err());
         }
         let big = d.path().join("big");
         fs_err::write(&big, vec![1u8; 100]).unwrap();
@@ -191,5 +229,14 @@ mod tests {
             (100, true, sha256_hex(&[1u8; 100]))
         );
         assert_eq!(read_regular_file(&big, 10).unwrap().len(), 11);
+        // Kept: the bytes are those hashed, in blocks, to the limit and one more.
+        let (h, b) = sha256_regular_file_kept(&big, 10).unwrap();
+        assert_eq!((h.size, h.whole, b.len()), (11, false, 11));
+        let large = d.path().join("large");
+        let body: Vec<u8> = (0..3 * BLOCK + 7).map(|i| (i % 251) as u8).collect();
+        fs_err::write(&large, &body).unwrap();
+        let (h, b) = sha256_regular_file_kept(&large, body.len() as u64).unwrap();
+        assert_eq!((h.size, h.whole), (body.len() as u64, true));
+        assert_eq!((h.sha256, b), (sha256_hex(&body), body));
     }
 }
