@@ -146,17 +146,15 @@ pub fn pool_entries_in_parts(
     }
     cuts.push(bytes.len());
     let read = |a: usize, b: usize| {
-        let part = &text[a..b];
-        let lines = part.bytes().filter(|&c| c == b'\n').count();
         let mut kept = Vec::new();
-        let r = read_pool_entries(part, |f, n, h| {
+        let r = read_pool_entries(&text[a..b], |f, n, h| {
             if keep(f) {
                 kept.push((f.to_string(), n, h));
             }
         });
-        (lines, r.map(|()| kept))
+        r.map(|()| kept)
     };
-    let done: Vec<(usize, Result<Vec<PoolEntry>, ParseError>)> = std::thread::scope(|s| {
+    let done: Vec<Result<Vec<PoolEntry>, ParseError>> = std::thread::scope(|s| {
         let running: Vec<_> = cuts
             .windows(2)
             .skip(1)
@@ -169,10 +167,10 @@ pub fn pool_entries_in_parts(
         done
     });
     let mut out = Vec::new();
-    let mut before = 0;
-    for (lines, r) in done {
-        out.extend(r.map_err(|e| shift(e, before))?);
-        before += lines;
+    for (k, r) in done.into_iter().enumerate() {
+        // (Lines are counted only for an error: its number in the whole text.)
+        let before = || bytes[..cuts[k]].iter().filter(|&&c| c == b'\n').count();
+        out.extend(r.map_err(|e| shift(e, before()))?);
     }
     Ok(out)
 }
