@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use cairn_debian::date::format_release_date;
-use cairn_debian::{Release, pool_entries_in_parts};
+use cairn_debian::{PoolEntry as IndexEntry, Release, pool_entries_in_parts};
 use serde::Serialize;
 
 use super::fetch::{
@@ -191,18 +191,19 @@ fn read_signed(
 ) -> Result<(Listed, BTreeSet<String>)> {
     let (index_jobs, to_parse) = check_suites(state, gen_dir, keyring, tmp, opts, r)?;
     r.indices_checked = index_jobs.len();
-    // The Packages are kept as they are hashed: what is read of them is
+    // The Packages are read as they are hashed: what is read of them is
     // what was held against the signed Release, read once.
-    let (found, mut kept) = hash_files_keeping(
+    let (found, mut read) = hash_files_reading(
         &index_jobs,
         opts.jobs,
         None,
         &AtomicBool::new(false),
         &to_parse,
+        |bytes| pool_entries(bytes, &state.pool),
     );
-    let packages: Vec<(String, Vec<u8>)> = to_parse
+    let packages: Vec<(String, Result<Vec<IndexEntry>, String>)> = to_parse
         .iter()
-        .filter_map(|i| Some((index_jobs[*i].0.clone(), kept.remove(i)?)))
+        .filter_map(|i| Some((index_jobs[*i].0.clone(), read.remove(i)?)))
         .collect();
     let mut bad = BTreeSet::new();
     for ((shown, _, _, _), f) in index_jobs.into_iter().zip(found) {
@@ -221,7 +222,7 @@ fn read_signed(
             }
         }
     }
-    let listed = read_indices(packages, &state.pool, r);
+    let listed = read_indices(packages, r);
     unexpected_in_pool(paths, state, r)?;
     Ok((listed, bad))
 }
@@ -279,8 +280,17 @@ fn check_suites(
                 .unwrap_or(f)
                 .to_string_lossy()
                 .into_owned();
-            if let Some((_, hash)) = rel.split_once("/by-hash/SHA256/") {
-                let size = fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+            if let Some((d, hash)) = rel.split_once("/by-hash/SHA256/") {
+                // Read to the size the signed Release gives the index it
+                // stands for; only a link the previous Release lent (for
+                // clients that hold it) is read to its own size.
+                let signed = release.files.iter().find(|(p, e)| {
+                    e.sha256 == hash && Path::new(p.as_str()).parent() == Some(Path::new(d))
+                });
+                let size = match signed {
+                    Some((_, e)) => e.size,
+                    None => fs::metadata(f).map(|m| m.len()).unwrap_or(0),
+                };
                 index_jobs.push((shown(&rel), f.to_path_buf(), size, hash.to_string()));
             } else if !indices.contains(&rel)
                 && !matches!(rel.as_str(), "InRelease" | "Release" | "Release.gpg")
@@ -338,24 +348,28 @@ fn check_release_file(
     }
 }
 
-/// The pool files the signed Packages list (`packages`: each one's name
-/// and the bytes that hashed right), of those cairn recorded (`wanted`):
-/// path → size and SHA-256. An index that does not read is corrupt.
-fn read_indices(
-    packages: Vec<(String, Vec<u8>)>,
+/// The pool entries of a Packages text (`bytes`: those that hashed
+/// right) of the files cairn recorded (`wanted`), read as read_packages
+/// reads it, without a Package made of each stanza, in parts on every
+/// core; or why it does not read.
+fn pool_entries(
+    bytes: &[u8],
     wanted: &BTreeMap<String, super::state::PoolEntry>,
+) -> Result<Vec<IndexEntry>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    pool_entries_in_parts(text, parallel::cpus(), |f| wanted.contains_key(f))
+        .map_err(|e| e.to_string())
+}
+
+/// The pool files the signed Packages list (`packages`: each one's name
+/// and what reading it found): path → size and SHA-256. An index that
+/// does not read is corrupt.
+fn read_indices(
+    packages: Vec<(String, Result<Vec<IndexEntry>, String>)>,
     r: &mut VerifyReport,
 ) -> Listed {
     let mut listed = Listed::new();
-    for (shown, bytes) in packages {
-        // Read as read_packages reads it, without a Package made of each
-        // stanza, in parts on every core.
-        let read = std::str::from_utf8(&bytes)
-            .map_err(|e| format!("not UTF-8: {e}"))
-            .and_then(|text| {
-                pool_entries_in_parts(text, parallel::cpus(), |f| wanted.contains_key(f))
-                    .map_err(|e| e.to_string())
-            });
+    for (shown, read) in packages {
         match read {
             Ok(entries) => listed.extend(entries.into_iter().map(|(f, n, h)| (f, (n, h)))),
             Err(e) => r.corrupt.push(Problem {
@@ -459,20 +473,23 @@ fn hash_files(
     progress: Option<&Progress>,
     stop: &AtomicBool,
 ) -> Vec<Found> {
-    hash_files_keeping(files, jobs, progress, stop, &BTreeSet::new()).0
+    hash_files_reading(files, jobs, progress, stop, &BTreeSet::new(), |_| ()).0
 }
 
-/// `hash_files`, and the bytes of the files `keep` names (by their place
-/// in `files`) that were found good: the very bytes hashed, to be read
-/// without reading the file again. Each of those is read under its own
-/// name (never through a twin's).
-fn hash_files_keeping(
+/// `hash_files`, and for the files `keep` names (by their place in
+/// `files`) that were found good, what `read` makes of the very bytes
+/// hashed: read in the hashing job once they hashed right, never read
+/// from the file again, and let go of then (one such file in memory per
+/// job). Each of those is read under its own name, never past its own
+/// size: a twin that expects more of the file is read on its own.
+fn hash_files_reading<T: Send>(
     files: &[Job],
     jobs: usize,
     progress: Option<&Progress>,
     stop: &AtomicBool,
     keep: &BTreeSet<usize>,
-) -> (Vec<Found>, HashMap<usize, Vec<u8>>) {
+    read: impl Fn(&[u8]) -> T + Sync,
+) -> (Vec<Found>, HashMap<usize, T>) {
     let id = |p: &Path| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     // One name read per inode (a file that cannot be looked at is read on
     // its own: opening it says why); read up to the largest size any of
@@ -486,7 +503,7 @@ fn hash_files_keeping(
         let k = id(file);
         let earlier = k
             .and_then(|k| first.get(&k).copied())
-            .filter(|_| !keep.contains(&i));
+            .filter(|&r| !keep.contains(&i) && !(keep.contains(&r) && *size > files[r].2));
         rep[i] = match earlier {
             Some(r) => {
                 twinned.insert(r);
@@ -508,13 +525,18 @@ fn hash_files_keeping(
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        let (mut res, bytes) = if keep.contains(&i) {
-            match sha256_regular_file_kept(&files[i].1, limit[&i]) {
-                Ok((h, b)) => (Ok(h), Some(b)),
+        let (_, path, size, sha) = &files[i];
+        let (mut res, made) = if keep.contains(&i) {
+            match sha256_regular_file_kept(path, limit[&i]) {
+                Ok((h, bytes)) => {
+                    let right = h.whole && h.size == *size && h.sha256 == *sha;
+                    let made = right.then(|| read(&bytes));
+                    (Ok(h), made)
+                }
                 Err(e) => (Err(e), None),
             }
         } else {
-            (sha256_regular_file(&files[i].1, limit[&i]), None)
+            (sha256_regular_file(path, limit[&i]), None)
         };
         if let Ok(h) = &mut res
             && !twinned.contains(&i)
@@ -522,17 +544,17 @@ fn hash_files_keeping(
             h.file = None;
         }
         if let Some(p) = progress {
-            p.bytes.fetch_add(files[i].2, Ordering::Relaxed);
+            p.bytes.fetch_add(*size, Ordering::Relaxed);
             p.file_done();
         }
-        Some((res, bytes))
+        Some((res, made))
     });
     let mut result: HashMap<usize, Option<Hashed>> = HashMap::new();
-    let mut kept: HashMap<usize, Vec<u8>> = HashMap::new();
+    let mut made: HashMap<usize, T> = HashMap::new();
     for (i, h) in reps.into_iter().zip(hashed) {
-        let h = h.map(|(res, bytes)| {
-            if let Some(b) = bytes {
-                kept.insert(i, b);
+        let h = h.map(|(res, m)| {
+            if let Some(m) = m {
+                made.insert(i, m);
             }
             res
         });
@@ -564,8 +586,8 @@ fn hash_files_keeping(
             }
         })
         .collect();
-    kept.retain(|i, _| matches!(found[*i], Found::Good(_)));
-    (found, kept)
+    made.retain(|i, _| matches!(found[*i], Found::Good(_)));
+    (found, made)
 }
 
 /// An error that says the file is not there.
@@ -865,9 +887,11 @@ mod tests {
     }
 
     /// A Packages index is read for its entries only from the bytes that
-    /// hashed right: kept as they were hashed, never read again (the file
-    /// may change after it was hashed), and under its own name even when
-    /// a by-hash twin comes first; an index that does not read is corrupt.
+    /// hashed right: as they were hashed, never read again (the file may
+    /// change after it was hashed), under its own name even when a
+    /// by-hash twin comes first, and never past its own signed size even
+    /// when a twin expects more of the file; an index that does not read
+    /// is corrupt.
     #[test]
     fn an_index_read_must_be_the_signed_bytes() {
         let d = tempfile::tempdir().unwrap();
@@ -877,17 +901,50 @@ mod tests {
         );
         fs::write(d.path().join("Packages"), &text).unwrap();
         std::fs::hard_link(d.path().join("Packages"), d.path().join("by-hash")).unwrap();
+        fs::write(
+            d.path().join("Grown"),
+            format!("{text}{}", "x".repeat(1000)),
+        )
+        .unwrap();
+        std::fs::hard_link(d.path().join("Grown"), d.path().join("by-hash2")).unwrap();
         let signed = job(d.path(), "Packages", text.as_bytes());
         let twin = job(d.path(), "by-hash", text.as_bytes());
         let mut wrong = signed.clone();
         wrong.3 = "b".repeat(64);
+        // A grown index, and a twin that claims it is huge: the kept read
+        // stays within the index's own signed size (the twin is read on
+        // its own, to its limit).
+        let grown = job(d.path(), "Grown", text.as_bytes());
+        let mut greedy = job(d.path(), "by-hash2", text.as_bytes());
+        greedy.2 = 1 << 40;
         let stop = AtomicBool::new(false);
-        let keep: BTreeSet<usize> = [1, 2].into();
-        let (found, kept) = hash_files_keeping(&[twin, signed, wrong], 2, None, &stop, &keep);
-        assert!(found[..2].iter().all(|f| good(f).is_some()));
+        let keep: BTreeSet<usize> = [1, 2, 3].into();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let files = [twin, signed, wrong, grown, greedy];
+        let (found, read) = hash_files_reading(&files, 2, None, &stop, &keep, |b| {
+            seen.lock().unwrap().push(b.len());
+            b.to_vec()
+        });
+        assert!(
+            found[..2].iter().all(|f| good(f).is_some()),
+            "{:?}",
+            found.iter().map(good).collect::<Vec<_>>()
+        );
         assert!(matches!(&found[2], Found::Bad(d) if d.starts_with("sha256 ")));
-        assert_eq!(kept.keys().copied().collect::<Vec<_>>(), [1]);
-        assert_eq!(kept[&1], text.as_bytes());
+        let n = text.len();
+        assert!(
+            matches!(&found[3], Found::Bad(d) if *d == format!("larger than the {n} bytes expected")),
+            "{:?}",
+            good(&found[3])
+        );
+        assert!(matches!(&found[4], Found::Bad(d) if d.starts_with("size ")));
+        assert_eq!(read.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(read[&1], text.as_bytes());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [text.len()],
+            "only bytes that hashed right are read"
+        );
         let wanted: BTreeMap<String, super::super::state::PoolEntry> = [(
             "pool/a.deb".to_string(),
             super::super::state::PoolEntry {
@@ -898,11 +955,15 @@ mod tests {
         )]
         .into();
         let mut r = VerifyReport::empty("t", Path::new(""));
-        let listed = read_indices(vec![("P".into(), kept[&1].clone())], &wanted, &mut r);
+        let entries = pool_entries(&read[&1], &wanted);
+        let listed = read_indices(vec![("P".into(), entries)], &mut r);
         assert_eq!(listed["pool/a.deb"], (1, h.clone()));
         assert!(r.corrupt.is_empty());
         let torn = text.replace("Size: 1\n", "");
-        let listed = read_indices(vec![("P".into(), torn.into_bytes())], &wanted, &mut r);
+        let listed = read_indices(
+            vec![("P".into(), pool_entries(torn.as_bytes(), &wanted))],
+            &mut r,
+        );
         assert!(listed.is_empty());
         assert!(
             r.corrupt[0].detail.contains("unreadable"),

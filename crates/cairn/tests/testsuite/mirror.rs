@@ -828,4 +828,29 @@ fn verify_finds_missing_corrupt_and_unexpected_files_and_repairs_them() {
         "{out}"
     );
     ok(f.verify(&[]));
+
+    // An index grown without end (sparse: a terabyte on no disk) is named
+    // larger than signed under each of its names, read to its signed size
+    // and no further, neither to its end nor into memory.
+    let dir = m.join("dists/stable/main/binary-amd64");
+    let n = fs::metadata(dir.join("Packages")).unwrap().len();
+    let by_hash = dir
+        .join("by-hash/SHA256")
+        .join(sha256(&fs::read(dir.join("Packages")).unwrap()));
+    for p in [dir.join("Packages"), by_hash.clone()] {
+        let file = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        file.set_len(1 << 40).unwrap();
+    }
+    let out = f.verify(&[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let shown = by_hash.strip_prefix(&m).unwrap().display().to_string();
+    for name in ["dists/stable/main/binary-amd64/Packages", shown.as_str()] {
+        assert!(
+            stdout.contains(&format!(
+                "CORRUPT {name}: larger than the {n} bytes expected"
+            )),
+            "{stdout}"
+        );
+    }
 }
