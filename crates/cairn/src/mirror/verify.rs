@@ -501,9 +501,11 @@ fn hash_files_reading<T: Send>(
     let mut twinned: BTreeSet<usize> = BTreeSet::new();
     for (i, (_, file, size, _)) in files.iter().enumerate() {
         let k = id(file);
-        let earlier = k
-            .and_then(|k| first.get(&k).copied())
-            .filter(|&r| !keep.contains(&i) && !(keep.contains(&r) && *size > files[r].2));
+        let earlier = k.and_then(|k| first.get(&k).copied()).filter(|&r| {
+            // A kept file is its own; no twin raises its limit.
+            let greedy = keep.contains(&r) && *size > files[r].2;
+            !keep.contains(&i) && !greedy
+        });
         rep[i] = match earlier {
             Some(r) => {
                 twinned.insert(r);
