@@ -42,9 +42,19 @@ impl<'a> Iterator for Paragraphs<'a> {
     type Item = Result<Paragraph<'a>, ParseError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let mut para = Paragraph::default();
+        Some(self.next_into(&mut para)?.map(|()| para))
+    }
+}
+
+impl<'a> Paragraphs<'a> {
+    /// `next`, into a paragraph the caller reuses from one to the next
+    /// (its fields are cleared first): no allocation per paragraph.
+    pub fn next_into(&mut self, para: &mut Paragraph<'a>) -> Option<Result<(), ParseError>> {
         let text = self.text;
         let bytes = text.as_bytes();
-        let mut para = Paragraph::default();
+        para.fields.clear();
+        para.line = 0;
         // (name, value start, value end) of the field being read.
         let mut open: Option<(&'a str, usize, usize)> = None;
         while self.pos < bytes.len() {
@@ -95,21 +105,61 @@ impl<'a> Iterator for Paragraphs<'a> {
         if para.fields.is_empty() {
             None
         } else {
-            Some(Ok(para))
+            Some(Ok(()))
         }
     }
 }
 
 fn memchr_nl(bytes: &[u8], from: usize) -> usize {
-    bytes[from..]
+    // Eight bytes at a time: a word with a newline in it has a zero byte
+    // once XORed with newlines, and `(x - 0x01..) & !x & 0x80..` finds it.
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while i + 8 <= bytes.len() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[i..i + 8]);
+        let x = u64::from_le_bytes(w) ^ (ONES * u64::from(b'\n'));
+        let z = x.wrapping_sub(ONES) & !x & HIGHS;
+        if z != 0 {
+            return i + (z.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    bytes[i..]
         .iter()
         .position(|&b| b == b'\n')
-        .map_or(bytes.len(), |p| from + p)
+        .map_or(bytes.len(), |p| i + p)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The newline found eight bytes at a time is the first one, wherever
+    /// it sits in a word, whatever bytes are around it (0x0a's neighbours,
+    /// high bytes, zeros), and none is found where there is none.
+    #[test]
+    fn the_first_newline_is_found_at_any_offset() {
+        let alphabet = [b'\n', b'\n' + 1, b'\n' - 1, 0, 0x80, 0xff, 0x8a, b'a', b' '];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|k| alphabet[((seed >> (k % 60)) as usize + k * 7) % alphabet.len()])
+                .collect();
+            for from in 0..=len {
+                let naive = bytes[from..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(len, |p| from + p);
+                assert_eq!(memchr_nl(&bytes, from), naive, "{bytes:?} from {from}");
+            }
+        }
+    }
 
     #[test]
     fn fields_continuations_and_comments() {

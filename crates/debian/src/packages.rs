@@ -82,8 +82,28 @@ fn shift(e: ParseError, by: usize) -> ParseError {
 /// case), checked as `read_packages` checks them (the stanza must name
 /// its Package, Version and Architecture too).
 fn pool_entry<'a>(p: &crate::Paragraph<'a>) -> Result<(&'a str, u64, String), ParseError> {
+    // The six fields in one pass over the stanza, the first of each name
+    // (as `Paragraph::get` finds it).
+    const NAMES: [&str; 6] = [
+        "SHA256",
+        "Size",
+        "Package",
+        "Version",
+        "Architecture",
+        "Filename",
+    ];
+    let mut found: [Option<&'a str>; 6] = [None; 6];
+    for &(k, v) in &p.fields {
+        if let Some(n) = NAMES
+            .iter()
+            .position(|n| n.len() == k.len() && n.eq_ignore_ascii_case(k))
+        {
+            found[n].get_or_insert(v);
+        }
+    }
     let need = |f: &str| {
-        p.get(f).ok_or_else(|| ParseError::Line {
+        let n = NAMES.iter().position(|n| *n == f);
+        n.and_then(|n| found[n]).ok_or_else(|| ParseError::Line {
             line: p.line,
             msg: format!("stanza has no {f} field"),
         })
@@ -115,8 +135,11 @@ pub fn read_pool_entries(
     text: &str,
     mut each: impl FnMut(&str, u64, String),
 ) -> Result<(), ParseError> {
-    for p in paragraphs(text) {
-        let (filename, size, sha256) = pool_entry(&p?)?;
+    let mut stanzas = paragraphs(text);
+    let mut p = crate::Paragraph::default();
+    while let Some(read) = stanzas.next_into(&mut p) {
+        read?;
+        let (filename, size, sha256) = pool_entry(&p)?;
         each(filename, size, sha256);
     }
     Ok(())
