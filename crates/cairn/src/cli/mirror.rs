@@ -232,7 +232,8 @@ pub struct VerifyArgs {
     /// published signed indices, and remove unexpected pool files.
     #[arg(long)]
     pub repair: bool,
-    /// Files hashed at once [default: number of CPUs].
+    /// Hashing jobs [default: number of CPUs]: indices are hashed this many
+    /// at once, pool files twice as many (a cold disk serves more reads at once).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
     /// Wait for a running sync instead of refusing.
