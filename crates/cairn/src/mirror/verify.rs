@@ -107,12 +107,9 @@ pub fn verify(name: &str, opts: &VerifyOptions) -> Result<VerifyReport> {
     Ok(report)
 }
 
-/// Pool files read at once per job. From a cold cache a hasher mostly
-/// waits for the disk, and the disk serves more reads in flight (the
-/// large mirror of scripts/bench-verify, cold: 1,648 MB/s with one per
-/// job, 1,879 with two, medians of 9); from a warm one the two share a
-/// core at no cost measured (2,649 and 2,643 MB/s). The indices, parsed
-/// as well as hashed, stay at one per job: more was slower there.
+/// Pool files read at once per job: cold, a hasher mostly waits for the
+/// disk, which serves more reads in flight; warm, two share a core at no
+/// cost measured (docs/mirror.md). Indices, parsed too, stay at one.
 const POOL_READS_PER_JOB: usize = 2;
 
 /// Files to hash: (display path, file, expected size, sha256).
@@ -290,16 +287,13 @@ fn check_suites(
                 .to_string_lossy()
                 .into_owned();
             if let Some((d, hash)) = rel.split_once("/by-hash/SHA256/") {
-                // Read to the size the signed Release gives the index it
-                // stands for; only a link the previous Release lent (for
-                // clients that hold it) is read to its own size.
-                let signed = release.files.iter().find(|(p, e)| {
-                    e.sha256 == hash && Path::new(p.as_str()).parent() == Some(Path::new(d))
-                });
-                let size = match signed {
-                    Some((_, e)) => e.size,
-                    None => fs::metadata(f).map(|m| m.len()).unwrap_or(0),
-                };
+                // The signed size of the index it stands for (a link lent
+                // by the previous Release, for clients holding it: its own).
+                let size = release
+                    .files
+                    .iter()
+                    .find(|(p, e)| e.sha256 == hash && Path::new(p).parent() == Some(Path::new(d)))
+                    .map_or_else(|| fs::metadata(f).map_or(0, |m| m.len()), |(_, e)| e.size);
                 index_jobs.push((shown(&rel), f.to_path_buf(), size, hash.to_string()));
             } else if !indices.contains(&rel)
                 && !matches!(rel.as_str(), "InRelease" | "Release" | "Release.gpg")
@@ -539,10 +533,9 @@ fn hash_files_reading<T: Send>(
         let (_, path, size, sha) = &files[i];
         let (mut res, made) = if keep.contains(&i) {
             match sha256_regular_file_kept(path, limit[&i]) {
-                Ok((h, bytes)) => {
+                Ok((h, b)) => {
                     let right = h.whole && h.size == *size && h.sha256 == *sha;
-                    let made = right.then(|| read(&bytes));
-                    (Ok(h), made)
+                    (Ok(h), right.then(|| read(&b)))
                 }
                 Err(e) => (Err(e), None),
             }
@@ -564,9 +557,7 @@ fn hash_files_reading<T: Send>(
     let mut made: HashMap<usize, T> = HashMap::new();
     for (i, h) in reps.into_iter().zip(hashed) {
         let h = h.map(|(res, m)| {
-            if let Some(m) = m {
-                made.insert(i, m);
-            }
+            made.extend(m.map(|m| (i, m)));
             res
         });
         result.insert(i, h);

@@ -182,14 +182,23 @@ pub fn last_lines(log: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Lines starting with `marker` in either log (GRUB and firmware noise may
-/// precede it on the same port, so only whole lines count; terminal escape
-/// sequences are not text).
-/// The first line of the logs that starts with `marker`. Only whole lines
-/// count while the guest still writes (a serial port delivers a line in
-/// pieces: half a line is not the line); `finished` counts a last line
-/// without its end too.
+/// The first line of the logs that starts with `marker`, or that holds
+/// the kernel's time stamp and `marker` (the initramfs writes to /dev/kmsg
+/// as well: the kernel's copy runs whole to the line's end, while it may
+/// cut the console's copy in two, anywhere). Terminal escape sequences are
+/// not text. Only whole lines count while the guest still writes (a serial
+/// port delivers a line in pieces: half a line is not the line);
+/// `finished` counts a last line without its end too.
 fn find_marker(logs: &[&Path], marker: &str, finished: bool) -> Option<String> {
+    // `[   12.706281] marker...` from its `[` on: what follows the stamp.
+    let stamped = |t: &str| -> Option<String> {
+        let (stamp, rest) = t.strip_prefix('[')?.split_once("] ")?;
+        let digits = stamp.trim();
+        (!digits.is_empty()
+            && digits.bytes().all(|b| b == b'.' || b.is_ascii_digit())
+            && rest.starts_with(marker))
+        .then(|| rest.to_string())
+    };
     for l in logs {
         let Ok(data) = fs::read(l) else {
             continue;
@@ -200,7 +209,13 @@ fn find_marker(logs: &[&Path], marker: &str, finished: bool) -> Option<String> {
             Some(end) => &text[..end],
             None => "",
         };
-        if let Some(line) = whole.split(['\n', '\r']).find(|x| x.starts_with(marker)) {
+        let line = whole.split(['\n', '\r']).find_map(|x| {
+            if x.starts_with(marker) {
+                return Some(x.to_string());
+            }
+            x.match_indices('[').find_map(|(i, _)| stamped(&x[i..]))
+        });
+        if let Some(line) = line {
             return Some(line.trim().to_string());
         }
     }
@@ -545,6 +560,29 @@ mod tests {
         assert_eq!(
             find_marker(&[&a], "CAIRN-BOOTED", false).as_deref(),
             Some("CAIRN-BOOTED profile=p version=1")
+        );
+        // The console's copy cut by the kernel's, anywhere: the kernel's
+        // counts; only a kernel time stamp makes a copy, not any bracket.
+        fs::write(
+            &a,
+            "cairn: REFUSING [   12.706281] cairn: REFUSING TO BOOT v1 (x)\nTO BOOT v1 (x)\n",
+        )
+        .unwrap();
+        let refusal = |a: &Path| find_marker(&[a], "cairn: REFUSING TO BOOT", false);
+        assert_eq!(
+            refusal(&a).as_deref(),
+            Some("cairn: REFUSING TO BOOT v1 (x)")
+        );
+        fs::write(
+            &a,
+            "x [ x] cairn: REFUSING TO BOOT\n[  ] cairn: REFUSING TO BOOT\n",
+        )
+        .unwrap();
+        assert_eq!(refusal(&a), None);
+        fs::write(&a, "[   12.7] cairn: REFUSING TO BOOT v1 (x)\n").unwrap();
+        assert_eq!(
+            refusal(&a).as_deref(),
+            Some("cairn: REFUSING TO BOOT v1 (x)")
         );
         fs::write(&b, "CAIRN-BOOTED x\n").unwrap();
         let missing = d.path().join("missing");
