@@ -116,12 +116,7 @@ pub struct FileHash {
 /// to its end or to `limit` + 1 bytes (then it is larger than that, and
 /// not read further: a file can be endless).
 pub fn sha256_regular_file(path: &Path, limit: u64) -> Result<FileHash> {
-    use std::os::unix::fs::MetadataExt;
-    let mut f = open_regular(path)?;
-    let m = f
-        .metadata()
-        .with_context(|| format!("looking at {}", path.display()))?;
-    let _ = rustix::fs::fadvise(f.file(), 0, None, rustix::fs::Advice::Sequential);
+    let (mut f, id) = open_to_hash(path)?;
     let mut h = Sha256::new();
     let cap = limit.saturating_add(1);
     let n = read_blocks(&mut (&mut f).take(cap), path, |b| h.update(b))?;
@@ -129,21 +124,28 @@ pub fn sha256_regular_file(path: &Path, limit: u64) -> Result<FileHash> {
         size: n,
         whole: n < cap,
         sha256: hex(&h.finalize()),
-        id: (m.dev(), m.ino()),
+        id,
         file: Some(f),
     })
+}
+
+/// The regular file at `path` (`open_regular`) and its device and inode,
+/// the kernel told it will be read front to back.
+fn open_to_hash(path: &Path) -> Result<(File, (u64, u64))> {
+    use std::os::unix::fs::MetadataExt;
+    let f = open_regular(path)?;
+    let m = f
+        .metadata()
+        .with_context(|| format!("looking at {}", path.display()))?;
+    let _ = rustix::fs::fadvise(f.file(), 0, None, rustix::fs::Advice::Sequential);
+    Ok((f, (m.dev(), m.ino())))
 }
 
 /// `sha256_regular_file`, keeping the bytes it read: what is hashed is
 /// what is returned (read once, each block hashed as it arrives, while
 /// it is in the core's cache).
 pub fn sha256_regular_file_kept(path: &Path, limit: u64) -> Result<(FileHash, Vec<u8>)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut f = open_regular(path)?;
-    let m = f
-        .metadata()
-        .with_context(|| format!("looking at {}", path.display()))?;
-    let _ = rustix::fs::fadvise(f.file(), 0, None, rustix::fs::Advice::Sequential);
+    let (mut f, id) = open_to_hash(path)?;
     let cap = limit.saturating_add(1);
     // Room for what is expected at once, within reason whatever the limit says.
     let mut v = Vec::with_capacity(limit.min(1 << 30) as usize + 1);
@@ -165,7 +167,7 @@ pub fn sha256_regular_file_kept(path: &Path, limit: u64) -> Result<(FileHash, Ve
         size: n,
         whole: n < cap,
         sha256: hex(&h.finalize()),
-        id: (m.dev(), m.ino()),
+        id,
         file: Some(f),
     };
     Ok((hash, v))
