@@ -576,6 +576,34 @@ pub fn remove_mount_points(root: &Path, dirs: &[std::path::PathBuf]) -> Result<(
     Ok(())
 }
 
+/// What systemd would do at every boot of a live image, done once here:
+/// the tree's dynamic linker cache rebuilt (a profile's files or hooks may
+/// have added libraries), then /etc and /var marked up to date for this
+/// /usr (`/etc/.updated`, `/var/.updated`, as systemd-update-done writes
+/// them). Without the marks each boot starts with a fresh RAM overlay and
+/// no marks, so systemd's `ConditionNeedsUpdate=` units (ldconfig,
+/// sysusers, the journal's catalog, update-done) ran on every boot — over a
+/// second under TCG, on the way to multi-user. The packages' own scripts
+/// did the rest when they were installed, as on an installed Debian after
+/// its first boot. The image's timestamps are all the build's epoch, so
+/// /usr is never newer than the marks (a delta layer writes its own).
+pub fn mark_updated(root: &Path, epoch: i64) -> Result<()> {
+    if inside(root, "/sbin/ldconfig")?.is_file() {
+        super::chroot::chroot(root, epoch, &["/sbin/ldconfig"])
+            .context("rebuilding the tree's dynamic linker cache")?;
+    }
+    let nsec = i128::from(epoch) * 1_000_000_000;
+    let text = format!(
+        "# cairn: /etc and /var were brought up to date for this image's /usr when it\n\
+         # was built; systemd's ConditionNeedsUpdate= units need not run at boot.\n\
+         TIMESTAMP_NSEC={nsec}\n"
+    );
+    for dir in ["/etc", "/var"] {
+        write(root, &format!("{dir}/.updated"), &text, 0o644)?;
+    }
+    Ok(())
+}
+
 /// Removes what differs from build to build and is no use in an image.
 pub fn clean(root: &Path) -> Result<()> {
     let empty_dir = |abs: &str| -> Result<()> {
@@ -661,6 +689,29 @@ pub fn clean(root: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// /etc and /var are marked up to date for the image's /usr, with the
+    /// build's epoch (the time every file of the image carries), so that
+    /// systemd's ConditionNeedsUpdate= units do not run at each boot.
+    #[test]
+    fn etc_and_var_are_marked_updated_at_the_build_epoch() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("etc")).unwrap();
+        mark_updated(d.path(), 1_765_000_000).unwrap();
+        for dir in ["etc", "var"] {
+            let p = d.path().join(dir).join(".updated");
+            let text = fs::read_to_string(&p).unwrap();
+            assert!(
+                text.lines()
+                    .any(|l| l == "TIMESTAMP_NSEC=1765000000000000000"),
+                "{text}"
+            );
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+                0o644
+            );
+        }
+    }
 
     /// Early microcode for every CPU: set in the tree's microcode
     /// settings once, whatever CPU runs the build; a tree without the

@@ -55,6 +55,7 @@ pub(crate) fn finish_tree(
         .with_context(|| format!("copying {}", vmlinuz.display()))?;
     fs::copy(&initrd, out.join("initrd.img"))
         .with_context(|| format!("copying {}", initrd.display()))?;
+    customize::mark_updated(root, epoch)?;
     customize::clean(root)?;
     Ok(Finished { kernel, installed })
 }

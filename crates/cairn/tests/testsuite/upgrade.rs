@@ -393,7 +393,8 @@ tail -n 5 /run/reboot.out | while read -r l; do say "reboot-out: $l"; done
 /// only — the same kernel and boot id, uptime carried on, GRUB and the
 /// kernel started once in the whole run — and the new system runs the
 /// delta's layers through dm-verity, says its own name, and its boot is
-/// marked good (the trial passed).
+/// marked good (the trial passed). Neither boot rebuilt the linker cache
+/// (the images are marked up to date when built).
 #[test]
 fn a_soft_reboot_switches_userspace_and_keeps_the_kernel() {
     let Some(f) = fixture::get() else {
@@ -447,6 +448,7 @@ say "image=$CAIRN_VERSION boot-id=$(cat /proc/sys/kernel/random/boot_id) kernel=
 say "up $CAIRN_VERSION $(cut -d. -f1 /proc/uptime)"
 say "next-file=$(cat /etc/cairn-test-next 2>/dev/null || echo absent)"
 say "soft-reboots=$(systemctl show -P SoftRebootsCount)"
+say "ldconfig $CAIRN_VERSION ran=$(systemctl show -P ConditionResult ldconfig.service) checked-at=$(systemctl show -P ConditionTimestampMonotonic ldconfig.service)"
 say "root=$(findmnt -n -o FSTYPE /)"
 say "soft-verity=$(for d in /dev/mapper/cairn-soft*; do [ -e "$d" ] && veritysetup status "${{d##*/}}" | awk '$1 == "status:" {{ printf "%s ", $2 }}'; done)"
 [ "$CAIRN_VERSION" = "{pv}" ] || exit 0
@@ -496,6 +498,17 @@ tail -n 5 /run/soft.out | while read -r l; do say "soft-out: $l"; done
     let first = line(&format!("PROBE image={pv} "));
     let second = line(&format!("PROBE image={dv} "));
     assert_eq!(first, second, "boot id and kernel");
+    // Marked up to date when built: systemd did not rebuild the linker
+    // cache at the boot nor after the soft reboot (the condition was
+    // checked, and said no).
+    for v in [&pv, &dv] {
+        let l = line(&format!("PROBE ldconfig {v} "));
+        let at: u64 = l
+            .strip_prefix("ran=no checked-at=")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("ldconfig.service in {v}: {l}"));
+        assert!(at > 0, "ldconfig.service's condition never checked in {v}");
+    }
     let up = |v: &str| -> u64 { line(&format!("PROBE up {v} ")).parse().unwrap() };
     assert!(
         up(&dv) >= up(&pv),
