@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256, Sha512};
 use super::{BOOT_CFG, BOOT_SUMS, GRUB_SIGNED, Manifest};
 use crate::parallel;
 use crate::trust::hash::hex;
-use crate::trust::keys::verify_file;
+use crate::trust::keys::{verify_file, verify_own_copy};
 
 /// The outcome of `cairn image verify`.
 #[derive(Debug, Serialize)]
@@ -188,23 +188,47 @@ macro_rules! refuse {
 pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBoot> {
     fs::create_dir_all(work)?;
     let names = ["SHA256SUMS", BOOT_SUMS, BOOT_CFG, "vmlinuz", "initrd.img"];
-    for n in names {
-        for f in [n.to_string(), format!("{n}.sig")] {
-            fs::copy(dir.join(&f), work.join(&f))
-                .with_context(|| format!("{}: {f} missing", dir.display()))?;
-        }
-    }
     let gpg_work = work.join(".gpg");
     fs::create_dir_all(&gpg_work)?;
+    // Each file copied once, hashed as it is copied, and its signature
+    // checked in the copy (what is checked is what is used), the five at
+    // once: a kernel and an initrd are tens of MB, and a soft switch or
+    // kexec waits for them.
+    let checked: Vec<Result<(String, Result<String>)>> = std::thread::scope(|s| {
+        let jobs: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let gpg_work = &gpg_work;
+                s.spawn(move || -> Result<(String, Result<String>)> {
+                    let copy = |f: &str| {
+                        crate::trust::hash::copy_hashing(&dir.join(f), &work.join(f))
+                            .with_context(|| format!("{}: {f} missing", dir.display()))
+                    };
+                    let sha256 = copy(n)?;
+                    copy(&format!("{n}.sig"))?;
+                    Ok((sha256, verify_own_copy(key, &work.join(n), gpg_work)))
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| {
+                j.join()
+                    .unwrap_or_else(|_| bail!("a boot file's check failed"))
+            })
+            .collect()
+    });
+    let mut sha256 = BTreeMap::new();
     let mut signed_by = String::new();
-    for n in names {
-        signed_by = match verify_file(key, &work.join(n), &gpg_work) {
+    for (n, c) in names.into_iter().zip(checked) {
+        let (hash, verified) = c?;
+        signed_by = match verified {
             Ok(s) => s,
             Err(e) => refuse!(
                 "REFUSING {}: {n}: signature missing or bad: {e:#}",
                 dir.display()
             ),
         };
+        sha256.insert(n, hash);
     }
     // BOOTSUMS is this image's: the image's signed SHA256SUMS lists it (a
     // BOOTSUMS of another signed image, with that image's kernel, would
@@ -219,7 +243,7 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
                 dir.display()
             )
         })?;
-    if crate::trust::hash::sha256_file(&work.join(BOOT_SUMS))?.1 != want {
+    if sha256[BOOT_SUMS] != want {
         refuse!(
             "REFUSING {}: {BOOT_SUMS} is not the one the image's SHA256SUMS lists",
             dir.display()
@@ -234,8 +258,7 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
         if !["vmlinuz", "initrd.img", BOOT_CFG].contains(&n) {
             refuse!("{BOOT_SUMS} lists {n:?}");
         }
-        let (_, got) = crate::trust::hash::sha256_file(&work.join(n))?;
-        if got != h {
+        if sha256[n] != h {
             refuse!(
                 "REFUSING {}: {n} differs from the signed {BOOT_SUMS}",
                 dir.display()

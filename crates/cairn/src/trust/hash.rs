@@ -79,6 +79,29 @@ pub fn sha256_file(path: &Path) -> Result<(u64, String)> {
     Ok((n, hex(&h.finalize())))
 }
 
+/// Copies the file at `from` to the new file `to` (made here, never
+/// written through a file or link already there) and returns the SHA-256
+/// of the bytes copied: one read for the copy and its hash.
+pub fn copy_hashing(from: &Path, to: &Path) -> Result<String> {
+    use std::io::Write;
+    let mut out = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    let mut h = Sha256::new();
+    let mut failed = None;
+    for_each_block(from, |b| {
+        h.update(b);
+        if failed.is_none() {
+            failed = out.write_all(b).err();
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e).with_context(|| format!("writing {}", to.display()));
+    }
+    Ok(hex(&h.finalize()))
+}
+
 /// A regular file opened to be read whole: never waiting at the open (a
 /// FIFO in its place), refused unless it is a regular file.
 pub fn open_regular(path: &Path) -> Result<File> {
@@ -189,6 +212,29 @@ pub fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The copy holds the bytes hashed; a file or a link already at the
+    /// copy's name is never written through (the copy is refused).
+    #[test]
+    fn a_copy_is_what_was_hashed_and_never_written_through_a_link() {
+        let d = tempfile::tempdir().unwrap();
+        let (from, to) = (d.path().join("from"), d.path().join("to"));
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs_err::write(&from, &data).unwrap();
+        assert_eq!(copy_hashing(&from, &to).unwrap(), sha256_hex(&data));
+        assert_eq!(fs_err::read(&to).unwrap(), data);
+        let victim = d.path().join("victim");
+        fs_err::write(&victim, b"untouched").unwrap();
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(copy_hashing(&from, &link).is_err());
+        assert_eq!(fs_err::read(&victim).unwrap(), b"untouched");
+        assert!(
+            copy_hashing(&from, &to).is_err(),
+            "an existing copy is kept"
+        );
+        assert!(copy_hashing(&d.path().join("absent"), &d.path().join("new")).is_err());
+    }
 
     #[test]
     fn known_vectors() {

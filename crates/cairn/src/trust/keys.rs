@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::openpgp::{Keyring, verify_detached};
+use super::openpgp::{Keyring, verify_detached, verify_detached_file};
 use crate::cmd::tool::GPG;
 use crate::cmd::{Cmd, require};
 use crate::fsutil::write_atomic;
@@ -329,6 +329,20 @@ pub fn verify_file(public_key: &Path, file: &Path, work: &Path) -> Result<String
         work,
     )?;
     Ok(v.signers.into_iter().next().unwrap_or_default())
+}
+
+/// As [`verify_file`], for a file that is the caller's own copy in a
+/// directory only it writes (gpgv reads it there, and the caller uses the
+/// same bytes afterwards).
+pub fn verify_own_copy(public_key: &Path, file: &Path, work: &Path) -> Result<String> {
+    let sig = PathBuf::from(format!("{}.sig", file.display()));
+    let signers = verify_detached_file(
+        file,
+        &sig,
+        &Keyring::new(vec![public_key.to_path_buf()]),
+        work,
+    )?;
+    Ok(signers.into_iter().next().unwrap_or_default())
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {

@@ -107,6 +107,25 @@ pub fn verify_detached(
     })
 }
 
+/// Verifies a detached signature over a file left where it is: the
+/// caller's own copy, in a directory nobody else can write, so what gpgv
+/// reads is what the caller goes on to use (no copy in memory, none
+/// written again: a kernel and an initrd are tens of MB).
+pub fn verify_detached_file(
+    data: &Path,
+    signature: &Path,
+    keyring: &Keyring,
+    work: &Path,
+) -> Result<Vec<String>> {
+    let dir = private_dir(work)?;
+    let status = run_gpgv(
+        keyring,
+        dir.path(),
+        &[&signature.to_path_buf(), &data.to_path_buf()],
+    )?;
+    Ok(apply_policy(&status)?)
+}
+
 /// A directory of this call's own below `work` (random name, mode 0700,
 /// made exclusively, removed on drop): no other user's file or symlink can
 /// be in the way of what gpgv reads and writes.
