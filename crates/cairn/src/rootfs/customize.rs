@@ -578,7 +578,8 @@ pub fn remove_mount_points(root: &Path, dirs: &[std::path::PathBuf]) -> Result<(
 
 /// What systemd would do at every boot of a live image, done once here:
 /// the tree's dynamic linker cache rebuilt (a profile's files or hooks may
-/// have added libraries), then /etc and /var marked up to date for this
+/// have added libraries), the system users made and a hardware database of
+/// the profile's own compiled, then /etc and /var marked up to date for this
 /// /usr (`/etc/.updated`, `/var/.updated`, as systemd-update-done writes
 /// them). Without the marks each boot starts with a fresh RAM overlay and
 /// no marks, so systemd's `ConditionNeedsUpdate=` units (ldconfig,
@@ -592,6 +593,41 @@ pub fn mark_updated(root: &Path, epoch: i64) -> Result<()> {
         super::chroot::chroot(root, epoch, &["/sbin/ldconfig"])
             .context("rebuilding the tree's dynamic linker cache")?;
     }
+    // The system users every sysusers.d file asks for (a profile's own
+    // too: what the first boot of an installed Debian does), and a
+    // hardware database of the profile's own (/etc/udev/hwdb.d), as the
+    // boot would have made them.
+    let has_files = |dir: &str| -> Result<bool> {
+        Ok(fs::read_dir(inside(root, dir)?).is_ok_and(|mut d| d.next().is_some()))
+    };
+    for (wanted, tool, args, what) in [
+        (
+            true,
+            "systemd-sysusers",
+            &[][..],
+            "creating the tree's system users (systemd-sysusers)",
+        ),
+        (
+            has_files("/etc/udev/hwdb.d")?,
+            "systemd-hwdb",
+            &["update"][..],
+            "compiling the hardware database of /etc/udev/hwdb.d",
+        ),
+    ] {
+        if !wanted {
+            continue;
+        }
+        for bin in ["/usr/bin", "/bin"] {
+            let tool = format!("{bin}/{tool}");
+            if inside(root, &tool)?.is_file() {
+                let argv: Vec<&str> = std::iter::once(tool.as_str())
+                    .chain(args.iter().copied())
+                    .collect();
+                super::chroot::chroot(root, epoch, &argv).context(what)?;
+                break;
+            }
+        }
+    }
     let nsec = i128::from(epoch) * 1_000_000_000;
     let text = format!(
         "# cairn: /etc and /var were brought up to date for this image's /usr when it\n\
@@ -599,7 +635,14 @@ pub fn mark_updated(root: &Path, epoch: i64) -> Result<()> {
          TIMESTAMP_NSEC={nsec}\n"
     );
     for dir in ["/etc", "/var"] {
-        write(root, &format!("{dir}/.updated"), &text, 0o644)?;
+        // A link (or anything but a file) there is replaced, never written
+        // through.
+        let mark = format!("{dir}/.updated");
+        let p = inside_link(root, &mark)?;
+        if fs::symlink_metadata(&p).is_ok_and(|m| !m.file_type().is_file()) {
+            fs::remove_file(&p).with_context(|| format!("replacing {}", p.display()))?;
+        }
+        write(root, &mark, &text, 0o644)?;
     }
     Ok(())
 }
@@ -697,7 +740,20 @@ mod tests {
     fn etc_and_var_are_marked_updated_at_the_build_epoch() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir_all(d.path().join("etc")).unwrap();
+        // A link planted at the mark (a package's, a hook's) is replaced,
+        // not written through.
+        fs::write(d.path().join("etc/shadow"), "root:x:1::::::\n").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", d.path().join("etc/.updated")).unwrap();
         mark_updated(d.path(), 1_765_000_000).unwrap();
+        assert_eq!(
+            fs::read_to_string(d.path().join("etc/shadow")).unwrap(),
+            "root:x:1::::::\n"
+        );
+        assert!(
+            fs::symlink_metadata(d.path().join("etc/.updated"))
+                .unwrap()
+                .is_file()
+        );
         for dir in ["etc", "var"] {
             let p = d.path().join(dir).join(".updated");
             let text = fs::read_to_string(&p).unwrap();

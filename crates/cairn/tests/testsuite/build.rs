@@ -352,6 +352,20 @@ fn killed_build_leaves_nothing_and_host_types_differ() {
         "built by the cairn test suite\n"
     );
     assert!(squashfs_cat(&img, "etc/hook-ran").starts_with("systemd\t"));
+    // The profile's own sysusers.d file was applied at the build (the
+    // boot does not: /etc is marked up to date for the image's /usr).
+    assert!(
+        squashfs_cat(&img, "etc/passwd")
+            .lines()
+            .any(|l| l.starts_with("cairn-svc:")),
+        "no cairn-svc user in the image"
+    );
+    for mark in ["etc/.updated", "var/.updated"] {
+        assert!(
+            squashfs_cat(&img, mark).contains("TIMESTAMP_NSEC="),
+            "{mark}"
+        );
+    }
     assert!(
         squashfs_cat(&img, "etc/shadow")
             .lines()

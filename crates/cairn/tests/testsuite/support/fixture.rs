@@ -231,6 +231,11 @@ fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     fs::write(dir.join("files/probe"), PROBE).unwrap();
     fs::write(dir.join("files/probe.service"), PROBE_UNIT).unwrap();
     fs::write(dir.join("files/blob"), blob()).unwrap();
+    fs::write(
+        dir.join("files/sysusers.conf"),
+        "u cairn-svc - \"a system user the profile asks for\"\n",
+    )
+    .unwrap();
     let web = dir.join("webtest.toml");
     fs::write(
         &web,
@@ -240,6 +245,7 @@ fn write_profiles(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
 [[files]]\nsource = \"files/probe\"\ndest = \"/usr/local/sbin/cairn-probe\"\nmode = \"0755\"\n\
 [[files]]\nsource = \"files/probe.service\"\ndest = \"/etc/systemd/system/cairn-probe.service\"\n\
 [[files]]\nsource = \"files/blob\"\ndest = \"/usr/share/cairn-test/blob\"\n\
+[[files]]\nsource = \"files/sysusers.conf\"\ndest = \"/etc/sysusers.d/cairn-svc.conf\"\n\
 [[hooks]]\nscript = \"chroot \\\"$1\\\" dpkg-query -W systemd > \\\"$1/etc/hook-ran\\\"\"\n\
 [[hooks]]\nscript = \"ln -s /etc/systemd/system/cairn-probe.service \\\"$1/etc/systemd/system/multi-user.target.wants/\\\"\"\n\
 [[data]]\npath = \"/var/lib/webtest\"\n\
