@@ -185,6 +185,11 @@ macro_rules! refuse {
     };
 }
 
+/// The largest kernel or initrd taken (Debian's are tens of MB), and the
+/// largest sums file, boot.cfg or signature.
+const BOOT_FILE_LIMIT: u64 = 1 << 30;
+const SMALL_FILE_LIMIT: u64 = 1 << 20;
+
 pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBoot> {
     fs::create_dir_all(work)?;
     let names = ["SHA256SUMS", BOOT_SUMS, BOOT_CFG, "vmlinuz", "initrd.img"];
@@ -193,30 +198,28 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
     // Each file copied once, hashed as it is copied, and its signature
     // checked in the copy (what is checked is what is used), the five at
     // once: a kernel and an initrd are tens of MB, and a soft switch or
-    // kexec waits for them.
-    let checked: Vec<Result<(String, Result<String>)>> = std::thread::scope(|s| {
-        let jobs: Vec<_> = names
-            .iter()
-            .map(|n| {
-                let gpg_work = &gpg_work;
-                s.spawn(move || -> Result<(String, Result<String>)> {
-                    let copy = |f: &str| {
-                        crate::trust::hash::copy_hashing(&dir.join(f), &work.join(f))
-                            .with_context(|| format!("{}: {f} missing", dir.display()))
-                    };
-                    let sha256 = copy(n)?;
-                    copy(&format!("{n}.sig"))?;
-                    Ok((sha256, verify_own_copy(key, &work.join(n), gpg_work)))
-                })
-            })
-            .collect();
-        jobs.into_iter()
-            .map(|j| {
-                j.join()
-                    .unwrap_or_else(|_| bail!("a boot file's check failed"))
-            })
-            .collect()
-    });
+    // kexec waits for them. Only regular files, of a size a boot file has.
+    let checked = parallel::map(
+        &names,
+        names.len(),
+        |n| -> Result<(String, Result<String>)> {
+            let copy = |f: &str, limit: u64| {
+                crate::trust::hash::copy_hashing(&dir.join(f), &work.join(f), limit)
+                    .with_context(|| format!("{}: {f} missing or unreadable", dir.display()))
+            };
+            let large = ["vmlinuz", "initrd.img"].contains(n);
+            let sha256 = copy(
+                n,
+                if large {
+                    BOOT_FILE_LIMIT
+                } else {
+                    SMALL_FILE_LIMIT
+                },
+            )?;
+            copy(&format!("{n}.sig"), SMALL_FILE_LIMIT)?;
+            Ok((sha256, verify_own_copy(key, &work.join(n), &gpg_work)))
+        },
+    );
     let mut sha256 = BTreeMap::new();
     let mut signed_by = String::new();
     for (n, c) in names.into_iter().zip(checked) {

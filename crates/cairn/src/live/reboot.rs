@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use super::soft::{self, NextRoot, SoftMode};
-use super::{BootMedium, RUN_DIR, boot_uuid, booted, find_image, public_key};
+use super::{BootMedium, boot_uuid, booted, find_image, public_key};
 use crate::boot::{env, menu};
 use crate::cmd::{Cmd, which};
 use crate::image::paths::{HEALTH_FILE, REPORTED};
@@ -181,9 +181,10 @@ fn load_kexec(
     key: &Path,
     plan: &mut RebootPlan,
 ) -> Result<()> {
-    let work = Path::new(RUN_DIR).join("kexec");
-    let _ = fs::remove_dir_all(&work);
-    let checked = check_boot_files(dir, key, &work)?;
+    // This call's own copies (another cairn reboot cannot swap them before
+    // they are loaded), gone once loaded.
+    let scratch = super::scratch("cairn-kexec-")?;
+    let checked = check_boot_files(dir, key, scratch.path())?;
     let cmdline = command_line(&checked.args, rel, uuid, o.ram, &plan.entry);
     match kexec_load(&checked, &cmdline) {
         Ok(()) => {
@@ -314,7 +315,8 @@ fn soft_switch(
         (host.join(), checked)
     });
     let checked = checked?;
-    let host_unfit = host_unfit.map_err(|_| anyhow::anyhow!("asking systemd failed"))?;
+    let host_unfit =
+        host_unfit.unwrap_or_else(|_| Some("asking systemd its version failed".into()));
     soft::check_image_arg(&checked.args, id)?;
     let layers = soft::signed_layers(&checked.args).map_err(|e| {
         crate::trust::VerificationFailed::new(format!("REFUSING {}: {e:#}", dir.display()))

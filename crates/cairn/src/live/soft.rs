@@ -327,8 +327,8 @@ impl NextRoot {
     /// mounted read-only (lowest first in `lower`). The loop devices are
     /// attached one after the other; each layer's dm-verity device and
     /// mount are then made at once (under emulation each takes a second).
-    /// What was made is recorded (and taken down on drop) even when another
-    /// layer failed.
+    /// Every device and mount point is recorded before it is made, so a
+    /// failure anywhere leaves nothing behind once this root is dropped.
     fn open_layers(&mut self, dir: &Path, layers: &[SignedLayer], tag: &str) -> Result<()> {
         let mut opening = Vec::new();
         for (i, l) in layers.iter().enumerate() {
@@ -342,32 +342,22 @@ impl NextRoot {
             fs::create_dir_all(&at)?;
             opening.push((l, dev, data, tree, at));
         }
-        let opened: Vec<Opened> = std::thread::scope(|s| {
-            let jobs: Vec<_> = opening
-                .iter()
-                .map(|(l, dev, data, tree, at)| {
-                    s.spawn(move || open_layer(dir, l, dev, data, tree, at))
-                })
-                .collect();
-            jobs.into_iter()
-                .map(|j| {
-                    j.join().unwrap_or_else(|_| Opened {
-                        device: None,
-                        mounted: None,
-                        result: Err(anyhow::anyhow!("opening a layer failed")),
-                    })
-                })
-                .collect()
+        // Recorded before they are made: whatever a failure leaves is
+        // taken down (closing or unmounting what is not there is harmless).
+        for (_, dev, _, _, at) in &opening {
+            self.devices.push(dev.clone());
+            self.mounts.push(at.clone());
+        }
+        let opened = crate::parallel::map(&opening, opening.len(), |(l, dev, data, tree, at)| {
+            open_layer(dir, l, dev, data, tree, at)
         });
         let mut first_error = None;
-        for o in opened {
-            self.devices.extend(o.device);
-            if let Some(at) = o.mounted {
-                self.mounts.push(at.clone());
-                self.lower.push(at);
-            }
-            if let Err(e) = o.result {
-                first_error.get_or_insert(e);
+        for ((.., at), o) in opening.iter().zip(opened) {
+            match o {
+                Ok(()) => self.lower.push(at.clone()),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -502,70 +492,56 @@ impl NextRoot {
     }
 }
 
-/// What opening one layer made: its dm-verity device and its mount, when
-/// they were made, and whether it was taken.
-struct Opened {
-    device: Option<String>,
-    mounted: Option<PathBuf>,
-    result: Result<()>,
-}
-
 /// One layer (loop devices `data` and `tree`) through dm-verity with its
 /// signed root hash as `dev`, mounted read-only at `at`.
-fn open_layer(dir: &Path, l: &SignedLayer, dev: &str, data: &str, tree: &str, at: &Path) -> Opened {
-    let mut o = Opened {
-        device: None,
-        mounted: None,
-        result: Ok(()),
-    };
+fn open_layer(
+    dir: &Path,
+    l: &SignedLayer,
+    dev: &str,
+    data: &str,
+    tree: &str,
+    at: &Path,
+) -> Result<()> {
     let refuse = |why: String| -> anyhow::Error {
         VerificationFailed::new(format!("REFUSING {}: {}: {why}", dir.display(), l.name)).into()
     };
-    let open = Cmd::new("veritysetup")
+    Cmd::new("veritysetup")
         .args(["open", data, dev, tree, &l.root_hash])
         .env("DM_DISABLE_UDEV", "1")
-        .run();
-    if let Err(e) = open {
-        o.result = Err(refuse(format!(
-            "its hash tree does not match the signed root hash ({e:#})"
-        )));
-        return o;
+        .run()
+        .map_err(|e| {
+            refuse(format!(
+                "its hash tree does not match the signed root hash ({e:#})"
+            ))
+        })?;
+    // The tree's parameters come from its (unsigned) superblock: only
+    // SHA-256 trees of the format cairn makes are taken.
+    let st = Cmd::new("veritysetup")
+        .args(["status", dev])
+        .env("DM_DISABLE_UDEV", "1")
+        .run()?;
+    let st = String::from_utf8_lossy(&st.stdout).to_lowercase();
+    let field = |k: &str| {
+        st.lines()
+            .find_map(|x| x.trim().strip_prefix(k).map(|v| v.trim().to_string()))
+    };
+    let alg = field("hash algorithm:").or_else(|| field("hash name:"));
+    if alg.as_deref() != Some("sha256") || field("hash type:").as_deref() != Some("1") {
+        return Err(refuse(
+            "its hash tree is not a SHA-256 dm-verity tree of format 1".into(),
+        ));
     }
-    o.device = Some(dev.to_string());
-    o.result = (|| {
-        // The tree's parameters come from its (unsigned) superblock: only
-        // SHA-256 trees of the format cairn makes are taken.
-        let st = Cmd::new("veritysetup")
-            .args(["status", dev])
-            .env("DM_DISABLE_UDEV", "1")
-            .run()?;
-        let st = String::from_utf8_lossy(&st.stdout).to_lowercase();
-        let field = |k: &str| {
-            st.lines()
-                .find_map(|x| x.trim().strip_prefix(k).map(|v| v.trim().to_string()))
-        };
-        let alg = field("hash algorithm:").or_else(|| field("hash name:"));
-        if alg.as_deref() != Some("sha256") || field("hash type:").as_deref() != Some("1") {
-            return Err(refuse(
-                "its hash tree is not a SHA-256 dm-verity tree of format 1".into(),
-            ));
-        }
-        Cmd::new("mount")
-            .args(["-t", "squashfs", "-o", "ro,nosuid,nodev"])
-            .arg(format!("/dev/mapper/{dev}"))
-            .arg(at)
-            .run()
-            .map_err(|e| {
-                refuse(format!(
-                    "dm-verity refused its blocks: it differs from what was signed ({e:#})"
-                ))
-            })?;
-        Ok(())
-    })();
-    if o.result.is_ok() {
-        o.mounted = Some(at.to_path_buf());
-    }
-    o
+    Cmd::new("mount")
+        .args(["-t", "squashfs", "-o", "ro,nosuid,nodev"])
+        .arg(format!("/dev/mapper/{dev}"))
+        .arg(at)
+        .run()
+        .map_err(|e| {
+            refuse(format!(
+                "dm-verity refused its blocks: it differs from what was signed ({e:#})"
+            ))
+        })?;
+    Ok(())
 }
 
 impl Drop for NextRoot {

@@ -79,27 +79,47 @@ pub fn sha256_file(path: &Path) -> Result<(u64, String)> {
     Ok((n, hex(&h.finalize())))
 }
 
-/// Copies the file at `from` to the new file `to` (made here, never
-/// written through a file or link already there) and returns the SHA-256
-/// of the bytes copied: one read for the copy and its hash.
-pub fn copy_hashing(from: &Path, to: &Path) -> Result<String> {
+/// Copies the regular file at `from` (never waiting at the open, refused
+/// above `limit` bytes, also when it grows while it is read) to the new
+/// file `to` (made here, never written through a file or link already
+/// there) and returns the SHA-256 of the bytes copied: one read for the
+/// copy and its hash. A copy that failed is removed.
+pub fn copy_hashing(from: &Path, to: &Path, limit: u64) -> Result<String> {
     use std::io::Write;
+    let (mut f, _) = open_to_hash(from)?;
+    let size = f
+        .metadata()
+        .with_context(|| format!("looking at {}", from.display()))?
+        .len();
+    if size > limit {
+        anyhow::bail!("{} is larger than {limit} bytes", from.display());
+    }
     let mut out = fs_err::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(to)?;
     let mut h = Sha256::new();
     let mut failed = None;
-    for_each_block(from, |b| {
-        h.update(b);
+    let read = read_blocks(&mut (&mut f).take(limit + 1), from, |b| {
         if failed.is_none() {
+            h.update(b);
             failed = out.write_all(b).err();
         }
-    })?;
-    if let Some(e) = failed {
-        return Err(e).with_context(|| format!("writing {}", to.display()));
+    });
+    let done = match (read, failed) {
+        (Err(e), _) => Err(e),
+        (_, Some(e)) => Err(e).with_context(|| format!("writing {}", to.display())),
+        (Ok(n), None) if n > limit => Err(anyhow::anyhow!(
+            "{} grew past {limit} bytes while it was copied",
+            from.display()
+        )),
+        (Ok(_), None) => Ok(hex(&h.finalize())),
+    };
+    if done.is_err() {
+        drop(out);
+        let _ = fs_err::remove_file(to);
     }
-    Ok(hex(&h.finalize()))
+    done
 }
 
 /// A regular file opened to be read whole: never waiting at the open (a
@@ -214,26 +234,57 @@ mod tests {
     use super::*;
 
     /// The copy holds the bytes hashed; a file or a link already at the
-    /// copy's name is never written through (the copy is refused).
+    /// copy's name is never written through (the copy is refused); a
+    /// source too large or not a regular file is refused, and no copy is
+    /// left.
     #[test]
     fn a_copy_is_what_was_hashed_and_never_written_through_a_link() {
         let d = tempfile::tempdir().unwrap();
         let (from, to) = (d.path().join("from"), d.path().join("to"));
         let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
         fs_err::write(&from, &data).unwrap();
-        assert_eq!(copy_hashing(&from, &to).unwrap(), sha256_hex(&data));
+        assert_eq!(
+            copy_hashing(&from, &to, 1 << 20).unwrap(),
+            sha256_hex(&data)
+        );
         assert_eq!(fs_err::read(&to).unwrap(), data);
         let victim = d.path().join("victim");
         fs_err::write(&victim, b"untouched").unwrap();
         let link = d.path().join("link");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
-        assert!(copy_hashing(&from, &link).is_err());
+        assert!(copy_hashing(&from, &link, 1 << 20).is_err());
         assert_eq!(fs_err::read(&victim).unwrap(), b"untouched");
         assert!(
-            copy_hashing(&from, &to).is_err(),
+            copy_hashing(&from, &to, 1 << 20).is_err(),
             "an existing copy is kept"
         );
-        assert!(copy_hashing(&d.path().join("absent"), &d.path().join("new")).is_err());
+        assert_eq!(fs_err::read(&to).unwrap(), data);
+        assert!(copy_hashing(&d.path().join("absent"), &d.path().join("new"), 9).is_err());
+        // Larger than the limit (a sparse terabyte): refused before a byte
+        // is copied, and no copy is left.
+        let huge = d.path().join("huge");
+        fs_err::File::create(&huge)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let big = d.path().join("big");
+        let e = copy_hashing(&huge, &big, 1 << 20).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("larger than 1048576 bytes"),
+            "{e:#}"
+        );
+        assert!(!big.exists());
+        // Not a regular file (a FIFO nobody writes): refused at once.
+        let fifo = d.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let e = copy_hashing(&fifo, &d.path().join("from-fifo"), 1 << 20).unwrap_err();
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+        assert!(!d.path().join("from-fifo").exists());
     }
 
     #[test]

@@ -99,8 +99,7 @@ pub fn verify_detached(
     let dir = private_dir(work)?;
     let input = write_new(dir.path(), "detached.data", data)?;
     let sig = write_new(dir.path(), "detached.sig", signature)?;
-    let status = run_gpgv(keyring, dir.path(), &[&sig, &input])?;
-    let signers = apply_policy(&status)?;
+    let signers = verify_detached_file(&input, &sig, keyring, dir.path())?;
     Ok(Verified {
         text: data.to_vec(),
         signers,

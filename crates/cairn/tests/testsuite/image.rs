@@ -347,7 +347,8 @@ fn a_disk_takes_only_isos_signed_with_its_key() {
 
 /// `cairn reboot --kexec` loads only what cairn's menu would boot: the same
 /// signed files, the same BOOTSUMS, boot.cfg's arguments. Each tampering the
-/// menu refuses is refused here too, before anything is loaded.
+/// menu refuses is refused here too, before anything is loaded; a file
+/// too large or not a regular file is refused before it is copied.
 #[test]
 fn kexec_checks_refuse_what_the_menu_refuses() {
     if need_tools(&["gpg", "gpgv", "veritysetup"]) {
@@ -426,6 +427,37 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
     fs::remove_file(s.join("initrd.img.sig")).unwrap();
     let err = check(&s, &key.public_key).unwrap_err();
     assert!(err.contains("initrd.img.sig missing"), "{err}");
+    // Hostile files on the boot partition: an initrd grown to a sparse
+    // terabyte is refused before it is copied (the copies are in RAM), a
+    // FIFO in the kernel's place at once (nothing waits for a writer).
+    let huge = make("huge");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(huge.join("initrd.img"))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let err = check(&huge, &key.public_key).unwrap_err();
+    assert!(
+        err.contains("initrd.img") && err.contains("larger than"),
+        "{err}"
+    );
+    assert!(
+        !d.path().join("work/initrd.img").exists(),
+        "no copy is left"
+    );
+    let fifo = make("fifo");
+    fs::remove_file(fifo.join("vmlinuz")).unwrap();
+    let st = std::process::Command::new("mkfifo")
+        .arg(fifo.join("vmlinuz"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let err = check(&fifo, &key.public_key).unwrap_err();
+    assert!(
+        err.contains("vmlinuz") && err.contains("not a regular file"),
+        "{err}"
+    );
 }
 
 /// `cairn reboot` takes from the boot partition only what is signed: the
