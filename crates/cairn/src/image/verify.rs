@@ -137,10 +137,13 @@ pub(crate) fn hash_both(p: &Path) -> Result<(String, String)> {
 /// bytes are the ones the image's signed SHA256SUMS lists.
 pub fn signed_manifest(dir: &Path, key: &Path, work: &Path) -> Result<Manifest> {
     fs::create_dir_all(work)?;
-    let sums = fs::read(dir.join("SHA256SUMS"))
-        .with_context(|| format!("{}: SHA256SUMS missing", dir.display()))?;
-    let sig = fs::read(dir.join("SHA256SUMS.sig"))
-        .with_context(|| format!("{}: SHA256SUMS.sig missing", dir.display()))?;
+    // (Whoever wrote the boot partition chose these: only regular files of
+    // a sensible size are read, never a FIFO that hangs the read or a
+    // sparse terabyte that fills the memory.)
+    let sums = crate::fsutil::small_file(&dir.join("SHA256SUMS"), SMALL_FILE_LIMIT)
+        .with_context(|| format!("{}: SHA256SUMS missing or unusable", dir.display()))?;
+    let sig = crate::fsutil::small_file(&dir.join("SHA256SUMS.sig"), SMALL_FILE_LIMIT)
+        .with_context(|| format!("{}: SHA256SUMS.sig missing or unusable", dir.display()))?;
     // The copies are checked and read: what was checked is what is used.
     fs::write(work.join("SHA256SUMS"), &sums)?;
     fs::write(work.join("SHA256SUMS.sig"), &sig)?;
@@ -153,8 +156,8 @@ pub fn signed_manifest(dir: &Path, key: &Path, work: &Path) -> Result<Manifest> 
                 .map(String::from)
         })
         .with_context(|| format!("{}: SHA256SUMS does not list the manifest", dir.display()))?;
-    let data = fs::read(dir.join(super::MANIFEST))
-        .with_context(|| format!("{}: manifest missing", dir.display()))?;
+    let data = crate::fsutil::small_file(&dir.join(super::MANIFEST), MANIFEST_LIMIT)
+        .with_context(|| format!("{}: manifest missing or unusable", dir.display()))?;
     if crate::trust::hash::sha256_hex(&data) != want {
         return Err(crate::trust::VerificationFailed::new(format!(
             "{}: the manifest differs from the signed SHA256SUMS",
@@ -185,10 +188,12 @@ macro_rules! refuse {
     };
 }
 
-/// The largest kernel or initrd taken (Debian's are tens of MB), and the
-/// largest sums file, boot.cfg or signature.
+/// The largest kernel or initrd taken (Debian's are tens of MB), the
+/// largest manifest (a package list), and the largest sums file, boot.cfg,
+/// grub.cfg or signature.
 const BOOT_FILE_LIMIT: u64 = 1 << 30;
-const SMALL_FILE_LIMIT: u64 = 1 << 20;
+const MANIFEST_LIMIT: u64 = 64 << 20;
+pub(crate) const SMALL_FILE_LIMIT: u64 = 16 << 20;
 
 pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBoot> {
     fs::create_dir_all(work)?;

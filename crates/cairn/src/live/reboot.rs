@@ -24,8 +24,11 @@ pub fn menu_selector(medium: &Path, rel: &str, ram: bool, key: &Path) -> Result<
     let work = scratch.path();
     let grub = medium.join("boot/grub");
     for f in ["grub.cfg", "grub.cfg.sig"] {
-        fs::copy(grub.join(f), work.join(f))
-            .with_context(|| format!("{}: {f} missing", grub.display()))?;
+        // (Only a regular file of a menu's size: never a FIFO or a sparse
+        // terabyte copied into RAM.)
+        let data = crate::fsutil::small_file(&grub.join(f), crate::image::verify::SMALL_FILE_LIMIT)
+            .with_context(|| format!("{}: {f} missing or unusable", grub.display()))?;
+        fs::write(work.join(f), data)?;
     }
     verify_file(key, &work.join("grub.cfg"), work)
         .with_context(|| format!("{}: grub.cfg: signature missing or bad", grub.display()))?;

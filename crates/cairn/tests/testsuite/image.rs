@@ -464,7 +464,7 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
 /// menu's entry ids from a grub.cfg whose signature holds, the newest image
 /// by its signed manifest (not by the greatest directory name, which anyone
 /// who can write the partition picks), and only directories with plain
-/// names.
+/// names; a FIFO or a sparse terabyte in an image's place is passed over.
 #[test]
 fn reboot_reads_only_signed_choices_from_the_boot_partition() {
     if need_tools(&["gpg", "gpgv", "veritysetup"]) {
@@ -498,6 +498,25 @@ fn reboot_reads_only_signed_choices_from_the_boot_partition() {
         .status()
         .unwrap();
     assert!(st.success());
+    // Hostile files where an image's are (the partition's writer chose
+    // them): a FIFO nobody writes as SHA256SUMS, and a sparse terabyte as
+    // the manifest of an image whose sums are signed. Each is passed over
+    // at once: no read waits, nothing is read into memory.
+    let fifo = tiny_image(&web.join("20991230T000000Z"), &key);
+    fs::remove_file(fifo.join("SHA256SUMS")).unwrap();
+    let st = Command::new("mkfifo")
+        .arg(fifo.join("SHA256SUMS"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let huge = tiny_image(&web.join("20991229T000000Z"), &key);
+    set_version(&huge, "20991229T000000Z", &key);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(huge.join("manifest.json"))
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
     let (dir, m) = cairn::live::find_image(&[&medium], None, "web", &key.public_key).unwrap();
     assert_eq!(
         (dir, m.version.as_str()),
