@@ -133,22 +133,26 @@ pub(crate) fn hash_both(p: &Path) -> Result<(String, String)> {
     Ok((hex(&a.finalize()), hex(&b.finalize())))
 }
 
+/// `name` in `dir` and its detached signature, read bounded (whoever wrote
+/// the boot partition chose them: never a FIFO that hangs the read or a
+/// sparse terabyte that fills the memory) and checked against `key`: the
+/// bytes the signature holds for, not read again.
+pub fn signed_small_file(dir: &Path, name: &str, key: &Path, work: &Path) -> Result<Vec<u8>> {
+    let read = |f: &str| {
+        crate::fsutil::small_file(&dir.join(f), SMALL_FILE_LIMIT)
+            .with_context(|| format!("{}: {f} missing or unusable", dir.display()))
+    };
+    let (data, sig) = (read(name)?, read(&format!("{name}.sig"))?);
+    let keyring = crate::trust::openpgp::Keyring::new(vec![key.to_path_buf()]);
+    crate::trust::openpgp::verify_detached(&data, &sig, &keyring, work)
+        .with_context(|| format!("{}: {name}: signature missing or bad", dir.display()))?;
+    Ok(data)
+}
+
 /// The manifest of the image in `dir`, read once and trusted only if its
 /// bytes are the ones the image's signed SHA256SUMS lists.
 pub fn signed_manifest(dir: &Path, key: &Path, work: &Path) -> Result<Manifest> {
-    fs::create_dir_all(work)?;
-    // (Whoever wrote the boot partition chose these: only regular files of
-    // a sensible size are read, never a FIFO that hangs the read or a
-    // sparse terabyte that fills the memory.)
-    let sums = crate::fsutil::small_file(&dir.join("SHA256SUMS"), SMALL_FILE_LIMIT)
-        .with_context(|| format!("{}: SHA256SUMS missing or unusable", dir.display()))?;
-    let sig = crate::fsutil::small_file(&dir.join("SHA256SUMS.sig"), SMALL_FILE_LIMIT)
-        .with_context(|| format!("{}: SHA256SUMS.sig missing or unusable", dir.display()))?;
-    // The copies are checked and read: what was checked is what is used.
-    fs::write(work.join("SHA256SUMS"), &sums)?;
-    fs::write(work.join("SHA256SUMS.sig"), &sig)?;
-    verify_file(key, &work.join("SHA256SUMS"), work)
-        .with_context(|| format!("{}: SHA256SUMS: signature missing or bad", dir.display()))?;
+    let sums = signed_small_file(dir, "SHA256SUMS", key, work)?;
     let want = String::from_utf8_lossy(&sums)
         .lines()
         .find_map(|l| {
@@ -193,7 +197,7 @@ macro_rules! refuse {
 /// grub.cfg or signature.
 const BOOT_FILE_LIMIT: u64 = 1 << 30;
 const MANIFEST_LIMIT: u64 = 64 << 20;
-pub(crate) const SMALL_FILE_LIMIT: u64 = 16 << 20;
+const SMALL_FILE_LIMIT: u64 = 16 << 20;
 
 pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBoot> {
     fs::create_dir_all(work)?;

@@ -14,7 +14,6 @@ use crate::boot::{env, menu};
 use crate::cmd::{Cmd, which};
 use crate::image::paths::{HEALTH_FILE, REPORTED};
 use crate::image::verify::{CheckedBoot, check_boot_files};
-use crate::trust::keys::verify_file;
 
 /// The selector of the menu entry that boots `rel` (`/images/P/V` on the
 /// medium), in RAM or not, read from the menu on the medium — once its
@@ -23,16 +22,8 @@ pub fn menu_selector(medium: &Path, rel: &str, ram: bool, key: &Path) -> Result<
     let scratch = super::scratch("cairn-menu-")?;
     let work = scratch.path();
     let grub = medium.join("boot/grub");
-    for f in ["grub.cfg", "grub.cfg.sig"] {
-        // (Only a regular file of a menu's size: never a FIFO or a sparse
-        // terabyte copied into RAM.)
-        let data = crate::fsutil::small_file(&grub.join(f), crate::image::verify::SMALL_FILE_LIMIT)
-            .with_context(|| format!("{}: {f} missing or unusable", grub.display()))?;
-        fs::write(work.join(f), data)?;
-    }
-    verify_file(key, &work.join("grub.cfg"), work)
-        .with_context(|| format!("{}: grub.cfg: signature missing or bad", grub.display()))?;
-    let cfg = fs::read_to_string(work.join("grub.cfg"))?;
+    let cfg = crate::image::verify::signed_small_file(&grub, "grub.cfg", key, work)?;
+    let cfg = String::from_utf8_lossy(&cfg);
     Ok(selector_in(&cfg, rel, ram))
 }
 

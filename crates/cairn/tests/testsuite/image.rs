@@ -431,12 +431,7 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
     // terabyte is refused before it is copied (the copies are in RAM), a
     // FIFO in the kernel's place at once (nothing waits for a writer).
     let huge = make("huge");
-    fs::OpenOptions::new()
-        .write(true)
-        .open(huge.join("initrd.img"))
-        .unwrap()
-        .set_len(1 << 40)
-        .unwrap();
+    grow_to_a_sparse_terabyte(&huge.join("initrd.img"));
     let err = check(&huge, &key.public_key).unwrap_err();
     assert!(
         err.contains("initrd.img") && err.contains("larger than"),
@@ -447,12 +442,7 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
         "no copy is left"
     );
     let fifo = make("fifo");
-    fs::remove_file(fifo.join("vmlinuz")).unwrap();
-    let st = std::process::Command::new("mkfifo")
-        .arg(fifo.join("vmlinuz"))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    replace_with_a_fifo(&fifo.join("vmlinuz"));
     let err = check(&fifo, &key.public_key).unwrap_err();
     assert!(
         err.contains("vmlinuz") && err.contains("not a regular file"),
@@ -503,20 +493,10 @@ fn reboot_reads_only_signed_choices_from_the_boot_partition() {
     // the manifest of an image whose sums are signed. Each is passed over
     // at once: no read waits, nothing is read into memory.
     let fifo = tiny_image(&web.join("20991230T000000Z"), &key);
-    fs::remove_file(fifo.join("SHA256SUMS")).unwrap();
-    let st = Command::new("mkfifo")
-        .arg(fifo.join("SHA256SUMS"))
-        .status()
-        .unwrap();
-    assert!(st.success());
+    replace_with_a_fifo(&fifo.join("SHA256SUMS"));
     let huge = tiny_image(&web.join("20991229T000000Z"), &key);
     set_version(&huge, "20991229T000000Z", &key);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(huge.join("manifest.json"))
-        .unwrap()
-        .set_len(1 << 40)
-        .unwrap();
+    grow_to_a_sparse_terabyte(&huge.join("manifest.json"));
     let (dir, m) = cairn::live::find_image(&[&medium], None, "web", &key.public_key).unwrap();
     assert_eq!(
         (dir, m.version.as_str()),
@@ -723,4 +703,25 @@ fn tampering_exits_3_an_operational_error_1_a_usage_error_2() {
     assert_eq!(o.status.code(), Some(2), "{}", crate::support::text(&o));
     let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(e["error"]["kind"], "usage", "{e}");
+}
+
+/// A file the boot partition's writer grew to a sparse terabyte (no disk
+/// space taken).
+fn grow_to_a_sparse_terabyte(p: &Path) {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+}
+
+/// A FIFO nobody writes, where the boot partition's writer put it.
+fn replace_with_a_fifo(p: &Path) {
+    fs::remove_file(p).unwrap();
+    let st = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfifo {}", p.display());
 }
