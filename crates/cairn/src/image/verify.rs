@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256, Sha512};
 use super::{BOOT_CFG, BOOT_SUMS, GRUB_SIGNED, Manifest};
 use crate::parallel;
 use crate::trust::hash::hex;
-use crate::trust::keys::{verify_file, verify_own_copy};
+use crate::trust::keys::{verify_file, verify_own_copy, verify_streamed};
 
 /// The outcome of `cairn image verify`.
 #[derive(Debug, Serialize)]
@@ -200,47 +200,122 @@ const MANIFEST_LIMIT: u64 = 64 << 20;
 const SMALL_FILE_LIMIT: u64 = 16 << 20;
 
 pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBoot> {
+    let c = check_signed_boot(dir, key, work, Large::Copied)?;
+    Ok(CheckedBoot {
+        image: dir.to_path_buf(),
+        signed_by: c.signed_by,
+        kernel: work.join("vmlinuz"),
+        initrd: work.join("initrd.img"),
+        args: c.args,
+    })
+}
+
+/// An image's boot files checked for a soft switch, which loads neither
+/// kernel nor initrd: every check of [`check_boot_files`], but the kernel
+/// and initrd are not copied: each is read once where it lies, hashed for
+/// the signed BOOTSUMS and streamed to gpgv for its own signature (what
+/// GRUB checks as it loads it) at the same time.
+#[derive(Debug)]
+pub struct CheckedInPlace {
+    pub signed_by: String,
+    /// boot.cfg's arguments.
+    pub args: String,
+    /// The start of the kernel as read and checked (its bzImage header).
+    pub kernel_head: Vec<u8>,
+}
+
+pub fn check_boot_in_place(dir: &Path, key: &Path, work: &Path) -> Result<CheckedInPlace> {
+    let c = check_signed_boot(dir, key, work, Large::HashedInPlace)?;
+    Ok(CheckedInPlace {
+        signed_by: c.signed_by,
+        args: c.args,
+        kernel_head: c.kernel_head,
+    })
+}
+
+/// How the kernel and initrd are checked: copied under `work` and each
+/// signature checked in the copy (what kexec loads), or read once where
+/// they lie, hashed and streamed to gpgv (what a soft switch, which loads
+/// neither, reads).
+#[derive(Clone, Copy, PartialEq)]
+enum Large {
+    Copied,
+    HashedInPlace,
+}
+
+/// The image's signed boot files, checked: SHA256SUMS, BOOTSUMS, boot.cfg
+/// in copies under `work`, the kernel and the initrd as `large` says;
+/// BOOTSUMS must be the one SHA256SUMS lists, and list exactly the kernel,
+/// the initrd and boot.cfg, each file matching it.
+struct SignedBoot {
+    signed_by: String,
+    args: String,
+    kernel_head: Vec<u8>,
+}
+
+/// How much of the kernel [`CheckedInPlace`] keeps: its setup header.
+const KERNEL_HEAD: usize = 64 * 1024;
+
+fn check_signed_boot(dir: &Path, key: &Path, work: &Path, large: Large) -> Result<SignedBoot> {
     fs::create_dir_all(work)?;
     let names = ["SHA256SUMS", BOOT_SUMS, BOOT_CFG, "vmlinuz", "initrd.img"];
     let gpg_work = work.join(".gpg");
     fs::create_dir_all(&gpg_work)?;
-    // Each file copied once, hashed as it is copied, and its signature
-    // checked in the copy (what is checked is what is used), the five at
-    // once: a kernel and an initrd are tens of MB, and a soft switch or
-    // kexec waits for them. Only regular files, of a size a boot file has.
-    let checked = parallel::map(
-        &names,
-        names.len(),
-        |n| -> Result<(String, Result<String>)> {
-            let copy = |f: &str, limit: u64| {
-                crate::trust::hash::copy_hashing(&dir.join(f), &work.join(f), limit)
-                    .with_context(|| format!("{}: {f} missing or unreadable", dir.display()))
-            };
-            let large = ["vmlinuz", "initrd.img"].contains(n);
-            let sha256 = copy(
-                n,
-                if large {
-                    BOOT_FILE_LIMIT
-                } else {
-                    SMALL_FILE_LIMIT
-                },
-            )?;
-            copy(&format!("{n}.sig"), SMALL_FILE_LIMIT)?;
-            Ok((sha256, verify_own_copy(key, &work.join(n), &gpg_work)))
-        },
-    );
+    // Each file read once, hashed as it is read; a signature checked in the
+    // copy (what is checked is what is used), all at once: a kernel and an
+    // initrd are tens of MB, and a soft switch or kexec waits for them.
+    // Only regular files, of a size a boot file has.
+    type Checked = (String, Option<Result<String>>, Vec<u8>);
+    let checked = parallel::map(&names, names.len(), |n| -> Result<Checked> {
+        let at = |f: &str| dir.join(f);
+        let why = |f: &str| format!("{}: {f} missing or unreadable", dir.display());
+        let big = ["vmlinuz", "initrd.img"].contains(n);
+        let limit = if big {
+            BOOT_FILE_LIMIT
+        } else {
+            SMALL_FILE_LIMIT
+        };
+        let sig = format!("{n}.sig");
+        let copy = |f: &str, limit: u64| {
+            crate::trust::hash::copy_hashing(&at(f), &work.join(f), limit).with_context(|| why(f))
+        };
+        if big && large == Large::HashedInPlace {
+            // Read once: hashed, its head kept, and streamed to gpgv with
+            // the signature's own copy.
+            copy(&sig, SMALL_FILE_LIMIT)?;
+            let keep = if *n == "vmlinuz" { KERNEL_HEAD } else { 0 };
+            let ((sha256, head), verified) =
+                verify_streamed(key, &work.join(&sig), &gpg_work, |w| {
+                    crate::trust::hash::sha256_regular_file_head(&at(n), limit, keep, w)
+                        .with_context(|| why(n))
+                })?;
+            return Ok((sha256, Some(verified), head));
+        }
+        let sha256 = copy(n, limit)?;
+        copy(&sig, SMALL_FILE_LIMIT)?;
+        Ok((
+            sha256,
+            Some(verify_own_copy(key, &work.join(n), &gpg_work)),
+            Vec::new(),
+        ))
+    });
     let mut sha256 = BTreeMap::new();
     let mut signed_by = String::new();
-    for (n, c) in names.into_iter().zip(checked) {
-        let (hash, verified) = c?;
-        signed_by = match verified {
-            Ok(s) => s,
-            Err(e) => refuse!(
+    let mut kernel_head = Vec::new();
+    for (n, c) in names.iter().zip(checked) {
+        let (hash, verified, head) = c?;
+        match verified {
+            Some(Ok(s)) => signed_by = s,
+            Some(Err(e)) => refuse!(
                 "REFUSING {}: {n}: signature missing or bad: {e:#}",
                 dir.display()
             ),
-        };
-        sha256.insert(n, hash);
+            None => {}
+        }
+        if *n == "vmlinuz" {
+            kernel_head = head;
+        }
+        sha256.insert(*n, hash);
     }
     // BOOTSUMS is this image's: the image's signed SHA256SUMS lists it (a
     // BOOTSUMS of another signed image, with that image's kernel, would
@@ -262,7 +337,7 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
         );
     }
     let sums = fs::read_to_string(work.join(BOOT_SUMS))?;
-    let mut listed = 0;
+    let mut listed = std::collections::BTreeSet::new();
     for line in sums.lines() {
         let (h, n) = line
             .split_once("  ")
@@ -270,15 +345,27 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
         if !["vmlinuz", "initrd.img", BOOT_CFG].contains(&n) {
             refuse!("{BOOT_SUMS} lists {n:?}");
         }
+        if h.len() != 64
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            refuse!(
+                "REFUSING {}: {BOOT_SUMS}: {n}'s SHA-256 {h:?} is not 64 lower-case hex digits",
+                dir.display()
+            );
+        }
         if sha256[n] != h {
             refuse!(
                 "REFUSING {}: {n} differs from the signed {BOOT_SUMS}",
                 dir.display()
             );
         }
-        listed += 1;
+        if !listed.insert(n) {
+            refuse!("REFUSING {}: {BOOT_SUMS} lists {n} twice", dir.display());
+        }
     }
-    if listed != 3 {
+    if listed.len() != 3 {
         refuse!(
             "REFUSING {}: {BOOT_SUMS} does not list kernel, initrd and boot.cfg",
             dir.display()
@@ -291,11 +378,9 @@ pub fn check_boot_files(dir: &Path, key: &Path, work: &Path) -> Result<CheckedBo
             dir.display()
         )
     })?;
-    Ok(CheckedBoot {
-        image: dir.to_path_buf(),
+    Ok(SignedBoot {
         signed_by,
-        kernel: work.join("vmlinuz"),
-        initrd: work.join("initrd.img"),
         args,
+        kernel_head,
     })
 }

@@ -13,7 +13,7 @@ use super::{BootMedium, boot_uuid, booted, find_image, public_key};
 use crate::boot::{env, menu};
 use crate::cmd::{Cmd, which};
 use crate::image::paths::{HEALTH_FILE, REPORTED};
-use crate::image::verify::{CheckedBoot, check_boot_files};
+use crate::image::verify::{CheckedBoot, check_boot_files, check_boot_in_place};
 
 /// The selector of the menu entry that boots `rel` (`/images/P/V` on the
 /// medium), in RAM or not, read from the menu on the medium — once its
@@ -283,11 +283,12 @@ fn give_back_try(medium: &BootMedium, entry: &str, left: &str) {
 }
 
 /// A switch through systemd's soft-reboot, prepared: the image's boot files
-/// checked as the menu checks them (and its boot.cfg its own), the host,
-/// the kernel and its arguments fit for it, the next root mounted and the
-/// command line left in it. `Err` inside: why this host cannot switch
-/// softly into it (the caller falls back); a refused image is the outer
-/// error.
+/// checked as the menu checks them (and its boot.cfg its own) — the kernel
+/// and initrd, which it does not load, read once where they lie for their
+/// hashes and signatures —, the host, the kernel and its arguments fit for it,
+/// the next root mounted and the command line left in it. `Err` inside:
+/// why this host cannot switch softly into it (the caller falls back); a
+/// refused image is the outer error.
 fn soft_switch(
     o: &RebootOptions,
     dir: &Path,
@@ -305,7 +306,7 @@ fn soft_switch(
     // longest, under emulation seconds.)
     let (host_unfit, checked) = std::thread::scope(|s| {
         let host = s.spawn(soft::host_unfit);
-        let checked = check_boot_files(dir, key, work.path());
+        let checked = check_boot_in_place(dir, key, work.path());
         (host.join(), checked)
     });
     let checked = checked?;
@@ -319,7 +320,7 @@ fn soft_switch(
     let version = fs::read_to_string("/proc/sys/kernel/version")?;
     let kernel_cmdline = fs::read_to_string("/proc/cmdline")?;
     if let Some(why) = host_unfit
-        .or_else(|| soft::kernel_unfit(&checked.kernel, release.trim(), version.trim()))
+        .or_else(|| soft::kernel_unfit(&checked.kernel_head, release.trim(), version.trim()))
         .or_else(|| soft::args_unfit(&checked.args, &kernel_cmdline))
     {
         return Ok(Err(why));

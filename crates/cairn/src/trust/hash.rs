@@ -122,6 +122,48 @@ pub fn copy_hashing(from: &Path, to: &Path, limit: u64) -> Result<String> {
     done
 }
 
+/// The SHA-256 of the regular file at `path` (`open_regular`) and its
+/// first `keep` bytes, every byte also written to `also` (a signature
+/// check), read once: a file larger than `limit` is refused
+/// before a byte is read (a sparse terabyte costs nothing), and one that
+/// grows past it while it is read, at the limit.
+pub fn sha256_regular_file_head(
+    path: &Path,
+    limit: u64,
+    keep: usize,
+    also: &mut dyn std::io::Write,
+) -> Result<(String, Vec<u8>)> {
+    let (mut f, _) = open_to_hash(path)?;
+    let size = f
+        .metadata()
+        .with_context(|| format!("looking at {}", path.display()))?
+        .len();
+    if size > limit {
+        anyhow::bail!("{} is larger than {limit} bytes", path.display());
+    }
+    let mut h = Sha256::new();
+    let mut head = Vec::with_capacity(keep.min(size as usize));
+    let mut failed = None;
+    let n = read_blocks(&mut (&mut f).take(limit + 1), path, |b| {
+        h.update(b);
+        let more = keep - head.len();
+        head.extend_from_slice(&b[..more.min(b.len())]);
+        if failed.is_none() {
+            failed = also.write_all(b).err();
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e).with_context(|| format!("passing {} on", path.display()));
+    }
+    if n > limit {
+        anyhow::bail!(
+            "{} grew past {limit} bytes while it was read",
+            path.display()
+        );
+    }
+    Ok((hex(&h.finalize()), head))
+}
+
 /// A regular file opened to be read whole: never waiting at the open (a
 /// FIFO in its place), refused unless it is a regular file.
 pub fn open_regular(path: &Path) -> Result<File> {
@@ -275,6 +317,54 @@ mod tests {
         );
         assert!(!big.exists());
         // (Not a regular file: only_regular_files_are_read_and_never_past_the_limit.)
+    }
+
+    /// Read once where it lies: the hash of every byte, the head kept from
+    /// the same bytes, every byte passed on; a file over the limit (a
+    /// sparse terabyte) refused before a byte is read, a FIFO at once.
+    #[test]
+    fn a_file_hashed_in_place_keeps_its_head_and_never_reads_past_the_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        fs_err::write(&f, &data).unwrap();
+        let mut passed = Vec::new();
+        let (sum, head) = sha256_regular_file_head(&f, 1 << 20, 70_000, &mut passed).unwrap();
+        assert_eq!(passed, data, "every byte passed on");
+        assert_eq!(
+            (sum.as_str(), head.as_slice()),
+            (sha256_hex(&data).as_str(), &data[..70_000])
+        );
+        let (_, all) =
+            sha256_regular_file_head(&f, 1 << 20, 1 << 20, &mut std::io::sink()).unwrap();
+        assert_eq!(all, data, "a head longer than the file is the file");
+        assert!(
+            sha256_regular_file_head(&f, 1 << 20, 0, &mut std::io::sink())
+                .unwrap()
+                .1
+                .is_empty()
+        );
+        let e = sha256_regular_file_head(&f, 1000, 10, &mut std::io::sink()).unwrap_err();
+        assert!(format!("{e:#}").contains("larger than 1000 bytes"), "{e:#}");
+        let huge = d.path().join("huge");
+        fs_err::File::create(&huge)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        // (Refused by its size, not read to the limit first.)
+        let e = sha256_regular_file_head(&huge, 1 << 30, 10, &mut std::io::sink()).unwrap_err();
+        assert!(format!("{e:#}").contains("larger than"), "{e:#}");
+        let fifo = d.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        for p in [fifo.as_path(), Path::new("/dev/zero"), d.path()] {
+            let e = sha256_regular_file_head(p, 10, 1, &mut std::io::sink()).unwrap_err();
+            assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+        }
     }
 
     #[test]

@@ -331,6 +331,25 @@ pub fn verify_file(public_key: &Path, file: &Path, work: &Path) -> Result<String
     Ok(v.signers.into_iter().next().unwrap_or_default())
 }
 
+/// The signature `sig` (the caller's own copy) checked against
+/// `public_key` over the bytes `feed` streams (see
+/// [`super::openpgp::verify_detached_streamed`]): what `feed` returned, and
+/// the signer's fingerprint or why not.
+pub fn verify_streamed<T>(
+    public_key: &Path,
+    sig: &Path,
+    work: &Path,
+    feed: impl FnOnce(&mut dyn std::io::Write) -> Result<T>,
+) -> Result<(T, Result<String>)> {
+    let (t, v) = super::openpgp::verify_detached_streamed(
+        sig,
+        &Keyring::new(vec![public_key.to_path_buf()]),
+        work,
+        feed,
+    )?;
+    Ok((t, v.map(|s| s.into_iter().next().unwrap_or_default())))
+}
+
 /// As [`verify_file`], for a file that is the caller's own copy in a
 /// directory only it writes (gpgv reads it there, and the caller uses the
 /// same bytes afterwards).

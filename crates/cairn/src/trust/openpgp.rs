@@ -128,6 +128,107 @@ pub fn verify_detached_file(
 /// A directory of this call's own below `work` (random name, mode 0700,
 /// made exclusively, removed on drop): no other user's file or symlink can
 /// be in the way of what gpgv reads and writes.
+/// A detached signature checked over bytes `feed` writes to gpgv's
+/// standard input as it reads them: for a file read once for more than one
+/// purpose (hashed, its head kept) and never copied. Returns what `feed`
+/// returned and the verdict apart: a failed `feed` (the file refused) is
+/// the outer error, and gpgv is stopped; bytes gpgv did not take are a bad
+/// signature, never a good one. Under the same time limit as every gpgv.
+pub fn verify_detached_streamed<T>(
+    signature: &Path,
+    keyring: &Keyring,
+    work: &Path,
+    feed: impl FnOnce(&mut dyn std::io::Write) -> Result<T>,
+) -> Result<(T, Result<Vec<String>>)> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    require(&[&GPGV])?;
+    let dir = private_dir(work)?;
+    let mut cmd = Command::new(GPGV.program);
+    cmd.args(["--status-fd", "1"]);
+    for k in keyring.prepared(dir.path())? {
+        cmd.arg("--keyring").arg(k);
+    }
+    cmd.arg(signature)
+        .arg("-")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tracing::debug!("running {cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", GPGV.program))?;
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let output = std::thread::spawn(move || {
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let _ = out.as_mut().map(|r| r.read_to_end(&mut o));
+        let _ = err.as_mut().map(|r| r.read_to_end(&mut e));
+        (o, e)
+    });
+    let mut stdin = child.stdin.take().context("gpgv's standard input")?;
+    let mut sink = FirstError {
+        inner: &mut stdin,
+        failed: None,
+    };
+    let fed = feed(&mut sink);
+    let short = sink.failed.take();
+    drop(stdin);
+    let fed = match fed {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let exited = loop {
+        match child.try_wait()? {
+            Some(st) => break Some(st),
+            None if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    };
+    let (stdout, stderr) = output.join().unwrap_or_default();
+    let status = String::from_utf8_lossy(&stdout);
+    let verdict = match (exited, short) {
+        (None, _) => Err(anyhow::anyhow!("gpgv took more than 300 s: stopped")),
+        (_, Some(e)) => Err(anyhow::anyhow!("gpgv did not take every byte: {e}")),
+        _ if !status.contains("[GNUPG:]") => Err(anyhow::anyhow!(
+            "gpgv gave no status: {}",
+            String::from_utf8_lossy(&stderr).trim()
+        )),
+        _ => apply_policy(&status).map_err(anyhow::Error::from),
+    };
+    Ok((fed, verdict))
+}
+
+/// A writer that keeps its first error and takes nothing after it (the
+/// reader went away: what it got is not all).
+struct FirstError<'a, W: std::io::Write> {
+    inner: &'a mut W,
+    failed: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> std::io::Write for FirstError<'_, W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.failed.is_none()
+            && let Err(e) = self.inner.write_all(b)
+        {
+            self.failed = Some(e);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn private_dir(work: &Path) -> Result<tempfile::TempDir> {
     fs_err::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
     tempfile::Builder::new()

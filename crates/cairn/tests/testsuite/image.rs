@@ -450,6 +450,172 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
     );
 }
 
+/// A soft switch loads neither kernel nor initrd: it checks an image's
+/// signed SHA256SUMS, BOOTSUMS and boot.cfg as kexec does, and reads the
+/// kernel and initrd once where they lie (no copies), each hashed for the
+/// signed BOOTSUMS and streamed to gpgv for its own signature at once. The
+/// kernel's header it compares with the running kernel comes from the
+/// bytes checked. Each tampering the menu refuses is refused here too.
+#[test]
+fn a_soft_switch_checks_the_kernel_and_initrd_where_they_lie() {
+    if need_tools(&["gpg", "gpgv", "veritysetup"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (_, key, other_key) = two_keys(d.path());
+    let make = |name: &str| tiny_image(&d.path().join(name), &key);
+    let work = d.path().join("work");
+    let check = |img: &Path, k: &Path| {
+        let _ = fs::remove_dir_all(&work);
+        cairn::image::verify::check_boot_in_place(img, k, &work).map_err(|e| format!("{e:#}"))
+    };
+
+    let good = make("good");
+    let c = check(&good, &key.public_key).unwrap();
+    assert_eq!(c.signed_by, key.fingerprint);
+    assert_eq!(c.kernel_head, b"kernel bytes\n");
+    assert!(
+        c.args.starts_with("boot=live quiet cairn.image=web/2 "),
+        "{}",
+        c.args
+    );
+    for n in ["vmlinuz", "initrd.img"] {
+        assert!(!work.join(n).exists(), "{n} is not copied");
+    }
+
+    // A kernel or initrd changed: its signature fails; signed again (by
+    // the key, for other bytes), it still differs from the signed BOOTSUMS.
+    for n in ["vmlinuz", "initrd.img"] {
+        let t = make(&format!("changed-{n}"));
+        fs::write(t.join(n), "changed bytes\n").unwrap();
+        let err = check(&t, &key.public_key).unwrap_err();
+        assert!(
+            err.contains("REFUSING") && err.contains(&format!("{n}: signature missing or bad")),
+            "{err}"
+        );
+        keys::sign_file(&key, &t.join(n)).unwrap();
+        let err = check(&t, &key.public_key).unwrap_err();
+        assert!(
+            err.contains("REFUSING")
+                && err.contains(&format!("{n} differs from the signed BOOTSUMS")),
+            "{err}"
+        );
+    }
+    // Their own signatures (what GRUB checks as it loads them) are checked
+    // over the same bytes: missing, empty, or another file's, refused.
+    let s = make("nosig");
+    fs::remove_file(s.join("initrd.img.sig")).unwrap();
+    let err = check(&s, &key.public_key).unwrap_err();
+    assert!(err.contains("initrd.img.sig missing"), "{err}");
+    let s = make("emptysig");
+    fs::write(s.join("vmlinuz.sig"), "").unwrap();
+    let err = check(&s, &key.public_key).unwrap_err();
+    assert!(
+        err.contains("REFUSING") && err.contains("vmlinuz: signature missing or bad"),
+        "{err}"
+    );
+    let s = make("swappedsig");
+    fs::copy(s.join("boot.cfg.sig"), s.join("initrd.img.sig")).unwrap();
+    let err = check(&s, &key.public_key).unwrap_err();
+    assert!(
+        err.contains("REFUSING") && err.contains("initrd.img: signature missing or bad"),
+        "{err}"
+    );
+    // Signed by another key.
+    let err = check(&good, &other_key.public_key).unwrap_err();
+    assert!(
+        err.contains("REFUSING") && err.contains("SHA256SUMS"),
+        "{err}"
+    );
+    // boot.cfg swapped for one with other arguments, validly signed.
+    let b = make("bootcfg");
+    let cfg = fs::read_to_string(b.join("boot.cfg")).unwrap();
+    fs::write(b.join("boot.cfg"), cfg.replace("quiet", "init=/bin/sh")).unwrap();
+    keys::sign_file(&key, &b.join("boot.cfg")).unwrap();
+    let err = check(&b, &key.public_key).unwrap_err();
+    assert!(
+        err.contains("boot.cfg differs from the signed BOOTSUMS"),
+        "{err}"
+    );
+    // Another signed image's BOOTSUMS and kernel (another kernel's sum)
+    // beside this image's SHA256SUMS: its signature holds, the image's
+    // list does not name it.
+    let other = make("other");
+    fs::write(other.join("vmlinuz"), "another kernel\n").unwrap();
+    cairn::image::seal(&other, &key).unwrap();
+    let mixed = make("mixed");
+    for n in ["BOOTSUMS", "vmlinuz"] {
+        for f in [n.to_string(), format!("{n}.sig")] {
+            fs::copy(other.join(&f), mixed.join(&f)).unwrap();
+        }
+    }
+    let err = check(&mixed, &key.public_key).unwrap_err();
+    assert!(
+        err.contains("BOOTSUMS is not the one the image's SHA256SUMS lists"),
+        "{err}"
+    );
+    // A BOOTSUMS signed and listed, but naming a file twice (and so not
+    // the initrd), or with a sum not in lower-case hex.
+    let sum_of = |img: &Path, n: &str| cairn::trust::hash::sha256_file(&img.join(n)).unwrap().1;
+    let twice = make("twice");
+    let (k, c) = (sum_of(&twice, "vmlinuz"), sum_of(&twice, "boot.cfg"));
+    resign_bootsums(
+        &twice,
+        &key,
+        &format!("{k}  vmlinuz\n{k}  vmlinuz\n{c}  boot.cfg\n"),
+    );
+    let err = check(&twice, &key.public_key).unwrap_err();
+    assert!(err.contains("lists vmlinuz twice"), "{err}");
+    let upper = make("upper");
+    let i = sum_of(&upper, "initrd.img");
+    resign_bootsums(
+        &upper,
+        &key,
+        &format!(
+            "{}  vmlinuz\n{i}  initrd.img\n{c}  boot.cfg\n",
+            k.to_uppercase()
+        ),
+    );
+    let err = check(&upper, &key.public_key).unwrap_err();
+    assert!(err.contains("not 64 lower-case hex digits"), "{err}");
+    // Hostile files: a FIFO in the kernel's place is refused at once, an
+    // initrd grown to a sparse terabyte before a byte of it is read.
+    let fifo = make("fifo");
+    replace_with_a_fifo(&fifo.join("vmlinuz"));
+    let err = check(&fifo, &key.public_key).unwrap_err();
+    assert!(
+        err.contains("vmlinuz") && err.contains("not a regular file"),
+        "{err}"
+    );
+    let huge = make("huge");
+    grow_to_a_sparse_terabyte(&huge.join("initrd.img"));
+    let err = check(&huge, &key.public_key).unwrap_err();
+    assert!(
+        err.contains("initrd.img") && err.contains("larger than"),
+        "{err}"
+    );
+}
+
+/// Replaces an image's BOOTSUMS with `content`, signed, and lists it in the
+/// image's SHA256SUMS, signed again: what only the key's holder could do.
+fn resign_bootsums(img: &Path, key: &keys::SigningKey, content: &str) {
+    fs::write(img.join("BOOTSUMS"), content).unwrap();
+    keys::sign_file(key, &img.join("BOOTSUMS")).unwrap();
+    let sum = cairn::trust::hash::sha256_file(&img.join("BOOTSUMS"))
+        .unwrap()
+        .1;
+    let sums: String = fs::read_to_string(img.join("SHA256SUMS"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.strip_suffix("  BOOTSUMS") {
+            Some(_) => format!("{sum}  BOOTSUMS\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(img.join("SHA256SUMS"), sums).unwrap();
+    keys::sign_file(key, &img.join("SHA256SUMS")).unwrap();
+}
+
 /// `cairn reboot` takes from the boot partition only what is signed: the
 /// menu's entry ids from a grub.cfg whose signature holds, the newest image
 /// by its signed manifest (not by the greatest directory name, which anyone
