@@ -87,8 +87,8 @@ pub struct PullArgs {
     /// configuration or the image].
     #[arg(long, value_parser = parse_policy, value_name = "POLICY")]
     pub policy: Option<crate::profile::Policy>,
-    /// Concurrent downloads (a count).
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    /// Concurrent downloads, 1 to 256.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = super::parse_jobs)]
     pub jobs: usize,
     /// Check the index and say what would be fetched; change nothing.
     #[arg(long)]

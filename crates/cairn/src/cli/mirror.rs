@@ -198,8 +198,9 @@ pub struct SyncArgs {
     /// suite, not only the newest (for tools that read one suite alone).
     #[arg(long)]
     pub all_versions: bool,
-    /// Concurrent downloads over keep-alive connections [default: mirror.jobs, or 20].
-    #[arg(long, short = 'j', value_name = "N")]
+    /// Concurrent downloads over keep-alive connections, 1 to 256 [default:
+    /// mirror.jobs, or 20].
+    #[arg(long, short = 'j', value_name = "N", value_parser = super::parse_jobs)]
     pub jobs: Option<usize>,
     /// Keep pool files that are no longer selected.
     #[arg(long)]
@@ -232,9 +233,10 @@ pub struct VerifyArgs {
     /// published signed indices, and remove unexpected pool files.
     #[arg(long)]
     pub repair: bool,
-    /// Hashing jobs [default: number of CPUs]: indices are hashed this many
-    /// at once, pool files twice as many (a cold disk serves more reads at once).
-    #[arg(long, short = 'j')]
+    /// Hashing jobs, 1 to 256 [default: number of CPUs]: indices are hashed
+    /// this many at once, pool files twice as many (a cold disk serves more
+    /// reads at once).
+    #[arg(long, short = 'j', value_parser = super::parse_jobs)]
     pub jobs: Option<usize>,
     /// Wait for a running sync instead of refusing.
     #[arg(long)]
@@ -245,13 +247,17 @@ pub struct VerifyArgs {
 pub const DEFAULT_JOBS: usize = 20;
 
 pub(super) fn run_sync(cli: &Cli, a: &SyncArgs, mode: Mode) -> Result<i32> {
+    let jobs = match a.jobs {
+        Some(j) => j,
+        None => match cli.config.settings.mirror.jobs {
+            Some(j) => super::check_jobs(j)
+                .map_err(|e| anyhow::anyhow!("mirror.jobs in the configuration: {e}"))?,
+            None => DEFAULT_JOBS,
+        },
+    };
     let cfg = sync_config(cli, a)?;
     let mut opts = SyncOptions::new(cli.store.clone());
-    opts.jobs = a
-        .jobs
-        .or(cli.config.settings.mirror.jobs)
-        .unwrap_or(DEFAULT_JOBS)
-        .max(1);
+    opts.jobs = jobs;
     opts.keep_obsolete = a.keep_obsolete;
     opts.wait = a.wait;
     opts.progress = mode;
@@ -300,7 +306,9 @@ pub(super) fn run_verify(cli: &Cli, a: &VerifyArgs, mode: Mode) -> Result<i32> {
     }
     let opts = VerifyOptions {
         store: cli.store.clone(),
-        jobs: a.jobs.unwrap_or_else(parallel::cpus).max(1),
+        jobs: a
+            .jobs
+            .unwrap_or_else(|| parallel::cpus().clamp(1, super::MAX_JOBS)),
         repair: a.repair,
         wait: a.wait,
         progress: mode,

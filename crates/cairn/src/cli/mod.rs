@@ -247,6 +247,28 @@ pub enum Command {
     Config(ConfigCommand),
 }
 
+/// The most jobs (threads) a `--jobs` or `mirror.jobs` asks for.
+pub const MAX_JOBS: usize = 256;
+
+/// A count of jobs, 1 to [`MAX_JOBS`], parsed where the command line is
+/// read: 0 is no work at all, and each job is a thread (a count in the
+/// tens of thousands fails to start, or takes the machine).
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?}: a count of jobs, 1 to {MAX_JOBS}"))?;
+    check_jobs(n)
+}
+
+/// [`parse_jobs`]'s rule for a count read elsewhere (the configuration).
+pub fn check_jobs(n: usize) -> Result<usize, String> {
+    match n {
+        0 => Err(format!("0 jobs would do nothing: 1 to {MAX_JOBS}")),
+        n if n > MAX_JOBS => Err(format!("{n} jobs: at most {MAX_JOBS}")),
+        n => Ok(n),
+    }
+}
+
 /// `physical` or `virtual`, parsed where the command line is read.
 fn host_type_parser() -> impl clap::builder::TypedValueParser<Value = crate::profile::HostType> {
     use clap::builder::TypedValueParser;

@@ -270,6 +270,35 @@ fn typed_arguments_are_refused_as_usage_errors() {
             &["mirror", "sync", "--host-type", "cloud"][..],
             "[possible values: physical, virtual]",
         ),
+        // A count of jobs: none is no work, and each is a thread.
+        (
+            &["mirror", "verify", "--jobs", "0"][..],
+            "0 jobs would do nothing: 1 to 256",
+        ),
+        (
+            &["mirror", "verify", "-j", "100000"][..],
+            "100000 jobs: at most 256",
+        ),
+        (
+            &["mirror", "sync", "--jobs", "0"][..],
+            "0 jobs would do nothing",
+        ),
+        (
+            &["mirror", "sync", "--jobs=-3"][..],
+            "a count of jobs, 1 to 256",
+        ),
+        (
+            &[
+                "pull",
+                "--jobs",
+                "257",
+                "--profile",
+                "web",
+                "--boot-dir",
+                "/nonexistent",
+            ][..],
+            "257 jobs: at most 256",
+        ),
     ] {
         let mut all = vec!["--store", s];
         all.extend_from_slice(args);
@@ -278,6 +307,49 @@ fn typed_arguments_are_refused_as_usage_errors() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(says), "{args:?}: {err}");
         assert!(!d.path().join("store").exists(), "{args:?} made the store");
+    }
+}
+
+/// A count of jobs from the configuration (`mirror.jobs`) follows the
+/// command line's rule: 0, or more than 256, is refused, naming the
+/// setting, before a source is read.
+#[test]
+fn a_configured_count_of_jobs_is_checked_as_the_flag_is() {
+    let d = tempfile::tempdir().unwrap();
+    for (jobs, says) in [
+        ("0", "0 jobs would do nothing"),
+        ("70000", "70000 jobs: at most 256"),
+    ] {
+        let conf = d.path().join(format!("cairn-{jobs}.toml"));
+        std::fs::write(
+            &conf,
+            format!("schema-version = 1\n[mirror]\njobs = {jobs}\n"),
+        )
+        .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["--store"])
+            .arg(d.path().join("store"))
+            .args([
+                "mirror",
+                "sync",
+                "--url",
+                "http://127.0.0.1:9/debian",
+                "--suite",
+                "x",
+                "--keyring",
+                "/nonexistent",
+            ])
+            .env("CAIRN_CONFIG", &conf)
+            .env_remove("CAIRN_STORE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(
+            err.contains(&format!("mirror.jobs in the configuration: {says}")),
+            "{err}"
+        );
     }
 }
 
