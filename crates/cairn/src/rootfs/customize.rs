@@ -733,6 +733,94 @@ pub fn clean(root: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// cairn-booted's good mark in the GRUB environment block (hostile:
+    /// the boot partition's), run in a shell as the image runs it: the
+    /// entry becomes cairn_good, a refusal of it (cairn_bad) goes and one of
+    /// another stays, the block stays 1024 bytes; a block too full, of
+    /// another size, or a link is left as it is; the entry is written as
+    /// given, never taken as escapes.
+    #[test]
+    fn the_good_mark_rewrites_only_a_grub_environment_block() {
+        use std::os::unix::fs::symlink;
+        let script = include_str!("assets/booted.sh");
+        let start = script.find("mark_good() {").unwrap();
+        let end = start + script[start..].find("\n}\n").unwrap() + 3;
+        let func = &script[start..end];
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        fs::create_dir_all(&run).unwrap();
+        let env = d.path().join("boot/grub/grubenv");
+        fs::create_dir_all(env.parent().unwrap()).unwrap();
+        let block = |vars: &str| {
+            let mut b = format!("# GRUB Environment Block\n{vars}").into_bytes();
+            assert!(b.len() <= 1024);
+            b.resize(1024, b'#');
+            b
+        };
+        let mark = |entry: &str| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{func}\nentry=\"$1\"; mark_good \"$2\""))
+                .arg("sh")
+                .arg(entry)
+                .arg(d.path())
+                .env("CAIRN_TEST_RUN", &run)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        let vars = |b: &[u8]| {
+            String::from_utf8_lossy(b)
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        for (before, entry, after) in [
+            (
+                "cairn_trial=web-7\ncairn_good=web-6\ncairn_bad=web-7\nnext_entry=x\n",
+                "web-7",
+                vec!["cairn_trial=web-7", "next_entry=x", "cairn_good=web-7"],
+            ),
+            (
+                "cairn_bad=web-8\ncairn_good=web-6\n\n",
+                "web-7",
+                vec!["cairn_bad=web-8", "cairn_good=web-7"],
+            ),
+            (
+                "",
+                "rollback>web-6-ram",
+                vec!["cairn_good=rollback>web-6-ram"],
+            ),
+            ("a=1\n", "web\\t7", vec!["a=1", "cairn_good=web\\t7"]),
+        ] {
+            fs::write(&env, block(before)).unwrap();
+            assert!(mark(entry), "{before:?}");
+            let b = fs::read(&env).unwrap();
+            assert_eq!(b.len(), 1024);
+            assert!(b.starts_with(b"# GRUB Environment Block\n"));
+            assert_eq!(vars(&b), after, "{before:?}");
+        }
+        assert!(!run.join("grubenv.new").exists(), "no temporary file left");
+        // Too full for the mark: refused, the block as it was.
+        let full = block(&format!("x={}\n", "y".repeat(990)));
+        fs::write(&env, &full).unwrap();
+        assert!(!mark("web-7"));
+        assert_eq!(fs::read(&env).unwrap(), full);
+        // Not 1024 bytes: refused, untouched.
+        fs::write(&env, b"# GRUB Environment Block\n").unwrap();
+        assert!(!mark("web-7"));
+        assert_eq!(fs::read(&env).unwrap(), b"# GRUB Environment Block\n");
+        // A link in its place: refused, its target untouched.
+        fs::remove_file(&env).unwrap();
+        let target = d.path().join("target");
+        fs::write(&target, block("")).unwrap();
+        symlink(&target, &env).unwrap();
+        assert!(!mark("web-7"));
+        assert_eq!(fs::read(&target).unwrap(), block(""));
+    }
+
     /// /etc and /var are marked up to date for the image's /usr, with the
     /// build's epoch (the time every file of the image carries), so that
     /// systemd's ConditionNeedsUpdate= units do not run at each boot.

@@ -11,6 +11,9 @@
 # 2. Says which image is running (console, second serial port, kernel log).
 # 3. Powers off when a test asks for it (cairn.poweroff on the command line,
 #    or DMI serial cairn-test-poweroff).
+# (Few programs: under emulation each costs tens of milliseconds, and the
+# boot is not over until this says so.)
+set -f
 [ -r /run/cairn/image.env ] || /usr/lib/cairn/image-env
 . /run/cairn/image.env
 
@@ -19,35 +22,51 @@
 cmdline="$(/usr/lib/cairn/image-env --cmdline)"
 entry=""
 uuid=""
-for p in $(cat "$cmdline"); do
+poweroff=""
+args=""
+{ read -r args < "$cmdline"; } 2>/dev/null
+for p in $args; do
     case "$p" in
         cairn.entry=*) entry="${p#cairn.entry=}" ;;
         cairn.boot=*) uuid="${p#cairn.boot=}" ;;
+        cairn.poweroff) poweroff=1 ;;
     esac
 done
 
 # Rewrites the 1024-byte environment block in place (same blocks, as GRUB's
-# save_env expects): cairn_good=$entry (a trial of $entry stays: passed).
+# save_env expects): cairn_good=$entry (a trial of $entry stays: passed;
+# a refusal of it, cairn_bad, goes). The new block is made by one awk, in
+# the C locale (lengths in bytes), the entry read from the environment
+# (never taken as escapes), in root's own /run/cairn.
 mark_good() {
     env="$1/boot/grub/grubenv"
     [ -f "$env" ] || return 0
     [ -L "$env" ] && { echo "cairn: $env is a symlink: not written" >&2; return 1; }
     [ "$(wc -c < "$env")" -eq 1024 ] || { echo "cairn: $env is not a 1024-byte GRUB environment block" >&2; return 1; }
-    bad="$(sed -n 's/^cairn_bad=//p' "$env")"
-    tmp="$(mktemp)"
-    {
-        echo "# GRUB Environment Block"
-        grep -v '^#' "$env" | grep -v '^cairn_good=' |
-            { if [ "$bad" = "$entry" ]; then grep -v '^cairn_bad='; else cat; fi; } | grep -v '^$'
-        echo "cairn_good=$entry"
-    } > "$tmp"
-    size="$(wc -c < "$tmp")"
-    if [ "$size" -gt 1024 ]; then
+    tmp="${CAIRN_TEST_RUN:-/run/cairn}/grubenv.new"
+    rm -f "$tmp"
+    if ! CAIRN_ENTRY="$entry" LC_ALL=C awk '
+        { line[NR] = $0 }
+        /^cairn_bad=/ { bad = (nbad++ ? bad "\n" : "") substr($0, 11) }
+        END {
+            entry = ENVIRON["CAIRN_ENTRY"]
+            sub(/\n+$/, "", bad)
+            out = "# GRUB Environment Block\n"
+            for (i = 1; i <= NR; i++) {
+                l = line[i]
+                if (l ~ /^#/ || l ~ /^cairn_good=/ || l == "") continue
+                if (bad == entry && l ~ /^cairn_bad=/) continue
+                out = out l "\n"
+            }
+            out = out "cairn_good=" entry "\n"
+            if (length(out) > 1024) exit 1
+            while (length(out) < 1024) out = out "#"
+            printf "%s", out
+        }' "$env" > "$tmp"; then
         rm -f "$tmp"
         echo "cairn: GRUB environment block full" >&2
         return 1
     fi
-    head -c "$((1024 - size))" /dev/zero | tr '\0' '#' >> "$tmp"
     dd if="$tmp" of="$env" bs=1024 count=1 conv=notrunc oflag=nofollow status=none
     rm -f "$tmp"
     sync
@@ -162,7 +181,9 @@ if [ -n "$failed" ]; then
 fi
 
 say "CAIRN-BOOTED profile=$CAIRN_PROFILE version=$CAIRN_VERSION"
-if grep -qw cairn.poweroff "$cmdline" || [ "$(cut -d: -f1 /sys/class/dmi/id/product_serial 2>/dev/null)" = cairn-test-poweroff ]; then
+serial=""
+{ read -r serial < /sys/class/dmi/id/product_serial; } 2>/dev/null
+if [ -n "$poweroff" ] || [ "${serial%%:*}" = cairn-test-poweroff ]; then
     systemctl --no-block poweroff
 fi
 exit 0
