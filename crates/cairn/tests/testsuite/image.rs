@@ -380,74 +380,9 @@ fn kexec_checks_refuse_what_the_menu_refuses() {
         "{line}"
     );
 
-    // Signed by another key.
-    let err = check(&good, &other_key.public_key).unwrap_err();
-    assert!(
-        err.contains("REFUSING") && err.contains("SHA256SUMS"),
-        "{err}"
-    );
-    // A kernel byte changed: its signature fails.
-    let k = make("kernel");
-    fs::write(k.join("vmlinuz"), "kernel bytEs\n").unwrap();
-    let err = check(&k, &key.public_key).unwrap_err();
-    assert!(err.contains("REFUSING") && err.contains("vmlinuz"), "{err}");
-    // boot.cfg swapped for another image's (validly signed, other arguments):
-    // BOOTSUMS does not list it.
-    let b = make("bootcfg");
-    let cfg = fs::read_to_string(b.join("boot.cfg")).unwrap();
-    fs::write(b.join("boot.cfg"), cfg.replace("quiet", "init=/bin/sh")).unwrap();
-    keys::sign_file(&key, &b.join("boot.cfg")).unwrap();
-    let err = check(&b, &key.public_key).unwrap_err();
-    assert!(
-        err.contains("REFUSING") && err.contains("boot.cfg differs from the signed BOOTSUMS"),
-        "{err}"
-    );
-    // Another signed image's BOOTSUMS, kernel, initrd and boot.cfg moved in
-    // beside this image's SHA256SUMS: each signature holds, the image's
-    // signed list does not name that BOOTSUMS.
-    let other = make("other");
-    let mut m = fs::read_to_string(other.join("manifest.json")).unwrap();
-    m = m.replace("\"quiet\"", "\"loglevel=7\"");
-    fs::write(other.join("manifest.json"), m).unwrap();
-    fs::write(other.join("vmlinuz"), "another kernel\n").unwrap();
-    cairn::image::seal(&other, &key).unwrap();
-    let mixed = make("mixed");
-    for n in ["BOOTSUMS", "vmlinuz", "initrd.img", "boot.cfg"] {
-        for f in [n.to_string(), format!("{n}.sig")] {
-            fs::copy(other.join(&f), mixed.join(&f)).unwrap();
-        }
-    }
-    let err = check(&mixed, &key.public_key).unwrap_err();
-    assert!(
-        err.contains("BOOTSUMS is not the one the image's SHA256SUMS lists"),
-        "{err}"
-    );
-    // A missing signature.
-    let s = make("nosig");
-    fs::remove_file(s.join("initrd.img.sig")).unwrap();
-    let err = check(&s, &key.public_key).unwrap_err();
-    assert!(err.contains("initrd.img.sig missing"), "{err}");
-    // Hostile files on the boot partition: an initrd grown to a sparse
-    // terabyte is refused before it is copied (the copies are in RAM), a
-    // FIFO in the kernel's place at once (nothing waits for a writer).
-    let huge = make("huge");
-    grow_to_a_sparse_terabyte(&huge.join("initrd.img"));
-    let err = check(&huge, &key.public_key).unwrap_err();
-    assert!(
-        err.contains("initrd.img") && err.contains("larger than"),
-        "{err}"
-    );
-    assert!(
-        !d.path().join("work/initrd.img").exists(),
-        "no copy is left"
-    );
-    let fifo = make("fifo");
-    replace_with_a_fifo(&fifo.join("vmlinuz"));
-    let err = check(&fifo, &key.public_key).unwrap_err();
-    assert!(
-        err.contains("vmlinuz") && err.contains("not a regular file"),
-        "{err}"
-    );
+    every_tampering_the_menu_refuses_is_refused(d.path(), &key, &other_key, &|img, k, work| {
+        cairn::image::verify::check_boot_files(img, k, work).map(drop)
+    });
 }
 
 /// A soft switch loads neither kernel nor initrd: it checks an image's
@@ -483,73 +418,96 @@ fn a_soft_switch_checks_the_kernel_and_initrd_where_they_lie() {
         assert!(!work.join(n).exists(), "{n} is not copied");
     }
 
+    every_tampering_the_menu_refuses_is_refused(d.path(), &key, &other_key, &|img, k, work| {
+        cairn::image::verify::check_boot_in_place(img, k, work).map(drop)
+    });
+}
+
+/// Each tampering of an image's boot files that cairn's menu refuses,
+/// tried on a fresh image under `d` and refused by `check` (the kexec
+/// check, the soft switch's), which works in the directory it is given.
+fn every_tampering_the_menu_refuses_is_refused(
+    d: &Path,
+    key: &keys::SigningKey,
+    other_key: &keys::SigningKey,
+    check: &dyn Fn(&Path, &Path, &Path) -> anyhow::Result<()>,
+) {
+    let make = |name: &str| tiny_image(&d.join(name), key);
+    let work = d.join("tamper-work");
+    let refused = |img: &Path, k: &Path| -> String {
+        let _ = fs::remove_dir_all(&work);
+        format!("{:#}", check(img, k, &work).unwrap_err())
+    };
+    // Signed by another key.
+    let err = refused(&make("t-good"), &other_key.public_key);
+    assert!(
+        err.contains("REFUSING") && err.contains("SHA256SUMS"),
+        "{err}"
+    );
     // A kernel or initrd changed: its signature fails; signed again (by
     // the key, for other bytes), it still differs from the signed BOOTSUMS.
     for n in ["vmlinuz", "initrd.img"] {
-        let t = make(&format!("changed-{n}"));
+        let t = make(&format!("t-changed-{n}"));
         fs::write(t.join(n), "changed bytes\n").unwrap();
-        let err = check(&t, &key.public_key).unwrap_err();
+        let err = refused(&t, &key.public_key);
         assert!(
             err.contains("REFUSING") && err.contains(&format!("{n}: signature missing or bad")),
             "{err}"
         );
-        keys::sign_file(&key, &t.join(n)).unwrap();
-        let err = check(&t, &key.public_key).unwrap_err();
+        keys::sign_file(key, &t.join(n)).unwrap();
+        let err = refused(&t, &key.public_key);
         assert!(
             err.contains("REFUSING")
                 && err.contains(&format!("{n} differs from the signed BOOTSUMS")),
             "{err}"
         );
     }
-    // Their own signatures (what GRUB checks as it loads them) are checked
-    // over the same bytes: missing, empty, or another file's, refused.
-    let s = make("nosig");
+    // Their signatures: missing, empty, or another file's.
+    let s = make("t-nosig");
     fs::remove_file(s.join("initrd.img.sig")).unwrap();
-    let err = check(&s, &key.public_key).unwrap_err();
+    let err = refused(&s, &key.public_key);
     assert!(err.contains("initrd.img.sig missing"), "{err}");
-    let s = make("emptysig");
+    let s = make("t-emptysig");
     fs::write(s.join("vmlinuz.sig"), "").unwrap();
-    let err = check(&s, &key.public_key).unwrap_err();
+    let err = refused(&s, &key.public_key);
     assert!(
         err.contains("REFUSING") && err.contains("vmlinuz: signature missing or bad"),
         "{err}"
     );
-    let s = make("swappedsig");
+    let s = make("t-swappedsig");
     fs::copy(s.join("boot.cfg.sig"), s.join("initrd.img.sig")).unwrap();
-    let err = check(&s, &key.public_key).unwrap_err();
+    let err = refused(&s, &key.public_key);
     assert!(
         err.contains("REFUSING") && err.contains("initrd.img: signature missing or bad"),
         "{err}"
     );
-    // Signed by another key.
-    let err = check(&good, &other_key.public_key).unwrap_err();
-    assert!(
-        err.contains("REFUSING") && err.contains("SHA256SUMS"),
-        "{err}"
-    );
-    // boot.cfg swapped for one with other arguments, validly signed.
-    let b = make("bootcfg");
+    // boot.cfg swapped for one with other arguments, validly signed:
+    // BOOTSUMS does not list it.
+    let b = make("t-bootcfg");
     let cfg = fs::read_to_string(b.join("boot.cfg")).unwrap();
     fs::write(b.join("boot.cfg"), cfg.replace("quiet", "init=/bin/sh")).unwrap();
-    keys::sign_file(&key, &b.join("boot.cfg")).unwrap();
-    let err = check(&b, &key.public_key).unwrap_err();
+    keys::sign_file(key, &b.join("boot.cfg")).unwrap();
+    let err = refused(&b, &key.public_key);
     assert!(
-        err.contains("boot.cfg differs from the signed BOOTSUMS"),
+        err.contains("REFUSING") && err.contains("boot.cfg differs from the signed BOOTSUMS"),
         "{err}"
     );
-    // Another signed image's BOOTSUMS and kernel (another kernel's sum)
-    // beside this image's SHA256SUMS: its signature holds, the image's
-    // list does not name it.
-    let other = make("other");
+    // Another signed image's BOOTSUMS, kernel, initrd and boot.cfg moved in
+    // beside this image's SHA256SUMS: each signature holds, the image's
+    // signed list does not name that BOOTSUMS.
+    let other = make("t-other");
+    let mut m = fs::read_to_string(other.join("manifest.json")).unwrap();
+    m = m.replace("\"quiet\"", "\"loglevel=7\"");
+    fs::write(other.join("manifest.json"), m).unwrap();
     fs::write(other.join("vmlinuz"), "another kernel\n").unwrap();
-    cairn::image::seal(&other, &key).unwrap();
-    let mixed = make("mixed");
-    for n in ["BOOTSUMS", "vmlinuz"] {
+    cairn::image::seal(&other, key).unwrap();
+    let mixed = make("t-mixed");
+    for n in ["BOOTSUMS", "vmlinuz", "initrd.img", "boot.cfg"] {
         for f in [n.to_string(), format!("{n}.sig")] {
             fs::copy(other.join(&f), mixed.join(&f)).unwrap();
         }
     }
-    let err = check(&mixed, &key.public_key).unwrap_err();
+    let err = refused(&mixed, &key.public_key);
     assert!(
         err.contains("BOOTSUMS is not the one the image's SHA256SUMS lists"),
         "{err}"
@@ -557,41 +515,44 @@ fn a_soft_switch_checks_the_kernel_and_initrd_where_they_lie() {
     // A BOOTSUMS signed and listed, but naming a file twice (and so not
     // the initrd), or with a sum not in lower-case hex.
     let sum_of = |img: &Path, n: &str| cairn::trust::hash::sha256_file(&img.join(n)).unwrap().1;
-    let twice = make("twice");
+    let twice = make("t-twice");
     let (k, c) = (sum_of(&twice, "vmlinuz"), sum_of(&twice, "boot.cfg"));
     resign_bootsums(
         &twice,
-        &key,
+        key,
         &format!("{k}  vmlinuz\n{k}  vmlinuz\n{c}  boot.cfg\n"),
     );
-    let err = check(&twice, &key.public_key).unwrap_err();
+    let err = refused(&twice, &key.public_key);
     assert!(err.contains("lists vmlinuz twice"), "{err}");
-    let upper = make("upper");
+    let upper = make("t-upper");
     let i = sum_of(&upper, "initrd.img");
     resign_bootsums(
         &upper,
-        &key,
+        key,
         &format!(
             "{}  vmlinuz\n{i}  initrd.img\n{c}  boot.cfg\n",
             k.to_uppercase()
         ),
     );
-    let err = check(&upper, &key.public_key).unwrap_err();
+    let err = refused(&upper, &key.public_key);
     assert!(err.contains("not 64 lower-case hex digits"), "{err}");
-    // Hostile files: a FIFO in the kernel's place is refused at once, an
-    // initrd grown to a sparse terabyte before a byte of it is read.
-    let fifo = make("fifo");
-    replace_with_a_fifo(&fifo.join("vmlinuz"));
-    let err = check(&fifo, &key.public_key).unwrap_err();
-    assert!(
-        err.contains("vmlinuz") && err.contains("not a regular file"),
-        "{err}"
-    );
-    let huge = make("huge");
+    // Hostile files on the boot partition: an initrd grown to a sparse
+    // terabyte is refused before a byte is read or copied (copies are in
+    // RAM), a FIFO in the kernel's place at once (nothing waits for a
+    // writer).
+    let huge = make("t-huge");
     grow_to_a_sparse_terabyte(&huge.join("initrd.img"));
-    let err = check(&huge, &key.public_key).unwrap_err();
+    let err = refused(&huge, &key.public_key);
     assert!(
         err.contains("initrd.img") && err.contains("larger than"),
+        "{err}"
+    );
+    assert!(!work.join("initrd.img").exists(), "no copy is left");
+    let fifo = make("t-fifo");
+    replace_with_a_fifo(&fifo.join("vmlinuz"));
+    let err = refused(&fifo, &key.public_key);
+    assert!(
+        err.contains("vmlinuz") && err.contains("not a regular file"),
         "{err}"
     );
 }
