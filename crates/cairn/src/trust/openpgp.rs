@@ -132,15 +132,18 @@ pub fn verify_detached_file(
 /// standard input as it reads them: for a file read once for more than one
 /// purpose (hashed, its head kept) and never copied. Returns what `feed`
 /// returned and the verdict apart: a failed `feed` (the file refused) is
-/// the outer error, and gpgv is stopped; bytes gpgv did not take are a bad
-/// signature, never a good one. Under the same time limit as every gpgv.
+/// the outer error, and gpgv is stopped. A write gpgv refused (it ended
+/// first) is a bad signature, never a good one. The whole run, feeding
+/// included, is under gpgv's time limit (a watchdog kills it through a
+/// pidfd, which never reaches another process); what gpgv writes is read
+/// as it comes, stdout and stderr apart, and kept within bounds (a hostile
+/// signature can make it write without end before it reads a byte).
 pub fn verify_detached_streamed<T>(
     signature: &Path,
     keyring: &Keyring,
     work: &Path,
     feed: impl FnOnce(&mut dyn std::io::Write) -> Result<T>,
 ) -> Result<(T, Result<Vec<String>>)> {
-    use std::io::Read;
     use std::process::{Command, Stdio};
     require(&[&GPGV])?;
     let dir = private_dir(work)?;
@@ -159,13 +162,33 @@ pub fn verify_detached_streamed<T>(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("running {}", GPGV.program))?;
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    let output = std::thread::spawn(move || {
-        let (mut o, mut e) = (Vec::new(), Vec::new());
-        let _ = out.as_mut().map(|r| r.read_to_end(&mut o));
-        let _ = err.as_mut().map(|r| r.read_to_end(&mut e));
-        (o, e)
+    let stop = |child: &mut std::process::Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let pidfd = match rustix::process::pidfd_open(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::PidfdFlags::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            stop(&mut child);
+            anyhow::bail!("cannot watch gpgv (pidfd_open: {e}): nothing checked");
+        }
+    };
+    let (done, watched) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let late = matches!(
+            watched.recv_timeout(GPGV_LIMIT),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        );
+        if late {
+            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+        }
+        late
     });
+    let stdout = child.stdout.take().map(|o| bounded_reader(o, STATUS_LIMIT));
+    let stderr = child.stderr.take().map(|e| bounded_reader(e, 64 << 10));
     let mut stdin = child.stdin.take().context("gpgv's standard input")?;
     let mut sink = FirstError {
         inner: &mut stdin,
@@ -177,35 +200,67 @@ pub fn verify_detached_streamed<T>(
     let fed = match fed {
         Ok(t) => t,
         Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(&mut child);
+            let _ = done.send(());
             return Err(e);
         }
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    let exited = loop {
-        match child.try_wait()? {
-            Some(st) => break Some(st),
-            None if std::time::Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(std::time::Duration::from_millis(2)),
-        }
+    let waited = child.wait();
+    let _ = done.send(());
+    let late = watchdog.join().unwrap_or(true);
+    waited.with_context(|| format!("waiting for {}", GPGV.program))?;
+    let read = |h: Option<std::thread::JoinHandle<(Vec<u8>, bool)>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
     };
-    let (stdout, stderr) = output.join().unwrap_or_default();
+    let ((stdout, cut), (stderr, _)) = (read(stdout), read(stderr));
     let status = String::from_utf8_lossy(&stdout);
-    let verdict = match (exited, short) {
-        (None, _) => Err(anyhow::anyhow!("gpgv took more than 300 s: stopped")),
-        (_, Some(e)) => Err(anyhow::anyhow!("gpgv did not take every byte: {e}")),
-        _ if !status.contains("[GNUPG:]") => Err(anyhow::anyhow!(
+    let verdict = if late {
+        Err(anyhow::anyhow!(
+            "gpgv took more than {} s: stopped",
+            GPGV_LIMIT.as_secs()
+        ))
+    } else if let Some(e) = short {
+        Err(anyhow::anyhow!("gpgv did not take every byte: {e}"))
+    } else if cut {
+        Err(anyhow::anyhow!(
+            "gpgv said more than {STATUS_LIMIT} bytes of status: not judged"
+        ))
+    } else if !status.contains("[GNUPG:]") {
+        Err(anyhow::anyhow!(
             "gpgv gave no status: {}",
             String::from_utf8_lossy(&stderr).trim()
-        )),
-        _ => apply_policy(&status).map_err(anyhow::Error::from),
+        ))
+    } else {
+        apply_policy(&status).map_err(anyhow::Error::from)
     };
     Ok((fed, verdict))
+}
+
+/// How long a gpgv may run (a signature check is quick).
+const GPGV_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+/// The most status a streamed check keeps (a line per signature).
+const STATUS_LIMIT: usize = 1 << 20;
+
+/// Reads `r` to its end in a thread of its own, keeping at most `limit`
+/// bytes (the rest is read and dropped, so the writer never blocks), and
+/// whether some were dropped.
+fn bounded_reader(
+    mut r: impl std::io::Read + Send + 'static,
+    limit: usize,
+) -> std::thread::JoinHandle<(Vec<u8>, bool)> {
+    std::thread::spawn(move || {
+        let (mut kept, mut cut) = (Vec::new(), false);
+        let mut b = [0u8; 8192];
+        while let Ok(n) = r.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            let room = limit - kept.len();
+            kept.extend_from_slice(&b[..n.min(room)]);
+            cut |= n > room;
+        }
+        (kept, cut)
+    })
 }
 
 /// A writer that keeps its first error and takes nothing after it (the

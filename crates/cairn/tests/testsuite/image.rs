@@ -423,6 +423,51 @@ fn a_soft_switch_checks_the_kernel_and_initrd_where_they_lie() {
     });
 }
 
+/// A signature that makes gpgv write without end before it reads a byte
+/// of the file (2,000 armor headers it does not know: 100s of KB on its
+/// stderr, more than a pipe holds): the soft switch's check, which streams
+/// the kernel to gpgv, still ends — it could wait on full pipes for ever.
+#[test]
+fn a_noisy_signature_does_not_hang_the_streamed_check() {
+    if need_tools(&["gpg", "gpgv", "veritysetup"]) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (_, key, _) = two_keys(d.path());
+    let img = tiny_image(&d.path().join("noisy"), &key);
+    let armored = Command::new("gpg")
+        .args(["--batch", "--enarmor"])
+        .stdin(fs::File::open(img.join("vmlinuz.sig")).unwrap())
+        .output()
+        .unwrap();
+    assert!(armored.status.success());
+    let text = String::from_utf8(armored.stdout)
+        .unwrap()
+        .replace("ARMORED FILE", "SIGNATURE");
+    let (first, rest) = text.split_once('\n').unwrap();
+    let junk: String = (0..2000)
+        .map(|i| format!("Foo{i}: {}\n", "x".repeat(60)))
+        .collect();
+    fs::write(img.join("vmlinuz.sig"), format!("{first}\n{junk}{rest}")).unwrap();
+    // (The hazard is real: gpgv says more than a pipe holds.)
+    let said = Command::new("gpgv")
+        .arg("--keyring")
+        .arg(&key.public_key)
+        .arg(img.join("vmlinuz.sig"))
+        .arg(img.join("vmlinuz"))
+        .output()
+        .unwrap();
+    assert!(said.stderr.len() > 1 << 16, "{}", said.stderr.len());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (pubkey, work) = (key.public_key.clone(), d.path().join("work"));
+    std::thread::spawn(move || {
+        let r = cairn::image::verify::check_boot_in_place(&img, &pubkey, &work);
+        let _ = tx.send(r.map(drop).map_err(|e| format!("{e:#}")));
+    });
+    let ended = rx.recv_timeout(std::time::Duration::from_secs(120));
+    assert!(ended.is_ok(), "the check did not end in 120 s");
+}
+
 /// Each tampering of an image's boot files that cairn's menu refuses,
 /// tried on a fresh image under `d` and refused by `check` (the kexec
 /// check, the soft switch's), which works in the directory it is given.
