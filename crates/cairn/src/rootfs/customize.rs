@@ -789,6 +789,11 @@ mod tests {
                 vec!["cairn_bad=web-8", "cairn_good=web-7"],
             ),
             (
+                "cairn_bad=web-8\ncairn_bad=web-7\ncairn_bad=web-7\n",
+                "web-7",
+                vec!["cairn_bad=web-8", "cairn_good=web-7"],
+            ),
+            (
                 "",
                 "rollback>web-6-ram",
                 vec!["cairn_good=rollback>web-6-ram"],

@@ -35,7 +35,7 @@ done
 
 # Rewrites the 1024-byte environment block in place (same blocks, as GRUB's
 # save_env expects): cairn_good=$entry (a trial of $entry stays: passed;
-# a refusal of it, cairn_bad, goes). The new block is made by one awk, in
+# each refusal of it, cairn_bad=$entry, goes). The new block is made by one awk, in
 # the C locale (lengths in bytes), the entry read from the environment
 # (never taken as escapes), in root's own /run/cairn.
 mark_good() {
@@ -47,15 +47,13 @@ mark_good() {
     rm -f "$tmp"
     if ! CAIRN_ENTRY="$entry" LC_ALL=C awk '
         { line[NR] = $0 }
-        /^cairn_bad=/ { bad = (nbad++ ? bad "\n" : "") substr($0, 11) }
         END {
             entry = ENVIRON["CAIRN_ENTRY"]
-            sub(/\n+$/, "", bad)
             out = "# GRUB Environment Block\n"
             for (i = 1; i <= NR; i++) {
                 l = line[i]
                 if (l ~ /^#/ || l ~ /^cairn_good=/ || l == "") continue
-                if (bad == entry && l ~ /^cairn_bad=/) continue
+                if (l == "cairn_bad=" entry) continue
                 out = out l "\n"
             }
             out = out "cairn_good=" entry "\n"
@@ -67,7 +65,12 @@ mark_good() {
         echo "cairn: GRUB environment block full" >&2
         return 1
     fi
-    dd if="$tmp" of="$env" bs=1024 count=1 conv=notrunc oflag=nofollow status=none
+    if [ "$(wc -c < "$tmp")" -ne 1024 ] ||
+        ! dd if="$tmp" of="$env" bs=1024 count=1 conv=notrunc oflag=nofollow status=none; then
+        rm -f "$tmp"
+        echo "cairn: $env not written" >&2
+        return 1
+    fi
     rm -f "$tmp"
     sync
     echo "cairn: boot of $entry marked good"
