@@ -317,6 +317,26 @@ fn check_signed_boot(dir: &Path, key: &Path, work: &Path, large: Large) -> Resul
         }
         sha256.insert(*n, hash);
     }
+    check_bootsums(dir, work, &sha256)?;
+    let cfg = fs::read_to_string(work.join(BOOT_CFG))?;
+    let args = super::boot_cfg_args(&cfg).with_context(|| {
+        format!(
+            "REFUSING {}: boot.cfg gives no kernel arguments",
+            dir.display()
+        )
+    })?;
+    Ok(SignedBoot {
+        signed_by,
+        args,
+        kernel_head,
+    })
+}
+
+/// The chain from the image's signed SHA256SUMS to its files, on the
+/// copies in `work` and the hashes of what was read (`sha256`, by name):
+/// BOOTSUMS is the one SHA256SUMS lists, and lists exactly the kernel, the
+/// initrd and boot.cfg, each once, each as read.
+fn check_bootsums(dir: &Path, work: &Path, sha256: &BTreeMap<&str, String>) -> Result<()> {
     // BOOTSUMS is this image's: the image's signed SHA256SUMS lists it (a
     // BOOTSUMS of another signed image, with that image's kernel, would
     // pass its own signature).
@@ -371,16 +391,5 @@ fn check_signed_boot(dir: &Path, key: &Path, work: &Path, large: Large) -> Resul
             dir.display()
         );
     }
-    let cfg = fs::read_to_string(work.join(BOOT_CFG))?;
-    let args = super::boot_cfg_args(&cfg).with_context(|| {
-        format!(
-            "REFUSING {}: boot.cfg gives no kernel arguments",
-            dir.display()
-        )
-    })?;
-    Ok(SignedBoot {
-        signed_by,
-        args,
-        kernel_head,
-    })
+    Ok(())
 }
