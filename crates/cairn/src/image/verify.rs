@@ -265,7 +265,7 @@ fn check_signed_boot(dir: &Path, key: &Path, work: &Path, large: Large) -> Resul
     // copy (what is checked is what is used), all at once: a kernel and an
     // initrd are tens of MB, and a soft switch or kexec waits for them.
     // Only regular files, of a size a boot file has.
-    type Checked = (String, Option<Result<String>>, Vec<u8>);
+    type Checked = (String, Result<String>, Vec<u8>);
     let checked = parallel::map(&names, names.len(), |n| -> Result<Checked> {
         let at = |f: &str| dir.join(f);
         let why = |f: &str| format!("{}: {f} missing or unreadable", dir.display());
@@ -289,13 +289,13 @@ fn check_signed_boot(dir: &Path, key: &Path, work: &Path, large: Large) -> Resul
                     crate::trust::hash::sha256_regular_file_head(&at(n), limit, keep, w)
                         .with_context(|| why(n))
                 })?;
-            return Ok((sha256, Some(verified), head));
+            return Ok((sha256, verified, head));
         }
         let sha256 = copy(n, limit)?;
         copy(&sig, SMALL_FILE_LIMIT)?;
         Ok((
             sha256,
-            Some(verify_own_copy(key, &work.join(n), &gpg_work)),
+            verify_own_copy(key, &work.join(n), &gpg_work),
             Vec::new(),
         ))
     });
@@ -304,14 +304,13 @@ fn check_signed_boot(dir: &Path, key: &Path, work: &Path, large: Large) -> Resul
     let mut kernel_head = Vec::new();
     for (n, c) in names.iter().zip(checked) {
         let (hash, verified, head) = c?;
-        match verified {
-            Some(Ok(s)) => signed_by = s,
-            Some(Err(e)) => refuse!(
+        signed_by = match verified {
+            Ok(s) => s,
+            Err(e) => refuse!(
                 "REFUSING {}: {n}: signature missing or bad: {e:#}",
                 dir.display()
             ),
-            None => {}
-        }
+        };
         if *n == "vmlinuz" {
             kernel_head = head;
         }
