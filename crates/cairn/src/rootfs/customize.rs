@@ -1108,6 +1108,128 @@ mod tests {
         assert_eq!(run("cairn_nics() { echo up0; }"), "RAISED after 0\n");
     }
 
+    /// A layer opened through dm-verity is checked before any is mounted:
+    /// a SHA-256 tree of format 1; its device the whole file (a tree's
+    /// superblock may claim fewer blocks and keep the root hash) and the
+    /// squashfs in its first block fitting in it (a file cut short to
+    /// match); fetched over the network, read whole, and a read error, or
+    /// a dd that stops at one and says nothing while the kernel marked
+    /// the device corrupted, is a refusal. From a disk nothing more is read.
+    #[test]
+    fn a_layer_is_checked_whole_before_it_is_mounted() {
+        let d = tempfile::tempdir().unwrap();
+        let layer = d.path().join("filesystem.squashfs");
+        fs::write(&layer, vec![0u8; 8192]).unwrap();
+        let read = d.path().join("read");
+        let sb = d.path().join("superblock");
+        let superblock = |magic: &[u8; 4], used: u64| {
+            let mut b = vec![0u8; 4096];
+            b[..4].copy_from_slice(magic);
+            b[40..48].copy_from_slice(&used.to_le_bytes());
+            fs::write(&sb, b).unwrap();
+        };
+        let net = good_line()
+            .replace("cairn.boot=1234-abcd", "cairn.fetch=http://10.0.2.2:8080")
+            .replace(" toram", "");
+        // The tree's hash (@HASH@), what the kernel says once the layer was
+        // read (@STATUS@), the device's size (@COVERED@), the full read's
+        // exit status (@DD@); the first block is the superblock file.
+        let check = |line: &str, hash: &str, status: &str, covered: &str, dd: u8| {
+            let script = r#"rm -f '@READ@'
+veritysetup() { s=@STATUS@; [ -e '@READ@' ] || s=verified
+    printf '  status:      %s\n  hash type:   1\n  hash name:   @HASH@\n' "$s"; }
+blockdev() { echo @COVERED@; }
+dd() {
+    case "$*" in
+        *count=1*) for a; do case "$a" in of=*) cat '@SB@' > "${a#of=}" ;; esac; done; return 0 ;;
+    esac
+    : > '@READ@'; echo 'dd: /dev/mapper/cairn-layer-0: I/O error' >&2; return @DD@; }
+cairn_parse
+cairn_check_layer filesystem.squashfs cairn-layer-0 '@LAYER@'
+echo CHECKED; [ -e '@READ@' ] && echo WAS-READ; :"#
+                .replace("@HASH@", hash)
+                .replace("@STATUS@", status)
+                .replace("@COVERED@", covered)
+                .replace("@DD@", &dd.to_string())
+                .replace("@READ@", &read.display().to_string())
+                .replace("@SB@", &sb.display().to_string())
+                .replace("@LAYER@", &layer.display().to_string());
+            initramfs(line, &script)
+        };
+        let ok = |(refused, out): (bool, String)| {
+            assert!(!refused && out.contains("CHECKED"), "{out}");
+            out
+        };
+        let refused = |(refused, out): (bool, String), why: &str| {
+            assert!(
+                refused && out.contains(why) && !out.contains("CHECKED"),
+                "{why}: {out}"
+            );
+        };
+        superblock(b"hsqs", 5000);
+        // From a disk: the sizes agree, the squashfs fits, nothing more read.
+        let out = ok(check(&good_line(), "sha256", "verified", "8192", 0));
+        assert!(
+            !out.contains("WAS-READ") && !out.contains("every block"),
+            "{out}"
+        );
+        let disk = "filesystem.squashfs: it differs from what was signed";
+        refused(
+            check(&good_line(), "sha256", "verified", "4096", 0),
+            &format!("{disk} (its hash tree covers 4096 bytes of 8192)"),
+        );
+        refused(
+            check(&good_line(), "sha1", "verified", "8192", 0),
+            "filesystem.squashfs: its hash tree is not a SHA-256 dm-verity tree of format 1",
+        );
+        // Over the network: read whole, then said.
+        let out = ok(check(&net, "sha256", "verified", "8192", 0));
+        assert!(out.contains("WAS-READ"), "{out}");
+        assert!(
+            out.contains("filesystem.squashfs: fetched; every block matches its signed root hash"),
+            "{out}"
+        );
+        let differs = "filesystem.squashfs: fetched, but it differs from what was signed";
+        for (status, covered, dd, why) in [
+            (
+                "corrupted",
+                "8192",
+                1,
+                "(dd: /dev/mapper/cairn-layer-0: I/O error)",
+            ),
+            ("corrupted", "8192", 0, "(dm-verity status: corrupted)"),
+            (
+                "verified",
+                "4096",
+                0,
+                "(its hash tree covers 4096 bytes of 8192)",
+            ),
+        ] {
+            refused(
+                check(&net, "sha256", status, covered, dd),
+                &format!("{differs} {why}"),
+            );
+        }
+        for covered in ["", "81x2", "-8192"] {
+            refused(
+                check(&net, "sha256", "verified", covered, 0),
+                "filesystem.squashfs: the sizes of its device and file are unknown",
+            );
+        }
+        // Cut short with a tree that claims as much: the squashfs says so.
+        superblock(b"hsqs", 9000);
+        refused(
+            check(&net, "sha256", "verified", "8192", 0),
+            &format!("{differs} (its squashfs needs 9000 bytes, its hash tree covers 8192)"),
+        );
+        // Something else served as the layer (a tree's own blocks, say).
+        superblock(b"\x12\x34\x56\x78", 5000);
+        refused(
+            check(&good_line(), "sha256", "verified", "8192", 0),
+            &format!("{disk} (no squashfs in its first block)"),
+        );
+    }
+
     /// A network boot names its server (cairn.fetch=) instead of a boot
     /// partition, once, well formed, and never both.
     #[test]

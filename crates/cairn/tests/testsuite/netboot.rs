@@ -203,6 +203,50 @@ fn a_layer_changed_on_the_server_is_refused_by_the_initramfs() {
     );
 }
 
+/// The hash tree's superblock is not covered by the signed root hash: a
+/// server that lowers its block count keeps the root hash and cuts the
+/// layer's end off the device dm-verity serves. The initramfs refuses it
+/// (the device must be the whole file) before anything is read or mounted.
+#[test]
+fn a_hash_tree_claiming_fewer_blocks_is_refused_by_the_initramfs() {
+    let Some((f, _heavy)) = fixture::begin_vm() else {
+        return;
+    };
+    let w = f.work("a_hash_tree_claiming_fewer_blocks_is_refused_by_the_initramfs");
+    let store = store_with(&f.store, w.path(), &[&f.web_img]);
+    let v = version_of(&f.web_img);
+    let port = free_port();
+    netboot(&store, port);
+    let tree = store
+        .join("images/webtest")
+        .join(&v)
+        .join("filesystem.squashfs.verity");
+    let mut t = fs::read(&tree).unwrap();
+    assert_eq!(&t[..8], b"verity\0\0", "a dm-verity superblock");
+    // data_blocks, little-endian, at byte 72 of the superblock.
+    let n = u64::from_le_bytes(t[72..80].try_into().unwrap());
+    t[72..80].copy_from_slice(&(n - 1).to_le_bytes());
+    let tmp = tree.with_extension("tampered");
+    fs::write(&tmp, &t).unwrap();
+    fs::rename(&tmp, &tree).unwrap();
+    let _nginx = Nginx::start(&store, port, "");
+    let b = net_boot(&store, "bios", "cairn: REFUSING TO BOOT", "net-short-tree");
+    let want = format!(
+        "filesystem.squashfs: fetched, but it differs from what was signed \
+         (its hash tree covers {} bytes of {})",
+        (n - 1) * 4096,
+        n * 4096
+    );
+    assert!(
+        b.marker.as_deref().is_some_and(|m| m.contains(&want)),
+        "{want}\n{}",
+        b.why()
+    );
+    for never in ["every block matches", "mounted through dm-verity"] {
+        assert!(!b.console.contains(never), "{never}\n{}", b.why());
+    }
+}
+
 /// The menu follows the store: a machine netboots v1; v2 (a delta: two
 /// layers fetched) is added and `cairn netboot` run again, the next boot
 /// takes v2; v2 withdrawn, the next boot is v1 again.

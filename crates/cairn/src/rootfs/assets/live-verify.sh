@@ -13,8 +13,9 @@
 # - The medium is the partition with that UUID, and only it: none, or more
 #   than one device carrying it, is a refusal.
 # - Or, on a network boot (cairn.fetch=), the layers come from the web
-#   server GRUB loaded everything from, into RAM, and every block is
-#   checked against its signed root hash before anything is mounted.
+#   server GRUB loaded everything from, into RAM, and every block of every
+#   layer is read once through dm-verity (checked against its signed root
+#   hash by the kernel) before any layer is mounted.
 # - Exactly the layers named in cairn.verity= are mounted, in that order,
 #   each through dm-verity with its signed root hash: every block is checked
 #   as it is read, so what was checked is what is used (no check-then-read),
@@ -36,7 +37,7 @@ unset MODULETORAMFILE MODULETORAM PLAIN_ROOT PERSISTENCE PERSISTENCE_MEDIA \
 	PERSISTENCE_METHOD NFS_COW NOPERSISTENCE FROMISO FINDISO LIVE_MEDIA \
 	LIVE_MEDIA_OFFSET LIVE_MEDIA_PATH LIVE_MEDIA_TIMEOUT EXPOSED_ROOT \
 	SKIP_UNION_MOUNTS FETCH HTTPFS FTPFS NETBOOT ISCSI_PORTAL ROOT TODISK \
-	TORAM UNIONTYPE DM_VERITY_ROOT_HASH
+	TORAM UNIONTYPE DM_VERITY_ROOT_HASH CAIRN_PARSED
 
 cairn_say ()
 {
@@ -317,10 +318,10 @@ cairn_links_down ()
 # A network boot: the network as live-boot brings it up for its own fetch=
 # (DHCP on every interface, once cairn_links_up has them up), the signed
 # layers and their hash trees fetched from the server GRUB loaded
-# everything from into RAM (a tmpfs as the medium), and every block of
-# every layer checked against its signed root hash before anything is
-# mounted: a changed byte is named here. (Then mounted through dm-verity as
-# from a disk.) Prints the medium's path.
+# everything from into RAM (a tmpfs as the medium). Every block of every
+# layer is then checked against its signed root hash before anything is
+# mounted, and a changed byte named, when mount_images_in_directory opens
+# them through dm-verity (cairn_check_layer). Prints the medium's path.
 cairn_net_fetch ()
 {
 	cairn_links_up > /dev/console 2>&1
@@ -341,15 +342,8 @@ cairn_net_fetch ()
 		timeout 1800 wget -q -O "${_dir}/${_f}" "${CAIRN_FETCH}${CAIRN_DIR}/${_f}" 2> /tmp/cairn-wget ||
 			cairn_refuse "${_f}: could not be fetched from ${CAIRN_FETCH} ($(tail -n 1 /tmp/cairn-wget))"
 	done
-	command -v veritysetup > /dev/null || cairn_refuse "veritysetup is missing from the initramfs"
-	for _s in $(echo "${CAIRN_LAYERS}" | tr ',' ' ')
-	do
-		_name="${_s%%:*}"
-		_root="${_s#*:}"
-		veritysetup verify "${_dir}/${_name}" "${_dir}/${_name}.verity" "${_root}" > /tmp/cairn-verity 2>&1 ||
-			cairn_refuse "${_name}: fetched, but it differs from what was signed ($(tail -n 1 /tmp/cairn-verity))"
-		cairn_say "${_name}: fetched; every block matches its signed root hash"
-	done
+	# (Every block is checked when the layers are opened through dm-verity,
+	# before any is mounted: mount_images_in_directory.)
 	echo "${_mnt}"
 }
 
@@ -486,9 +480,66 @@ copy_live_to ()
 	return 0
 }
 
+# Checks layer $1, opened through dm-verity as $2 from the file $3:
+# - the tree's parameters come from its superblock, which the root hash
+#   does not cover: only SHA-256 trees of the format cairn makes are taken,
+#   and the device must be the whole file (a superblock may claim fewer
+#   blocks: the root hash stays the same, the layer's end is cut off), with
+#   the squashfs its first block (checked) holds fitting in it;
+# - fetched over the network, the layer is read whole through dm-verity,
+#   every block checked by the kernel against the signed root hash; a
+#   block that differs is an I/O error, and the kernel marks the device
+#   corrupted: both are asked (a dd that stops at an error and says
+#   nothing is not believed).
+cairn_check_layer ()
+{
+	DM_DISABLE_UDEV=1 veritysetup status "${2}" > /tmp/cairn-verity 2>&1
+	if ! grep -Eiq '^ *hash (name|algorithm): *sha256$' /tmp/cairn-verity ||
+		! grep -Eiq '^ *hash type: *1$' /tmp/cairn-verity
+	then
+		cairn_refuse "${1}: its hash tree is not a SHA-256 dm-verity tree of format 1 ($(tr -s ' \n' ' ' < /tmp/cairn-verity | head -c 300))"
+	fi
+	_how="it differs from what was signed"
+	[ -z "${CAIRN_FETCH}" ] || _how="fetched, but ${_how}"
+	_covered="$(blockdev --getsize64 "/dev/mapper/${2}" 2>/dev/null)"
+	_bytes="$(stat -c %s "${3}" 2>/dev/null)"
+	case "${_covered}:${_bytes}" in
+		*[!0-9:]*|:*|*:) cairn_refuse "${1}: the sizes of its device and file are unknown (${_covered:-?}, ${_bytes:-?})" ;;
+	esac
+	[ "${_covered}" = "${_bytes}" ] ||
+		cairn_refuse "${1}: ${_how} (its hash tree covers ${_covered} bytes of ${_bytes})"
+	# Both sizes come from the medium (a layer cut short and a tree that
+	# claims as much agree): the squashfs's own superblock, in the first
+	# block, read through dm-verity (so checked), must be one and fit.
+	dd if="/dev/mapper/${2}" of=/tmp/cairn-sb bs=4096 count=1 2> /dev/null ||
+		cairn_refuse "${1}: ${_how} (its first block cannot be read through dm-verity)"
+	_magic="$(od -A n -t x1 -N 4 /tmp/cairn-sb | tr -d ' \n')"
+	_used="$(od -A n -t u8 -j 40 -N 8 /tmp/cairn-sb | tr -d ' \n')"
+	[ "${_magic}" = 68737173 ] || cairn_refuse "${1}: ${_how} (no squashfs in its first block)"
+	case "${_used}" in
+		''|*[!0-9]*) cairn_refuse "${1}: ${_how} (its squashfs states no size)" ;;
+	esac
+	[ "$(( (_used + 4095) / 4096 * 4096 ))" -le "${_covered}" ] ||
+		cairn_refuse "${1}: ${_how} (its squashfs needs ${_used} bytes, its hash tree covers ${_covered})"
+	[ -n "${CAIRN_FETCH}" ] || return 0
+	if ! dd if="/dev/mapper/${2}" of=/dev/null bs=1M 2> /tmp/cairn-dd
+	then
+		cairn_refuse "${1}: ${_how} ($(tail -n 1 /tmp/cairn-dd))"
+	fi
+	DM_DISABLE_UDEV=1 veritysetup status "${2}" > /tmp/cairn-verity 2>&1
+	grep -Eq '^ *status: *verified( |$)' /tmp/cairn-verity ||
+		cairn_refuse "${1}: ${_how} (dm-verity status: $(sed -n 's/^ *status: *//p' /tmp/cairn-verity))"
+	cairn_say "${1}: fetched; every block matches its signed root hash"
+}
+
 # Mounts exactly the signed layers through dm-verity, then lets live-boot
 # stack them (a module list cairn writes in RAM, naming the mounted
-# directories: live-boot takes a directory as it is).
+# directories: live-boot takes a directory as it is). Every layer is
+# opened and checked first, then they are mounted: nothing is mounted
+# while a layer is unchecked. Layers fetched over the network are read
+# whole through dm-verity on the way (every block checked by the kernel
+# against the signed root hash): a changed byte is a refusal here, not an
+# I/O error later. (The mount's reads are checked again by dm-verity.)
 mount_images_in_directory ()
 {
 	cairn_parse
@@ -516,14 +567,14 @@ mount_images_in_directory ()
 		then
 			cairn_refuse "${_name}: its hash tree does not match the signed root hash ($(tail -n 1 /tmp/cairn-verity))"
 		fi
-		# The tree's parameters come from its (unsigned) superblock: only
-		# SHA-256 trees of the format cairn makes are taken.
-		DM_DISABLE_UDEV=1 veritysetup status "cairn-layer-${_i}" > /tmp/cairn-verity 2>&1
-		if ! grep -Eiq '^ *hash (name|algorithm): *sha256$' /tmp/cairn-verity ||
-			! grep -Eiq '^ *hash type: *1$' /tmp/cairn-verity
-		then
-			cairn_refuse "${_name}: its hash tree is not a SHA-256 dm-verity tree of format 1 ($(tr -s ' \n' ' ' < /tmp/cairn-verity | head -c 300))"
-		fi
+		cairn_check_layer "${_name}" "cairn-layer-${_i}" "${_dir}/${_name}"
+		_i=$((_i + 1))
+	done
+	_i=0
+	for _s in $(echo "${CAIRN_LAYERS}" | tr ',' ' ')
+	do
+		_name="${_s%%:*}"
+		_root="${_s#*:}"
 		mkdir -p "/run/live/rootfs/${_name}"
 		if ! mount -t squashfs -o ro "/dev/mapper/cairn-layer-${_i}" "/run/live/rootfs/${_name}" 2> /tmp/cairn-mount
 		then
