@@ -1141,7 +1141,7 @@ veritysetup() { s=@STATUS@; [ -e '@READ@' ] || s=verified
 blockdev() { echo @COVERED@; }
 dd() {
     case "$*" in
-        *count=1*) for a; do case "$a" in of=*) cat '@SB@' > "${a#of=}" ;; esac; done; return 0 ;;
+        *count=1*) for a; do case "$a" in of=*) cat '@SB@' > "${a#of=}" || return 1 ;; esac; done; return 0 ;;
     esac
     : > '@READ@'; echo 'dd: /dev/mapper/cairn-layer-0: I/O error' >&2; return @DD@; }
 cairn_parse
@@ -1227,6 +1227,13 @@ echo CHECKED; [ -e '@READ@' ] && echo WAS-READ; :"#
         refused(
             check(&good_line(), "sha256", "verified", "8192", 0),
             &format!("{disk} (no squashfs in its first block)"),
+        );
+        // The first block itself refused by dm-verity.
+        fs::remove_file(&sb).unwrap();
+        refused(
+            check(&good_line(), "sha256", "verified", "8192", 0),
+            "filesystem.squashfs: dm-verity refused its blocks: it differs from what was signed \
+             (its first block)",
         );
     }
 

@@ -512,7 +512,7 @@ cairn_check_layer ()
 	# claims as much agree): the squashfs's own superblock, in the first
 	# block, read through dm-verity (so checked), must be one and fit.
 	dd if="/dev/mapper/${2}" of=/tmp/cairn-sb bs=4096 count=1 2> /dev/null ||
-		cairn_refuse "${1}: ${_how} (its first block cannot be read through dm-verity)"
+		cairn_refuse "${1}: dm-verity refused its blocks: ${_how} (its first block)"
 	_magic="$(od -A n -t x1 -N 4 /tmp/cairn-sb | tr -d ' \n')"
 	_used="$(od -A n -t u8 -j 40 -N 8 /tmp/cairn-sb | tr -d ' \n')"
 	[ "${_magic}" = 68737173 ] || cairn_refuse "${1}: ${_how} (no squashfs in its first block)"
